@@ -1,0 +1,210 @@
+//! The agent's TOML configuration, with documented defaults.
+
+use crate::mqtt::BrokerConfig;
+use convoy_shared::model::TaskKind;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Everything an agent needs to know. See `systemd/agent.example.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Fleet this vehicle belongs to. Env: `CONVOY_FLEET`.
+    #[serde(default = "default_fleet")]
+    pub fleet: String,
+    /// This vehicle's id: `[A-Za-z0-9_.-]{1,64}`. Env: `CONVOY_CLIENT_ID`.
+    pub client_id: String,
+    /// Where the agent keeps its model, pending update and progress.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Broker connection.
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    /// Local training data.
+    pub data: DataConfig,
+    /// Limits on local training.
+    #[serde(default)]
+    pub training: TrainingConfig,
+    /// Fault injection for tests; leave unset in deployments.
+    #[serde(default)]
+    pub faults: Faults,
+}
+
+/// Where the vehicle's data is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// CSV file with a header row; columns are matched to model features by name.
+    pub path: PathBuf,
+    /// Label column name.
+    pub label: String,
+    /// `classification` or `regression`.
+    #[serde(default)]
+    pub task: TaskKind,
+}
+
+/// Where training may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The CPU (burn's flex backend).
+    #[default]
+    Cpu,
+}
+
+/// Training limits the vehicle imposes, whatever the round asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingConfig {
+    /// CPU threads training may use.
+    pub threads: usize,
+    /// Upper bound on epochs per round (0: as the round asks).
+    pub max_epochs: u32,
+    /// Upper bound on batch size (0: as the round asks).
+    pub max_batch: u32,
+    /// Compute backend.
+    pub backend: Backend,
+    /// Seconds to wait for the server's receipt before re-sending an update.
+    pub ack_timeout_secs: u64,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        Self {
+            threads: 1,
+            max_epochs: 0,
+            max_batch: 0,
+            backend: Backend::Cpu,
+            ack_timeout_secs: 10,
+        }
+    }
+}
+
+/// Deterministic faults for crash-recovery tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Stop right after the update is persisted, before any chunk is sent,
+    /// as if power were cut there.
+    pub stop_after_persist: bool,
+}
+
+fn default_fleet() -> String {
+    "default".into()
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/convoy-agent")
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// File unreadable.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// file
+        path: PathBuf,
+        /// cause
+        source: std::io::Error,
+    },
+    /// TOML invalid.
+    #[error("config {path} is invalid: {message}")]
+    Parse {
+        /// file
+        path: PathBuf,
+        /// parser message (names the line and key)
+        message: String,
+    },
+    /// A value out of range.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl AgentConfig {
+    /// Reads, applies env overrides and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.apply_env();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// `CONVOY_FLEET`, `CONVOY_CLIENT_ID` and `CONVOY_BROKER_*`.
+    pub fn apply_env(&mut self) {
+        if let Ok(fleet) = std::env::var("CONVOY_FLEET") {
+            self.fleet = fleet;
+        }
+        if let Ok(id) = std::env::var("CONVOY_CLIENT_ID") {
+            self.client_id = id;
+        }
+        self.broker.apply_env();
+    }
+
+    /// Checks values a config file can get wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use convoy_shared::topics::valid_id;
+        if !valid_id(&self.fleet) {
+            return Err(ConfigError::Invalid(format!(
+                "fleet {:?} must be 1-64 characters of A-Z a-z 0-9 _ . -",
+                self.fleet
+            )));
+        }
+        if !valid_id(&self.client_id) {
+            return Err(ConfigError::Invalid(format!(
+                "client_id {:?} must be 1-64 characters of A-Z a-z 0-9 _ . -",
+                self.client_id
+            )));
+        }
+        if self.training.threads == 0 {
+            return Err(ConfigError::Invalid("training.threads must be at least 1".into()));
+        }
+        if self.broker.max_packet_size < 40 * 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "broker.max_packet_size {} is too small; model chunks need at least 40960",
+                self.broker.max_packet_size
+            )));
+        }
+        self.broker
+            .host_port()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c: AgentConfig = toml::from_str(
+            "client_id = \"car-1\"\n[data]\npath = \"d.csv\"\nlabel = \"y\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.fleet, "default");
+        assert_eq!(c.training.threads, 1);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let mut c: AgentConfig = toml::from_str(
+            "client_id = \"car/1\"\n[data]\npath = \"d.csv\"\nlabel = \"y\"\n",
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("client_id"));
+        c.client_id = "car-1".into();
+        c.broker.url = "nope".into();
+        assert!(c.validate().unwrap_err().to_string().contains("mqtt://"));
+        assert!(toml::from_str::<AgentConfig>("client_id = 1").is_err());
+    }
+}

@@ -1,0 +1,594 @@
+//! convoy-agent: trains on a vehicle's own data and syncs model updates
+//! with the fleet's server over MQTT.
+//!
+//! [`run`] is the whole agent; the binary only parses flags and calls it.
+//! One round, from the agent's side: a retained announcement arrives; the
+//! agent fetches the base model's missing chunks; trains on a thread of its
+//! own; encodes `local - base`; persists the update; uploads it in chunks;
+//! and forgets it only once the server's receipt arrives. A restart in
+//! between re-sends the stored update, which the server counts once.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod mqtt;
+pub mod process;
+pub mod state;
+pub mod trainer;
+
+use crate::config::AgentConfig;
+use crate::mqtt::{LinkEvent, QOS};
+use crate::state::{PendingUpdate, StateDir, StoredModel};
+use crate::trainer::{Job, TrainError};
+use convoy_shared::chunk;
+use convoy_shared::codec::{self, Codec};
+use convoy_shared::dataset::{Dataset, Table};
+use convoy_shared::messages::{
+    self, AgentState, Announce, FetchRequest, ModelChunk, Status, UpdateAck, UpdateBody,
+    UpdateChunk,
+};
+use convoy_shared::params::ParamSet;
+use convoy_shared::topics::{self, ClientTopic, Topic};
+use convoy_shared::version::{self, MODEL_CHUNK_SIZE};
+use convoy_shared::wire::{self, Kind};
+use rumqttc::{AsyncClient, LastWill};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::ConfigError;
+
+/// Why the agent stopped.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// State directory trouble.
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// Local data unusable.
+    #[error("data {path}: {message}")]
+    Data {
+        /// file
+        path: String,
+        /// what is wrong
+        message: String,
+    },
+    /// Broker settings unusable.
+    #[error(transparent)]
+    Link(#[from] mqtt::LinkError),
+    /// A configured fault fired (tests only).
+    #[error("fault injected: {0}")]
+    FaultInjected(&'static str),
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Largest announcement or model chunk the agent will decode.
+fn max_body(config: &AgentConfig) -> usize {
+    config.broker.max_packet_size
+}
+
+type Training = trainer::Outcome<(PendingUpdate, f64)>;
+
+struct Fetch {
+    announce: Announce,
+    chunks: Vec<Option<Vec<u8>>>,
+    last_progress: Instant,
+}
+
+struct Agent {
+    config: AgentConfig,
+    state: StateDir,
+    table: Arc<Table>,
+    client: AsyncClient,
+    topic_update: Topic,
+    topic_fetch: Topic,
+    topic_status: Topic,
+    announce: Option<Announce>,
+    fetch: Option<Fetch>,
+    training: Option<(u64, Training, Arc<AtomicBool>)>,
+    awaiting_ack: Option<(u64, Instant)>,
+    dataset: Option<([u8; 32], Arc<Dataset>)>,
+}
+
+/// Runs the agent until `shutdown` is cancelled (or a fatal error).
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    config.validate()?;
+    let state = StateDir::open(&config.state_dir)?;
+    let table = load_table(&config)?;
+    tracing::info!(
+        client = %config.client_id,
+        fleet = %config.fleet,
+        rows = table.rows.len(),
+        broker = %config.broker.url,
+        "agent starting"
+    );
+    let topic_status = topics::client(&config.fleet, ClientTopic::Status, &config.client_id);
+    let offline = status_payload(&config, AgentState::Offline, 0, table.rows.len(), "offline");
+    let will = LastWill::new(topic_status.as_str(), offline.clone(), QOS, true);
+    let options = config.broker.options(&config.client_id, Some(will))?;
+    let tracker = TaskTracker::new();
+    let link_stop = CancellationToken::new();
+    let mut link = mqtt::connect(options, &tracker, link_stop.clone());
+    let mut agent = Agent {
+        topic_update: topics::client(&config.fleet, ClientTopic::Update, &config.client_id),
+        topic_fetch: topics::client(&config.fleet, ClientTopic::Fetch, &config.client_id),
+        topic_status,
+        config,
+        state,
+        table: Arc::new(table),
+        client: link.client.clone(),
+        announce: None,
+        fetch: None,
+        training: None,
+        awaiting_ack: None,
+        dataset: None,
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let result = loop {
+        let step = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            event = link.events.recv() => match event {
+                Some(event) => agent.on_event(event).await,
+                None => break Ok(()),
+            },
+            done = async { (&mut agent.training.as_mut().expect("guarded").1).await },
+                if agent.training.is_some() => {
+                let (round, _, _) = agent.training.take().expect("guarded");
+                let done = done.unwrap_or_else(|_| Err(TrainError::Thread("training thread died".into())));
+                agent.on_trained(round, done).await
+            }
+            _ = tick.tick() => agent.on_tick().await,
+        };
+        if let Err(e) = step {
+            break Err(e);
+        }
+    };
+    if let Some((_, _, cancel)) = &agent.training {
+        cancel.store(true, Ordering::Relaxed);
+    }
+    // A clean goodbye replaces the retained status; the will covers crashes.
+    let _ = agent
+        .client
+        .publish(agent.topic_status.as_str(), QOS, true, offline)
+        .await;
+    let _ = agent.client.disconnect().await;
+    link_stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("agent stopped");
+    result
+}
+
+fn load_table(config: &AgentConfig) -> Result<Table, AgentError> {
+    let err = |message: String| AgentError::Data {
+        path: config.data.path.display().to_string(),
+        message,
+    };
+    let file = std::fs::File::open(&config.data.path).map_err(|e| err(e.to_string()))?;
+    let table = Table::read(std::io::BufReader::new(file)).map_err(|e| err(e.to_string()))?;
+    if table.column(&config.data.label).is_none() {
+        return Err(err(format!(
+            "label column {:?} not found; columns are {:?}",
+            config.data.label, table.headers
+        )));
+    }
+    Ok(table)
+}
+
+fn status_payload(config: &AgentConfig, state: AgentState, round: u64, samples: usize, detail: &str) -> Vec<u8> {
+    let status = Status {
+        client: messages::id(&config.client_id).unwrap_or_default(),
+        state,
+        round,
+        codecs: codec::SUPPORTED
+            .iter()
+            .filter_map(|c| heapless::String::try_from(*c).ok())
+            .collect(),
+        samples: samples as u64,
+        detail: messages::detail(detail),
+    };
+    wire::encode(Kind::Status, &status)
+}
+
+impl Agent {
+    async fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) {
+        if let Err(e) = self.client.publish(topic, QOS, retain, payload).await {
+            tracing::warn!(topic, error = %e, "publish failed");
+        }
+    }
+
+    async fn status(&self, state: AgentState, round: u64, detail: &str) {
+        let payload = status_payload(&self.config, state, round, self.table.rows.len(), detail);
+        self.publish(self.topic_status.as_str(), true, payload).await;
+    }
+
+    async fn on_event(&mut self, event: LinkEvent) -> Result<(), AgentError> {
+        match event {
+            LinkEvent::Connected => {
+                let fleet = &self.config.fleet;
+                let me = &self.config.client_id;
+                for topic in [
+                    topics::round(fleet),
+                    topics::client(fleet, ClientTopic::Model, me),
+                    topics::client(fleet, ClientTopic::Ack, me),
+                ] {
+                    if let Err(e) = self.client.subscribe(topic.as_str(), QOS).await {
+                        tracing::warn!(topic = topic.as_str(), error = %e, "subscribe failed");
+                    }
+                }
+                let round = self.announce.as_ref().map(|a| a.round).unwrap_or(0);
+                self.status(AgentState::Idle, round, "connected").await;
+                // Anything trained but unacknowledged goes out again.
+                if let Some(pending) = self.state.pending()? {
+                    self.upload(&pending).await;
+                }
+                Ok(())
+            }
+            LinkEvent::Message { topic, payload, .. } => {
+                if topic == topics::round(&self.config.fleet).as_str() {
+                    match wire::decode::<Announce>(&payload, Kind::Announce, max_body(&self.config)) {
+                        Ok(announce) => self.on_announce(announce).await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ignoring bad round announcement");
+                            Ok(())
+                        }
+                    }
+                } else {
+                    match topics::parse_client(&self.config.fleet, &topic) {
+                        Some((ClientTopic::Model, _)) => self.on_model_chunk(&payload).await,
+                        Some((ClientTopic::Ack, _)) => self.on_ack(&payload).await,
+                        _ => Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_announce(&mut self, announce: Announce) -> Result<(), AgentError> {
+        let round = announce.round;
+        if self.announce.as_ref().is_some_and(|a| a.round == round) {
+            return Ok(()); // re-delivery of the retained message
+        }
+        tracing::info!(round, base = %version::short(&announce.base_version()), codec = %announce.codec, "round announced");
+        self.announce = Some(announce.clone());
+        self.fetch = None;
+        if let Some((training_round, _, cancel)) = &self.training {
+            if *training_round < round {
+                tracing::warn!(training_round, round, "newer round announced; abandoning training");
+                cancel.store(true, Ordering::Relaxed);
+                self.training = None;
+            }
+        }
+        if let Some(pending) = self.state.pending()? {
+            // Re-send; an older round's update is late but still reported so
+            // the server's ledger counts it.
+            self.upload(&pending).await;
+            if pending.round >= round {
+                return Ok(());
+            }
+        }
+        if self.state.last_acked_round()?.is_some_and(|r| r >= round) {
+            return Ok(());
+        }
+        let me = self.config.client_id.as_str();
+        if !announce.selected.is_empty() && !announce.selected.iter().any(|c| c.as_str() == me) {
+            self.status(AgentState::Idle, round, "not selected this round").await;
+            return Ok(());
+        }
+        if announce.deadline_ms <= now_ms() {
+            self.status(AgentState::Skipped, round, "deadline already passed").await;
+            return Ok(());
+        }
+        if let Err(e) = codec::by_name(&announce.codec) {
+            self.status(AgentState::Skipped, round, &e.to_string()).await;
+            return Ok(());
+        }
+        match self.state.model()? {
+            Some(model) if model.manifest.version == announce.base_version() => {
+                self.start_training(announce, model).await
+            }
+            held => self.start_fetch(announce, held).await,
+        }
+    }
+
+    async fn start_fetch(&mut self, announce: Announce, held: Option<StoredModel>) -> Result<(), AgentError> {
+        // Content addressing: chunks whose hash we already hold are reused.
+        let mut chunks: Vec<Option<Vec<u8>>> = vec![None; announce.manifest.chunks.len()];
+        if let Some(held) = held {
+            let bytes = held.params.canonical_bytes();
+            for piece in bytes.chunks(MODEL_CHUNK_SIZE) {
+                let hash = version::chunk_hash(piece);
+                for (i, want) in announce.manifest.chunks.iter().enumerate() {
+                    if *want == hash && chunks[i].is_none() {
+                        chunks[i] = Some(piece.to_vec());
+                    }
+                }
+            }
+        }
+        let round = announce.round;
+        self.fetch = Some(Fetch {
+            announce,
+            chunks,
+            last_progress: Instant::now(),
+        });
+        self.status(AgentState::Fetching, round, "fetching model").await;
+        self.request_missing().await;
+        self.try_finish_fetch().await
+    }
+
+    async fn request_missing(&mut self) {
+        let Some(fetch) = &mut self.fetch else { return };
+        let missing: Vec<u32> = (0..fetch.chunks.len() as u32)
+            .filter(|i| fetch.chunks[*i as usize].is_none())
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        fetch.last_progress = Instant::now();
+        let request = FetchRequest {
+            version: fetch.announce.base_version(),
+            chunks: missing,
+        };
+        let payload = wire::encode(Kind::FetchRequest, &request);
+        self.publish(self.topic_fetch.as_str(), false, payload).await;
+    }
+
+    async fn on_model_chunk(&mut self, payload: &[u8]) -> Result<(), AgentError> {
+        let chunk = match wire::decode::<ModelChunk>(payload, Kind::ModelChunk, max_body(&self.config)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring bad model chunk");
+                return Ok(());
+            }
+        };
+        let Some(fetch) = &mut self.fetch else { return Ok(()) };
+        let manifest = &fetch.announce.manifest;
+        let index = chunk.index as usize;
+        if chunk.version != manifest.version
+            || index >= manifest.chunks.len()
+            || version::chunk_hash(&chunk.data) != manifest.chunks[index]
+        {
+            tracing::warn!(index, "model chunk does not match the manifest; ignored");
+            return Ok(());
+        }
+        fetch.chunks[index] = Some(chunk.data);
+        fetch.last_progress = Instant::now();
+        self.try_finish_fetch().await
+    }
+
+    async fn try_finish_fetch(&mut self) -> Result<(), AgentError> {
+        let Some(fetch) = &self.fetch else { return Ok(()) };
+        if fetch.chunks.iter().any(Option::is_none) {
+            return Ok(());
+        }
+        let Some(fetch) = self.fetch.take() else { return Ok(()) };
+        let bytes: Vec<u8> = fetch.chunks.into_iter().flatten().flatten().collect();
+        let announce = fetch.announce;
+        let layout = announce.spec.layout();
+        let params = match codec::Fp32.decode(&bytes, &layout) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetched model does not fit its spec");
+                return Ok(());
+            }
+        };
+        let manifest = version::manifest_of(&params, &announce.spec, &announce.task);
+        if manifest != announce.manifest {
+            tracing::warn!("fetched model does not hash to the announced version; refetching");
+            self.fetch = Some(Fetch {
+                chunks: vec![None; announce.manifest.chunks.len()],
+                announce,
+                last_progress: Instant::now(),
+            });
+            self.request_missing().await;
+            return Ok(());
+        }
+        let model = StoredModel {
+            manifest,
+            spec: announce.spec.clone(),
+            task: announce.task.clone(),
+            params,
+        };
+        self.state.save_model(&model)?;
+        tracing::info!(round = announce.round, bytes = bytes.len(), "model fetched and verified");
+        self.start_training(announce, model).await
+    }
+
+    fn dataset_for(&mut self, announce: &Announce) -> Result<Arc<Dataset>, AgentError> {
+        let key = announce.manifest.spec_hash;
+        if let Some((k, data)) = &self.dataset {
+            if *k == key {
+                return Ok(data.clone());
+            }
+        }
+        let data = Dataset::from_table(&self.table, &announce.spec).map_err(|e| AgentError::Data {
+            path: self.config.data.path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        if !data.missing_features.is_empty() {
+            tracing::warn!(missing = ?data.missing_features, "data lacks model features; imputing their mean");
+        }
+        let data = Arc::new(data);
+        self.dataset = Some((key, data.clone()));
+        Ok(data)
+    }
+
+    async fn start_training(&mut self, announce: Announce, model: StoredModel) -> Result<(), AgentError> {
+        let data = match self.dataset_for(&announce) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot train this round");
+                self.status(AgentState::Skipped, announce.round, &e.to_string()).await;
+                return Ok(());
+            }
+        };
+        let round = announce.round;
+        let seed = u64::from_le_bytes(
+            blake3_seed(&self.config.client_id, round)[..8].try_into().unwrap_or([0; 8]),
+        );
+        let job = Job {
+            spec: announce.spec.clone(),
+            base: model.params,
+            task: announce.task.clone(),
+            data,
+            seed,
+        };
+        let limits = self.config.training.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let thread_cancel = cancel.clone();
+        let codec_name = announce.codec.clone();
+        let base_version = announce.base_version();
+        let chunk_size = announce.chunk_size;
+        let work = move || {
+            let trained = trainer::train(&job, &limits, &thread_cancel)?;
+            // Encoding stays on the training thread, off the MQTT loop.
+            let started = Instant::now();
+            let update = trained.params.sub(&job.base)?;
+            let codec = codec::by_name(&codec_name).map_err(|e| TrainError::Thread(e.to_string()))?;
+            let body = UpdateBody {
+                samples: job.data.len() as u64,
+                stats: trained.stats,
+                codec: codec.name().to_string(),
+                encoded: codec.encode(&update),
+            };
+            let pending = PendingUpdate {
+                round,
+                base_version,
+                body: postcard::to_allocvec(&body).unwrap_or_default(),
+                chunk_size,
+            };
+            Ok((pending, started.elapsed().as_secs_f64()))
+        };
+        let outcome = match trainer::spawn(work) {
+            Ok(rx) => rx,
+            Err(e) => {
+                self.status(AgentState::Skipped, round, &e.to_string()).await;
+                return Ok(());
+            }
+        };
+        self.training = Some((round, outcome, cancel));
+        self.status(AgentState::Training, round, "training").await;
+        Ok(())
+    }
+
+    async fn on_trained(
+        &mut self,
+        round: u64,
+        done: Result<(PendingUpdate, f64), TrainError>,
+    ) -> Result<(), AgentError> {
+        let (pending, encode_seconds) = match done {
+            Ok(p) => p,
+            Err(TrainError::Cancelled) => return Ok(()),
+            Err(e) => {
+                tracing::error!(round, error = %e, "training failed");
+                self.status(AgentState::Skipped, round, &e.to_string()).await;
+                return Ok(());
+            }
+        };
+        // Persist before sending: after a power cut the update is re-sent,
+        // never retrained and never lost.
+        self.state.save_pending(&pending)?;
+        tracing::info!(round, bytes = pending.body.len(), encode_seconds, "update trained and stored");
+        if self.config.faults.stop_after_persist {
+            return Err(AgentError::FaultInjected("stop_after_persist"));
+        }
+        self.upload(&pending).await;
+        Ok(())
+    }
+
+    async fn upload(&mut self, pending: &PendingUpdate) {
+        let client = messages::id(&self.config.client_id).unwrap_or_default();
+        let pieces = chunk::split(&pending.body, pending.chunk_size as usize);
+        let count = pending.body.len().div_ceil(pending.chunk_size.max(1) as usize).max(1);
+        for (pos, data) in pieces {
+            let message = UpdateChunk {
+                client: client.clone(),
+                round: pending.round,
+                base_version: pending.base_version,
+                pos,
+                data: data.to_vec(),
+            };
+            self.publish(self.topic_update.as_str(), false, wire::encode(Kind::UpdateChunk, &message))
+                .await;
+        }
+        tracing::info!(round = pending.round, chunks = count, "update sent");
+        self.awaiting_ack = Some((pending.round, Instant::now()));
+        self.status(AgentState::Uploading, pending.round, "awaiting receipt").await;
+    }
+
+    async fn on_ack(&mut self, payload: &[u8]) -> Result<(), AgentError> {
+        let ack = match wire::decode::<UpdateAck>(payload, Kind::UpdateAck, 4096) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring bad receipt");
+                return Ok(());
+            }
+        };
+        let Some(pending) = self.state.pending()? else { return Ok(()) };
+        if pending.round != ack.round {
+            return Ok(());
+        }
+        if ack.accepted {
+            self.state.acknowledge(ack.round)?;
+            tracing::info!(round = ack.round, "update acknowledged");
+        } else {
+            self.state.discard_pending()?;
+            tracing::warn!(round = ack.round, reason = %ack.reason, "update refused by server; dropped");
+        }
+        self.awaiting_ack = None;
+        self.status(AgentState::Idle, ack.round, if ack.accepted { "update counted" } else { "update refused" })
+            .await;
+        // The newest announcement may still want work from us.
+        if let Some(announce) = self.announce.take() {
+            if announce.round > ack.round {
+                self.on_announce(announce).await?;
+            } else {
+                self.announce = Some(announce);
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self) -> Result<(), AgentError> {
+        let patience = Duration::from_secs(self.config.training.ack_timeout_secs.max(1));
+        if let Some((round, sent)) = self.awaiting_ack {
+            if sent.elapsed() > patience {
+                if let Some(pending) = self.state.pending()?.filter(|p| p.round == round) {
+                    tracing::warn!(round, "no receipt yet; re-sending update");
+                    self.upload(&pending).await;
+                } else {
+                    self.awaiting_ack = None;
+                }
+            }
+        }
+        if self.fetch.as_ref().is_some_and(|f| f.last_progress.elapsed() > patience) {
+            tracing::warn!("model fetch stalled; re-requesting missing chunks");
+            self.request_missing().await;
+        }
+        Ok(())
+    }
+}
+
+fn blake3_seed(client: &str, round: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(client.as_bytes());
+    h.update(&round.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// The parameters of the base model currently held in `state_dir`, if any.
+pub fn held_model(state_dir: &std::path::Path) -> Result<Option<ParamSet>, AgentError> {
+    Ok(StateDir::open(state_dir)?.model()?.map(|m| m.params))
+}

@@ -1,0 +1,80 @@
+//! `convoy-agent`: parses flags and runs the agent library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// convoy vehicle agent: trains on this vehicle's data and syncs model
+/// updates with the fleet server over MQTT.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log as JSON lines instead of text (RUST_LOG sets the level).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent until SIGINT/SIGTERM.
+    Run {
+        /// TOML config file (see systemd/agent.example.toml).
+        #[arg(long, short, env = "CONVOY_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a config file and the data it points at, then exit.
+    Check {
+        /// TOML config file.
+        #[arg(long, short, env = "CONVOY_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    convoy_agent::process::init_logging(cli.log_json, "info");
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("convoy-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Check { config } => {
+            let config = convoy_agent::config::AgentConfig::load(&config)?;
+            let file = std::fs::File::open(&config.data.path)
+                .with_context(|| format!("opening data {}", config.data.path.display()))?;
+            let table = convoy_shared::dataset::Table::read(file)?;
+            println!(
+                "config ok: client {} in fleet {}, {} rows, columns {:?}",
+                config.client_id,
+                config.fleet,
+                table.rows.len(),
+                table.headers
+            );
+            Ok(())
+        }
+        Command::Run { config } => {
+            let config = convoy_agent::config::AgentConfig::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(convoy_agent::process::cancel_on_signal(shutdown.clone()));
+                convoy_agent::run(config, shutdown).await
+            })?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The agent's state directory: what must survive reboots and power loss.
+//!
+//! | file | holds |
+//! |---|---|
+//! | `model.bin` | the base model the agent last fetched (manifest, spec, parameters) |
+//! | `pending.bin` | a trained, encoded update not yet acknowledged by the server |
+//! | `progress.bin` | the last round whose update the server acknowledged |
+//!
+//! Every write goes to a temporary file, is fsynced, renamed over the old
+//! one and the directory fsynced, so a file is either the old or the new
+//! version, never a torn mix.
+
+use convoy_shared::messages::TrainTask;
+use convoy_shared::model::ModelSpec;
+use convoy_shared::params::ParamSet;
+use convoy_shared::version::{Manifest, VersionId};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// State-directory failures.
+#[derive(Debug, Error)]
+pub enum StateError {
+    /// Filesystem trouble.
+    #[error("state dir {path}: {source}")]
+    Io {
+        /// file involved
+        path: PathBuf,
+        /// cause
+        source: std::io::Error,
+    },
+    /// A file exists but does not decode; it is moved aside.
+    #[error("state file {path} is corrupt ({message}); moved aside to {path}.corrupt")]
+    Corrupt {
+        /// file involved
+        path: PathBuf,
+        /// decoder message
+        message: String,
+    },
+}
+
+/// The base model the agent holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredModel {
+    /// Its manifest (version id, chunk hashes).
+    pub manifest: Manifest,
+    /// Architecture and features.
+    pub spec: ModelSpec,
+    /// Training recipe it was published with.
+    pub task: TrainTask,
+    /// Parameters.
+    pub params: ParamSet,
+}
+
+/// A trained update waiting for the server's receipt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingUpdate {
+    /// Round it answers.
+    pub round: u64,
+    /// Base version it is relative to.
+    pub base_version: VersionId,
+    /// Serialised `UpdateBody`, exactly the bytes that are chunked and sent.
+    pub body: Vec<u8>,
+    /// Chunk size it is sent with.
+    pub chunk_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+struct Progress {
+    last_acked_round: Option<u64>,
+}
+
+/// Handle on the state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating if needed) the directory.
+    pub fn open(root: &Path) -> Result<Self, StateError> {
+        std::fs::create_dir_all(root).map_err(|source| StateError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        let bytes = postcard::to_allocvec(value).unwrap_or_default();
+        write_atomic(&self.path(name), &bytes)
+    }
+
+    fn read<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
+        let path = self.path(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Io { path, source }),
+        };
+        match postcard::from_bytes(&bytes) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                let aside = PathBuf::from(format!("{}.corrupt", path.display()));
+                let _ = std::fs::rename(&path, aside);
+                Err(StateError::Corrupt {
+                    path,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    fn remove(&self, name: &str) -> Result<(), StateError> {
+        let path = self.path(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.root),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
+    /// The stored base model.
+    pub fn model(&self) -> Result<Option<StoredModel>, StateError> {
+        self.read("model.bin")
+    }
+
+    /// Replaces the stored base model.
+    pub fn save_model(&self, model: &StoredModel) -> Result<(), StateError> {
+        self.write("model.bin", model)
+    }
+
+    /// The unacknowledged update, if any.
+    pub fn pending(&self) -> Result<Option<PendingUpdate>, StateError> {
+        self.read("pending.bin")
+    }
+
+    /// Persists an update before any of it is sent.
+    pub fn save_pending(&self, update: &PendingUpdate) -> Result<(), StateError> {
+        self.write("pending.bin", update)
+    }
+
+    /// Records the server's receipt for `round` and drops the pending update.
+    pub fn acknowledge(&self, round: u64) -> Result<(), StateError> {
+        self.write(
+            "progress.bin",
+            &Progress {
+                last_acked_round: Some(round),
+            },
+        )?;
+        self.remove("pending.bin")
+    }
+
+    /// Drops a pending update the server refused for good (late, stale).
+    pub fn discard_pending(&self) -> Result<(), StateError> {
+        self.remove("pending.bin")
+    }
+
+    /// The last round the server acknowledged.
+    pub fn last_acked_round(&self) -> Result<Option<u64>, StateError> {
+        Ok(self.read::<Progress>("progress.bin")?.and_then(|p| p.last_acked_round))
+    }
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let io = |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    // Directory fsync makes the rename durable; not all filesystems allow
+    // opening a directory, so failure to open is not fatal.
+    if let Ok(d) = std::fs::File::open(dir) {
+        d.sync_all().map_err(|source| StateError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_survives_reopen_and_ack_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert_eq!(state.pending().unwrap(), None);
+        let update = PendingUpdate {
+            round: 3,
+            base_version: [1; 32],
+            body: vec![1, 2, 3],
+            chunk_size: 1024,
+        };
+        state.save_pending(&update).unwrap();
+        let reopened = StateDir::open(dir.path()).unwrap();
+        assert_eq!(reopened.pending().unwrap(), Some(update));
+        reopened.acknowledge(3).unwrap();
+        assert_eq!(reopened.pending().unwrap(), None);
+        assert_eq!(reopened.last_acked_round().unwrap(), Some(3));
+    }
+
+    #[test]
+    fn corrupt_file_is_reported_and_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("pending.bin"), [0xff; 3]).unwrap();
+        assert!(matches!(state.pending(), Err(StateError::Corrupt { .. })));
+        assert_eq!(state.pending().unwrap(), None);
+        assert!(dir.path().join("pending.bin.corrupt").exists());
+    }
+}

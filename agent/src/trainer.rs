@@ -1,0 +1,197 @@
+//! Local training, on a thread of its own so the MQTT loop stays responsive.
+
+use crate::config::{Backend, TrainingConfig};
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::prelude::*;
+use convoy_shared::dataset::Dataset;
+use convoy_shared::messages::{TrainStats, TrainTask};
+use convoy_shared::model::{Mlp, ModelSpec};
+use convoy_shared::params::ParamSet;
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use thiserror::Error;
+
+/// Why training produced nothing.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// Parameters do not fit the spec.
+    #[error("model does not fit its spec: {0}")]
+    Params(#[from] convoy_shared::params::ParamError),
+    /// Stopped before finishing (shutdown).
+    #[error("training cancelled")]
+    Cancelled,
+    /// The run diverged.
+    #[error("training diverged: loss became {0}")]
+    Diverged(f32),
+    /// The thread pool could not start.
+    #[error("cannot start training threads: {0}")]
+    Threads(String),
+    /// The training thread died.
+    #[error("training thread failed: {0}")]
+    Thread(String),
+}
+
+/// One local training job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Model architecture.
+    pub spec: ModelSpec,
+    /// Starting parameters (the round's base).
+    pub base: ParamSet,
+    /// Recipe from the round.
+    pub task: TrainTask,
+    /// Local data.
+    pub data: Arc<Dataset>,
+    /// Shuffling seed.
+    pub seed: u64,
+}
+
+/// Trained parameters and what it took.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    /// Parameters after training.
+    pub params: ParamSet,
+    /// Measurements.
+    pub stats: TrainStats,
+}
+
+/// The device for a backend choice.
+pub fn device(backend: Backend) -> (Device, &'static str) {
+    match backend {
+        Backend::Cpu => (Device::flex(), "cpu-flex"),
+    }
+}
+
+/// What a training thread hands back when it ends.
+pub type Outcome<T> = tokio::sync::oneshot::Receiver<Result<T, TrainError>>;
+
+/// Runs `work` (training, then encoding) on a new OS thread, never on the
+/// async runtime; the receiver resolves when it finishes (and errors if the
+/// thread died).
+pub fn spawn<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, TrainError> + Send + 'static,
+) -> Result<Outcome<T>, TrainError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("convoy-train".into())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(|e| TrainError::Thread(e.to_string()))?;
+    Ok(rx)
+}
+
+/// Trains synchronously within `limits` (threads, epoch and batch caps).
+pub fn train(job: &Job, limits: &TrainingConfig, cancel: &AtomicBool) -> Result<Trained, TrainError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(limits.threads.max(1))
+        .thread_name(|i| format!("convoy-train-{i}"))
+        .build()
+        .map_err(|e| TrainError::Threads(e.to_string()))?;
+    pool.install(|| train_in_pool(job, limits, cancel))
+}
+
+fn cap(asked: u32, limit: u32) -> u32 {
+    if limit == 0 { asked } else { asked.min(limit) }
+}
+
+fn train_in_pool(job: &Job, limits: &TrainingConfig, cancel: &AtomicBool) -> Result<Trained, TrainError> {
+    let started = Instant::now();
+    let (base_device, device_name) = device(limits.backend);
+    let device = base_device.autodiff();
+    let mut model = Mlp::from_params(&job.spec, &job.base, &device)?;
+    let mut optim = SgdConfig::new().init();
+    let epochs = cap(job.task.epochs.max(1), limits.max_epochs);
+    let batch = cap(job.task.batch_size.max(1), limits.max_batch) as usize;
+    let lr = job.task.lr as f64;
+    let mut order: Vec<usize> = (0..job.data.len()).collect();
+    let mut rng = StdRng::seed_from_u64(job.seed);
+    let (mut steps, mut last_epoch_loss) = (0u64, 0f32);
+    for _ in 0..epochs {
+        order.shuffle(&mut rng);
+        let (mut loss_sum, mut batches) = (0f64, 0u32);
+        for indices in order.chunks(batch) {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(TrainError::Cancelled);
+            }
+            let (x, y) = job.data.batch(indices, &device);
+            let loss = model.loss(x, &y, &device);
+            let value = loss.clone().into_scalar::<f32>();
+            if !value.is_finite() {
+                return Err(TrainError::Diverged(value));
+            }
+            loss_sum += value as f64;
+            batches += 1;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            steps += 1;
+        }
+        last_epoch_loss = (loss_sum / batches.max(1) as f64) as f32;
+    }
+    let samples = job.data.len() as u64;
+    Ok(Trained {
+        params: model.to_params(),
+        stats: TrainStats {
+            train_seconds: started.elapsed().as_secs_f64(),
+            steps,
+            epochs,
+            loss: last_epoch_loss,
+            flops: convoy_shared::cost::training_flops(&job.spec, samples, epochs),
+            device: device_name.to_string(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoy_shared::dataset::Table;
+    use convoy_shared::model::{TaskKind, evaluate};
+
+    #[test]
+    fn training_lowers_loss_on_a_learnable_task() {
+        // y = 1 when a + b > 0: linearly separable
+        let mut csv = String::from("a,b,y\n");
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..400 {
+            let a: f32 = rand::Rng::random_range(&mut rng, -1.0..1.0);
+            let b: f32 = rand::Rng::random_range(&mut rng, -1.0..1.0);
+            csv.push_str(&format!("{a},{b},{}\n", (a + b > 0.0) as u8));
+        }
+        let table = Table::read(csv.as_bytes()).unwrap();
+        let spec = table.derive_spec("y", TaskKind::Classification, vec![8], 3).unwrap();
+        let data = Arc::new(Dataset::from_table(&table, &spec).unwrap());
+        let base = spec.init_params();
+        let before = evaluate(&spec, &base, &data, &Device::flex()).unwrap();
+        let job = Job {
+            spec: spec.clone(),
+            base,
+            task: TrainTask { epochs: 5, lr: 0.1, batch_size: 16 },
+            data: data.clone(),
+            seed: 9,
+        };
+        let trained = train(&job, &TrainingConfig::default(), &AtomicBool::new(false)).unwrap();
+        let after = evaluate(&spec, &trained.params, &data, &Device::flex()).unwrap();
+        assert!(after.loss < before.loss * 0.8, "{before:?} -> {after:?}");
+        assert!(after.accuracy.unwrap() > 0.9, "{after:?}");
+        assert_eq!(trained.stats.steps, 5 * 25);
+    }
+
+    #[test]
+    fn cancel_stops_training() {
+        let table = Table::read("a,y\n1,0\n2,1\n".as_bytes()).unwrap();
+        let spec = table.derive_spec("y", TaskKind::Classification, vec![], 3).unwrap();
+        let job = Job {
+            base: spec.init_params(),
+            spec: spec.clone(),
+            task: TrainTask { epochs: 1, lr: 0.1, batch_size: 1 },
+            data: Arc::new(Dataset::from_table(&table, &spec).unwrap()),
+            seed: 1,
+        };
+        let r = train(&job, &TrainingConfig::default(), &AtomicBool::new(true));
+        assert!(matches!(r, Err(TrainError::Cancelled)));
+    }
+}

@@ -1,0 +1,86 @@
+//! The embedded MQTT broker (rumqttd) on a thread of its own.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// The embedded broker could not start.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// Bad listen address.
+    #[error("broker listen address {0:?} is invalid")]
+    Listen(String),
+    /// Port taken.
+    #[error("cannot listen on {0}: {1} (is another broker running? set broker.listen or broker.url)")]
+    InUse(SocketAddr, std::io::Error),
+    /// Did not come up.
+    #[error("embedded broker did not start listening on {0} within 10 s (port in use?)")]
+    NotListening(SocketAddr),
+    /// Thread failed to spawn.
+    #[error("cannot start broker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Picks a free port on 127.0.0.1 (for tests and the demo).
+pub fn free_local_addr() -> std::io::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    l.local_addr()
+}
+
+/// Starts rumqttd on `listen` and waits until it accepts connections.
+/// `Broker::start` blocks forever, so the thread is detached; it ends with
+/// the process.
+pub fn start_embedded(listen: &str, max_payload: usize) -> Result<SocketAddr, BrokerError> {
+    let addr: SocketAddr = listen.parse().map_err(|_| BrokerError::Listen(listen.to_string()))?;
+    // Probe first: if something else holds the port we would otherwise
+    // mistake it for our broker.
+    drop(std::net::TcpListener::bind(addr).map_err(|e| BrokerError::InUse(addr, e))?);
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: max_payload,
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = rumqttd::ServerSettings {
+        name: "convoy-v4".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 10_010,
+            max_outgoing_packet_count: 1024,
+            max_segment_size: 64 * 1024 * 1024,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("1".to_string(), server)])),
+        ..Default::default()
+    };
+    std::thread::Builder::new()
+        .name("convoy-broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })
+        .map_err(BrokerError::Thread)?;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            tracing::info!(%addr, "embedded broker listening");
+            return Ok(addr);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(BrokerError::NotListening(addr))
+}

@@ -1,0 +1,345 @@
+//! The server's TOML configuration, with documented defaults.
+
+use convoy_agent::mqtt::BrokerConfig;
+use convoy_shared::messages::TrainTask;
+use convoy_shared::model::TaskKind;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Everything the server needs. See `systemd/server.example.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Fleet served. Env: `CONVOY_FLEET`.
+    #[serde(default = "default_fleet")]
+    pub fleet: String,
+    /// SQLite database; model blobs go to `<db>.models/` beside it. Env: `CONVOY_DB`.
+    #[serde(default = "default_db")]
+    pub db: PathBuf,
+    /// Broker: embedded by default, external when `broker.url` is set.
+    #[serde(default)]
+    pub broker: ServerBroker,
+    /// Round rules.
+    #[serde(default)]
+    pub rounds: RoundConfig,
+    /// Model architecture and data schema.
+    pub model: ModelConfig,
+    /// Local training recipe sent with every round.
+    #[serde(default)]
+    pub training: TrainingRecipe,
+    /// Server-side evaluation.
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+/// Broker settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerBroker {
+    /// External broker `mqtt://host:port`; empty runs the embedded one. Env: `CONVOY_BROKER_URL`.
+    pub url: String,
+    /// Listen address of the embedded broker.
+    pub listen: String,
+    /// Largest MQTT packet, bytes (embedded broker's max payload and client limit).
+    pub max_packet_size: usize,
+    /// User name for an external broker. Env: `CONVOY_BROKER_USERNAME`.
+    pub username: Option<String>,
+    /// Password for an external broker. Env: `CONVOY_BROKER_PASSWORD`.
+    pub password: Option<String>,
+    /// MQTT client id of the server.
+    pub client_id: String,
+}
+
+impl Default for ServerBroker {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            listen: "127.0.0.1:1883".into(),
+            max_packet_size: 256 * 1024,
+            username: None,
+            password: None,
+            client_id: "convoy-server".into(),
+        }
+    }
+}
+
+/// How rounds run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoundConfig {
+    /// Rounds to run before exiting; 0 runs until stopped.
+    pub total: u64,
+    /// Online clients needed to open a round.
+    pub min_clients: usize,
+    /// Accepted updates needed to publish a new model; fewer fails the round.
+    pub min_reports: usize,
+    /// Share of eligible online clients asked to train each round (0, 1].
+    pub sample_fraction: f64,
+    /// Seconds from announcement to deadline; later updates are counted late.
+    pub deadline_secs: u64,
+    /// Update codec (`fp32` or `fp16`).
+    pub codec: String,
+    /// Chunk size for updates, bytes (128 KiB fits AWS IoT-style limits).
+    pub chunk_size: usize,
+    /// Largest reassembled update accepted, bytes.
+    pub max_update_bytes: usize,
+    /// Seed for client sampling.
+    pub seed: u64,
+}
+
+impl Default for RoundConfig {
+    fn default() -> Self {
+        Self {
+            total: 0,
+            min_clients: 2,
+            min_reports: 1,
+            sample_fraction: 1.0,
+            deadline_secs: 120,
+            codec: "fp32".into(),
+            chunk_size: convoy_shared::chunk::DEFAULT_CHUNK_SIZE,
+            max_update_bytes: 64 * 1024 * 1024,
+            seed: 42,
+        }
+    }
+}
+
+/// Model and schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// CSV whose columns define the features (all but the label), their
+    /// normalisation and the classes. Usually the evaluation set.
+    pub schema_csv: PathBuf,
+    /// Label column.
+    pub label: String,
+    /// `classification` or `regression`.
+    #[serde(default)]
+    pub task: TaskKind,
+    /// Hidden layer widths.
+    #[serde(default = "default_hidden")]
+    pub hidden: Vec<u32>,
+    /// Seed of the initial weights.
+    #[serde(default = "default_seed")]
+    pub init_seed: u64,
+}
+
+/// Recipe for local training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingRecipe {
+    /// Local epochs per round.
+    pub epochs: u32,
+    /// SGD learning rate.
+    pub lr: f32,
+    /// Mini-batch size.
+    pub batch_size: u32,
+}
+
+impl Default for TrainingRecipe {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            lr: 0.05,
+            batch_size: 32,
+        }
+    }
+}
+
+impl TrainingRecipe {
+    /// As sent on the wire.
+    pub fn task(&self) -> TrainTask {
+        TrainTask {
+            epochs: self.epochs,
+            lr: self.lr,
+            batch_size: self.batch_size,
+        }
+    }
+}
+
+/// Server-side evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Test CSV evaluated after every round; none skips evaluation.
+    pub test_csv: Option<PathBuf>,
+}
+
+fn default_fleet() -> String {
+    "default".into()
+}
+fn default_db() -> PathBuf {
+    PathBuf::from("/var/lib/convoy-server/convoy.db")
+}
+fn default_hidden() -> Vec<u32> {
+    vec![64]
+}
+fn default_seed() -> u64 {
+    42
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// File unreadable.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// file
+        path: PathBuf,
+        /// cause
+        source: std::io::Error,
+    },
+    /// TOML invalid.
+    #[error("config {path} is invalid: {message}")]
+    Parse {
+        /// file
+        path: PathBuf,
+        /// parser message
+        message: String,
+    },
+    /// A value out of range.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl ServerConfig {
+    /// Reads, applies env overrides, resolves relative paths against the
+    /// config file's folder, and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: ServerConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut config.model.schema_csv);
+        if let Some(t) = config.eval.test_csv.as_mut() {
+            resolve(t);
+        }
+        config.apply_env();
+        resolve(&mut config.db);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// `CONVOY_FLEET`, `CONVOY_DB`, `CONVOY_BROKER_*`.
+    pub fn apply_env(&mut self) {
+        if let Ok(v) = std::env::var("CONVOY_FLEET") {
+            self.fleet = v;
+        }
+        if let Ok(v) = std::env::var("CONVOY_DB") {
+            self.db = PathBuf::from(v);
+        }
+        if let Ok(v) = std::env::var("CONVOY_BROKER_URL") {
+            self.broker.url = v;
+        }
+        if let Ok(v) = std::env::var("CONVOY_BROKER_USERNAME") {
+            self.broker.username = Some(v);
+        }
+        if let Ok(v) = std::env::var("CONVOY_BROKER_PASSWORD") {
+            self.broker.password = Some(v);
+        }
+    }
+
+    /// Checks values a config file can get wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !convoy_shared::topics::valid_id(&self.fleet) {
+            return bad(format!("fleet {:?} must be 1-64 characters of A-Z a-z 0-9 _ . -", self.fleet));
+        }
+        if self.rounds.min_clients == 0 {
+            return bad("rounds.min_clients must be at least 1".into());
+        }
+        if self.rounds.min_reports == 0 {
+            return bad("rounds.min_reports must be at least 1".into());
+        }
+        if !(self.rounds.sample_fraction > 0.0 && self.rounds.sample_fraction <= 1.0) {
+            return bad(format!("rounds.sample_fraction {} must be in (0, 1]", self.rounds.sample_fraction));
+        }
+        if self.rounds.deadline_secs == 0 {
+            return bad("rounds.deadline_secs must be at least 1".into());
+        }
+        if let Err(e) = convoy_shared::codec::by_name(&self.rounds.codec) {
+            return bad(format!("rounds.codec: {e}"));
+        }
+        // an update chunk plus its envelope and MQTT header must fit a packet
+        if self.rounds.chunk_size + 1024 > self.broker.max_packet_size {
+            return bad(format!(
+                "rounds.chunk_size {} does not fit broker.max_packet_size {} (leave 1 KiB for headers)",
+                self.rounds.chunk_size, self.broker.max_packet_size
+            ));
+        }
+        if self.broker.max_packet_size < convoy_shared::version::MODEL_CHUNK_SIZE + 1024 {
+            return bad(format!(
+                "broker.max_packet_size {} is too small; model chunks need at least {}",
+                self.broker.max_packet_size,
+                convoy_shared::version::MODEL_CHUNK_SIZE + 1024
+            ));
+        }
+        if !(self.training.lr.is_finite() && self.training.lr > 0.0) || self.training.batch_size == 0 || self.training.epochs == 0 {
+            return bad("training: epochs and batch_size must be at least 1 and lr positive".into());
+        }
+        if !self.broker.url.is_empty() {
+            self.external_broker()
+                .host_port()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        } else if self.broker.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(format!("broker.listen {:?} is not an address like 127.0.0.1:1883", self.broker.listen));
+        }
+        Ok(())
+    }
+
+    /// Client settings for reaching the broker (external, or the embedded one).
+    pub fn external_broker(&self) -> BrokerConfig {
+        BrokerConfig {
+            url: if self.broker.url.is_empty() {
+                format!("mqtt://{}", self.broker.listen)
+            } else {
+                self.broker.url.clone()
+            },
+            username: self.broker.username.clone(),
+            password: self.broker.password.clone(),
+            max_packet_size: self.broker.max_packet_size,
+            keep_alive_secs: 30,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> ServerConfig {
+        toml::from_str("[model]\nschema_csv = \"t.csv\"\nlabel = \"y\"\n").unwrap()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = minimal();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.rounds.chunk_size, 128 * 1024);
+        assert_eq!(c.external_broker().url, "mqtt://127.0.0.1:1883");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let mut c = minimal();
+        c.rounds.codec = "gzip".into();
+        assert!(c.validate().unwrap_err().to_string().contains("fp16"));
+        let mut c = minimal();
+        c.rounds.chunk_size = 1 << 20;
+        assert!(c.validate().unwrap_err().to_string().contains("max_packet_size"));
+        let mut c = minimal();
+        c.broker.url = "http://x".into();
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<ServerConfig>("[model]\nlabel = 3").is_err());
+    }
+}

@@ -1,0 +1,319 @@
+//! `convoy-server demo`: a whole fleet in one process, on real data.
+//!
+//! The digits data set (vendored under `data/digits`, embedded here) is
+//! split into a held-out test set for the server and a non-IID partition
+//! across the vehicles (Dirichlet label skew, fixed seed). An embedded broker,
+//! the server and the agents then run the configured rounds over real MQTT
+//! on 127.0.0.1, and each round prints a line as it closes.
+
+use crate::config::{EvalConfig, ModelConfig, RoundConfig, ServerBroker, ServerConfig, TrainingRecipe};
+use crate::report::{human_bytes, round_line};
+use crate::store::RoundRow;
+use convoy_agent::config::{AgentConfig, DataConfig, Faults, TrainingConfig};
+use convoy_agent::mqtt::BrokerConfig;
+use convoy_shared::dataset::Table;
+use convoy_shared::model::TaskKind;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand_distr::{Distribution, Gamma};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The digits CSV (see `data/digits/README.md` for provenance).
+pub const DIGITS_CSV: &str = include_str!("../../data/digits/digits.csv");
+
+/// Demo settings.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Vehicles.
+    pub clients: usize,
+    /// Rounds.
+    pub rounds: u64,
+    /// Seed for the split, sampling and initial weights.
+    pub seed: u64,
+    /// Dirichlet concentration of the label skew (smaller is more skewed).
+    pub alpha: f64,
+    /// Database path; client data and agent state go in a folder beside it.
+    pub db: PathBuf,
+    /// Update codec.
+    pub codec: String,
+    /// Local epochs per round.
+    pub epochs: u32,
+    /// Learning rate.
+    pub lr: f32,
+    /// Batch size.
+    pub batch_size: u32,
+    /// Hidden layer widths.
+    pub hidden: Vec<u32>,
+    /// Print per-round lines.
+    pub verbose: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            clients: 8,
+            rounds: 10,
+            seed: 42,
+            alpha: 0.5,
+            db: PathBuf::from("convoy-demo/convoy.db"),
+            codec: "fp32".into(),
+            epochs: 1,
+            lr: 0.05,
+            batch_size: 16,
+            hidden: vec![32],
+            verbose: true,
+        }
+    }
+}
+
+/// What the demo measured.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    /// Each closed round.
+    pub rounds: Vec<RoundRow>,
+    /// Accuracy of the initial model on the test set.
+    pub initial_accuracy: Option<f64>,
+    /// Wall time of the rounds.
+    pub elapsed: Duration,
+    /// Rows in each vehicle's partition.
+    pub client_rows: Vec<usize>,
+}
+
+/// Splits row indices by label with a Dirichlet(alpha) share per client.
+/// Every client gets at least `min_rows` (redrawn until so, then topped up).
+pub fn dirichlet_split(labels: &[String], clients: usize, alpha: f64, seed: u64, min_rows: usize) -> Vec<Vec<usize>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut classes: Vec<&String> = labels.iter().collect();
+    classes.sort();
+    classes.dedup();
+    let gamma = Gamma::new(alpha.max(1e-3), 1.0).expect("alpha clamped positive");
+    let mut parts = vec![Vec::new(); clients];
+    for attempt in 0..100 {
+        parts = vec![Vec::new(); clients];
+        for class in &classes {
+            let mut rows: Vec<usize> = (0..labels.len()).filter(|i| &labels[*i] == *class).collect();
+            rows.shuffle(&mut rng);
+            let weights: Vec<f64> = (0..clients).map(|_| gamma.sample(&mut rng) + 1e-12).collect();
+            let total: f64 = weights.iter().sum();
+            let mut start = 0;
+            let mut acc = 0.0;
+            for (c, w) in weights.iter().enumerate() {
+                acc += w / total;
+                let end = if c + 1 == clients { rows.len() } else { (acc * rows.len() as f64).round() as usize };
+                parts[c].extend_from_slice(&rows[start..end.max(start)]);
+                start = end.max(start);
+            }
+        }
+        if parts.iter().all(|p| p.len() >= min_rows) || attempt == 99 {
+            break;
+        }
+    }
+    // top up starved clients from the largest ones so nobody has nothing
+    for c in 0..clients {
+        while parts[c].len() < min_rows {
+            let donor = (0..clients).max_by_key(|i| parts[*i].len()).unwrap_or(0);
+            if donor == c || parts[donor].len() <= min_rows {
+                break;
+            }
+            let pick = rng.random_range(0..parts[donor].len());
+            let row = parts[donor].remove(pick);
+            parts[c].push(row);
+        }
+    }
+    parts
+}
+
+fn write_csv(path: &Path, headers: &[String], rows: &[&Vec<String>]) -> std::io::Result<()> {
+    let mut w = csv::Writer::from_path(path)?;
+    w.write_record(headers)?;
+    for row in rows {
+        w.write_record(row.iter())?;
+    }
+    w.flush()
+}
+
+/// Runs the demo fleet; prints one line per round when `verbose`.
+pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<DemoReport> {
+    anyhow::ensure!(options.clients >= 1, "--clients must be at least 1");
+    anyhow::ensure!(options.rounds >= 1, "--rounds must be at least 1");
+    let dir = options
+        .db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let work = dir.join(format!(
+        "{}.fleet",
+        options.db.file_name().and_then(|n| n.to_str()).unwrap_or("convoy.db")
+    ));
+    // A demo starts from scratch: drop an earlier demo's database and state.
+    for stale in [
+        options.db.clone(),
+        PathBuf::from(format!("{}-wal", options.db.display())),
+        PathBuf::from(format!("{}-shm", options.db.display())),
+    ] {
+        let _ = std::fs::remove_file(stale);
+    }
+    let _ = std::fs::remove_dir_all(format!("{}.models", options.db.display()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+
+    // Split: 20 % held out for the server, the rest across vehicles.
+    let table = Table::read(DIGITS_CSV.as_bytes())?;
+    let label = "digit";
+    let label_col = table.column(label).ok_or_else(|| anyhow::anyhow!("digits data lacks its label"))?;
+    let mut order: Vec<usize> = (0..table.rows.len()).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(options.seed));
+    let test_len = table.rows.len() / 5;
+    let (test_rows, train_rows) = order.split_at(test_len);
+    let test_path = work.join("test.csv");
+    write_csv(&test_path, &table.headers, &test_rows.iter().map(|i| &table.rows[*i]).collect::<Vec<_>>())?;
+    let train_labels: Vec<String> = train_rows.iter().map(|i| table.rows[*i][label_col].clone()).collect();
+    let parts = dirichlet_split(&train_labels, options.clients, options.alpha, options.seed, 20);
+
+    let broker_addr = tokio::task::spawn_blocking(move || {
+        crate::broker::free_local_addr().map_err(anyhow::Error::from).and_then(|a| {
+            crate::broker::start_embedded(&a.to_string(), 1024 * 1024).map_err(anyhow::Error::from)
+        })
+    })
+    .await??;
+    let url = format!("mqtt://{broker_addr}");
+
+    let server_config = ServerConfig {
+        fleet: "demo".into(),
+        db: options.db.clone(),
+        broker: ServerBroker {
+            url: url.clone(),
+            max_packet_size: 1024 * 1024,
+            ..Default::default()
+        },
+        rounds: RoundConfig {
+            total: options.rounds,
+            min_clients: options.clients,
+            min_reports: 1,
+            sample_fraction: 1.0,
+            deadline_secs: 60,
+            codec: options.codec.clone(),
+            seed: options.seed,
+            ..Default::default()
+        },
+        model: ModelConfig {
+            schema_csv: test_path.clone(),
+            label: label.into(),
+            task: TaskKind::Classification,
+            hidden: options.hidden.clone(),
+            init_seed: options.seed,
+        },
+        training: TrainingRecipe {
+            epochs: options.epochs,
+            lr: options.lr,
+            batch_size: options.batch_size,
+        },
+        eval: EvalConfig {
+            test_csv: Some(test_path.clone()),
+        },
+    };
+    server_config.validate()?;
+    let spec = crate::spec_from_config(&server_config)?;
+    let test = convoy_shared::dataset::Dataset::from_csv(std::fs::File::open(&test_path)?, &spec)?;
+    let initial_accuracy = convoy_shared::model::evaluate(&spec, &spec.init_params(), &test, &burn::prelude::Device::flex())
+        .ok()
+        .and_then(|e| e.accuracy);
+
+    let mut agents = Vec::new();
+    let mut client_rows = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let id = format!("car-{:02}", i + 1);
+        let data = work.join(format!("{id}.csv"));
+        let rows: Vec<&Vec<String>> = part.iter().map(|r| &table.rows[train_rows[*r]]).collect();
+        write_csv(&data, &table.headers, &rows)?;
+        client_rows.push(rows.len());
+        agents.push(AgentConfig {
+            fleet: "demo".into(),
+            client_id: id.clone(),
+            state_dir: work.join(format!("{id}.state")),
+            broker: BrokerConfig {
+                url: url.clone(),
+                max_packet_size: 1024 * 1024,
+                ..Default::default()
+            },
+            data: DataConfig {
+                path: data,
+                label: label.into(),
+                task: TaskKind::Classification,
+            },
+            training: TrainingConfig::default(),
+            faults: Faults::default(),
+        });
+    }
+    if options.verbose {
+        println!(
+            "convoy demo: {} vehicles, {} rounds, digits data ({} train rows split Dirichlet(alpha={}), {} test rows), codec {}, seed {}",
+            options.clients,
+            options.rounds,
+            train_rows.len(),
+            options.alpha,
+            test_len,
+            options.codec,
+            options.seed
+        );
+        println!("vehicle rows: {client_rows:?}");
+        if let Some(a) = initial_accuracy {
+            println!("initial model: test accuracy {:.2}%", a * 100.0);
+        }
+    }
+
+    let started = Instant::now();
+    let stop = shutdown.child_token();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(crate::run_observed(server_config, stop.clone(), Some(tx)));
+    let agent_stop = stop.child_token();
+    let agent_tasks: Vec<_> = agents
+        .into_iter()
+        .map(|config| tokio::spawn(convoy_agent::run(config, agent_stop.clone())))
+        .collect();
+    let mut rounds = Vec::new();
+    while let Some(row) = rx.recv().await {
+        if options.verbose {
+            println!("{}", round_line(&row));
+        }
+        rounds.push(row);
+    }
+    let summary = server.await??;
+    agent_stop.cancel();
+    for task in agent_tasks {
+        if let Ok(Err(e)) = task.await {
+            tracing::warn!(error = %e, "demo agent stopped with an error");
+        }
+    }
+    let elapsed = started.elapsed();
+    if options.verbose {
+        let up: u64 = rounds.iter().map(|r| r.bytes_up).sum();
+        let down: u64 = rounds.iter().map(|r| r.bytes_down).sum();
+        let raw: u64 = rounds.iter().map(|r| r.bytes_up_raw).sum();
+        let last = rounds.last().and_then(|r| r.accuracy);
+        let first = rounds.first().and_then(|r| r.accuracy);
+        println!(
+            "summary: {} rounds in {:.1}s; test accuracy {} after round 1 -> {} after round {}; {} up ({:.1}x smaller than fp32), {} down; rejected messages: {}; final model {}",
+            rounds.len(),
+            elapsed.as_secs_f64(),
+            first.map(|a| format!("{:.2}%", a * 100.0)).unwrap_or_else(|| "-".into()),
+            last.map(|a| format!("{:.2}%", a * 100.0)).unwrap_or_else(|| "-".into()),
+            rounds.len(),
+            human_bytes(up),
+            if up > 0 { raw as f64 / up as f64 } else { 0.0 },
+            human_bytes(down),
+            summary.rejections.values().sum::<u64>(),
+            &summary.final_version[..12]
+        );
+        println!("ledger: convoy-server report --db {}", options.db.display());
+    }
+    Ok(DemoReport {
+        rounds,
+        initial_accuracy,
+        elapsed,
+        client_rows,
+    })
+}

@@ -1,0 +1,203 @@
+//! convoy-server: runs federated rounds for a fleet over MQTT, aggregates
+//! updates in O(model) memory, versions every model and keeps a ledger of
+//! bandwidth and retraining cost per round and per vehicle.
+//!
+//! [`run`] is the whole server; the binary only parses flags and calls it.
+
+#![forbid(unsafe_code)]
+
+pub mod aggregator;
+pub mod broker;
+pub mod config;
+mod coordinator;
+pub mod demo;
+pub mod report;
+pub mod store;
+
+use crate::config::ServerConfig;
+use crate::coordinator::Coordinator;
+use crate::store::{RoundRow, Store, StoredVersion};
+use convoy_shared::dataset::{Dataset, Table};
+use convoy_shared::model::ModelSpec;
+use convoy_shared::version;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use coordinator::RejectionCounts;
+
+/// Why the server stopped.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// Bad configuration.
+    #[error("config: {0}")]
+    Config(String),
+    /// Database or blob store.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// Schema or test data.
+    #[error("data {path}: {message}")]
+    Data {
+        /// file
+        path: String,
+        /// what is wrong
+        message: String,
+    },
+    /// Embedded broker.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    /// Broker link.
+    #[error(transparent)]
+    Link(#[from] convoy_agent::mqtt::LinkError),
+    /// The database was written for another model.
+    #[error("database {db} holds models with a different spec than this config (features, classes, layers or recipe changed); use a new --db or restore the old config")]
+    SpecMismatch {
+        /// database path
+        db: String,
+    },
+}
+
+impl From<config::ConfigError> for ServerError {
+    fn from(e: config::ConfigError) -> Self {
+        ServerError::Config(e.to_string())
+    }
+}
+
+/// What a finished run leaves behind.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Rejected messages by reason.
+    pub rejections: RejectionCounts,
+    /// Version id (hex) of the last model.
+    pub final_version: String,
+}
+
+fn read_table(path: &Path) -> Result<Table, ServerError> {
+    let err = |message: String| ServerError::Data {
+        path: path.display().to_string(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    Table::read(std::io::BufReader::new(file)).map_err(|e| err(e.to_string()))
+}
+
+/// The model spec a config describes.
+pub fn spec_from_config(config: &ServerConfig) -> Result<ModelSpec, ServerError> {
+    let m = &config.model;
+    let table = read_table(&m.schema_csv)?;
+    let spec = table
+        .derive_spec(&m.label, m.task, m.hidden.clone(), m.init_seed)
+        .map_err(|e| ServerError::Data {
+            path: m.schema_csv.display().to_string(),
+            message: e.to_string(),
+        })?;
+    spec.validate().map_err(|e| ServerError::Config(e.to_string()))?;
+    Ok(spec)
+}
+
+/// Runs the server until `shutdown` or until `rounds.total` rounds have run.
+pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<RunSummary, ServerError> {
+    run_observed(config, shutdown, None).await
+}
+
+/// [`run`], also sending each closed round's row to `observer` (the demo
+/// prints them as they come).
+pub async fn run_observed(
+    config: ServerConfig,
+    shutdown: CancellationToken,
+    observer: Option<mpsc::UnboundedSender<RoundRow>>,
+) -> Result<RunSummary, ServerError> {
+    config.validate()?;
+    let spec = spec_from_config(&config)?;
+    let test = match &config.eval.test_csv {
+        Some(path) => {
+            let data = Dataset::from_table(&read_table(path)?, &spec).map_err(|e| ServerError::Data {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            Some(Arc::new(data))
+        }
+        None => None,
+    };
+    let store = Store::open(&config.db)?;
+    let abandoned = store.abandon_open_rounds(convoy_agent::now_ms())?;
+    if abandoned > 0 {
+        tracing::warn!(abandoned, "rounds left open by an earlier run marked abandoned");
+    }
+    let task = config.training.task();
+    let current = match store.latest_version()? {
+        Some(hex) => {
+            let v = store.load_version(&hex)?;
+            if v.spec != spec || v.task != task {
+                return Err(ServerError::SpecMismatch {
+                    db: config.db.display().to_string(),
+                });
+            }
+            tracing::info!(version = %&hex[..12], round = v.round, "resuming from stored model");
+            v
+        }
+        None => {
+            let params = spec.init_params();
+            let v = StoredVersion {
+                round: 0,
+                parent: None,
+                manifest: version::manifest_of(&params, &spec, &task),
+                spec: spec.clone(),
+                task: task.clone(),
+                params,
+            };
+            let eval = match &test {
+                Some(t) => convoy_shared::model::evaluate(&spec, &v.params, t, &burn::prelude::Device::flex()).ok(),
+                None => None,
+            };
+            store.save_version(&v, eval.as_ref(), convoy_agent::now_ms())?;
+            tracing::info!(version = %version::short(&v.manifest.version), params = v.params.numel(), "initial model stored");
+            v
+        }
+    };
+    let mut broker = config.external_broker();
+    if config.broker.url.is_empty() {
+        let listen = config.broker.listen.clone();
+        let max = config.broker.max_packet_size;
+        let addr = tokio::task::spawn_blocking(move || broker::start_embedded(&listen, max))
+            .await
+            .map_err(|e| ServerError::Config(e.to_string()))??;
+        broker.url = format!("mqtt://{addr}");
+    }
+    let options = broker.options(&config.broker.client_id, None)?;
+    let tracker = TaskTracker::new();
+    let link_stop = CancellationToken::new();
+    let mut link = convoy_agent::mqtt::connect(options, &tracker, link_stop.clone());
+    tracing::info!(fleet = %config.fleet, broker = %broker.url, db = %config.db.display(), "server running");
+    let mut coordinator = Coordinator::new(config, store, link.client.clone(), spec, test, current, observer)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let result = loop {
+        let step = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            event = link.events.recv() => match event {
+                Some(event) => coordinator.on_event(event).await,
+                None => break Ok(()),
+            },
+            _ = tick.tick() => coordinator.tick().await,
+        };
+        if let Err(e) = step {
+            break Err(e);
+        }
+        if coordinator.done() {
+            tracing::info!("all configured rounds ran");
+            break Ok(());
+        }
+    };
+    let _ = coordinator.client.disconnect().await;
+    link_stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    result.map(|()| RunSummary {
+        rejections: coordinator.rejections().clone(),
+        final_version: version::hex(&coordinator.current.manifest.version),
+    })
+}

@@ -1,0 +1,280 @@
+//! Tabular data: CSV text in, normalised feature matrices and targets out.
+//!
+//! Columns are matched by name against the model spec, so vehicles whose
+//! CSVs order columns differently still feed the same model. A feature the
+//! CSV lacks is imputed with its mean (zero after normalisation) and
+//! reported, so a fleet with uneven sensors can still train together.
+//! Readers are passed in; this module opens no files.
+
+use crate::model::{ModelSpec, Targets, TaskKind};
+use burn::prelude::*;
+use std::io::Read;
+use thiserror::Error;
+
+/// Why a CSV could not become a dataset.
+#[derive(Debug, Error)]
+pub enum DataError {
+    /// The CSV itself is malformed.
+    #[error("CSV: {0}")]
+    Csv(#[from] csv::Error),
+    /// The label column is absent.
+    #[error("label column {label:?} not found; columns are {columns:?}")]
+    NoLabel {
+        /// configured label
+        label: String,
+        /// columns present
+        columns: Vec<String>,
+    },
+    /// A cell is not a number where one is needed.
+    #[error("row {row}, column {column:?}: {value:?} is not a number")]
+    NotNumeric {
+        /// 1-based data row
+        row: usize,
+        /// column name
+        column: String,
+        /// cell text
+        value: String,
+    },
+    /// No usable rows.
+    #[error("no usable rows ({skipped} skipped for unknown labels)")]
+    Empty {
+        /// rows skipped
+        skipped: usize,
+    },
+}
+
+/// A CSV held as text: header plus rows.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// Column names.
+    pub headers: Vec<String>,
+    /// Rows of cells.
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// Reads a CSV with a header row.
+    pub fn read(reader: impl Read) -> Result<Self, DataError> {
+        let mut csv = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(reader);
+        let headers = csv.headers()?.iter().map(str::to_string).collect();
+        let rows = csv
+            .records()
+            .map(|r| r.map(|r| r.iter().map(str::to_string).collect()))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { headers, rows })
+    }
+
+    /// Index of a column by name.
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.headers.iter().position(|h| h == name)
+    }
+
+    /// Derives a spec from this table: every column but the label is a
+    /// numeric feature, normalised by its mean and standard deviation; the
+    /// classes are the label's distinct values, numerically sorted when
+    /// they are numbers.
+    pub fn derive_spec(
+        &self,
+        label: &str,
+        task: TaskKind,
+        hidden: Vec<u32>,
+        init_seed: u64,
+    ) -> Result<ModelSpec, DataError> {
+        let label_col = self.column(label).ok_or_else(|| DataError::NoLabel {
+            label: label.to_string(),
+            columns: self.headers.clone(),
+        })?;
+        let feature_cols: Vec<usize> = (0..self.headers.len()).filter(|c| *c != label_col).collect();
+        let mut norm_mean = Vec::new();
+        let mut norm_std = Vec::new();
+        for &c in &feature_cols {
+            let (mut count, mut sum, mut sum_sq) = (0f64, 0f64, 0f64);
+            for (r, row) in self.rows.iter().enumerate() {
+                let v = parse_cell(row.get(c).map(String::as_str).unwrap_or(""), r, &self.headers[c])?;
+                count += 1.0;
+                sum += v as f64;
+                sum_sq += (v as f64) * (v as f64);
+            }
+            let mean = if count > 0.0 { sum / count } else { 0.0 };
+            let var = if count > 0.0 { (sum_sq / count - mean * mean).max(0.0) } else { 0.0 };
+            norm_mean.push(mean as f32);
+            // constant columns keep scale 1 so they normalise to zero, not NaN
+            norm_std.push(if var > 1e-12 { var.sqrt() as f32 } else { 1.0 });
+        }
+        let classes = match task {
+            TaskKind::Regression => Vec::new(),
+            TaskKind::Classification => {
+                let mut classes: Vec<String> = self.rows.iter().filter_map(|r| r.get(label_col).cloned()).collect();
+                classes.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
+                    (Ok(x), Ok(y)) => x.total_cmp(&y),
+                    _ => a.cmp(b),
+                });
+                classes.dedup();
+                classes
+            }
+        };
+        Ok(ModelSpec {
+            task,
+            features: feature_cols.iter().map(|c| self.headers[*c].clone()).collect(),
+            norm_mean,
+            norm_std,
+            label: label.to_string(),
+            classes,
+            hidden,
+            init_seed,
+        })
+    }
+}
+
+fn parse_cell(cell: &str, row: usize, column: &str) -> Result<f32, DataError> {
+    match cell.parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(DataError::NotNumeric {
+            row: row + 1,
+            column: column.to_string(),
+            value: cell.to_string(),
+        }),
+    }
+}
+
+/// Normalised features and targets, ready for batching.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    features: Vec<f32>,
+    dims: usize,
+    targets: Targets,
+    /// Spec features the source lacked (imputed with their mean).
+    pub missing_features: Vec<String>,
+    /// Rows dropped because their label is not one of the spec's classes.
+    pub skipped_rows: usize,
+}
+
+impl Dataset {
+    /// Builds a dataset from a table, matching columns to `spec` by name.
+    pub fn from_table(table: &Table, spec: &ModelSpec) -> Result<Self, DataError> {
+        let label_col = table.column(&spec.label).ok_or_else(|| DataError::NoLabel {
+            label: spec.label.clone(),
+            columns: table.headers.clone(),
+        })?;
+        let cols: Vec<Option<usize>> = spec.features.iter().map(|f| table.column(f)).collect();
+        let missing_features = spec
+            .features
+            .iter()
+            .zip(&cols)
+            .filter(|(_, c)| c.is_none())
+            .map(|(f, _)| f.clone())
+            .collect();
+        let dims = spec.inputs();
+        let mut features = Vec::with_capacity(table.rows.len() * dims);
+        let mut classes = Vec::new();
+        let mut values = Vec::new();
+        let mut skipped_rows = 0;
+        for (r, row) in table.rows.iter().enumerate() {
+            let label = row.get(label_col).map(String::as_str).unwrap_or("");
+            match spec.task {
+                TaskKind::Classification => match spec.classes.iter().position(|c| c == label) {
+                    Some(class) => classes.push(class as u32),
+                    None => {
+                        skipped_rows += 1;
+                        continue;
+                    }
+                },
+                TaskKind::Regression => values.push(parse_cell(label, r, &spec.label)?),
+            }
+            for (i, col) in cols.iter().enumerate() {
+                let normalised = match col {
+                    Some(c) => {
+                        let v = parse_cell(row.get(*c).map(String::as_str).unwrap_or(""), r, &spec.features[i])?;
+                        (v - spec.norm_mean[i]) / spec.norm_std[i]
+                    }
+                    None => 0.0,
+                };
+                features.push(normalised);
+            }
+        }
+        let targets = match spec.task {
+            TaskKind::Classification => Targets::Classes(classes),
+            TaskKind::Regression => Targets::Values(values),
+        };
+        if targets.is_empty() {
+            return Err(DataError::Empty { skipped: skipped_rows });
+        }
+        Ok(Self {
+            features,
+            dims,
+            targets,
+            missing_features,
+            skipped_rows,
+        })
+    }
+
+    /// Reads a CSV and builds a dataset for `spec`.
+    pub fn from_csv(reader: impl Read, spec: &ModelSpec) -> Result<Self, DataError> {
+        Self::from_table(&Table::read(reader)?, spec)
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All targets.
+    pub fn targets(&self) -> &Targets {
+        &self.targets
+    }
+
+    /// The rows at `indices` as a tensor on `device`, with their targets.
+    pub fn batch(&self, indices: &[usize], device: &Device) -> (Tensor<2>, Targets) {
+        let mut x = Vec::with_capacity(indices.len() * self.dims);
+        for &i in indices {
+            x.extend_from_slice(&self.features[i * self.dims..(i + 1) * self.dims]);
+        }
+        let x = Tensor::<2>::from_data(TensorData::new(x, [indices.len(), self.dims]), device);
+        (x, self.targets.select(indices))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CSV: &str = "b,a,y\n1,10,yes\n3,20,no\n5,30,yes\n7,40,maybe\n";
+
+    #[test]
+    fn derives_spec_and_matches_columns_by_name() {
+        let table = Table::read(CSV.as_bytes()).unwrap();
+        let mut spec = table.derive_spec("y", TaskKind::Classification, vec![4], 1).unwrap();
+        assert_eq!(spec.features, vec!["b", "a"]);
+        assert_eq!(spec.classes, vec!["maybe", "no", "yes"]);
+        assert!((spec.norm_mean[0] - 4.0).abs() < 1e-6);
+        spec.classes.retain(|c| c != "maybe");
+        // reordered columns and an extra one still line up by name
+        let other = "extra,a,y,b\n0,25,no,4\n0,25,maybe,4\n";
+        let data = Dataset::from_csv(other.as_bytes(), &spec).unwrap();
+        assert_eq!(data.len(), 1);
+        assert_eq!(data.skipped_rows, 1);
+        assert_eq!(data.features, vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn missing_feature_is_imputed_and_reported() {
+        let table = Table::read(CSV.as_bytes()).unwrap();
+        let spec = table.derive_spec("y", TaskKind::Classification, vec![], 1).unwrap();
+        let data = Dataset::from_csv("a,y\n20,no\n".as_bytes(), &spec).unwrap();
+        assert_eq!(data.missing_features, vec!["b"]);
+    }
+
+    #[test]
+    fn bad_cells_say_where() {
+        let table = Table::read("a,y\n1,0\nx,1\n".as_bytes()).unwrap();
+        let err = table.derive_spec("y", TaskKind::Regression, vec![], 1).unwrap_err();
+        assert!(err.to_string().contains("row 2"), "{err}");
+        let err = table.derive_spec("label", TaskKind::Regression, vec![], 1).unwrap_err();
+        assert!(err.to_string().contains("not found"), "{err}");
+    }
+}

@@ -1,0 +1,176 @@
+//! The message bodies carried inside [`crate::wire`] envelopes.
+
+use crate::chunk::ChunkPos;
+use crate::model::ModelSpec;
+use crate::version::{Manifest, VersionId};
+use heapless::String as HString;
+use serde::{Deserialize, Serialize};
+
+/// A fleet or client id on the wire: bounded, so decoding cannot be made to
+/// allocate an arbitrarily long string.
+pub type Id = HString<{ crate::topics::MAX_ID }>;
+
+/// Builds an [`Id`], failing when `s` is not a valid id.
+pub fn id(s: &str) -> Option<Id> {
+    crate::topics::valid_id(s).then(|| Id::try_from(s).ok()).flatten()
+}
+
+/// The local training recipe of a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainTask {
+    /// Passes over the local data.
+    pub epochs: u32,
+    /// SGD learning rate.
+    pub lr: f32,
+    /// Mini-batch size.
+    pub batch_size: u32,
+}
+
+/// Round announcement, retained on `convoy/v1/<fleet>/round`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announce {
+    /// Round number, strictly increasing.
+    pub round: u64,
+    /// The model every update must be relative to.
+    pub manifest: Manifest,
+    /// Model architecture, features and normalisation.
+    pub spec: ModelSpec,
+    /// Local training recipe.
+    pub task: TrainTask,
+    /// Codec for updates this round.
+    pub codec: String,
+    /// Unix milliseconds after which updates are late.
+    pub deadline_ms: u64,
+    /// Clients asked to train; the rest sit this round out.
+    pub selected: Vec<Id>,
+    /// Chunk size for updates, bytes.
+    pub chunk_size: u32,
+}
+
+impl Announce {
+    /// The base version id.
+    pub fn base_version(&self) -> VersionId {
+        self.manifest.version
+    }
+}
+
+/// Request for model chunks, on `fetch/<client>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// Version wanted.
+    pub version: VersionId,
+    /// Chunk indices wanted; empty means all.
+    pub chunks: Vec<u32>,
+}
+
+/// One model chunk, on `model/<client>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelChunk {
+    /// Version this chunk belongs to.
+    pub version: VersionId,
+    /// Index into the manifest's chunk list.
+    pub index: u32,
+    /// Chunk bytes; BLAKE3 must match the manifest.
+    pub data: Vec<u8>,
+}
+
+/// One chunk of an update, on `update/<client>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateChunk {
+    /// Sender; must match the topic.
+    pub client: Id,
+    /// Round the update answers.
+    pub round: u64,
+    /// Base version the update is relative to.
+    pub base_version: VersionId,
+    /// Where this piece goes.
+    pub pos: ChunkPos,
+    /// Bytes of the serialised [`UpdateBody`].
+    pub data: Vec<u8>,
+}
+
+/// What an agent measured while training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TrainStats {
+    /// Wall seconds spent training.
+    pub train_seconds: f64,
+    /// Optimiser steps taken.
+    pub steps: u64,
+    /// Epochs completed.
+    pub epochs: u32,
+    /// Mean training loss of the last epoch.
+    pub loss: f32,
+    /// Estimated floating-point operations of the training work.
+    pub flops: u64,
+    /// Backend that trained, e.g. `cpu-flex`.
+    pub device: String,
+}
+
+/// The reassembled update payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateBody {
+    /// Training samples behind the update (FedAvg weight).
+    pub samples: u64,
+    /// Training measurements.
+    pub stats: TrainStats,
+    /// Codec of `encoded`.
+    pub codec: String,
+    /// Codec output for `local - base`.
+    pub encoded: Vec<u8>,
+}
+
+/// Server's receipt for an update, on `ack/<client>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateAck {
+    /// Round acknowledged.
+    pub round: u64,
+    /// Accepted (or already accepted) and counted.
+    pub accepted: bool,
+    /// Why not, when refused.
+    pub reason: String,
+}
+
+/// What an agent is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentState {
+    /// Connected, waiting for a round.
+    Idle,
+    /// Downloading a model.
+    Fetching,
+    /// Training.
+    Training,
+    /// Uploading an update.
+    Uploading,
+    /// Skipped a round it could not serve.
+    Skipped,
+    /// Gone (the last will).
+    Offline,
+}
+
+/// Agent status, retained on `status/<client>`; also the last will.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Client id.
+    pub client: Id,
+    /// Current state.
+    pub state: AgentState,
+    /// Round in hand, or the last one seen.
+    pub round: u64,
+    /// Codecs this agent can encode.
+    pub codecs: Vec<HString<32>>,
+    /// Local training samples.
+    pub samples: u64,
+    /// Short free-text detail.
+    pub detail: HString<96>,
+}
+
+/// Bounded copy of `s` for a status detail (truncated on a char boundary).
+pub fn detail(s: &str) -> HString<96> {
+    let mut out = HString::new();
+    for c in s.chars() {
+        if out.push(c).is_err() {
+            break;
+        }
+    }
+    out
+}

@@ -1,0 +1,124 @@
+//! Model versions: BLAKE3 Merkle roots over fixed-size chunks of the
+//! canonical parameters, bound to the pipeline spec that gives them meaning.
+//!
+//! Weights alone are not recoverable, weights plus spec are: the version id
+//! commits to both, and an agent that fetched every chunk can check it holds
+//! exactly the announced model.
+
+use crate::messages::TrainTask;
+use crate::model::ModelSpec;
+use crate::params::ParamSet;
+use serde::{Deserialize, Serialize};
+
+/// A version id: 32-byte BLAKE3 root.
+pub type VersionId = [u8; 32];
+
+/// Size of the content-addressed chunks a model is split into.
+pub const MODEL_CHUNK_SIZE: usize = 32 * 1024;
+
+/// What an agent needs to fetch and verify a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The version id (Merkle root bound to the spec hash).
+    pub version: VersionId,
+    /// Hash of the pipeline spec.
+    pub spec_hash: [u8; 32],
+    /// Length of the canonical parameter bytes.
+    pub total_len: u32,
+    /// BLAKE3 of each [`MODEL_CHUNK_SIZE`] chunk, in order.
+    pub chunks: Vec<[u8; 32]>,
+}
+
+/// Hash of everything besides the weights that defines a model.
+pub fn spec_hash(spec: &ModelSpec, task: &TrainTask) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"convoy-spec-v1");
+    h.update(&postcard::to_allocvec(spec).unwrap_or_default());
+    h.update(&postcard::to_allocvec(task).unwrap_or_default());
+    *h.finalize().as_bytes()
+}
+
+/// Merkle root of leaf hashes: pairs hashed upward, an odd last node is
+/// carried up unchanged; the empty tree hashes to BLAKE3 of nothing.
+pub fn merkle_root(leaves: &[[u8; 32]]) -> [u8; 32] {
+    if leaves.is_empty() {
+        return *blake3::hash(b"").as_bytes();
+    }
+    let mut level = leaves.to_vec();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| match pair {
+                [a, b] => {
+                    let mut h = blake3::Hasher::new();
+                    h.update(&[1]);
+                    h.update(a);
+                    h.update(b);
+                    *h.finalize().as_bytes()
+                }
+                [a] => *a,
+                _ => unreachable!("chunks(2) yields one or two"),
+            })
+            .collect();
+    }
+    level[0]
+}
+
+/// Hash of one model chunk (domain separated from inner Merkle nodes).
+pub fn chunk_hash(bytes: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&[0]);
+    h.update(bytes);
+    *h.finalize().as_bytes()
+}
+
+/// Builds the manifest of `params` under `spec_hash`.
+pub fn manifest(params_bytes: &[u8], spec_hash: [u8; 32]) -> Manifest {
+    let chunks: Vec<[u8; 32]> = params_bytes.chunks(MODEL_CHUNK_SIZE).map(chunk_hash).collect();
+    let mut h = blake3::Hasher::new();
+    h.update(b"convoy-version-v1");
+    h.update(&spec_hash);
+    h.update(&merkle_root(&chunks));
+    Manifest {
+        version: *h.finalize().as_bytes(),
+        spec_hash,
+        total_len: params_bytes.len() as u32,
+        chunks,
+    }
+}
+
+/// Convenience: manifest of a parameter set under a spec and recipe.
+pub fn manifest_of(params: &ParamSet, spec: &ModelSpec, task: &TrainTask) -> Manifest {
+    manifest(&params.canonical_bytes(), spec_hash(spec, task))
+}
+
+/// Lower-case hex of a version id.
+pub fn hex(id: &VersionId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Short hex prefix for logs and tables.
+pub fn short(id: &VersionId) -> String {
+    hex(id)[..12].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_changes_with_weights_and_spec() {
+        let bytes = vec![7u8; MODEL_CHUNK_SIZE * 2 + 5];
+        let a = manifest(&bytes, [0; 32]);
+        assert_eq!(a.chunks.len(), 3);
+        assert_eq!(a, manifest(&bytes, [0; 32]));
+        assert_ne!(a.version, manifest(&bytes, [1; 32]).version);
+        let mut changed = bytes.clone();
+        changed[MODEL_CHUNK_SIZE * 2] ^= 1;
+        let b = manifest(&changed, [0; 32]);
+        assert_ne!(a.version, b.version);
+        // only the touched chunk differs: the rest can be reused
+        assert_eq!(a.chunks[..2], b.chunks[..2]);
+        assert_eq!(hex(&a.version).len(), 64);
+    }
+}

@@ -1,0 +1,282 @@
+//! The versioned envelope every convoy MQTT payload travels in.
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     magic "CNVY"
+//! 4       1     protocol version (1)
+//! 5       1     message kind
+//! 6       2     reserved, zero
+//! 8       4     body length, little endian
+//! 12      4     CRC32 (IEEE) of the body, little endian
+//! 16      n     postcard body
+//! ```
+//!
+//! The body length is checked against a caller-supplied limit before
+//! anything is decoded, so no length read from the network drives an
+//! allocation.
+
+use serde::{Serialize, de::DeserializeOwned};
+use thiserror::Error;
+
+/// First four bytes of every convoy payload.
+pub const MAGIC: [u8; 4] = *b"CNVY";
+/// Protocol version this build speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Size of the fixed envelope header in bytes.
+pub const HEADER_LEN: usize = 16;
+
+/// What a payload carries; the byte is stored in the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// Round announcement (retained).
+    Announce = 1,
+    /// One chunk of a client's model update.
+    UpdateChunk = 2,
+    /// A client's request for model chunks.
+    FetchRequest = 3,
+    /// One chunk of a published model.
+    ModelChunk = 4,
+    /// Server's receipt for an update.
+    UpdateAck = 5,
+    /// Agent status (retained, also the last will).
+    Status = 6,
+}
+
+impl Kind {
+    /// Every kind, for iteration in reports.
+    pub const ALL: [Kind; 6] = [
+        Kind::Announce,
+        Kind::UpdateChunk,
+        Kind::FetchRequest,
+        Kind::ModelChunk,
+        Kind::UpdateAck,
+        Kind::Status,
+    ];
+
+    fn from_byte(byte: u8) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| *k as u8 == byte)
+    }
+}
+
+/// Why a payload was refused. Each variant is a counted rejection reason.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WireError {
+    /// Fewer bytes than the fixed header.
+    #[error("truncated: payload has {got} bytes, the envelope header alone needs {HEADER_LEN}")]
+    TooShort {
+        /// bytes received
+        got: usize,
+    },
+    /// Not a convoy payload.
+    #[error("bad magic {0:02x?}: not a convoy payload (expected \"CNVY\")")]
+    BadMagic([u8; 4]),
+    /// Another protocol version.
+    #[error("protocol version {0} is not supported (this build speaks {PROTOCOL_VERSION}); upgrade the older side")]
+    UnsupportedVersion(u8),
+    /// Unknown kind byte.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// A different kind than the topic calls for.
+    #[error("expected a {expected:?} message, got {got:?}")]
+    WrongKind {
+        /// what the topic carries
+        expected: Kind,
+        /// what came
+        got: Kind,
+    },
+    /// The declared body is larger than the configured limit.
+    #[error("oversized: body declares {declared} bytes, the limit is {limit}")]
+    Oversized {
+        /// declared length
+        declared: u64,
+        /// configured limit
+        limit: usize,
+    },
+    /// The declared length and the bytes present disagree.
+    #[error("truncated: header declares {declared} body bytes, {present} present")]
+    LengthMismatch {
+        /// declared length
+        declared: usize,
+        /// bytes after the header
+        present: usize,
+    },
+    /// The body does not match its checksum.
+    #[error("CRC mismatch: header says {expected:08x}, body hashes to {actual:08x}")]
+    BadCrc {
+        /// CRC in the header
+        expected: u32,
+        /// CRC of the body
+        actual: u32,
+    },
+    /// The body did not decode.
+    #[error("malformed body: {0}")]
+    Body(String),
+}
+
+impl WireError {
+    /// A short, stable label for counting rejections.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WireError::TooShort { .. } | WireError::LengthMismatch { .. } => "truncated",
+            WireError::BadMagic(_) => "bad_magic",
+            WireError::UnsupportedVersion(_) => "bad_version",
+            WireError::UnknownKind(_) | WireError::WrongKind { .. } => "wrong_kind",
+            WireError::Oversized { .. } => "oversized",
+            WireError::BadCrc { .. } => "bad_crc",
+            WireError::Body(_) => "malformed",
+        }
+    }
+}
+
+/// Wraps `message` in an envelope of the given kind.
+pub fn encode<T: Serialize>(kind: Kind, message: &T) -> Vec<u8> {
+    // postcard into a Vec cannot fail for the plain data types used here.
+    let body = postcard::to_allocvec(message).unwrap_or_default();
+    encode_raw(kind, &body)
+}
+
+/// Wraps already serialised body bytes in an envelope.
+pub fn encode_raw(kind: Kind, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(PROTOCOL_VERSION);
+    out.push(kind as u8);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Checks the envelope and returns its kind and body, without decoding the body.
+pub fn open(bytes: &[u8], max_body: usize) -> Result<(Kind, &[u8]), WireError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(WireError::TooShort { got: bytes.len() });
+    }
+    let magic: [u8; 4] = [bytes[0], bytes[1], bytes[2], bytes[3]];
+    if magic != MAGIC {
+        return Err(WireError::BadMagic(magic));
+    }
+    if bytes[4] != PROTOCOL_VERSION {
+        return Err(WireError::UnsupportedVersion(bytes[4]));
+    }
+    let kind = Kind::from_byte(bytes[5]).ok_or(WireError::UnknownKind(bytes[5]))?;
+    let declared = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+    if declared > max_body {
+        return Err(WireError::Oversized {
+            declared: declared as u64,
+            limit: max_body,
+        });
+    }
+    let body = &bytes[HEADER_LEN..];
+    if body.len() != declared {
+        return Err(WireError::LengthMismatch {
+            declared,
+            present: body.len(),
+        });
+    }
+    let expected = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+    let actual = crc32fast::hash(body);
+    if expected != actual {
+        return Err(WireError::BadCrc { expected, actual });
+    }
+    Ok((kind, body))
+}
+
+/// Opens an envelope that must be of kind `expected` and decodes its body.
+pub fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    expected: Kind,
+    max_body: usize,
+) -> Result<T, WireError> {
+    let (kind, body) = open(bytes, max_body)?;
+    if kind != expected {
+        return Err(WireError::WrongKind {
+            expected,
+            got: kind,
+        });
+    }
+    postcard::from_bytes(body).map_err(|e| WireError::Body(e.to_string()))
+}
+
+/// Bytes an MQTT 3.1.1 PUBLISH of this topic and payload occupies on the
+/// wire: fixed header, remaining-length varint, topic, packet id (QoS > 0)
+/// and payload. Used for the ledger's `wire_bytes_*`.
+pub fn mqtt_publish_wire_len(topic_len: usize, payload_len: usize, qos: u8) -> u64 {
+    let remaining = 2 + topic_len + if qos > 0 { 2 } else { 0 } + payload_len;
+    let varint = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    // QoS 1 adds the 4-byte PUBACK that travels the other way for it.
+    let ack = if qos > 0 { 4 } else { 0 };
+    (1 + varint + remaining + ack) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Sample {
+        a: u64,
+        b: Vec<u8>,
+        c: String,
+    }
+
+    #[test]
+    fn rejects_each_corruption_with_its_reason() {
+        let good = encode(Kind::Status, &Sample { a: 1, b: vec![1, 2, 3], c: "x".into() });
+        assert!(decode::<Sample>(&good, Kind::Status, 1024).is_ok());
+
+        assert_eq!(open(&good[..10], 1024).unwrap_err().reason(), "truncated");
+        assert_eq!(open(&good[..good.len() - 1], 1024).unwrap_err().reason(), "truncated");
+        let mut bad = good.clone();
+        *bad.last_mut().unwrap() ^= 0xff;
+        assert_eq!(open(&bad, 1024).unwrap_err().reason(), "bad_crc");
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert_eq!(open(&bad, 1024).unwrap_err().reason(), "bad_magic");
+        let mut bad = good.clone();
+        bad[4] = 9;
+        assert_eq!(open(&bad, 1024).unwrap_err().reason(), "bad_version");
+        let mut bad = good.clone();
+        bad[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(open(&bad, 1024).unwrap_err().reason(), "oversized");
+        assert_eq!(
+            decode::<Sample>(&good, Kind::Announce, 1024).unwrap_err().reason(),
+            "wrong_kind"
+        );
+    }
+
+    #[test]
+    fn wire_len_counts_framing() {
+        // 1 header + 1 varint + 2 topic len + 3 topic + 2 pkid + 10 payload + 4 puback
+        assert_eq!(mqtt_publish_wire_len(3, 10, 1), 23);
+        assert_eq!(mqtt_publish_wire_len(3, 200, 0), 1 + 2 + 2 + 3 + 200);
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(a in any::<u64>(), b in proptest::collection::vec(any::<u8>(), 0..512), c in ".{0,40}") {
+            let msg = Sample { a, b, c };
+            let bytes = encode(Kind::UpdateChunk, &msg);
+            prop_assert_eq!(decode::<Sample>(&bytes, Kind::UpdateChunk, 4096).unwrap(), msg);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode::<Sample>(&bytes, Kind::UpdateChunk, 128);
+        }
+
+        #[test]
+        fn arbitrary_body_behind_valid_header_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let bytes = encode_raw(Kind::UpdateChunk, &body);
+            let _ = decode::<Sample>(&bytes, Kind::UpdateChunk, 128);
+        }
+    }
+}
