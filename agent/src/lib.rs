@@ -272,9 +272,11 @@ impl Agent {
             }
         }
         if let Some(pending) = self.state.pending()? {
-            // Re-send; an older round's update is late but still reported so
-            // the server's ledger counts it.
-            self.upload(&pending).await;
+            // Re-send unless already in flight; an older round's update is
+            // late but still reported so the server's ledger counts it.
+            if self.awaiting_ack.map(|(r, _)| r) != Some(pending.round) {
+                self.upload(&pending).await;
+            }
             if pending.round >= round {
                 return Ok(());
             }

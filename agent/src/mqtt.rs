@@ -157,6 +157,9 @@ async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<LinkEvent>, shutdown: C
             },
             Ok(_) => continue,
             Err(e) => {
+                if tx.is_closed() {
+                    break; // nobody listens any more: do not reconnect
+                }
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker link down");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
