@@ -165,7 +165,9 @@ impl AgentConfig {
             )));
         }
         if self.training.threads == 0 {
-            return Err(ConfigError::Invalid("training.threads must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "training.threads must be at least 1".into(),
+            ));
         }
         if self.broker.max_packet_size < 40 * 1024 {
             return Err(ConfigError::Invalid(format!(
@@ -186,10 +188,9 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_defaults() {
-        let c: AgentConfig = toml::from_str(
-            "client_id = \"car-1\"\n[data]\npath = \"d.csv\"\nlabel = \"y\"\n",
-        )
-        .unwrap();
+        let c: AgentConfig =
+            toml::from_str("client_id = \"car-1\"\n[data]\npath = \"d.csv\"\nlabel = \"y\"\n")
+                .unwrap();
         assert_eq!(c.fleet, "default");
         assert_eq!(c.training.threads, 1);
         assert!(c.validate().is_ok());
@@ -197,10 +198,9 @@ mod tests {
 
     #[test]
     fn bad_values_are_explained() {
-        let mut c: AgentConfig = toml::from_str(
-            "client_id = \"car/1\"\n[data]\npath = \"d.csv\"\nlabel = \"y\"\n",
-        )
-        .unwrap();
+        let mut c: AgentConfig =
+            toml::from_str("client_id = \"car/1\"\n[data]\npath = \"d.csv\"\nlabel = \"y\"\n")
+                .unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("client_id"));
         c.client_id = "car-1".into();
         c.broker.url = "nope".into();

@@ -187,7 +187,13 @@ fn load_table(config: &AgentConfig) -> Result<Table, AgentError> {
     Ok(table)
 }
 
-fn status_payload(config: &AgentConfig, state: AgentState, round: u64, samples: usize, detail: &str) -> Vec<u8> {
+fn status_payload(
+    config: &AgentConfig,
+    state: AgentState,
+    round: u64,
+    samples: usize,
+    detail: &str,
+) -> Vec<u8> {
     let status = Status {
         client: messages::id(&config.client_id).unwrap_or_default(),
         state,
@@ -211,7 +217,8 @@ impl Agent {
 
     async fn status(&self, state: AgentState, round: u64, detail: &str) {
         let payload = status_payload(&self.config, state, round, self.table.rows.len(), detail);
-        self.publish(self.topic_status.as_str(), true, payload).await;
+        self.publish(self.topic_status.as_str(), true, payload)
+            .await;
     }
 
     async fn on_event(&mut self, event: LinkEvent) -> Result<(), AgentError> {
@@ -238,7 +245,8 @@ impl Agent {
             }
             LinkEvent::Message { topic, payload, .. } => {
                 if topic == topics::round(&self.config.fleet).as_str() {
-                    match wire::decode::<Announce>(&payload, Kind::Announce, max_body(&self.config)) {
+                    match wire::decode::<Announce>(&payload, Kind::Announce, max_body(&self.config))
+                    {
                         Ok(announce) => self.on_announce(announce).await,
                         Err(e) => {
                             tracing::warn!(error = %e, "ignoring bad round announcement");
@@ -264,12 +272,16 @@ impl Agent {
         tracing::info!(round, base = %version::short(&announce.base_version()), codec = %announce.codec, "round announced");
         self.announce = Some(announce.clone());
         self.fetch = None;
-        if let Some((training_round, _, cancel)) = &self.training {
-            if *training_round < round {
-                tracing::warn!(training_round, round, "newer round announced; abandoning training");
-                cancel.store(true, Ordering::Relaxed);
-                self.training = None;
-            }
+        if let Some((training_round, _, cancel)) = &self.training
+            && *training_round < round
+        {
+            tracing::warn!(
+                training_round,
+                round,
+                "newer round announced; abandoning training"
+            );
+            cancel.store(true, Ordering::Relaxed);
+            self.training = None;
         }
         if let Some(pending) = self.state.pending()? {
             // Re-send unless already in flight; an older round's update is
@@ -286,15 +298,18 @@ impl Agent {
         }
         let me = self.config.client_id.as_str();
         if !announce.selected.is_empty() && !announce.selected.iter().any(|c| c.as_str() == me) {
-            self.status(AgentState::Idle, round, "not selected this round").await;
+            self.status(AgentState::Idle, round, "not selected this round")
+                .await;
             return Ok(());
         }
         if announce.deadline_ms <= now_ms() {
-            self.status(AgentState::Skipped, round, "deadline already passed").await;
+            self.status(AgentState::Skipped, round, "deadline already passed")
+                .await;
             return Ok(());
         }
         if let Err(e) = codec::by_name(&announce.codec) {
-            self.status(AgentState::Skipped, round, &e.to_string()).await;
+            self.status(AgentState::Skipped, round, &e.to_string())
+                .await;
             return Ok(());
         }
         match self.state.model()? {
@@ -305,7 +320,11 @@ impl Agent {
         }
     }
 
-    async fn start_fetch(&mut self, announce: Announce, held: Option<StoredModel>) -> Result<(), AgentError> {
+    async fn start_fetch(
+        &mut self,
+        announce: Announce,
+        held: Option<StoredModel>,
+    ) -> Result<(), AgentError> {
         // Content addressing: chunks whose hash we already hold are reused.
         let mut chunks: Vec<Option<Vec<u8>>> = vec![None; announce.manifest.chunks.len()];
         if let Some(held) = held {
@@ -325,7 +344,8 @@ impl Agent {
             chunks,
             last_progress: Instant::now(),
         });
-        self.status(AgentState::Fetching, round, "fetching model").await;
+        self.status(AgentState::Fetching, round, "fetching model")
+            .await;
         self.request_missing().await;
         self.try_finish_fetch().await
     }
@@ -344,18 +364,22 @@ impl Agent {
             chunks: missing,
         };
         let payload = wire::encode(Kind::FetchRequest, &request);
-        self.publish(self.topic_fetch.as_str(), false, payload).await;
+        self.publish(self.topic_fetch.as_str(), false, payload)
+            .await;
     }
 
     async fn on_model_chunk(&mut self, payload: &[u8]) -> Result<(), AgentError> {
-        let chunk = match wire::decode::<ModelChunk>(payload, Kind::ModelChunk, max_body(&self.config)) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring bad model chunk");
-                return Ok(());
-            }
+        let chunk =
+            match wire::decode::<ModelChunk>(payload, Kind::ModelChunk, max_body(&self.config)) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring bad model chunk");
+                    return Ok(());
+                }
+            };
+        let Some(fetch) = &mut self.fetch else {
+            return Ok(());
         };
-        let Some(fetch) = &mut self.fetch else { return Ok(()) };
         let manifest = &fetch.announce.manifest;
         let index = chunk.index as usize;
         if chunk.version != manifest.version
@@ -371,11 +395,15 @@ impl Agent {
     }
 
     async fn try_finish_fetch(&mut self) -> Result<(), AgentError> {
-        let Some(fetch) = &self.fetch else { return Ok(()) };
+        let Some(fetch) = &self.fetch else {
+            return Ok(());
+        };
         if fetch.chunks.iter().any(Option::is_none) {
             return Ok(());
         }
-        let Some(fetch) = self.fetch.take() else { return Ok(()) };
+        let Some(fetch) = self.fetch.take() else {
+            return Ok(());
+        };
         let bytes: Vec<u8> = fetch.chunks.into_iter().flatten().flatten().collect();
         let announce = fetch.announce;
         let layout = announce.spec.layout();
@@ -404,21 +432,26 @@ impl Agent {
             params,
         };
         self.state.save_model(&model)?;
-        tracing::info!(round = announce.round, bytes = bytes.len(), "model fetched and verified");
+        tracing::info!(
+            round = announce.round,
+            bytes = bytes.len(),
+            "model fetched and verified"
+        );
         self.start_training(announce, model).await
     }
 
     fn dataset_for(&mut self, announce: &Announce) -> Result<Arc<Dataset>, AgentError> {
         let key = announce.manifest.spec_hash;
-        if let Some((k, data)) = &self.dataset {
-            if *k == key {
-                return Ok(data.clone());
-            }
+        if let Some((k, data)) = &self.dataset
+            && *k == key
+        {
+            return Ok(data.clone());
         }
-        let data = Dataset::from_table(&self.table, &announce.spec).map_err(|e| AgentError::Data {
-            path: self.config.data.path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let data =
+            Dataset::from_table(&self.table, &announce.spec).map_err(|e| AgentError::Data {
+                path: self.config.data.path.display().to_string(),
+                message: e.to_string(),
+            })?;
         if !data.missing_features.is_empty() {
             tracing::warn!(missing = ?data.missing_features, "data lacks model features; imputing their mean");
         }
@@ -427,18 +460,25 @@ impl Agent {
         Ok(data)
     }
 
-    async fn start_training(&mut self, announce: Announce, model: StoredModel) -> Result<(), AgentError> {
+    async fn start_training(
+        &mut self,
+        announce: Announce,
+        model: StoredModel,
+    ) -> Result<(), AgentError> {
         let data = match self.dataset_for(&announce) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "cannot train this round");
-                self.status(AgentState::Skipped, announce.round, &e.to_string()).await;
+                self.status(AgentState::Skipped, announce.round, &e.to_string())
+                    .await;
                 return Ok(());
             }
         };
         let round = announce.round;
         let seed = u64::from_le_bytes(
-            blake3_seed(&self.config.client_id, round)[..8].try_into().unwrap_or([0; 8]),
+            blake3_seed(&self.config.client_id, round)[..8]
+                .try_into()
+                .unwrap_or([0; 8]),
         );
         let job = Job {
             spec: announce.spec.clone(),
@@ -458,7 +498,8 @@ impl Agent {
             // Encoding stays on the training thread, off the MQTT loop.
             let started = Instant::now();
             let update = trained.params.sub(&job.base)?;
-            let codec = codec::by_name(&codec_name).map_err(|e| TrainError::Thread(e.to_string()))?;
+            let codec =
+                codec::by_name(&codec_name).map_err(|e| TrainError::Thread(e.to_string()))?;
             let body = UpdateBody {
                 samples: job.data.len() as u64,
                 stats: trained.stats,
@@ -476,7 +517,8 @@ impl Agent {
         let outcome = match trainer::spawn(work) {
             Ok(rx) => rx,
             Err(e) => {
-                self.status(AgentState::Skipped, round, &e.to_string()).await;
+                self.status(AgentState::Skipped, round, &e.to_string())
+                    .await;
                 return Ok(());
             }
         };
@@ -495,14 +537,20 @@ impl Agent {
             Err(TrainError::Cancelled) => return Ok(()),
             Err(e) => {
                 tracing::error!(round, error = %e, "training failed");
-                self.status(AgentState::Skipped, round, &e.to_string()).await;
+                self.status(AgentState::Skipped, round, &e.to_string())
+                    .await;
                 return Ok(());
             }
         };
         // Persist before sending: after a power cut the update is re-sent,
         // never retrained and never lost.
         self.state.save_pending(&pending)?;
-        tracing::info!(round, bytes = pending.body.len(), encode_seconds, "update trained and stored");
+        tracing::info!(
+            round,
+            bytes = pending.body.len(),
+            encode_seconds,
+            "update trained and stored"
+        );
         if self.config.faults.stop_after_persist {
             return Err(AgentError::FaultInjected("stop_after_persist"));
         }
@@ -513,7 +561,11 @@ impl Agent {
     async fn upload(&mut self, pending: &PendingUpdate) {
         let client = messages::id(&self.config.client_id).unwrap_or_default();
         let pieces = chunk::split(&pending.body, pending.chunk_size as usize);
-        let count = pending.body.len().div_ceil(pending.chunk_size.max(1) as usize).max(1);
+        let count = pending
+            .body
+            .len()
+            .div_ceil(pending.chunk_size.max(1) as usize)
+            .max(1);
         for (pos, data) in pieces {
             let message = UpdateChunk {
                 client: client.clone(),
@@ -522,12 +574,17 @@ impl Agent {
                 pos,
                 data: data.to_vec(),
             };
-            self.publish(self.topic_update.as_str(), false, wire::encode(Kind::UpdateChunk, &message))
-                .await;
+            self.publish(
+                self.topic_update.as_str(),
+                false,
+                wire::encode(Kind::UpdateChunk, &message),
+            )
+            .await;
         }
         tracing::info!(round = pending.round, chunks = count, "update sent");
         self.awaiting_ack = Some((pending.round, Instant::now()));
-        self.status(AgentState::Uploading, pending.round, "awaiting receipt").await;
+        self.status(AgentState::Uploading, pending.round, "awaiting receipt")
+            .await;
     }
 
     async fn on_ack(&mut self, payload: &[u8]) -> Result<(), AgentError> {
@@ -538,7 +595,9 @@ impl Agent {
                 return Ok(());
             }
         };
-        let Some(pending) = self.state.pending()? else { return Ok(()) };
+        let Some(pending) = self.state.pending()? else {
+            return Ok(());
+        };
         if pending.round != ack.round {
             return Ok(());
         }
@@ -550,8 +609,16 @@ impl Agent {
             tracing::warn!(round = ack.round, reason = %ack.reason, "update refused by server; dropped");
         }
         self.awaiting_ack = None;
-        self.status(AgentState::Idle, ack.round, if ack.accepted { "update counted" } else { "update refused" })
-            .await;
+        self.status(
+            AgentState::Idle,
+            ack.round,
+            if ack.accepted {
+                "update counted"
+            } else {
+                "update refused"
+            },
+        )
+        .await;
         // The newest announcement may still want work from us.
         if let Some(announce) = self.announce.take() {
             if announce.round > ack.round {
@@ -565,17 +632,21 @@ impl Agent {
 
     async fn on_tick(&mut self) -> Result<(), AgentError> {
         let patience = Duration::from_secs(self.config.training.ack_timeout_secs.max(1));
-        if let Some((round, sent)) = self.awaiting_ack {
-            if sent.elapsed() > patience {
-                if let Some(pending) = self.state.pending()?.filter(|p| p.round == round) {
-                    tracing::warn!(round, "no receipt yet; re-sending update");
-                    self.upload(&pending).await;
-                } else {
-                    self.awaiting_ack = None;
-                }
+        if let Some((round, sent)) = self.awaiting_ack
+            && sent.elapsed() > patience
+        {
+            if let Some(pending) = self.state.pending()?.filter(|p| p.round == round) {
+                tracing::warn!(round, "no receipt yet; re-sending update");
+                self.upload(&pending).await;
+            } else {
+                self.awaiting_ack = None;
             }
         }
-        if self.fetch.as_ref().is_some_and(|f| f.last_progress.elapsed() > patience) {
+        if self
+            .fetch
+            .as_ref()
+            .is_some_and(|f| f.last_progress.elapsed() > patience)
+        {
             tracing::warn!("model fetch stalled; re-requesting missing chunks");
             self.request_missing().await;
         }

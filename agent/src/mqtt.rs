@@ -46,7 +46,9 @@ impl Default for BrokerConfig {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum LinkError {
     /// The URL is not `mqtt://host:port`.
-    #[error("broker url {0:?} is not of the form mqtt://host:port (tls is not supported in this build)")]
+    #[error(
+        "broker url {0:?} is not of the form mqtt://host:port (tls is not supported in this build)"
+    )]
     BadUrl(String),
 }
 
@@ -78,11 +80,20 @@ impl BrokerConfig {
         if host.is_empty() || port == 0 {
             return Err(bad());
         }
-        Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+        Ok((
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+        ))
     }
 
     /// rumqttc options for `client_id`.
-    pub fn options(&self, client_id: &str, will: Option<LastWill>) -> Result<MqttOptions, LinkError> {
+    pub fn options(
+        &self,
+        client_id: &str,
+        will: Option<LastWill>,
+    ) -> Result<MqttOptions, LinkError> {
         let (host, port) = self.host_port()?;
         let mut opts = MqttOptions::new(client_id, host, port);
         opts.set_keep_alive(Duration::from_secs(self.keep_alive_secs.max(5)));
@@ -126,11 +137,7 @@ pub struct Link {
 
 /// Starts the event-loop pump on `tracker`; it stops on `shutdown` (after a
 /// short grace period so a final DISCONNECT can leave).
-pub fn connect(
-    options: MqttOptions,
-    tracker: &TaskTracker,
-    shutdown: CancellationToken,
-) -> Link {
+pub fn connect(options: MqttOptions, tracker: &TaskTracker, shutdown: CancellationToken) -> Link {
     let (client, eventloop) = AsyncClient::new(options, 1024);
     let (tx, events) = mpsc::channel(1024);
     tracker.spawn(pump(eventloop, tx, shutdown));
@@ -201,7 +208,13 @@ mod tests {
         assert_eq!(c.host_port().unwrap(), ("127.0.0.1".into(), 1883));
         c.url = "broker.local:8883".into();
         assert_eq!(c.host_port().unwrap(), ("broker.local".into(), 8883));
-        for bad in ["mqtts://x:1", "x", "mqtt://:1", "mqtt://x:0", "mqtt://x:abc"] {
+        for bad in [
+            "mqtts://x:1",
+            "x",
+            "mqtt://:1",
+            "mqtt://x:0",
+            "mqtt://x:abc",
+        ] {
             c.url = bad.into();
             assert!(c.host_port().is_err(), "{bad}");
         }

@@ -165,7 +165,9 @@ impl StateDir {
 
     /// The last round the server acknowledged.
     pub fn last_acked_round(&self) -> Result<Option<u64>, StateError> {
-        Ok(self.read::<Progress>("progress.bin")?.and_then(|p| p.last_acked_round))
+        Ok(self
+            .read::<Progress>("progress.bin")?
+            .and_then(|p| p.last_acked_round))
     }
 }
 

@@ -85,7 +85,11 @@ pub fn spawn<T: Send + 'static>(
 }
 
 /// Trains synchronously within `limits` (threads, epoch and batch caps).
-pub fn train(job: &Job, limits: &TrainingConfig, cancel: &AtomicBool) -> Result<Trained, TrainError> {
+pub fn train(
+    job: &Job,
+    limits: &TrainingConfig,
+    cancel: &AtomicBool,
+) -> Result<Trained, TrainError> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(limits.threads.max(1))
         .thread_name(|i| format!("convoy-train-{i}"))
@@ -98,7 +102,11 @@ fn cap(asked: u32, limit: u32) -> u32 {
     if limit == 0 { asked } else { asked.min(limit) }
 }
 
-fn train_in_pool(job: &Job, limits: &TrainingConfig, cancel: &AtomicBool) -> Result<Trained, TrainError> {
+fn train_in_pool(
+    job: &Job,
+    limits: &TrainingConfig,
+    cancel: &AtomicBool,
+) -> Result<Trained, TrainError> {
     let started = Instant::now();
     let (base_device, device_name) = device(limits.backend);
     let device = base_device.autodiff();
@@ -162,14 +170,20 @@ mod tests {
             csv.push_str(&format!("{a},{b},{}\n", (a + b > 0.0) as u8));
         }
         let table = Table::read(csv.as_bytes()).unwrap();
-        let spec = table.derive_spec("y", TaskKind::Classification, vec![8], 3).unwrap();
+        let spec = table
+            .derive_spec("y", TaskKind::Classification, vec![8], 3)
+            .unwrap();
         let data = Arc::new(Dataset::from_table(&table, &spec).unwrap());
         let base = spec.init_params();
         let before = evaluate(&spec, &base, &data, &Device::flex()).unwrap();
         let job = Job {
             spec: spec.clone(),
             base,
-            task: TrainTask { epochs: 5, lr: 0.1, batch_size: 16 },
+            task: TrainTask {
+                epochs: 5,
+                lr: 0.1,
+                batch_size: 16,
+            },
             data: data.clone(),
             seed: 9,
         };
@@ -183,11 +197,17 @@ mod tests {
     #[test]
     fn cancel_stops_training() {
         let table = Table::read("a,y\n1,0\n2,1\n".as_bytes()).unwrap();
-        let spec = table.derive_spec("y", TaskKind::Classification, vec![], 3).unwrap();
+        let spec = table
+            .derive_spec("y", TaskKind::Classification, vec![], 3)
+            .unwrap();
         let job = Job {
             base: spec.init_params(),
             spec: spec.clone(),
-            task: TrainTask { epochs: 1, lr: 0.1, batch_size: 1 },
+            task: TrainTask {
+                epochs: 1,
+                lr: 0.1,
+                batch_size: 1,
+            },
             data: Arc::new(Dataset::from_table(&table, &spec).unwrap()),
             seed: 1,
         };

@@ -77,7 +77,11 @@ mod tests {
 
     fn set(values: &[f32]) -> ParamSet {
         ParamSet {
-            tensors: vec![Tensor { name: "w".into(), shape: vec![values.len() as u32], data: values.to_vec() }],
+            tensors: vec![Tensor {
+                name: "w".into(),
+                shape: vec![values.len() as u32],
+                data: values.to_vec(),
+            }],
         }
     }
 

@@ -12,7 +12,9 @@ pub enum BrokerError {
     #[error("broker listen address {0:?} is invalid")]
     Listen(String),
     /// Port taken.
-    #[error("cannot listen on {0}: {1} (is another broker running? set broker.listen or broker.url)")]
+    #[error(
+        "cannot listen on {0}: {1} (is another broker running? set broker.listen or broker.url)"
+    )]
     InUse(SocketAddr, std::io::Error),
     /// Did not come up.
     #[error("embedded broker did not start listening on {0} within 10 s (port in use?)")]
@@ -32,7 +34,9 @@ pub fn free_local_addr() -> std::io::Result<SocketAddr> {
 /// `Broker::start` blocks forever, so the thread is detached; it ends with
 /// the process.
 pub fn start_embedded(listen: &str, max_payload: usize) -> Result<SocketAddr, BrokerError> {
-    let addr: SocketAddr = listen.parse().map_err(|_| BrokerError::Listen(listen.to_string()))?;
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| BrokerError::Listen(listen.to_string()))?;
     // Probe first: if something else holds the port we would otherwise
     // mistake it for our broker.
     drop(std::net::TcpListener::bind(addr).map_err(|e| BrokerError::InUse(addr, e))?);

@@ -253,7 +253,10 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if !convoy_shared::topics::valid_id(&self.fleet) {
-            return bad(format!("fleet {:?} must be 1-64 characters of A-Z a-z 0-9 _ . -", self.fleet));
+            return bad(format!(
+                "fleet {:?} must be 1-64 characters of A-Z a-z 0-9 _ . -",
+                self.fleet
+            ));
         }
         if self.rounds.min_clients == 0 {
             return bad("rounds.min_clients must be at least 1".into());
@@ -262,7 +265,10 @@ impl ServerConfig {
             return bad("rounds.min_reports must be at least 1".into());
         }
         if !(self.rounds.sample_fraction > 0.0 && self.rounds.sample_fraction <= 1.0) {
-            return bad(format!("rounds.sample_fraction {} must be in (0, 1]", self.rounds.sample_fraction));
+            return bad(format!(
+                "rounds.sample_fraction {} must be in (0, 1]",
+                self.rounds.sample_fraction
+            ));
         }
         if self.rounds.deadline_secs == 0 {
             return bad("rounds.deadline_secs must be at least 1".into());
@@ -284,15 +290,23 @@ impl ServerConfig {
                 convoy_shared::version::MODEL_CHUNK_SIZE + 1024
             ));
         }
-        if !(self.training.lr.is_finite() && self.training.lr > 0.0) || self.training.batch_size == 0 || self.training.epochs == 0 {
-            return bad("training: epochs and batch_size must be at least 1 and lr positive".into());
+        if !(self.training.lr.is_finite() && self.training.lr > 0.0)
+            || self.training.batch_size == 0
+            || self.training.epochs == 0
+        {
+            return bad(
+                "training: epochs and batch_size must be at least 1 and lr positive".into(),
+            );
         }
         if !self.broker.url.is_empty() {
             self.external_broker()
                 .host_port()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         } else if self.broker.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad(format!("broker.listen {:?} is not an address like 127.0.0.1:1883", self.broker.listen));
+            return bad(format!(
+                "broker.listen {:?} is not an address like 127.0.0.1:1883",
+                self.broker.listen
+            ));
         }
         Ok(())
     }
@@ -336,7 +350,12 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("fp16"));
         let mut c = minimal();
         c.rounds.chunk_size = 1 << 20;
-        assert!(c.validate().unwrap_err().to_string().contains("max_packet_size"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_packet_size")
+        );
         let mut c = minimal();
         c.broker.url = "http://x".into();
         assert!(c.validate().is_err());

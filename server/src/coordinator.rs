@@ -2,17 +2,18 @@
 //! and folds updates as they arrive, closes rounds at quorum or deadline,
 //! and writes the ledger.
 
+use crate::ServerError;
 use crate::aggregator::PartialSum;
 use crate::config::ServerConfig;
 use crate::store::{ClientRow, RoundRow, Store, StoredVersion};
-use crate::ServerError;
 use convoy_agent::mqtt::{LinkEvent, QOS};
 use convoy_agent::now_ms;
 use convoy_shared::chunk::{Progress, Reassembler};
 use convoy_shared::codec::{self, Codec};
 use convoy_shared::dataset::Dataset;
 use convoy_shared::messages::{
-    self, AgentState, Announce, FetchRequest, ModelChunk, Status, UpdateAck, UpdateBody, UpdateChunk,
+    self, AgentState, Announce, FetchRequest, ModelChunk, Status, UpdateAck, UpdateBody,
+    UpdateChunk,
 };
 use convoy_shared::params::ParamSet;
 use convoy_shared::topics::{self, ClientTopic};
@@ -79,7 +80,8 @@ impl Coordinator {
         observer: Option<mpsc::UnboundedSender<RoundRow>>,
     ) -> Result<Self, ServerError> {
         let next_round = store.next_round()?;
-        let codec = codec::by_name(&config.rounds.codec).map_err(|e| ServerError::Config(e.to_string()))?;
+        let codec =
+            codec::by_name(&config.rounds.codec).map_err(|e| ServerError::Config(e.to_string()))?;
         Ok(Self {
             model_bytes: current.params.canonical_bytes(),
             scratch: ParamSet::zeros(&spec.layout()),
@@ -117,7 +119,10 @@ impl Coordinator {
     fn reject(&mut self, round: Option<u64>, client: Option<&str>, reason: &str, detail: &str) {
         *self.rejections.entry(reason.to_string()).or_default() += 1;
         tracing::warn!(?round, client, reason, detail, "message rejected");
-        if let Err(e) = self.store.record_rejection(round, client, reason, detail, now_ms()) {
+        if let Err(e) = self
+            .store
+            .record_rejection(round, client, reason, detail, now_ms())
+        {
             tracing::error!(error = %e, "cannot record rejection");
         }
     }
@@ -132,8 +137,13 @@ impl Coordinator {
                         tracing::warn!(filter = filter.as_str(), error = %e, "subscribe failed");
                     }
                 }
-                if let Some(payload) = self.round.as_ref().map(|r| wire::encode(Kind::Announce, &r.announce)) {
-                    self.publish(topics::round(&self.config.fleet).as_str(), true, payload).await;
+                if let Some(payload) = self
+                    .round
+                    .as_ref()
+                    .map(|r| wire::encode(Kind::Announce, &r.announce))
+                {
+                    self.publish(topics::round(&self.config.fleet).as_str(), true, payload)
+                        .await;
                 }
                 Ok(())
             }
@@ -171,7 +181,12 @@ impl Coordinator {
                     tracing::info!(client, online = info.online, state = ?status.state, "client status");
                 }
             }
-            Ok(_) => self.reject(None, Some(client), "client_mismatch", "status names another client"),
+            Ok(_) => self.reject(
+                None,
+                Some(client),
+                "client_mismatch",
+                "status names another client",
+            ),
             Err(e) => self.reject(None, Some(client), e.reason(), &e.to_string()),
         }
     }
@@ -183,10 +198,16 @@ impl Coordinator {
             reason: reason.to_string(),
         };
         let topic = topics::client(&self.config.fleet, ClientTopic::Ack, client);
-        self.publish(topic.as_str(), false, wire::encode(Kind::UpdateAck, &ack)).await;
+        self.publish(topic.as_str(), false, wire::encode(Kind::UpdateAck, &ack))
+            .await;
     }
 
-    async fn on_update(&mut self, client: &str, payload: &[u8], wire_len: u64) -> Result<(), ServerError> {
+    async fn on_update(
+        &mut self,
+        client: &str,
+        payload: &[u8],
+        wire_len: u64,
+    ) -> Result<(), ServerError> {
         let current = self.round.as_ref().map(|r| r.announce.round);
         // Wire bytes count whatever arrives from a participant, valid or not.
         if let Some(row) = self.round.as_mut().and_then(|r| r.rows.get_mut(client)) {
@@ -201,22 +222,41 @@ impl Coordinator {
             }
         };
         if chunk.client.as_str() != client {
-            self.reject(current, Some(client), "client_mismatch", "chunk names another client than its topic");
+            self.reject(
+                current,
+                Some(client),
+                "client_mismatch",
+                "chunk names another client than its topic",
+            );
             return Ok(());
         }
         if current != Some(chunk.round) {
             return self.on_other_round(client, &chunk, current, wire_len).await;
         }
-        let Some(r) = self.round.as_mut() else { return Ok(()) };
+        let Some(r) = self.round.as_mut() else {
+            return Ok(());
+        };
         if chunk.base_version != r.announce.base_version() {
-            self.reject(current, Some(client), "wrong_base", "update is relative to another model version");
+            self.reject(
+                current,
+                Some(client),
+                "wrong_base",
+                "update is relative to another model version",
+            );
             return Ok(());
         }
         if !r.selected.contains(client) {
-            self.reject(current, Some(client), "not_selected", "client was not selected this round");
+            self.reject(
+                current,
+                Some(client),
+                "not_selected",
+                "client was not selected this round",
+            );
             return Ok(());
         }
-        let Some(row) = r.rows.get_mut(client) else { return Ok(()) };
+        let Some(row) = r.rows.get_mut(client) else {
+            return Ok(());
+        };
         if row.status == "accepted" {
             // A re-send of an update already counted: recognised, not counted.
             row.retries += 1;
@@ -270,7 +310,12 @@ impl Coordinator {
         wire_len: u64,
     ) -> Result<(), ServerError> {
         if chunk.round >= self.next_round {
-            self.reject(current, Some(client), "wrong_round", &format!("round {} has not started", chunk.round));
+            self.reject(
+                current,
+                Some(client),
+                "wrong_round",
+                &format!("round {} has not started", chunk.round),
+            );
             return Ok(());
         }
         match self.store.client_status(chunk.round, client)?.as_deref() {
@@ -282,20 +327,35 @@ impl Coordinator {
             }
             _ => {
                 if self.store.record_late(chunk.round, client, wire_len)? {
-                    tracing::info!(client, round = chunk.round, "late update counted and ignored");
+                    tracing::info!(
+                        client,
+                        round = chunk.round,
+                        "late update counted and ignored"
+                    );
                 }
                 if chunk.pos.index == 0 {
-                    self.ack(client, chunk.round, false, "late: the round has closed").await;
+                    self.ack(client, chunk.round, false, "late: the round has closed")
+                        .await;
                 }
             }
         }
         Ok(())
     }
 
-    async fn accept_update(&mut self, client: &str, round: u64, body: &[u8], bytes: u64) -> Result<(), ServerError> {
+    async fn accept_update(
+        &mut self,
+        client: &str,
+        round: u64,
+        body: &[u8],
+        bytes: u64,
+    ) -> Result<(), ServerError> {
         let verdict = self.validate_update(body);
-        let Some(r) = self.round.as_mut() else { return Ok(()) };
-        let Some(row) = r.rows.get_mut(client) else { return Ok(()) };
+        let Some(r) = self.round.as_mut() else {
+            return Ok(());
+        };
+        let Some(row) = r.rows.get_mut(client) else {
+            return Ok(());
+        };
         match verdict {
             Ok(update) => {
                 r.sum.fold(&self.scratch, update.samples as f64);
@@ -308,12 +368,23 @@ impl Coordinator {
                 row.epochs = update.stats.epochs as u64;
                 row.loss = Some(update.stats.loss as f64);
                 row.flops = cost::training_flops(&self.spec, update.samples, update.stats.epochs);
-                row.bytes_up_predicted =
-                    cost::predict(&self.spec, &update.codec, update.samples, update.stats.epochs).bytes_up;
+                row.bytes_up_predicted = cost::predict(
+                    &self.spec,
+                    &update.codec,
+                    update.samples,
+                    update.stats.epochs,
+                )
+                .bytes_up;
                 row.device = update.stats.device.clone();
                 row.codec = update.codec.clone();
                 row.update_norm = Some(self.scratch.l2_norm());
-                tracing::info!(client, round, samples = update.samples, bytes, "update accepted");
+                tracing::info!(
+                    client,
+                    round,
+                    samples = update.samples,
+                    bytes,
+                    "update accepted"
+                );
                 self.ack(client, round, true, "").await;
             }
             Err((reason, detail)) => {
@@ -328,21 +399,34 @@ impl Coordinator {
 
     /// Decodes a whole update into the scratch buffer and checks it.
     fn validate_update(&mut self, body: &[u8]) -> Result<UpdateBody, (&'static str, String)> {
-        let update: UpdateBody = postcard::from_bytes(body).map_err(|e| ("malformed", e.to_string()))?;
+        let update: UpdateBody =
+            postcard::from_bytes(body).map_err(|e| ("malformed", e.to_string()))?;
         if update.codec != self.codec.name() {
             return Err((
                 "wrong_codec",
-                format!("update uses {}, the round asked for {}", update.codec, self.codec.name()),
+                format!(
+                    "update uses {}, the round asked for {}",
+                    update.codec,
+                    self.codec.name()
+                ),
             ));
         }
         self.codec
             .decode_into(&update.encoded, &mut self.scratch)
             .map_err(|e| (e.reason(), e.to_string()))?;
-        self.scratch.check_finite().map_err(|e| (e.reason(), e.to_string()))?;
+        self.scratch
+            .check_finite()
+            .map_err(|e| (e.reason(), e.to_string()))?;
         if update.samples == 0 || update.samples > 1_000_000_000 {
-            return Err(("bad_samples", format!("sample count {} out of range", update.samples)));
+            return Err((
+                "bad_samples",
+                format!("sample count {} out of range", update.samples),
+            ));
         }
-        if !(update.stats.loss.is_finite() && update.stats.train_seconds.is_finite() && update.stats.train_seconds >= 0.0) {
+        if !(update.stats.loss.is_finite()
+            && update.stats.train_seconds.is_finite()
+            && update.stats.train_seconds >= 0.0)
+        {
             return Err(("non_finite", "training stats are not finite".into()));
         }
         Ok(update)
@@ -358,14 +442,24 @@ impl Coordinator {
             }
         };
         if request.version != self.current.manifest.version {
-            self.reject(current, Some(client), "unknown_version", "fetch for a version that is not current");
+            self.reject(
+                current,
+                Some(client),
+                "unknown_version",
+                "fetch for a version that is not current",
+            );
             return Ok(());
         }
         let count = self.current.manifest.chunks.len() as u32;
         let wanted: BTreeSet<u32> = if request.chunks.is_empty() {
             (0..count).collect()
         } else {
-            request.chunks.iter().copied().filter(|i| *i < count).collect()
+            request
+                .chunks
+                .iter()
+                .copied()
+                .filter(|i| *i < count)
+                .collect()
         };
         let topic = topics::client(&self.config.fleet, ClientTopic::Model, client);
         let (mut bytes, mut wire_bytes, mut chunks) = (0u64, 0u64, 0u64);
@@ -384,12 +478,15 @@ impl Coordinator {
             self.publish(topic.as_str(), false, payload).await;
         }
         if let Some(r) = self.round.as_mut() {
-            let row = r.rows.entry(client.to_string()).or_insert_with(|| ClientRow {
-                round: r.announce.round,
-                client: client.to_string(),
-                status: "dropped".into(),
-                ..Default::default()
-            });
+            let row = r
+                .rows
+                .entry(client.to_string())
+                .or_insert_with(|| ClientRow {
+                    round: r.announce.round,
+                    client: client.to_string(),
+                    status: "dropped".into(),
+                    ..Default::default()
+                });
             row.bytes_down += bytes;
             row.wire_bytes_down += wire_bytes;
             row.chunks_down += chunks;
@@ -403,7 +500,10 @@ impl Coordinator {
             Some(r) => {
                 // A rejected client may still send a good update, so only
                 // acceptance from everyone closes a round before its deadline.
-                let all_in = r.selected.iter().all(|c| r.rows.get(c).is_some_and(|row| row.status == "accepted"));
+                let all_in = r
+                    .selected
+                    .iter()
+                    .all(|c| r.rows.get(c).is_some_and(|row| row.status == "accepted"));
                 if all_in || Instant::now() >= r.deadline {
                     self.finish_round().await?;
                 }
@@ -432,7 +532,10 @@ impl Coordinator {
             .max(rules.min_clients)
             .min(eligible.len());
         let mut rng = StdRng::seed_from_u64(rules.seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let selected: BTreeSet<String> = eligible.choose_multiple(&mut rng, wanted).map(|c| (*c).clone()).collect();
+        let selected: BTreeSet<String> = eligible
+            .choose_multiple(&mut rng, wanted)
+            .map(|c| (*c).clone())
+            .collect();
         let deadline_ms = now_ms() + rules.deadline_secs * 1000;
         let announce = Announce {
             round,
@@ -445,17 +548,21 @@ impl Coordinator {
             chunk_size: rules.chunk_size as u32,
         };
         let base = version::hex(&announce.base_version());
-        self.store.open_round(round, &base, codec, selected.len() as u64, now_ms())?;
+        self.store
+            .open_round(round, &base, codec, selected.len() as u64, now_ms())?;
         let rows = selected
             .iter()
             .map(|c| {
-                (c.clone(), ClientRow {
-                    round,
-                    client: c.clone(),
-                    status: "dropped".into(),
-                    codec: codec.to_string(),
-                    ..Default::default()
-                })
+                (
+                    c.clone(),
+                    ClientRow {
+                        round,
+                        client: c.clone(),
+                        status: "dropped".into(),
+                        codec: codec.to_string(),
+                        ..Default::default()
+                    },
+                )
             })
             .collect();
         tracing::info!(round, selected = selected.len(), eligible = eligible.len(), base = %version::short(&announce.base_version()), "round opened");
@@ -471,14 +578,18 @@ impl Coordinator {
             announce,
         });
         self.next_round = round + 1;
-        self.publish(topics::round(&self.config.fleet).as_str(), true, payload).await;
+        self.publish(topics::round(&self.config.fleet).as_str(), true, payload)
+            .await;
         Ok(())
     }
 
     async fn finish_round(&mut self) -> Result<(), ServerError> {
-        let Some(r) = self.round.take() else { return Ok(()) };
+        let Some(r) = self.round.take() else {
+            return Ok(());
+        };
         let round = r.announce.round;
-        let accepted: Vec<&ClientRow> = r.rows.values().filter(|c| c.status == "accepted").collect();
+        let accepted: Vec<&ClientRow> =
+            r.rows.values().filter(|c| c.status == "accepted").collect();
         let samples: u64 = accepted.iter().map(|c| c.samples).sum();
         let mut row = RoundRow {
             round,
@@ -507,10 +618,12 @@ impl Coordinator {
                 Some(test) => {
                     let (spec, test, p) = (self.spec.clone(), test.clone(), params.clone());
                     let device = burn::prelude::Device::flex();
-                    tokio::task::spawn_blocking(move || convoy_shared::model::evaluate(&spec, &p, &test, &device))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
+                    tokio::task::spawn_blocking(move || {
+                        convoy_shared::model::evaluate(&spec, &p, &test, &device)
+                    })
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
                 }
                 None => None,
             };
@@ -531,11 +644,17 @@ impl Coordinator {
             self.model_bytes = next.params.canonical_bytes();
             self.current = next;
         } else {
-            tracing::warn!(round, accepted = accepted.len(), needed = self.config.rounds.min_reports, "round failed: too few updates; model unchanged");
+            tracing::warn!(
+                round,
+                accepted = accepted.len(),
+                needed = self.config.rounds.min_reports,
+                "round failed: too few updates; model unchanged"
+            );
         }
         let clients: Vec<ClientRow> = r.rows.into_values().collect();
         let finished = now_ms();
-        row.started_at = crate::store::iso8601(finished.saturating_sub(r.started.elapsed().as_millis() as u64));
+        row.started_at =
+            crate::store::iso8601(finished.saturating_sub(r.started.elapsed().as_millis() as u64));
         row.finished_at = Some(crate::store::iso8601(finished));
         self.store.finish_round(&row, &clients, finished)?;
         tracing::info!(

@@ -6,7 +6,9 @@
 //! the server and the agents then run the configured rounds over real MQTT
 //! on 127.0.0.1, and each round prints a line as it closes.
 
-use crate::config::{EvalConfig, ModelConfig, RoundConfig, ServerBroker, ServerConfig, TrainingRecipe};
+use crate::config::{
+    EvalConfig, ModelConfig, RoundConfig, ServerBroker, ServerConfig, TrainingRecipe,
+};
 use crate::report::{human_bytes, round_line};
 use crate::store::RoundRow;
 use convoy_agent::config::{AgentConfig, DataConfig, Faults, TrainingConfig};
@@ -83,7 +85,13 @@ pub struct DemoReport {
 
 /// Splits row indices by label with a Dirichlet(alpha) share per client.
 /// Every client gets at least `min_rows` (redrawn until so, then topped up).
-pub fn dirichlet_split(labels: &[String], clients: usize, alpha: f64, seed: u64, min_rows: usize) -> Vec<Vec<usize>> {
+pub fn dirichlet_split(
+    labels: &[String],
+    clients: usize,
+    alpha: f64,
+    seed: u64,
+    min_rows: usize,
+) -> Vec<Vec<usize>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut classes: Vec<&String> = labels.iter().collect();
     classes.sort();
@@ -93,15 +101,23 @@ pub fn dirichlet_split(labels: &[String], clients: usize, alpha: f64, seed: u64,
     for attempt in 0..100 {
         parts = vec![Vec::new(); clients];
         for class in &classes {
-            let mut rows: Vec<usize> = (0..labels.len()).filter(|i| &labels[*i] == *class).collect();
+            let mut rows: Vec<usize> = (0..labels.len())
+                .filter(|i| &labels[*i] == *class)
+                .collect();
             rows.shuffle(&mut rng);
-            let weights: Vec<f64> = (0..clients).map(|_| gamma.sample(&mut rng) + 1e-12).collect();
+            let weights: Vec<f64> = (0..clients)
+                .map(|_| gamma.sample(&mut rng) + 1e-12)
+                .collect();
             let total: f64 = weights.iter().sum();
             let mut start = 0;
             let mut acc = 0.0;
             for (c, w) in weights.iter().enumerate() {
                 acc += w / total;
-                let end = if c + 1 == clients { rows.len() } else { (acc * rows.len() as f64).round() as usize };
+                let end = if c + 1 == clients {
+                    rows.len()
+                } else {
+                    (acc * rows.len() as f64).round() as usize
+                };
                 parts[c].extend_from_slice(&rows[start..end.max(start)]);
                 start = end.max(start);
             }
@@ -146,7 +162,11 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         .unwrap_or_else(|| PathBuf::from("."));
     let work = dir.join(format!(
         "{}.fleet",
-        options.db.file_name().and_then(|n| n.to_str()).unwrap_or("convoy.db")
+        options
+            .db
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("convoy.db")
     ));
     // A demo starts from scratch: drop an earlier demo's database and state.
     for stale in [
@@ -163,20 +183,41 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     // Split: 20 % held out for the server, the rest across vehicles.
     let table = Table::read(DIGITS_CSV.as_bytes())?;
     let label = "digit";
-    let label_col = table.column(label).ok_or_else(|| anyhow::anyhow!("digits data lacks its label"))?;
+    let label_col = table
+        .column(label)
+        .ok_or_else(|| anyhow::anyhow!("digits data lacks its label"))?;
     let mut order: Vec<usize> = (0..table.rows.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(options.seed));
     let test_len = table.rows.len() / 5;
     let (test_rows, train_rows) = order.split_at(test_len);
     let test_path = work.join("test.csv");
-    write_csv(&test_path, &table.headers, &test_rows.iter().map(|i| &table.rows[*i]).collect::<Vec<_>>())?;
-    let train_labels: Vec<String> = train_rows.iter().map(|i| table.rows[*i][label_col].clone()).collect();
-    let parts = dirichlet_split(&train_labels, options.clients, options.alpha, options.seed, 20);
+    write_csv(
+        &test_path,
+        &table.headers,
+        &test_rows
+            .iter()
+            .map(|i| &table.rows[*i])
+            .collect::<Vec<_>>(),
+    )?;
+    let train_labels: Vec<String> = train_rows
+        .iter()
+        .map(|i| table.rows[*i][label_col].clone())
+        .collect();
+    let parts = dirichlet_split(
+        &train_labels,
+        options.clients,
+        options.alpha,
+        options.seed,
+        20,
+    );
 
     let broker_addr = tokio::task::spawn_blocking(move || {
-        crate::broker::free_local_addr().map_err(anyhow::Error::from).and_then(|a| {
-            crate::broker::start_embedded(&a.to_string(), 1024 * 1024).map_err(anyhow::Error::from)
-        })
+        crate::broker::free_local_addr()
+            .map_err(anyhow::Error::from)
+            .and_then(|a| {
+                crate::broker::start_embedded(&a.to_string(), 1024 * 1024)
+                    .map_err(anyhow::Error::from)
+            })
     })
     .await??;
     let url = format!("mqtt://{broker_addr}");
@@ -218,9 +259,14 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     server_config.validate()?;
     let spec = crate::spec_from_config(&server_config)?;
     let test = convoy_shared::dataset::Dataset::from_csv(std::fs::File::open(&test_path)?, &spec)?;
-    let initial_accuracy = convoy_shared::model::evaluate(&spec, &spec.init_params(), &test, &burn::prelude::Device::flex())
-        .ok()
-        .and_then(|e| e.accuracy);
+    let initial_accuracy = convoy_shared::model::evaluate(
+        &spec,
+        &spec.init_params(),
+        &test,
+        &burn::prelude::Device::flex(),
+    )
+    .ok()
+    .and_then(|e| e.accuracy);
 
     let mut agents = Vec::new();
     let mut client_rows = Vec::new();
@@ -299,8 +345,11 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             "summary: {} rounds in {:.1}s; test accuracy {} after round 1 -> {} after round {}; {} up ({:.1}x smaller than fp32), {} down; rejected messages: {}; final model {}",
             rounds.len(),
             elapsed.as_secs_f64(),
-            first.map(|a| format!("{:.2}%", a * 100.0)).unwrap_or_else(|| "-".into()),
-            last.map(|a| format!("{:.2}%", a * 100.0)).unwrap_or_else(|| "-".into()),
+            first
+                .map(|a| format!("{:.2}%", a * 100.0))
+                .unwrap_or_else(|| "-".into()),
+            last.map(|a| format!("{:.2}%", a * 100.0))
+                .unwrap_or_else(|| "-".into()),
             rounds.len(),
             human_bytes(up),
             if up > 0 { raw as f64 / up as f64 } else { 0.0 },

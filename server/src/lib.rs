@@ -54,7 +54,9 @@ pub enum ServerError {
     #[error(transparent)]
     Link(#[from] convoy_agent::mqtt::LinkError),
     /// The database was written for another model.
-    #[error("database {db} holds models with a different spec than this config (features, classes, layers or recipe changed); use a new --db or restore the old config")]
+    #[error(
+        "database {db} holds models with a different spec than this config (features, classes, layers or recipe changed); use a new --db or restore the old config"
+    )]
     SpecMismatch {
         /// database path
         db: String,
@@ -95,12 +97,16 @@ pub fn spec_from_config(config: &ServerConfig) -> Result<ModelSpec, ServerError>
             path: m.schema_csv.display().to_string(),
             message: e.to_string(),
         })?;
-    spec.validate().map_err(|e| ServerError::Config(e.to_string()))?;
+    spec.validate()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
     Ok(spec)
 }
 
 /// Runs the server until `shutdown` or until `rounds.total` rounds have run.
-pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<RunSummary, ServerError> {
+pub async fn run(
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<RunSummary, ServerError> {
     run_observed(config, shutdown, None).await
 }
 
@@ -115,10 +121,11 @@ pub async fn run_observed(
     let spec = spec_from_config(&config)?;
     let test = match &config.eval.test_csv {
         Some(path) => {
-            let data = Dataset::from_table(&read_table(path)?, &spec).map_err(|e| ServerError::Data {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            let data =
+                Dataset::from_table(&read_table(path)?, &spec).map_err(|e| ServerError::Data {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
             Some(Arc::new(data))
         }
         None => None,
@@ -126,7 +133,10 @@ pub async fn run_observed(
     let store = Store::open(&config.db)?;
     let abandoned = store.abandon_open_rounds(convoy_agent::now_ms())?;
     if abandoned > 0 {
-        tracing::warn!(abandoned, "rounds left open by an earlier run marked abandoned");
+        tracing::warn!(
+            abandoned,
+            "rounds left open by an earlier run marked abandoned"
+        );
     }
     let task = config.training.task();
     let current = match store.latest_version()? {
@@ -151,7 +161,13 @@ pub async fn run_observed(
                 params,
             };
             let eval = match &test {
-                Some(t) => convoy_shared::model::evaluate(&spec, &v.params, t, &burn::prelude::Device::flex()).ok(),
+                Some(t) => convoy_shared::model::evaluate(
+                    &spec,
+                    &v.params,
+                    t,
+                    &burn::prelude::Device::flex(),
+                )
+                .ok(),
                 None => None,
             };
             store.save_version(&v, eval.as_ref(), convoy_agent::now_ms())?;
@@ -173,7 +189,15 @@ pub async fn run_observed(
     let link_stop = CancellationToken::new();
     let mut link = convoy_agent::mqtt::connect(options, &tracker, link_stop.clone());
     tracing::info!(fleet = %config.fleet, broker = %broker.url, db = %config.db.display(), "server running");
-    let mut coordinator = Coordinator::new(config, store, link.client.clone(), spec, test, current, observer)?;
+    let mut coordinator = Coordinator::new(
+        config,
+        store,
+        link.client.clone(),
+        spec,
+        test,
+        current,
+        observer,
+    )?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let result = loop {
         let step = tokio::select! {

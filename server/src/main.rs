@@ -77,7 +77,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own per-round lines; keep its logs to warnings.
-    let default = if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" };
+    let default = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
     convoy_agent::process::init_logging(cli.log_json, default);
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,7 +110,17 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             })?;
             Ok(())
         }
-        Command::Demo { clients, rounds, seed, alpha, db, codec, epochs, lr, batch_size } => {
+        Command::Demo {
+            clients,
+            rounds,
+            seed,
+            alpha,
+            db,
+            codec,
+            epochs,
+            lr,
+            batch_size,
+        } => {
             let options = convoy_server::demo::DemoOptions {
                 clients,
                 rounds,
@@ -126,7 +140,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             })?;
             Ok(())
         }
-        Command::Report { db, format, clients, round } => {
+        Command::Report {
+            db,
+            format,
+            clients,
+            round,
+        } => {
             let text = match (clients, round) {
                 (true, Some(round)) => convoy_server::report::clients(&db, round, format)?,
                 _ => convoy_server::report::rounds(&db, format)?,

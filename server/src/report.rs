@@ -26,11 +26,16 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
-    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
+    v.map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// One line per round, as the demo prints them.
@@ -80,8 +85,19 @@ pub fn rounds(db: &Path, format: Format) -> Result<String, StoreError> {
             let _ = writeln!(
                 out,
                 "{:>5} {:<9} {:>12} {:>7} {:>4} {:>11} {:>11} {:>11} {:>11} {:>9} {:>8} {:>8} {:>8}",
-                "round", "status", "version", "clients", "late", "bytes_up", "bytes_down", "wire_up", "wire_down",
-                "train_s", "samples", "loss", "accuracy"
+                "round",
+                "status",
+                "version",
+                "clients",
+                "late",
+                "bytes_up",
+                "bytes_down",
+                "wire_up",
+                "wire_down",
+                "train_s",
+                "samples",
+                "loss",
+                "accuracy"
             );
             for r in &rows {
                 let quality = match (r.accuracy, r.rmse) {
@@ -94,7 +110,10 @@ pub fn rounds(db: &Path, format: Format) -> Result<String, StoreError> {
                     "{:>5} {:<9} {:>12} {:>7} {:>4} {:>11} {:>11} {:>11} {:>11} {:>9.2} {:>8} {:>8} {:>8}",
                     r.round,
                     r.status,
-                    r.model_version.as_deref().map(|v| &v[..12.min(v.len())]).unwrap_or("-"),
+                    r.model_version
+                        .as_deref()
+                        .map(|v| &v[..12.min(v.len())])
+                        .unwrap_or("-"),
                     format!("{}/{}", r.clients_reported, r.clients_selected),
                     r.clients_late,
                     r.bytes_up,
@@ -107,7 +126,9 @@ pub fn rounds(db: &Path, format: Format) -> Result<String, StoreError> {
                     quality
                 );
             }
-            let (up, down): (u64, u64) = rows.iter().fold((0, 0), |(u, d), r| (u + r.bytes_up, d + r.bytes_down));
+            let (up, down): (u64, u64) = rows
+                .iter()
+                .fold((0, 0), |(u, d), r| (u + r.bytes_up, d + r.bytes_down));
             let _ = writeln!(
                 out,
                 "{} rounds, {} up, {} down in total",
@@ -132,8 +153,18 @@ pub fn clients(db: &Path, round: u64, format: Format) -> Result<String, StoreErr
             let _ = writeln!(
                 out,
                 "{:<16} {:<9} {:>8} {:>10} {:>10} {:>10} {:>10} {:>6} {:>8} {:>8} {:>14} {:<9} reason",
-                "client", "status", "samples", "bytes_up", "wire_up", "bytes_down", "wire_down", "retry", "train_s",
-                "loss", "flops", "device"
+                "client",
+                "status",
+                "samples",
+                "bytes_up",
+                "wire_up",
+                "bytes_down",
+                "wire_down",
+                "retry",
+                "train_s",
+                "loss",
+                "flops",
+                "device"
             );
             for c in &rows {
                 let _ = writeln!(

@@ -243,7 +243,12 @@ impl Store {
     }
 
     /// Stores a version's blob (atomically) and its row.
-    pub fn save_version(&self, v: &StoredVersion, eval: Option<&convoy_shared::model::Evaluation>, now_ms: u64) -> Result<(), StoreError> {
+    pub fn save_version(
+        &self,
+        v: &StoredVersion,
+        eval: Option<&convoy_shared::model::Evaluation>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         let hex = version::hex(&v.manifest.version);
         let name = format!("{hex}.bin");
         let path = self.blobs.join(&name);
@@ -272,9 +277,11 @@ impl Store {
 
     /// Loads a version by hex id, checking it hashes to its id.
     pub fn load_version(&self, hex: &str) -> Result<StoredVersion, StoreError> {
-        let name: String = self
-            .conn
-            .query_row("SELECT blob FROM versions WHERE version = ?1", [hex], |r| r.get(0))?;
+        let name: String =
+            self.conn
+                .query_row("SELECT blob FROM versions WHERE version = ?1", [hex], |r| {
+                    r.get(0)
+                })?;
         let path = self.blobs.join(name);
         let corrupt = |message: String| StoreError::Blob {
             path: path.clone(),
@@ -293,13 +300,19 @@ impl Store {
     pub fn latest_version(&self) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT version FROM versions ORDER BY round DESC, created_ms DESC LIMIT 1", [], |r| r.get(0))
+            .query_row(
+                "SELECT version FROM versions ORDER BY round DESC, created_ms DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
             .optional()?)
     }
 
     /// Round number to use next: never reuses one, even of abandoned rounds.
     pub fn next_round(&self) -> Result<u64, StoreError> {
-        let max: Option<i64> = self.conn.query_row("SELECT MAX(round) FROM rounds", [], |r| r.get(0))?;
+        let max: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(round) FROM rounds", [], |r| r.get(0))?;
         Ok(max.map(|m| m as u64 + 1).unwrap_or(1))
     }
 
@@ -312,7 +325,14 @@ impl Store {
     }
 
     /// Records a round as open.
-    pub fn open_round(&self, round: u64, base: &str, codec: &str, selected: u64, now_ms: u64) -> Result<(), StoreError> {
+    pub fn open_round(
+        &self,
+        round: u64,
+        base: &str,
+        codec: &str,
+        selected: u64,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO rounds (round, status, base_version, codec, clients_selected, started_ms) VALUES (?1, 'open', ?2, ?3, ?4, ?5)",
             params![round as i64, base, codec, selected as i64, now_ms as i64],
@@ -321,7 +341,12 @@ impl Store {
     }
 
     /// Closes a round: its totals and all its ledger rows, in one transaction.
-    pub fn finish_round(&mut self, row: &RoundRow, clients: &[ClientRow], finished_ms: u64) -> Result<(), StoreError> {
+    pub fn finish_round(
+        &mut self,
+        row: &RoundRow,
+        clients: &[ClientRow],
+        finished_ms: u64,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "UPDATE rounds SET status = ?2, model_version = ?3, clients_selected = ?4, clients_reported = ?5,
@@ -346,7 +371,12 @@ impl Store {
     }
 
     /// Counts a late update against its (closed) round, once per client.
-    pub fn record_late(&self, round: u64, client: &str, wire_bytes: u64) -> Result<bool, StoreError> {
+    pub fn record_late(
+        &self,
+        round: u64,
+        client: &str,
+        wire_bytes: u64,
+    ) -> Result<bool, StoreError> {
         let exists: bool = self.conn.query_row(
             "SELECT EXISTS(SELECT 1 FROM ledger WHERE round = ?1 AND client = ?2)",
             params![round as i64, client],
@@ -360,7 +390,10 @@ impl Store {
                 params![round as i64, client, wire_bytes as i64],
             )?;
             if changed > 0 {
-                self.conn.execute("UPDATE rounds SET clients_late = clients_late + 1 WHERE round = ?1", [round as i64])?;
+                self.conn.execute(
+                    "UPDATE rounds SET clients_late = clients_late + 1 WHERE round = ?1",
+                    [round as i64],
+                )?;
             }
             return Ok(changed > 0);
         }
@@ -372,7 +405,10 @@ impl Store {
             ..Default::default()
         };
         insert_client(&self.conn, &row)?;
-        self.conn.execute("UPDATE rounds SET clients_late = clients_late + 1 WHERE round = ?1", [round as i64])?;
+        self.conn.execute(
+            "UPDATE rounds SET clients_late = clients_late + 1 WHERE round = ?1",
+            [round as i64],
+        )?;
         Ok(true)
     }
 
@@ -389,7 +425,14 @@ impl Store {
     }
 
     /// Records one rejected message.
-    pub fn record_rejection(&self, round: Option<u64>, client: Option<&str>, reason: &str, detail: &str, now_ms: u64) -> Result<(), StoreError> {
+    pub fn record_rejection(
+        &self,
+        round: Option<u64>,
+        client: Option<&str>,
+        reason: &str,
+        detail: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO rejections (at_ms, round, client, reason, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![now_ms as i64, round.map(|r| r as i64), client, reason, detail],
@@ -402,7 +445,9 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare("SELECT reason, COUNT(*) FROM rejections GROUP BY reason ORDER BY reason")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -505,7 +550,7 @@ mod tests {
     #[test]
     fn iso_dates() {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso8601(1_795_000_000_123), "2026-11-18T07:06:40.123Z");
+        assert_eq!(iso8601(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
     }
 
     #[test]
@@ -517,8 +562,18 @@ mod tests {
         assert_eq!(store.abandon_open_rounds(1).unwrap(), 1);
         assert_eq!(store.next_round().unwrap(), 2);
         store.open_round(2, "aa", "fp32", 2, 0).unwrap();
-        let row = RoundRow { round: 2, status: "finished".into(), clients_reported: 1, ..Default::default() };
-        let client = ClientRow { round: 2, client: "a".into(), status: "accepted".into(), ..Default::default() };
+        let row = RoundRow {
+            round: 2,
+            status: "finished".into(),
+            clients_reported: 1,
+            ..Default::default()
+        };
+        let client = ClientRow {
+            round: 2,
+            client: "a".into(),
+            status: "accepted".into(),
+            ..Default::default()
+        };
         store.finish_round(&row, &[client], 5).unwrap();
         assert!(store.record_late(2, "b", 10).unwrap());
         assert!(!store.record_late(2, "b", 10).unwrap());

@@ -239,7 +239,11 @@ mod tests {
 
     #[test]
     fn refuses_oversized_before_allocating() {
-        let pos = ChunkPos { index: 0, count: 2, total_len: u32::MAX };
+        let pos = ChunkPos {
+            index: 0,
+            count: 2,
+            total_len: u32::MAX,
+        };
         assert!(matches!(
             Reassembler::new(pos, 10, 1 << 20),
             Err(ChunkError::Oversized { .. })

@@ -55,7 +55,9 @@ pub struct Table {
 impl Table {
     /// Reads a CSV with a header row.
     pub fn read(reader: impl Read) -> Result<Self, DataError> {
-        let mut csv = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(reader);
+        let mut csv = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_reader(reader);
         let headers = csv.headers()?.iter().map(str::to_string).collect();
         let rows = csv
             .records()
@@ -84,19 +86,29 @@ impl Table {
             label: label.to_string(),
             columns: self.headers.clone(),
         })?;
-        let feature_cols: Vec<usize> = (0..self.headers.len()).filter(|c| *c != label_col).collect();
+        let feature_cols: Vec<usize> = (0..self.headers.len())
+            .filter(|c| *c != label_col)
+            .collect();
         let mut norm_mean = Vec::new();
         let mut norm_std = Vec::new();
         for &c in &feature_cols {
             let (mut count, mut sum, mut sum_sq) = (0f64, 0f64, 0f64);
             for (r, row) in self.rows.iter().enumerate() {
-                let v = parse_cell(row.get(c).map(String::as_str).unwrap_or(""), r, &self.headers[c])?;
+                let v = parse_cell(
+                    row.get(c).map(String::as_str).unwrap_or(""),
+                    r,
+                    &self.headers[c],
+                )?;
                 count += 1.0;
                 sum += v as f64;
                 sum_sq += (v as f64) * (v as f64);
             }
             let mean = if count > 0.0 { sum / count } else { 0.0 };
-            let var = if count > 0.0 { (sum_sq / count - mean * mean).max(0.0) } else { 0.0 };
+            let var = if count > 0.0 {
+                (sum_sq / count - mean * mean).max(0.0)
+            } else {
+                0.0
+            };
             norm_mean.push(mean as f32);
             // constant columns keep scale 1 so they normalise to zero, not NaN
             norm_std.push(if var > 1e-12 { var.sqrt() as f32 } else { 1.0 });
@@ -104,7 +116,11 @@ impl Table {
         let classes = match task {
             TaskKind::Regression => Vec::new(),
             TaskKind::Classification => {
-                let mut classes: Vec<String> = self.rows.iter().filter_map(|r| r.get(label_col).cloned()).collect();
+                let mut classes: Vec<String> = self
+                    .rows
+                    .iter()
+                    .filter_map(|r| r.get(label_col).cloned())
+                    .collect();
                 classes.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
                     (Ok(x), Ok(y)) => x.total_cmp(&y),
                     _ => a.cmp(b),
@@ -115,7 +131,10 @@ impl Table {
         };
         Ok(ModelSpec {
             task,
-            features: feature_cols.iter().map(|c| self.headers[*c].clone()).collect(),
+            features: feature_cols
+                .iter()
+                .map(|c| self.headers[*c].clone())
+                .collect(),
             norm_mean,
             norm_std,
             label: label.to_string(),
@@ -152,10 +171,12 @@ pub struct Dataset {
 impl Dataset {
     /// Builds a dataset from a table, matching columns to `spec` by name.
     pub fn from_table(table: &Table, spec: &ModelSpec) -> Result<Self, DataError> {
-        let label_col = table.column(&spec.label).ok_or_else(|| DataError::NoLabel {
-            label: spec.label.clone(),
-            columns: table.headers.clone(),
-        })?;
+        let label_col = table
+            .column(&spec.label)
+            .ok_or_else(|| DataError::NoLabel {
+                label: spec.label.clone(),
+                columns: table.headers.clone(),
+            })?;
         let cols: Vec<Option<usize>> = spec.features.iter().map(|f| table.column(f)).collect();
         let missing_features = spec
             .features
@@ -184,7 +205,11 @@ impl Dataset {
             for (i, col) in cols.iter().enumerate() {
                 let normalised = match col {
                     Some(c) => {
-                        let v = parse_cell(row.get(*c).map(String::as_str).unwrap_or(""), r, &spec.features[i])?;
+                        let v = parse_cell(
+                            row.get(*c).map(String::as_str).unwrap_or(""),
+                            r,
+                            &spec.features[i],
+                        )?;
                         (v - spec.norm_mean[i]) / spec.norm_std[i]
                     }
                     None => 0.0,
@@ -197,7 +222,9 @@ impl Dataset {
             TaskKind::Regression => Targets::Values(values),
         };
         if targets.is_empty() {
-            return Err(DataError::Empty { skipped: skipped_rows });
+            return Err(DataError::Empty {
+                skipped: skipped_rows,
+            });
         }
         Ok(Self {
             features,
@@ -248,7 +275,9 @@ mod tests {
     #[test]
     fn derives_spec_and_matches_columns_by_name() {
         let table = Table::read(CSV.as_bytes()).unwrap();
-        let mut spec = table.derive_spec("y", TaskKind::Classification, vec![4], 1).unwrap();
+        let mut spec = table
+            .derive_spec("y", TaskKind::Classification, vec![4], 1)
+            .unwrap();
         assert_eq!(spec.features, vec!["b", "a"]);
         assert_eq!(spec.classes, vec!["maybe", "no", "yes"]);
         assert!((spec.norm_mean[0] - 4.0).abs() < 1e-6);
@@ -264,7 +293,9 @@ mod tests {
     #[test]
     fn missing_feature_is_imputed_and_reported() {
         let table = Table::read(CSV.as_bytes()).unwrap();
-        let spec = table.derive_spec("y", TaskKind::Classification, vec![], 1).unwrap();
+        let spec = table
+            .derive_spec("y", TaskKind::Classification, vec![], 1)
+            .unwrap();
         let data = Dataset::from_csv("a,y\n20,no\n".as_bytes(), &spec).unwrap();
         assert_eq!(data.missing_features, vec!["b"]);
     }
@@ -272,9 +303,13 @@ mod tests {
     #[test]
     fn bad_cells_say_where() {
         let table = Table::read("a,y\n1,0\nx,1\n".as_bytes()).unwrap();
-        let err = table.derive_spec("y", TaskKind::Regression, vec![], 1).unwrap_err();
+        let err = table
+            .derive_spec("y", TaskKind::Regression, vec![], 1)
+            .unwrap_err();
         assert!(err.to_string().contains("row 2"), "{err}");
-        let err = table.derive_spec("label", TaskKind::Regression, vec![], 1).unwrap_err();
+        let err = table
+            .derive_spec("label", TaskKind::Regression, vec![], 1)
+            .unwrap_err();
         assert!(err.to_string().contains("not found"), "{err}");
     }
 }

@@ -12,7 +12,9 @@ pub type Id = HString<{ crate::topics::MAX_ID }>;
 
 /// Builds an [`Id`], failing when `s` is not a valid id.
 pub fn id(s: &str) -> Option<Id> {
-    crate::topics::valid_id(s).then(|| Id::try_from(s).ok()).flatten()
+    crate::topics::valid_id(s)
+        .then(|| Id::try_from(s).ok())
+        .flatten()
 }
 
 /// The local training recipe of a round.

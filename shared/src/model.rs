@@ -76,10 +76,14 @@ impl ModelSpec {
             )));
         }
         if self.norm_std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
-            return Err(SpecError("normalisation scales must be positive and finite".into()));
+            return Err(SpecError(
+                "normalisation scales must be positive and finite".into(),
+            ));
         }
         if self.task == TaskKind::Classification && self.classes.len() < 2 {
-            return Err(SpecError("classification needs at least two classes".into()));
+            return Err(SpecError(
+                "classification needs at least two classes".into(),
+            ));
         }
         if self.hidden.contains(&0) {
             return Err(SpecError("hidden layer widths must be positive".into()));
@@ -100,7 +104,10 @@ impl ModelSpec {
         let widths = self.widths();
         let mut tensors = Vec::new();
         for (i, pair) in widths.windows(2).enumerate() {
-            tensors.push((format!("layers.{i}.weight"), vec![pair[0] as u32, pair[1] as u32]));
+            tensors.push((
+                format!("layers.{i}.weight"),
+                vec![pair[0] as u32, pair[1] as u32],
+            ));
             tensors.push((format!("layers.{i}.bias"), vec![pair[1] as u32]));
         }
         Layout { tensors }
@@ -136,10 +143,7 @@ impl ModelSpec {
 
     /// Multiply-accumulate count of one forward pass for one sample.
     pub fn forward_macs(&self) -> u64 {
-        self.widths()
-            .windows(2)
-            .map(|p| (p[0] * p[1]) as u64)
-            .sum()
+        self.widths().windows(2).map(|p| (p[0] * p[1]) as u64).sum()
     }
 }
 
@@ -186,7 +190,10 @@ impl Mlp {
     pub fn to_params(&self) -> ParamSet {
         let mut tensors = Vec::with_capacity(self.layers.len() * 2);
         for (i, layer) in self.layers.iter().enumerate() {
-            tensors.push(flat(format!("layers.{i}.weight"), layer.weight.val().into_data()));
+            tensors.push(flat(
+                format!("layers.{i}.weight"),
+                layer.weight.val().into_data(),
+            ));
             if let Some(bias) = &layer.bias {
                 tensors.push(flat(format!("layers.{i}.bias"), bias.val().into_data()));
             }
@@ -370,7 +377,10 @@ mod tests {
     fn init_is_deterministic_and_seeded() {
         let spec = spec();
         assert_eq!(spec.init_params(), spec.init_params());
-        let other = ModelSpec { init_seed: 8, ..spec.clone() };
+        let other = ModelSpec {
+            init_seed: 8,
+            ..spec.clone()
+        };
         assert_ne!(spec.init_params(), other.init_params());
         assert!(spec.validate().is_ok());
     }

@@ -119,7 +119,8 @@ impl ParamSet {
     /// length matches its shape.
     pub fn check_layout(&self, layout: &Layout) -> Result<(), ParamError> {
         let consistent = self.tensors.iter().all(|t| t.data.len() == numel(&t.shape));
-        if !consistent || self.tensors.len() != layout.tensors.len()
+        if !consistent
+            || self.tensors.len() != layout.tensors.len()
             || self
                 .tensors
                 .iter()
@@ -168,7 +169,10 @@ impl ParamSet {
 
     /// Euclidean norm of all values.
     pub fn l2_norm(&self) -> f64 {
-        self.values().map(|v| (v as f64) * (v as f64)).sum::<f64>().sqrt()
+        self.values()
+            .map(|v| (v as f64) * (v as f64))
+            .sum::<f64>()
+            .sqrt()
     }
 
     /// Canonical little-endian bytes: what versions are hashed over.
@@ -219,7 +223,10 @@ mod tests {
         let a = set(&[1.0, 2.0]);
         let b = set(&[1.0, 2.0, 3.0]);
         assert_eq!(a.sub(&b).unwrap_err().reason(), "wrong_shape");
-        assert_eq!(set(&[1.0, f32::NAN]).check_finite().unwrap_err().reason(), "non_finite");
+        assert_eq!(
+            set(&[1.0, f32::NAN]).check_finite().unwrap_err().reason(),
+            "non_finite"
+        );
         let mut lying = set(&[1.0]);
         lying.tensors[0].shape = vec![5];
         assert!(lying.check_layout(&a.layout()).is_err());

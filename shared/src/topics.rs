@@ -61,7 +61,9 @@ impl ClientTopic {
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 fn build(parts: &[&str]) -> Topic {
@@ -110,11 +112,17 @@ mod tests {
     fn builds_and_parses() {
         let t = client("demo", ClientTopic::Update, "car-7");
         assert_eq!(t.as_str(), "convoy/v1/demo/update/car-7");
-        assert_eq!(parse_client("demo", &t), Some((ClientTopic::Update, "car-7")));
+        assert_eq!(
+            parse_client("demo", &t),
+            Some((ClientTopic::Update, "car-7"))
+        );
         assert_eq!(parse_client("other", &t), None);
         assert_eq!(parse_client("demo", "convoy/v1/demo/update/a/b"), None);
         assert_eq!(round("demo").as_str(), "convoy/v1/demo/round");
-        assert_eq!(all_clients("demo", ClientTopic::Status).as_str(), "convoy/v1/demo/status/+");
+        assert_eq!(
+            all_clients("demo", ClientTopic::Status).as_str(),
+            "convoy/v1/demo/status/+"
+        );
     }
 
     #[test]

@@ -74,7 +74,10 @@ pub fn chunk_hash(bytes: &[u8]) -> [u8; 32] {
 
 /// Builds the manifest of `params` under `spec_hash`.
 pub fn manifest(params_bytes: &[u8], spec_hash: [u8; 32]) -> Manifest {
-    let chunks: Vec<[u8; 32]> = params_bytes.chunks(MODEL_CHUNK_SIZE).map(chunk_hash).collect();
+    let chunks: Vec<[u8; 32]> = params_bytes
+        .chunks(MODEL_CHUNK_SIZE)
+        .map(chunk_hash)
+        .collect();
     let mut h = blake3::Hasher::new();
     h.update(b"convoy-version-v1");
     h.update(&spec_hash);

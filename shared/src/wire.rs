@@ -72,7 +72,9 @@ pub enum WireError {
     #[error("bad magic {0:02x?}: not a convoy payload (expected \"CNVY\")")]
     BadMagic([u8; 4]),
     /// Another protocol version.
-    #[error("protocol version {0} is not supported (this build speaks {PROTOCOL_VERSION}); upgrade the older side")]
+    #[error(
+        "protocol version {0} is not supported (this build speaks {PROTOCOL_VERSION}); upgrade the older side"
+    )]
     UnsupportedVersion(u8),
     /// Unknown kind byte.
     #[error("unknown message kind {0}")]
@@ -230,11 +232,21 @@ mod tests {
 
     #[test]
     fn rejects_each_corruption_with_its_reason() {
-        let good = encode(Kind::Status, &Sample { a: 1, b: vec![1, 2, 3], c: "x".into() });
+        let good = encode(
+            Kind::Status,
+            &Sample {
+                a: 1,
+                b: vec![1, 2, 3],
+                c: "x".into(),
+            },
+        );
         assert!(decode::<Sample>(&good, Kind::Status, 1024).is_ok());
 
         assert_eq!(open(&good[..10], 1024).unwrap_err().reason(), "truncated");
-        assert_eq!(open(&good[..good.len() - 1], 1024).unwrap_err().reason(), "truncated");
+        assert_eq!(
+            open(&good[..good.len() - 1], 1024).unwrap_err().reason(),
+            "truncated"
+        );
         let mut bad = good.clone();
         *bad.last_mut().unwrap() ^= 0xff;
         assert_eq!(open(&bad, 1024).unwrap_err().reason(), "bad_crc");
@@ -248,7 +260,9 @@ mod tests {
         bad[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(open(&bad, 1024).unwrap_err().reason(), "oversized");
         assert_eq!(
-            decode::<Sample>(&good, Kind::Announce, 1024).unwrap_err().reason(),
+            decode::<Sample>(&good, Kind::Announce, 1024)
+                .unwrap_err()
+                .reason(),
             "wrong_kind"
         );
     }

@@ -7,7 +7,9 @@
 use anyhow::Context;
 use convoy_agent::config::{AgentConfig, DataConfig, Faults, TrainingConfig};
 use convoy_agent::mqtt::BrokerConfig;
-use convoy_server::config::{EvalConfig, ModelConfig, RoundConfig, ServerBroker, ServerConfig, TrainingRecipe};
+use convoy_server::config::{
+    EvalConfig, ModelConfig, RoundConfig, ServerBroker, ServerConfig, TrainingRecipe,
+};
 use convoy_server::store::RoundRow;
 use convoy_shared::dataset::Table;
 use convoy_shared::model::TaskKind;
@@ -66,7 +68,10 @@ impl Scenario {
         let test_csv = dir.path().join("test.csv");
         write_rows(&test_csv, &table, test)?;
         let label = table.column("digit").context("digit column")?;
-        let labels: Vec<String> = train.iter().map(|i| table.rows[*i][label].clone()).collect();
+        let labels: Vec<String> = train
+            .iter()
+            .map(|i| table.rows[*i][label].clone())
+            .collect();
         let parts = convoy_server::demo::dirichlet_split(&labels, clients, 0.5, seed, 20);
         let mut client_csvs = Vec::new();
         for (i, part) in parts.iter().enumerate() {
@@ -75,7 +80,11 @@ impl Scenario {
             write_rows(&path, &table, &rows)?;
             client_csvs.push(path);
         }
-        Ok(Self { dir, test_csv, client_csvs })
+        Ok(Self {
+            dir,
+            test_csv,
+            client_csvs,
+        })
     }
 
     /// A server config for this scenario on `broker_url`.
@@ -157,7 +166,8 @@ pub struct ServerRun {
     /// Closed rounds, as they close.
     pub rounds: mpsc::UnboundedReceiver<RoundRow>,
     /// The task.
-    pub task: tokio::task::JoinHandle<Result<convoy_server::RunSummary, convoy_server::ServerError>>,
+    pub task:
+        tokio::task::JoinHandle<Result<convoy_server::RunSummary, convoy_server::ServerError>>,
 }
 
 /// Spawns the server.
@@ -211,9 +221,12 @@ impl Watcher {
             max_packet_size: 1024 * 1024,
             ..Default::default()
         };
-        let (client, mut eventloop) = rumqttc::AsyncClient::new(broker.options("e2e-watcher", None)?, 64);
+        let (client, mut eventloop) =
+            rumqttc::AsyncClient::new(broker.options("e2e-watcher", None)?, 64);
         let filter = topics::all_clients(FLEET, ClientTopic::Update);
-        client.subscribe(filter.as_str(), rumqttc::QoS::AtLeastOnce).await?;
+        client
+            .subscribe(filter.as_str(), rumqttc::QoS::AtLeastOnce)
+            .await?;
         let tally = Arc::new(Mutex::new(WireTally::default()));
         let stop = CancellationToken::new();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -233,11 +246,22 @@ impl Watcher {
                         }
                     }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                        let Some((_, client)) = topics::parse_client(FLEET, &p.topic) else { continue };
+                        let Some((_, client)) = topics::parse_client(FLEET, &p.topic) else {
+                            continue;
+                        };
                         let mut tally = t.lock().expect("tally lock");
-                        tally.update_payloads.entry(client.to_string()).or_default().push(p.payload.to_vec());
-                        if let Ok(chunk) = wire::decode::<convoy_shared::messages::UpdateChunk>(&p.payload, Kind::UpdateChunk, 1 << 20) {
-                            *tally.update_bytes_by_round.entry(chunk.round).or_default() += p.payload.len() as u64;
+                        tally
+                            .update_payloads
+                            .entry(client.to_string())
+                            .or_default()
+                            .push(p.payload.to_vec());
+                        if let Ok(chunk) = wire::decode::<convoy_shared::messages::UpdateChunk>(
+                            &p.payload,
+                            Kind::UpdateChunk,
+                            1 << 20,
+                        ) {
+                            *tally.update_bytes_by_round.entry(chunk.round).or_default() +=
+                                p.payload.len() as u64;
                         }
                     }
                     Ok(_) => {}
@@ -259,21 +283,30 @@ impl Watcher {
 
 /// Publishes raw payloads as `client` on its update topic (for replay and
 /// malformed-input tests).
-pub async fn publish_raw(broker_url: &str, client_id: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
+pub async fn publish_raw(
+    broker_url: &str,
+    client_id: &str,
+    payloads: &[Vec<u8>],
+) -> anyhow::Result<()> {
     let broker = BrokerConfig {
         url: broker_url.into(),
         max_packet_size: 1024 * 1024,
         ..Default::default()
     };
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(broker.options(&format!("{client_id}-raw"), None)?, 64);
+    let (client, mut eventloop) =
+        rumqttc::AsyncClient::new(broker.options(&format!("{client_id}-raw"), None)?, 64);
     let topic = topics::client(FLEET, ClientTopic::Update, client_id);
     for p in payloads {
-        client.publish(topic.as_str(), rumqttc::QoS::AtLeastOnce, false, p.clone()).await?;
+        client
+            .publish(topic.as_str(), rumqttc::QoS::AtLeastOnce, false, p.clone())
+            .await?;
     }
     let mut acked = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while acked < payloads.len() {
-        let event = tokio::time::timeout_at(deadline, eventloop.poll()).await.context("publishing timed out")??;
+        let event = tokio::time::timeout_at(deadline, eventloop.poll())
+            .await
+            .context("publishing timed out")??;
         if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = event {
             acked += 1;
         }
@@ -319,7 +352,11 @@ impl RawClient {
                 }
             }
         });
-        Ok(Self { client, events, stop })
+        Ok(Self {
+            client,
+            events,
+            stop,
+        })
     }
 
     /// Waits for the next publish on any subscribed topic.

@@ -16,7 +16,9 @@ async fn fleet_learns_and_ledger_matches_the_wire() -> anyhow::Result<()> {
     let db = config.db.clone();
     let mut server = spawn_server(config);
     let agents_stop = CancellationToken::new();
-    let agents: Vec<_> = (0..3).map(|i| spawn_agent(scenario.agent_config(&url, i), &agents_stop)).collect();
+    let agents: Vec<_> = (0..3)
+        .map(|i| spawn_agent(scenario.agent_config(&url, i), &agents_stop))
+        .collect();
 
     let mut rounds = Vec::new();
     for _ in 0..4 {
@@ -33,8 +35,16 @@ async fn fleet_learns_and_ledger_matches_the_wire() -> anyhow::Result<()> {
 
     let first = rounds[0].accuracy.expect("evaluated");
     let last = rounds[3].accuracy.expect("evaluated");
-    assert!(last > first + 0.10, "accuracy should rise clearly: {first} -> {last}");
-    assert!(rounds.iter().all(|r| r.status == "finished" && r.clients_reported == 3), "{rounds:#?}");
+    assert!(
+        last > first + 0.10,
+        "accuracy should rise clearly: {first} -> {last}"
+    );
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r.status == "finished" && r.clients_reported == 3),
+        "{rounds:#?}"
+    );
     assert!(summary.rejections.is_empty(), "{:?}", summary.rejections);
 
     // The ledger's bytes_up is what an independent subscriber saw.
@@ -43,26 +53,55 @@ async fn fleet_learns_and_ledger_matches_the_wire() -> anyhow::Result<()> {
     let stored = store.rounds()?;
     assert_eq!(stored.len(), 4);
     for r in &stored {
-        let seen = tally.update_bytes_by_round.get(&r.round).copied().unwrap_or(0);
+        let seen = tally
+            .update_bytes_by_round
+            .get(&r.round)
+            .copied()
+            .unwrap_or(0);
         assert_eq!(r.bytes_up, seen, "round {}: ledger vs wire", r.round);
-        assert!(r.wire_bytes_up > r.bytes_up, "wire bytes include MQTT framing");
+        assert!(
+            r.wire_bytes_up > r.bytes_up,
+            "wire bytes include MQTT framing"
+        );
         assert!(r.bytes_down > 0 && r.wire_bytes_down > r.bytes_down);
         let clients = store.clients(r.round)?;
         assert_eq!(clients.len(), 3);
         assert_eq!(clients.iter().map(|c| c.bytes_up).sum::<u64>(), r.bytes_up);
-        assert!(clients.iter().all(|c| c.samples > 0 && c.flops > 0 && c.steps > 0));
+        assert!(
+            clients
+                .iter()
+                .all(|c| c.samples > 0 && c.flops > 0 && c.steps > 0)
+        );
     }
 
     // The machine-readable report carries the documented fields.
-    let json: serde_json::Value =
-        serde_json::from_str(&convoy_server::report::rounds(&db, convoy_server::report::Format::Json)?)?;
+    let json: serde_json::Value = serde_json::from_str(&convoy_server::report::rounds(
+        &db,
+        convoy_server::report::Format::Json,
+    )?)?;
     let first_row = &json[0];
     for key in [
-        "round", "model_version", "clients_selected", "clients_reported", "clients_late", "bytes_up",
-        "bytes_down", "wire_bytes_up", "wire_bytes_down", "train_seconds_sum", "train_seconds_max",
-        "samples", "loss", "accuracy", "started_at", "finished_at",
+        "round",
+        "model_version",
+        "clients_selected",
+        "clients_reported",
+        "clients_late",
+        "bytes_up",
+        "bytes_down",
+        "wire_bytes_up",
+        "wire_bytes_down",
+        "train_seconds_sum",
+        "train_seconds_max",
+        "samples",
+        "loss",
+        "accuracy",
+        "started_at",
+        "finished_at",
     ] {
-        assert!(first_row.get(key).is_some(), "report JSON lacks {key}: {first_row}");
+        assert!(
+            first_row.get(key).is_some(),
+            "report JSON lacks {key}: {first_row}"
+        );
     }
     Ok(())
 }
@@ -75,7 +114,9 @@ async fn killed_server_resumes_without_reusing_rounds() -> anyhow::Result<()> {
     let config = scenario.server_config(&url, 0, 2);
     let db = config.db.clone();
     let agents_stop = CancellationToken::new();
-    let agents: Vec<_> = (0..2).map(|i| spawn_agent(scenario.agent_config(&url, i), &agents_stop)).collect();
+    let agents: Vec<_> = (0..2)
+        .map(|i| spawn_agent(scenario.agent_config(&url, i), &agents_stop))
+        .collect();
 
     let mut server = spawn_server(config.clone());
     let r1 = next_round(&mut server, 60).await?;
@@ -84,7 +125,13 @@ async fn killed_server_resumes_without_reusing_rounds() -> anyhow::Result<()> {
     server.task.abort();
     let _ = server.task.await;
 
-    let mut restarted = spawn_server(ServerConfig { rounds: RoundConfig { total: 2, ..config.rounds.clone() }, ..config });
+    let mut restarted = spawn_server(ServerConfig {
+        rounds: RoundConfig {
+            total: 2,
+            ..config.rounds.clone()
+        },
+        ..config
+    });
     let r3 = next_round(&mut restarted, 60).await?;
     let r4 = next_round(&mut restarted, 60).await?;
     restarted.task.await??;
@@ -95,7 +142,11 @@ async fn killed_server_resumes_without_reusing_rounds() -> anyhow::Result<()> {
 
     assert_eq!((r1.round, r2.round), (1, 2));
     assert!(r3.round > r2.round, "restart reused round {}", r3.round);
-    assert_eq!(r3.base_version, r2.model_version.clone().expect("published"), "resumes from the last finished model");
+    assert_eq!(
+        r3.base_version,
+        r2.model_version.clone().expect("published"),
+        "resumes from the last finished model"
+    );
     assert!(r4.round > r3.round && r3.status == "finished" && r4.status == "finished");
     let store = Store::open_existing(&db)?;
     let rounds = store.rounds()?;
@@ -104,7 +155,12 @@ async fn killed_server_resumes_without_reusing_rounds() -> anyhow::Result<()> {
     unique.dedup();
     assert_eq!(numbers, unique, "round numbers are unique");
     // anything opened but not finished by the killed server is marked so
-    assert!(rounds.iter().filter(|r| r.round > 2 && r.round < r3.round).all(|r| r.status == "abandoned"));
+    assert!(
+        rounds
+            .iter()
+            .filter(|r| r.round > 2 && r.round < r3.round)
+            .all(|r| r.status == "abandoned")
+    );
     Ok(())
 }
 
@@ -125,9 +181,17 @@ async fn agent_killed_before_upload_sends_its_stored_update_once() -> anyhow::Re
 
     // First life: trains, persists the update, "loses power" before sending.
     let first_life = spawn_agent(crashing.clone(), &stop).await?;
-    assert!(matches!(first_life, Err(convoy_agent::AgentError::FaultInjected(_))), "{first_life:?}");
-    let pending = convoy_agent::state::StateDir::open(&state_dir)?.pending()?.expect("update persisted before the crash");
-    assert!(watcher.snapshot().update_payloads.get("car-1").is_none(), "nothing was sent before the crash");
+    assert!(
+        matches!(first_life, Err(convoy_agent::AgentError::FaultInjected(_))),
+        "{first_life:?}"
+    );
+    let pending = convoy_agent::state::StateDir::open(&state_dir)?
+        .pending()?
+        .expect("update persisted before the crash");
+    assert!(
+        !watcher.snapshot().update_payloads.contains_key("car-1"),
+        "nothing was sent before the crash"
+    );
 
     // Second life: same state dir, no fault. It must send the stored update.
     crashing.faults.stop_after_persist = false;
@@ -137,7 +201,12 @@ async fn agent_killed_before_upload_sends_its_stored_update_once() -> anyhow::Re
 
     // Replay what car-1 sent while round 2 runs: recognised, never counted twice.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let sent = watcher.snapshot().update_payloads.get("car-1").cloned().unwrap_or_default();
+    let sent = watcher
+        .snapshot()
+        .update_payloads
+        .get("car-1")
+        .cloned()
+        .unwrap_or_default();
     assert!(!sent.is_empty());
     publish_raw(&url, "car-1", &sent).await?;
     let _ = next_round(&mut server, 60).await?;
@@ -148,7 +217,10 @@ async fn agent_killed_before_upload_sends_its_stored_update_once() -> anyhow::Re
 
     let store = Store::open_existing(&db)?;
     let rounds = store.rounds()?;
-    assert_eq!(rounds[0].clients_reported, 2, "round 1 still counts car-1 once");
+    assert_eq!(
+        rounds[0].clients_reported, 2,
+        "round 1 still counts car-1 once"
+    );
     let rows = store.clients(1)?;
     let car1: Vec<_> = rows.iter().filter(|c| c.client == "car-1").collect();
     assert_eq!(car1.len(), 1);
@@ -156,7 +228,12 @@ async fn agent_killed_before_upload_sends_its_stored_update_once() -> anyhow::Re
     // the stored update body is exactly what was accepted (not retrained)
     let body: convoy_shared::messages::UpdateBody = postcard_body(&pending.body)?;
     assert_eq!(car1[0].samples, body.samples);
-    assert!(convoy_agent::state::StateDir::open(&state_dir)?.pending()?.is_none(), "acknowledged update is gone");
+    assert!(
+        convoy_agent::state::StateDir::open(&state_dir)?
+            .pending()?
+            .is_none(),
+        "acknowledged update is gone"
+    );
     Ok(())
 }
 

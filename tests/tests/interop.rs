@@ -22,7 +22,10 @@ fn start_mosquitto(dir: &std::path::Path) -> anyhow::Result<(Mosquitto, String)>
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n", addr.port()),
+        format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
+            addr.port()
+        ),
     )?;
     let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .into_iter()
@@ -34,11 +37,16 @@ fn start_mosquitto(dir: &std::path::Path) -> anyhow::Result<(Mosquitto, String)>
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start mosquitto ({e}); install it: apt-get install mosquitto"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot start mosquitto ({e}); install it: apt-get install mosquitto")
+        })?;
     let guard = Mosquitto(child);
     let started = Instant::now();
     while std::net::TcpStream::connect(addr).is_err() {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "mosquitto did not start listening on {addr}");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "mosquitto did not start listening on {addr}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok((guard, format!("mqtt://{addr}")))
@@ -53,7 +61,9 @@ async fn fleet_learns_over_mosquitto() -> anyhow::Result<()> {
     let watcher = Watcher::start(&url).await?;
     let mut server = spawn_server(scenario.server_config(&url, 3, 3));
     let stop = CancellationToken::new();
-    let agents: Vec<_> = (0..3).map(|i| spawn_agent(scenario.agent_config(&url, i), &stop)).collect();
+    let agents: Vec<_> = (0..3)
+        .map(|i| spawn_agent(scenario.agent_config(&url, i), &stop))
+        .collect();
     let mut rounds = Vec::new();
     for _ in 0..3 {
         rounds.push(next_round(&mut server, 60).await?);
@@ -68,9 +78,20 @@ async fn fleet_learns_over_mosquitto() -> anyhow::Result<()> {
     for r in &rounds {
         assert_eq!(r.status, "finished");
         assert_eq!(r.clients_reported, 3);
-        assert_eq!(Some(&r.bytes_up), tally.update_bytes_by_round.get(&r.round), "round {}", r.round);
+        assert_eq!(
+            Some(&r.bytes_up),
+            tally.update_bytes_by_round.get(&r.round),
+            "round {}",
+            r.round
+        );
     }
-    let (first, last) = (rounds[0].accuracy.unwrap_or(0.0), rounds[2].accuracy.unwrap_or(0.0));
-    assert!(last > first + 0.05, "accuracy should rise over Mosquitto too: {first} -> {last}");
+    let (first, last) = (
+        rounds[0].accuracy.unwrap_or(0.0),
+        rounds[2].accuracy.unwrap_or(0.0),
+    );
+    assert!(
+        last > first + 0.05,
+        "accuracy should rise over Mosquitto too: {first} -> {last}"
+    );
     Ok(())
 }

@@ -4,7 +4,9 @@
 use convoy_server::store::Store;
 use convoy_shared::chunk::ChunkPos;
 use convoy_shared::codec::{Codec, Fp32};
-use convoy_shared::messages::{self, AgentState, Announce, Status, TrainStats, UpdateBody, UpdateChunk};
+use convoy_shared::messages::{
+    self, AgentState, Announce, Status, TrainStats, UpdateBody, UpdateChunk,
+};
 use convoy_shared::params::ParamSet;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::wire::{self, Kind};
@@ -26,12 +28,19 @@ fn chunk(announce: &Announce, round: u64, pos: ChunkPos, data: Vec<u8>) -> Vec<u
 fn whole_update(announce: &Announce, encoded: Vec<u8>) -> Vec<u8> {
     let body = UpdateBody {
         samples: 1,
-        stats: TrainStats { device: "test".into(), ..Default::default() },
+        stats: TrainStats {
+            device: "test".into(),
+            ..Default::default()
+        },
         codec: "fp32".into(),
         encoded,
     };
     let body = postcard::to_allocvec(&body).expect("serialisable");
-    let pos = ChunkPos { index: 0, count: 1, total_len: body.len() as u32 };
+    let pos = ChunkPos {
+        index: 0,
+        count: 1,
+        total_len: body.len() as u32,
+    };
     chunk(announce, announce.round, pos, body)
 }
 
@@ -44,11 +53,16 @@ async fn malformed_updates_are_counted_and_the_round_completes() -> anyhow::Resu
     let db = config.db.clone();
     let mut server = spawn_server(config);
     let stop = CancellationToken::new();
-    let agents: Vec<_> = (0..2).map(|i| spawn_agent(scenario.agent_config(&url, i), &stop)).collect();
+    let agents: Vec<_> = (0..2)
+        .map(|i| spawn_agent(scenario.agent_config(&url, i), &stop))
+        .collect();
 
     // A third "vehicle" that speaks the protocol badly.
     let mut intruder = RawClient::connect(&url, "intruder").await?;
-    intruder.client.subscribe(topics::round(FLEET).as_str(), QoS::AtLeastOnce).await?;
+    intruder
+        .client
+        .subscribe(topics::round(FLEET).as_str(), QoS::AtLeastOnce)
+        .await?;
     let status = Status {
         client: messages::id("intruder").expect("valid id"),
         state: AgentState::Idle,
@@ -58,7 +72,15 @@ async fn malformed_updates_are_counted_and_the_round_completes() -> anyhow::Resu
         detail: messages::detail("here to break things"),
     };
     let status_topic = topics::client(FLEET, ClientTopic::Status, "intruder");
-    intruder.client.publish(status_topic.as_str(), QoS::AtLeastOnce, true, wire::encode(Kind::Status, &status)).await?;
+    intruder
+        .client
+        .publish(
+            status_topic.as_str(),
+            QoS::AtLeastOnce,
+            true,
+            wire::encode(Kind::Status, &status),
+        )
+        .await?;
     let announce = loop {
         let p = intruder.next(30).await?;
         if let Ok(a) = wire::decode::<Announce>(&p.payload, Kind::Announce, 1 << 20) {
@@ -74,18 +96,51 @@ async fn malformed_updates_are_counted_and_the_round_completes() -> anyhow::Resu
     truncated.truncate(good.len() - 7);
     let mut bad_crc = good.clone();
     *bad_crc.last_mut().expect("non-empty") ^= 0x55;
-    let wrong_round = chunk(&announce, announce.round + 7, ChunkPos { index: 0, count: 1, total_len: 3 }, vec![1, 2, 3]);
-    let oversized_total = chunk(&announce, announce.round, ChunkPos { index: 0, count: 2, total_len: u32::MAX }, vec![0; 64]);
+    let wrong_round = chunk(
+        &announce,
+        announce.round + 7,
+        ChunkPos {
+            index: 0,
+            count: 1,
+            total_len: 3,
+        },
+        vec![1, 2, 3],
+    );
+    let oversized_total = chunk(
+        &announce,
+        announce.round,
+        ChunkPos {
+            index: 0,
+            count: 2,
+            total_len: u32::MAX,
+        },
+        vec![0; 64],
+    );
     let mut oversized_header = good.clone();
     oversized_header[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
     let mut nan = vec![0f32; numel];
     nan[numel / 2] = f32::NAN;
-    let nan_update = whole_update(&announce, nan.iter().flat_map(|v| v.to_le_bytes()).collect());
+    let nan_update = whole_update(
+        &announce,
+        nan.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    );
     let wrong_shape = whole_update(&announce, vec![0; (numel - 3) * 4]);
 
     let topic = topics::client(FLEET, ClientTopic::Update, "intruder");
-    for payload in [truncated, bad_crc, wrong_round, oversized_total, oversized_header, nan_update, wrong_shape, good] {
-        intruder.client.publish(topic.as_str(), QoS::AtLeastOnce, false, payload).await?;
+    for payload in [
+        truncated,
+        bad_crc,
+        wrong_round,
+        oversized_total,
+        oversized_header,
+        nan_update,
+        wrong_shape,
+        good,
+    ] {
+        intruder
+            .client
+            .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
+            .await?;
     }
 
     let round = next_round(&mut server, 60).await?;
@@ -95,13 +150,33 @@ async fn malformed_updates_are_counted_and_the_round_completes() -> anyhow::Resu
         a.await??;
     }
     assert_eq!(round.status, "finished");
-    assert_eq!(round.clients_reported, 3, "the good update after the bad ones still counts");
-    for reason in ["truncated", "bad_crc", "wrong_round", "oversized", "non_finite", "wrong_shape"] {
-        assert!(summary.rejections.get(reason).copied().unwrap_or(0) >= 1, "{reason} not counted: {:?}", summary.rejections);
+    assert_eq!(
+        round.clients_reported, 3,
+        "the good update after the bad ones still counts"
+    );
+    for reason in [
+        "truncated",
+        "bad_crc",
+        "wrong_round",
+        "oversized",
+        "non_finite",
+        "wrong_shape",
+    ] {
+        assert!(
+            summary.rejections.get(reason).copied().unwrap_or(0) >= 1,
+            "{reason} not counted: {:?}",
+            summary.rejections
+        );
     }
     assert_eq!(summary.rejections.get("oversized"), Some(&2));
-    let stored: std::collections::BTreeMap<String, u64> = Store::open_existing(&db)?.rejection_counts()?.into_iter().collect();
-    assert_eq!(stored, summary.rejections, "rejections are persisted with their reasons");
+    let stored: std::collections::BTreeMap<String, u64> = Store::open_existing(&db)?
+        .rejection_counts()?
+        .into_iter()
+        .collect();
+    assert_eq!(
+        stored, summary.rejections,
+        "rejections are persisted with their reasons"
+    );
     let intruder_row = Store::open_existing(&db)?
         .clients(round.round)?
         .into_iter()
