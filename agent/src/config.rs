@@ -88,6 +88,9 @@ pub struct Faults {
     /// Stop right after the update is persisted, before any chunk is sent,
     /// as if power were cut there.
     pub stop_after_persist: bool,
+    /// Hold a persisted update this many milliseconds before sending it,
+    /// as a slow link would.
+    pub delay_upload_ms: u64,
 }
 
 fn default_fleet() -> String {
@@ -102,12 +105,12 @@ fn default_state_dir() -> PathBuf {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// File unreadable.
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}: {cause}")]
     Read {
         /// file
         path: PathBuf,
         /// cause
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// TOML invalid.
     #[error("config {path} is invalid: {message}")]
@@ -123,16 +126,24 @@ pub enum ConfigError {
 }
 
 impl AgentConfig {
-    /// Reads, applies env overrides and validates.
+    /// Reads, resolves relative paths against the file's folder, applies
+    /// env overrides and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let mut config: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        // Relative paths are relative to the config file, not the cwd.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.data.path, &mut config.state_dir] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         config.apply_env();
         config.validate()?;
         Ok(config)
@@ -194,6 +205,15 @@ mod tests {
         assert_eq!(c.fleet, "default");
         assert_eq!(c.training.threads, 1);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let c: AgentConfig =
+            toml::from_str(include_str!("../../systemd/agent.example.toml")).unwrap();
+        assert_eq!(c.training, TrainingConfig::default());
+        assert_eq!(c.broker, BrokerConfig::default());
+        c.validate().unwrap();
     }
 
     #[test]

@@ -266,7 +266,9 @@ impl Agent {
 
     async fn on_announce(&mut self, announce: Announce) -> Result<(), AgentError> {
         let round = announce.round;
-        if self.announce.as_ref().is_some_and(|a| a.round == round) {
+        let in_hand = self.training.as_ref().map(|t| t.0) == Some(round)
+            || self.fetch.as_ref().map(|f| f.announce.round) == Some(round);
+        if in_hand || self.announce.as_ref().is_some_and(|a| a.round == round) {
             return Ok(()); // re-delivery of the retained message
         }
         tracing::info!(round, base = %version::short(&announce.base_version()), codec = %announce.codec, "round announced");
@@ -554,6 +556,9 @@ impl Agent {
         if self.config.faults.stop_after_persist {
             return Err(AgentError::FaultInjected("stop_after_persist"));
         }
+        if self.config.faults.delay_upload_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.config.faults.delay_upload_ms)).await;
+        }
         self.upload(&pending).await;
         Ok(())
     }
@@ -619,14 +624,6 @@ impl Agent {
             },
         )
         .await;
-        // The newest announcement may still want work from us.
-        if let Some(announce) = self.announce.take() {
-            if announce.round > ack.round {
-                self.on_announce(announce).await?;
-            } else {
-                self.announce = Some(announce);
-            }
-        }
         Ok(())
     }
 

@@ -23,12 +23,12 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum StateError {
     /// Filesystem trouble.
-    #[error("state dir {path}: {source}")]
+    #[error("state dir {path}: {cause}")]
     Io {
         /// file involved
         path: PathBuf,
         /// cause
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A file exists but does not decode; it is moved aside.
     #[error("state file {path} is corrupt ({message}); moved aside to {path}.corrupt")]
@@ -80,9 +80,9 @@ pub struct StateDir {
 impl StateDir {
     /// Opens (creating if needed) the directory.
     pub fn open(root: &Path) -> Result<Self, StateError> {
-        std::fs::create_dir_all(root).map_err(|source| StateError::Io {
+        std::fs::create_dir_all(root).map_err(|cause| StateError::Io {
             path: root.to_path_buf(),
-            source,
+            cause,
         })?;
         Ok(Self {
             root: root.to_path_buf(),
@@ -103,7 +103,7 @@ impl StateDir {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StateError::Io { path, source }),
+            Err(cause) => return Err(StateError::Io { path, cause }),
         };
         match postcard::from_bytes(&bytes) {
             Ok(v) => Ok(Some(v)),
@@ -123,7 +123,7 @@ impl StateDir {
         match std::fs::remove_file(&path) {
             Ok(()) => sync_dir(&self.root),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError::Io { path, source }),
+            Err(cause) => Err(StateError::Io { path, cause }),
         }
     }
 
@@ -173,9 +173,9 @@ impl StateDir {
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync dir.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let io = |source| StateError::Io {
+    let io = |cause| StateError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let tmp = PathBuf::from(format!("{}.tmp", path.display()));
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
@@ -193,9 +193,9 @@ fn sync_dir(dir: &Path) -> Result<(), StateError> {
     // Directory fsync makes the rename durable; not all filesystems allow
     // opening a directory, so failure to open is not fatal.
     if let Ok(d) = std::fs::File::open(dir) {
-        d.sync_all().map_err(|source| StateError::Io {
+        d.sync_all().map_err(|cause| StateError::Io {
             path: dir.to_path_buf(),
-            source,
+            cause,
         })?;
     }
     Ok(())

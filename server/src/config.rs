@@ -182,12 +182,12 @@ fn default_seed() -> u64 {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// File unreadable.
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}: {cause}")]
     Read {
         /// file
         path: PathBuf,
         /// cause
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// TOML invalid.
     #[error("config {path} is invalid: {message}")]
@@ -206,9 +206,9 @@ impl ServerConfig {
     /// Reads, applies env overrides, resolves relative paths against the
     /// config file's folder, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let mut config: ServerConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
@@ -341,6 +341,16 @@ mod tests {
         assert!(c.validate().is_ok());
         assert_eq!(c.rounds.chunk_size, 128 * 1024);
         assert_eq!(c.external_broker().url, "mqtt://127.0.0.1:1883");
+    }
+
+    #[test]
+    fn shipped_example_config_states_the_defaults() {
+        let c: ServerConfig =
+            toml::from_str(include_str!("../../systemd/server.example.toml")).unwrap();
+        assert_eq!(c.rounds, RoundConfig::default());
+        assert_eq!(c.broker, ServerBroker::default());
+        assert_eq!(c.training, TrainingRecipe::default());
+        c.validate().unwrap();
     }
 
     #[test]

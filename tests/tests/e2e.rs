@@ -240,3 +240,48 @@ async fn agent_killed_before_upload_sends_its_stored_update_once() -> anyhow::Re
 fn postcard_body(bytes: &[u8]) -> anyhow::Result<convoy_shared::messages::UpdateBody> {
     Ok(postcard::from_bytes(bytes)?)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stragglers_do_not_block_and_late_updates_are_counted() -> anyhow::Result<()> {
+    init_tracing();
+    let url = start_broker()?;
+    let scenario = Scenario::digits(3, 15)?;
+    let mut config = scenario.server_config(&url, 2, 3);
+    config.rounds.deadline_secs = 2;
+    let db = config.db.clone();
+    let mut server = spawn_server(config);
+    let stop = CancellationToken::new();
+    let mut agents: Vec<_> = (0..2)
+        .map(|i| spawn_agent(scenario.agent_config(&url, i), &stop))
+        .collect();
+    let mut slow = scenario.agent_config(&url, 2);
+    slow.faults.delay_upload_ms = 3_000;
+    agents.push(spawn_agent(slow, &stop));
+
+    let r1 = next_round(&mut server, 60).await?;
+    assert_eq!(
+        (r1.status.as_str(), r1.clients_selected, r1.clients_reported),
+        ("finished", 3, 2),
+        "{r1:#?}"
+    );
+    // The fleet moved on without the straggler; its update, when it comes,
+    // is counted late against round 1 and ignored.
+    let r2 = next_round(&mut server, 60).await?;
+    server.task.await??;
+    stop.cancel();
+    for a in agents {
+        a.await??;
+    }
+    assert_eq!(r2.round, 2);
+    let store = Store::open_existing(&db)?;
+    let r1_stored = &store.rounds()?[0];
+    assert_eq!(r1_stored.clients_late, 1, "{r1_stored:#?}");
+    assert_eq!(r1_stored.clients_reported, 2, "late update not folded in");
+    let late_row = store
+        .clients(1)?
+        .into_iter()
+        .find(|c| c.client == "car-2")
+        .expect("ledger row");
+    assert_eq!(late_row.status, "late");
+    Ok(())
+}
