@@ -125,18 +125,23 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Reads and parses a TOML config file, with errors naming the file.
+pub fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
 impl AgentConfig {
     /// Reads, resolves relative paths against the file's folder, applies
     /// env overrides and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
-            path: path.to_path_buf(),
-            cause,
-        })?;
-        let mut config: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let mut config: AgentConfig = load_toml(path)?;
         // Relative paths are relative to the config file, not the cwd.
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut config.data.path, &mut config.state_dir] {

@@ -1,11 +1,12 @@
 //! The server's TOML configuration, with documented defaults.
 
+pub use convoy_agent::config::ConfigError;
+use convoy_agent::config::load_toml;
 use convoy_agent::mqtt::BrokerConfig;
 use convoy_shared::messages::TrainTask;
 use convoy_shared::model::TaskKind;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use thiserror::Error;
 
 /// Everything the server needs. See `systemd/server.example.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,42 +179,11 @@ fn default_seed() -> u64 {
     42
 }
 
-/// A configuration that cannot be used.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// File unreadable.
-    #[error("cannot read config {path}: {cause}")]
-    Read {
-        /// file
-        path: PathBuf,
-        /// cause
-        cause: std::io::Error,
-    },
-    /// TOML invalid.
-    #[error("config {path} is invalid: {message}")]
-    Parse {
-        /// file
-        path: PathBuf,
-        /// parser message
-        message: String,
-    },
-    /// A value out of range.
-    #[error("config: {0}")]
-    Invalid(String),
-}
-
 impl ServerConfig {
     /// Reads, applies env overrides, resolves relative paths against the
     /// config file's folder, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
-            path: path.to_path_buf(),
-            cause,
-        })?;
-        let mut config: ServerConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let mut config: ServerConfig = load_toml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {

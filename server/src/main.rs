@@ -92,22 +92,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs `job` on a fresh runtime with a shutdown token that SIGINT/SIGTERM cancel.
+fn until_signal<T, E, F>(job: impl FnOnce(CancellationToken) -> F) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    anyhow::Error: From<E>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(convoy_agent::process::cancel_on_signal(shutdown.clone()));
+        Ok(job(shutdown).await?)
+    })
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
             let config = convoy_server::config::ServerConfig::load(&config)?;
-            runtime()?.block_on(async {
-                let shutdown = CancellationToken::new();
-                tokio::spawn(convoy_agent::process::cancel_on_signal(shutdown.clone()));
-                convoy_server::run(config, shutdown).await
-            })?;
+            until_signal(|shutdown| convoy_server::run(config, shutdown))?;
             Ok(())
         }
         Command::Demo {
@@ -133,11 +139,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 batch_size,
                 ..Default::default()
             };
-            runtime()?.block_on(async {
-                let shutdown = CancellationToken::new();
-                tokio::spawn(convoy_agent::process::cancel_on_signal(shutdown.clone()));
-                convoy_server::demo::run(options, shutdown).await
-            })?;
+            until_signal(|shutdown| convoy_server::demo::run(options, shutdown))?;
             Ok(())
         }
         Command::Report {
