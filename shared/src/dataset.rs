@@ -235,6 +235,33 @@ impl Dataset {
         })
     }
 
+    /// A dataset from already-normalised row-major features (`dims` per
+    /// row) and their targets; `None` when the sizes disagree.
+    pub fn from_arrays(features: Vec<f32>, dims: usize, targets: Targets) -> Option<Self> {
+        (dims > 0 && features.len() == targets.len() * dims).then_some(Self {
+            features,
+            dims,
+            targets,
+            missing_features: Vec::new(),
+            skipped_rows: 0,
+        })
+    }
+
+    /// The rows at `indices` as a new dataset.
+    pub fn subset(&self, indices: &[usize]) -> Self {
+        let mut features = Vec::with_capacity(indices.len() * self.dims);
+        for &i in indices {
+            features.extend_from_slice(&self.features[i * self.dims..(i + 1) * self.dims]);
+        }
+        Self {
+            features,
+            dims: self.dims,
+            targets: self.targets.select(indices),
+            missing_features: self.missing_features.clone(),
+            skipped_rows: 0,
+        }
+    }
+
     /// Reads a CSV and builds a dataset for `spec`.
     pub fn from_csv(reader: impl Read, spec: &ModelSpec) -> Result<Self, DataError> {
         Self::from_table(&Table::read(reader)?, spec)
