@@ -21,15 +21,16 @@ use crate::mqtt::{LinkEvent, QOS};
 use crate::state::{PendingUpdate, StateDir, StoredModel};
 use crate::trainer::{Job, TrainError};
 use convoy_shared::chunk;
-use convoy_shared::codec::{self, Codec};
+use convoy_shared::chunk::Reassembler;
+use convoy_shared::codec::{self, Pipeline};
 use convoy_shared::dataset::{Dataset, Table};
 use convoy_shared::messages::{
-    self, AgentState, Announce, FetchRequest, ModelChunk, Status, UpdateAck, UpdateBody,
+    self, AgentState, Announce, FetchRequest, ModelChunk, ModelPart, Status, UpdateAck, UpdateBody,
     UpdateChunk,
 };
 use convoy_shared::params::ParamSet;
 use convoy_shared::topics::{self, ClientTopic, Topic};
-use convoy_shared::version::{self, MODEL_CHUNK_SIZE};
+use convoy_shared::version::{self, MODEL_CHUNK_SIZE, VersionId};
 use convoy_shared::wire::{self, Kind};
 use rumqttc::{AsyncClient, LastWill};
 use std::sync::Arc;
@@ -83,7 +84,12 @@ type Training = trainer::Outcome<(PendingUpdate, f64)>;
 
 struct Fetch {
     announce: Announce,
+    /// Full-model chunks by manifest index.
     chunks: Vec<Option<Vec<u8>>>,
+    /// The model held, offered to the server as a delta base.
+    held: Option<(VersionId, ParamSet)>,
+    /// A compressed delta from `held`, being reassembled.
+    delta: Option<Reassembler>,
     last_progress: Instant,
 }
 
@@ -198,7 +204,7 @@ fn status_payload(
         client: messages::id(&config.client_id).unwrap_or_default(),
         state,
         round,
-        codecs: codec::SUPPORTED
+        codecs: codec::STAGES
             .iter()
             .filter_map(|c| heapless::String::try_from(*c).ok())
             .collect(),
@@ -329,7 +335,7 @@ impl Agent {
     ) -> Result<(), AgentError> {
         // Content addressing: chunks whose hash we already hold are reused.
         let mut chunks: Vec<Option<Vec<u8>>> = vec![None; announce.manifest.chunks.len()];
-        if let Some(held) = held {
+        if let Some(held) = &held {
             let bytes = held.params.canonical_bytes();
             for piece in bytes.chunks(MODEL_CHUNK_SIZE) {
                 let hash = version::chunk_hash(piece);
@@ -341,9 +347,14 @@ impl Agent {
             }
         }
         let round = announce.round;
+        let held = held
+            .filter(|h| h.spec == announce.spec)
+            .map(|h| (h.manifest.version, h.params));
         self.fetch = Some(Fetch {
             announce,
             chunks,
+            held,
+            delta: None,
             last_progress: Instant::now(),
         });
         self.status(AgentState::Fetching, round, "fetching model")
@@ -361,9 +372,12 @@ impl Agent {
             return;
         }
         fetch.last_progress = Instant::now();
+        // A partial delta is restarted whole: deltas are small.
+        fetch.delta = None;
         let request = FetchRequest {
             version: fetch.announce.base_version(),
             chunks: missing,
+            have: fetch.held.as_ref().map(|(v, _)| *v),
         };
         let payload = wire::encode(Kind::FetchRequest, &request);
         self.publish(self.topic_fetch.as_str(), false, payload)
@@ -382,18 +396,97 @@ impl Agent {
         let Some(fetch) = &mut self.fetch else {
             return Ok(());
         };
-        let manifest = &fetch.announce.manifest;
-        let index = chunk.index as usize;
-        if chunk.version != manifest.version
-            || index >= manifest.chunks.len()
-            || version::chunk_hash(&chunk.data) != manifest.chunks[index]
-        {
-            tracing::warn!(index, "model chunk does not match the manifest; ignored");
+        if chunk.version != fetch.announce.manifest.version {
             return Ok(());
         }
-        fetch.chunks[index] = Some(chunk.data);
-        fetch.last_progress = Instant::now();
-        self.try_finish_fetch().await
+        match chunk.part {
+            ModelPart::Full { index } => {
+                let manifest = &fetch.announce.manifest;
+                let index = index as usize;
+                if index >= manifest.chunks.len()
+                    || version::chunk_hash(&chunk.data) != manifest.chunks[index]
+                {
+                    tracing::warn!(index, "model chunk does not match the manifest; ignored");
+                    return Ok(());
+                }
+                fetch.chunks[index] = Some(chunk.data);
+                fetch.last_progress = Instant::now();
+                self.try_finish_fetch().await
+            }
+            ModelPart::Delta { from, pos } => {
+                if fetch.held.as_ref().map(|(v, _)| *v) != Some(from) {
+                    return Ok(());
+                }
+                let limit = 8 * fetch.announce.spec.layout().numel() + 4096;
+                if fetch.delta.is_none() {
+                    fetch.delta = Reassembler::new(pos, chunk.data.len(), limit).ok();
+                }
+                let complete = match fetch.delta.as_mut().map(|r| r.insert(pos, &chunk.data)) {
+                    Some(Ok(chunk::Progress::Complete)) => true,
+                    Some(Ok(_)) => false,
+                    _ => {
+                        tracing::warn!("bad model delta chunk; asking for the full model");
+                        fetch.held = None;
+                        self.request_missing().await;
+                        return Ok(());
+                    }
+                };
+                fetch.last_progress = Instant::now();
+                if complete {
+                    self.apply_delta().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies a complete model delta to the held model; falls back to a
+    /// full download if the result is not exactly the announced version.
+    async fn apply_delta(&mut self) -> Result<(), AgentError> {
+        let Some(fetch) = &mut self.fetch else {
+            return Ok(());
+        };
+        let bytes = fetch
+            .delta
+            .take()
+            .and_then(Reassembler::finish)
+            .unwrap_or_default();
+        let Some((_, held)) = fetch.held.take() else {
+            return Ok(());
+        };
+        let announce = &fetch.announce;
+        let decoded = codec::by_name(&announce.downlink_codec)
+            .and_then(|c| c.decode(&bytes, &announce.spec.layout()));
+        let params = decoded.ok().and_then(|d| {
+            let mut params = held;
+            // the server published exactly `previous + decoded`, in f32
+            params.add_scaled(&d, 1.0).ok()?;
+            Some(params)
+        });
+        match params {
+            Some(params)
+                if version::manifest_of(&params, &announce.spec, &announce.task)
+                    == announce.manifest =>
+            {
+                let bytes_len = bytes.len();
+                let Some(fetch) = self.fetch.take() else {
+                    return Ok(());
+                };
+                tracing::info!(
+                    round = fetch.announce.round,
+                    bytes = bytes_len,
+                    "model delta applied and verified"
+                );
+                self.install_model(fetch.announce, params).await
+            }
+            _ => {
+                tracing::warn!(
+                    "model delta does not give the announced version; fetching the full model"
+                );
+                self.request_missing().await;
+                Ok(())
+            }
+        }
     }
 
     async fn try_finish_fetch(&mut self) -> Result<(), AgentError> {
@@ -409,36 +502,46 @@ impl Agent {
         let bytes: Vec<u8> = fetch.chunks.into_iter().flatten().flatten().collect();
         let announce = fetch.announce;
         let layout = announce.spec.layout();
-        let params = match codec::Fp32.decode(&bytes, &layout) {
+        let params = match Pipeline::FP32.decode(&bytes, &layout) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "fetched model does not fit its spec");
                 return Ok(());
             }
         };
-        let manifest = version::manifest_of(&params, &announce.spec, &announce.task);
-        if manifest != announce.manifest {
+        if version::manifest_of(&params, &announce.spec, &announce.task) != announce.manifest {
             tracing::warn!("fetched model does not hash to the announced version; refetching");
             self.fetch = Some(Fetch {
                 chunks: vec![None; announce.manifest.chunks.len()],
                 announce,
+                held: None,
+                delta: None,
                 last_progress: Instant::now(),
             });
             self.request_missing().await;
             return Ok(());
         }
-        let model = StoredModel {
-            manifest,
-            spec: announce.spec.clone(),
-            task: announce.task.clone(),
-            params,
-        };
-        self.state.save_model(&model)?;
         tracing::info!(
             round = announce.round,
             bytes = bytes.len(),
             "model fetched and verified"
         );
+        self.install_model(announce, params).await
+    }
+
+    /// Stores a verified base model and trains on it.
+    async fn install_model(
+        &mut self,
+        announce: Announce,
+        params: ParamSet,
+    ) -> Result<(), AgentError> {
+        let model = StoredModel {
+            manifest: announce.manifest.clone(),
+            spec: announce.spec.clone(),
+            task: announce.task.clone(),
+            params,
+        };
+        self.state.save_model(&model)?;
         self.start_training(announce, model).await
     }
 
@@ -495,24 +598,41 @@ impl Agent {
         let codec_name = announce.codec.clone();
         let base_version = announce.base_version();
         let chunk_size = announce.chunk_size;
+        // Error feedback: what earlier rounds' codecs dropped is added back.
+        let layout = announce.spec.layout();
+        let residual = self
+            .state
+            .residual()?
+            .filter(|r| r.check_layout(&layout).is_ok());
         let work = move || {
             let trained = trainer::train(&job, &limits, &thread_cancel)?;
             // Encoding stays on the training thread, off the MQTT loop.
             let started = Instant::now();
-            let update = trained.params.sub(&job.base)?;
+            let mut update = trained.params.sub(&job.base)?;
+            if let Some(residual) = &residual {
+                update.add_scaled(residual, 1.0)?;
+            }
             let codec =
                 codec::by_name(&codec_name).map_err(|e| TrainError::Thread(e.to_string()))?;
+            let (encoded, decoded) = codec.round_trip(&update, seed);
+            let residual = (!codec.is_lossless())
+                .then(|| update.sub(&decoded))
+                .transpose()?;
+            let mut stats = trained.stats;
+            stats.encode_seconds = started.elapsed().as_secs_f64();
+            stats.residual_norm = residual.as_ref().map_or(0.0, ParamSet::l2_norm);
             let body = UpdateBody {
                 samples: job.data.len() as u64,
-                stats: trained.stats,
-                codec: codec.name().to_string(),
-                encoded: codec.encode(&update),
+                stats,
+                codec: codec.name(),
+                encoded,
             };
             let pending = PendingUpdate {
                 round,
                 base_version,
                 body: postcard::to_allocvec(&body).unwrap_or_default(),
                 chunk_size,
+                residual,
             };
             Ok((pending, started.elapsed().as_secs_f64()))
         };

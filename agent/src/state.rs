@@ -5,6 +5,7 @@
 //! | `model.bin` | the base model the agent last fetched (manifest, spec, parameters) |
 //! | `pending.bin` | a trained, encoded update not yet acknowledged by the server |
 //! | `progress.bin` | the last round whose update the server acknowledged |
+//! | `residual.bin` | error feedback: what lossy codecs have not yet delivered |
 //!
 //! Every write goes to a temporary file, is fsynced, renamed over the old
 //! one and the directory fsynced, so a file is either the old or the new
@@ -64,6 +65,9 @@ pub struct PendingUpdate {
     pub body: Vec<u8>,
     /// Chunk size it is sent with.
     pub chunk_size: u32,
+    /// Error-feedback residual after this update (lossy codecs): becomes
+    /// the stored residual once the server acknowledges the update.
+    pub residual: Option<ParamSet>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -147,8 +151,19 @@ impl StateDir {
         self.write("pending.bin", update)
     }
 
-    /// Records the server's receipt for `round` and drops the pending update.
+    /// The error-feedback residual, if any.
+    pub fn residual(&self) -> Result<Option<ParamSet>, StateError> {
+        self.read("residual.bin")
+    }
+
+    /// Records the server's receipt for `round`: the pending update's
+    /// residual becomes the stored one, then the update is dropped. Each
+    /// step is atomic and repeating them is harmless, so a crash in between
+    /// only leads to a re-send the server recognises.
     pub fn acknowledge(&self, round: u64) -> Result<(), StateError> {
+        if let Some(residual) = self.pending()?.and_then(|p| p.residual) {
+            self.write("residual.bin", &residual)?;
+        }
         self.write(
             "progress.bin",
             &Progress {
@@ -215,6 +230,7 @@ mod tests {
             base_version: [1; 32],
             body: vec![1, 2, 3],
             chunk_size: 1024,
+            residual: Some(ParamSet::default()),
         };
         state.save_pending(&update).unwrap();
         let reopened = StateDir::open(dir.path()).unwrap();
@@ -222,6 +238,7 @@ mod tests {
         reopened.acknowledge(3).unwrap();
         assert_eq!(reopened.pending().unwrap(), None);
         assert_eq!(reopened.last_acked_round().unwrap(), Some(3));
+        assert_eq!(reopened.residual().unwrap(), Some(ParamSet::default()));
     }
 
     #[test]

@@ -149,6 +149,7 @@ fn train_in_pool(
             loss: last_epoch_loss,
             flops: convoy_shared::cost::training_flops(&job.spec, samples, epochs),
             device: device_name.to_string(),
+            ..Default::default()
         },
     })
 }

@@ -79,8 +79,13 @@ pub struct RoundConfig {
     pub sample_fraction: f64,
     /// Seconds from announcement to deadline; later updates are counted late.
     pub deadline_secs: u64,
-    /// Update codec (`fp32` or `fp16`).
+    /// Update codec pipeline, e.g. `fp32`, `q8+zstd`, `topk:0.01+q8+zstd`.
     pub codec: String,
+    /// Codec of the model delta published each round (`fp32`: full models only).
+    pub downlink_codec: String,
+    /// Every this many rounds the published model is exact (a keyframe) and
+    /// the server's downlink residual restarts.
+    pub keyframe_every: u64,
     /// Chunk size for updates, bytes (128 KiB fits AWS IoT-style limits).
     pub chunk_size: usize,
     /// Largest reassembled update accepted, bytes.
@@ -98,6 +103,8 @@ impl Default for RoundConfig {
             sample_fraction: 1.0,
             deadline_secs: 120,
             codec: "fp32".into(),
+            downlink_codec: "fp32".into(),
+            keyframe_every: 10,
             chunk_size: convoy_shared::chunk::DEFAULT_CHUNK_SIZE,
             max_update_bytes: 64 * 1024 * 1024,
             seed: 42,
@@ -245,6 +252,9 @@ impl ServerConfig {
         }
         if let Err(e) = convoy_shared::codec::by_name(&self.rounds.codec) {
             return bad(format!("rounds.codec: {e}"));
+        }
+        if let Err(e) = convoy_shared::codec::by_name(&self.rounds.downlink_codec) {
+            return bad(format!("rounds.downlink_codec: {e}"));
         }
         // an update chunk plus its envelope and MQTT header must fit a packet
         if self.rounds.chunk_size + 1024 > self.broker.max_packet_size {

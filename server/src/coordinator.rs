@@ -8,16 +8,16 @@ use crate::config::ServerConfig;
 use crate::store::{ClientRow, RoundRow, Store, StoredVersion};
 use convoy_agent::mqtt::{LinkEvent, QOS};
 use convoy_agent::now_ms;
-use convoy_shared::chunk::{Progress, Reassembler};
-use convoy_shared::codec::{self, Codec};
+use convoy_shared::chunk::{self, Progress, Reassembler};
+use convoy_shared::codec::{self, Pipeline};
 use convoy_shared::dataset::Dataset;
 use convoy_shared::messages::{
-    self, AgentState, Announce, FetchRequest, ModelChunk, Status, UpdateAck, UpdateBody,
+    self, AgentState, Announce, FetchRequest, ModelChunk, ModelPart, Status, UpdateAck, UpdateBody,
     UpdateChunk,
 };
 use convoy_shared::params::ParamSet;
 use convoy_shared::topics::{self, ClientTopic};
-use convoy_shared::version::{self, MODEL_CHUNK_SIZE};
+use convoy_shared::version::{self, MODEL_CHUNK_SIZE, VersionId};
 use convoy_shared::wire::{self, Kind, mqtt_publish_wire_len};
 use convoy_shared::{cost, model::ModelSpec};
 use rand::seq::IndexedRandom;
@@ -45,6 +45,8 @@ struct OpenRound {
     rows: BTreeMap<String, ClientRow>,
     loss_weighted: f64,
     started: Instant,
+    served: BTreeSet<String>,
+    bytes_down_raw: u64,
 }
 
 /// Counts of rejected messages by reason, since start.
@@ -60,7 +62,10 @@ pub(crate) struct Coordinator {
     pub(crate) current: StoredVersion,
     pub(crate) observer: Option<mpsc::UnboundedSender<RoundRow>>,
     model_bytes: Vec<u8>,
-    codec: Box<dyn Codec>,
+    codec: Pipeline,
+    downlink: Pipeline,
+    downlink_residual: ParamSet,
+    last_delta: Option<(VersionId, Vec<u8>)>,
     scratch: ParamSet,
     clients: HashMap<String, ClientInfo>,
     round: Option<OpenRound>,
@@ -82,7 +87,12 @@ impl Coordinator {
         let next_round = store.next_round()?;
         let codec =
             codec::by_name(&config.rounds.codec).map_err(|e| ServerError::Config(e.to_string()))?;
+        let downlink = codec::by_name(&config.rounds.downlink_codec)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         Ok(Self {
+            downlink,
+            downlink_residual: ParamSet::zeros(&spec.layout()),
+            last_delta: None,
             model_bytes: current.params.canonical_bytes(),
             scratch: ParamSet::zeros(&spec.layout()),
             codec,
@@ -357,7 +367,7 @@ impl Coordinator {
             return Ok(());
         };
         match verdict {
-            Ok(update) => {
+            Ok((update, decode_seconds)) => {
                 r.sum.fold(&self.scratch, update.samples as f64);
                 r.loss_weighted += update.stats.loss as f64 * update.samples as f64;
                 row.status = "accepted".into();
@@ -378,6 +388,10 @@ impl Coordinator {
                 row.device = update.stats.device.clone();
                 row.codec = update.codec.clone();
                 row.update_norm = Some(self.scratch.l2_norm());
+                row.bytes_up_raw = self.scratch.numel() as u64 * 4;
+                row.residual_norm = Some(update.stats.residual_norm);
+                row.encode_seconds = update.stats.encode_seconds;
+                row.decode_seconds = decode_seconds;
                 tracing::info!(
                     client,
                     round,
@@ -398,7 +412,10 @@ impl Coordinator {
     }
 
     /// Decodes a whole update into the scratch buffer and checks it.
-    fn validate_update(&mut self, body: &[u8]) -> Result<UpdateBody, (&'static str, String)> {
+    fn validate_update(
+        &mut self,
+        body: &[u8],
+    ) -> Result<(UpdateBody, f64), (&'static str, String)> {
         let update: UpdateBody =
             postcard::from_bytes(body).map_err(|e| ("malformed", e.to_string()))?;
         if update.codec != self.codec.name() {
@@ -411,9 +428,11 @@ impl Coordinator {
                 ),
             ));
         }
+        let started = std::time::Instant::now();
         self.codec
             .decode_into(&update.encoded, &mut self.scratch)
             .map_err(|e| (e.reason(), e.to_string()))?;
+        let decode_seconds = started.elapsed().as_secs_f64();
         self.scratch
             .check_finite()
             .map_err(|e| (e.reason(), e.to_string()))?;
@@ -423,13 +442,16 @@ impl Coordinator {
                 format!("sample count {} out of range", update.samples),
             ));
         }
-        if !(update.stats.loss.is_finite()
-            && update.stats.train_seconds.is_finite()
-            && update.stats.train_seconds >= 0.0)
-        {
+        let stats = &update.stats;
+        let times = [
+            stats.train_seconds,
+            stats.encode_seconds,
+            stats.residual_norm,
+        ];
+        if !(stats.loss.is_finite() && times.iter().all(|t| t.is_finite() && *t >= 0.0)) {
             return Err(("non_finite", "training stats are not finite".into()));
         }
-        Ok(update)
+        Ok((update, decode_seconds))
     }
 
     async fn on_fetch(&mut self, client: &str, payload: &[u8]) -> Result<(), ServerError> {
@@ -441,7 +463,8 @@ impl Coordinator {
                 return Ok(());
             }
         };
-        if request.version != self.current.manifest.version {
+        let version = self.current.manifest.version;
+        if request.version != version {
             self.reject(
                 current,
                 Some(client),
@@ -450,33 +473,54 @@ impl Coordinator {
             );
             return Ok(());
         }
-        let count = self.current.manifest.chunks.len() as u32;
-        let wanted: BTreeSet<u32> = if request.chunks.is_empty() {
-            (0..count).collect()
-        } else {
-            request
-                .chunks
-                .iter()
-                .copied()
-                .filter(|i| *i < count)
-                .collect()
-        };
+        let mut messages = Vec::new();
+        match &self.last_delta {
+            // An agent one version behind gets the compressed delta.
+            Some((from, delta)) if request.have == Some(*from) => {
+                for (pos, data) in chunk::split(delta, MODEL_CHUNK_SIZE) {
+                    let part = ModelPart::Delta { from: *from, pos };
+                    messages.push(ModelChunk {
+                        version,
+                        part,
+                        data: data.to_vec(),
+                    });
+                }
+            }
+            // Anyone else gets the chunks it lacks of the full model (a keyframe).
+            _ => {
+                let count = self.current.manifest.chunks.len() as u32;
+                let wanted: BTreeSet<u32> = if request.chunks.is_empty() {
+                    (0..count).collect()
+                } else {
+                    request
+                        .chunks
+                        .iter()
+                        .copied()
+                        .filter(|i| *i < count)
+                        .collect()
+                };
+                for index in wanted {
+                    let start = index as usize * MODEL_CHUNK_SIZE;
+                    let end = (start + MODEL_CHUNK_SIZE).min(self.model_bytes.len());
+                    let data = self.model_bytes[start..end].to_vec();
+                    messages.push(ModelChunk {
+                        version,
+                        part: ModelPart::Full { index },
+                        data,
+                    });
+                }
+            }
+        }
         let topic = topics::client(&self.config.fleet, ClientTopic::Model, client);
         let (mut bytes, mut wire_bytes, mut chunks) = (0u64, 0u64, 0u64);
-        for index in wanted {
-            let start = index as usize * MODEL_CHUNK_SIZE;
-            let end = (start + MODEL_CHUNK_SIZE).min(self.model_bytes.len());
-            let message = ModelChunk {
-                version: self.current.manifest.version,
-                index,
-                data: self.model_bytes[start..end].to_vec(),
-            };
+        for message in messages {
             let payload = wire::encode(Kind::ModelChunk, &message);
             bytes += payload.len() as u64;
             wire_bytes += mqtt_publish_wire_len(topic.len(), payload.len(), 1);
             chunks += 1;
             self.publish(topic.as_str(), false, payload).await;
         }
+        let raw = self.model_bytes.len() as u64;
         if let Some(r) = self.round.as_mut() {
             let row = r
                 .rows
@@ -490,8 +534,40 @@ impl Coordinator {
             row.bytes_down += bytes;
             row.wire_bytes_down += wire_bytes;
             row.chunks_down += chunks;
+            if r.served.insert(client.to_string()) {
+                r.bytes_down_raw += raw;
+            }
         }
         Ok(())
+    }
+
+    /// What the fleet will hold after this round: `target` itself on a
+    /// keyframe, otherwise the previous model plus the downlink codec's
+    /// rendering of the delta (with the server's own error feedback), so
+    /// server and agents hold bit-identical models.
+    fn publishable(&mut self, round: u64, target: ParamSet) -> (ParamSet, Option<Vec<u8>>) {
+        let keyframe_every = self.config.rounds.keyframe_every.max(1);
+        if self.downlink.is_lossless() || round.is_multiple_of(keyframe_every) {
+            self.downlink_residual = ParamSet::zeros(&self.spec.layout());
+            return (target, None);
+        }
+        let Ok(mut delta) = target.sub(&self.current.params) else {
+            return (target, None);
+        };
+        if delta.add_scaled(&self.downlink_residual, 1.0).is_err() {
+            return (target, None);
+        }
+        let (bytes, decoded) = self
+            .downlink
+            .round_trip(&delta, round.wrapping_mul(0x5851_f42d_4c95_7f2d));
+        let mut published = self.current.params.clone();
+        match (published.add_scaled(&decoded, 1.0), delta.sub(&decoded)) {
+            (Ok(()), Ok(residual)) => {
+                self.downlink_residual = residual;
+                (published, Some(bytes))
+            }
+            _ => (target, None),
+        }
     }
 
     /// Opens or closes rounds as their conditions are met; call periodically.
@@ -516,10 +592,14 @@ impl Coordinator {
 
     async fn maybe_open_round(&mut self) -> Result<(), ServerError> {
         let codec = self.codec.name();
+        let stages = self.codec.stages();
+        // Never ask a vehicle for a codec stage it does not have.
         let mut eligible: Vec<&String> = self
             .clients
             .iter()
-            .filter(|(_, info)| info.online && info.codecs.iter().any(|c| c == codec))
+            .filter(|(_, info)| {
+                info.online && stages.iter().all(|s| info.codecs.iter().any(|c| c == s))
+            })
             .map(|(id, _)| id)
             .collect();
         let rules = &self.config.rounds;
@@ -542,14 +622,15 @@ impl Coordinator {
             manifest: self.current.manifest.clone(),
             spec: self.spec.clone(),
             task: self.config.training.task(),
-            codec: codec.to_string(),
+            codec: codec.clone(),
+            downlink_codec: self.downlink.name(),
             deadline_ms,
             selected: selected.iter().filter_map(|c| messages::id(c)).collect(),
             chunk_size: rules.chunk_size as u32,
         };
         let base = version::hex(&announce.base_version());
         self.store
-            .open_round(round, &base, codec, selected.len() as u64, now_ms())?;
+            .open_round(round, &base, &codec, selected.len() as u64, now_ms())?;
         let rows = selected
             .iter()
             .map(|c| {
@@ -559,7 +640,7 @@ impl Coordinator {
                         round,
                         client: c.clone(),
                         status: "dropped".into(),
-                        codec: codec.to_string(),
+                        codec: codec.clone(),
                         ..Default::default()
                     },
                 )
@@ -575,6 +656,8 @@ impl Coordinator {
             rows,
             loss_weighted: 0.0,
             started: Instant::now(),
+            served: BTreeSet::new(),
+            bytes_down_raw: 0,
             announce,
         });
         self.next_round = round + 1;
@@ -602,7 +685,6 @@ impl Coordinator {
             bytes_down: r.rows.values().map(|c| c.bytes_down).sum(),
             wire_bytes_up: r.rows.values().map(|c| c.wire_bytes_up).sum(),
             wire_bytes_down: r.rows.values().map(|c| c.wire_bytes_down).sum(),
-            bytes_up_raw: accepted.len() as u64 * self.spec.layout().numel() as u64 * 4,
             bytes_up_predicted: accepted.iter().map(|c| c.bytes_up_predicted).sum(),
             train_seconds_sum: accepted.iter().map(|c| c.train_seconds).sum(),
             train_seconds_max: accepted.iter().map(|c| c.train_seconds).fold(0.0, f64::max),
@@ -610,10 +692,16 @@ impl Coordinator {
             steps: accepted.iter().map(|c| c.steps).sum(),
             flops: accepted.iter().map(|c| c.flops).sum(),
             loss: (samples > 0).then(|| r.loss_weighted / samples as f64),
+            bytes_down_raw: r.bytes_down_raw,
+            downlink_codec: self.downlink.name(),
+            encode_seconds: accepted.iter().map(|c| c.encode_seconds).sum(),
+            decode_seconds: accepted.iter().map(|c| c.decode_seconds).sum(),
+            bytes_up_raw: accepted.iter().map(|c| c.bytes_up_raw).sum(),
             ..Default::default()
         };
         let enough = accepted.len() >= self.config.rounds.min_reports;
-        if let (true, Some(params)) = (enough, r.sum.apply(&self.current.params)) {
+        if let (true, Some(target)) = (enough, r.sum.apply(&self.current.params)) {
+            let (params, delta) = self.publishable(round, target);
             let eval = match &self.test {
                 Some(test) => {
                     let (spec, test, p) = (self.spec.clone(), test.clone(), params.clone());
@@ -641,6 +729,7 @@ impl Coordinator {
             row.eval_loss = eval.map(|e| e.loss);
             row.accuracy = eval.and_then(|e| e.accuracy);
             row.rmse = eval.and_then(|e| e.rmse);
+            self.last_delta = delta.map(|d| (self.current.manifest.version, d));
             self.model_bytes = next.params.canonical_bytes();
             self.current = next;
         } else {
@@ -656,6 +745,8 @@ impl Coordinator {
         row.started_at =
             crate::store::iso8601(finished.saturating_sub(r.started.elapsed().as_millis() as u64));
         row.finished_at = Some(crate::store::iso8601(finished));
+        row.compression_up =
+            (row.bytes_up > 0).then(|| row.bytes_up_raw as f64 / row.bytes_up as f64);
         self.store.finish_round(&row, &clients, finished)?;
         tracing::info!(
             round,

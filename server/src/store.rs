@@ -73,6 +73,16 @@ pub struct RoundRow {
     pub wire_bytes_down: u64,
     /// What the accepted updates would cost as dense fp32.
     pub bytes_up_raw: u64,
+    /// What the models sent would cost as dense fp32.
+    pub bytes_down_raw: u64,
+    /// bytes_up_raw / bytes_up.
+    pub compression_up: Option<f64>,
+    /// Codec of the published model delta.
+    pub downlink_codec: String,
+    /// Agents' encoding seconds, summed.
+    pub encode_seconds: f64,
+    /// Server decoding seconds, summed.
+    pub decode_seconds: f64,
     /// Cost model's prediction of `bytes_up`.
     pub bytes_up_predicted: u64,
     /// Sum of client training seconds.
@@ -142,6 +152,14 @@ pub struct ClientRow {
     pub codec: String,
     /// L2 norm of its decoded update.
     pub update_norm: Option<f64>,
+    /// What its update would cost as dense fp32.
+    pub bytes_up_raw: u64,
+    /// L2 norm of its error-feedback residual after encoding.
+    pub residual_norm: Option<f64>,
+    /// Its encoding seconds.
+    pub encode_seconds: f64,
+    /// Server decoding seconds of its update.
+    pub decode_seconds: f64,
     /// Why refused, when refused.
     pub reason: Option<String>,
 }
@@ -166,6 +184,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     bytes_up INTEGER NOT NULL DEFAULT 0, bytes_down INTEGER NOT NULL DEFAULT 0,
     wire_bytes_up INTEGER NOT NULL DEFAULT 0, wire_bytes_down INTEGER NOT NULL DEFAULT 0,
     bytes_up_raw INTEGER NOT NULL DEFAULT 0, bytes_up_predicted INTEGER NOT NULL DEFAULT 0,
+    bytes_down_raw INTEGER NOT NULL DEFAULT 0, downlink_codec TEXT NOT NULL DEFAULT 'fp32',
+    encode_seconds REAL NOT NULL DEFAULT 0, decode_seconds REAL NOT NULL DEFAULT 0,
     train_seconds_sum REAL NOT NULL DEFAULT 0, train_seconds_max REAL NOT NULL DEFAULT 0,
     samples INTEGER NOT NULL DEFAULT 0, steps INTEGER NOT NULL DEFAULT 0,
     flops INTEGER NOT NULL DEFAULT 0, loss REAL, eval_loss REAL, accuracy REAL, rmse REAL,
@@ -177,7 +197,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     wire_bytes_down INTEGER NOT NULL, chunks_down INTEGER NOT NULL, train_seconds REAL NOT NULL,
     steps INTEGER NOT NULL, epochs INTEGER NOT NULL, loss REAL, flops INTEGER NOT NULL,
     bytes_up_predicted INTEGER NOT NULL, device TEXT NOT NULL, codec TEXT NOT NULL,
-    update_norm REAL, reason TEXT,
+    update_norm REAL, reason TEXT, bytes_up_raw INTEGER NOT NULL DEFAULT 0, residual_norm REAL,
+    encode_seconds REAL NOT NULL DEFAULT 0, decode_seconds REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (round, client));
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, round INTEGER, client TEXT,
@@ -353,14 +374,16 @@ impl Store {
              clients_late = clients_late + ?6, bytes_up = ?7, bytes_down = ?8, wire_bytes_up = ?9, wire_bytes_down = ?10,
              bytes_up_raw = ?11, bytes_up_predicted = ?12, train_seconds_sum = ?13, train_seconds_max = ?14,
              samples = ?15, steps = ?16, flops = ?17, loss = ?18, eval_loss = ?19, accuracy = ?20, rmse = ?21,
-             finished_ms = ?22 WHERE round = ?1",
+             finished_ms = ?22, bytes_down_raw = ?23, downlink_codec = ?24, encode_seconds = ?25,
+             decode_seconds = ?26 WHERE round = ?1",
             params![
                 row.round as i64, row.status, row.model_version, row.clients_selected as i64,
                 row.clients_reported as i64, row.clients_late as i64, row.bytes_up as i64, row.bytes_down as i64,
                 row.wire_bytes_up as i64, row.wire_bytes_down as i64, row.bytes_up_raw as i64,
                 row.bytes_up_predicted as i64, row.train_seconds_sum, row.train_seconds_max, row.samples as i64,
                 row.steps as i64, row.flops as i64, row.loss, row.eval_loss, row.accuracy, row.rmse,
-                finished_ms as i64,
+                finished_ms as i64, row.bytes_down_raw as i64, row.downlink_codec, row.encode_seconds,
+                row.decode_seconds,
             ],
         )?;
         for c in clients {
@@ -457,7 +480,8 @@ impl Store {
             "SELECT round, status, base_version, model_version, codec, clients_selected, clients_reported,
              clients_late, bytes_up, bytes_down, wire_bytes_up, wire_bytes_down, bytes_up_raw, bytes_up_predicted,
              train_seconds_sum, train_seconds_max, samples, steps, flops, loss, eval_loss, accuracy, rmse,
-             started_ms, finished_ms FROM rounds ORDER BY round",
+             started_ms, finished_ms, bytes_down_raw, downlink_codec, encode_seconds, decode_seconds
+             FROM rounds ORDER BY round",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(RoundRow {
@@ -486,6 +510,16 @@ impl Store {
                 rmse: r.get(22)?,
                 started_at: iso8601(r.get::<_, i64>(23)? as u64),
                 finished_at: r.get::<_, Option<i64>>(24)?.map(|ms| iso8601(ms as u64)),
+                bytes_down_raw: r.get::<_, i64>(25)? as u64,
+                downlink_codec: r.get(26)?,
+                encode_seconds: r.get(27)?,
+                decode_seconds: r.get(28)?,
+                compression_up: None,
+            })
+            .map(|mut row| {
+                row.compression_up =
+                    (row.bytes_up > 0).then(|| row.bytes_up_raw as f64 / row.bytes_up as f64);
+                row
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -496,7 +530,8 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT round, client, status, samples, bytes_up, wire_bytes_up, chunks_up, retries, bytes_down,
              wire_bytes_down, chunks_down, train_seconds, steps, epochs, loss, flops, bytes_up_predicted,
-             device, codec, update_norm, reason FROM ledger WHERE round = ?1 ORDER BY client",
+             device, codec, update_norm, reason, bytes_up_raw, residual_norm, encode_seconds, decode_seconds
+             FROM ledger WHERE round = ?1 ORDER BY client",
         )?;
         let rows = stmt.query_map([round as i64], |r| {
             Ok(ClientRow {
@@ -521,6 +556,10 @@ impl Store {
                 codec: r.get(18)?,
                 update_norm: r.get(19)?,
                 reason: r.get(20)?,
+                bytes_up_raw: r.get::<_, i64>(21)? as u64,
+                residual_norm: r.get(22)?,
+                encode_seconds: r.get(23)?,
+                decode_seconds: r.get(24)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -531,13 +570,15 @@ fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
     conn.execute(
         "INSERT OR REPLACE INTO ledger (round, client, status, samples, bytes_up, wire_bytes_up, chunks_up, retries,
          bytes_down, wire_bytes_down, chunks_down, train_seconds, steps, epochs, loss, flops, bytes_up_predicted,
-         device, codec, update_norm, reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+         device, codec, update_norm, reason, bytes_up_raw, residual_norm, encode_seconds, decode_seconds)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
+                 ?22, ?23, ?24, ?25)",
         params![
             c.round as i64, c.client, c.status, c.samples as i64, c.bytes_up as i64, c.wire_bytes_up as i64,
             c.chunks_up as i64, c.retries as i64, c.bytes_down as i64, c.wire_bytes_down as i64,
             c.chunks_down as i64, c.train_seconds, c.steps as i64, c.epochs as i64, c.loss, c.flops as i64,
             c.bytes_up_predicted as i64, c.device, c.codec, c.update_norm, c.reason,
+            c.bytes_up_raw as i64, c.residual_norm, c.encode_seconds, c.decode_seconds,
         ],
     )?;
     Ok(())

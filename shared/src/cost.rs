@@ -1,6 +1,7 @@
 //! The cost model: what a round should cost before it runs, so the ledger
 //! can put prediction beside measurement.
 
+use crate::codec::{Pipeline, Sparsify};
 use crate::model::ModelSpec;
 use serde::{Deserialize, Serialize};
 
@@ -10,13 +11,25 @@ pub fn training_flops(spec: &ModelSpec, samples: u64, epochs: u32) -> u64 {
     6 * spec.forward_macs() * samples * epochs as u64
 }
 
-/// Bytes per value of a dense codec, if it is one.
-pub fn bytes_per_value(codec: &str) -> Option<f64> {
-    match codec {
-        "fp32" => Some(4.0),
-        "fp16" | "bf16" => Some(2.0),
-        _ => None,
-    }
+/// Predicted encoded bytes of one update under `codec` (before the entropy
+/// stage, so an upper estimate when one is used): kept values times their
+/// width, plus index coding estimated at the varint size of the mean gap.
+pub fn update_bytes(spec: &ModelSpec, codec: &Pipeline) -> u64 {
+    spec.layout()
+        .tensors
+        .iter()
+        .map(|(_, shape)| {
+            let n: usize = shape.iter().map(|d| *d as usize).product();
+            let k = codec.sparsify.keep(n);
+            let indices = if k == n || codec.sparsify == Sparsify::Dense {
+                0
+            } else {
+                let gap_bits = ((n as f64 / k.max(1) as f64).log2().ceil() as usize).max(1);
+                (n.div_ceil(8)).min(k * gap_bits.div_ceil(7)) + 2
+            };
+            (indices + codec.quant.encoded_len(k)) as u64
+        })
+        .sum()
 }
 
 /// A round's predicted cost for one client.
@@ -30,10 +43,9 @@ pub struct Prediction {
 
 /// Predicts one client's round cost.
 pub fn predict(spec: &ModelSpec, codec: &str, samples: u64, epochs: u32) -> Prediction {
-    let numel = spec.layout().numel() as f64;
-    let per_value = bytes_per_value(codec).unwrap_or(4.0);
+    let pipeline = crate::codec::by_name(codec).unwrap_or(crate::codec::Pipeline::FP32);
     Prediction {
-        bytes_up: (numel * per_value) as u64,
+        bytes_up: update_bytes(spec, &pipeline),
         flops: training_flops(spec, samples, epochs),
     }
 }

@@ -9,6 +9,7 @@ pub mod chunk;
 pub mod codec;
 pub mod cost;
 pub mod dataset;
+pub mod idx;
 pub mod messages;
 pub mod model;
 pub mod params;

@@ -41,6 +41,8 @@ pub struct Announce {
     pub task: TrainTask,
     /// Codec for updates this round.
     pub codec: String,
+    /// Codec of the model delta agents holding the previous version can fetch.
+    pub downlink_codec: String,
     /// Unix milliseconds after which updates are late.
     pub deadline_ms: u64,
     /// Clients asked to train; the rest sit this round out.
@@ -63,6 +65,26 @@ pub struct FetchRequest {
     pub version: VersionId,
     /// Chunk indices wanted; empty means all.
     pub chunks: Vec<u32>,
+    /// The version the agent holds: the server answers with a compressed
+    /// delta from it when it has one, else with the full chunks.
+    pub have: Option<VersionId>,
+}
+
+/// Which part of a model a [`ModelChunk`] carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ModelPart {
+    /// Chunk `index` of the canonical parameter bytes (a keyframe).
+    Full {
+        /// Index into the manifest's chunk list.
+        index: u32,
+    },
+    /// A piece of the downlink-codec delta from version `from`.
+    Delta {
+        /// Version the delta applies to.
+        from: VersionId,
+        /// Position of this piece in the delta.
+        pos: ChunkPos,
+    },
 }
 
 /// One model chunk, on `model/<client>`.
@@ -70,9 +92,9 @@ pub struct FetchRequest {
 pub struct ModelChunk {
     /// Version this chunk belongs to.
     pub version: VersionId,
-    /// Index into the manifest's chunk list.
-    pub index: u32,
-    /// Chunk bytes; BLAKE3 must match the manifest.
+    /// Full chunk or delta piece.
+    pub part: ModelPart,
+    /// Bytes; a full chunk's BLAKE3 must match the manifest.
     pub data: Vec<u8>,
 }
 
@@ -106,6 +128,10 @@ pub struct TrainStats {
     pub flops: u64,
     /// Backend that trained, e.g. `cpu-flex`.
     pub device: String,
+    /// Seconds spent encoding the update (error feedback included).
+    pub encode_seconds: f64,
+    /// L2 norm of the error-feedback residual left after encoding.
+    pub residual_norm: f64,
 }
 
 /// The reassembled update payload.
@@ -158,7 +184,7 @@ pub struct Status {
     pub state: AgentState,
     /// Round in hand, or the last one seen.
     pub round: u64,
-    /// Codecs this agent can encode.
+    /// Codec stages this agent can encode (see `codec::STAGES`).
     pub codecs: Vec<HString<32>>,
     /// Local training samples.
     pub samples: u64,

@@ -3,7 +3,7 @@
 
 use convoy_server::store::Store;
 use convoy_shared::chunk::ChunkPos;
-use convoy_shared::codec::{Codec, Fp32};
+use convoy_shared::codec::Pipeline;
 use convoy_shared::messages::{
     self, AgentState, Announce, Status, TrainStats, UpdateBody, UpdateChunk,
 };
@@ -91,7 +91,7 @@ async fn malformed_updates_are_counted_and_the_round_completes() -> anyhow::Resu
 
     let numel = announce.spec.layout().numel();
     let zeros = ParamSet::zeros(&announce.spec.layout());
-    let good = whole_update(&announce, Fp32.encode(&zeros));
+    let good = whole_update(&announce, Pipeline::FP32.encode(&zeros, 0));
     let mut truncated = good.clone();
     truncated.truncate(good.len() - 7);
     let mut bad_crc = good.clone();

@@ -1,150 +1,294 @@
-//! Update codecs: how a [`ParamSet`] of deltas becomes bytes and back.
+//! Update codecs: composable pipelines that turn a [`ParamSet`] of deltas
+//! into few bytes and back.
 //!
-//! The server chooses a codec per round and names it in the announcement;
-//! agents advertise the names they support. Encoded bytes carry only values:
-//! both sides already know the layout from the model spec, and decoding
-//! checks the byte count against it before touching anything.
+//! A pipeline is written as stages joined by `+`, in this order:
+//! an optional sparsifier (`topk:<fraction>` or `randk:<fraction>`), one
+//! quantizer (`fp32`, `fp16`, `bf16`, `q8`, `q4`, `q2`, `sign`, `ternary`;
+//! default `fp32`), and an optional entropy coder (`zstd`, `deflate`).
+//! Examples: `fp16`, `q8+zstd`, `topk:0.01+q8+zstd`, `topk:0.001+q4`.
+//!
+//! Encoded bytes carry only values (and kept positions): both sides know the
+//! layout from the model spec, and decoding checks every count against it
+//! before allocating. Lossy stages are meant to be used with error feedback:
+//! the sender keeps `update - decode(encode(update))` and adds it next time.
 
-mod fp16;
-mod fp32;
+mod entropy;
+mod quant;
+mod sparse;
 
 use crate::params::{Layout, ParamSet};
+use rand::{SeedableRng, rngs::StdRng};
 use thiserror::Error;
 
-pub use fp16::Fp16;
-pub use fp32::Fp32;
+pub use entropy::Entropy;
+pub use quant::Quant;
+pub use sparse::Sparsify;
 
-/// Codec names this build can encode and decode.
-pub const SUPPORTED: &[&str] = &["fp32", "fp16"];
+/// Every stage name this build understands (what agents advertise).
+pub const STAGES: &[&str] = &[
+    "fp32", "fp16", "bf16", "q8", "q4", "q2", "sign", "ternary", "topk", "randk", "zstd", "deflate",
+];
 
-/// Why encoded bytes could not be decoded.
+/// Kept for callers that list whole codecs: the single-stage ones.
+pub const SUPPORTED: &[&str] = STAGES;
+
+const SYNTAX: &str = "[topk:<f>|randk:<f>+](fp32|fp16|bf16|q8|q4|q2|sign|ternary)[+zstd|+deflate], \
+with 0 < f <= 1, e.g. topk:0.01+q8+zstd";
+
+/// Why a codec spec or encoded bytes were refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CodecError {
-    /// Unknown codec name.
-    #[error("unknown codec {0:?}; supported: {SUPPORTED:?}")]
-    Unknown(String),
+    /// A spec that does not parse.
+    #[error("invalid codec {spec:?}: {why}; expected {SYNTAX}")]
+    Spec {
+        /// the spec
+        spec: String,
+        /// what is wrong
+        why: String,
+    },
     /// Byte count does not fit the layout.
-    #[error("wrong shape: codec {codec} needs {expected} bytes for this model, got {got}")]
+    #[error("wrong shape: the model needs {expected} more bytes of encoded values, got {got}")]
     Length {
-        /// codec name
-        codec: &'static str,
         /// bytes the layout implies
         expected: usize,
         /// bytes received
         got: usize,
     },
+    /// Fewer bytes than a stage needs.
+    #[error("wrong shape: encoded values truncated ({got} bytes where {needed} are needed)")]
+    Truncated {
+        /// bytes needed
+        needed: usize,
+        /// bytes present
+        got: usize,
+    },
+    /// Decompressed size over the limit.
+    #[error("oversized: decompressed update would be {declared} bytes, the limit is {limit}")]
+    Oversized {
+        /// declared size
+        declared: u64,
+        /// limit
+        limit: usize,
+    },
+    /// Structurally invalid bytes.
+    #[error("malformed encoding: {0}")]
+    Malformed(String),
 }
 
 impl CodecError {
     /// A short, stable label for counting rejections.
     pub fn reason(&self) -> &'static str {
         match self {
-            CodecError::Unknown(_) => "unknown_codec",
-            CodecError::Length { .. } => "wrong_shape",
+            CodecError::Spec { .. } => "unknown_codec",
+            CodecError::Length { .. } | CodecError::Truncated { .. } => "wrong_shape",
+            CodecError::Oversized { .. } => "oversized",
+            CodecError::Malformed(_) => "malformed",
         }
     }
 }
 
-/// Turns an update into bytes and back.
-pub trait Codec: Send + Sync + std::fmt::Debug {
-    /// The name used in announcements and the ledger.
-    fn name(&self) -> &'static str;
-    /// Encodes `update`.
-    fn encode(&self, update: &ParamSet) -> Vec<u8>;
-    /// Decodes `bytes` into `out`, whose layout says what to expect. `out`
-    /// is a caller-owned scratch buffer so the server reuses one per model
-    /// instead of allocating one per client.
-    fn decode_into(&self, bytes: &[u8], out: &mut ParamSet) -> Result<(), CodecError>;
+/// A parsed codec pipeline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pipeline {
+    /// Which positions travel.
+    pub sparsify: Sparsify,
+    /// How values are coded.
+    pub quant: Quant,
+    /// Final general-purpose compression.
+    pub entropy: Entropy,
+}
 
-    /// Decodes into a fresh zero-filled set of `layout`.
-    fn decode(&self, bytes: &[u8], layout: &Layout) -> Result<ParamSet, CodecError> {
+/// Looks a codec up by its spec (see the module docs for the syntax).
+pub fn by_name(spec: &str) -> Result<Pipeline, CodecError> {
+    Pipeline::parse(spec)
+}
+
+impl Pipeline {
+    /// Lossless dense f32.
+    pub const FP32: Pipeline = Pipeline {
+        sparsify: Sparsify::Dense,
+        quant: Quant::Fp32,
+        entropy: Entropy::None,
+    };
+
+    /// Parses `spec`.
+    pub fn parse(spec: &str) -> Result<Self, CodecError> {
+        let err = |why: String| CodecError::Spec {
+            spec: spec.to_string(),
+            why,
+        };
+        let mut sparsify = Sparsify::Dense;
+        let mut quant = None;
+        let mut entropy = Entropy::None;
+        for (i, stage) in spec.trim().split('+').map(str::trim).enumerate() {
+            if let Some((kind, arg)) = stage.split_once(':') {
+                if i != 0 {
+                    return Err(err(format!("{stage} must come first")));
+                }
+                let f: f32 = arg
+                    .parse()
+                    .map_err(|_| err(format!("{arg:?} is not a number")))?;
+                if !(f > 0.0 && f <= 1.0) {
+                    return Err(err(format!("fraction {f} is not in (0, 1]")));
+                }
+                sparsify = match kind {
+                    "topk" => Sparsify::TopK(f),
+                    "randk" => Sparsify::RandK(f),
+                    _ => return Err(err(format!("unknown sparsifier {kind:?}"))),
+                };
+            } else if let Some(q) = Quant::parse(stage) {
+                if quant.is_some() || entropy != Entropy::None {
+                    return Err(err(format!(
+                        "{stage}: one quantizer, before the entropy stage"
+                    )));
+                }
+                quant = Some(q);
+            } else if let Some(e) = Entropy::parse(stage) {
+                if entropy != Entropy::None {
+                    return Err(err("only one entropy stage".into()));
+                }
+                entropy = e;
+            } else {
+                return Err(err(format!("unknown stage {stage:?}")));
+            }
+        }
+        Ok(Self {
+            sparsify,
+            quant: quant.unwrap_or(Quant::Fp32),
+            entropy,
+        })
+    }
+
+    /// Canonical spec, e.g. `topk:0.01+q8+zstd`.
+    pub fn name(&self) -> String {
+        let mut parts = Vec::new();
+        match self.sparsify {
+            Sparsify::Dense => {}
+            Sparsify::TopK(f) => parts.push(format!("topk:{f}")),
+            Sparsify::RandK(f) => parts.push(format!("randk:{f}")),
+        }
+        parts.push(self.quant.name().to_string());
+        parts.extend(self.entropy.name().map(str::to_string));
+        parts.join("+")
+    }
+
+    /// Stage names a receiver must support.
+    pub fn stages(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        match self.sparsify {
+            Sparsify::Dense => {}
+            Sparsify::TopK(_) => out.push("topk"),
+            Sparsify::RandK(_) => out.push("randk"),
+        }
+        out.push(self.quant.name());
+        out.extend(self.entropy.name());
+        out
+    }
+
+    /// True when decoding gives back exactly what was encoded.
+    pub fn is_lossless(&self) -> bool {
+        self.sparsify == Sparsify::Dense && self.quant == Quant::Fp32
+    }
+
+    /// Upper bound of the pre-entropy size for `layout`: the decompression limit.
+    pub fn max_raw_len(&self, layout: &Layout) -> usize {
+        layout
+            .tensors
+            .iter()
+            .map(|(_, shape)| {
+                let n: usize = shape.iter().map(|d| *d as usize).product();
+                let k = self.sparsify.keep(n);
+                let indices = if self.sparsify == Sparsify::Dense {
+                    0
+                } else {
+                    11 + n.div_ceil(8).max(5 * k)
+                };
+                indices + self.quant.encoded_len(k)
+            })
+            .sum::<usize>()
+            + 16
+    }
+
+    /// Encodes `update`; `seed` drives stochastic rounding and `randk`.
+    pub fn encode(&self, update: &ParamSet, seed: u64) -> Vec<u8> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut raw = Vec::new();
+        for tensor in &update.tensors {
+            let values = &tensor.data;
+            if self.sparsify == Sparsify::Dense {
+                self.quant.encode(values, &mut rng, &mut raw);
+                continue;
+            }
+            let indices = self.sparsify.select(values, &mut rng);
+            sparse::put_varint(&mut raw, indices.len() as u64);
+            sparse::encode_indices(&indices, values.len(), &mut raw);
+            let kept: Vec<f32> = indices.iter().map(|i| values[*i as usize]).collect();
+            self.quant.encode(&kept, &mut rng, &mut raw);
+        }
+        self.entropy.compress(raw)
+    }
+
+    /// Decodes into `out`, whose layout says what to expect; positions not
+    /// sent are zero. `out` is a caller-owned scratch buffer.
+    pub fn decode_into(&self, bytes: &[u8], out: &mut ParamSet) -> Result<(), CodecError> {
+        let raw = self
+            .entropy
+            .decompress(bytes, self.max_raw_len(&out.layout()))?;
+        let mut at = 0;
+        for tensor in &mut out.tensors {
+            let n = tensor.data.len();
+            if self.sparsify == Sparsify::Dense {
+                at += self.quant.decode(&raw[at..], &mut tensor.data)?;
+                continue;
+            }
+            let (k, used) = sparse::get_varint(&raw[at..])?;
+            at += used;
+            let k = usize::try_from(k).unwrap_or(usize::MAX);
+            if k > n {
+                return Err(CodecError::Malformed(format!(
+                    "{k} kept values in a tensor of {n}"
+                )));
+            }
+            let (indices, used) = sparse::decode_indices(&raw[at..], k, n)?;
+            at += used;
+            let mut kept = vec![0f32; k];
+            at += self.quant.decode(&raw[at..], &mut kept)?;
+            tensor.data.iter_mut().for_each(|v| *v = 0.0);
+            for (i, v) in indices.iter().zip(kept) {
+                tensor.data[*i as usize] = v;
+            }
+        }
+        if at != raw.len() {
+            return Err(CodecError::Length {
+                expected: at,
+                got: raw.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Decodes into a fresh set of `layout`.
+    pub fn decode(&self, bytes: &[u8], layout: &Layout) -> Result<ParamSet, CodecError> {
         let mut out = ParamSet::zeros(layout);
         self.decode_into(bytes, &mut out)?;
         Ok(out)
     }
-}
 
-/// Looks a codec up by name.
-pub fn by_name(name: &str) -> Result<Box<dyn Codec>, CodecError> {
-    match name.trim() {
-        "fp32" => Ok(Box::new(Fp32)),
-        "fp16" => Ok(Box::new(Fp16)),
-        other => Err(CodecError::Unknown(other.to_string())),
+    /// Encodes and returns the bytes with what the receiver will decode from
+    /// them: the basis of error feedback.
+    pub fn round_trip(&self, update: &ParamSet, seed: u64) -> (Vec<u8>, ParamSet) {
+        let bytes = self.encode(update, seed);
+        let decoded = if self.is_lossless() {
+            update.clone()
+        } else {
+            // Decoding our own fresh encoding cannot fail; fall back to
+            // "nothing arrived" rather than panic if it ever did.
+            self.decode(&bytes, &update.layout())
+                .unwrap_or_else(|_| ParamSet::zeros(&update.layout()))
+        };
+        (bytes, decoded)
     }
-}
-
-/// Decodes fixed-width little-endian values, `width` bytes each.
-fn decode_fixed(
-    codec: &'static str,
-    bytes: &[u8],
-    out: &mut ParamSet,
-    width: usize,
-    read: impl Fn(&[u8]) -> f32,
-) -> Result<(), CodecError> {
-    let expected = out.numel() * width;
-    if bytes.len() != expected {
-        return Err(CodecError::Length {
-            codec,
-            expected,
-            got: bytes.len(),
-        });
-    }
-    for (slot, raw) in out.values_mut().zip(bytes.chunks_exact(width)) {
-        *slot = read(raw);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::params::Tensor;
-    use proptest::prelude::*;
-
-    fn set(values: Vec<f32>) -> ParamSet {
-        ParamSet {
-            tensors: vec![Tensor {
-                name: "w".into(),
-                shape: vec![values.len() as u32],
-                data: values,
-            }],
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn fp32_round_trips_exactly(values in proptest::collection::vec(-1e6f32..1e6, 0..300)) {
-            let update = set(values);
-            let codec = by_name("fp32").unwrap();
-            let bytes = codec.encode(&update);
-            prop_assert_eq!(codec.decode(&bytes, &update.layout()).unwrap(), update);
-        }
-
-        #[test]
-        fn fp16_error_is_bounded(values in proptest::collection::vec(-1000f32..1000.0, 0..300)) {
-            let update = set(values);
-            let codec = by_name("fp16").unwrap();
-            let bytes = codec.encode(&update);
-            prop_assert_eq!(bytes.len(), update.numel() * 2);
-            let back = codec.decode(&bytes, &update.layout()).unwrap();
-            for (a, b) in update.values().zip(back.values()) {
-                // half precision: 11 significant bits, plus subnormal floor
-                prop_assert!((a - b).abs() <= a.abs() / 1024.0 + 1e-7, "{a} vs {b}");
-            }
-        }
-
-        #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), n in 0usize..60) {
-            let layout = set(vec![0.0; n]).layout();
-            for name in SUPPORTED {
-                let _ = by_name(name).unwrap().decode(&bytes, &layout);
-            }
-        }
-    }
-
-    #[test]
-    fn unknown_codec_lists_supported() {
-        let err = by_name("zip9").unwrap_err();
-        assert!(err.to_string().contains("fp16"));
-    }
-}
+mod tests;
