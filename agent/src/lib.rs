@@ -96,7 +96,7 @@ struct Fetch {
 struct Agent {
     config: AgentConfig,
     state: StateDir,
-    table: Arc<Table>,
+    data: LocalData,
     client: AsyncClient,
     topic_update: Topic,
     topic_fetch: Topic,
@@ -108,20 +108,49 @@ struct Agent {
     dataset: Option<([u8; 32], Arc<Dataset>)>,
 }
 
+/// Where an agent's training data comes from.
+#[derive(Debug, Clone)]
+pub enum LocalData {
+    /// A CSV read at start-up; columns are matched to each round's spec by name.
+    Csv(Arc<Table>),
+    /// Rows already normalised to the spec's features (the fleet simulator).
+    Prepared(Arc<Dataset>),
+}
+
+impl LocalData {
+    fn rows(&self) -> usize {
+        match self {
+            LocalData::Csv(t) => t.rows.len(),
+            LocalData::Prepared(d) => d.len(),
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` is cancelled (or a fatal error).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     config.validate()?;
-    let state = StateDir::open(&config.state_dir)?;
     let table = load_table(&config)?;
+    run_with_data(config, LocalData::Csv(Arc::new(table)), shutdown).await
+}
+
+/// [`run`] with the data supplied by the caller instead of read from
+/// `config.data.path`.
+pub async fn run_with_data(
+    config: AgentConfig,
+    data: LocalData,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    config.validate()?;
+    let state = StateDir::open(&config.state_dir)?;
     tracing::info!(
         client = %config.client_id,
         fleet = %config.fleet,
-        rows = table.rows.len(),
+        rows = data.rows(),
         broker = %config.broker.url,
         "agent starting"
     );
     let topic_status = topics::client(&config.fleet, ClientTopic::Status, &config.client_id);
-    let offline = status_payload(&config, AgentState::Offline, 0, table.rows.len(), "offline");
+    let offline = status_payload(&config, AgentState::Offline, 0, data.rows(), "offline");
     let will = LastWill::new(topic_status.as_str(), offline.clone(), QOS, true);
     let options = config.broker.options(&config.client_id, Some(will))?;
     let tracker = TaskTracker::new();
@@ -133,7 +162,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         topic_status,
         config,
         state,
-        table: Arc::new(table),
+        data,
         client: link.client.clone(),
         announce: None,
         fetch: None,
@@ -222,7 +251,7 @@ impl Agent {
     }
 
     async fn status(&self, state: AgentState, round: u64, detail: &str) {
-        let payload = status_payload(&self.config, state, round, self.table.rows.len(), detail);
+        let payload = status_payload(&self.config, state, round, self.data.rows(), detail);
         self.publish(self.topic_status.as_str(), true, payload)
             .await;
     }
@@ -324,7 +353,21 @@ impl Agent {
             Some(model) if model.manifest.version == announce.base_version() => {
                 self.start_training(announce, model).await
             }
-            held => self.start_fetch(announce, held).await,
+            held => {
+                // A fleet's first model is a pure function of its spec:
+                // rebuild it locally instead of downloading it.
+                let initial = announce.spec.init_params();
+                if version::manifest_of(&initial, &announce.spec, &announce.task)
+                    == announce.manifest
+                {
+                    tracing::info!(
+                        round,
+                        "base model rebuilt from its spec, nothing to download"
+                    );
+                    return self.install_model(announce, initial).await;
+                }
+                self.start_fetch(announce, held).await
+            }
         }
     }
 
@@ -552,11 +595,27 @@ impl Agent {
         {
             return Ok(data.clone());
         }
-        let data =
-            Dataset::from_table(&self.table, &announce.spec).map_err(|e| AgentError::Data {
-                path: self.config.data.path.display().to_string(),
-                message: e.to_string(),
-            })?;
+        let data = match &self.data {
+            LocalData::Csv(table) => {
+                Dataset::from_table(table, &announce.spec).map_err(|e| AgentError::Data {
+                    path: self.config.data.path.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+            LocalData::Prepared(data) if data.dims() == announce.spec.inputs() => {
+                return Ok(data.clone());
+            }
+            LocalData::Prepared(data) => {
+                return Err(AgentError::Data {
+                    path: "prepared data".into(),
+                    message: format!(
+                        "{} features per row, the model wants {}",
+                        data.dims(),
+                        announce.spec.inputs()
+                    ),
+                });
+            }
+        };
         if !data.missing_features.is_empty() {
             tracing::warn!(missing = ?data.missing_features, "data lacks model features; imputing their mean");
         }

@@ -56,15 +56,15 @@ impl PartialSum {
         self.updates
     }
 
-    /// `base + sum / weight` (FedAvg with server learning rate 1), or `None`
-    /// when nothing was folded in.
-    pub fn apply(&self, base: &ParamSet) -> Option<ParamSet> {
+    /// `base + server_lr * sum / weight` (FedAvg; `server_lr` 1 is plain
+    /// FedAvg), or `None` when nothing was folded in.
+    pub fn apply(&self, base: &ParamSet, server_lr: f64) -> Option<ParamSet> {
         if self.weight <= 0.0 {
             return None;
         }
         let mut out = base.clone();
         for (v, s) in out.values_mut().zip(&self.sum) {
-            *v += (s / self.weight) as f32;
+            *v += (server_lr * s / self.weight) as f32;
         }
         Some(out)
     }
@@ -97,7 +97,8 @@ mod tests {
         whole.fold(&set(&[4.0, 3.0]), 2.0);
         assert!(a.merge(&b));
         assert_eq!(a, whole);
-        assert_eq!(a.apply(&base).unwrap().tensors[0].data, vec![4.0, 3.0]);
-        assert!(PartialSum::new(base.layout()).apply(&base).is_none());
+        assert_eq!(a.apply(&base, 1.0).unwrap().tensors[0].data, vec![4.0, 3.0]);
+        assert_eq!(a.apply(&base, 0.5).unwrap().tensors[0].data, vec![2.5, 2.0]);
+        assert!(PartialSum::new(base.layout()).apply(&base, 1.0).is_none());
     }
 }

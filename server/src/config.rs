@@ -83,8 +83,14 @@ pub struct RoundConfig {
     pub codec: String,
     /// Codec of the model delta published each round (`fp32`: full models only).
     pub downlink_codec: String,
+    /// Rounds of sparsity warm-up: a `topk`/`randk` codec starts at 25 % kept
+    /// and shrinks 4x a round down to its own fraction (0: none).
+    pub codec_warmup_rounds: u64,
+    /// Server learning rate applied to the averaged update (1: plain FedAvg).
+    pub server_lr: f64,
     /// Every this many rounds the published model is exact (a keyframe) and
-    /// the server's downlink residual restarts.
+    /// the server's downlink residual restarts; 0 never (agents that are
+    /// behind still fetch the full model on demand).
     pub keyframe_every: u64,
     /// Chunk size for updates, bytes (128 KiB fits AWS IoT-style limits).
     pub chunk_size: usize,
@@ -105,6 +111,8 @@ impl Default for RoundConfig {
             codec: "fp32".into(),
             downlink_codec: "fp32".into(),
             keyframe_every: 10,
+            codec_warmup_rounds: 0,
+            server_lr: 1.0,
             chunk_size: convoy_shared::chunk::DEFAULT_CHUNK_SIZE,
             max_update_bytes: 64 * 1024 * 1024,
             seed: 42,
@@ -237,6 +245,12 @@ impl ServerConfig {
         }
         if self.rounds.min_clients == 0 {
             return bad("rounds.min_clients must be at least 1".into());
+        }
+        if !(self.rounds.server_lr.is_finite() && self.rounds.server_lr > 0.0) {
+            return bad(format!(
+                "rounds.server_lr {} must be positive",
+                self.rounds.server_lr
+            ));
         }
         if self.rounds.min_reports == 0 {
             return bad("rounds.min_reports must be at least 1".into());

@@ -9,7 +9,7 @@ use crate::store::{ClientRow, RoundRow, Store, StoredVersion};
 use convoy_agent::mqtt::{LinkEvent, QOS};
 use convoy_agent::now_ms;
 use convoy_shared::chunk::{self, Progress, Reassembler};
-use convoy_shared::codec::{self, Pipeline};
+use convoy_shared::codec::{self, Pipeline, Sparsify};
 use convoy_shared::dataset::Dataset;
 use convoy_shared::messages::{
     self, AgentState, Announce, FetchRequest, ModelChunk, ModelPart, Status, UpdateAck, UpdateBody,
@@ -62,6 +62,9 @@ pub(crate) struct Coordinator {
     pub(crate) current: StoredVersion,
     pub(crate) observer: Option<mpsc::UnboundedSender<RoundRow>>,
     model_bytes: Vec<u8>,
+    /// The configured update codec.
+    base_codec: Pipeline,
+    /// The codec of the current round (differs during warm-up).
     codec: Pipeline,
     downlink: Pipeline,
     downlink_residual: ParamSet,
@@ -90,6 +93,7 @@ impl Coordinator {
         let downlink = codec::by_name(&config.rounds.downlink_codec)
             .map_err(|e| ServerError::Config(e.to_string()))?;
         Ok(Self {
+            base_codec: codec,
             downlink,
             downlink_residual: ParamSet::zeros(&spec.layout()),
             last_delta: None,
@@ -546,8 +550,8 @@ impl Coordinator {
     /// rendering of the delta (with the server's own error feedback), so
     /// server and agents hold bit-identical models.
     fn publishable(&mut self, round: u64, target: ParamSet) -> (ParamSet, Option<Vec<u8>>) {
-        let keyframe_every = self.config.rounds.keyframe_every.max(1);
-        if self.downlink.is_lossless() || round.is_multiple_of(keyframe_every) {
+        let every = self.config.rounds.keyframe_every;
+        if self.downlink.is_lossless() || (every > 0 && round.is_multiple_of(every)) {
             self.downlink_residual = ParamSet::zeros(&self.spec.layout());
             return (target, None);
         }
@@ -591,6 +595,18 @@ impl Coordinator {
     }
 
     async fn maybe_open_round(&mut self) -> Result<(), ServerError> {
+        // Sparsity warm-up (Deep Gradient Compression): the kept share starts
+        // at 25 % and shrinks 4x a round until it reaches the configured one.
+        self.codec = self.base_codec;
+        let warmup = self.config.rounds.codec_warmup_rounds;
+        if warmup > 0 && self.rounds_run < warmup {
+            let ramp = 0.25f32.powi(self.rounds_run as i32 + 1);
+            self.codec.sparsify = match self.base_codec.sparsify {
+                Sparsify::TopK(f) => Sparsify::TopK(f.max(ramp)),
+                Sparsify::RandK(f) => Sparsify::RandK(f.max(ramp)),
+                Sparsify::Dense => Sparsify::Dense,
+            };
+        }
         let codec = self.codec.name();
         let stages = self.codec.stages();
         // Never ask a vehicle for a codec stage it does not have.
@@ -700,7 +716,11 @@ impl Coordinator {
             ..Default::default()
         };
         let enough = accepted.len() >= self.config.rounds.min_reports;
-        if let (true, Some(target)) = (enough, r.sum.apply(&self.current.params)) {
+        if let (true, Some(target)) = (
+            enough,
+            r.sum
+                .apply(&self.current.params, self.config.rounds.server_lr),
+        ) {
             let (params, delta) = self.publishable(round, target);
             let eval = match &self.test {
                 Some(test) => {

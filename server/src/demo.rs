@@ -11,8 +11,7 @@ use crate::config::{
 };
 use crate::report::{human_bytes, round_line};
 use crate::store::RoundRow;
-use convoy_agent::config::{AgentConfig, DataConfig, Faults, TrainingConfig};
-use convoy_agent::mqtt::BrokerConfig;
+use convoy_agent::config::DataConfig;
 use convoy_shared::dataset::Table;
 use convoy_shared::model::TaskKind;
 use rand::seq::SliceRandom;
@@ -211,23 +210,14 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         20,
     );
 
-    let broker_addr = tokio::task::spawn_blocking(move || {
-        crate::broker::free_local_addr()
-            .map_err(anyhow::Error::from)
-            .and_then(|a| {
-                crate::broker::start_embedded(&a.to_string(), 1024 * 1024)
-                    .map_err(anyhow::Error::from)
-            })
-    })
-    .await??;
-    let url = format!("mqtt://{broker_addr}");
+    let url = crate::fleet::local_broker().await?;
 
     let server_config = ServerConfig {
         fleet: "demo".into(),
         db: options.db.clone(),
         broker: ServerBroker {
             url: url.clone(),
-            max_packet_size: 1024 * 1024,
+            max_packet_size: crate::fleet::LOCAL_MAX_PACKET,
             ..Default::default()
         },
         rounds: RoundConfig {
@@ -276,23 +266,16 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         let rows: Vec<&Vec<String>> = part.iter().map(|r| &table.rows[train_rows[*r]]).collect();
         write_csv(&data, &table.headers, &rows)?;
         client_rows.push(rows.len());
-        agents.push(AgentConfig {
-            fleet: "demo".into(),
-            client_id: id.clone(),
-            state_dir: work.join(format!("{id}.state")),
-            broker: BrokerConfig {
-                url: url.clone(),
-                max_packet_size: 1024 * 1024,
-                ..Default::default()
-            },
-            data: DataConfig {
-                path: data,
-                label: label.into(),
-                task: TaskKind::Classification,
-            },
-            training: TrainingConfig::default(),
-            faults: Faults::default(),
-        });
+        let data = DataConfig {
+            path: data,
+            label: label.into(),
+            task: TaskKind::Classification,
+        };
+        let state = work.join(format!("{id}.state"));
+        agents.push((
+            crate::fleet::agent_config("demo", &id, &url, state, data),
+            None,
+        ));
     }
     if options.verbose {
         println!(
@@ -312,28 +295,13 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     }
 
     let started = Instant::now();
-    let stop = shutdown.child_token();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let server = tokio::spawn(crate::run_observed(server_config, stop.clone(), Some(tx)));
-    let agent_stop = stop.child_token();
-    let agent_tasks: Vec<_> = agents
-        .into_iter()
-        .map(|config| tokio::spawn(convoy_agent::run(config, agent_stop.clone())))
-        .collect();
-    let mut rounds = Vec::new();
-    while let Some(row) = rx.recv().await {
-        if options.verbose {
-            println!("{}", round_line(&row));
+    let verbose = options.verbose;
+    let (rounds, summary) = crate::fleet::run(server_config, None, agents, shutdown, |row| {
+        if verbose {
+            println!("{}", round_line(row));
         }
-        rounds.push(row);
-    }
-    let summary = server.await??;
-    agent_stop.cancel();
-    for task in agent_tasks {
-        if let Ok(Err(e)) = task.await {
-            tracing::warn!(error = %e, "demo agent stopped with an error");
-        }
-    }
+    })
+    .await?;
     let elapsed = started.elapsed();
     if options.verbose {
         let up: u64 = rounds.iter().map(|r| r.bytes_up).sum();

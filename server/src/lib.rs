@@ -11,7 +11,9 @@ pub mod broker;
 pub mod config;
 mod coordinator;
 pub mod demo;
+pub mod fleet;
 pub mod report;
+pub mod simulate;
 pub mod store;
 
 use crate::config::ServerConfig;
@@ -130,6 +132,29 @@ pub async fn run_observed(
         }
         None => None,
     };
+    run_prepared(config, Prepared { spec, test }, shutdown, observer).await
+}
+
+/// A model spec and test set built by the caller rather than from the
+/// config's CSVs (the fleet simulator's image data).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Model spec.
+    pub spec: ModelSpec,
+    /// Evaluation set, normalised for `spec`.
+    pub test: Option<Arc<Dataset>>,
+}
+
+/// [`run_observed`] with the spec and test set supplied; `config.model`
+/// and `config.eval` are not read.
+pub async fn run_prepared(
+    config: ServerConfig,
+    prepared: Prepared,
+    shutdown: CancellationToken,
+    observer: Option<mpsc::UnboundedSender<RoundRow>>,
+) -> Result<RunSummary, ServerError> {
+    config.validate()?;
+    let Prepared { spec, test } = prepared;
     let store = Store::open(&config.db)?;
     let abandoned = store.abandon_open_rounds(convoy_agent::now_ms())?;
     if abandoned > 0 {

@@ -267,6 +267,11 @@ impl Dataset {
         Self::from_table(&Table::read(reader)?, spec)
     }
 
+    /// Features per row.
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.targets.len()

@@ -1,0 +1,452 @@
+//! `convoy-server simulate`: a fleet of tens to hundreds of agents on a
+//! partitioned data set, through the real server code path and the real
+//! embedded broker, writing per-round CSV/JSON and a summary.
+
+use crate::Prepared;
+use crate::config::{RoundConfig, ServerBroker, ServerConfig, TrainingRecipe};
+use crate::report::human_bytes;
+use crate::store::RoundRow;
+use anyhow::Context;
+use convoy_agent::LocalData;
+use convoy_shared::dataset::{Dataset, Table};
+use convoy_shared::idx;
+use convoy_shared::model::{ModelSpec, Targets, TaskKind};
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
+use rand_distr::{Distribution, Gamma};
+use serde::Serialize;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How the training rows are spread over clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Partition {
+    /// Shuffled, equal shares.
+    Iid,
+    /// Label skew: each class spread by Dirichlet(alpha).
+    Dirichlet,
+    /// Quantity skew: client sizes by Dirichlet(alpha), labels mixed.
+    Quantity,
+}
+
+/// Data sets the simulator knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimDataset {
+    /// Fashion-MNIST from Debian's `dataset-fashion-mnist` (60k/10k, 784 features).
+    FashionMnist,
+    /// The bundled digits (1797 rows, 64 features; 20 % held out).
+    Digits,
+}
+
+/// Simulator settings.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Data set.
+    pub dataset: SimDataset,
+    /// Folder of the Fashion-MNIST idx.gz files.
+    pub data_dir: PathBuf,
+    /// Clients (all participate every round).
+    pub clients: usize,
+    /// Rounds.
+    pub rounds: u64,
+    /// Partition scheme.
+    pub partition: Partition,
+    /// Dirichlet concentration.
+    pub alpha: f64,
+    /// Seed of everything random.
+    pub seed: u64,
+    /// Uplink codec.
+    pub codec: String,
+    /// Downlink codec.
+    pub downlink_codec: String,
+    /// Keyframe period.
+    pub keyframe_every: u64,
+    /// Sparsity warm-up rounds.
+    pub warmup_rounds: u64,
+    /// Server learning rate.
+    pub server_lr: f64,
+    /// Local epochs.
+    pub epochs: u32,
+    /// Learning rate.
+    pub lr: f32,
+    /// Batch size.
+    pub batch_size: u32,
+    /// Hidden widths.
+    pub hidden: Vec<u32>,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Label for the results (default: the codec).
+    pub label: Option<String>,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// One round in the simulator's output.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimRound {
+    /// Round.
+    pub round: u64,
+    /// Test accuracy.
+    pub accuracy: Option<f64>,
+    /// Test loss.
+    pub eval_loss: Option<f64>,
+    /// Update payload bytes.
+    pub bytes_up: u64,
+    /// Model payload bytes.
+    pub bytes_down: u64,
+    /// MQTT bytes up.
+    pub wire_bytes_up: u64,
+    /// MQTT bytes down.
+    pub wire_bytes_down: u64,
+    /// Dense fp32 equivalent up.
+    pub bytes_up_raw: u64,
+    /// Dense fp32 equivalent down.
+    pub bytes_down_raw: u64,
+    /// Clients reported.
+    pub clients_reported: u64,
+    /// Agent encode throughput, MB/s of dense fp32 input.
+    pub encode_mb_s: Option<f64>,
+    /// Server decode throughput, MB/s of dense fp32 output.
+    pub decode_mb_s: Option<f64>,
+    /// Slowest client's training seconds.
+    pub train_seconds_max: f64,
+}
+
+impl From<&RoundRow> for SimRound {
+    fn from(r: &RoundRow) -> Self {
+        let rate = |secs: f64| (secs > 0.0).then(|| r.bytes_up_raw as f64 / secs / 1e6);
+        Self {
+            round: r.round,
+            accuracy: r.accuracy,
+            eval_loss: r.eval_loss,
+            bytes_up: r.bytes_up,
+            bytes_down: r.bytes_down,
+            wire_bytes_up: r.wire_bytes_up,
+            wire_bytes_down: r.wire_bytes_down,
+            bytes_up_raw: r.bytes_up_raw,
+            bytes_down_raw: r.bytes_down_raw,
+            clients_reported: r.clients_reported,
+            encode_mb_s: rate(r.encode_seconds),
+            decode_mb_s: rate(r.decode_seconds),
+            train_seconds_max: r.train_seconds_max,
+        }
+    }
+}
+
+/// What a run wrote to `rounds.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimResult {
+    /// Label.
+    pub label: String,
+    /// Dirichlet alpha (null for IID).
+    pub alpha: Option<f64>,
+    /// Partition.
+    pub partition: String,
+    /// Uplink codec.
+    pub codec: String,
+    /// Downlink codec.
+    pub downlink_codec: String,
+    /// Clients.
+    pub clients: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Final accuracy.
+    pub final_accuracy: Option<f64>,
+    /// Best accuracy.
+    pub best_accuracy: Option<f64>,
+    /// First round at or above 80 %.
+    pub rounds_to_80: Option<u64>,
+    /// Total payload bytes up.
+    pub bytes_up: u64,
+    /// Total payload bytes down.
+    pub bytes_down: u64,
+    /// Wall seconds of the rounds.
+    pub wall_seconds: f64,
+    /// Per round.
+    pub rounds: Vec<SimRound>,
+}
+
+fn load(options: &SimOptions) -> anyhow::Result<(ModelSpec, Dataset, Dataset)> {
+    match options.dataset {
+        SimDataset::FashionMnist => {
+            let open = |name: &str| -> anyhow::Result<std::io::BufReader<std::fs::File>> {
+                let path = options.data_dir.join(name);
+                let file = std::fs::File::open(&path).with_context(|| {
+                    format!(
+                        "opening {} (install it: apt-get install dataset-fashion-mnist)",
+                        path.display()
+                    )
+                })?;
+                Ok(std::io::BufReader::new(file))
+            };
+            let images = idx::read_images(open("train-images-idx3-ubyte.gz")?, 100_000)?;
+            let labels = idx::read_labels(open("train-labels-idx1-ubyte.gz")?, 100_000)?;
+            let test_images = idx::read_images(open("t10k-images-idx3-ubyte.gz")?, 100_000)?;
+            let test_labels = idx::read_labels(open("t10k-labels-idx1-ubyte.gz")?, 100_000)?;
+            let spec = ModelSpec {
+                task: TaskKind::Classification,
+                features: idx::feature_names(images.rows, images.cols),
+                norm_mean: vec![0.0; images.rows * images.cols],
+                norm_std: vec![1.0; images.rows * images.cols],
+                label: "label".into(),
+                classes: (0..10).map(|c| c.to_string()).collect(),
+                hidden: options.hidden.clone(),
+                init_seed: options.seed,
+            };
+            Ok((
+                spec,
+                idx::to_dataset(&images, &labels, 10)?,
+                idx::to_dataset(&test_images, &test_labels, 10)?,
+            ))
+        }
+        SimDataset::Digits => {
+            let table = Table::read(crate::demo::DIGITS_CSV.as_bytes())?;
+            let spec = table.derive_spec(
+                "digit",
+                TaskKind::Classification,
+                options.hidden.clone(),
+                options.seed,
+            )?;
+            let all = Dataset::from_table(&table, &spec)?;
+            let mut order: Vec<usize> = (0..all.len()).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(options.seed));
+            let (test, train) = order.split_at(all.len() / 5);
+            Ok((spec, all.subset(train), all.subset(test)))
+        }
+    }
+}
+
+/// Row indices per client.
+pub fn partition(
+    targets: &Targets,
+    clients: usize,
+    scheme: Partition,
+    alpha: f64,
+    seed: u64,
+) -> Vec<Vec<usize>> {
+    let n = targets.len();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    match scheme {
+        Partition::Iid => {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut rng);
+            (0..clients)
+                .map(|c| order.iter().skip(c).step_by(clients).copied().collect())
+                .collect()
+        }
+        Partition::Dirichlet => {
+            let labels: Vec<String> = match targets {
+                Targets::Classes(c) => c.iter().map(|c| c.to_string()).collect(),
+                Targets::Values(v) => v.iter().map(|_| String::new()).collect(),
+            };
+            crate::demo::dirichlet_split(&labels, clients, alpha, seed, 10)
+        }
+        Partition::Quantity => {
+            let gamma = Gamma::new(alpha.max(1e-3), 1.0).expect("alpha clamped positive");
+            let weights: Vec<f64> = (0..clients)
+                .map(|_| gamma.sample(&mut rng) + 1e-9)
+                .collect();
+            let total: f64 = weights.iter().sum();
+            let min = 10.min(n / clients.max(1));
+            let spare = n - min * clients;
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut rng);
+            let mut parts = Vec::new();
+            let mut start = 0;
+            for (c, w) in weights.iter().enumerate() {
+                let len = if c + 1 == clients {
+                    n - start
+                } else {
+                    min + (w / total * spare as f64) as usize
+                };
+                parts.push(order[start..(start + len).min(n)].to_vec());
+                start = (start + len).min(n);
+            }
+            parts
+        }
+    }
+}
+
+fn progress_bar(done: u64, total: u64, row: &RoundRow, up: u64, down: u64) {
+    let width = 30;
+    let filled = (done as usize * width / total.max(1) as usize).min(width);
+    eprint!(
+        "\r[{}{}] round {done}/{total}  acc {}  up {}  down {}   ",
+        "#".repeat(filled),
+        "-".repeat(width - filled),
+        row.accuracy
+            .map(|a| format!("{:.2}%", a * 100.0))
+            .unwrap_or_else(|| "-".into()),
+        human_bytes(up),
+        human_bytes(down)
+    );
+    let _ = std::io::stderr().flush();
+}
+
+/// Runs the simulation and writes `rounds.csv`, `rounds.json` and
+/// `summary.txt` under `options.out`.
+pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Result<SimResult> {
+    anyhow::ensure!(
+        options.clients >= 1 && options.rounds >= 1,
+        "--clients and --rounds must be at least 1"
+    );
+    let (spec, train, test) = load(&options)?;
+    let parts = partition(
+        train.targets(),
+        options.clients,
+        options.partition,
+        options.alpha,
+        options.seed,
+    );
+    std::fs::create_dir_all(&options.out)?;
+    let db = options.out.join("sim.db");
+    for stale in ["sim.db", "sim.db-wal", "sim.db-shm"] {
+        let _ = std::fs::remove_file(options.out.join(stale));
+    }
+    let _ = std::fs::remove_dir_all(options.out.join("sim.db.models"));
+    let state = options.out.join("agents");
+    let _ = std::fs::remove_dir_all(&state);
+
+    let url = crate::fleet::local_broker().await?;
+    let server = ServerConfig {
+        fleet: "sim".into(),
+        db,
+        broker: ServerBroker {
+            url: url.clone(),
+            max_packet_size: crate::fleet::LOCAL_MAX_PACKET,
+            ..Default::default()
+        },
+        rounds: RoundConfig {
+            total: options.rounds,
+            min_clients: options.clients,
+            min_reports: 1,
+            sample_fraction: 1.0,
+            deadline_secs: 600,
+            codec: options.codec.clone(),
+            downlink_codec: options.downlink_codec.clone(),
+            keyframe_every: options.keyframe_every,
+            codec_warmup_rounds: options.warmup_rounds,
+            server_lr: options.server_lr,
+            seed: options.seed,
+            ..Default::default()
+        },
+        model: crate::config::ModelConfig {
+            schema_csv: PathBuf::new(),
+            label: spec.label.clone(),
+            task: spec.task,
+            hidden: spec.hidden.clone(),
+            init_seed: spec.init_seed,
+        },
+        training: TrainingRecipe {
+            epochs: options.epochs,
+            lr: options.lr,
+            batch_size: options.batch_size,
+        },
+        eval: Default::default(),
+    };
+    server.validate()?;
+    let agents = parts
+        .iter()
+        .enumerate()
+        .map(|(i, rows)| {
+            let id = format!("sim-{i:03}");
+            let config = crate::fleet::agent_config(
+                "sim",
+                &id,
+                &url,
+                state.join(&id),
+                crate::fleet::prepared_data_config(&spec.label),
+            );
+            (
+                config,
+                Some(LocalData::Prepared(Arc::new(train.subset(rows)))),
+            )
+        })
+        .collect();
+    let prepared = Prepared {
+        spec,
+        test: Some(Arc::new(test)),
+    };
+    let started = Instant::now();
+    let (mut up, mut down) = (0u64, 0u64);
+    let (progress, total) = (options.progress, options.rounds);
+    let (rows, _) = crate::fleet::run(server, Some(prepared), agents, shutdown, |row| {
+        up += row.bytes_up;
+        down += row.bytes_down;
+        if progress {
+            progress_bar(row.round.min(total), total, row, up, down);
+        }
+    })
+    .await?;
+    if progress {
+        eprintln!();
+    }
+    let rounds: Vec<SimRound> = rows.iter().map(SimRound::from).collect();
+    let accuracies: Vec<f64> = rounds.iter().filter_map(|r| r.accuracy).collect();
+    let result = SimResult {
+        label: options
+            .label
+            .clone()
+            .unwrap_or_else(|| options.codec.clone()),
+        alpha: (options.partition != Partition::Iid).then_some(options.alpha),
+        partition: format!("{:?}", options.partition).to_lowercase(),
+        codec: options.codec.clone(),
+        downlink_codec: options.downlink_codec.clone(),
+        clients: options.clients,
+        seed: options.seed,
+        final_accuracy: accuracies.last().copied(),
+        best_accuracy: accuracies.iter().copied().reduce(f64::max),
+        rounds_to_80: rounds
+            .iter()
+            .find(|r| r.accuracy.is_some_and(|a| a >= 0.8))
+            .map(|r| r.round),
+        bytes_up: rounds.iter().map(|r| r.bytes_up).sum(),
+        bytes_down: rounds.iter().map(|r| r.bytes_down).sum(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        rounds,
+    };
+    write_outputs(&options.out, &result)?;
+    Ok(result)
+}
+
+fn write_outputs(out: &Path, result: &SimResult) -> anyhow::Result<()> {
+    std::fs::write(
+        out.join("rounds.json"),
+        serde_json::to_string_pretty(result)?,
+    )?;
+    let mut w = csv::Writer::from_path(out.join("rounds.csv"))?;
+    for r in &result.rounds {
+        w.serialize(r)?;
+    }
+    w.flush()?;
+    let pct = |a: Option<f64>| {
+        a.map(|a| format!("{:.2}%", a * 100.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    let summary = format!(
+        "{}: {} clients, {} partition{}, {} rounds in {:.1}s; final accuracy {}, best {}, rounds to 80% {}; {} up, {} down\n",
+        result.label,
+        result.clients,
+        result.partition,
+        result
+            .alpha
+            .map(|a| format!(" (alpha {a})"))
+            .unwrap_or_default(),
+        result.rounds.len(),
+        result.wall_seconds,
+        pct(result.final_accuracy),
+        pct(result.best_accuracy),
+        result
+            .rounds_to_80
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "never".into()),
+        human_bytes(result.bytes_up),
+        human_bytes(result.bytes_down),
+    );
+    std::fs::write(out.join("summary.txt"), &summary)?;
+    print!("{summary}");
+    Ok(())
+}
