@@ -49,6 +49,16 @@ class Run:
     codec: str
     downlink_codec: str | None
     rounds: list[dict]
+    server_lr: float = 1.0
+
+    @property
+    def is_baseline(self) -> bool:
+        """Plain FedAvg: dense fp32 both ways, server learning rate 1."""
+        return (
+            self.codec == BASELINE_CODEC
+            and self.downlink_codec in (None, BASELINE_CODEC)
+            and self.server_lr == 1.0
+        )
 
     def series(self, key: str) -> list[float]:
         return [float(r[key]) for r in self.rounds if r.get(key) is not None]
@@ -108,6 +118,7 @@ def load_run(path: str) -> Run:
         alpha=alpha,
         codec=codec,
         downlink_codec=doc.get("downlink_codec"),
+        server_lr=float(doc.get("server_lr") or 1.0),
         rounds=sorted(rounds, key=lambda r: r.get("round", 0)),
     )
 
@@ -170,7 +181,7 @@ def group_by_alpha(runs: list[Run]) -> dict[float | None, list[Run]]:
     return {
         a: sorted(
             groups[a],
-            key=lambda r: (r.codec != BASELINE_CODEC, -r.per_round("bytes_up", "bytes_down")),
+            key=lambda r: (not r.is_baseline, -r.per_round("bytes_up", "bytes_down")),
         )
         for a in ordered
     }
@@ -190,7 +201,7 @@ def styles(groups: dict[float | None, list[Run]]) -> dict[str, tuple[str, str]]:
     for runs in groups.values():
         for run in runs:
             name = display_name(run)
-            if run.codec != BASELINE_CODEC and name not in names:
+            if not run.is_baseline and name not in names:
                 names.append(name)
     table = {
         name: (PALETTE[i % len(PALETTE)], MARKERS[1 + i % (len(MARKERS) - 1)])
@@ -198,7 +209,7 @@ def styles(groups: dict[float | None, list[Run]]) -> dict[str, tuple[str, str]]:
     }
     for runs in groups.values():
         for run in runs:
-            if run.codec == BASELINE_CODEC:
+            if run.is_baseline:
                 table.setdefault(display_name(run), (BASELINE_COLOUR, MARKERS[0]))
     return table
 
@@ -224,7 +235,7 @@ def markdown_table(groups: dict[float | None, list[Run]], target: float) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
     notes = []
     for alpha, runs in groups.items():
-        baseline = next((r for r in runs if r.codec == BASELINE_CODEC), None)
+        baseline = next((r for r in runs if r.is_baseline), None)
         if baseline is None:
             notes.append(
                 f"alpha {alpha_text(alpha)}: no fp32 run, so ratios (marked *) are "
@@ -495,11 +506,11 @@ def render(
         (run, pts, *style[display_name(run)], display_name(run), name)
         for (run, pts), name in zip(series, names)
     ]
-    styled.sort(key=lambda s: s[0].codec != BASELINE_CODEC)
+    styled.sort(key=lambda s: not s[0].is_baseline)
     show_markers = max(len(pts) for _, pts in series) <= 40
     screen_points = []
     for run, pts, colour, shape, *_ in styled:
-        dash = ' stroke-dasharray="7,4"' if run.codec == BASELINE_CODEC else ""
+        dash = ' stroke-dasharray="7,4"' if run.is_baseline else ""
         coords = [(px(x), py(y)) for x, y in pts]
         screen_points.extend(coords)
         # segment midpoints, so a legend is not put across a long line
@@ -525,7 +536,7 @@ def render(
     )
     for i, (run, _, colour, shape, full, name) in enumerate(styled):
         y = by + 6 + row_h * i + row_h / 2
-        dash = ' stroke-dasharray="7,4"' if run.codec == BASELINE_CODEC else ""
+        dash = ' stroke-dasharray="7,4"' if run.is_baseline else ""
         out.append(
             f'<line x1="{bx + 10:.1f}" y1="{y:.1f}" x2="{bx + 36:.1f}" y2="{y:.1f}" '
             f'stroke="{colour}" stroke-width="2.2"{dash}/>'

@@ -24,6 +24,14 @@ use tokio_util::sync::CancellationToken;
 /// The digits CSV (see `data/digits/README.md` for provenance).
 pub const DIGITS_CSV: &str = include_str!("../../data/digits/digits.csv");
 
+/// The demo's uplink codec: top 10 % of each tensor at 8 bits, zstd, with
+/// error feedback on the vehicles.
+pub const DEFAULT_CODEC: &str = "topk:0.1+q8+zstd";
+/// The demo's downlink codec for model deltas.
+pub const DEFAULT_DOWNLINK: &str = "topk:0.25+q8+zstd";
+/// The demo's server learning rate (compensates sparse averaging).
+pub const DEFAULT_SERVER_LR: f64 = 2.0;
+
 /// Demo settings.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -39,6 +47,10 @@ pub struct DemoOptions {
     pub db: PathBuf,
     /// Update codec.
     pub codec: String,
+    /// Model delta codec.
+    pub downlink_codec: String,
+    /// Server learning rate.
+    pub server_lr: f64,
     /// Local epochs per round.
     pub epochs: u32,
     /// Learning rate.
@@ -59,7 +71,9 @@ impl Default for DemoOptions {
             seed: 42,
             alpha: 0.5,
             db: PathBuf::from("convoy-demo/convoy.db"),
-            codec: "fp32".into(),
+            codec: DEFAULT_CODEC.into(),
+            downlink_codec: DEFAULT_DOWNLINK.into(),
+            server_lr: DEFAULT_SERVER_LR,
             epochs: 1,
             lr: 0.05,
             batch_size: 16,
@@ -227,6 +241,9 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             sample_fraction: 1.0,
             deadline_secs: 60,
             codec: options.codec.clone(),
+            downlink_codec: options.downlink_codec.clone(),
+            server_lr: options.server_lr,
+            keyframe_every: 0,
             seed: options.seed,
             ..Default::default()
         },
@@ -306,22 +323,37 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     if options.verbose {
         let up: u64 = rounds.iter().map(|r| r.bytes_up).sum();
         let down: u64 = rounds.iter().map(|r| r.bytes_down).sum();
-        let raw: u64 = rounds.iter().map(|r| r.bytes_up_raw).sum();
+        let raw_up: u64 = rounds.iter().map(|r| r.bytes_up_raw).sum();
+        let raw_down: u64 = rounds.iter().map(|r| r.bytes_down_raw).sum();
         let last = rounds.last().and_then(|r| r.accuracy);
         let first = rounds.first().and_then(|r| r.accuracy);
+        let pct = |a: Option<f64>| {
+            a.map(|a| format!("{:.2}%", a * 100.0))
+                .unwrap_or_else(|| "-".into())
+        };
+        let ratio = |raw: u64, sent: u64| {
+            if sent > 0 {
+                raw as f64 / sent as f64
+            } else {
+                0.0
+            }
+        };
         println!(
-            "summary: {} rounds in {:.1}s; test accuracy {} after round 1 -> {} after round {}; {} up ({:.1}x smaller than fp32), {} down; rejected messages: {}; final model {}",
+            "summary: {} rounds in {:.1}s; test accuracy {} after round 1 -> {} after round {}; \
+             uplink {} ({}, {:.1}x less than dense fp32 {}), downlink {} ({:.1}x less than {}); \
+             rejected messages: {}; final model {}",
             rounds.len(),
             elapsed.as_secs_f64(),
-            first
-                .map(|a| format!("{:.2}%", a * 100.0))
-                .unwrap_or_else(|| "-".into()),
-            last.map(|a| format!("{:.2}%", a * 100.0))
-                .unwrap_or_else(|| "-".into()),
+            pct(first),
+            pct(last),
             rounds.len(),
             human_bytes(up),
-            if up > 0 { raw as f64 / up as f64 } else { 0.0 },
+            options.codec,
+            ratio(raw_up, up),
+            human_bytes(raw_up),
             human_bytes(down),
+            ratio(raw_down, down),
+            human_bytes(raw_down),
             summary.rejections.values().sum::<u64>(),
             &summary.final_version[..12]
         );

@@ -44,9 +44,15 @@ enum Command {
         /// Database to write (replaced if it exists); `report --db` reads it afterwards.
         #[arg(long, default_value = "convoy-demo/convoy.db")]
         db: PathBuf,
-        /// Update codec (fp32, fp16).
-        #[arg(long, default_value = "fp32")]
+        /// Update codec pipeline (e.g. fp32, q8+zstd, topk:0.1+q8+zstd).
+        #[arg(long, default_value = convoy_server::demo::DEFAULT_CODEC)]
         codec: String,
+        /// Codec of the model deltas sent to the vehicles (fp32: full models).
+        #[arg(long, default_value = convoy_server::demo::DEFAULT_DOWNLINK)]
+        downlink_codec: String,
+        /// Server learning rate on the averaged update.
+        #[arg(long, default_value_t = convoy_server::demo::DEFAULT_SERVER_LR)]
+        server_lr: f64,
         /// Local epochs per round.
         #[arg(long, default_value_t = 1)]
         epochs: u32,
@@ -183,6 +189,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             alpha,
             db,
             codec,
+            downlink_codec,
+            server_lr,
             epochs,
             lr,
             batch_size,
@@ -194,6 +202,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 alpha,
                 db,
                 codec,
+                downlink_codec,
+                server_lr,
                 epochs,
                 lr,
                 batch_size,

@@ -45,13 +45,18 @@ pub fn round_line(r: &RoundRow) -> String {
         (None, Some(e)) => format!("rmse {e:>8.4}"),
         _ => "        -  ".into(),
     };
+    let ratio = r
+        .compression_up
+        .map(|x| format!("({x:.0}x)"))
+        .unwrap_or_default();
     format!(
-        "round {:>3}  {:<8}  clients {:>2}/{:<2}  up {:>10}  down {:>10}  train {:>6.2}s  {}",
+        "round {:>3}  {:<8}  clients {:>2}/{:<2}  up {:>10} {:<7} down {:>10}  train {:>6.2}s  {}",
         r.round,
         r.status,
         r.clients_reported,
         r.clients_selected,
         human_bytes(r.bytes_up),
+        ratio,
         human_bytes(r.bytes_down),
         r.train_seconds_sum,
         quality
@@ -107,7 +112,7 @@ pub fn rounds(db: &Path, format: Format) -> Result<String, StoreError> {
                 };
                 let _ = writeln!(
                     out,
-                    "{:>5} {:<9} {:>12} {:>7} {:>4} {:>11} {:>11} {:>11} {:>11} {:>9.2} {:>8} {:>8} {:>8}",
+                    "{:>5} {:<9} {:>12} {:>7} {:>4} {:>11} {:>7} {:>11} {:>11} {:>11} {:>9.2} {:>8} {:>8} {:>8}  {}",
                     r.round,
                     r.status,
                     r.model_version
@@ -117,13 +122,21 @@ pub fn rounds(db: &Path, format: Format) -> Result<String, StoreError> {
                     format!("{}/{}", r.clients_reported, r.clients_selected),
                     r.clients_late,
                     r.bytes_up,
+                    r.compression_up
+                        .map(|x| format!("{x:.1}x"))
+                        .unwrap_or_else(|| "-".into()),
                     r.bytes_down,
                     r.wire_bytes_up,
                     r.wire_bytes_down,
                     r.train_seconds_sum,
                     r.samples,
                     opt(r.loss, 4),
-                    quality
+                    quality,
+                    if r.downlink_codec == r.codec {
+                        r.codec.clone()
+                    } else {
+                        format!("{} / down {}", r.codec, r.downlink_codec)
+                    }
                 );
             }
             let (up, down): (u64, u64) = rows

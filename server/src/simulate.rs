@@ -149,6 +149,12 @@ pub struct SimResult {
     pub codec: String,
     /// Downlink codec.
     pub downlink_codec: String,
+    /// Server learning rate.
+    pub server_lr: f64,
+    /// Sparsity warm-up rounds.
+    pub warmup_rounds: u64,
+    /// Keyframe period (0: never).
+    pub keyframe_every: u64,
     /// Clients.
     pub clients: usize,
     /// Seed.
@@ -395,6 +401,9 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         partition: format!("{:?}", options.partition).to_lowercase(),
         codec: options.codec.clone(),
         downlink_codec: options.downlink_codec.clone(),
+        server_lr: options.server_lr,
+        warmup_rounds: options.warmup_rounds,
+        keyframe_every: options.keyframe_every,
         clients: options.clients,
         seed: options.seed,
         final_accuracy: accuracies.last().copied(),

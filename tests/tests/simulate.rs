@@ -1,0 +1,109 @@
+//! The fleet simulator and the compressed paths both ways, end to end.
+
+use convoy_server::simulate::{Partition, SimDataset, SimOptions, run};
+use tokio_util::sync::CancellationToken;
+
+fn options(out: &std::path::Path, codec: &str, downlink: &str) -> SimOptions {
+    SimOptions {
+        dataset: SimDataset::Digits,
+        data_dir: out.to_path_buf(),
+        clients: 4,
+        rounds: 4,
+        partition: Partition::Dirichlet,
+        alpha: 0.5,
+        seed: 5,
+        codec: codec.into(),
+        downlink_codec: downlink.into(),
+        keyframe_every: 0,
+        warmup_rounds: 0,
+        server_lr: 1.0,
+        epochs: 1,
+        lr: 0.05,
+        batch_size: 16,
+        hidden: vec![32],
+        out: out.to_path_buf(),
+        label: None,
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_both_ways_learns_with_far_fewer_bytes() -> anyhow::Result<()> {
+    convoy_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let dense = run(
+        options(&dir.path().join("dense"), "fp32", "fp32"),
+        CancellationToken::new(),
+    )
+    .await?;
+    let small = run(
+        options(
+            &dir.path().join("small"),
+            "topk:0.1+q8+zstd",
+            "topk:0.25+q8+zstd",
+        ),
+        CancellationToken::new(),
+    )
+    .await?;
+
+    for result in [&dense, &small] {
+        assert_eq!(result.rounds.len(), 4);
+        assert!(result.rounds.iter().all(|r| r.clients_reported == 4));
+        let (first, last) = (
+            result.rounds[0].accuracy.unwrap_or(0.0),
+            result.final_accuracy.unwrap_or(0.0),
+        );
+        assert!(last > first + 0.1, "{}: {first} -> {last}", result.label);
+    }
+    // Uplink: top 10 % at 8 bits plus indices is many times smaller.
+    assert!(
+        dense.bytes_up > 5 * small.bytes_up,
+        "{} vs {}",
+        dense.bytes_up,
+        small.bytes_up
+    );
+    // Downlink after round 1 travels as compressed deltas agents apply and verify
+    // (a failed verification would fall back to full models and fail this).
+    let (dense_down, small_down): (u64, u64) = (
+        dense.rounds[2..].iter().map(|r| r.bytes_down).sum(),
+        small.rounds[2..].iter().map(|r| r.bytes_down).sum(),
+    );
+    assert!(dense_down > 2 * small_down, "{dense_down} vs {small_down}");
+    // The ledger's raw sizes say what dense fp32 would have cost.
+    assert!(
+        small
+            .rounds
+            .iter()
+            .all(|r| r.bytes_up_raw == dense.rounds[0].bytes_up_raw)
+    );
+    assert!(
+        small
+            .rounds
+            .iter()
+            .all(|r| r.encode_mb_s.is_some() && r.decode_mb_s.is_some())
+    );
+    // Outputs for the benchmark tooling.
+    for file in ["rounds.json", "rounds.csv", "summary.txt", "sim.db"] {
+        assert!(dir.path().join("small").join(file).exists(), "{file}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        dir.path().join("small/rounds.json"),
+    )?)?;
+    assert_eq!(json["codec"], "topk:0.1+q8+zstd");
+    assert_eq!(json["rounds"].as_array().map(Vec::len), Some(4));
+    Ok(())
+}
+
+#[test]
+fn partitions_cover_every_row_once() {
+    use convoy_shared::model::Targets;
+    let targets = Targets::Classes((0..1000).map(|i| (i % 10) as u32).collect());
+    for scheme in [Partition::Iid, Partition::Dirichlet, Partition::Quantity] {
+        let parts = convoy_server::simulate::partition(&targets, 7, scheme, 0.3, 1);
+        assert_eq!(parts.len(), 7);
+        let mut all: Vec<usize> = parts.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>(), "{scheme:?}");
+        assert!(parts.iter().all(|p| !p.is_empty()), "{scheme:?}");
+    }
+}
