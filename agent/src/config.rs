@@ -192,7 +192,7 @@ impl AgentConfig {
             )));
         }
         self.broker
-            .host_port()
+            .check_url()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }

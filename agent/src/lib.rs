@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod memory;
 pub mod mqtt;
 pub mod process;
 pub mod state;
@@ -32,7 +33,7 @@ use convoy_shared::params::ParamSet;
 use convoy_shared::topics::{self, ClientTopic, Topic};
 use convoy_shared::version::{self, MODEL_CHUNK_SIZE, VersionId};
 use convoy_shared::wire::{self, Kind};
-use rumqttc::{AsyncClient, LastWill};
+use rumqttc::LastWill;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -97,7 +98,7 @@ struct Agent {
     config: AgentConfig,
     state: StateDir,
     data: LocalData,
-    client: AsyncClient,
+    client: mqtt::LinkClient,
     topic_update: Topic,
     topic_fetch: Topic,
     topic_status: Topic,
@@ -152,10 +153,16 @@ pub async fn run_with_data(
     let topic_status = topics::client(&config.fleet, ClientTopic::Status, &config.client_id);
     let offline = status_payload(&config, AgentState::Offline, 0, data.rows(), "offline");
     let will = LastWill::new(topic_status.as_str(), offline.clone(), QOS, true);
-    let options = config.broker.options(&config.client_id, Some(will))?;
+
     let tracker = TaskTracker::new();
     let link_stop = CancellationToken::new();
-    let mut link = mqtt::connect(options, &tracker, link_stop.clone());
+    let mut link = mqtt::open(
+        &config.broker,
+        &config.client_id,
+        Some(will),
+        &tracker,
+        link_stop.clone(),
+    )?;
     let mut agent = Agent {
         topic_update: topics::client(&config.fleet, ClientTopic::Update, &config.client_id),
         topic_fetch: topics::client(&config.fleet, ClientTopic::Fetch, &config.client_id),
@@ -196,7 +203,7 @@ pub async fn run_with_data(
     // A clean goodbye replaces the retained status; the will covers crashes.
     let _ = agent
         .client
-        .publish(agent.topic_status.as_str(), QOS, true, offline)
+        .publish(agent.topic_status.as_str(), true, offline)
         .await;
     let _ = agent.client.disconnect().await;
     link_stop.cancel();
@@ -245,7 +252,7 @@ fn status_payload(
 
 impl Agent {
     async fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) {
-        if let Err(e) = self.client.publish(topic, QOS, retain, payload).await {
+        if let Err(e) = self.client.publish(topic, retain, payload).await {
             tracing::warn!(topic, error = %e, "publish failed");
         }
     }
@@ -266,7 +273,7 @@ impl Agent {
                     topics::client(fleet, ClientTopic::Model, me),
                     topics::client(fleet, ClientTopic::Ack, me),
                 ] {
-                    if let Err(e) = self.client.subscribe(topic.as_str(), QOS).await {
+                    if let Err(e) = self.client.subscribe(topic.as_str()).await {
                         tracing::warn!(topic = topic.as_str(), error = %e, "subscribe failed");
                     }
                 }

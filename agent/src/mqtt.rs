@@ -18,7 +18,8 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `mqtt://host:port` (or `host:port`). Env: `CONVOY_BROKER_URL`.
+    /// `mqtt://host:port` (or `host:port`); `memory://<name>` is the
+    /// simulator's in-process broker. Env: `CONVOY_BROKER_URL`.
     pub url: String,
     /// Optional user name. Env: `CONVOY_BROKER_USERNAME`.
     pub username: Option<String>,
@@ -63,6 +64,19 @@ impl BrokerConfig {
         }
         if let Ok(pass) = std::env::var("CONVOY_BROKER_PASSWORD") {
             self.password = Some(pass);
+        }
+    }
+
+    /// The in-process broker's name for `memory://<name>` URLs.
+    pub fn memory_name(&self) -> Option<&str> {
+        self.url.strip_prefix("memory://").filter(|n| !n.is_empty())
+    }
+
+    /// Checks the URL names a broker this build can reach.
+    pub fn check_url(&self) -> Result<(), LinkError> {
+        match self.memory_name() {
+            Some(_) => Ok(()),
+            None => self.host_port().map(|_| ()),
         }
     }
 
@@ -130,18 +144,118 @@ pub enum LinkEvent {
 #[derive(Debug)]
 pub struct Link {
     /// For subscribing and publishing.
-    pub client: AsyncClient,
+    pub client: LinkClient,
     /// Incoming events.
-    pub events: mpsc::Receiver<LinkEvent>,
+    pub events: Events,
 }
 
-/// Starts the event-loop pump on `tracker`; it stops on `shutdown` (after a
-/// short grace period so a final DISCONNECT can leave).
-pub fn connect(options: MqttOptions, tracker: &TaskTracker, shutdown: CancellationToken) -> Link {
-    let (client, eventloop) = AsyncClient::new(options, 1024);
+/// Publishes and subscribes over MQTT, or in memory (`memory://` URLs).
+#[derive(Debug, Clone)]
+pub enum LinkClient {
+    /// A real broker through rumqttc.
+    Mqtt(AsyncClient),
+    /// The in-process broker of the simulator.
+    Memory(crate::memory::MemoryClient),
+}
+
+/// The client could not queue a request (the link is shutting down).
+#[derive(Debug, Error)]
+#[error("cannot queue MQTT request: {0}")]
+pub struct RequestError(String);
+
+impl LinkClient {
+    /// Publishes at QoS 1.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), RequestError> {
+        match self {
+            LinkClient::Mqtt(c) => c
+                .publish(topic, QOS, retain, payload)
+                .await
+                .map_err(|e| RequestError(e.to_string())),
+            LinkClient::Memory(c) => {
+                c.publish(topic, retain, payload);
+                Ok(())
+            }
+        }
+    }
+
+    /// Subscribes at QoS 1.
+    pub async fn subscribe(&self, filter: &str) -> Result<(), RequestError> {
+        match self {
+            LinkClient::Mqtt(c) => c
+                .subscribe(filter, QOS)
+                .await
+                .map_err(|e| RequestError(e.to_string())),
+            LinkClient::Memory(c) => {
+                c.subscribe(filter);
+                Ok(())
+            }
+        }
+    }
+
+    /// Disconnects cleanly (no last will).
+    pub async fn disconnect(&self) -> Result<(), RequestError> {
+        match self {
+            LinkClient::Mqtt(c) => c
+                .disconnect()
+                .await
+                .map_err(|e| RequestError(e.to_string())),
+            LinkClient::Memory(c) => {
+                c.disconnect();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Incoming events of either transport.
+#[derive(Debug)]
+pub enum Events {
+    /// From the MQTT pump (bounded: back-pressure on the broker link).
+    Mqtt(mpsc::Receiver<LinkEvent>),
+    /// From the in-memory broker.
+    Memory(mpsc::UnboundedReceiver<LinkEvent>),
+}
+
+impl Events {
+    /// The next event; `None` once the link is gone.
+    pub async fn recv(&mut self) -> Option<LinkEvent> {
+        match self {
+            Events::Mqtt(rx) => rx.recv().await,
+            Events::Memory(rx) => rx.recv().await,
+        }
+    }
+}
+
+/// Connects as `client_id` to the broker `config` names: an MQTT broker, or
+/// the in-process one for `memory://<name>`. The MQTT event-loop pump runs
+/// on `tracker` and stops on `shutdown` (after a short grace period so a
+/// final DISCONNECT can leave).
+pub fn open(
+    config: &BrokerConfig,
+    client_id: &str,
+    will: Option<LastWill>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<Link, LinkError> {
+    if let Some(name) = config.memory_name() {
+        let (client, events) = crate::memory::broker(name).connect(client_id);
+        return Ok(Link {
+            client: LinkClient::Memory(client),
+            events: Events::Memory(events),
+        });
+    }
+    let (client, eventloop) = AsyncClient::new(config.options(client_id, will)?, 1024);
     let (tx, events) = mpsc::channel(1024);
     tracker.spawn(pump(eventloop, tx, shutdown));
-    Link { client, events }
+    Ok(Link {
+        client: LinkClient::Mqtt(client),
+        events: Events::Mqtt(events),
+    })
 }
 
 async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<LinkEvent>, shutdown: CancellationToken) {

@@ -294,7 +294,7 @@ impl ServerConfig {
         }
         if !self.broker.url.is_empty() {
             self.external_broker()
-                .host_port()
+                .check_url()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         } else if self.broker.listen.parse::<std::net::SocketAddr>().is_err() {
             return bad(format!(

@@ -6,7 +6,7 @@ use crate::ServerError;
 use crate::aggregator::PartialSum;
 use crate::config::ServerConfig;
 use crate::store::{ClientRow, RoundRow, Store, StoredVersion};
-use convoy_agent::mqtt::{LinkEvent, QOS};
+use convoy_agent::mqtt::LinkEvent;
 use convoy_agent::now_ms;
 use convoy_shared::chunk::{self, Progress, Reassembler};
 use convoy_shared::codec::{self, Pipeline, Sparsify};
@@ -22,7 +22,6 @@ use convoy_shared::wire::{self, Kind, mqtt_publish_wire_len};
 use convoy_shared::{cost, model::ModelSpec};
 use rand::seq::IndexedRandom;
 use rand::{SeedableRng, rngs::StdRng};
-use rumqttc::AsyncClient;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,7 +55,7 @@ pub type RejectionCounts = BTreeMap<String, u64>;
 pub(crate) struct Coordinator {
     pub(crate) config: ServerConfig,
     pub(crate) store: Store,
-    pub(crate) client: AsyncClient,
+    pub(crate) client: convoy_agent::mqtt::LinkClient,
     pub(crate) spec: ModelSpec,
     pub(crate) test: Option<Arc<Dataset>>,
     pub(crate) current: StoredVersion,
@@ -81,7 +80,7 @@ impl Coordinator {
     pub(crate) fn new(
         config: ServerConfig,
         store: Store,
-        client: AsyncClient,
+        client: convoy_agent::mqtt::LinkClient,
         spec: ModelSpec,
         test: Option<Arc<Dataset>>,
         current: StoredVersion,
@@ -125,7 +124,7 @@ impl Coordinator {
     }
 
     async fn publish(&mut self, topic: &str, retain: bool, payload: Vec<u8>) {
-        if let Err(e) = self.client.publish(topic, QOS, retain, payload).await {
+        if let Err(e) = self.client.publish(topic, retain, payload).await {
             tracing::warn!(topic, error = %e, "publish failed");
         }
     }
@@ -147,7 +146,7 @@ impl Coordinator {
                 let fleet = &self.config.fleet;
                 for kind in [ClientTopic::Update, ClientTopic::Fetch, ClientTopic::Status] {
                     let filter = topics::all_clients(fleet, kind);
-                    if let Err(e) = self.client.subscribe(filter.as_str(), QOS).await {
+                    if let Err(e) = self.client.subscribe(filter.as_str()).await {
                         tracing::warn!(filter = filter.as_str(), error = %e, "subscribe failed");
                     }
                 }

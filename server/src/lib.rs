@@ -209,10 +209,16 @@ pub async fn run_prepared(
             .map_err(|e| ServerError::Config(e.to_string()))??;
         broker.url = format!("mqtt://{addr}");
     }
-    let options = broker.options(&config.broker.client_id, None)?;
+
     let tracker = TaskTracker::new();
     let link_stop = CancellationToken::new();
-    let mut link = convoy_agent::mqtt::connect(options, &tracker, link_stop.clone());
+    let mut link = convoy_agent::mqtt::open(
+        &broker,
+        &config.broker.client_id,
+        None,
+        &tracker,
+        link_stop.clone(),
+    )?;
     tracing::info!(fleet = %config.fleet, broker = %broker.url, db = %config.db.display(), "server running");
     let mut coordinator = Coordinator::new(
         config,

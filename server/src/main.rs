@@ -122,6 +122,9 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// The real embedded MQTT broker, or in-process channels (faster; same bytes).
+        #[arg(long, value_enum, default_value_t = convoy_server::simulate::Transport::Mqtt)]
+        transport: convoy_server::simulate::Transport,
     },
     /// Print the per-round ledger of a database.
     Report {
@@ -232,6 +235,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             out,
             label,
             quiet,
+            transport,
         } => {
             let options = convoy_server::simulate::SimOptions {
                 dataset,
@@ -253,6 +257,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 out,
                 label,
                 progress: !quiet,
+                transport,
             };
             until_signal(|shutdown| convoy_server::simulate::run(options, shutdown))?;
             Ok(())

@@ -32,6 +32,15 @@ pub enum Partition {
     Quantity,
 }
 
+/// How the simulated fleet talks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// The real embedded MQTT broker on loopback.
+    Mqtt,
+    /// In-process channels with the same topics and payloads (faster).
+    Memory,
+}
+
 /// Data sets the simulator knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SimDataset {
@@ -82,6 +91,8 @@ pub struct SimOptions {
     pub label: Option<String>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Broker or in-memory channels.
+    pub transport: Transport,
 }
 
 /// One round in the simulator's output.
@@ -145,6 +156,8 @@ pub struct SimResult {
     pub alpha: Option<f64>,
     /// Partition.
     pub partition: String,
+    /// mqtt or memory.
+    pub transport: String,
     /// Uplink codec.
     pub codec: String,
     /// Downlink codec.
@@ -316,7 +329,15 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     let state = options.out.join("agents");
     let _ = std::fs::remove_dir_all(&state);
 
-    let url = crate::fleet::local_broker().await?;
+    let url = match options.transport {
+        Transport::Mqtt => crate::fleet::local_broker().await?,
+        // a fresh name per run: several simulations may share a process
+        Transport::Memory => format!(
+            "memory://sim-{}-{}",
+            std::process::id(),
+            convoy_agent::now_ms()
+        ),
+    };
     let server = ServerConfig {
         fleet: "sim".into(),
         db,
@@ -399,6 +420,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             .unwrap_or_else(|| options.codec.clone()),
         alpha: (options.partition != Partition::Iid).then_some(options.alpha),
         partition: format!("{:?}", options.partition).to_lowercase(),
+        transport: format!("{:?}", options.transport).to_lowercase(),
         codec: options.codec.clone(),
         downlink_codec: options.downlink_codec.clone(),
         server_lr: options.server_lr,

@@ -1,6 +1,6 @@
 //! The fleet simulator and the compressed paths both ways, end to end.
 
-use convoy_server::simulate::{Partition, SimDataset, SimOptions, run};
+use convoy_server::simulate::{Partition, SimDataset, SimOptions, Transport, run};
 use tokio_util::sync::CancellationToken;
 
 fn options(out: &std::path::Path, codec: &str, downlink: &str) -> SimOptions {
@@ -24,6 +24,7 @@ fn options(out: &std::path::Path, codec: &str, downlink: &str) -> SimOptions {
         out: out.to_path_buf(),
         label: None,
         progress: false,
+        transport: Transport::Mqtt,
     }
 }
 
@@ -91,6 +92,34 @@ async fn compressed_both_ways_learns_with_far_fewer_bytes() -> anyhow::Result<()
     )?)?;
     assert_eq!(json["codec"], "topk:0.1+q8+zstd");
     assert_eq!(json["rounds"].as_array().map(Vec::len), Some(4));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_transport_counts_the_same_bytes_as_the_broker() -> anyhow::Result<()> {
+    convoy_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let codec = "topk:0.2+q8+zstd";
+    let mqtt = run(
+        options(&dir.path().join("mqtt"), codec, codec),
+        CancellationToken::new(),
+    )
+    .await?;
+    let mut memory_options = options(&dir.path().join("memory"), codec, codec);
+    memory_options.transport = Transport::Memory;
+    let memory = run(memory_options, CancellationToken::new()).await?;
+    // Same seeds, same code path: the same models, bytes and accuracy.
+    assert_eq!(memory.transport, "memory");
+    for (a, b) in mqtt.rounds.iter().zip(&memory.rounds) {
+        assert_eq!(
+            (a.bytes_up, a.bytes_down),
+            (b.bytes_up, b.bytes_down),
+            "round {}",
+            a.round
+        );
+        assert_eq!(a.wire_bytes_up, b.wire_bytes_up);
+        assert_eq!(a.accuracy, b.accuracy);
+    }
     Ok(())
 }
 
