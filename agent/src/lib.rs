@@ -121,7 +121,7 @@ pub enum LocalData {
 impl LocalData {
     fn rows(&self) -> usize {
         match self {
-            LocalData::Csv(t) => t.rows.len(),
+            LocalData::Csv(t) => t.len(),
             LocalData::Prepared(d) => d.len(),
         }
     }

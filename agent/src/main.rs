@@ -57,7 +57,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 "config ok: client {} in fleet {}, {} rows, columns {:?}",
                 config.client_id,
                 config.fleet,
-                table.rows.len(),
+                table.len(),
                 table.headers
             );
             Ok(())

@@ -154,11 +154,12 @@ pub fn dirichlet_split(
     parts
 }
 
-fn write_csv(path: &Path, headers: &[String], rows: &[&Vec<String>]) -> std::io::Result<()> {
+/// Writes the given rows of `table` as a CSV with its header.
+pub fn write_rows(path: &Path, table: &Table, rows: &[usize]) -> std::io::Result<()> {
     let mut w = csv::Writer::from_path(path)?;
-    w.write_record(headers)?;
+    w.write_record(&table.headers)?;
     for row in rows {
-        w.write_record(row.iter())?;
+        w.write_record(table.row(*row))?;
     }
     w.flush()
 }
@@ -199,22 +200,15 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     let label_col = table
         .column(label)
         .ok_or_else(|| anyhow::anyhow!("digits data lacks its label"))?;
-    let mut order: Vec<usize> = (0..table.rows.len()).collect();
+    let mut order: Vec<usize> = (0..table.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(options.seed));
-    let test_len = table.rows.len() / 5;
+    let test_len = table.len() / 5;
     let (test_rows, train_rows) = order.split_at(test_len);
     let test_path = work.join("test.csv");
-    write_csv(
-        &test_path,
-        &table.headers,
-        &test_rows
-            .iter()
-            .map(|i| &table.rows[*i])
-            .collect::<Vec<_>>(),
-    )?;
+    write_rows(&test_path, &table, test_rows)?;
     let train_labels: Vec<String> = train_rows
         .iter()
-        .map(|i| table.rows[*i][label_col].clone())
+        .map(|i| table.text(*i, label_col))
         .collect();
     let parts = dirichlet_split(
         &train_labels,
@@ -280,8 +274,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     for (i, part) in parts.iter().enumerate() {
         let id = format!("car-{:02}", i + 1);
         let data = work.join(format!("{id}.csv"));
-        let rows: Vec<&Vec<String>> = part.iter().map(|r| &table.rows[train_rows[*r]]).collect();
-        write_csv(&data, &table.headers, &rows)?;
+        let rows: Vec<usize> = part.iter().map(|r| train_rows[*r]).collect();
+        write_rows(&data, &table, &rows)?;
         client_rows.push(rows.len());
         let data = DataConfig {
             path: data,

@@ -43,13 +43,38 @@ pub enum DataError {
     },
 }
 
-/// A CSV held as text: header plus rows.
+/// One column of a [`Table`]: numbers while every cell is a finite
+/// number (4 bytes a cell), text otherwise.
+#[derive(Debug, Clone, PartialEq)]
+enum Column {
+    Numbers(Vec<f32>),
+    Text(Vec<String>),
+}
+
+impl Column {
+    fn push(&mut self, cell: &str) {
+        match self {
+            Column::Numbers(values) => match cell.parse::<f32>() {
+                Ok(v) if v.is_finite() => values.push(v),
+                _ => {
+                    let mut text: Vec<String> = values.iter().map(f32::to_string).collect();
+                    text.push(cell.to_string());
+                    *self = Column::Text(text);
+                }
+            },
+            Column::Text(text) => text.push(cell.to_string()),
+        }
+    }
+}
+
+/// A CSV held column by column: numeric columns as `f32`, the rest as
+/// text, so a vehicle's data costs about 4 bytes a cell in memory.
 #[derive(Debug, Clone)]
 pub struct Table {
     /// Column names.
     pub headers: Vec<String>,
-    /// Rows of cells.
-    pub rows: Vec<Vec<String>>,
+    columns: Vec<Column>,
+    len: usize,
 }
 
 impl Table {
@@ -58,17 +83,57 @@ impl Table {
         let mut csv = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
             .from_reader(reader);
-        let headers = csv.headers()?.iter().map(str::to_string).collect();
-        let rows = csv
-            .records()
-            .map(|r| r.map(|r| r.iter().map(str::to_string).collect()))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { headers, rows })
+        let headers: Vec<String> = csv.headers()?.iter().map(str::to_string).collect();
+        let mut columns = vec![Column::Numbers(Vec::new()); headers.len()];
+        let mut record = csv::StringRecord::new();
+        let mut len = 0;
+        while csv.read_record(&mut record)? {
+            for (column, cell) in columns.iter_mut().zip(record.iter()) {
+                column.push(cell);
+            }
+            len += 1;
+        }
+        Ok(Self {
+            headers,
+            columns,
+            len,
+        })
+    }
+
+    /// Number of data rows.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when there are no data rows.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Index of a column by name.
     pub fn column(&self, name: &str) -> Option<usize> {
         self.headers.iter().position(|h| h == name)
+    }
+
+    /// A cell as text (numbers in their shortest form, e.g. `3` for `3.0`).
+    pub fn text(&self, row: usize, col: usize) -> String {
+        match &self.columns[col] {
+            Column::Numbers(v) => v[row].to_string(),
+            Column::Text(t) => t[row].clone(),
+        }
+    }
+
+    /// A cell as a finite number, or an error naming row and column.
+    pub fn number(&self, row: usize, col: usize) -> Result<f32, DataError> {
+        match &self.columns[col] {
+            Column::Numbers(v) => Ok(v[row]),
+            Column::Text(t) => parse_cell(&t[row], row, &self.headers[col]),
+        }
+    }
+
+    /// A whole row as text cells (for writing CSVs).
+    pub fn row(&self, row: usize) -> Vec<String> {
+        (0..self.columns.len()).map(|c| self.text(row, c)).collect()
     }
 
     /// Derives a spec from this table: every column but the label is a
@@ -93,15 +158,11 @@ impl Table {
         let mut norm_std = Vec::new();
         for &c in &feature_cols {
             let (mut count, mut sum, mut sum_sq) = (0f64, 0f64, 0f64);
-            for (r, row) in self.rows.iter().enumerate() {
-                let v = parse_cell(
-                    row.get(c).map(String::as_str).unwrap_or(""),
-                    r,
-                    &self.headers[c],
-                )?;
+            for r in 0..self.len {
+                let v = self.number(r, c)? as f64;
                 count += 1.0;
-                sum += v as f64;
-                sum_sq += (v as f64) * (v as f64);
+                sum += v;
+                sum_sq += v * v;
             }
             let mean = if count > 0.0 { sum / count } else { 0.0 };
             let var = if count > 0.0 {
@@ -116,11 +177,8 @@ impl Table {
         let classes = match task {
             TaskKind::Regression => Vec::new(),
             TaskKind::Classification => {
-                let mut classes: Vec<String> = self
-                    .rows
-                    .iter()
-                    .filter_map(|r| r.get(label_col).cloned())
-                    .collect();
+                let mut classes: Vec<String> =
+                    (0..self.len).map(|r| self.text(r, label_col)).collect();
                 classes.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
                     (Ok(x), Ok(y)) => x.total_cmp(&y),
                     _ => a.cmp(b),
@@ -186,32 +244,27 @@ impl Dataset {
             .map(|(f, _)| f.clone())
             .collect();
         let dims = spec.inputs();
-        let mut features = Vec::with_capacity(table.rows.len() * dims);
+        let mut features = Vec::with_capacity(table.len() * dims);
         let mut classes = Vec::new();
         let mut values = Vec::new();
         let mut skipped_rows = 0;
-        for (r, row) in table.rows.iter().enumerate() {
-            let label = row.get(label_col).map(String::as_str).unwrap_or("");
+        for r in 0..table.len() {
             match spec.task {
-                TaskKind::Classification => match spec.classes.iter().position(|c| c == label) {
-                    Some(class) => classes.push(class as u32),
-                    None => {
-                        skipped_rows += 1;
-                        continue;
+                TaskKind::Classification => {
+                    let label = table.text(r, label_col);
+                    match spec.classes.iter().position(|c| *c == label) {
+                        Some(class) => classes.push(class as u32),
+                        None => {
+                            skipped_rows += 1;
+                            continue;
+                        }
                     }
-                },
-                TaskKind::Regression => values.push(parse_cell(label, r, &spec.label)?),
+                }
+                TaskKind::Regression => values.push(table.number(r, label_col)?),
             }
             for (i, col) in cols.iter().enumerate() {
                 let normalised = match col {
-                    Some(c) => {
-                        let v = parse_cell(
-                            row.get(*c).map(String::as_str).unwrap_or(""),
-                            r,
-                            &spec.features[i],
-                        )?;
-                        (v - spec.norm_mean[i]) / spec.norm_std[i]
-                    }
+                    Some(c) => (table.number(r, *c)? - spec.norm_mean[i]) / spec.norm_std[i],
                     None => 0.0,
                 };
                 features.push(normalised);

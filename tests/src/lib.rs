@@ -16,7 +16,7 @@ use convoy_shared::model::TaskKind;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::wire::{self, Kind};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -62,22 +62,19 @@ impl Scenario {
         use rand::seq::SliceRandom;
         let dir = tempfile::tempdir()?;
         let table = Table::read(convoy_server::demo::DIGITS_CSV.as_bytes())?;
-        let mut order: Vec<usize> = (0..table.rows.len()).collect();
+        let mut order: Vec<usize> = (0..table.len()).collect();
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-        let (test, train) = order.split_at(table.rows.len() / 5);
+        let (test, train) = order.split_at(table.len() / 5);
         let test_csv = dir.path().join("test.csv");
-        write_rows(&test_csv, &table, test)?;
+        convoy_server::demo::write_rows(&test_csv, &table, test)?;
         let label = table.column("digit").context("digit column")?;
-        let labels: Vec<String> = train
-            .iter()
-            .map(|i| table.rows[*i][label].clone())
-            .collect();
+        let labels: Vec<String> = train.iter().map(|i| table.text(*i, label)).collect();
         let parts = convoy_server::demo::dirichlet_split(&labels, clients, 0.5, seed, 20);
         let mut client_csvs = Vec::new();
         for (i, part) in parts.iter().enumerate() {
             let path = dir.path().join(format!("client-{i}.csv"));
             let rows: Vec<usize> = part.iter().map(|p| train[*p]).collect();
-            write_rows(&path, &table, &rows)?;
+            convoy_server::demo::write_rows(&path, &table, &rows)?;
             client_csvs.push(path);
         }
         Ok(Self {
@@ -146,16 +143,6 @@ impl Scenario {
             faults: Faults::default(),
         }
     }
-}
-
-fn write_rows(path: &Path, table: &Table, rows: &[usize]) -> anyhow::Result<()> {
-    let mut w = csv::Writer::from_path(path)?;
-    w.write_record(&table.headers)?;
-    for r in rows {
-        w.write_record(&table.rows[*r])?;
-    }
-    w.flush()?;
-    Ok(())
 }
 
 /// A running server task and the rounds it reports.
