@@ -32,55 +32,48 @@ pub const DEFAULT_DOWNLINK: &str = "topk:0.25+q8+zstd";
 /// The demo's server learning rate (compensates sparse averaging).
 pub const DEFAULT_SERVER_LR: f64 = 2.0;
 
-/// Demo settings.
-#[derive(Debug, Clone)]
+/// Demo settings (also the `demo` command's flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
-    /// Vehicles.
+    /// Number of vehicles.
+    #[arg(long, default_value_t = 8)]
     pub clients: usize,
-    /// Rounds.
+    /// Number of rounds.
+    #[arg(long, default_value_t = 10)]
     pub rounds: u64,
-    /// Seed for the split, sampling and initial weights.
+    /// Seed for the data split, client sampling and initial weights.
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Dirichlet concentration of the label skew (smaller is more skewed).
+    /// Dirichlet concentration of the label skew (smaller is more non-IID).
+    #[arg(long, default_value_t = 0.5)]
     pub alpha: f64,
-    /// Database path; client data and agent state go in a folder beside it.
+    /// Database to write (replaced if it exists); `report --db` reads it afterwards.
+    #[arg(long, default_value = "convoy-demo/convoy.db")]
     pub db: PathBuf,
-    /// Update codec.
+    /// Update codec pipeline (e.g. fp32, q8+zstd, topk:0.1+q8+zstd).
+    #[arg(long, default_value = DEFAULT_CODEC)]
     pub codec: String,
-    /// Model delta codec.
+    /// Codec of the model deltas sent to the vehicles (fp32: full models).
+    #[arg(long, default_value = DEFAULT_DOWNLINK)]
     pub downlink_codec: String,
-    /// Server learning rate.
+    /// Server learning rate on the averaged update.
+    #[arg(long, default_value_t = DEFAULT_SERVER_LR)]
     pub server_lr: f64,
     /// Local epochs per round.
+    #[arg(long, default_value_t = 1)]
     pub epochs: u32,
-    /// Learning rate.
+    /// SGD learning rate.
+    #[arg(long, default_value_t = 0.05)]
     pub lr: f32,
-    /// Batch size.
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 16)]
     pub batch_size: u32,
-    /// Hidden layer widths.
+    /// Hidden layer widths, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "32")]
     pub hidden: Vec<u32>,
     /// Print per-round lines.
+    #[arg(skip = true)]
     pub verbose: bool,
-}
-
-impl Default for DemoOptions {
-    fn default() -> Self {
-        Self {
-            clients: 8,
-            rounds: 10,
-            seed: 42,
-            alpha: 0.5,
-            db: PathBuf::from("convoy-demo/convoy.db"),
-            codec: DEFAULT_CODEC.into(),
-            downlink_codec: DEFAULT_DOWNLINK.into(),
-            server_lr: DEFAULT_SERVER_LR,
-            epochs: 1,
-            lr: 0.05,
-            batch_size: 16,
-            hidden: vec![32],
-            verbose: true,
-        }
-    }
 }
 
 /// What the demo measured.

@@ -50,48 +50,68 @@ pub enum SimDataset {
     Digits,
 }
 
-/// Simulator settings.
-#[derive(Debug, Clone)]
+/// Simulator settings (also the `simulate` command's flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct SimOptions {
     /// Data set.
+    #[arg(long, value_enum, default_value_t = SimDataset::FashionMnist)]
     pub dataset: SimDataset,
-    /// Folder of the Fashion-MNIST idx.gz files.
+    /// Folder with the Fashion-MNIST idx.gz files.
+    #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
     pub data_dir: PathBuf,
-    /// Clients (all participate every round).
+    /// Number of clients (all take part every round).
+    #[arg(long, default_value_t = 20)]
     pub clients: usize,
-    /// Rounds.
+    /// Number of rounds.
+    #[arg(long, default_value_t = 30)]
     pub rounds: u64,
-    /// Partition scheme.
+    /// How rows are spread over clients.
+    #[arg(long, value_enum, default_value_t = Partition::Dirichlet)]
     pub partition: Partition,
-    /// Dirichlet concentration.
+    /// Dirichlet concentration for dirichlet/quantity partitions.
+    #[arg(long, default_value_t = 0.5)]
     pub alpha: f64,
     /// Seed of everything random.
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Uplink codec.
+    /// Uplink codec pipeline, e.g. topk:0.01+q8+zstd.
+    #[arg(long, default_value = "fp32")]
     pub codec: String,
-    /// Downlink codec.
+    /// Downlink (model delta) codec pipeline.
+    #[arg(long, default_value = "fp32")]
     pub downlink_codec: String,
-    /// Keyframe period.
+    /// Exact keyframe every N rounds (0: never; late joiners still get full models).
+    #[arg(long, default_value_t = 0)]
     pub keyframe_every: u64,
-    /// Sparsity warm-up rounds.
+    /// Sparsity warm-up rounds for topk/randk codecs.
+    #[arg(long, default_value_t = 0)]
     pub warmup_rounds: u64,
-    /// Server learning rate.
+    /// Server learning rate on the averaged update.
+    #[arg(long, default_value_t = 1.0)]
     pub server_lr: f64,
     /// Local epochs.
+    #[arg(long, default_value_t = 1)]
     pub epochs: u32,
-    /// Learning rate.
+    /// SGD learning rate.
+    #[arg(long, default_value_t = 0.05)]
     pub lr: f32,
     /// Batch size.
+    #[arg(long, default_value_t = 32)]
     pub batch_size: u32,
-    /// Hidden widths.
+    /// Hidden layer widths, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "128")]
     pub hidden: Vec<u32>,
-    /// Output folder.
+    /// Output folder (rounds.csv, rounds.json, summary.txt, sim.db).
+    #[arg(long, default_value = "sim-out")]
     pub out: PathBuf,
-    /// Label for the results (default: the codec).
+    /// Label of this run in the results (default: the codec).
+    #[arg(long)]
     pub label: Option<String>,
     /// Draw a progress bar on stderr.
+    #[arg(long = "quiet", action = clap::ArgAction::SetFalse, help = "Hide the progress bar")]
     pub progress: bool,
-    /// Broker or in-memory channels.
+    /// The real embedded MQTT broker, or in-process channels (same bytes).
+    #[arg(long, value_enum, default_value_t = Transport::Mqtt)]
     pub transport: Transport,
 }
 
