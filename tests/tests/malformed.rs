@@ -185,3 +185,60 @@ async fn malformed_updates_are_counted_and_the_round_completes() -> anyhow::Resu
     assert_eq!(intruder_row.status, "accepted");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vehicles_lacking_a_codec_stage_are_never_selected() -> anyhow::Result<()> {
+    init_tracing();
+    let url = start_broker()?;
+    let scenario = Scenario::digits(2, 16)?;
+    let mut config = scenario.server_config(&url, 1, 2);
+    config.rounds.codec = "topk:0.2+q8+zstd".into();
+    let mut server = spawn_server(config);
+    // An old vehicle that only speaks fp32, online before anyone else.
+    let mut old = RawClient::connect(&url, "old-car").await?;
+    old.client
+        .subscribe(topics::round(FLEET).as_str(), QoS::AtLeastOnce)
+        .await?;
+    let status = Status {
+        client: messages::id("old-car").expect("valid id"),
+        state: AgentState::Idle,
+        round: 0,
+        codecs: vec![heapless::String::try_from("fp32").expect("fits")],
+        samples: 100,
+        detail: messages::detail("fp32 only"),
+    };
+    let status_topic = topics::client(FLEET, ClientTopic::Status, "old-car");
+    old.client
+        .publish(
+            status_topic.as_str(),
+            QoS::AtLeastOnce,
+            true,
+            wire::encode(Kind::Status, &status),
+        )
+        .await?;
+    let stop = CancellationToken::new();
+    let agents: Vec<_> = (0..2)
+        .map(|i| spawn_agent(scenario.agent_config(&url, i), &stop))
+        .collect();
+    let announce = loop {
+        let p = old.next(30).await?;
+        if let Ok(a) = wire::decode::<Announce>(&p.payload, Kind::Announce, 1 << 20) {
+            break a;
+        }
+    };
+    let round = next_round(&mut server, 60).await?;
+    server.task.await??;
+    stop.cancel();
+    for a in agents {
+        a.await??;
+    }
+    let selected: Vec<&str> = announce.selected.iter().map(|c| c.as_str()).collect();
+    assert_eq!(
+        selected,
+        vec!["car-0", "car-1"],
+        "the fp32-only vehicle is left out"
+    );
+    assert_eq!(announce.codec, "topk:0.2+q8+zstd");
+    assert_eq!((round.clients_selected, round.clients_reported), (2, 2));
+    Ok(())
+}

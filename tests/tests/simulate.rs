@@ -123,6 +123,20 @@ async fn in_memory_transport_counts_the_same_bytes_as_the_broker() -> anyhow::Re
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparsity_warm_up_ramps_down_to_the_configured_share() -> anyhow::Result<()> {
+    convoy_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let mut warm = options(dir.path(), "topk:0.02+q8", "fp32");
+    warm.warmup_rounds = 2;
+    let result = run(warm, CancellationToken::new()).await?;
+    let up: Vec<u64> = result.rounds.iter().map(|r| r.bytes_up).collect();
+    // 25 % kept, then 6.25 %, then the codec's own 2 % from round 3 on
+    assert!(up[0] > 2 * up[1] && 2 * up[1] > 3 * up[2], "{up:?}");
+    assert!(up[2].abs_diff(up[3]) * 10 < up[3], "{up:?}");
+    Ok(())
+}
+
 #[test]
 fn partitions_cover_every_row_once() {
     use convoy_shared::model::Targets;
