@@ -196,6 +196,44 @@ mod tests {
     }
 
     #[test]
+    fn regression_lowers_rmse() {
+        // y = 2a - b + 0.5, noise-free
+        let mut csv = String::from("a,b,y\n");
+        let mut rng = StdRng::seed_from_u64(2);
+        for _ in 0..300 {
+            let a: f32 = rand::Rng::random_range(&mut rng, -1.0..1.0);
+            let b: f32 = rand::Rng::random_range(&mut rng, -1.0..1.0);
+            csv.push_str(&format!("{a},{b},{}\n", 2.0 * a - b + 0.5));
+        }
+        let table = Table::read(csv.as_bytes()).unwrap();
+        let spec = table
+            .derive_spec("y", TaskKind::Regression, vec![8], 4)
+            .unwrap();
+        assert_eq!(spec.outputs(), 1);
+        let data = Arc::new(Dataset::from_table(&table, &spec).unwrap());
+        let base = spec.init_params();
+        let before = evaluate(&spec, &base, &data, &Device::flex()).unwrap();
+        let job = Job {
+            spec: spec.clone(),
+            base,
+            task: TrainTask {
+                epochs: 20,
+                lr: 0.05,
+                batch_size: 16,
+            },
+            data: data.clone(),
+            seed: 1,
+        };
+        let trained = train(&job, &TrainingConfig::default(), &AtomicBool::new(false)).unwrap();
+        let after = evaluate(&spec, &trained.params, &data, &Device::flex()).unwrap();
+        assert!(before.accuracy.is_none() && after.rmse.is_some());
+        assert!(
+            after.rmse.unwrap() < before.rmse.unwrap() * 0.3,
+            "{before:?} -> {after:?}"
+        );
+    }
+
+    #[test]
     fn cancel_stops_training() {
         let table = Table::read("a,y\n1,0\n2,1\n".as_bytes()).unwrap();
         let spec = table
