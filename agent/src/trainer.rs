@@ -160,20 +160,27 @@ mod tests {
     use convoy_shared::dataset::Table;
     use convoy_shared::model::{TaskKind, evaluate};
 
-    #[test]
-    fn training_lowers_loss_on_a_learnable_task() {
-        // y = 1 when a + b > 0: linearly separable
+    /// Trains on `rows` of (a, b, y) for `epochs`; returns the evaluations
+    /// before and after, and the training result.
+    fn fit(
+        rows: impl Fn(f32, f32) -> f32,
+        task: TaskKind,
+        epochs: u32,
+        lr: f32,
+    ) -> (
+        convoy_shared::model::Evaluation,
+        convoy_shared::model::Evaluation,
+        Trained,
+    ) {
         let mut csv = String::from("a,b,y\n");
-        let mut rng = StdRng::seed_from_u64(1);
+        let mut rng = StdRng::seed_from_u64(2);
         for _ in 0..400 {
             let a: f32 = rand::Rng::random_range(&mut rng, -1.0..1.0);
             let b: f32 = rand::Rng::random_range(&mut rng, -1.0..1.0);
-            csv.push_str(&format!("{a},{b},{}\n", (a + b > 0.0) as u8));
+            csv.push_str(&format!("{a},{b},{}\n", rows(a, b)));
         }
         let table = Table::read(csv.as_bytes()).unwrap();
-        let spec = table
-            .derive_spec("y", TaskKind::Classification, vec![8], 3)
-            .unwrap();
+        let spec = table.derive_spec("y", task, vec![8], 3).unwrap();
         let data = Arc::new(Dataset::from_table(&table, &spec).unwrap());
         let base = spec.init_params();
         let before = evaluate(&spec, &base, &data, &Device::flex()).unwrap();
@@ -181,8 +188,8 @@ mod tests {
             spec: spec.clone(),
             base,
             task: TrainTask {
-                epochs: 5,
-                lr: 0.1,
+                epochs,
+                lr,
                 batch_size: 16,
             },
             data: data.clone(),
@@ -190,6 +197,18 @@ mod tests {
         };
         let trained = train(&job, &TrainingConfig::default(), &AtomicBool::new(false)).unwrap();
         let after = evaluate(&spec, &trained.params, &data, &Device::flex()).unwrap();
+        (before, after, trained)
+    }
+
+    #[test]
+    fn training_lowers_loss_on_a_learnable_task() {
+        // y = 1 when a + b > 0: linearly separable
+        let (before, after, trained) = fit(
+            |a, b| f32::from(a + b > 0.0),
+            TaskKind::Classification,
+            5,
+            0.1,
+        );
         assert!(after.loss < before.loss * 0.8, "{before:?} -> {after:?}");
         assert!(after.accuracy.unwrap() > 0.9, "{after:?}");
         assert_eq!(trained.stats.steps, 5 * 25);
@@ -198,34 +217,7 @@ mod tests {
     #[test]
     fn regression_lowers_rmse() {
         // y = 2a - b + 0.5, noise-free
-        let mut csv = String::from("a,b,y\n");
-        let mut rng = StdRng::seed_from_u64(2);
-        for _ in 0..300 {
-            let a: f32 = rand::Rng::random_range(&mut rng, -1.0..1.0);
-            let b: f32 = rand::Rng::random_range(&mut rng, -1.0..1.0);
-            csv.push_str(&format!("{a},{b},{}\n", 2.0 * a - b + 0.5));
-        }
-        let table = Table::read(csv.as_bytes()).unwrap();
-        let spec = table
-            .derive_spec("y", TaskKind::Regression, vec![8], 4)
-            .unwrap();
-        assert_eq!(spec.outputs(), 1);
-        let data = Arc::new(Dataset::from_table(&table, &spec).unwrap());
-        let base = spec.init_params();
-        let before = evaluate(&spec, &base, &data, &Device::flex()).unwrap();
-        let job = Job {
-            spec: spec.clone(),
-            base,
-            task: TrainTask {
-                epochs: 20,
-                lr: 0.05,
-                batch_size: 16,
-            },
-            data: data.clone(),
-            seed: 1,
-        };
-        let trained = train(&job, &TrainingConfig::default(), &AtomicBool::new(false)).unwrap();
-        let after = evaluate(&spec, &trained.params, &data, &Device::flex()).unwrap();
+        let (before, after, _) = fit(|a, b| 2.0 * a - b + 0.5, TaskKind::Regression, 20, 0.05);
         assert!(before.accuracy.is_none() && after.rmse.is_some());
         assert!(
             after.rmse.unwrap() < before.rmse.unwrap() * 0.3,

@@ -44,6 +44,48 @@ fn whole_update(announce: &Announce, encoded: Vec<u8>) -> Vec<u8> {
     chunk(announce, announce.round, pos, body)
 }
 
+/// Plays a vehicle by hand: connects as `id`, listens for rounds and
+/// announces itself online with the given codec stages.
+async fn fake_vehicle(url: &str, id: &str, codecs: &[&str]) -> anyhow::Result<RawClient> {
+    let vehicle = RawClient::connect(url, id).await?;
+    vehicle
+        .client
+        .subscribe(topics::round(FLEET).as_str(), QoS::AtLeastOnce)
+        .await?;
+    let status = Status {
+        client: messages::id(id).expect("valid id"),
+        state: AgentState::Idle,
+        round: 0,
+        codecs: codecs
+            .iter()
+            .map(|c| heapless::String::try_from(*c).expect("fits"))
+            .collect(),
+        samples: 1,
+        detail: messages::detail("played by the test"),
+    };
+    let topic = topics::client(FLEET, ClientTopic::Status, id);
+    vehicle
+        .client
+        .publish(
+            topic.as_str(),
+            QoS::AtLeastOnce,
+            true,
+            wire::encode(Kind::Status, &status),
+        )
+        .await?;
+    Ok(vehicle)
+}
+
+/// The next round announcement `vehicle` receives.
+async fn next_announce(vehicle: &mut RawClient) -> anyhow::Result<Announce> {
+    loop {
+        let p = vehicle.next(30).await?;
+        if let Ok(a) = wire::decode::<Announce>(&p.payload, Kind::Announce, 1 << 20) {
+            return Ok(a);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_updates_are_counted_and_the_round_completes() -> anyhow::Result<()> {
     init_tracing();
@@ -58,35 +100,8 @@ async fn malformed_updates_are_counted_and_the_round_completes() -> anyhow::Resu
         .collect();
 
     // A third "vehicle" that speaks the protocol badly.
-    let mut intruder = RawClient::connect(&url, "intruder").await?;
-    intruder
-        .client
-        .subscribe(topics::round(FLEET).as_str(), QoS::AtLeastOnce)
-        .await?;
-    let status = Status {
-        client: messages::id("intruder").expect("valid id"),
-        state: AgentState::Idle,
-        round: 0,
-        codecs: vec![heapless::String::try_from("fp32").expect("fits")],
-        samples: 1,
-        detail: messages::detail("here to break things"),
-    };
-    let status_topic = topics::client(FLEET, ClientTopic::Status, "intruder");
-    intruder
-        .client
-        .publish(
-            status_topic.as_str(),
-            QoS::AtLeastOnce,
-            true,
-            wire::encode(Kind::Status, &status),
-        )
-        .await?;
-    let announce = loop {
-        let p = intruder.next(30).await?;
-        if let Ok(a) = wire::decode::<Announce>(&p.payload, Kind::Announce, 1 << 20) {
-            break a;
-        }
-    };
+    let mut intruder = fake_vehicle(&url, "intruder", &["fp32"]).await?;
+    let announce = next_announce(&mut intruder).await?;
     assert!(announce.selected.iter().any(|c| c.as_str() == "intruder"));
 
     let numel = announce.spec.layout().numel();
@@ -195,37 +210,12 @@ async fn vehicles_lacking_a_codec_stage_are_never_selected() -> anyhow::Result<(
     config.rounds.codec = "topk:0.2+q8+zstd".into();
     let mut server = spawn_server(config);
     // An old vehicle that only speaks fp32, online before anyone else.
-    let mut old = RawClient::connect(&url, "old-car").await?;
-    old.client
-        .subscribe(topics::round(FLEET).as_str(), QoS::AtLeastOnce)
-        .await?;
-    let status = Status {
-        client: messages::id("old-car").expect("valid id"),
-        state: AgentState::Idle,
-        round: 0,
-        codecs: vec![heapless::String::try_from("fp32").expect("fits")],
-        samples: 100,
-        detail: messages::detail("fp32 only"),
-    };
-    let status_topic = topics::client(FLEET, ClientTopic::Status, "old-car");
-    old.client
-        .publish(
-            status_topic.as_str(),
-            QoS::AtLeastOnce,
-            true,
-            wire::encode(Kind::Status, &status),
-        )
-        .await?;
+    let mut old = fake_vehicle(&url, "old-car", &["fp32"]).await?;
     let stop = CancellationToken::new();
     let agents: Vec<_> = (0..2)
         .map(|i| spawn_agent(scenario.agent_config(&url, i), &stop))
         .collect();
-    let announce = loop {
-        let p = old.next(30).await?;
-        if let Ok(a) = wire::decode::<Announce>(&p.payload, Kind::Announce, 1 << 20) {
-            break a;
-        }
-    };
+    let announce = next_announce(&mut old).await?;
     let round = next_round(&mut server, 60).await?;
     server.task.await??;
     stop.cancel();
