@@ -177,6 +177,10 @@ pub async fn run_with_data(
         awaiting_ack: None,
         dataset: None,
     };
+    let mut systemd = process::Systemd::new();
+    // Ready once set up: an agent without a link is still doing its job
+    // (offline is normal), so readiness does not wait for the broker.
+    systemd.ready("running");
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let result = loop {
         let step = tokio::select! {
@@ -191,12 +195,16 @@ pub async fn run_with_data(
                 let done = done.unwrap_or_else(|_| Err(TrainError::Thread("training thread died".into())));
                 agent.on_trained(round, done).await
             }
-            _ = tick.tick() => agent.on_tick().await,
+            _ = tick.tick() => {
+                systemd.tick();
+                agent.on_tick().await
+            }
         };
         if let Err(e) = step {
             break Err(e);
         }
     };
+    systemd.stopping();
     if let Some((_, _, cancel)) = &agent.training {
         cancel.store(true, Ordering::Relaxed);
     }

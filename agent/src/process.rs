@@ -40,3 +40,57 @@ pub fn init_logging(json: bool, default: &str) {
         builder.init();
     }
 }
+
+/// systemd integration for `Type=notify` units: `READY=1` once the process
+/// is set up, `WATCHDOG=1` from its main loop while that loop is alive.
+/// Outside systemd (no `NOTIFY_SOCKET`) every call is a no-op.
+#[derive(Debug)]
+pub struct Systemd {
+    watchdog: Option<std::time::Duration>,
+    last_ping: std::time::Instant,
+}
+
+impl Default for Systemd {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Systemd {
+    /// Reads `WATCHDOG_USEC`; pings will come at half that interval.
+    pub fn new() -> Self {
+        let mut usec = 0;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut usec)
+            .then(|| std::time::Duration::from_micros(usec) / 2);
+        Self {
+            watchdog,
+            last_ping: std::time::Instant::now(),
+        }
+    }
+
+    /// Tells systemd start-up is complete.
+    pub fn ready(&self, status: &str) {
+        let _ = sd_notify::notify(
+            false,
+            &[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status(status),
+            ],
+        );
+    }
+
+    /// Pings the watchdog when due; call from the main loop.
+    pub fn tick(&mut self) {
+        if let Some(every) = self.watchdog
+            && self.last_ping.elapsed() >= every
+        {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            self.last_ping = std::time::Instant::now();
+        }
+    }
+
+    /// Tells systemd the process is shutting down.
+    pub fn stopping(&self) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    }
+}

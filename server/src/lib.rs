@@ -229,6 +229,8 @@ pub async fn run_prepared(
         current,
         observer,
     )?;
+    let mut systemd = convoy_agent::process::Systemd::new();
+    systemd.ready("coordinating rounds");
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let result = loop {
         let step = tokio::select! {
@@ -237,7 +239,10 @@ pub async fn run_prepared(
                 Some(event) => coordinator.on_event(event).await,
                 None => break Ok(()),
             },
-            _ = tick.tick() => coordinator.tick().await,
+            _ = tick.tick() => {
+                systemd.tick();
+                coordinator.tick().await
+            }
         };
         if let Err(e) = step {
             break Err(e);
@@ -247,6 +252,7 @@ pub async fn run_prepared(
             break Ok(());
         }
     };
+    systemd.stopping();
     let _ = coordinator.client.disconnect().await;
     link_stop.cancel();
     tracker.close();
