@@ -679,7 +679,10 @@ impl Agent {
             .residual()?
             .filter(|r| r.check_layout(&layout).is_ok());
         let work = move || {
-            let trained = trainer::train(&job, &limits, &thread_cancel)?;
+            let trained = match trainer::train(&job, &limits, &thread_cancel, &|_| false, None)? {
+                trainer::Progress::Done(t) => t,
+                trainer::Progress::Paused(_) => return Err(TrainError::Cancelled),
+            };
             // Encoding stays on the training thread, off the MQTT loop.
             let started = Instant::now();
             let mut update = trained.params.sub(&job.base)?;

@@ -49,6 +49,37 @@ pub struct Job {
     pub seed: u64,
 }
 
+/// Where an interrupted training run stands: enough to continue it with
+/// exactly the batches it had left (plain SGD keeps no optimiser state).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// Epoch in progress.
+    pub epoch: u32,
+    /// Next batch of that epoch.
+    pub batch: u32,
+    /// Parameters so far.
+    pub params: ParamSet,
+    /// Steps taken so far.
+    pub steps: u64,
+    /// Loss sum of the epoch in progress.
+    pub loss_sum: f64,
+    /// Batches of the epoch in progress so far.
+    pub batches: u32,
+    /// Mean loss of the last finished epoch.
+    pub last_epoch_loss: f32,
+    /// Seconds trained so far.
+    pub train_seconds: f64,
+}
+
+/// How a training call ended.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// All epochs done.
+    Done(Trained),
+    /// Paused at a batch boundary; resume from the checkpoint.
+    Paused(Checkpoint),
+}
+
 /// Trained parameters and what it took.
 #[derive(Debug, Clone)]
 pub struct Trained {
@@ -84,46 +115,78 @@ pub fn spawn<T: Send + 'static>(
     Ok(rx)
 }
 
-/// Trains synchronously within `limits` (threads, epoch and batch caps).
+/// Trains synchronously within `limits` (threads, epoch and batch caps),
+/// from `resume` when given. Before each batch it checks `cancel` (stop,
+/// nothing kept) and `should_pause(steps)` (stop, return a checkpoint).
 pub fn train(
     job: &Job,
     limits: &TrainingConfig,
     cancel: &AtomicBool,
-) -> Result<Trained, TrainError> {
+    should_pause: &(dyn Fn(u64) -> bool + Sync),
+    resume: Option<&Checkpoint>,
+) -> Result<Progress, TrainError> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(limits.threads.max(1))
         .thread_name(|i| format!("convoy-train-{i}"))
         .build()
         .map_err(|e| TrainError::Threads(e.to_string()))?;
-    pool.install(|| train_in_pool(job, limits, cancel))
+    pool.install(|| train_in_pool(job, limits, cancel, should_pause, resume))
 }
 
 fn cap(asked: u32, limit: u32) -> u32 {
     if limit == 0 { asked } else { asked.min(limit) }
 }
 
+/// The visiting order of an epoch: a pure function of seed and epoch, so a
+/// resumed run sees exactly the batches an uninterrupted one would.
+fn epoch_order(len: usize, seed: u64, epoch: u32) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(
+        seed ^ u64::from(epoch).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    ));
+    order
+}
+
 fn train_in_pool(
     job: &Job,
     limits: &TrainingConfig,
     cancel: &AtomicBool,
-) -> Result<Trained, TrainError> {
+    should_pause: &(dyn Fn(u64) -> bool + Sync),
+    resume: Option<&Checkpoint>,
+) -> Result<Progress, TrainError> {
     let started = Instant::now();
     let (base_device, device_name) = device(limits.backend);
     let device = base_device.autodiff();
-    let mut model = Mlp::from_params(&job.spec, &job.base, &device)?;
+    let start_params = resume.map_or(&job.base, |c| &c.params);
+    let mut model = Mlp::from_params(&job.spec, start_params, &device)?;
     let mut optim = SgdConfig::new().init();
     let epochs = cap(job.task.epochs.max(1), limits.max_epochs);
     let batch = cap(job.task.batch_size.max(1), limits.max_batch) as usize;
     let lr = job.task.lr as f64;
-    let mut order: Vec<usize> = (0..job.data.len()).collect();
-    let mut rng = StdRng::seed_from_u64(job.seed);
-    let (mut steps, mut last_epoch_loss) = (0u64, 0f32);
-    for _ in 0..epochs {
-        order.shuffle(&mut rng);
-        let (mut loss_sum, mut batches) = (0f64, 0u32);
-        for indices in order.chunks(batch) {
+    let earlier_seconds = resume.map_or(0.0, |c| c.train_seconds);
+    let (mut steps, mut last_epoch_loss) =
+        resume.map_or((0, 0.0), |c| (c.steps, c.last_epoch_loss));
+    let first_epoch = resume.map_or(0, |c| c.epoch);
+    for epoch in first_epoch..epochs {
+        let order = epoch_order(job.data.len(), job.seed, epoch);
+        let resuming = resume.filter(|c| c.epoch == epoch);
+        let (mut loss_sum, mut batches) = resuming.map_or((0.0, 0), |c| (c.loss_sum, c.batches));
+        let skip = resuming.map_or(0, |c| c.batch as usize);
+        for (index, indices) in order.chunks(batch).enumerate().skip(skip) {
             if cancel.load(Ordering::Relaxed) {
                 return Err(TrainError::Cancelled);
+            }
+            if should_pause(steps) {
+                return Ok(Progress::Paused(Checkpoint {
+                    epoch,
+                    batch: index as u32,
+                    params: model.to_params(),
+                    steps,
+                    loss_sum,
+                    batches,
+                    last_epoch_loss,
+                    train_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
+                }));
             }
             let (x, y) = job.data.batch(indices, &device);
             let loss = model.loss(x, &y, &device);
@@ -140,10 +203,10 @@ fn train_in_pool(
         last_epoch_loss = (loss_sum / batches.max(1) as f64) as f32;
     }
     let samples = job.data.len() as u64;
-    Ok(Trained {
+    Ok(Progress::Done(Trained {
         params: model.to_params(),
         stats: TrainStats {
-            train_seconds: started.elapsed().as_secs_f64(),
+            train_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
             steps,
             epochs,
             loss: last_epoch_loss,
@@ -151,7 +214,7 @@ fn train_in_pool(
             device: device_name.to_string(),
             ..Default::default()
         },
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -195,7 +258,13 @@ mod tests {
             data: data.clone(),
             seed: 9,
         };
-        let trained = train(&job, &TrainingConfig::default(), &AtomicBool::new(false)).unwrap();
+        let trained = done(train(
+            &job,
+            &TrainingConfig::default(),
+            &AtomicBool::new(false),
+            &|_| false,
+            None,
+        ));
         let after = evaluate(&spec, &trained.params, &data, &Device::flex()).unwrap();
         (before, after, trained)
     }
@@ -225,6 +294,58 @@ mod tests {
         );
     }
 
+    fn done(result: Result<Progress, TrainError>) -> Trained {
+        match result.unwrap() {
+            Progress::Done(t) => t,
+            Progress::Paused(c) => panic!("paused at {c:?}"),
+        }
+    }
+
+    #[test]
+    fn paused_and_resumed_training_equals_uninterrupted_training() {
+        let table = Table::read(
+            (0..200)
+                .map(|i| format!("{},{},{}\n", i % 7, i % 5, i % 2))
+                .fold(String::from("a,b,y\n"), |acc, line| acc + &line)
+                .as_bytes(),
+        )
+        .unwrap();
+        let spec = table
+            .derive_spec("y", TaskKind::Classification, vec![6], 5)
+            .unwrap();
+        let job = Job {
+            base: spec.init_params(),
+            spec: spec.clone(),
+            task: TrainTask {
+                epochs: 3,
+                lr: 0.1,
+                batch_size: 16,
+            },
+            data: Arc::new(Dataset::from_table(&table, &spec).unwrap()),
+            seed: 11,
+        };
+        let limits = TrainingConfig::default();
+        let never = AtomicBool::new(false);
+        let whole = done(train(&job, &limits, &never, &|_| false, None));
+        // pause mid-epoch (13 batches an epoch: step 20 is inside epoch 2),
+        // then again, then finish
+        let Progress::Paused(first) =
+            train(&job, &limits, &never, &|steps| steps == 20, None).unwrap()
+        else {
+            panic!("should pause")
+        };
+        assert_eq!((first.epoch, first.batch, first.steps), (1, 7, 20));
+        let Progress::Paused(second) =
+            train(&job, &limits, &never, &|steps| steps == 30, Some(&first)).unwrap()
+        else {
+            panic!("should pause again")
+        };
+        let resumed = done(train(&job, &limits, &never, &|_| false, Some(&second)));
+        assert_eq!(resumed.params, whole.params, "no batch lost or repeated");
+        assert_eq!(resumed.stats.steps, whole.stats.steps);
+        assert_eq!(resumed.stats.loss, whole.stats.loss);
+    }
+
     #[test]
     fn cancel_stops_training() {
         let table = Table::read("a,y\n1,0\n2,1\n".as_bytes()).unwrap();
@@ -242,7 +363,13 @@ mod tests {
             data: Arc::new(Dataset::from_table(&table, &spec).unwrap()),
             seed: 1,
         };
-        let r = train(&job, &TrainingConfig::default(), &AtomicBool::new(true));
+        let r = train(
+            &job,
+            &TrainingConfig::default(),
+            &AtomicBool::new(true),
+            &|_| false,
+            None,
+        );
         assert!(matches!(r, Err(TrainError::Cancelled)));
     }
 }
