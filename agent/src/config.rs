@@ -26,6 +26,9 @@ pub struct AgentConfig {
     /// Limits on local training.
     #[serde(default)]
     pub training: TrainingConfig,
+    /// When the vehicle lets the agent train.
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
     /// Fault injection for tests; leave unset in deployments.
     #[serde(default)]
     pub faults: Faults,
@@ -218,6 +221,7 @@ mod tests {
             toml::from_str(include_str!("../../systemd/agent.example.toml")).unwrap();
         assert_eq!(c.training, TrainingConfig::default());
         assert_eq!(c.broker, BrokerConfig::default());
+        assert_eq!(c.policy, crate::policy::PolicyConfig::default());
         c.validate().unwrap();
     }
 

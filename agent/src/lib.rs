@@ -13,6 +13,7 @@
 pub mod config;
 pub mod memory;
 pub mod mqtt;
+pub mod policy;
 pub mod process;
 pub mod state;
 pub mod trainer;
@@ -81,7 +82,14 @@ fn max_body(config: &AgentConfig) -> usize {
     config.broker.max_packet_size
 }
 
-type Training = trainer::Outcome<(PendingUpdate, f64)>;
+/// What the training thread hands back: an encoded update (with its encode
+/// seconds), or a checkpoint when the policy paused it.
+enum Finished {
+    Update(PendingUpdate, f64),
+    Paused(trainer::Checkpoint),
+}
+
+type Training = trainer::Outcome<Finished>;
 
 struct Fetch {
     announce: Announce,
@@ -107,6 +115,12 @@ struct Agent {
     training: Option<(u64, Training, Arc<AtomicBool>)>,
     awaiting_ack: Option<(u64, Instant)>,
     dataset: Option<([u8; 32], Arc<Dataset>)>,
+    policy: policy::Policy,
+    /// Set while the policy forbids training; the training thread pauses at
+    /// its next batch.
+    pause: Arc<AtomicBool>,
+    /// A round waiting for the policy to allow training.
+    waiting: Option<(Announce, StoredModel)>,
 }
 
 /// Where an agent's training data comes from.
@@ -143,6 +157,7 @@ pub async fn run_with_data(
 ) -> Result<(), AgentError> {
     config.validate()?;
     let state = StateDir::open(&config.state_dir)?;
+    let policy = policy::Policy::new(config.policy.clone()).map_err(ConfigError::Invalid)?;
     tracing::info!(
         client = %config.client_id,
         fleet = %config.fleet,
@@ -176,6 +191,9 @@ pub async fn run_with_data(
         training: None,
         awaiting_ack: None,
         dataset: None,
+        policy,
+        pause: Arc::new(AtomicBool::new(false)),
+        waiting: None,
     };
     let mut systemd = process::Systemd::new();
     // Ready once set up: an agent without a link is still doing its job
@@ -317,13 +335,18 @@ impl Agent {
     async fn on_announce(&mut self, announce: Announce) -> Result<(), AgentError> {
         let round = announce.round;
         let in_hand = self.training.as_ref().map(|t| t.0) == Some(round)
-            || self.fetch.as_ref().map(|f| f.announce.round) == Some(round);
+            || self.fetch.as_ref().map(|f| f.announce.round) == Some(round)
+            || self.waiting.as_ref().map(|(a, _)| a.round) == Some(round);
         if in_hand || self.announce.as_ref().is_some_and(|a| a.round == round) {
             return Ok(()); // re-delivery of the retained message
         }
         tracing::info!(round, base = %version::short(&announce.base_version()), codec = %announce.codec, "round announced");
         self.announce = Some(announce.clone());
         self.fetch = None;
+        if self.waiting.as_ref().is_some_and(|(a, _)| a.round < round) {
+            self.waiting = None;
+            self.state.clear_checkpoint()?;
+        }
         if let Some((training_round, _, cancel)) = &self.training
             && *training_round < round
         {
@@ -654,6 +677,37 @@ impl Agent {
             }
         };
         let round = announce.round;
+        if let Some(cap) = self.policy.memory_cap() {
+            let widest = announce.spec.widths().into_iter().max().unwrap_or(1);
+            let need = policy::training_memory(
+                announce.spec.layout().numel(),
+                data.len() * data.dims(),
+                announce.task.batch_size as usize,
+                widest,
+            );
+            if need > cap {
+                let why = format!(
+                    "training needs ~{} MiB, over policy.max_memory_mb",
+                    need >> 20
+                );
+                self.status(AgentState::Skipped, round, &why).await;
+                return Ok(());
+            }
+        }
+        if !self.policy.allowed(now_ms() / 1000) {
+            self.pause.store(true, Ordering::Relaxed);
+            self.status(AgentState::Idle, round, "waiting for the training policy")
+                .await;
+            self.waiting = Some((announce, model));
+            return Ok(());
+        }
+        self.pause.store(false, Ordering::Relaxed);
+        // A run the policy paused (possibly before a reboot) continues exactly.
+        let resume = self
+            .state
+            .checkpoint()?
+            .filter(|c| c.round == round && c.base_version == announce.base_version())
+            .map(|c| c.checkpoint);
         let seed = u64::from_le_bytes(
             blake3_seed(&self.config.client_id, round)[..8]
                 .try_into()
@@ -661,11 +715,13 @@ impl Agent {
         );
         let job = Job {
             spec: announce.spec.clone(),
-            base: model.params,
+            base: model.params.clone(),
             task: announce.task.clone(),
             data,
             seed,
         };
+        let pause = self.pause.clone();
+        self.waiting = Some((announce.clone(), model));
         let limits = self.config.training.clone();
         let cancel = Arc::new(AtomicBool::new(false));
         let thread_cancel = cancel.clone();
@@ -679,9 +735,16 @@ impl Agent {
             .residual()?
             .filter(|r| r.check_layout(&layout).is_ok());
         let work = move || {
-            let trained = match trainer::train(&job, &limits, &thread_cancel, &|_| false, None)? {
+            let should_pause = |_: u64| pause.load(Ordering::Relaxed);
+            let trained = match trainer::train(
+                &job,
+                &limits,
+                &thread_cancel,
+                &should_pause,
+                resume.as_ref(),
+            )? {
                 trainer::Progress::Done(t) => t,
-                trainer::Progress::Paused(_) => return Err(TrainError::Cancelled),
+                trainer::Progress::Paused(checkpoint) => return Ok(Finished::Paused(checkpoint)),
             };
             // Encoding stays on the training thread, off the MQTT loop.
             let started = Instant::now();
@@ -711,7 +774,7 @@ impl Agent {
                 chunk_size,
                 residual,
             };
-            Ok((pending, started.elapsed().as_secs_f64()))
+            Ok(Finished::Update(pending, started.elapsed().as_secs_f64()))
         };
         let outcome = match trainer::spawn(work) {
             Ok(rx) => rx,
@@ -729,12 +792,39 @@ impl Agent {
     async fn on_trained(
         &mut self,
         round: u64,
-        done: Result<(PendingUpdate, f64), TrainError>,
+        done: Result<Finished, TrainError>,
     ) -> Result<(), AgentError> {
         let (pending, encode_seconds) = match done {
-            Ok(p) => p,
-            Err(TrainError::Cancelled) => return Ok(()),
+            Ok(Finished::Update(pending, seconds)) => {
+                self.waiting = None;
+                self.state.clear_checkpoint()?;
+                (pending, seconds)
+            }
+            Ok(Finished::Paused(checkpoint)) => {
+                let Some((announce, _)) = &self.waiting else {
+                    return Ok(());
+                };
+                let stored = state::StoredCheckpoint {
+                    round,
+                    base_version: announce.base_version(),
+                    checkpoint,
+                };
+                self.state.save_checkpoint(&stored)?;
+                tracing::info!(
+                    round,
+                    steps = stored.checkpoint.steps,
+                    "training paused by policy; checkpoint stored"
+                );
+                self.status(AgentState::Idle, round, "paused by the training policy")
+                    .await;
+                return Ok(());
+            }
+            Err(TrainError::Cancelled) => {
+                self.waiting = None;
+                return Ok(());
+            }
             Err(e) => {
+                self.waiting = None;
                 tracing::error!(round, error = %e, "training failed");
                 self.status(AgentState::Skipped, round, &e.to_string())
                     .await;
@@ -824,7 +914,39 @@ impl Agent {
         Ok(())
     }
 
+    /// Follows the training policy: pauses running training, resumes or
+    /// starts waiting training, and skips rounds whose deadline passed.
+    async fn apply_policy(&mut self) -> Result<(), AgentError> {
+        let allowed = self.policy.allowed(now_ms() / 1000);
+        self.pause.store(!allowed, Ordering::Relaxed);
+        if self.training.is_some() {
+            return Ok(());
+        }
+        let Some((announce, _)) = &self.waiting else {
+            return Ok(());
+        };
+        if announce.deadline_ms <= now_ms() {
+            let round = announce.round;
+            self.waiting = None;
+            self.state.clear_checkpoint()?;
+            tracing::warn!(
+                round,
+                "round deadline passed while training was not allowed; skipped"
+            );
+            self.status(
+                AgentState::Skipped,
+                round,
+                "deadline passed while training was not allowed",
+            )
+            .await;
+        } else if allowed && let Some((announce, model)) = self.waiting.take() {
+            self.start_training(announce, model).await?;
+        }
+        Ok(())
+    }
+
     async fn on_tick(&mut self) -> Result<(), AgentError> {
+        self.apply_policy().await?;
         let patience = Duration::from_secs(self.config.training.ack_timeout_secs.max(1));
         if let Some((round, sent)) = self.awaiting_ack
             && sent.elapsed() > patience

@@ -6,6 +6,7 @@
 //! | `pending.bin` | a trained, encoded update not yet acknowledged by the server |
 //! | `progress.bin` | the last round whose update the server acknowledged |
 //! | `residual.bin` | error feedback: what lossy codecs have not yet delivered |
+//! | `checkpoint.bin` | a training run the policy paused, to resume exactly |
 //!
 //! Every write goes to a temporary file, is fsynced, renamed over the old
 //! one and the directory fsynced, so a file is either the old or the new
@@ -68,6 +69,17 @@ pub struct PendingUpdate {
     /// Error-feedback residual after this update (lossy codecs): becomes
     /// the stored residual once the server acknowledges the update.
     pub residual: Option<ParamSet>,
+}
+
+/// A training run the policy paused, with what it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredCheckpoint {
+    /// Round being trained.
+    pub round: u64,
+    /// Base version being trained from.
+    pub base_version: VersionId,
+    /// Where training stands.
+    pub checkpoint: crate::trainer::Checkpoint,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -149,6 +161,21 @@ impl StateDir {
     /// Persists an update before any of it is sent.
     pub fn save_pending(&self, update: &PendingUpdate) -> Result<(), StateError> {
         self.write("pending.bin", update)
+    }
+
+    /// A paused training run, if any.
+    pub fn checkpoint(&self) -> Result<Option<StoredCheckpoint>, StateError> {
+        self.read("checkpoint.bin")
+    }
+
+    /// Persists a paused training run.
+    pub fn save_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StateError> {
+        self.write("checkpoint.bin", checkpoint)
+    }
+
+    /// Drops the paused training run.
+    pub fn clear_checkpoint(&self) -> Result<(), StateError> {
+        self.remove("checkpoint.bin")
     }
 
     /// The error-feedback residual, if any.

@@ -46,6 +46,7 @@ pub fn agent_config(
         },
         data,
         training: TrainingConfig::default(),
+        policy: Default::default(),
         faults: Faults::default(),
     }
 }

@@ -140,6 +140,7 @@ impl Scenario {
                 ack_timeout_secs: 2,
                 ..Default::default()
             },
+            policy: Default::default(),
             faults: Faults::default(),
         }
     }

@@ -290,3 +290,36 @@ async fn stragglers_do_not_block_and_late_updates_are_counted() -> anyhow::Resul
     assert_eq!(late_row.status, "late");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_trains_only_when_its_policy_allows() -> anyhow::Result<()> {
+    init_tracing();
+    let url = start_broker()?;
+    let scenario = Scenario::digits(2, 17)?;
+    let mut server = spawn_server(scenario.server_config(&url, 1, 2));
+    let stop = CancellationToken::new();
+    let steady = spawn_agent(scenario.agent_config(&url, 0), &stop);
+    let parked = scenario.dir.path().join("parked");
+    let mut careful = scenario.agent_config(&url, 1);
+    careful.policy.condition_file = Some(parked.clone());
+    careful.policy.check_secs = 1;
+    let careful = spawn_agent(careful, &stop);
+
+    // Not parked: the round cannot complete.
+    assert!(
+        next_round(&mut server, 3).await.is_err(),
+        "the round closed although car-1 may not train"
+    );
+    // The vehicle reports being parked: car-1 trains and the round completes.
+    std::fs::write(&parked, "")?;
+    let round = next_round(&mut server, 60).await?;
+    server.task.await??;
+    stop.cancel();
+    steady.await??;
+    careful.await??;
+    assert_eq!(
+        (round.status.as_str(), round.clients_reported),
+        ("finished", 2)
+    );
+    Ok(())
+}
