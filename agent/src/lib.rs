@@ -976,8 +976,3 @@ fn blake3_seed(client: &str, round: u64) -> [u8; 32] {
     h.update(&round.to_le_bytes());
     *h.finalize().as_bytes()
 }
-
-/// The parameters of the base model currently held in `state_dir`, if any.
-pub fn held_model(state_dir: &std::path::Path) -> Result<Option<ParamSet>, AgentError> {
-    Ok(StateDir::open(state_dir)?.model()?.map(|m| m.params))
-}

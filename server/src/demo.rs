@@ -6,9 +6,7 @@
 //! the server and the agents then run the configured rounds over real MQTT
 //! on 127.0.0.1, and each round prints a line as it closes.
 
-use crate::config::{
-    EvalConfig, ModelConfig, RoundConfig, ServerBroker, ServerConfig, TrainingRecipe,
-};
+use crate::config::{EvalConfig, ModelConfig, RoundConfig, ServerConfig, TrainingRecipe};
 use crate::report::{human_bytes, round_line};
 use crate::store::RoundRow;
 use convoy_agent::config::DataConfig;
@@ -216,11 +214,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     let server_config = ServerConfig {
         fleet: "demo".into(),
         db: options.db.clone(),
-        broker: ServerBroker {
-            url: url.clone(),
-            max_packet_size: crate::fleet::LOCAL_MAX_PACKET,
-            ..Default::default()
-        },
+        broker: crate::fleet::server_broker(&url),
         rounds: RoundConfig {
             total: options.rounds,
             min_clients: options.clients,

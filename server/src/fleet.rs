@@ -1,7 +1,7 @@
 //! Runs a whole fleet in one process: server and agents over a real broker.
 //! Shared by `demo` and `simulate`.
 
-use crate::config::ServerConfig;
+use crate::config::{ServerBroker, ServerConfig};
 use crate::store::RoundRow;
 use crate::{Prepared, RunSummary};
 use convoy_agent::LocalData;
@@ -25,6 +25,15 @@ pub async fn local_broker() -> anyhow::Result<String> {
     })
     .await??;
     Ok(format!("mqtt://{addr}"))
+}
+
+/// Server broker settings for a local fleet on `url`.
+pub fn server_broker(url: &str) -> ServerBroker {
+    ServerBroker {
+        url: url.into(),
+        max_packet_size: LOCAL_MAX_PACKET,
+        ..Default::default()
+    }
 }
 
 /// An agent config for a local fleet member.

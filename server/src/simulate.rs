@@ -3,7 +3,7 @@
 //! embedded broker, writing per-round CSV/JSON and a summary.
 
 use crate::Prepared;
-use crate::config::{RoundConfig, ServerBroker, ServerConfig, TrainingRecipe};
+use crate::config::{RoundConfig, ServerConfig, TrainingRecipe};
 use crate::report::human_bytes;
 use crate::store::RoundRow;
 use anyhow::Context;
@@ -361,11 +361,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     let server = ServerConfig {
         fleet: "sim".into(),
         db,
-        broker: ServerBroker {
-            url: url.clone(),
-            max_packet_size: crate::fleet::LOCAL_MAX_PACKET,
-            ..Default::default()
-        },
+        broker: crate::fleet::server_broker(&url),
         rounds: RoundConfig {
             total: options.rounds,
             min_clients: options.clients,

@@ -29,9 +29,6 @@ pub const STAGES: &[&str] = &[
     "fp32", "fp16", "bf16", "q8", "q4", "q2", "sign", "ternary", "topk", "randk", "zstd", "deflate",
 ];
 
-/// Kept for callers that list whole codecs: the single-stage ones.
-pub const SUPPORTED: &[&str] = STAGES;
-
 const SYNTAX: &str = "[topk:<f>|randk:<f>+](fp32|fp16|bf16|q8|q4|q2|sign|ternary)[+zstd|+deflate], \
 with 0 < f <= 1, e.g. topk:0.01+q8+zstd";
 
