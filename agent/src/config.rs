@@ -32,6 +32,10 @@ pub struct AgentConfig {
     /// Fault injection for tests; leave unset in deployments.
     #[serde(default)]
     pub faults: Faults,
+    /// Label of the deployment this agent runs, echoed in its status
+    /// (written by `convoy-server deploy`); empty when unset.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub deployment: String,
 }
 
 /// Where the vehicle's data is.
@@ -51,9 +55,15 @@ pub struct DataConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// The CPU (burn's flex backend).
+    /// The GPU when this build has the `gpu` feature and an adapter answers
+    /// at start-up; the CPU otherwise.
     #[default]
+    Auto,
+    /// The CPU (burn's flex backend).
     Cpu,
+    /// The GPU through wgpu; falls back to the CPU, with a warning, when no
+    /// adapter exists or the build lacks the `gpu` feature.
+    Gpu,
 }
 
 /// Training limits the vehicle imposes, whatever the round asks.
@@ -78,7 +88,7 @@ impl Default for TrainingConfig {
             threads: 1,
             max_epochs: 0,
             max_batch: 0,
-            backend: Backend::Cpu,
+            backend: Backend::Auto,
             ack_timeout_secs: 10,
         }
     }
@@ -147,12 +157,20 @@ impl AgentConfig {
         let mut config: AgentConfig = load_toml(path)?;
         // Relative paths are relative to the config file, not the cwd.
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut config.data.path, &mut config.state_dir] {
+        let password_file = config.broker.password_file.as_mut();
+        for p in [&mut config.data.path, &mut config.state_dir]
+            .into_iter()
+            .chain(password_file)
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
         config.apply_env();
+        config
+            .broker
+            .load_password()
+            .map_err(ConfigError::Invalid)?;
         config.validate()?;
         Ok(config)
     }
@@ -181,6 +199,12 @@ impl AgentConfig {
             return Err(ConfigError::Invalid(format!(
                 "client_id {:?} must be 1-64 characters of A-Z a-z 0-9 _ . -",
                 self.client_id
+            )));
+        }
+        if !self.deployment.is_empty() && !valid_id(&self.deployment) {
+            return Err(ConfigError::Invalid(format!(
+                "deployment {:?} must be 1-64 characters of A-Z a-z 0-9 _ . -",
+                self.deployment
             )));
         }
         if self.training.threads == 0 {

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod config;
 pub mod memory;
 pub mod mqtt;
@@ -165,6 +166,10 @@ pub async fn run_with_data(
         broker = %config.broker.url,
         "agent starting"
     );
+    // The GPU probe can take a moment (driver load); it runs beside start-up
+    // and training waits for its answer.
+    let backend = config.training.backend;
+    tokio::task::spawn_blocking(move || backend::explain(backend));
     let topic_status = topics::client(&config.fleet, ClientTopic::Status, &config.client_id);
     let offline = status_payload(&config, AgentState::Offline, 0, data.rows(), "offline");
     let will = LastWill::new(topic_status.as_str(), offline.clone(), QOS, true);
@@ -272,6 +277,8 @@ fn status_payload(
             .collect(),
         samples: samples as u64,
         detail: messages::detail(detail),
+        version: heapless::String::try_from(env!("CARGO_PKG_VERSION")).unwrap_or_default(),
+        deployment: messages::id(&config.deployment).unwrap_or_default(),
     };
     wire::encode(Kind::Status, &status)
 }

@@ -25,6 +25,10 @@ pub struct BrokerConfig {
     pub username: Option<String>,
     /// Optional password. Env: `CONVOY_BROKER_PASSWORD`.
     pub password: Option<String>,
+    /// File holding the password (first line), when `password` is unset.
+    /// Without either, a systemd credential named `broker-password`
+    /// (`LoadCredential=`) is used when present.
+    pub password_file: Option<std::path::PathBuf>,
     /// Largest MQTT packet accepted or sent, bytes (rumqttc's own default is 10 KiB).
     pub max_packet_size: usize,
     /// MQTT keep-alive, seconds.
@@ -37,6 +41,7 @@ impl Default for BrokerConfig {
             url: "mqtt://127.0.0.1:1883".into(),
             username: None,
             password: None,
+            password_file: None,
             max_packet_size: 256 * 1024,
             keep_alive_secs: 30,
         }
@@ -65,6 +70,32 @@ impl BrokerConfig {
         if let Ok(pass) = std::env::var("CONVOY_BROKER_PASSWORD") {
             self.password = Some(pass);
         }
+    }
+
+    /// Fills `password` from `password_file` or the systemd credential
+    /// `broker-password` when it is not set directly.
+    pub fn load_password(&mut self) -> Result<(), String> {
+        if self.password.is_some() {
+            return Ok(());
+        }
+        let file = match (
+            &self.password_file,
+            std::env::var_os("CREDENTIALS_DIRECTORY"),
+        ) {
+            (Some(file), _) => file.clone(),
+            (None, Some(dir)) => {
+                let file = std::path::Path::new(&dir).join("broker-password");
+                if !file.exists() {
+                    return Ok(());
+                }
+                file
+            }
+            (None, None) => return Ok(()),
+        };
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read broker password file {}: {e}", file.display()))?;
+        self.password = Some(text.lines().next().unwrap_or_default().to_string());
+        Ok(())
     }
 
     /// The in-process broker's name for `memory://<name>` URLs.

@@ -1,8 +1,7 @@
 //! Local training, on a thread of its own so the MQTT loop stays responsive.
 
-use crate::config::{Backend, TrainingConfig};
+use crate::config::TrainingConfig;
 use burn::optim::{GradientsParams, SgdConfig};
-use burn::prelude::*;
 use convoy_shared::dataset::Dataset;
 use convoy_shared::messages::{TrainStats, TrainTask};
 use convoy_shared::model::{Mlp, ModelSpec};
@@ -89,13 +88,6 @@ pub struct Trained {
     pub stats: TrainStats,
 }
 
-/// The device for a backend choice.
-pub fn device(backend: Backend) -> (Device, &'static str) {
-    match backend {
-        Backend::Cpu => (Device::flex(), "cpu-flex"),
-    }
-}
-
 /// What a training thread hands back when it ends.
 pub type Outcome<T> = tokio::sync::oneshot::Receiver<Result<T, TrainError>>;
 
@@ -155,8 +147,8 @@ fn train_in_pool(
     resume: Option<&Checkpoint>,
 ) -> Result<Progress, TrainError> {
     let started = Instant::now();
-    let (base_device, device_name) = device(limits.backend);
-    let device = base_device.autodiff();
+    let compute = crate::backend::select(limits.backend);
+    let device = compute.device.autodiff();
     let start_params = resume.map_or(&job.base, |c| &c.params);
     let mut model = Mlp::from_params(&job.spec, start_params, &device)?;
     let mut optim = SgdConfig::new().init();
@@ -211,7 +203,7 @@ fn train_in_pool(
             epochs,
             loss: last_epoch_loss,
             flops: convoy_shared::cost::training_flops(&job.spec, samples, epochs),
-            device: device_name.to_string(),
+            device: compute.name,
             ..Default::default()
         },
     }))
@@ -220,6 +212,7 @@ fn train_in_pool(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::prelude::Device;
     use convoy_shared::dataset::Table;
     use convoy_shared::model::{TaskKind, evaluate};
 

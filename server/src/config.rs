@@ -315,6 +315,7 @@ impl ServerConfig {
             },
             username: self.broker.username.clone(),
             password: self.broker.password.clone(),
+            password_file: None,
             max_packet_size: self.broker.max_packet_size,
             keep_alive_secs: 30,
         }

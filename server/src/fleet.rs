@@ -57,6 +57,7 @@ pub fn agent_config(
         training: TrainingConfig::default(),
         policy: Default::default(),
         faults: Faults::default(),
+        deployment: String::new(),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod broker;
 pub mod config;
 mod coordinator;
 pub mod demo;
+pub mod deploy;
 pub mod fleet;
 pub mod report;
 pub mod simulate;

@@ -31,6 +31,9 @@ enum Command {
     Demo(convoy_server::demo::DemoOptions),
     /// Simulate a fleet on a partitioned data set through the real server and broker.
     Simulate(convoy_server::simulate::SimOptions),
+    /// Install the agent on boards over SSH from an inventory, verify it came
+    /// up and roll back when it did not; prints a per-board result table.
+    Deploy(convoy_server::deploy::DeployOptions),
     /// Print the per-round ledger of a database.
     Report {
         /// Database written by `run` or `demo`.
@@ -96,6 +99,23 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Simulate(options) => {
             until_signal(|shutdown| convoy_server::simulate::run(options, shutdown))?;
+            Ok(())
+        }
+        Command::Deploy(options) => {
+            let results = until_signal(|_| convoy_server::deploy::run(&options))?;
+            print!("\n{}", convoy_server::deploy::table(&results));
+            let failed = results
+                .iter()
+                .filter(|r| {
+                    !matches!(
+                        r.outcome,
+                        convoy_server::deploy::Outcome::Ok | convoy_server::deploy::Outcome::DryRun
+                    )
+                })
+                .count();
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} boards did not deploy", results.len());
+            }
             Ok(())
         }
         Command::Report {

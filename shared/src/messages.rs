@@ -190,6 +190,11 @@ pub struct Status {
     pub samples: u64,
     /// Short free-text detail.
     pub detail: HString<96>,
+    /// Agent release (crate version).
+    pub version: HString<16>,
+    /// Deployment label from the agent's config (set by `convoy-server
+    /// deploy` so it can tell the new process from the old one); empty if unset.
+    pub deployment: Id,
 }
 
 /// Bounded copy of `s` for a status detail (truncated on a char boundary).

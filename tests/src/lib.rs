@@ -142,6 +142,7 @@ impl Scenario {
             },
             policy: Default::default(),
             faults: Faults::default(),
+            deployment: String::new(),
         }
     }
 }

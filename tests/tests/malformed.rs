@@ -62,6 +62,8 @@ async fn fake_vehicle(url: &str, id: &str, codecs: &[&str]) -> anyhow::Result<Ra
             .collect(),
         samples: 1,
         detail: messages::detail("played by the test"),
+        version: heapless::String::new(),
+        deployment: heapless::String::new(),
     };
     let topic = topics::client(FLEET, ClientTopic::Status, id);
     vehicle
