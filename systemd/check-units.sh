@@ -14,3 +14,12 @@ for unit in convoy-agent convoy-server; do
   score=$(systemd-analyze security --offline=yes "$work/$unit.service" | tail -n 1)
   echo "$unit: $score"
 done
+# the gpu package's drop-in, applied to the agent unit
+mkdir -p "$work/gpu"
+sed "s|/usr/bin/convoy-agent|$bin/convoy-agent|" "$here/convoy-agent.service" > "$work/gpu/convoy-agent.service"
+mkdir -p "$work/gpu/convoy-agent.service.d"
+cp "$here/convoy-agent-gpu.conf" "$work/gpu/convoy-agent.service.d/gpu.conf"
+# systemd-analyze reads drop-ins from the unit search path
+SYSTEMD_UNIT_PATH="$work/gpu:" systemd-analyze verify "$work/gpu/convoy-agent.service"
+score=$(SYSTEMD_UNIT_PATH="$work/gpu:" systemd-analyze security --offline=yes "$work/gpu/convoy-agent.service" | tail -n 1)
+echo "convoy-agent with the gpu drop-in: $score"

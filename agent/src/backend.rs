@@ -83,7 +83,7 @@ pub fn explain(backend: Backend) {
             device,
             "backend = \"gpu\" but no GPU is usable ({why}); falling back to the CPU"
         ),
-        Err(why) => tracing::info!(device, "no GPU ({why}); training on the CPU"),
+        Err(why) => tracing::info!(device, "no GPU: {why}; training on the CPU"),
     }
 }
 

@@ -2,7 +2,7 @@
 //! in a round against the native server and broker, and is counted in the
 //! ledger like any other vehicle.
 //!
-//!   CONVOY_CROSS_AGENT=dist/aarch64-musl/convoy-agent \
+//!   CONVOY_CROSS_AGENT=$PWD/dist/aarch64-musl/convoy-agent \
 //!   CONVOY_CROSS_RUNNER=qemu-aarch64 \
 //!   cargo test -p convoy-tests --test cross -- --ignored
 
