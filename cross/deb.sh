@@ -25,6 +25,7 @@ esac
 
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
+chmod 0755 "$root"
 install -D -m 0755 "$binary" "$root/usr/bin/convoy-agent"
 install -D -m 0644 systemd/convoy-agent.service "$root/lib/systemd/system/convoy-agent.service"
 install -D -m 0644 systemd/agent.example.toml "$root/etc/convoy-agent/agent.toml"
@@ -34,6 +35,12 @@ if [ "$target" = aarch64-gpu ]; then
   install -D -m 0644 systemd/convoy-agent-gpu.conf \
     "$root/lib/systemd/system/convoy-agent.service.d/gpu.conf"
 fi
+relations=""
+if [ "$package" = convoy-agent-gpu ]; then
+  relations=$'Provides: convoy-agent\nConflicts: convoy-agent\nReplaces: convoy-agent\n'
+fi
+suffix=""
+if [ "$target" = aarch64-musl ]; then suffix="-static"; fi
 # State lives in /var/lib/convoy-agent, which systemd creates on first start
 # (StateDirectory= with DynamicUser=, so it belongs to the service alone).
 mkdir -p "$root/DEBIAN"
@@ -45,8 +52,7 @@ Maintainer: convoy maintainers <convoy@localhost>
 Section: misc
 Priority: optional
 ${depends:+Depends: $depends
-}$( [ "$package" = convoy-agent-gpu ] && printf 'Provides: convoy-agent\nConflicts: convoy-agent\nReplaces: convoy-agent\n' )
-Installed-Size: $(du -sk "$root" | cut -f1)
+}${relations}Installed-Size: $(du -sk "$root" | cut -f1)
 Homepage: https://github.com/convoy-fl/convoy
 Description: convoy vehicle agent (federated training over MQTT)
  Trains a compact model on the data this vehicle collected, compresses the
@@ -75,6 +81,6 @@ fi
 PRERM
 chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/prerm"
 mkdir -p "$out"
-deb="$out/${package}_${version}_${arch}$( [ "$target" = aarch64-musl ] && echo -static ).deb"
+deb="$out/${package}_${version}_${arch}${suffix}.deb"
 dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
 printf '%s  %s bytes\n' "$deb" "$(stat -c %s "$deb")"

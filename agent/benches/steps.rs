@@ -13,7 +13,7 @@ use convoy_agent::config::{Backend, TrainingConfig};
 use convoy_agent::trainer::{Job, Progress, train};
 use convoy_shared::dataset::Dataset;
 use convoy_shared::messages::TrainTask;
-use convoy_shared::model::{ModelSpec, TaskKind, Targets};
+use convoy_shared::model::{ModelSpec, Targets, TaskKind};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -39,24 +39,39 @@ fn spec(hidden: &[u32]) -> ModelSpec {
 /// loss stays finite and the work is what real data costs).
 fn data() -> Arc<Dataset> {
     let mut rng = StdRng::seed_from_u64(7);
-    let teacher: Vec<f32> = (0..INPUTS * CLASSES).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let teacher: Vec<f32> = (0..INPUTS * CLASSES)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     let mut features = Vec::with_capacity(ROWS * INPUTS);
     let mut labels = Vec::with_capacity(ROWS);
     for _ in 0..ROWS {
         let x: Vec<f32> = (0..INPUTS).map(|_| rng.random_range(0.0..1.0)).collect();
         let label = (0..CLASSES)
-            .map(|c| (0..INPUTS).map(|i| x[i] * teacher[c * INPUTS + i]).sum::<f32>())
+            .map(|c| {
+                (0..INPUTS)
+                    .map(|i| x[i] * teacher[c * INPUTS + i])
+                    .sum::<f32>()
+            })
             .enumerate()
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map_or(0, |(c, _)| c as u32);
         features.extend(x);
         labels.push(label);
     }
-    Arc::new(Dataset::from_arrays(features, INPUTS, Targets::Classes(labels)).expect("consistent arrays"))
+    Arc::new(
+        Dataset::from_arrays(features, INPUTS, Targets::Classes(labels))
+            .expect("consistent arrays"),
+    )
 }
 
 /// Trains `steps` (rounded up to whole epochs) and returns (steps, seconds).
-fn run(spec: &ModelSpec, data: &Arc<Dataset>, backend: Backend, batch: u32, steps: usize) -> (u64, f64) {
+fn run(
+    spec: &ModelSpec,
+    data: &Arc<Dataset>,
+    backend: Backend,
+    batch: u32,
+    steps: usize,
+) -> (u64, f64) {
     let per_epoch = ROWS.div_ceil(batch as usize);
     let job = Job {
         spec: spec.clone(),
@@ -82,7 +97,10 @@ fn run(spec: &ModelSpec, data: &Arc<Dataset>, backend: Backend, batch: u32, step
 }
 
 fn main() {
-    let steps: usize = std::env::var("STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let steps: usize = std::env::var("STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
     let data = data();
     let mut backends = vec![Backend::Cpu];
     match &backend::probe().gpu {
@@ -96,7 +114,10 @@ fn main() {
         "\n{:<40} {:<18} {:>5} {:>6} {:>8} {:>9} {:>10}",
         "backend", "model", "batch", "steps", "seconds", "steps/s", "samples/s"
     );
-    for (name, hidden) in [("784-128-10", vec![128]), ("784-512-512-10", vec![512, 512])] {
+    for (name, hidden) in [
+        ("784-128-10", vec![128]),
+        ("784-512-512-10", vec![512, 512]),
+    ] {
         let spec = spec(&hidden);
         for batch in [32u32, 256] {
             for &b in &backends {

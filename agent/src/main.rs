@@ -60,6 +60,18 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 table.len(),
                 table.headers
             );
+            let backend = config.training.backend;
+            let probe = convoy_agent::backend::probe();
+            println!(
+                "training backend {:?}: {} (GPU probe: {})",
+                backend,
+                convoy_agent::backend::select(backend).name,
+                match &probe.gpu {
+                    Ok(gpu) if probe.software => format!("{} (software)", gpu.name),
+                    Ok(gpu) => gpu.name.clone(),
+                    Err(why) => why.clone(),
+                }
+            );
             Ok(())
         }
         Command::Run { config } => {

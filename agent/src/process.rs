@@ -27,9 +27,18 @@ pub async fn cancel_on_signal(token: CancellationToken) {
 }
 
 /// Sets up `tracing` to stderr; `RUST_LOG` sets the filter, else `default`
-/// (e.g. `info`). The embedded broker's own logs stay off unless asked for.
+/// (e.g. `info`). Unless `RUST_LOG` names them, the embedded broker's own
+/// logs stay off, and so do wgpu's GL-backend errors, which its adapter probe
+/// prints on every machine without a GL driver even when Vulkan works.
 pub fn init_logging(json: bool, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut spec = std::env::var("RUST_LOG").unwrap_or_else(|_| default.to_string());
+    if !spec.contains("rumqttd") {
+        spec.push_str(",rumqttd=off");
+    }
+    if !spec.contains("wgpu") {
+        spec.push_str(",wgpu_hal::gles=off");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},rumqttd=off")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -29,7 +29,12 @@ const TEST_ROWS: usize = 1000;
 const IDLE_SECS: u64 = 10;
 
 /// Writes `rows` images with their labels as a CSV (features px0.., label).
-fn write_csv(path: &Path, images: &idx::Images, labels: &[u8], rows: std::ops::Range<usize>) -> anyhow::Result<()> {
+fn write_csv(
+    path: &Path,
+    images: &idx::Images,
+    labels: &[u8],
+    rows: std::ops::Range<usize>,
+) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     let names = idx::feature_names(images.rows, images.cols);
@@ -69,7 +74,13 @@ struct Row {
     idle_cpu: f64,
 }
 
-async fn measure(name: &str, command: &[PathBuf], work: &Path, test_csv: &Path, client_csv: &Path) -> anyhow::Result<Row> {
+async fn measure(
+    name: &str,
+    command: &[PathBuf],
+    work: &Path,
+    test_csv: &Path,
+    client_csv: &Path,
+) -> anyhow::Result<Row> {
     let url = start_broker()?;
     let scenario = Scenario::digits(1, 1)?;
     let mut server = scenario.server_config(&url, 1, 1);
@@ -91,7 +102,10 @@ async fn measure(name: &str, command: &[PathBuf], work: &Path, test_csv: &Path, 
 
     let mut watch = RawClient::connect(&url, "footprint-watch").await?;
     let status = topics::client(FLEET, ClientTopic::Status, &agent.client_id);
-    watch.client.subscribe(status.as_str(), QoS::AtLeastOnce).await?;
+    watch
+        .client
+        .subscribe(status.as_str(), QoS::AtLeastOnce)
+        .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mut run = spawn_server(server);
@@ -109,7 +123,10 @@ async fn measure(name: &str, command: &[PathBuf], work: &Path, test_csv: &Path, 
     let start_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let round = next_round(&mut run, 600).await?;
-    anyhow::ensure!(round.clients_reported == 1, "agent did not report: {round:?}");
+    anyhow::ensure!(
+        round.clients_reported == 1,
+        "agent did not report: {round:?}"
+    );
     run.task.await??;
     let store = convoy_server::store::Store::open_existing(&work.join(format!("{name}.db")))?;
     let train_s = store.clients(round.round)?[0].train_seconds;
@@ -144,7 +161,12 @@ async fn main() -> anyhow::Result<()> {
     let test_csv = work.path().join("test.csv");
     let client_csv = work.path().join("client.csv");
     write_csv(&test_csv, &images, &labels, 0..TEST_ROWS)?;
-    write_csv(&client_csv, &images, &labels, TEST_ROWS..TEST_ROWS + TRAIN_ROWS)?;
+    write_csv(
+        &client_csv,
+        &images,
+        &labels,
+        TEST_ROWS..TEST_ROWS + TRAIN_ROWS,
+    )?;
     drop(Table::read(std::fs::File::open(&test_csv)?)?);
 
     let mut runs: Vec<(String, Vec<PathBuf>)> = Vec::new();
