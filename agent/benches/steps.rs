@@ -111,7 +111,7 @@ fn main() {
         Err(why) => println!("no GPU row: {why}"),
     }
     println!(
-        "\n{:<40} {:<18} {:>5} {:>6} {:>8} {:>9} {:>10}",
+        "\n{:<52} {:<18} {:>5} {:>6} {:>8} {:>9} {:>10}",
         "backend", "model", "batch", "steps", "seconds", "steps/s", "samples/s"
     );
     for (name, hidden) in [
@@ -125,7 +125,7 @@ fn main() {
                 run(&spec, &data, b, batch, 20);
                 let (done, secs) = run(&spec, &data, b, batch, steps);
                 println!(
-                    "{:<40} {:<18} {:>5} {:>6} {:>8.2} {:>9.0} {:>10.0}",
+                    "{:<52} {:<18} {:>5} {:>6} {:>8.2} {:>9.0} {:>10.0}",
                     backend::select(b).name,
                     name,
                     batch,

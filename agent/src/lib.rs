@@ -131,6 +131,13 @@ pub enum LocalData {
     Csv(Arc<Table>),
     /// Rows already normalised to the spec's features (the fleet simulator).
     Prepared(Arc<Dataset>),
+    /// The CSV at `data.path`, released once its rows became the training
+    /// set (so a vehicle holds one copy of its data, not two); read again
+    /// only when the model spec changes.
+    Released {
+        /// Its data rows.
+        rows: usize,
+    },
 }
 
 impl LocalData {
@@ -138,6 +145,7 @@ impl LocalData {
         match self {
             LocalData::Csv(t) => t.len(),
             LocalData::Prepared(d) => d.len(),
+            LocalData::Released { rows } => *rows,
         }
     }
 }
@@ -640,9 +648,17 @@ impl Agent {
         {
             return Ok(data.clone());
         }
+        // Drop the previous training set before building the next one.
+        self.dataset = None;
         let data = match &self.data {
-            LocalData::Csv(table) => {
-                Dataset::from_table(table, &announce.spec).map_err(|e| AgentError::Data {
+            LocalData::Csv(_) | LocalData::Released { .. } => {
+                let table = match std::mem::replace(&mut self.data, LocalData::Released { rows: 0 })
+                {
+                    LocalData::Csv(table) => table,
+                    _ => Arc::new(load_table(&self.config)?),
+                };
+                self.data = LocalData::Released { rows: table.len() };
+                Dataset::from_table(&table, &announce.spec).map_err(|e| AgentError::Data {
                     path: self.config.data.path.display().to_string(),
                     message: e.to_string(),
                 })?

@@ -402,21 +402,22 @@ fn render_config(board: &Board, label: &str, has_password: bool) -> Result<Strin
         .map_err(|e| format!("config template {}: {e}", board.config.display()))?;
     config.insert("client_id".into(), board.client_id.clone().into());
     // Below a temporary root, the agent's own absolute paths move too.
-    for key in ["state_dir"] {
-        if let Some(toml::Value::String(p)) = config.get_mut(key) {
-            if p.starts_with('/') {
-                *p = board.on_board(p);
-            }
+    let below_root = |value: &mut toml::Value| {
+        if let toml::Value::String(p) = value
+            && p.starts_with('/')
+        {
+            *p = board.on_board(p);
         }
+    };
+    if let Some(v) = config.get_mut("state_dir") {
+        below_root(v);
     }
-    if let Some(toml::Value::String(p)) = config
+    if let Some(v) = config
         .get_mut("data")
         .and_then(|d| d.as_table_mut())
         .and_then(|d| d.get_mut("path"))
     {
-        if p.starts_with('/') {
-            *p = board.on_board(p);
-        }
+        below_root(v);
     }
     config.insert("deployment".into(), label.into());
     if let Some(fleet) = &board.fleet {

@@ -93,6 +93,12 @@ impl Table {
             }
             len += 1;
         }
+        for column in &mut columns {
+            match column {
+                Column::Numbers(v) => v.shrink_to_fit(),
+                Column::Text(t) => t.shrink_to_fit(),
+            }
+        }
         Ok(Self {
             headers,
             columns,

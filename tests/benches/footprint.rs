@@ -176,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
     runs.push(("native".into(), vec![native]));
     if let Some(cross) = std::env::var_os("CONVOY_CROSS_AGENT") {
         let runner = std::env::var("CONVOY_CROSS_RUNNER").unwrap_or_else(|_| "qemu-aarch64".into());
-        runs.push((format!("{runner}"), vec![runner.into(), cross.into()]));
+        runs.push((runner.clone(), vec![runner.into(), cross.into()]));
     }
     let mut rows = Vec::new();
     for (name, command) in &runs {
