@@ -658,7 +658,11 @@ impl Agent {
                     _ => Arc::new(load_table(&self.config)?),
                 };
                 self.data = LocalData::Released { rows: table.len() };
-                Dataset::from_table(&table, &announce.spec).map_err(|e| AgentError::Data {
+                let built = match Arc::try_unwrap(table) {
+                    Ok(table) => Dataset::from_owned_table(table, &announce.spec),
+                    Err(shared) => Dataset::from_table(&shared, &announce.spec),
+                };
+                built.map_err(|e| AgentError::Data {
                     path: self.config.data.path.display().to_string(),
                     message: e.to_string(),
                 })?

@@ -43,37 +43,18 @@ pub enum DataError {
     },
 }
 
-/// One column of a [`Table`]: numbers while every cell is a finite
-/// number (4 bytes a cell), text otherwise.
-#[derive(Debug, Clone, PartialEq)]
-enum Column {
-    Numbers(Vec<f32>),
-    Text(Vec<String>),
-}
-
-impl Column {
-    fn push(&mut self, cell: &str) {
-        match self {
-            Column::Numbers(values) => match cell.parse::<f32>() {
-                Ok(v) if v.is_finite() => values.push(v),
-                _ => {
-                    let mut text: Vec<String> = values.iter().map(f32::to_string).collect();
-                    text.push(cell.to_string());
-                    *self = Column::Text(text);
-                }
-            },
-            Column::Text(text) => text.push(cell.to_string()),
-        }
-    }
-}
-
-/// A CSV held column by column: numeric columns as `f32`, the rest as
-/// text, so a vehicle's data costs about 4 bytes a cell in memory.
+/// A CSV held as one row-major `f32` matrix (4 bytes a cell, one
+/// allocation, so a vehicle's data costs what its cells do), with the cells
+/// of any column that holds something other than finite numbers kept as
+/// text beside it.
 #[derive(Debug, Clone)]
 pub struct Table {
     /// Column names.
     pub headers: Vec<String>,
-    columns: Vec<Column>,
+    /// `len * headers.len()` cells, row after row; NaN in text columns.
+    numbers: Vec<f32>,
+    /// Per column: its cells as text, for columns that are not all numbers.
+    text: Vec<Option<Vec<String>>>,
     len: usize,
 }
 
@@ -84,24 +65,40 @@ impl Table {
             .trim(csv::Trim::All)
             .from_reader(reader);
         let headers: Vec<String> = csv.headers()?.iter().map(str::to_string).collect();
-        let mut columns = vec![Column::Numbers(Vec::new()); headers.len()];
+        let width = headers.len();
+        let mut numbers = Vec::new();
+        let mut text: Vec<Option<Vec<String>>> = vec![None; width];
         let mut record = csv::StringRecord::new();
         let mut len = 0;
         while csv.read_record(&mut record)? {
-            for (column, cell) in columns.iter_mut().zip(record.iter()) {
-                column.push(cell);
+            for (c, column) in text.iter_mut().enumerate() {
+                let cell = record.get(c).unwrap_or_default();
+                match column {
+                    Some(cells) => {
+                        cells.push(cell.to_string());
+                        numbers.push(f32::NAN);
+                    }
+                    None => match cell.parse::<f32>() {
+                        Ok(v) if v.is_finite() => numbers.push(v),
+                        _ => {
+                            // The column turns out to be text: keep what it held so far.
+                            let mut cells: Vec<String> = (0..len)
+                                .map(|r| numbers[r * width + c].to_string())
+                                .collect();
+                            cells.push(cell.to_string());
+                            *column = Some(cells);
+                            numbers.push(f32::NAN);
+                        }
+                    },
+                }
             }
             len += 1;
         }
-        for column in &mut columns {
-            match column {
-                Column::Numbers(v) => v.shrink_to_fit(),
-                Column::Text(t) => t.shrink_to_fit(),
-            }
-        }
+        numbers.shrink_to_fit();
         Ok(Self {
             headers,
-            columns,
+            numbers,
+            text,
             len,
         })
     }
@@ -123,23 +120,23 @@ impl Table {
 
     /// A cell as text (numbers in their shortest form, e.g. `3` for `3.0`).
     pub fn text(&self, row: usize, col: usize) -> String {
-        match &self.columns[col] {
-            Column::Numbers(v) => v[row].to_string(),
-            Column::Text(t) => t[row].clone(),
+        match &self.text[col] {
+            Some(cells) => cells[row].clone(),
+            None => self.numbers[row * self.headers.len() + col].to_string(),
         }
     }
 
     /// A cell as a finite number, or an error naming row and column.
     pub fn number(&self, row: usize, col: usize) -> Result<f32, DataError> {
-        match &self.columns[col] {
-            Column::Numbers(v) => Ok(v[row]),
-            Column::Text(t) => parse_cell(&t[row], row, &self.headers[col]),
+        match &self.text[col] {
+            Some(cells) => parse_cell(&cells[row], row, &self.headers[col]),
+            None => Ok(self.numbers[row * self.headers.len() + col]),
         }
     }
 
     /// A whole row as text cells (for writing CSVs).
     pub fn row(&self, row: usize) -> Vec<String> {
-        (0..self.columns.len()).map(|c| self.text(row, c)).collect()
+        (0..self.headers.len()).map(|c| self.text(row, c)).collect()
     }
 
     /// Derives a spec from this table: every column but the label is a
@@ -220,6 +217,79 @@ fn parse_cell(cell: &str, row: usize, column: &str) -> Result<f32, DataError> {
     }
 }
 
+/// How a table's columns and rows map onto a spec: the column of each
+/// feature, the rows kept (their label is one of the spec's classes) and
+/// their targets.
+struct Source {
+    cols: Vec<Option<usize>>,
+    kept: Vec<usize>,
+    targets: Targets,
+    missing_features: Vec<String>,
+    skipped_rows: usize,
+}
+
+impl Source {
+    fn match_spec(table: &Table, spec: &ModelSpec) -> Result<Self, DataError> {
+        let label_col = table
+            .column(&spec.label)
+            .ok_or_else(|| DataError::NoLabel {
+                label: spec.label.clone(),
+                columns: table.headers.clone(),
+            })?;
+        let cols: Vec<Option<usize>> = spec.features.iter().map(|f| table.column(f)).collect();
+        let missing_features = spec
+            .features
+            .iter()
+            .zip(&cols)
+            .filter(|(_, c)| c.is_none())
+            .map(|(f, _)| f.clone())
+            .collect();
+        let mut kept = Vec::with_capacity(table.len());
+        let mut classes = Vec::new();
+        let mut values = Vec::new();
+        for r in 0..table.len() {
+            match spec.task {
+                TaskKind::Classification => {
+                    let label = table.text(r, label_col);
+                    match spec.classes.iter().position(|c| *c == label) {
+                        Some(class) => classes.push(class as u32),
+                        None => continue,
+                    }
+                }
+                TaskKind::Regression => values.push(table.number(r, label_col)?),
+            }
+            kept.push(r);
+        }
+        let skipped_rows = table.len() - kept.len();
+        let targets = match spec.task {
+            TaskKind::Classification => Targets::Classes(classes),
+            TaskKind::Regression => Targets::Values(values),
+        };
+        if targets.is_empty() {
+            return Err(DataError::Empty {
+                skipped: skipped_rows,
+            });
+        }
+        Ok(Self {
+            cols,
+            kept,
+            targets,
+            missing_features,
+            skipped_rows,
+        })
+    }
+
+    fn into_dataset(self, features: Vec<f32>, dims: usize) -> Dataset {
+        Dataset {
+            features,
+            dims,
+            targets: self.targets,
+            missing_features: self.missing_features,
+            skipped_rows: self.skipped_rows,
+        }
+    }
+}
+
 /// Normalised features and targets, ready for batching.
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -235,40 +305,11 @@ pub struct Dataset {
 impl Dataset {
     /// Builds a dataset from a table, matching columns to `spec` by name.
     pub fn from_table(table: &Table, spec: &ModelSpec) -> Result<Self, DataError> {
-        let label_col = table
-            .column(&spec.label)
-            .ok_or_else(|| DataError::NoLabel {
-                label: spec.label.clone(),
-                columns: table.headers.clone(),
-            })?;
-        let cols: Vec<Option<usize>> = spec.features.iter().map(|f| table.column(f)).collect();
-        let missing_features = spec
-            .features
-            .iter()
-            .zip(&cols)
-            .filter(|(_, c)| c.is_none())
-            .map(|(f, _)| f.clone())
-            .collect();
+        let source = Source::match_spec(table, spec)?;
         let dims = spec.inputs();
-        let mut features = Vec::with_capacity(table.len() * dims);
-        let mut classes = Vec::new();
-        let mut values = Vec::new();
-        let mut skipped_rows = 0;
-        for r in 0..table.len() {
-            match spec.task {
-                TaskKind::Classification => {
-                    let label = table.text(r, label_col);
-                    match spec.classes.iter().position(|c| *c == label) {
-                        Some(class) => classes.push(class as u32),
-                        None => {
-                            skipped_rows += 1;
-                            continue;
-                        }
-                    }
-                }
-                TaskKind::Regression => values.push(table.number(r, label_col)?),
-            }
-            for (i, col) in cols.iter().enumerate() {
+        let mut features = Vec::with_capacity(source.kept.len() * dims);
+        for &r in &source.kept {
+            for (i, col) in source.cols.iter().enumerate() {
                 let normalised = match col {
                     Some(c) => (table.number(r, *c)? - spec.norm_mean[i]) / spec.norm_std[i],
                     None => 0.0,
@@ -276,22 +317,38 @@ impl Dataset {
                 features.push(normalised);
             }
         }
-        let targets = match spec.task {
-            TaskKind::Classification => Targets::Classes(classes),
-            TaskKind::Regression => Targets::Values(values),
+        Ok(source.into_dataset(features, dims))
+    }
+
+    /// [`Dataset::from_table`] that reuses the table's memory for the
+    /// features when every feature is a numeric column (the usual case), so
+    /// the data is never held twice; otherwise it copies.
+    pub fn from_owned_table(table: Table, spec: &ModelSpec) -> Result<Self, DataError> {
+        let source = Source::match_spec(&table, spec)?;
+        let dims = spec.inputs();
+        let width = table.headers.len();
+        let numeric: Option<Vec<usize>> = source
+            .cols
+            .iter()
+            .map(|c| c.filter(|c| table.text[*c].is_none()))
+            .collect();
+        let (Some(numeric), true) = (numeric, dims <= width) else {
+            return Self::from_table(&table, spec);
         };
-        if targets.is_empty() {
-            return Err(DataError::Empty {
-                skipped: skipped_rows,
-            });
+        let mut cells = table.numbers;
+        let mut row = vec![0f32; dims];
+        // Row `out` lands at or before where source row `r >= out` starts and
+        // ends before the next source row begins (dims <= width), so every
+        // cell is read before it is overwritten.
+        for (out, &r) in source.kept.iter().enumerate() {
+            for (i, &c) in numeric.iter().enumerate() {
+                row[i] = (cells[r * width + c] - spec.norm_mean[i]) / spec.norm_std[i];
+            }
+            cells[out * dims..(out + 1) * dims].copy_from_slice(&row);
         }
-        Ok(Self {
-            features,
-            dims,
-            targets,
-            missing_features,
-            skipped_rows,
-        })
+        cells.truncate(source.kept.len() * dims);
+        cells.shrink_to_fit();
+        Ok(source.into_dataset(cells, dims))
     }
 
     /// A dataset from already-normalised row-major features (`dims` per
@@ -389,6 +446,49 @@ mod tests {
             .unwrap();
         let data = Dataset::from_csv("a,y\n20,no\n".as_bytes(), &spec).unwrap();
         assert_eq!(data.missing_features, vec!["b"]);
+    }
+
+    #[test]
+    fn owned_table_gives_the_same_dataset_without_a_second_copy() {
+        let spec = Table::read(CSV.as_bytes())
+            .unwrap()
+            .derive_spec("y", TaskKind::Classification, vec![4], 1)
+            .unwrap();
+        let mut spec = spec;
+        spec.classes.retain(|c| c != "maybe");
+        for csv in [
+            // reordered, an extra column, a skipped row (in place)
+            "extra,a,y,b\n0,25,no,4\n0,25,maybe,4\n9,10,yes,1\n1,30,yes,7\n",
+            // a feature missing (copies)
+            "a,y\n20,no\n30,yes\n",
+            // a text column that is not a feature, and one that is (copies, then errors)
+            "note,a,b,y\nx,10,1,yes\ny,20,3,no\n",
+            "a,b,y\n10,1,yes\n20,oops,no\n",
+        ] {
+            let copied = Dataset::from_table(&Table::read(csv.as_bytes()).unwrap(), &spec);
+            let owned = Dataset::from_owned_table(Table::read(csv.as_bytes()).unwrap(), &spec);
+            match (copied, owned) {
+                (Ok(c), Ok(o)) => {
+                    assert_eq!(c.features, o.features, "{csv}");
+                    assert_eq!(c.targets(), o.targets(), "{csv}");
+                    assert_eq!(c.skipped_rows, o.skipped_rows);
+                    assert_eq!(c.missing_features, o.missing_features);
+                    assert_eq!(o.features.len(), o.len() * o.dims());
+                }
+                (Err(c), Err(o)) => assert_eq!(c.to_string(), o.to_string()),
+                (c, o) => panic!("{csv}: {c:?} vs {o:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn text_cells_survive_a_column_turning_to_text() {
+        let table = Table::read("a,y\n1.5,yes\n2,no\nn/a,yes\n".as_bytes()).unwrap();
+        assert_eq!(table.text(0, 0), "1.5");
+        assert_eq!(table.text(2, 0), "n/a");
+        assert_eq!(table.number(1, 0).unwrap(), 2.0);
+        assert!(table.number(2, 0).is_err());
+        assert_eq!(table.row(1), vec!["2", "no"]);
     }
 
     #[test]
