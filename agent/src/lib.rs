@@ -133,7 +133,7 @@ pub enum LocalData {
     Prepared(Arc<Dataset>),
     /// The CSV at `data.path`, released once its rows became the training
     /// set (so a vehicle holds one copy of its data, not two); read again
-    /// only when the model spec changes.
+    /// for the next round, or when the model spec changes.
     Released {
         /// Its data rows.
         rows: usize,
@@ -652,8 +652,8 @@ impl Agent {
         self.dataset = None;
         let data = match &self.data {
             LocalData::Csv(_) | LocalData::Released { .. } => {
-                let table = match std::mem::replace(&mut self.data, LocalData::Released { rows: 0 })
-                {
+                let rows = self.data.rows();
+                let table = match std::mem::replace(&mut self.data, LocalData::Released { rows }) {
                     LocalData::Csv(table) => table,
                     _ => Arc::new(load_table(&self.config)?),
                 };
@@ -867,6 +867,13 @@ impl Agent {
             encode_seconds,
             "update trained and stored"
         );
+        // Between rounds the vehicle gets its memory back; the next round
+        // reads the CSV again, with whatever the vehicle logged meanwhile.
+        // (A paused round keeps its training set, so it resumes on the
+        // same rows.)
+        if matches!(self.data, LocalData::Released { .. }) {
+            self.dataset = None;
+        }
         if self.config.faults.stop_after_persist {
             return Err(AgentError::FaultInjected("stop_after_persist"));
         }
