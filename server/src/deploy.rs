@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, Clone, clap::Args)]
 pub struct DeployOptions {
     /// Inventory TOML: a `[defaults]` table and one `[[board]]` table per
-    /// board (see systemd/inventory.example.toml).
+    /// board (see cross/inventory.example.toml).
     #[arg(long, short)]
     pub inventory: PathBuf,
     /// Print every step (the exact ssh commands) and touch nothing.
