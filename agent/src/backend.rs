@@ -27,11 +27,14 @@ pub struct Probe {
     pub software: bool,
 }
 
+/// The ledger's name for the CPU backend.
+pub const CPU_NAME: &str = "cpu-flex";
+
 /// The CPU device.
 pub fn cpu() -> Compute {
     Compute {
         device: Device::flex(),
-        name: "cpu-flex".into(),
+        name: CPU_NAME.into(),
     }
 }
 
@@ -69,7 +72,7 @@ pub fn explain(backend: Backend) {
         tracing::info!(device, "training on the CPU (backend = \"cpu\")");
         return;
     }
-    if device != "cpu-flex" {
+    if device != CPU_NAME {
         tracing::info!(device, "training on the GPU");
         return;
     }

@@ -391,7 +391,12 @@ pub fn table(results: &[BoardResult]) -> String {
 }
 
 /// The agent config for `board`: the template with its identity filled in.
-fn render_config(board: &Board, label: &str, has_password: bool) -> Result<String, String> {
+/// The agent config for `board` as TOML, and as the agent will read it.
+fn render_config(
+    board: &Board,
+    label: &str,
+    has_password: bool,
+) -> Result<(String, convoy_agent::config::AgentConfig), String> {
     let text = std::fs::read_to_string(&board.config).map_err(|e| {
         format!(
             "cannot read config template {}: {e}",
@@ -449,7 +454,7 @@ fn render_config(board: &Board, label: &str, has_password: bool) -> Result<Strin
     parsed
         .validate()
         .map_err(|e| format!("rendered config is invalid: {e}"))?;
-    Ok(rendered)
+    Ok((rendered, parsed))
 }
 
 /// Where the vehicle's broker password lives on the board (not below `root`:
@@ -457,17 +462,6 @@ fn render_config(board: &Board, label: &str, has_password: bool) -> Result<Strin
 fn password_path(board: &Board) -> String {
     let dir = board.config_path.rsplit_once('/').map_or("", |(d, _)| d);
     board.on_board(&format!("{dir}/broker-password"))
-}
-
-/// Broker to watch and fleet of the agent a rendered config describes.
-fn watch_target(board: &Board, rendered: &str) -> (String, String) {
-    let config = toml::from_str::<convoy_agent::config::AgentConfig>(rendered).ok();
-    let url = board
-        .status_broker_url
-        .clone()
-        .or_else(|| config.as_ref().map(|c| c.broker.url.clone()))
-        .unwrap_or_default();
-    (url, config.map(|c| c.fleet).unwrap_or_default())
 }
 
 /// The ELF machine of the artifact as `uname -m` names it.
@@ -488,11 +482,12 @@ fn elf_arch(bytes: &[u8]) -> Option<&'static str> {
 }
 
 /// The steps that install and start the agent on `board`.
-fn plan(board: &Board, label: &str) -> Result<(Vec<Step>, String), String> {
+/// Also returns the index of the swap step: a failure after it rolls back.
+fn plan(board: &Board, label: &str) -> Result<(Vec<Step>, usize), String> {
     let artifact = std::fs::read(&board.artifact)
         .map_err(|e| format!("cannot read artifact {}: {e}", board.artifact.display()))?;
     let password = board.password()?;
-    let config = render_config(board, label, password.is_some())?;
+    let (config, agent) = render_config(board, label, password.is_some())?;
     let bin = board.on_board(&board.bin_path);
     let cfg = board.on_board(&board.config_path);
     let unit = board.on_board(&board.unit_path);
@@ -603,6 +598,7 @@ fn plan(board: &Board, label: &str) -> Result<(Vec<Step>, String), String> {
         })
         .collect::<Vec<_>>()
         .join(" && ");
+    let swap_index = steps.len();
     steps.push(Step {
         what: "keep the running version as .prev and swap in the new one".into(),
         action: Action::Remote { script: swap },
@@ -619,12 +615,15 @@ fn plan(board: &Board, label: &str) -> Result<(Vec<Step>, String), String> {
             script: active_script(board),
         },
     });
-    let (url, fleet) = watch_target(board, &config);
+    let url = board.status_broker_url.clone().unwrap_or(agent.broker.url);
     steps.push(Step {
         what: format!("verify the agent reports deployment {label} on the broker"),
-        action: Action::WaitStatus { url, fleet },
+        action: Action::WaitStatus {
+            url,
+            fleet: agent.fleet,
+        },
     });
-    Ok((steps, config))
+    Ok((steps, swap_index))
 }
 
 fn restart_script(board: &Board) -> String {
@@ -826,17 +825,13 @@ async fn deploy_board(board: Board, label: String, dry_run: bool) -> BoardResult
         seconds: 0.0,
         detail: String::new(),
     };
-    let steps = match plan(&board, &label) {
-        Ok((steps, _)) => steps,
+    let (steps, swap_index) = match plan(&board, &label) {
+        Ok(plan) => plan,
         Err(e) => {
             result.detail = e;
             return result;
         }
     };
-    let swap_index = steps
-        .iter()
-        .position(|s| s.what.starts_with("keep the running"))
-        .unwrap_or(usize::MAX);
     for (i, step) in steps.iter().enumerate() {
         let tag = format!("[{}] {}/{}", board.name, i + 1, steps.len());
         if dry_run {
@@ -875,7 +870,10 @@ async fn deploy_board(board: Board, label: String, dry_run: bool) -> BoardResult
                         Ok(_) => result.outcome = Outcome::RolledBack,
                         Err(e) => result.detail.push_str(&format!("; rollback failed: {e}")),
                     }
-                } else if i >= 2 {
+                } else if steps[..=i]
+                    .iter()
+                    .any(|s| matches!(s.action, Action::Upload { .. }))
+                {
                     // Nothing was swapped in; leave no half-uploaded files.
                     let bin = board.on_board(&board.bin_path);
                     let cfg = board.on_board(&board.config_path);

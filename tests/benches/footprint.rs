@@ -14,7 +14,6 @@
 //! dataset-fashion-mnist.
 
 use anyhow::Context;
-use convoy_shared::dataset::Table;
 use convoy_shared::idx;
 use convoy_shared::model::TaskKind;
 use convoy_shared::topics::{self, ClientTopic};
@@ -167,7 +166,6 @@ async fn main() -> anyhow::Result<()> {
         &labels,
         TEST_ROWS..TEST_ROWS + TRAIN_ROWS,
     )?;
-    drop(Table::read(std::fs::File::open(&test_csv)?)?);
 
     let mut runs: Vec<(String, Vec<PathBuf>)> = Vec::new();
     let native = std::env::var_os("CONVOY_AGENT_BIN")
