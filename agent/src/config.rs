@@ -1,10 +1,11 @@
 //! The agent's TOML configuration, with documented defaults.
 
-use crate::mqtt::BrokerConfig;
+pub use convoy_runtime::ConfigError;
+use convoy_runtime::config::{env_override, load_toml, resolve};
+pub use convoy_runtime::link::BrokerConfig;
 use convoy_shared::model::TaskKind;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use thiserror::Error;
 
 /// Everything an agent needs to know. See `systemd/agent.example.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,76 +115,26 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/convoy-agent")
 }
 
-/// A configuration that cannot be used.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// File unreadable.
-    #[error("cannot read config {path}: {cause}")]
-    Read {
-        /// file
-        path: PathBuf,
-        /// cause
-        cause: std::io::Error,
-    },
-    /// TOML invalid.
-    #[error("config {path} is invalid: {message}")]
-    Parse {
-        /// file
-        path: PathBuf,
-        /// parser message (names the line and key)
-        message: String,
-    },
-    /// A value out of range.
-    #[error("config: {0}")]
-    Invalid(String),
-}
-
-/// Reads and parses a TOML config file, with errors naming the file.
-pub fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
-        path: path.to_path_buf(),
-        cause,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
-}
-
 impl AgentConfig {
     /// Reads, resolves relative paths against the file's folder, applies
     /// env overrides and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let mut config: AgentConfig = load_toml(path)?;
         // Relative paths are relative to the config file, not the cwd.
-        let base = path.parent().unwrap_or(Path::new("."));
-        let password_file = config.broker.password_file.as_mut();
-        for p in [&mut config.data.path, &mut config.state_dir]
-            .into_iter()
-            .chain(password_file)
-        {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
-        config.apply_env();
-        config
-            .broker
-            .load_password()
-            .map_err(ConfigError::Invalid)?;
+        resolve(path, &mut config.data.path);
+        resolve(path, &mut config.state_dir);
+        config.broker.resolve_paths(path);
+        config.apply_env()?;
+        config.broker.load_password()?;
         config.validate()?;
         Ok(config)
     }
 
     /// `CONVOY_FLEET`, `CONVOY_CLIENT_ID` and `CONVOY_BROKER_*`.
-    pub fn apply_env(&mut self) {
-        if let Ok(fleet) = std::env::var("CONVOY_FLEET") {
-            self.fleet = fleet;
-        }
-        if let Ok(id) = std::env::var("CONVOY_CLIENT_ID") {
-            self.client_id = id;
-        }
-        self.broker.apply_env();
+    pub fn apply_env(&mut self) -> Result<(), ConfigError> {
+        env_override("CONVOY_FLEET", &mut self.fleet)?;
+        env_override("CONVOY_CLIENT_ID", &mut self.client_id)?;
+        self.broker.apply_env()
     }
 
     /// Checks values a config file can get wrong.
@@ -212,16 +163,20 @@ impl AgentConfig {
                 "training.threads must be at least 1".into(),
             ));
         }
-        if self.broker.max_packet_size < 40 * 1024 {
+        if self.training.threads > 1024 {
             return Err(ConfigError::Invalid(format!(
-                "broker.max_packet_size {} is too small; model chunks need at least 40960",
-                self.broker.max_packet_size
+                "training.threads {} must be 1 to 1024",
+                self.training.threads
             )));
         }
-        self.broker
-            .check_url()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        Ok(())
+        if !(1..=86_400).contains(&self.training.ack_timeout_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "training.ack_timeout_secs {} must be 1 to 86400",
+                self.training.ack_timeout_secs
+            )));
+        }
+        self.policy.validate().map_err(ConfigError::Invalid)?;
+        self.broker.validate()
     }
 }
 
@@ -244,7 +199,11 @@ mod tests {
         let c: AgentConfig =
             toml::from_str(include_str!("../../systemd/agent.example.toml")).unwrap();
         assert_eq!(c.training, TrainingConfig::default());
-        assert_eq!(c.broker, BrokerConfig::default());
+        assert_eq!(
+            c.broker,
+            BrokerConfig::at(BrokerConfig::local()),
+            "the example names the default broker"
+        );
         assert_eq!(c.policy, crate::policy::PolicyConfig::default());
         c.validate().unwrap();
     }
@@ -256,8 +215,11 @@ mod tests {
                 .unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("client_id"));
         c.client_id = "car-1".into();
-        c.broker.url = "nope".into();
-        assert!(c.validate().unwrap_err().to_string().contains("mqtt://"));
+        c.broker.max_packet_size = 1024;
+        assert!(c.validate().unwrap_err().to_string().contains("max_packet_size"));
+        let bad_url = "client_id = \"c\"\n[broker]\nurl = \"nope\"\n[data]\npath = \"d.csv\"\nlabel = \"y\"\n";
+        let err = toml::from_str::<AgentConfig>(bad_url).unwrap_err();
+        assert!(err.to_string().contains("mqtt://"), "{err}");
         assert!(toml::from_str::<AgentConfig>("client_id = 1").is_err());
     }
 }

@@ -36,7 +36,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    convoy_agent::process::init_logging(cli.log_json, "info");
+    convoy_runtime::process::init_logging(cli.log_json, "info");
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -50,9 +50,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { config } => {
             let config = convoy_agent::config::AgentConfig::load(&config)?;
-            let file = std::fs::File::open(&config.data.path)
-                .with_context(|| format!("opening data {}", config.data.path.display()))?;
-            let table = convoy_shared::dataset::Table::read(file)?;
+            let table = convoy_agent::data::load_configured(&config)?;
             println!(
                 "config ok: client {} in fleet {}, {} rows, columns {:?}",
                 config.client_id,
@@ -83,7 +81,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(convoy_agent::process::cancel_on_signal(shutdown.clone()));
+                tokio::spawn(convoy_runtime::process::cancel_on_signal(shutdown.clone()));
                 convoy_agent::run(config, shutdown).await
             })?;
             Ok(())

@@ -17,7 +17,7 @@ use convoy_shared::model::ModelSpec;
 use convoy_shared::params::ParamSet;
 use convoy_shared::version::{Manifest, VersionId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use std::io::Write;
+use convoy_runtime::fs::{FsError, sync_dir, write_atomic};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -31,6 +31,14 @@ pub enum StateError {
         path: PathBuf,
         /// cause
         cause: std::io::Error,
+    },
+    /// A value could not be serialised.
+    #[error("cannot serialise {path}: {message}")]
+    Encode {
+        /// file it was meant for
+        path: PathBuf,
+        /// serialiser message
+        message: String,
     },
     /// A file exists but does not decode; it is moved aside.
     #[error("state file {path} is corrupt ({message}); moved aside to {path}.corrupt")]
@@ -110,8 +118,13 @@ impl StateDir {
     }
 
     fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
-        let bytes = postcard::to_allocvec(value).unwrap_or_default();
-        write_atomic(&self.path(name), &bytes)
+        let path = self.path(name);
+        let bytes = postcard::to_allocvec(value).map_err(|e| StateError::Encode {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&path, &bytes)?;
+        Ok(())
     }
 
     fn read<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
@@ -137,7 +150,7 @@ impl StateDir {
     fn remove(&self, name: &str) -> Result<(), StateError> {
         let path = self.path(name);
         match std::fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.root),
+            Ok(()) => Ok(sync_dir(&self.root)?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(cause) => Err(StateError::Io { path, cause }),
         }
@@ -213,34 +226,13 @@ impl StateDir {
     }
 }
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync dir.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let io = |cause| StateError::Io {
-        path: path.to_path_buf(),
-        cause,
-    };
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    match path.parent() {
-        Some(dir) => sync_dir(dir),
-        None => Ok(()),
+impl From<FsError> for StateError {
+    fn from(e: FsError) -> Self {
+        StateError::Io {
+            path: e.path,
+            cause: e.cause,
+        }
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StateError> {
-    // Directory fsync makes the rename durable; not all filesystems allow
-    // opening a directory, so failure to open is not fatal.
-    if let Ok(d) = std::fs::File::open(dir) {
-        d.sync_all().map_err(|cause| StateError::Io {
-            path: dir.to_path_buf(),
-            cause,
-        })?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

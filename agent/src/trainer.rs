@@ -31,6 +31,12 @@ pub enum TrainError {
     /// The training thread died.
     #[error("training thread failed: {0}")]
     Thread(String),
+    /// The local data cannot be used with this model.
+    #[error("{0}")]
+    Data(String),
+    /// The update could not be serialised.
+    #[error("cannot serialise the update: {0}")]
+    Encode(String),
 }
 
 /// One local training job.

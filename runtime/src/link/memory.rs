@@ -4,7 +4,7 @@
 //! real broker, so bytes are counted the same way. Last wills and QoS
 //! acknowledgements are not modelled; deployments always use MQTT.
 
-use crate::mqtt::LinkEvent;
+use super::LinkEvent;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -1,0 +1,125 @@
+//! The vehicle's local data: where it comes from, and how it becomes a
+//! training set for one model spec. Building a training set parses the CSV,
+//! so it runs on the training thread, never on the async runtime.
+
+use crate::config::AgentConfig;
+use crate::error::AgentError;
+use convoy_shared::dataset::{Dataset, Table};
+use convoy_shared::model::ModelSpec;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where an agent's training data comes from.
+#[derive(Debug, Clone)]
+pub enum LocalData {
+    /// A CSV read at start-up; columns are matched to each round's spec by name.
+    Csv(Arc<Table>),
+    /// Rows already normalised to the spec's features (the fleet simulator).
+    Prepared(Arc<Dataset>),
+    /// The CSV at `data.path`, released once its rows became the training
+    /// set (so a vehicle holds one copy of its data, not two); read again
+    /// for the next round, or when the model spec changes.
+    Released {
+        /// Its data rows.
+        rows: usize,
+    },
+}
+
+impl LocalData {
+    /// Data rows the vehicle holds.
+    pub fn rows(&self) -> usize {
+        match self {
+            LocalData::Csv(t) => t.len(),
+            LocalData::Prepared(d) => d.len(),
+            LocalData::Released { rows } => *rows,
+        }
+    }
+
+    /// What a training thread needs to build its set: the table itself when
+    /// it is held (handed over, so it is not held twice), else the file.
+    /// A CSV table becomes [`LocalData::Released`] here.
+    pub fn take_source(&mut self, path: &Path, label: &str) -> Source {
+        let rows = self.rows();
+        match std::mem::replace(self, LocalData::Released { rows }) {
+            LocalData::Csv(table) => Source::Table(table, path.to_path_buf()),
+            LocalData::Prepared(data) => {
+                *self = LocalData::Prepared(data.clone());
+                Source::Prepared(data)
+            }
+            LocalData::Released { .. } => Source::File {
+                path: path.to_path_buf(),
+                label: label.to_string(),
+            },
+        }
+    }
+}
+
+/// Input of [`build`].
+#[derive(Debug)]
+pub enum Source {
+    /// A table read earlier (and the file it came from, for messages).
+    Table(Arc<Table>, PathBuf),
+    /// The CSV file to read now.
+    File {
+        /// CSV file.
+        path: PathBuf,
+        /// Label column it must have.
+        label: String,
+    },
+    /// Rows already normalised.
+    Prepared(Arc<Dataset>),
+}
+
+/// Reads the vehicle's CSV and checks it has the label column.
+pub fn load_table(path: &Path, label: &str) -> Result<Table, AgentError> {
+    let err = |message: String| AgentError::Data {
+        path: path.display().to_string(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let table = Table::read(std::io::BufReader::new(file)).map_err(|e| err(e.to_string()))?;
+    if table.column(label).is_none() {
+        return Err(err(format!(
+            "label column {label:?} not found; columns are {:?}",
+            table.headers
+        )));
+    }
+    Ok(table)
+}
+
+/// [`load_table`] for a config.
+pub fn load_configured(config: &AgentConfig) -> Result<Table, AgentError> {
+    load_table(&config.data.path, &config.data.label)
+}
+
+/// Builds the training set for `spec`; the table, when handed over whole,
+/// is turned into it in place.
+pub fn build(source: Source, spec: &ModelSpec) -> Result<Arc<Dataset>, AgentError> {
+    let (table, path) = match source {
+        Source::Prepared(data) if data.dims() == spec.inputs() => return Ok(data),
+        Source::Prepared(data) => {
+            return Err(AgentError::Data {
+                path: "prepared data".into(),
+                message: format!(
+                    "{} features per row, the model wants {}",
+                    data.dims(),
+                    spec.inputs()
+                ),
+            });
+        }
+        Source::Table(table, path) => (table, path),
+        Source::File { path, label } => (Arc::new(load_table(&path, &label)?), path),
+    };
+    let built = match Arc::try_unwrap(table) {
+        Ok(table) => Dataset::from_owned_table(table, spec),
+        Err(shared) => Dataset::from_table(&shared, spec),
+    }
+    .map_err(|e| AgentError::Data {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if !built.missing_features.is_empty() {
+        tracing::warn!(missing = ?built.missing_features, "data lacks model features; imputing their mean");
+    }
+    Ok(Arc::new(built))
+}

@@ -1,0 +1,27 @@
+//! Why the agent stopped.
+
+use crate::state::StateError;
+use convoy_runtime::ConfigError;
+use thiserror::Error;
+
+/// A condition the agent cannot run through.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// State directory trouble.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Local data unusable.
+    #[error("data {path}: {message}")]
+    Data {
+        /// file
+        path: String,
+        /// what is wrong
+        message: String,
+    },
+    /// A configured fault fired (tests only).
+    #[error("fault injected: {0}")]
+    FaultInjected(&'static str),
+}

@@ -1,0 +1,136 @@
+//! A round announcement arrives: decide whether this vehicle takes part, and
+//! with which model.
+
+use super::{Action, Agent, Fetch, Ready, Round};
+use crate::error::AgentError;
+use crate::state::StoredModel;
+use convoy_shared::codec;
+use convoy_shared::messages::{AgentState, Announce};
+use convoy_shared::version;
+use convoy_shared::wire::{self, Kind};
+use std::sync::atomic::Ordering;
+
+impl Agent {
+    pub(super) fn on_announce_payload(
+        &mut self,
+        payload: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Result<(), AgentError> {
+        let max = self.config.broker.max_packet_size;
+        match wire::decode::<Announce>(payload, Kind::Announce, max) {
+            Ok(announce) => self.on_announce(announce, out),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring bad round announcement");
+                Ok(())
+            }
+        }
+    }
+
+    fn on_announce(&mut self, announce: Announce, out: &mut Vec<Action>) -> Result<(), AgentError> {
+        let round = announce.round;
+        let in_hand = self.round.number() == Some(round);
+        if in_hand || self.announce.as_ref().is_some_and(|a| a.round == round) {
+            return Ok(()); // re-delivery of the retained message
+        }
+        tracing::info!(round, base = %version::short(&announce.base_version()), codec = %announce.codec, "round announced");
+        self.announce = Some(announce.clone());
+        match &self.round {
+            Round::Training { cancel, .. } if self.round.number() < Some(round) => {
+                tracing::warn!(
+                    training_round = self.round.number(),
+                    round,
+                    "newer round announced; abandoning training"
+                );
+                cancel.store(true, Ordering::Relaxed);
+                self.round = Round::Idle;
+            }
+            Round::Waiting(_) if self.round.number() < Some(round) => {
+                self.round = Round::Idle;
+                self.state.clear_checkpoint()?;
+            }
+            Round::Fetching(_) => self.round = Round::Idle,
+            _ => {}
+        }
+        if let Some(pending) = self.state.pending()? {
+            // Re-send unless already in flight; an older round's update is
+            // late but still reported so the server's ledger counts it.
+            if self.outbox.map(|o| o.round) != Some(pending.round) {
+                self.upload(&pending, out);
+            }
+            if pending.round >= round {
+                return Ok(());
+            }
+        }
+        if self.state.last_acked_round()?.is_some_and(|r| r >= round) {
+            return Ok(());
+        }
+        let me = self.config.client_id.as_str();
+        if !announce.selected.is_empty() && !announce.selected.iter().any(|c| c.as_str() == me) {
+            self.status(out, AgentState::Idle, round, "not selected this round");
+            return Ok(());
+        }
+        if announce.deadline_ms <= self.now_ms() {
+            self.status(out, AgentState::Skipped, round, "deadline already passed");
+            return Ok(());
+        }
+        let codec = match codec::by_name(&announce.codec) {
+            Ok(c) => c,
+            Err(e) => {
+                self.status(out, AgentState::Skipped, round, &e.to_string());
+                return Ok(());
+            }
+        };
+        match self.state.model()? {
+            Some(model) if model.manifest.version == announce.base_version() => {
+                let ready = Ready {
+                    announce,
+                    codec,
+                    model,
+                };
+                self.start_training(ready, out)
+            }
+            held => {
+                // A fleet's first model is a pure function of its spec:
+                // rebuild it locally instead of downloading it.
+                let initial = announce.spec.init_params();
+                if version::manifest_of(&initial, &announce.spec, &announce.task)
+                    == announce.manifest
+                {
+                    tracing::info!(
+                        round,
+                        "base model rebuilt from its spec, nothing to download"
+                    );
+                    return self.install_model(announce, codec, initial, out);
+                }
+                let fetch = Fetch::new(announce, codec, held, self.clock.instant());
+                self.round = Round::Fetching(Box::new(fetch));
+                self.status(out, AgentState::Fetching, round, "fetching model");
+                self.request_missing(out);
+                self.try_finish_fetch(out)
+            }
+        }
+    }
+
+    /// Stores a verified base model and trains on it.
+    pub(super) fn install_model(
+        &mut self,
+        announce: Announce,
+        codec: codec::Pipeline,
+        params: convoy_shared::params::ParamSet,
+        out: &mut Vec<Action>,
+    ) -> Result<(), AgentError> {
+        let model = StoredModel {
+            manifest: announce.manifest.clone(),
+            spec: announce.spec.clone(),
+            task: announce.task.clone(),
+            params,
+        };
+        self.state.save_model(&model)?;
+        let ready = Ready {
+            announce,
+            codec,
+            model,
+        };
+        self.start_training(ready, out)
+    }
+}

@@ -1,0 +1,247 @@
+//! Downloading a round's base model: only the content-addressed chunks the
+//! vehicle lacks, or a compressed delta from the version it holds; either
+//! way the result must hash to the announced version before it is used.
+
+use super::{Action, Agent, Round};
+use crate::error::AgentError;
+use crate::state::StoredModel;
+use convoy_runtime::link::Outgoing;
+use convoy_shared::chunk::{self, Reassembler};
+use convoy_shared::codec::{self, Pipeline};
+use convoy_shared::messages::{Announce, FetchRequest, ModelChunk, ModelPart};
+use convoy_shared::params::ParamSet;
+use convoy_shared::version::{self, MODEL_CHUNK_SIZE, VersionId};
+use convoy_shared::wire::{self, Kind};
+use tokio::time::Instant;
+
+/// A model download in progress.
+#[derive(Debug)]
+pub struct Fetch {
+    /// The round it is for.
+    pub announce: Announce,
+    /// The round's update codec.
+    pub codec: Pipeline,
+    /// Full-model chunks by manifest index.
+    chunks: Vec<Option<Vec<u8>>>,
+    /// The model held, offered to the server as a delta base.
+    held: Option<(VersionId, ParamSet)>,
+    /// A compressed delta from `held`, being reassembled.
+    delta: Option<Reassembler>,
+    /// When a chunk last arrived or was asked for.
+    pub last_progress: Instant,
+}
+
+impl Fetch {
+    /// Starts a download, reusing the chunks of `held` whose hashes the
+    /// manifest lists.
+    pub fn new(
+        announce: Announce,
+        codec: Pipeline,
+        held: Option<StoredModel>,
+        now: Instant,
+    ) -> Self {
+        let mut chunks: Vec<Option<Vec<u8>>> = vec![None; announce.manifest.chunks.len()];
+        if let Some(held) = &held {
+            let bytes = held.params.canonical_bytes();
+            for piece in bytes.chunks(MODEL_CHUNK_SIZE) {
+                let hash = version::chunk_hash(piece);
+                for (i, want) in announce.manifest.chunks.iter().enumerate() {
+                    if *want == hash && chunks[i].is_none() {
+                        chunks[i] = Some(piece.to_vec());
+                    }
+                }
+            }
+        }
+        let held = held
+            .filter(|h| h.spec == announce.spec)
+            .map(|h| (h.manifest.version, h.params));
+        Self {
+            announce,
+            codec,
+            chunks,
+            held,
+            delta: None,
+            last_progress: now,
+        }
+    }
+
+    /// Indices of the chunks still missing.
+    pub fn missing(&self) -> Vec<u32> {
+        (0..self.chunks.len() as u32)
+            .filter(|i| self.chunks[*i as usize].is_none())
+            .collect()
+    }
+}
+
+impl Agent {
+    /// Asks the server for what the fetch still lacks.
+    pub(super) fn request_missing(&mut self, out: &mut Vec<Action>) {
+        let now = self.clock.instant();
+        let Round::Fetching(fetch) = &mut self.round else {
+            return;
+        };
+        let missing = fetch.missing();
+        if missing.is_empty() {
+            return;
+        }
+        fetch.last_progress = now;
+        // A partial delta is restarted whole: deltas are small.
+        fetch.delta = None;
+        let request = FetchRequest {
+            version: fetch.announce.base_version(),
+            chunks: missing,
+            have: fetch.held.as_ref().map(|(v, _)| *v),
+        };
+        let payload = wire::encode(Kind::FetchRequest, &request);
+        out.push(Action::Publish(Outgoing::new(
+            self.topics.fetch.as_str(),
+            payload,
+        )));
+    }
+
+    pub(super) fn on_model_chunk(
+        &mut self,
+        payload: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Result<(), AgentError> {
+        let max = self.config.broker.max_packet_size;
+        let chunk = match wire::decode::<ModelChunk>(payload, Kind::ModelChunk, max) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring bad model chunk");
+                return Ok(());
+            }
+        };
+        let now = self.clock.instant();
+        let Round::Fetching(fetch) = &mut self.round else {
+            return Ok(());
+        };
+        if chunk.version != fetch.announce.manifest.version {
+            return Ok(());
+        }
+        match chunk.part {
+            ModelPart::Full { index } => {
+                let manifest = &fetch.announce.manifest;
+                let index = index as usize;
+                if index >= manifest.chunks.len()
+                    || version::chunk_hash(&chunk.data) != manifest.chunks[index]
+                {
+                    tracing::warn!(index, "model chunk does not match the manifest; ignored");
+                    return Ok(());
+                }
+                fetch.chunks[index] = Some(chunk.data);
+                fetch.last_progress = now;
+                self.try_finish_fetch(out)
+            }
+            ModelPart::Delta { from, pos } => {
+                if fetch.held.as_ref().map(|(v, _)| *v) != Some(from) {
+                    return Ok(());
+                }
+                let limit = 8 * fetch.announce.spec.layout().numel() + 4096;
+                if fetch.delta.is_none() {
+                    fetch.delta = Reassembler::new(pos, chunk.data.len(), limit).ok();
+                }
+                let complete = match fetch.delta.as_mut().map(|r| r.insert(pos, &chunk.data)) {
+                    Some(Ok(chunk::Progress::Complete)) => true,
+                    Some(Ok(_)) => false,
+                    _ => {
+                        tracing::warn!("bad model delta chunk; asking for the full model");
+                        fetch.held = None;
+                        self.request_missing(out);
+                        return Ok(());
+                    }
+                };
+                fetch.last_progress = now;
+                if complete {
+                    self.apply_delta(out)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies a complete model delta to the held model; falls back to a
+    /// full download if the result is not exactly the announced version.
+    fn apply_delta(&mut self, out: &mut Vec<Action>) -> Result<(), AgentError> {
+        let Round::Fetching(fetch) = &mut self.round else {
+            return Ok(());
+        };
+        let bytes = fetch.delta.take().and_then(Reassembler::finish);
+        let (Some(bytes), Some((_, held))) = (bytes, fetch.held.take()) else {
+            self.request_missing(out);
+            return Ok(());
+        };
+        let announce = &fetch.announce;
+        let decoded = codec::by_name(&announce.downlink_codec)
+            .and_then(|c| c.decode(&bytes, &announce.spec.layout()));
+        let params = decoded.ok().and_then(|d| {
+            let mut params = held;
+            // the server published exactly `previous + decoded`, in f32
+            params.add_scaled(&d, 1.0).ok()?;
+            Some(params)
+        });
+        match params {
+            Some(params)
+                if version::manifest_of(&params, &announce.spec, &announce.task)
+                    == announce.manifest =>
+            {
+                let Round::Fetching(fetch) = std::mem::take(&mut self.round) else {
+                    return Ok(());
+                };
+                tracing::info!(
+                    round = fetch.announce.round,
+                    bytes = bytes.len(),
+                    "model delta applied and verified"
+                );
+                let Fetch {
+                    announce, codec, ..
+                } = *fetch;
+                self.install_model(announce, codec, params, out)
+            }
+            _ => {
+                tracing::warn!(
+                    "model delta does not give the announced version; fetching the full model"
+                );
+                self.request_missing(out);
+                Ok(())
+            }
+        }
+    }
+
+    /// Installs the model once every chunk is in and it verifies.
+    pub(super) fn try_finish_fetch(&mut self, out: &mut Vec<Action>) -> Result<(), AgentError> {
+        let Round::Fetching(fetch) = &self.round else {
+            return Ok(());
+        };
+        if fetch.chunks.iter().any(Option::is_none) {
+            return Ok(());
+        }
+        let Round::Fetching(fetch) = std::mem::take(&mut self.round) else {
+            return Ok(());
+        };
+        let Fetch {
+            announce,
+            codec,
+            chunks,
+            ..
+        } = *fetch;
+        let bytes: Vec<u8> = chunks.into_iter().flatten().flatten().collect();
+        let params = Pipeline::FP32
+            .decode(&bytes, &announce.spec.layout())
+            .ok()
+            .filter(|p| version::manifest_of(p, &announce.spec, &announce.task) == announce.manifest);
+        let Some(params) = params else {
+            tracing::warn!("fetched model does not hash to the announced version; refetching");
+            let now = self.clock.instant();
+            self.round = Round::Fetching(Box::new(Fetch::new(announce, codec, None, now)));
+            self.request_missing(out);
+            return Ok(());
+        };
+        tracing::info!(
+            round = announce.round,
+            bytes = bytes.len(),
+            "model fetched and verified"
+        );
+        self.install_model(announce, codec, params, out)
+    }
+}

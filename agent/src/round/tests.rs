@@ -1,0 +1,513 @@
+//! The round state machine driven input by input: no broker, no threads
+//! (training orders run inline), and a clock that moves only when told.
+
+use super::*;
+use crate::config::{AgentConfig, DataConfig, Faults, TrainingConfig};
+use crate::policy::PolicyConfig;
+use convoy_runtime::clock::{Clock, ManualClock};
+use convoy_shared::chunk::ChunkPos;
+use convoy_shared::dataset::Table;
+use convoy_shared::messages::{
+    self, FetchRequest, ModelChunk, ModelPart, Status, TrainTask, UpdateAck, UpdateChunk,
+};
+use convoy_shared::model::{ModelSpec, TaskKind};
+use convoy_shared::params::ParamSet;
+use convoy_shared::version::{self, MODEL_CHUNK_SIZE};
+use convoy_shared::wire::{self, Kind};
+
+const FLEET: &str = "unit";
+const ME: &str = "car-1";
+const START_MS: u64 = 1_700_000_000_000;
+
+struct Rig {
+    dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    spec: ModelSpec,
+    task: TrainTask,
+    agent: Agent,
+}
+
+fn csv() -> String {
+    let mut text = String::from("a,b,y\n");
+    for i in 0..40 {
+        let (a, b) = (i as f32 / 10.0, (i % 7) as f32);
+        text.push_str(&format!("{a},{b},{}\n", i % 2));
+    }
+    text
+}
+
+fn config(dir: &std::path::Path) -> AgentConfig {
+    AgentConfig {
+        fleet: FLEET.into(),
+        client_id: ME.into(),
+        state_dir: dir.join("state"),
+        broker: Default::default(),
+        data: DataConfig {
+            path: dir.join("data.csv"),
+            label: "y".into(),
+            task: TaskKind::Classification,
+        },
+        training: TrainingConfig {
+            ack_timeout_secs: 5,
+            ..Default::default()
+        },
+        policy: PolicyConfig::default(),
+        faults: Faults::default(),
+        deployment: String::new(),
+    }
+}
+
+fn rig_with(tweak: impl FnOnce(&mut AgentConfig)) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data.csv"), csv()).unwrap();
+    let mut config = config(dir.path());
+    tweak(&mut config);
+    let table = Table::read(csv().as_bytes()).unwrap();
+    let spec = table
+        .derive_spec("y", TaskKind::Classification, vec![4], 3)
+        .unwrap();
+    let task = TrainTask {
+        epochs: 1,
+        lr: 0.1,
+        batch_size: 8,
+    };
+    let clock = ManualClock::new(START_MS);
+    let agent = restart(&config, &clock, &table);
+    Rig {
+        dir,
+        clock,
+        spec,
+        task,
+        agent,
+    }
+}
+
+fn rig() -> Rig {
+    rig_with(|_| {})
+}
+
+fn restart(config: &AgentConfig, clock: &Arc<ManualClock>, table: &Table) -> Agent {
+    let state = StateDir::open(&config.state_dir).unwrap();
+    Agent::new(
+        config.clone(),
+        state,
+        LocalData::Csv(Arc::new(table.clone())),
+        clock.clone(),
+    )
+}
+
+impl Rig {
+    fn announce(&self, round: u64, params: &ParamSet, codec: &str, selected: &[&str]) -> Input {
+        let announce = Announce {
+            round,
+            manifest: version::manifest_of(params, &self.spec, &self.task),
+            spec: self.spec.clone(),
+            task: self.task.clone(),
+            codec: codec.into(),
+            downlink_codec: "fp32".into(),
+            deadline_ms: self.clock.now_ms() + 60_000,
+            selected: selected.iter().filter_map(|c| messages::id(c)).collect(),
+            chunk_size: 1024,
+        };
+        message(
+            topics::round(FLEET).as_str(),
+            wire::encode(Kind::Announce, &announce),
+        )
+    }
+
+    fn initial(&self) -> ParamSet {
+        self.spec.init_params()
+    }
+
+    /// A model the agent cannot rebuild from the spec: it must fetch it.
+    fn trained_elsewhere(&self) -> ParamSet {
+        let mut p = self.initial();
+        for v in &mut p.tensors[0].data {
+            *v += 0.25;
+        }
+        p
+    }
+
+    fn handle(&mut self, input: Input) -> Vec<Action> {
+        self.agent.handle(input).unwrap()
+    }
+
+    fn state(&self) -> StateDir {
+        StateDir::open(&self.dir.path().join("state")).unwrap()
+    }
+
+    /// Runs the training order among `actions` inline and feeds its result back.
+    fn train(&mut self, actions: Vec<Action>) -> Vec<Action> {
+        let order = actions
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Train(order) => Some(order),
+                _ => None,
+            })
+            .expect("a training order");
+        let done = order.run();
+        self.handle(Input::Trained(Box::new(done)))
+    }
+
+    fn ack(&self, round: u64, accepted: bool) -> Input {
+        let ack = UpdateAck {
+            round,
+            accepted,
+            reason: String::new(),
+        };
+        message(
+            topics::client(FLEET, ClientTopic::Ack, ME).as_str(),
+            wire::encode(Kind::UpdateAck, &ack),
+        )
+    }
+
+    fn chunk(&self, version: [u8; 32], part: ModelPart, data: Vec<u8>) -> Input {
+        let chunk = ModelChunk {
+            version,
+            part,
+            data,
+        };
+        message(
+            topics::client(FLEET, ClientTopic::Model, ME).as_str(),
+            wire::encode(Kind::ModelChunk, &chunk),
+        )
+    }
+}
+
+fn message(topic: &str, payload: Vec<u8>) -> Input {
+    Input::Message {
+        topic: topic.to_string(),
+        payload: payload.into(),
+    }
+}
+
+fn published<'a>(actions: &'a [Action], kind: ClientTopic) -> Vec<&'a [u8]> {
+    let topic = topics::client(FLEET, kind, ME);
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish(m) if m.topic == topic.as_str() => Some(m.payload.as_slice()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn statuses(actions: &[Action]) -> Vec<(AgentState, String)> {
+    published(actions, ClientTopic::Status)
+        .into_iter()
+        .map(|p| {
+            let s: Status = wire::decode(p, Kind::Status, 4096).unwrap();
+            (s.state, s.detail.to_string())
+        })
+        .collect()
+}
+
+fn update_chunks(actions: &[Action]) -> Vec<UpdateChunk> {
+    published(actions, ClientTopic::Update)
+        .into_iter()
+        .map(|p| wire::decode(p, Kind::UpdateChunk, 1 << 20).unwrap())
+        .collect()
+}
+
+fn fetch_requests(actions: &[Action]) -> Vec<FetchRequest> {
+    published(actions, ClientTopic::Fetch)
+        .into_iter()
+        .map(|p| wire::decode(p, Kind::FetchRequest, 1 << 20).unwrap())
+        .collect()
+}
+
+fn trains(actions: &[Action]) -> bool {
+    actions.iter().any(|a| matches!(a, Action::Train(_)))
+}
+
+#[test]
+fn first_model_is_rebuilt_from_its_spec_and_trained() {
+    let mut rig = rig();
+    let initial = rig.initial();
+    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    assert!(fetch_requests(&actions).is_empty(), "nothing to download");
+    assert!(trains(&actions));
+    assert_eq!(rig.agent.round().name(), "training");
+    assert_eq!(statuses(&actions).last().unwrap().0, AgentState::Training);
+    assert_eq!(
+        rig.state().model().unwrap().unwrap().params,
+        initial,
+        "the base model is stored before training"
+    );
+}
+
+#[test]
+fn announce_train_upload_ack_runs_the_whole_round() {
+    let mut rig = rig();
+    let initial = rig.initial();
+    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    let actions = rig.train(actions);
+    let chunks = update_chunks(&actions);
+    assert!(!chunks.is_empty());
+    assert!(chunks.iter().all(|c| c.round == 1 && c.client.as_str() == ME));
+    let pending = rig.state().pending().unwrap().expect("persisted before sending");
+    assert_eq!(pending.round, 1);
+    assert_eq!(rig.agent.outbox().map(|o| o.round), Some(1));
+    assert_eq!(rig.agent.round().name(), "idle");
+
+    let actions = rig.handle(rig.ack(1, true));
+    assert_eq!(rig.state().pending().unwrap(), None);
+    assert_eq!(rig.state().last_acked_round().unwrap(), Some(1));
+    assert_eq!(rig.agent.outbox(), None);
+    assert_eq!(
+        statuses(&actions),
+        vec![(AgentState::Idle, "update counted".to_string())]
+    );
+}
+
+#[test]
+fn a_model_it_lacks_is_fetched_chunk_by_chunk_then_trained() {
+    let mut rig = rig();
+    let target = rig.trained_elsewhere();
+    let manifest = version::manifest_of(&target, &rig.spec, &rig.task);
+    let actions = rig.handle(rig.announce(1, &target, "fp32", &[]));
+    assert_eq!(rig.agent.round().name(), "fetching");
+    let requests = fetch_requests(&actions);
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].version, manifest.version);
+    assert!(!requests[0].chunks.is_empty());
+    let bytes = target.canonical_bytes();
+    let mut last = Vec::new();
+    for (i, piece) in bytes.chunks(MODEL_CHUNK_SIZE).enumerate() {
+        let part = ModelPart::Full { index: i as u32 };
+        last = rig.handle(rig.chunk(manifest.version, part, piece.to_vec()));
+    }
+    assert!(trains(&last), "verified model is trained on");
+    assert_eq!(rig.state().model().unwrap().unwrap().params, target);
+}
+
+#[test]
+fn a_chunk_whose_hash_does_not_match_is_ignored() {
+    let mut rig = rig();
+    let target = rig.trained_elsewhere();
+    let manifest = version::manifest_of(&target, &rig.spec, &rig.task);
+    rig.handle(rig.announce(1, &target, "fp32", &[]));
+    let mut forged = target.canonical_bytes();
+    forged[0] ^= 0xff;
+    let part = ModelPart::Full { index: 0 };
+    let actions = rig.handle(rig.chunk(manifest.version, part, forged));
+    assert!(!trains(&actions));
+    assert_eq!(rig.agent.round().name(), "fetching");
+    assert_eq!(rig.state().model().unwrap(), None, "nothing installed");
+}
+
+#[test]
+fn a_delta_that_does_not_verify_falls_back_to_the_full_model() {
+    let mut rig = rig();
+    // The vehicle holds the initial model (round 1 trained on it) ...
+    let initial = rig.initial();
+    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    rig.train(actions);
+    rig.handle(rig.ack(1, true));
+    // ... round 2 needs another version; it offers its own as a delta base.
+    let target = rig.trained_elsewhere();
+    let manifest = version::manifest_of(&target, &rig.spec, &rig.task);
+    let held = version::manifest_of(&initial, &rig.spec, &rig.task).version;
+    let actions = rig.handle(rig.announce(2, &target, "fp32", &[]));
+    assert_eq!(fetch_requests(&actions)[0].have, Some(held));
+    // A delta that decodes but does not give the announced version:
+    let wrong = ParamSet::zeros(&rig.spec.layout());
+    let bytes = convoy_shared::codec::Pipeline::FP32.encode(&wrong, 0);
+    let pos = ChunkPos {
+        index: 0,
+        count: 1,
+        total_len: bytes.len() as u32,
+    };
+    let actions = rig.handle(rig.chunk(manifest.version, ModelPart::Delta { from: held, pos }, bytes));
+    let retry = fetch_requests(&actions);
+    assert_eq!(retry.len(), 1, "asks again");
+    assert_eq!(retry[0].have, None, "for the full model this time");
+    assert!(!trains(&actions));
+}
+
+#[test]
+fn a_restarted_agent_resends_its_stored_update_once() {
+    let mut rig = rig();
+    let initial = rig.initial();
+    let announce = rig.announce(1, &initial, "fp32", &[]);
+    let actions = rig.handle(announce);
+    let sent = update_chunks(&rig.train(actions)).len();
+    // power cut before the receipt: a new process over the same state dir
+    let table = Table::read(csv().as_bytes()).unwrap();
+    rig.agent = restart(&config(rig.dir.path()), &rig.clock, &table);
+    let actions = rig.handle(Input::Connected);
+    assert_eq!(update_chunks(&actions).len(), sent, "re-sent on connect");
+    // the retained announcement of the same round comes right after
+    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    assert!(update_chunks(&actions).is_empty(), "not sent twice");
+    assert!(!trains(&actions), "never retrained");
+}
+
+#[test]
+fn a_missing_receipt_resends_after_the_ack_timeout() {
+    let mut rig = rig();
+    let initial = rig.initial();
+    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    let sent = update_chunks(&rig.train(actions)).len();
+    rig.clock.advance(Duration::from_secs(4));
+    assert!(update_chunks(&rig.handle(Input::Tick)).is_empty(), "still patient");
+    rig.clock.advance(Duration::from_secs(2));
+    assert_eq!(update_chunks(&rig.handle(Input::Tick)).len(), sent);
+}
+
+#[test]
+fn a_refused_update_is_dropped() {
+    let mut rig = rig();
+    let initial = rig.initial();
+    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    rig.train(actions);
+    let actions = rig.handle(rig.ack(1, false));
+    assert_eq!(rig.state().pending().unwrap(), None);
+    assert_eq!(rig.state().last_acked_round().unwrap(), None);
+    assert_eq!(statuses(&actions)[0].1, "update refused");
+    assert!(update_chunks(&rig.handle(Input::Tick)).is_empty());
+}
+
+#[test]
+fn the_residual_of_a_lossy_codec_is_kept_once_acknowledged() {
+    let mut rig = rig();
+    let initial = rig.initial();
+    let actions = rig.handle(rig.announce(1, &initial, "topk:0.1", &[]));
+    rig.train(actions);
+    assert_eq!(rig.state().residual().unwrap(), None, "not before the receipt");
+    rig.handle(rig.ack(1, true));
+    let residual = rig.state().residual().unwrap().expect("residual stored");
+    assert!(residual.l2_norm() > 0.0);
+    assert!(residual.check_layout(&rig.spec.layout()).is_ok());
+}
+
+#[test]
+fn a_vehicle_not_selected_sits_the_round_out() {
+    let mut rig = rig();
+    let initial = rig.initial();
+    let actions = rig.handle(rig.announce(1, &initial, "fp32", &["car-2"]));
+    assert!(!trains(&actions));
+    assert_eq!(
+        statuses(&actions),
+        vec![(AgentState::Idle, "not selected this round".to_string())]
+    );
+}
+
+#[test]
+fn a_round_past_its_deadline_or_with_an_unknown_codec_is_skipped() {
+    let mut rig = rig();
+    let initial = rig.initial();
+    let announce = rig.announce(1, &initial, "fp32", &[]);
+    rig.clock.advance(Duration::from_secs(120));
+    let actions = rig.handle(announce);
+    assert!(!trains(&actions));
+    assert_eq!(statuses(&actions)[0].0, AgentState::Skipped);
+    let actions = rig.handle(rig.announce(2, &initial, "gzip", &[]));
+    assert!(!trains(&actions));
+    assert_eq!(statuses(&actions)[0].0, AgentState::Skipped);
+}
+
+#[test]
+fn the_policy_holds_a_round_until_the_condition_holds() {
+    let mut rig = rig_with(|c| {
+        c.policy.condition_file = Some("parked".into());
+    });
+    let initial = rig.initial();
+    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    assert!(!trains(&actions));
+    assert_eq!(rig.agent.round().name(), "waiting");
+    assert_eq!(statuses(&actions)[0].1, "waiting for the training policy");
+    assert!(!trains(&rig.handle(Input::Condition(false))));
+    let actions = rig.handle(Input::Condition(true));
+    assert!(trains(&actions), "starts once allowed");
+    assert_eq!(rig.agent.round().name(), "training");
+}
+
+#[test]
+fn a_paused_run_resumes_from_its_checkpoint() {
+    let mut rig = rig_with(|c| {
+        c.policy.condition_file = Some("parked".into());
+    });
+    rig.handle(Input::Condition(true));
+    let initial = rig.initial();
+    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    // the condition ends before the job's first batch: it pauses at once
+    rig.handle(Input::Condition(false));
+    let actions = rig.train(actions);
+    assert_eq!(rig.agent.round().name(), "waiting");
+    assert_eq!(statuses(&actions)[0].1, "paused by the training policy");
+    let checkpoint = rig.state().checkpoint().unwrap().expect("checkpoint stored");
+    assert_eq!(checkpoint.round, 1);
+    let actions = rig.handle(Input::Condition(true));
+    let actions = rig.train(actions);
+    assert_eq!(update_chunks(&actions)[0].round, 1, "finished after resuming");
+    assert_eq!(rig.state().checkpoint().unwrap(), None);
+}
+
+#[test]
+fn a_waiting_round_is_skipped_when_its_deadline_passes() {
+    let mut rig = rig_with(|c| {
+        c.policy.condition_file = Some("parked".into());
+    });
+    let initial = rig.initial();
+    rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    rig.clock.advance(Duration::from_secs(61));
+    let actions = rig.handle(Input::Tick);
+    assert_eq!(rig.agent.round().name(), "idle");
+    assert_eq!(
+        statuses(&actions)[0].1,
+        "deadline passed while training was not allowed"
+    );
+}
+
+#[test]
+fn a_newer_round_abandons_training_and_the_old_result_is_ignored() {
+    let mut rig = rig();
+    let initial = rig.initial();
+    let first = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    let second = rig.handle(rig.announce(2, &initial, "fp32", &[]));
+    assert_eq!(rig.agent.round().number(), Some(2));
+    // round 1's job finishes late (its cancel flag was set; run it anyway)
+    let stale = rig.train(first);
+    assert!(update_chunks(&stale).is_empty());
+    assert_eq!(rig.state().pending().unwrap(), None);
+    let actions = rig.train(second);
+    assert_eq!(update_chunks(&actions)[0].round, 2);
+}
+
+#[test]
+fn a_stalled_fetch_asks_again_after_the_timeout() {
+    let mut rig = rig();
+    let target = rig.trained_elsewhere();
+    rig.handle(rig.announce(1, &target, "fp32", &[]));
+    assert!(fetch_requests(&rig.handle(Input::Tick)).is_empty());
+    rig.clock.advance(Duration::from_secs(6));
+    assert_eq!(fetch_requests(&rig.handle(Input::Tick)).len(), 1);
+}
+
+#[test]
+fn garbage_on_its_topics_changes_nothing() {
+    let mut rig = rig();
+    for topic in [
+        topics::round(FLEET),
+        topics::client(FLEET, ClientTopic::Model, ME),
+        topics::client(FLEET, ClientTopic::Ack, ME),
+    ] {
+        let actions = rig.handle(message(topic.as_str(), vec![0xde, 0xad, 0xbe, 0xef]));
+        assert!(actions.is_empty());
+    }
+    assert_eq!(rig.agent.round().name(), "idle");
+}
+
+#[test]
+fn a_data_error_skips_the_round_with_its_reason() {
+    let mut rig = rig_with(|c| c.data.label = "missing".into());
+    // the agent was given its table already; the next round reads the file
+    rig.agent.data = LocalData::Released { rows: 40 };
+    let initial = rig.initial();
+    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    let actions = rig.train(actions);
+    let (state, detail) = statuses(&actions).remove(0);
+    assert_eq!(state, AgentState::Skipped);
+    assert!(detail.contains("missing"), "{detail}");
+}

@@ -1,0 +1,75 @@
+//! Sending a stored update in chunks, and the server's receipt for it.
+
+use super::{Action, Agent, Outbox};
+use crate::error::AgentError;
+use crate::state::PendingUpdate;
+use convoy_runtime::link::Outgoing;
+use convoy_shared::chunk;
+use convoy_shared::messages::{self, AgentState, UpdateAck, UpdateChunk};
+use convoy_shared::wire::{self, Kind};
+
+/// Largest receipt decoded.
+const MAX_ACK: usize = 4096;
+
+/// The messages that carry `pending` from `client` on `topic`.
+pub fn update_messages(pending: &PendingUpdate, client: &str, topic: &str) -> Vec<Outgoing> {
+    // The id was validated with the config, so it always fits.
+    let client = messages::id(client).unwrap_or_default();
+    chunk::split(&pending.body, pending.chunk_size as usize)
+        .map(|(pos, data)| {
+            let message = UpdateChunk {
+                client: client.clone(),
+                round: pending.round,
+                base_version: pending.base_version,
+                pos,
+                data: data.to_vec(),
+            };
+            Outgoing::new(topic, wire::encode(Kind::UpdateChunk, &message))
+        })
+        .collect()
+}
+
+impl Agent {
+    /// Sends `pending` and waits for its receipt.
+    pub(super) fn upload(&mut self, pending: &PendingUpdate, out: &mut Vec<Action>) {
+        let messages = update_messages(pending, &self.config.client_id, self.topics.update.as_str());
+        tracing::info!(round = pending.round, chunks = messages.len(), "update sent");
+        out.extend(messages.into_iter().map(Action::Publish));
+        self.outbox = Some(Outbox {
+            round: pending.round,
+            sent: self.clock.instant(),
+        });
+        self.status(out, AgentState::Uploading, pending.round, "awaiting receipt");
+    }
+
+    pub(super) fn on_ack(&mut self, payload: &[u8], out: &mut Vec<Action>) -> Result<(), AgentError> {
+        let ack = match wire::decode::<UpdateAck>(payload, Kind::UpdateAck, MAX_ACK) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring bad receipt");
+                return Ok(());
+            }
+        };
+        let Some(pending) = self.state.pending()? else {
+            return Ok(());
+        };
+        if pending.round != ack.round {
+            return Ok(());
+        }
+        if ack.accepted {
+            self.state.acknowledge(ack.round)?;
+            tracing::info!(round = ack.round, "update acknowledged");
+        } else {
+            self.state.discard_pending()?;
+            tracing::warn!(round = ack.round, reason = %ack.reason, "update refused by server; dropped");
+        }
+        self.outbox = None;
+        let detail = if ack.accepted {
+            "update counted"
+        } else {
+            "update refused"
+        };
+        self.status(out, AgentState::Idle, ack.round, detail);
+        Ok(())
+    }
+}

@@ -1,0 +1,165 @@
+//! The agent's I/O loop: feeds link events, ticks, condition answers and
+//! finished training jobs into the [`Agent`] state machine, and carries out
+//! what it returns (publish, start a training thread, wait).
+
+use crate::backend;
+use crate::config::AgentConfig;
+use crate::data::{self, LocalData};
+use crate::error::AgentError;
+use crate::policy;
+use crate::round::{Action, Agent, Input, TrainingDone};
+use crate::state::StateDir;
+use crate::trainer::{self, TrainError};
+use convoy_runtime::clock::{SharedClock, SystemClock};
+use convoy_runtime::link::{self, Session};
+use convoy_runtime::process::Systemd;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Runs the agent until `shutdown` is cancelled (or a fatal error).
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    config.validate()?;
+    let read = config.clone();
+    let table = tokio::task::spawn_blocking(move || data::load_configured(&read))
+        .await
+        .map_err(|e| AgentError::Data {
+            path: config.data.path.display().to_string(),
+            message: e.to_string(),
+        })??;
+    run_with_data(config, LocalData::Csv(Arc::new(table)), shutdown).await
+}
+
+/// [`run`] with the data supplied by the caller instead of read from
+/// `config.data.path`.
+pub async fn run_with_data(
+    config: AgentConfig,
+    data: LocalData,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    config.validate()?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let state = StateDir::open(&config.state_dir)?;
+    tracing::info!(
+        client = %config.client_id,
+        fleet = %config.fleet,
+        rows = data.rows(),
+        broker = %config.broker.url_or_local(),
+        "agent starting"
+    );
+    // The GPU probe can take a moment (driver load); it runs beside start-up
+    // and training waits for its answer.
+    let backend = config.training.backend;
+    tokio::task::spawn_blocking(move || backend::explain(backend));
+
+    let tracker = TaskTracker::new();
+    let link_stop = CancellationToken::new();
+    let mut agent = Agent::new(config.clone(), state, data, clock);
+    let offline = agent.offline_status();
+    let session = Session {
+        client_id: config.client_id.clone(),
+        subscriptions: agent.subscriptions(),
+        will: Some(offline.clone()),
+    };
+    let mut link = link::open(&config.broker, session, &tracker, link_stop.clone());
+    let (condition_tx, mut conditions) = mpsc::channel(4);
+    if config.policy.has_condition() {
+        tracker.spawn(watch_condition(
+            config.policy.clone(),
+            condition_tx,
+            link_stop.clone(),
+        ));
+    }
+    let mut systemd = Systemd::new();
+    // Ready once set up: an agent without a link is still doing its job
+    // (offline is normal), so readiness does not wait for the broker.
+    systemd.ready("running");
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut training: Option<trainer::Outcome<TrainingDone>> = None;
+    let result = loop {
+        let input = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            event = link.events.recv() => match event {
+                Some(event) => Input::from(event),
+                None => break Ok(()),
+            },
+            done = async { training.as_mut().expect("guarded").await }, if training.is_some() => {
+                training = None;
+                let done = done.ok().and_then(Result::ok);
+                match done {
+                    Some(done) => Input::Trained(Box::new(done)),
+                    None => {
+                        let round = agent.round().number().unwrap_or(0);
+                        Input::Trained(Box::new(TrainingDone {
+                            round,
+                            result: Err(TrainError::Thread("training thread died".into())),
+                            dataset: None,
+                        }))
+                    }
+                }
+            }
+            Some(ok) = conditions.recv() => Input::Condition(ok),
+            _ = tick.tick() => {
+                systemd.tick();
+                Input::Tick
+            }
+        };
+        let actions = match agent.handle(input) {
+            Ok(actions) => actions,
+            Err(e) => break Err(e),
+        };
+        for action in actions {
+            match action {
+                Action::Publish(message) => link.client.publish_all([message]).await,
+                Action::Train(order) => {
+                    let round = order.round;
+                    training = Some(trainer::spawn(move || Ok(order.run())).unwrap_or_else(|e| {
+                        // Reported back like any failed job, so the round is skipped.
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        let _ = tx.send(Ok(TrainingDone {
+                            round,
+                            result: Err(e),
+                            dataset: None,
+                        }));
+                        rx
+                    }));
+                }
+                Action::Delay(d) => tokio::time::sleep(d).await,
+            }
+        }
+    };
+    systemd.stopping();
+    agent.cancel_training();
+    // A clean goodbye replaces the retained status; the will covers crashes.
+    link.client.publish_all([offline]).await;
+    let _ = link.client.disconnect().await;
+    link_stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("agent stopped");
+    result
+}
+
+/// Checks the policy's condition every `check_secs` and reports each answer.
+async fn watch_condition(
+    config: policy::PolicyConfig,
+    answers: mpsc::Sender<bool>,
+    stop: CancellationToken,
+) {
+    let every = config.check_every();
+    loop {
+        let ok = tokio::select! {
+            _ = stop.cancelled() => return,
+            ok = policy::check_condition(&config) => ok,
+        };
+        if answers.send(ok).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The agent's retained status message: what it is doing, for the server
+//! (online, codecs it can run) and for operators (deployment, version).
+
+use crate::config::AgentConfig;
+use convoy_shared::codec;
+use convoy_shared::messages::{self, AgentState, Status};
+use convoy_shared::wire::{self, Kind};
+
+/// An encoded status message.
+pub fn payload(
+    config: &AgentConfig,
+    state: AgentState,
+    round: u64,
+    samples: usize,
+    detail: &str,
+) -> Vec<u8> {
+    // Ids were validated with the config, so they always fit.
+    let status = Status {
+        client: messages::id(&config.client_id).unwrap_or_default(),
+        state,
+        round,
+        codecs: codec::STAGES
+            .iter()
+            .filter_map(|c| heapless::String::try_from(*c).ok())
+            .collect(),
+        samples: samples as u64,
+        detail: messages::detail(detail),
+        version: heapless::String::try_from(env!("CARGO_PKG_VERSION")).unwrap_or_default(),
+        deployment: messages::id(&config.deployment).unwrap_or_default(),
+    };
+    wire::encode(Kind::Status, &status)
+}

@@ -1,0 +1,310 @@
+//! Where and how to reach the broker: one [`BrokerConfig`] for agent and
+//! server, with the URL parsed once at load.
+
+use crate::config::{ConfigError, env_override, resolve};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Smallest `max_packet_size` that carries a 32 KiB model chunk with its
+/// envelope and MQTT header; one rule for both binaries.
+pub const MIN_PACKET_SIZE: usize = 40 * 1024;
+
+/// A broker address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum BrokerUrl {
+    /// `mqtt://host:port` (or `tcp://`, or bare `host:port`).
+    Tcp {
+        /// Host name or address (IPv6 without brackets).
+        host: String,
+        /// Port, never 0.
+        port: u16,
+    },
+    /// `memory://<name>`: the in-process broker of the fleet simulator.
+    Memory(String),
+}
+
+/// The text is not a broker URL this build can use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "broker url {0:?} is not of the form mqtt://host:port (tls is not supported in this build)"
+)]
+pub struct BadUrl(pub String);
+
+impl FromStr for BrokerUrl {
+    type Err = BadUrl;
+
+    fn from_str(s: &str) -> Result<Self, BadUrl> {
+        let bad = || BadUrl(s.to_string());
+        if let Some(name) = s.strip_prefix("memory://") {
+            return if name.is_empty() {
+                Err(bad())
+            } else {
+                Ok(BrokerUrl::Memory(name.to_string()))
+            };
+        }
+        let rest = match s.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => rest,
+            Some(_) => return Err(bad()),
+            None => s,
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        Ok(BrokerUrl::Tcp {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl TryFrom<String> for BrokerUrl {
+    type Error = BadUrl;
+
+    fn try_from(s: String) -> Result<Self, BadUrl> {
+        s.parse()
+    }
+}
+
+impl From<BrokerUrl> for String {
+    fn from(u: BrokerUrl) -> String {
+        u.to_string()
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerUrl::Tcp { host, port } if host.contains(':') => {
+                write!(f, "mqtt://[{host}]:{port}")
+            }
+            BrokerUrl::Tcp { host, port } => write!(f, "mqtt://{host}:{port}"),
+            BrokerUrl::Memory(name) => write!(f, "memory://{name}"),
+        }
+    }
+}
+
+impl BrokerUrl {
+    /// `mqtt://` on `addr`.
+    pub fn tcp(addr: std::net::SocketAddr) -> Self {
+        BrokerUrl::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+/// Where and how to reach the broker. Agent and server read the same keys
+/// from their `[broker]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `mqtt://host:port`; `memory://<name>` is the simulator's in-process
+    /// broker. Unset or empty: the agent uses `mqtt://127.0.0.1:1883`, the
+    /// server runs its embedded broker. Env: `CONVOY_BROKER_URL`.
+    #[serde(deserialize_with = "empty_as_none", skip_serializing_if = "Option::is_none")]
+    pub url: Option<BrokerUrl>,
+    /// Optional user name. Env: `CONVOY_BROKER_USERNAME`.
+    pub username: Option<String>,
+    /// Optional password. Env: `CONVOY_BROKER_PASSWORD`.
+    pub password: Option<String>,
+    /// File holding the password (first line), when `password` is unset.
+    /// Without either, a systemd credential named `broker-password`
+    /// (`LoadCredential=`) is used when present.
+    pub password_file: Option<PathBuf>,
+    /// Largest MQTT packet accepted or sent, bytes (rumqttc's own default is
+    /// 10 KiB); at least [`MIN_PACKET_SIZE`].
+    pub max_packet_size: usize,
+    /// MQTT keep-alive, seconds (5 to 65535).
+    pub keep_alive_secs: u64,
+}
+
+fn empty_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BrokerUrl>, D::Error> {
+    let text = Option::<String>::deserialize(d)?;
+    match text.as_deref() {
+        None | Some("") => Ok(None),
+        Some(t) => t.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            username: None,
+            password: None,
+            password_file: None,
+            max_packet_size: 256 * 1024,
+            keep_alive_secs: 30,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// A config for `url` with the other settings at their defaults.
+    pub fn at(url: BrokerUrl) -> Self {
+        Self {
+            url: Some(url),
+            ..Self::default()
+        }
+    }
+
+    /// The local broker a client uses when no URL is set.
+    pub fn local() -> BrokerUrl {
+        BrokerUrl::Tcp {
+            host: "127.0.0.1".into(),
+            port: 1883,
+        }
+    }
+
+    /// The URL to connect to: the configured one or the local broker.
+    pub fn url_or_local(&self) -> BrokerUrl {
+        self.url.clone().unwrap_or_else(Self::local)
+    }
+
+    /// Applies `CONVOY_BROKER_URL`, `CONVOY_BROKER_USERNAME` and
+    /// `CONVOY_BROKER_PASSWORD`.
+    pub fn apply_env(&mut self) -> Result<(), ConfigError> {
+        if let Ok(text) = std::env::var("CONVOY_BROKER_URL") {
+            self.url = if text.is_empty() {
+                None
+            } else {
+                Some(text.parse().map_err(|e: BadUrl| {
+                    ConfigError::Invalid(format!("CONVOY_BROKER_URL: {e}"))
+                })?)
+            };
+        }
+        let mut user = self.username.clone().unwrap_or_default();
+        env_override("CONVOY_BROKER_USERNAME", &mut user)?;
+        if !user.is_empty() {
+            self.username = Some(user);
+        }
+        let mut pass = self.password.clone().unwrap_or_default();
+        env_override("CONVOY_BROKER_PASSWORD", &mut pass)?;
+        if !pass.is_empty() {
+            self.password = Some(pass);
+        }
+        Ok(())
+    }
+
+    /// Resolves `password_file` against the config file's folder.
+    pub fn resolve_paths(&mut self, config_file: &Path) {
+        if let Some(p) = self.password_file.as_mut() {
+            resolve(config_file, p);
+        }
+    }
+
+    /// Fills `password` from `password_file` or the systemd credential
+    /// `broker-password` when it is not set directly.
+    pub fn load_password(&mut self) -> Result<(), ConfigError> {
+        if self.password.is_some() {
+            return Ok(());
+        }
+        let file = match (
+            &self.password_file,
+            std::env::var_os("CREDENTIALS_DIRECTORY"),
+        ) {
+            (Some(file), _) => file.clone(),
+            (None, Some(dir)) => {
+                let file = Path::new(&dir).join("broker-password");
+                if !file.exists() {
+                    return Ok(());
+                }
+                file
+            }
+            (None, None) => return Ok(()),
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "cannot read broker password file {}: {e}",
+                file.display()
+            ))
+        })?;
+        self.password = Some(text.lines().next().unwrap_or_default().to_string());
+        Ok(())
+    }
+
+    /// Checks the numbers a config file can get wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_packet_size < MIN_PACKET_SIZE {
+            return Err(ConfigError::Invalid(format!(
+                "broker.max_packet_size {} is too small; model chunks need at least {MIN_PACKET_SIZE}",
+                self.max_packet_size
+            )));
+        }
+        if !(5..=65_535).contains(&self.keep_alive_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "broker.keep_alive_secs {} must be 5 to 65535",
+                self.keep_alive_secs
+            )));
+        }
+        Ok(())
+    }
+
+    /// The keep-alive interval.
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.keep_alive_secs.max(5))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        assert_eq!(
+            "mqtt://127.0.0.1:1883".parse::<BrokerUrl>().unwrap(),
+            BrokerConfig::local()
+        );
+        assert_eq!(
+            "broker.local:8883".parse::<BrokerUrl>().unwrap(),
+            BrokerUrl::Tcp {
+                host: "broker.local".into(),
+                port: 8883
+            }
+        );
+        assert_eq!(
+            "memory://sim".parse::<BrokerUrl>().unwrap(),
+            BrokerUrl::Memory("sim".into())
+        );
+        let v6: BrokerUrl = "mqtt://[::1]:1883".parse().unwrap();
+        assert_eq!(v6.to_string(), "mqtt://[::1]:1883");
+        for bad in [
+            "mqtts://x:1",
+            "x",
+            "mqtt://:1",
+            "mqtt://x:0",
+            "mqtt://x:abc",
+            "memory://",
+        ] {
+            assert!(bad.parse::<BrokerUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn toml_url_is_parsed_once_and_empty_means_unset() {
+        let c: BrokerConfig = toml::from_str("url = \"\"").unwrap();
+        assert_eq!(c.url, None);
+        let c: BrokerConfig = toml::from_str("url = \"mqtt://h:1\"").unwrap();
+        assert_eq!(c.url_or_local().to_string(), "mqtt://h:1");
+        let err = toml::from_str::<BrokerConfig>("url = \"http://h\"").unwrap_err();
+        assert!(err.to_string().contains("mqtt://host:port"), "{err}");
+    }
+
+    #[test]
+    fn small_packets_are_refused() {
+        let c = BrokerConfig {
+            max_packet_size: 10 * 1024,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("max_packet_size"));
+    }
+}

@@ -1,0 +1,191 @@
+//! The broker link both binaries use: a client to publish through, and a
+//! stream of what arrives.
+//!
+//! The link owns its subscriptions and renews them on every (re)connect,
+//! before it reports [`LinkEvent::Connected`], so no caller can forget to.
+//! Publishing from the task that polls rumqttc's event loop can deadlock
+//! (the request queue waits on the poller), so the pump only polls and
+//! forwards; callers publish through the [`LinkClient`].
+
+mod config;
+pub mod memory;
+mod mqtt;
+
+pub use config::{BadUrl, BrokerConfig, BrokerUrl, MIN_PACKET_SIZE};
+
+use bytes::Bytes;
+use rumqttc::QoS;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// At-least-once QoS used for all convoy traffic.
+pub const QOS: QoS = QoS::AtLeastOnce;
+
+/// What the link hands over.
+#[derive(Debug, Clone)]
+pub enum LinkEvent {
+    /// (Re)connected and re-subscribed: announce yourself again.
+    Connected,
+    /// An incoming publish.
+    Message {
+        /// Topic.
+        topic: String,
+        /// Payload.
+        payload: Bytes,
+        /// Whether it was a retained message.
+        retain: bool,
+    },
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Topic.
+    pub topic: String,
+    /// Whether the broker keeps it for later subscribers.
+    pub retain: bool,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+impl Outgoing {
+    /// A message that is not retained.
+    pub fn new(topic: impl Into<String>, payload: Vec<u8>) -> Self {
+        Self {
+            topic: topic.into(),
+            retain: false,
+            payload,
+        }
+    }
+
+    /// A retained message.
+    pub fn retained(topic: impl Into<String>, payload: Vec<u8>) -> Self {
+        Self {
+            topic: topic.into(),
+            retain: true,
+            payload,
+        }
+    }
+}
+
+/// What a client asks of the link when it opens it.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// MQTT client id.
+    pub client_id: String,
+    /// Topic filters, subscribed on every connect.
+    pub subscriptions: Vec<String>,
+    /// Published by the broker if the client vanishes (MQTT only).
+    pub will: Option<Outgoing>,
+}
+
+/// A connected client plus the stream of what arrives.
+#[derive(Debug)]
+pub struct Link {
+    /// For publishing.
+    pub client: LinkClient,
+    /// Incoming events.
+    pub events: Events,
+}
+
+/// Publishes over MQTT, or in memory (`memory://` URLs).
+#[derive(Debug, Clone)]
+pub enum LinkClient {
+    /// A real broker through rumqttc.
+    Mqtt(rumqttc::AsyncClient),
+    /// The in-process broker of the simulator.
+    Memory(memory::MemoryClient),
+}
+
+/// The client could not queue a request (the link is shutting down).
+#[derive(Debug, Error)]
+#[error("cannot queue MQTT request: {0}")]
+pub struct RequestError(String);
+
+impl LinkClient {
+    /// Publishes at QoS 1.
+    pub async fn publish(&self, message: Outgoing) -> Result<(), RequestError> {
+        match self {
+            LinkClient::Mqtt(c) => c
+                .publish(message.topic, QOS, message.retain, message.payload)
+                .await
+                .map_err(|e| RequestError(e.to_string())),
+            LinkClient::Memory(c) => {
+                c.publish(&message.topic, message.retain, message.payload);
+                Ok(())
+            }
+        }
+    }
+
+    /// Publishes every message in order, logging (not failing on) a refusal:
+    /// the loop that calls this keeps running, and QoS 1 plus the state
+    /// machines' own retries cover a lost message.
+    pub async fn publish_all(&self, messages: impl IntoIterator<Item = Outgoing>) {
+        for message in messages {
+            let topic = message.topic.clone();
+            if let Err(e) = self.publish(message).await {
+                tracing::warn!(topic, error = %e, "publish failed");
+            }
+        }
+    }
+
+    /// Disconnects cleanly (no last will).
+    pub async fn disconnect(&self) -> Result<(), RequestError> {
+        match self {
+            LinkClient::Mqtt(c) => c
+                .disconnect()
+                .await
+                .map_err(|e| RequestError(e.to_string())),
+            LinkClient::Memory(c) => {
+                c.disconnect();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Incoming events of either transport.
+#[derive(Debug)]
+pub enum Events {
+    /// From the MQTT pump (bounded: back-pressure on the broker link).
+    Mqtt(mpsc::Receiver<LinkEvent>),
+    /// From the in-memory broker.
+    Memory(mpsc::UnboundedReceiver<LinkEvent>),
+}
+
+impl Events {
+    /// The next event; `None` once the link is gone.
+    pub async fn recv(&mut self) -> Option<LinkEvent> {
+        match self {
+            Events::Mqtt(rx) => rx.recv().await,
+            Events::Memory(rx) => rx.recv().await,
+        }
+    }
+}
+
+/// Connects `session` to the broker `config` names: an MQTT broker, or the
+/// in-process one for `memory://<name>`. The MQTT event-loop pump runs on
+/// `tracker` and stops on `shutdown` (after a short grace period so a final
+/// DISCONNECT can leave).
+pub fn open(
+    config: &BrokerConfig,
+    session: Session,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Link {
+    match config.url_or_local() {
+        BrokerUrl::Memory(name) => {
+            let (client, events) = memory::broker(&name).connect(&session.client_id);
+            for filter in &session.subscriptions {
+                client.subscribe(filter);
+            }
+            Link {
+                client: LinkClient::Memory(client),
+                events: Events::Memory(events),
+            }
+        }
+        BrokerUrl::Tcp { host, port } => mqtt::open(config, &host, port, session, tracker, shutdown),
+    }
+}

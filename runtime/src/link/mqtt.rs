@@ -1,0 +1,108 @@
+//! The rumqttc transport: options from config, and an event-loop pump that
+//! renews subscriptions on every connect and hands incoming messages over a
+//! bounded channel.
+
+use super::{BrokerConfig, Events, Link, LinkClient, LinkEvent, QOS, Session};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub(super) fn open(
+    config: &BrokerConfig,
+    host: &str,
+    port: u16,
+    session: Session,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Link {
+    let mut opts = MqttOptions::new(session.client_id.clone(), host, port);
+    opts.set_keep_alive(config.keep_alive());
+    opts.set_max_packet_size(config.max_packet_size, config.max_packet_size);
+    opts.set_clean_session(true);
+    opts.set_request_channel_capacity(1024);
+    if let Some(user) = &config.username {
+        opts.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
+    }
+    if let Some(will) = session.will {
+        opts.set_last_will(LastWill::new(will.topic, will.payload, QOS, will.retain));
+    }
+    let (client, eventloop) = AsyncClient::new(opts, 1024);
+    let (tx, events) = mpsc::channel(1024);
+    tracker.spawn(pump(
+        eventloop,
+        client.clone(),
+        session.subscriptions,
+        tx,
+        shutdown,
+    ));
+    Link {
+        client: LinkClient::Mqtt(client),
+        events: Events::Mqtt(events),
+    }
+}
+
+async fn pump(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    subscriptions: Vec<String>,
+    tx: mpsc::Sender<LinkEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let polled = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            polled = eventloop.poll() => polled,
+        };
+        let event = match polled {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(200);
+                tracing::debug!("connected to broker");
+                // A clean session forgets subscriptions: renew them all.
+                // try_subscribe never waits on this task's own poller.
+                for filter in &subscriptions {
+                    if let Err(e) = client.try_subscribe(filter.as_str(), QOS) {
+                        tracing::warn!(filter, error = %e, "subscribe failed");
+                    }
+                }
+                LinkEvent::Connected
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => LinkEvent::Message {
+                topic: p.topic,
+                payload: p.payload,
+                retain: p.retain,
+            },
+            Ok(_) => continue,
+            Err(e) => {
+                if tx.is_closed() {
+                    break; // nobody listens any more: do not reconnect
+                }
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker link down");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            sent = tx.send(event) => if sent.is_err() { break },
+        }
+    }
+    // Let queued publishes and a DISCONNECT go out.
+    let grace = tokio::time::sleep(Duration::from_millis(300));
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            _ = &mut grace => break,
+            polled = eventloop.poll() => match polled {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            },
+        }
+    }
+}
