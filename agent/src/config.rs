@@ -216,7 +216,12 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("client_id"));
         c.client_id = "car-1".into();
         c.broker.max_packet_size = 1024;
-        assert!(c.validate().unwrap_err().to_string().contains("max_packet_size"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_packet_size")
+        );
         let bad_url = "client_id = \"c\"\n[broker]\nurl = \"nope\"\n[data]\npath = \"d.csv\"\nlabel = \"y\"\n";
         let err = toml::from_str::<AgentConfig>(bad_url).unwrap_err();
         assert!(err.to_string().contains("mqtt://"), "{err}");

@@ -113,7 +113,10 @@ mod tests {
         let (pending, _) = encode(trained, &base, 7, &encoding("fp32", None)).unwrap();
         assert_eq!(pending.round, 4);
         assert_eq!(pending.residual, None);
-        assert_eq!(decoded(&pending, &base).tensors[0].data, vec![0.5, 0.0, -1.0]);
+        assert_eq!(
+            decoded(&pending, &base).tensors[0].data,
+            vec![0.5, 0.0, -1.0]
+        );
     }
 
     #[test]
@@ -132,7 +135,10 @@ mod tests {
         )
         .unwrap();
         let residual = first.residual.clone().unwrap();
-        assert_eq!(decoded(&first, &base).tensors[0].data, vec![4.0, 0.0, 0.0, 0.0]);
+        assert_eq!(
+            decoded(&first, &base).tensors[0].data,
+            vec![4.0, 0.0, 0.0, 0.0]
+        );
         assert_eq!(residual.tensors[0].data, vec![0.0, 3.0, 0.0, 0.0]);
         // next round trains nothing new: the residual alone is sent
         let (second, _) = encode(
@@ -142,7 +148,10 @@ mod tests {
             &encoding("topk:0.25", Some(residual)),
         )
         .unwrap();
-        assert_eq!(decoded(&second, &base).tensors[0].data, vec![0.0, 3.0, 0.0, 0.0]);
+        assert_eq!(
+            decoded(&second, &base).tensors[0].data,
+            vec![0.0, 3.0, 0.0, 0.0]
+        );
         assert_eq!(second.residual.unwrap().l2_norm(), 0.0);
     }
 }

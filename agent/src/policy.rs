@@ -87,8 +87,9 @@ impl TryFrom<String> for Window {
     type Error = String;
 
     fn try_from(s: String) -> Result<Self, String> {
-        Window::parse(&s)
-            .ok_or_else(|| format!("policy.window {s:?} is not HH:MM-HH:MM (UTC), e.g. \"22:00-05:30\""))
+        Window::parse(&s).ok_or_else(|| {
+            format!("policy.window {s:?} is not HH:MM-HH:MM (UTC), e.g. \"22:00-05:30\"")
+        })
     }
 }
 
@@ -286,10 +287,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hanging_command_is_no_and_does_not_block() {
         // paused time: the timeout fires without waiting 2 s for real
-        assert!(!check_condition(&PolicyConfig {
-            condition_command: Some("sleep 30".into()),
-            ..Default::default()
-        })
-        .await);
+        assert!(
+            !check_condition(&PolicyConfig {
+                condition_command: Some("sleep 30".into()),
+                ..Default::default()
+            })
+            .await
+        );
     }
 }

@@ -12,12 +12,12 @@
 //! one and the directory fsynced, so a file is either the old or the new
 //! version, never a torn mix.
 
+use convoy_runtime::fs::{FsError, sync_dir, write_atomic};
 use convoy_shared::messages::TrainTask;
 use convoy_shared::model::ModelSpec;
 use convoy_shared::params::ParamSet;
 use convoy_shared::version::{Manifest, VersionId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use convoy_runtime::fs::{FsError, sync_dir, write_atomic};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 

@@ -67,9 +67,9 @@ where
             Ok(())
         }
         Err(std::env::VarError::NotPresent) => Ok(()),
-        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::Invalid(format!(
-            "{var} is not valid UTF-8"
-        ))),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(ConfigError::Invalid(format!("{var} is not valid UTF-8")))
+        }
     }
 }
 

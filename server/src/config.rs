@@ -1,8 +1,8 @@
 //! The server's TOML configuration, with documented defaults.
 
-pub use convoy_agent::config::ConfigError;
-use convoy_agent::config::load_toml;
-use convoy_agent::mqtt::BrokerConfig;
+pub use convoy_runtime::ConfigError;
+use convoy_runtime::config::{env_override, load_toml, resolve};
+use convoy_runtime::link::{BrokerConfig, BrokerUrl};
 use convoy_shared::messages::TrainTask;
 use convoy_shared::model::TaskKind;
 use serde::{Deserialize, Serialize};
@@ -34,33 +34,34 @@ pub struct ServerConfig {
     pub eval: EvalConfig,
 }
 
-/// Broker settings.
+/// Broker settings: the client keys every convoy binary shares
+/// ([`BrokerConfig`]: `url`, `username`, `password`, `password_file`,
+/// `max_packet_size`, `keep_alive_secs`) plus the server's own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct ServerBroker {
-    /// External broker `mqtt://host:port`; empty runs the embedded one. Env: `CONVOY_BROKER_URL`.
-    pub url: String,
-    /// Listen address of the embedded broker.
+    /// Listen address of the embedded broker (used when `url` is unset).
     pub listen: String,
-    /// Largest MQTT packet, bytes (embedded broker's max payload and client limit).
-    pub max_packet_size: usize,
-    /// User name for an external broker. Env: `CONVOY_BROKER_USERNAME`.
-    pub username: Option<String>,
-    /// Password for an external broker. Env: `CONVOY_BROKER_PASSWORD`.
-    pub password: Option<String>,
     /// MQTT client id of the server.
     pub client_id: String,
+    /// How the server's client reaches the broker; an unset `url` runs the
+    /// embedded broker. `max_packet_size` is also the embedded broker's
+    /// payload limit.
+    #[serde(flatten)]
+    pub link: BrokerConfig,
+    /// Keys no setting knows; refused by `validate` (serde cannot deny
+    /// unknown fields beside a flattened struct).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: std::collections::BTreeMap<String, toml::Value>,
 }
 
 impl Default for ServerBroker {
     fn default() -> Self {
         Self {
-            url: String::new(),
             listen: "127.0.0.1:1883".into(),
-            max_packet_size: 256 * 1024,
-            username: None,
-            password: None,
             client_id: "convoy-server".into(),
+            link: BrokerConfig::default(),
+            unknown: Default::default(),
         }
     }
 }
@@ -199,39 +200,23 @@ impl ServerConfig {
     /// config file's folder, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let mut config: ServerConfig = load_toml(path)?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
-        resolve(&mut config.model.schema_csv);
+        resolve(path, &mut config.model.schema_csv);
         if let Some(t) = config.eval.test_csv.as_mut() {
-            resolve(t);
+            resolve(path, t);
         }
-        config.apply_env();
-        resolve(&mut config.db);
+        config.broker.link.resolve_paths(path);
+        config.apply_env()?;
+        resolve(path, &mut config.db);
+        config.broker.link.load_password()?;
         config.validate()?;
         Ok(config)
     }
 
     /// `CONVOY_FLEET`, `CONVOY_DB`, `CONVOY_BROKER_*`.
-    pub fn apply_env(&mut self) {
-        if let Ok(v) = std::env::var("CONVOY_FLEET") {
-            self.fleet = v;
-        }
-        if let Ok(v) = std::env::var("CONVOY_DB") {
-            self.db = PathBuf::from(v);
-        }
-        if let Ok(v) = std::env::var("CONVOY_BROKER_URL") {
-            self.broker.url = v;
-        }
-        if let Ok(v) = std::env::var("CONVOY_BROKER_USERNAME") {
-            self.broker.username = Some(v);
-        }
-        if let Ok(v) = std::env::var("CONVOY_BROKER_PASSWORD") {
-            self.broker.password = Some(v);
-        }
+    pub fn apply_env(&mut self) -> Result<(), ConfigError> {
+        env_override("CONVOY_FLEET", &mut self.fleet)?;
+        env_override("CONVOY_DB", &mut self.db)?;
+        self.broker.link.apply_env()
     }
 
     /// Checks values a config file can get wrong.
@@ -271,17 +256,16 @@ impl ServerConfig {
             return bad(format!("rounds.downlink_codec: {e}"));
         }
         // an update chunk plus its envelope and MQTT header must fit a packet
-        if self.rounds.chunk_size + 1024 > self.broker.max_packet_size {
+        if let Some(key) = self.broker.unknown.keys().next() {
             return bad(format!(
-                "rounds.chunk_size {} does not fit broker.max_packet_size {} (leave 1 KiB for headers)",
-                self.rounds.chunk_size, self.broker.max_packet_size
+                "unknown key broker.{key}; known: url, listen, client_id, username, password, password_file, max_packet_size, keep_alive_secs"
             ));
         }
-        if self.broker.max_packet_size < convoy_shared::version::MODEL_CHUNK_SIZE + 1024 {
+        self.broker.link.validate()?;
+        if self.rounds.chunk_size + 1024 > self.broker.link.max_packet_size {
             return bad(format!(
-                "broker.max_packet_size {} is too small; model chunks need at least {}",
-                self.broker.max_packet_size,
-                convoy_shared::version::MODEL_CHUNK_SIZE + 1024
+                "rounds.chunk_size {} does not fit broker.max_packet_size {} (leave 1 KiB for headers)",
+                self.rounds.chunk_size, self.broker.link.max_packet_size
             ));
         }
         if !(self.training.lr.is_finite() && self.training.lr > 0.0)
@@ -292,11 +276,9 @@ impl ServerConfig {
                 "training: epochs and batch_size must be at least 1 and lr positive".into(),
             );
         }
-        if !self.broker.url.is_empty() {
-            self.external_broker()
-                .check_url()
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        } else if self.broker.listen.parse::<std::net::SocketAddr>().is_err() {
+        if self.broker.link.url.is_none()
+            && self.broker.listen.parse::<std::net::SocketAddr>().is_err()
+        {
             return bad(format!(
                 "broker.listen {:?} is not an address like 127.0.0.1:1883",
                 self.broker.listen
@@ -305,20 +287,21 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// Client settings for reaching the broker (external, or the embedded one).
-    pub fn external_broker(&self) -> BrokerConfig {
-        BrokerConfig {
-            url: if self.broker.url.is_empty() {
-                format!("mqtt://{}", self.broker.listen)
-            } else {
-                self.broker.url.clone()
-            },
-            username: self.broker.username.clone(),
-            password: self.broker.password.clone(),
-            password_file: None,
-            max_packet_size: self.broker.max_packet_size,
-            keep_alive_secs: 30,
+    /// Client settings for reaching the broker: the external one, or the
+    /// embedded one on `listen`.
+    pub fn client_broker(&self) -> BrokerConfig {
+        let mut link = self.broker.link.clone();
+        if link.url.is_none()
+            && let Ok(addr) = self.broker.listen.parse()
+        {
+            link.url = Some(BrokerUrl::tcp(addr));
         }
+        link
+    }
+
+    /// Whether the server runs its embedded broker.
+    pub fn embedded_broker(&self) -> bool {
+        self.broker.link.url.is_none()
     }
 }
 
@@ -335,7 +318,11 @@ mod tests {
         let c = minimal();
         assert!(c.validate().is_ok());
         assert_eq!(c.rounds.chunk_size, 128 * 1024);
-        assert_eq!(c.external_broker().url, "mqtt://127.0.0.1:1883");
+        assert_eq!(
+            c.client_broker().url_or_local().to_string(),
+            "mqtt://127.0.0.1:1883"
+        );
+        assert!(c.embedded_broker());
     }
 
     #[test]
@@ -361,9 +348,17 @@ mod tests {
                 .to_string()
                 .contains("max_packet_size")
         );
-        let mut c = minimal();
-        c.broker.url = "http://x".into();
-        assert!(c.validate().is_err());
+        let err = toml::from_str::<ServerConfig>(
+            "[model]\nschema_csv = \"t.csv\"\nlabel = \"y\"\n[broker]\nurl = \"http://x\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("mqtt://host:port"), "{err}");
+        let c: ServerConfig = toml::from_str(
+            "[model]\nschema_csv = \"t.csv\"\nlabel = \"y\"\n[broker]\nlisten_on = \"x\"\n",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("broker.listen_on"), "{err}");
         assert!(toml::from_str::<ServerConfig>("[model]\nlabel = 3").is_err());
     }
 }

@@ -6,7 +6,7 @@
 //! Every step is a plain `ssh` command (OpenSSH client, batch mode), so what
 //! `--dry-run` prints is exactly what a real run executes.
 
-use convoy_agent::mqtt::{self, BrokerConfig, LinkEvent};
+use convoy_runtime::link::{self, BrokerConfig, BrokerUrl, LinkEvent, Session};
 use convoy_shared::messages::{AgentState, Status};
 use convoy_shared::topics;
 use convoy_shared::wire::{self, Kind};
@@ -615,7 +615,10 @@ fn plan(board: &Board, label: &str) -> Result<(Vec<Step>, usize), String> {
             script: active_script(board),
         },
     });
-    let url = board.status_broker_url.clone().unwrap_or(agent.broker.url);
+    let url = board
+        .status_broker_url
+        .clone()
+        .unwrap_or_else(|| agent.broker.url_or_local().to_string());
     steps.push(Step {
         what: format!("verify the agent reports deployment {label} on the broker"),
         action: Action::WaitStatus {
@@ -768,19 +771,22 @@ async fn wait_active(board: &Board, script: &str) -> Result<String, String> {
 
 /// Waits until the agent publishes a status carrying `label`.
 async fn wait_status(board: &Board, url: &str, fleet: &str, label: &str) -> Result<String, String> {
+    let url: BrokerUrl = url.parse().map_err(|e: link::BadUrl| e.to_string())?;
     let config = BrokerConfig {
-        url: url.to_string(),
         max_packet_size: 1024 * 1024,
-        ..Default::default()
+        ..BrokerConfig::at(url)
     };
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     let _guard = stop.clone().drop_guard();
-    let watcher_id = format!("convoy-deploy-{}", std::process::id());
-    let mut link = mqtt::open(&config, &watcher_id, None, &tracker, stop.clone())
-        .map_err(|e| e.to_string())?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(board.verify_timeout_secs);
     let topic = topics::client(fleet, topics::ClientTopic::Status, &board.client_id);
+    let session = Session {
+        client_id: format!("convoy-deploy-{}", std::process::id()),
+        subscriptions: vec![topic.as_str().to_string()],
+        will: None,
+    };
+    let mut link = link::open(&config, session, &tracker, stop.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(board.verify_timeout_secs);
     loop {
         let event = tokio::time::timeout_at(deadline, link.events.recv())
             .await
@@ -792,11 +798,7 @@ async fn wait_status(board: &Board, url: &str, fleet: &str, label: &str) -> Resu
             })?
             .ok_or("broker link closed")?;
         match event {
-            LinkEvent::Connected => link
-                .client
-                .subscribe(topic.as_str())
-                .await
-                .map_err(|e| e.to_string())?,
+            LinkEvent::Connected => {}
             LinkEvent::Message {
                 topic: t, payload, ..
             } if t == topic.as_str() => {

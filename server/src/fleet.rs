@@ -6,7 +6,7 @@ use crate::store::RoundRow;
 use crate::{Prepared, RunSummary};
 use convoy_agent::LocalData;
 use convoy_agent::config::{AgentConfig, DataConfig, Faults, TrainingConfig};
-use convoy_agent::mqtt::BrokerConfig;
+use convoy_runtime::link::{BrokerConfig, BrokerUrl};
 use convoy_shared::model::TaskKind;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub const LOCAL_MAX_PACKET: usize = 1024 * 1024;
 
 /// Starts the embedded broker on a free loopback port; returns its URL.
-pub async fn local_broker() -> anyhow::Result<String> {
+pub async fn local_broker() -> anyhow::Result<BrokerUrl> {
     let addr = tokio::task::spawn_blocking(|| -> anyhow::Result<_> {
         let addr = crate::broker::free_local_addr()?;
         Ok(crate::broker::start_embedded(
@@ -24,15 +24,22 @@ pub async fn local_broker() -> anyhow::Result<String> {
         )?)
     })
     .await??;
-    Ok(format!("mqtt://{addr}"))
+    Ok(BrokerUrl::tcp(addr))
 }
 
 /// Server broker settings for a local fleet on `url`.
-pub fn server_broker(url: &str) -> ServerBroker {
+pub fn server_broker(url: &BrokerUrl) -> ServerBroker {
     ServerBroker {
-        url: url.into(),
-        max_packet_size: LOCAL_MAX_PACKET,
+        link: local_link(url),
         ..Default::default()
+    }
+}
+
+/// Client settings for a member of a local fleet on `url`.
+pub fn local_link(url: &BrokerUrl) -> BrokerConfig {
+    BrokerConfig {
+        max_packet_size: LOCAL_MAX_PACKET,
+        ..BrokerConfig::at(url.clone())
     }
 }
 
@@ -40,7 +47,7 @@ pub fn server_broker(url: &str) -> ServerBroker {
 pub fn agent_config(
     fleet: &str,
     id: &str,
-    url: &str,
+    url: &BrokerUrl,
     state_dir: PathBuf,
     data: DataConfig,
 ) -> AgentConfig {
@@ -48,11 +55,7 @@ pub fn agent_config(
         fleet: fleet.into(),
         client_id: id.into(),
         state_dir,
-        broker: BrokerConfig {
-            url: url.into(),
-            max_packet_size: LOCAL_MAX_PACKET,
-            ..Default::default()
-        },
+        broker: local_link(url),
         data,
         training: TrainingConfig::default(),
         policy: Default::default(),

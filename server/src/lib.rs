@@ -9,17 +9,24 @@
 pub mod aggregator;
 pub mod broker;
 pub mod config;
-mod coordinator;
+pub mod coordinator;
+#[cfg(feature = "tools")]
 pub mod demo;
+#[cfg(feature = "tools")]
 pub mod deploy;
+#[cfg(feature = "tools")]
 pub mod fleet;
 pub mod report;
+#[cfg(feature = "tools")]
 pub mod simulate;
 pub mod store;
 
 use crate::config::ServerConfig;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, Input, Output};
 use crate::store::{RoundRow, Store, StoredVersion};
+use convoy_runtime::clock::{SharedClock, SystemClock};
+use convoy_runtime::link::{self, LinkClient, Session};
+use convoy_runtime::process::Systemd;
 use convoy_shared::dataset::{Dataset, Table};
 use convoy_shared::model::ModelSpec;
 use convoy_shared::version;
@@ -53,9 +60,6 @@ pub enum ServerError {
     /// Embedded broker.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
-    /// Broker link.
-    #[error(transparent)]
-    Link(#[from] convoy_agent::mqtt::LinkError),
     /// The database was written for another model.
     #[error(
         "database {db} holds models with a different spec than this config (features, classes, layers or recipe changed); use a new --db or restore the old config"
@@ -157,7 +161,7 @@ pub async fn run_prepared(
     config.validate()?;
     let Prepared { spec, test } = prepared;
     let store = Store::open(&config.db)?;
-    let abandoned = store.abandon_open_rounds(convoy_agent::now_ms())?;
+    let abandoned = store.abandon_open_rounds(convoy_runtime::clock::now_ms())?;
     if abandoned > 0 {
         tracing::warn!(
             abandoned,
@@ -196,56 +200,49 @@ pub async fn run_prepared(
                 .ok(),
                 None => None,
             };
-            store.save_version(&v, eval.as_ref(), convoy_agent::now_ms())?;
+            store.save_version(&v, eval.as_ref(), convoy_runtime::clock::now_ms())?;
             tracing::info!(version = %version::short(&v.manifest.version), params = v.params.numel(), "initial model stored");
             v
         }
     };
-    let mut broker = config.external_broker();
-    if config.broker.url.is_empty() {
+    let mut broker = config.client_broker();
+    if config.embedded_broker() {
         let listen = config.broker.listen.clone();
-        let max = config.broker.max_packet_size;
+        let max = config.broker.link.max_packet_size;
         let addr = tokio::task::spawn_blocking(move || broker::start_embedded(&listen, max))
             .await
             .map_err(|e| ServerError::Config(e.to_string()))??;
-        broker.url = format!("mqtt://{addr}");
+        broker.url = Some(convoy_runtime::link::BrokerUrl::tcp(addr));
     }
 
     let tracker = TaskTracker::new();
     let link_stop = CancellationToken::new();
-    let mut link = convoy_agent::mqtt::open(
-        &broker,
-        &config.broker.client_id,
-        None,
-        &tracker,
-        link_stop.clone(),
-    )?;
-    tracing::info!(fleet = %config.fleet, broker = %broker.url, db = %config.db.display(), "server running");
-    let mut coordinator = Coordinator::new(
-        config,
-        store,
-        link.client.clone(),
-        spec,
-        test,
-        current,
-        observer,
-    )?;
-    let mut systemd = convoy_agent::process::Systemd::new();
+    let clock: SharedClock = Arc::new(SystemClock);
+    tracing::info!(fleet = %config.fleet, broker = %broker.url_or_local(), db = %config.db.display(), "server running");
+    let client_id = config.broker.client_id.clone();
+    let mut coordinator = Coordinator::new(config, store, clock, spec, test, current)?;
+    let session = Session {
+        client_id,
+        subscriptions: coordinator.subscriptions(),
+        will: None,
+    };
+    let mut link = link::open(&broker, session, &tracker, link_stop.clone());
+    let mut systemd = Systemd::new();
     systemd.ready("coordinating rounds");
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let result = loop {
-        let step = tokio::select! {
+        let input = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             event = link.events.recv() => match event {
-                Some(event) => coordinator.on_event(event).await,
+                Some(event) => Input::from(event),
                 None => break Ok(()),
             },
             _ = tick.tick() => {
                 systemd.tick();
-                coordinator.tick().await
+                Input::Tick
             }
         };
-        if let Err(e) = step {
+        if let Err(e) = carry_out(&mut coordinator, input, &link.client, observer.as_ref()).await {
             break Err(e);
         }
         if coordinator.done() {
@@ -254,12 +251,42 @@ pub async fn run_prepared(
         }
     };
     systemd.stopping();
-    let _ = coordinator.client.disconnect().await;
+    let _ = link.client.disconnect().await;
     link_stop.cancel();
     tracker.close();
     tracker.wait().await;
     result.map(|()| RunSummary {
         rejections: coordinator.rejections().clone(),
-        final_version: version::hex(&coordinator.current.manifest.version),
+        final_version: version::hex(&coordinator.current().manifest.version),
     })
+}
+
+/// Feeds `input` to the coordinator and carries out what it returns; an
+/// evaluation runs off the async runtime and its result is fed back before
+/// anything else, as the round waits on it.
+async fn carry_out(
+    coordinator: &mut Coordinator,
+    input: Input,
+    client: &LinkClient,
+    observer: Option<&mpsc::UnboundedSender<RoundRow>>,
+) -> Result<(), ServerError> {
+    let mut pending = std::collections::VecDeque::from(coordinator.handle(input)?);
+    while let Some(output) = pending.pop_front() {
+        match output {
+            Output::Publish(message) => client.publish_all([message]).await,
+            Output::Evaluate(request) => {
+                let eval = tokio::task::spawn_blocking(move || request.run())
+                    .await
+                    .ok()
+                    .flatten();
+                pending.extend(coordinator.handle(Input::Evaluated(eval))?);
+            }
+            Output::RoundClosed(row) => {
+                if let Some(observer) = observer {
+                    let _ = observer.send(*row);
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -28,11 +28,14 @@ enum Command {
         config: PathBuf,
     },
     /// Run a demo fleet (server, embedded broker, agents) on the bundled digits data.
+    #[cfg(feature = "tools")]
     Demo(convoy_server::demo::DemoOptions),
     /// Simulate a fleet on a partitioned data set through the real server and broker.
+    #[cfg(feature = "tools")]
     Simulate(convoy_server::simulate::SimOptions),
     /// Install the agent on boards over SSH from an inventory, verify it came
     /// up and roll back when it did not; prints a per-board result table.
+    #[cfg(feature = "tools")]
     Deploy(convoy_server::deploy::DeployOptions),
     /// Print the per-round ledger of a database.
     Report {
@@ -54,12 +57,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Demo and simulator print their own progress; keep their logs to warnings.
-    let default = if matches!(cli.command, Command::Demo(_) | Command::Simulate(_)) {
-        "warn"
-    } else {
-        "info"
-    };
-    convoy_agent::process::init_logging(cli.log_json, default);
+    #[cfg(feature = "tools")]
+    let quiet = matches!(cli.command, Command::Demo(_) | Command::Simulate(_));
+    #[cfg(not(feature = "tools"))]
+    let quiet = false;
+    let default = if quiet { "warn" } else { "info" };
+    convoy_runtime::process::init_logging(cli.log_json, default);
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -81,7 +84,7 @@ where
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(convoy_agent::process::cancel_on_signal(shutdown.clone()));
+        tokio::spawn(convoy_runtime::process::cancel_on_signal(shutdown.clone()));
         Ok(job(shutdown).await?)
     })
 }
@@ -93,14 +96,17 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             until_signal(|shutdown| convoy_server::run(config, shutdown))?;
             Ok(())
         }
+        #[cfg(feature = "tools")]
         Command::Demo(options) => {
             until_signal(|shutdown| convoy_server::demo::run(options, shutdown))?;
             Ok(())
         }
+        #[cfg(feature = "tools")]
         Command::Simulate(options) => {
             until_signal(|shutdown| convoy_server::simulate::run(options, shutdown))?;
             Ok(())
         }
+        #[cfg(feature = "tools")]
         Command::Deploy(options) => {
             let results = until_signal(|_| convoy_server::deploy::run(&options))?;
             print!("\n{}", convoy_server::deploy::table(&results));

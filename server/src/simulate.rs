@@ -352,11 +352,11 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     let url = match options.transport {
         Transport::Mqtt => crate::fleet::local_broker().await?,
         // a fresh name per run: several simulations may share a process
-        Transport::Memory => format!(
-            "memory://sim-{}-{}",
+        Transport::Memory => convoy_runtime::link::BrokerUrl::Memory(format!(
+            "sim-{}-{}",
             std::process::id(),
-            convoy_agent::now_ms()
-        ),
+            convoy_runtime::clock::now_ms()
+        )),
     };
     let server = ServerConfig {
         fleet: "sim".into(),

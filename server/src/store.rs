@@ -1,7 +1,7 @@
 //! The server's state: SQLite for rounds, the per-client ledger, versions
 //! and rejections; model blobs as content-named files beside the database.
 
-use convoy_agent::state::write_atomic;
+use convoy_runtime::fs::write_atomic;
 use convoy_shared::messages::TrainTask;
 use convoy_shared::model::ModelSpec;
 use convoy_shared::params::ParamSet;
@@ -142,8 +142,10 @@ pub struct ClientRow {
     pub epochs: u64,
     /// Its training loss.
     pub loss: Option<f64>,
-    /// Estimated training FLOPs (from its samples and epochs).
+    /// Training FLOPs the vehicle reported.
     pub flops: u64,
+    /// The cost model's FLOPs for its samples and epochs.
+    pub flops_predicted: u64,
     /// Cost model's bytes_up prediction.
     pub bytes_up_predicted: u64,
     /// Training device.
@@ -199,6 +201,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     bytes_up_predicted INTEGER NOT NULL, device TEXT NOT NULL, codec TEXT NOT NULL,
     update_norm REAL, reason TEXT, bytes_up_raw INTEGER NOT NULL DEFAULT 0, residual_norm REAL,
     encode_seconds REAL NOT NULL DEFAULT 0, decode_seconds REAL NOT NULL DEFAULT 0,
+    flops_predicted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (round, client));
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, round INTEGER, client TEXT,
@@ -242,6 +245,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         let blobs = PathBuf::from(format!("{}.models", path.display()));
         std::fs::create_dir_all(&blobs).map_err(|e| StoreError::Blob {
             path: blobs.clone(),
@@ -273,7 +277,10 @@ impl Store {
         let hex = version::hex(&v.manifest.version);
         let name = format!("{hex}.bin");
         let path = self.blobs.join(&name);
-        let bytes = postcard::to_allocvec(v).unwrap_or_default();
+        let bytes = postcard::to_allocvec(v).map_err(|e| StoreError::Blob {
+            path: path.clone(),
+            message: format!("cannot serialise the model: {e}"),
+        })?;
         write_atomic(&path, &bytes).map_err(|e| StoreError::Blob {
             path: path.clone(),
             message: e.to_string(),
@@ -527,58 +534,107 @@ impl Store {
 
     /// Ledger rows of one round.
     pub fn clients(&self, round: u64) -> Result<Vec<ClientRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT round, client, status, samples, bytes_up, wire_bytes_up, chunks_up, retries, bytes_down,
-             wire_bytes_down, chunks_down, train_seconds, steps, epochs, loss, flops, bytes_up_predicted,
-             device, codec, update_norm, reason, bytes_up_raw, residual_norm, encode_seconds, decode_seconds
-             FROM ledger WHERE round = ?1 ORDER BY client",
-        )?;
-        let rows = stmt.query_map([round as i64], |r| {
-            Ok(ClientRow {
-                round: r.get::<_, i64>(0)? as u64,
-                client: r.get(1)?,
-                status: r.get(2)?,
-                samples: r.get::<_, i64>(3)? as u64,
-                bytes_up: r.get::<_, i64>(4)? as u64,
-                wire_bytes_up: r.get::<_, i64>(5)? as u64,
-                chunks_up: r.get::<_, i64>(6)? as u64,
-                retries: r.get::<_, i64>(7)? as u64,
-                bytes_down: r.get::<_, i64>(8)? as u64,
-                wire_bytes_down: r.get::<_, i64>(9)? as u64,
-                chunks_down: r.get::<_, i64>(10)? as u64,
-                train_seconds: r.get(11)?,
-                steps: r.get::<_, i64>(12)? as u64,
-                epochs: r.get::<_, i64>(13)? as u64,
-                loss: r.get(14)?,
-                flops: r.get::<_, i64>(15)? as u64,
-                bytes_up_predicted: r.get::<_, i64>(16)? as u64,
-                device: r.get(17)?,
-                codec: r.get(18)?,
-                update_norm: r.get(19)?,
-                reason: r.get(20)?,
-                bytes_up_raw: r.get::<_, i64>(21)? as u64,
-                residual_norm: r.get(22)?,
-                encode_seconds: r.get(23)?,
-                decode_seconds: r.get(24)?,
-            })
-        })?;
+        let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE round = ?1 ORDER BY client");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([round as i64], client_from_sql)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
+/// Columns added after the first release, for databases created before them.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let has = |table: &str, column: &str| -> Result<bool, rusqlite::Error> {
+        let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for name in names {
+            if name? == column {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    if !has("ledger", "flops_predicted")? {
+        conn.execute_batch(
+            "ALTER TABLE ledger ADD COLUMN flops_predicted INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    Ok(())
+}
+
+/// The ledger's columns, in the order [`client_from_sql`] and
+/// [`insert_client`] use: the one place a ledger row meets its table.
+const LEDGER_COLUMNS: &str = "round, client, status, samples, bytes_up, wire_bytes_up, chunks_up, retries, \
+    bytes_down, wire_bytes_down, chunks_down, train_seconds, steps, epochs, loss, flops, bytes_up_predicted, \
+    device, codec, update_norm, reason, bytes_up_raw, residual_norm, encode_seconds, decode_seconds, \
+    flops_predicted";
+
+fn client_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRow> {
+    let count = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+    Ok(ClientRow {
+        round: count(0)?,
+        client: r.get(1)?,
+        status: r.get(2)?,
+        samples: count(3)?,
+        bytes_up: count(4)?,
+        wire_bytes_up: count(5)?,
+        chunks_up: count(6)?,
+        retries: count(7)?,
+        bytes_down: count(8)?,
+        wire_bytes_down: count(9)?,
+        chunks_down: count(10)?,
+        train_seconds: r.get(11)?,
+        steps: count(12)?,
+        epochs: count(13)?,
+        loss: r.get(14)?,
+        flops: count(15)?,
+        bytes_up_predicted: count(16)?,
+        device: r.get(17)?,
+        codec: r.get(18)?,
+        update_norm: r.get(19)?,
+        reason: r.get(20)?,
+        bytes_up_raw: count(21)?,
+        residual_norm: r.get(22)?,
+        encode_seconds: r.get(23)?,
+        decode_seconds: r.get(24)?,
+        flops_predicted: count(25)?,
+    })
+}
+
 fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
+    let marks: Vec<String> = (1..=26).map(|i| format!("?{i}")).collect();
+    let sql = format!(
+        "INSERT OR REPLACE INTO ledger ({LEDGER_COLUMNS}) VALUES ({})",
+        marks.join(", ")
+    );
     conn.execute(
-        "INSERT OR REPLACE INTO ledger (round, client, status, samples, bytes_up, wire_bytes_up, chunks_up, retries,
-         bytes_down, wire_bytes_down, chunks_down, train_seconds, steps, epochs, loss, flops, bytes_up_predicted,
-         device, codec, update_norm, reason, bytes_up_raw, residual_norm, encode_seconds, decode_seconds)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
-                 ?22, ?23, ?24, ?25)",
+        &sql,
         params![
-            c.round as i64, c.client, c.status, c.samples as i64, c.bytes_up as i64, c.wire_bytes_up as i64,
-            c.chunks_up as i64, c.retries as i64, c.bytes_down as i64, c.wire_bytes_down as i64,
-            c.chunks_down as i64, c.train_seconds, c.steps as i64, c.epochs as i64, c.loss, c.flops as i64,
-            c.bytes_up_predicted as i64, c.device, c.codec, c.update_norm, c.reason,
-            c.bytes_up_raw as i64, c.residual_norm, c.encode_seconds, c.decode_seconds,
+            c.round as i64,
+            c.client,
+            c.status,
+            c.samples as i64,
+            c.bytes_up as i64,
+            c.wire_bytes_up as i64,
+            c.chunks_up as i64,
+            c.retries as i64,
+            c.bytes_down as i64,
+            c.wire_bytes_down as i64,
+            c.chunks_down as i64,
+            c.train_seconds,
+            c.steps as i64,
+            c.epochs as i64,
+            c.loss,
+            c.flops as i64,
+            c.bytes_up_predicted as i64,
+            c.device,
+            c.codec,
+            c.update_norm,
+            c.reason,
+            c.bytes_up_raw as i64,
+            c.residual_norm,
+            c.encode_seconds,
+            c.decode_seconds,
+            c.flops_predicted as i64,
         ],
     )?;
     Ok(())

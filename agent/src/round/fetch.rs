@@ -229,7 +229,9 @@ impl Agent {
         let params = Pipeline::FP32
             .decode(&bytes, &announce.spec.layout())
             .ok()
-            .filter(|p| version::manifest_of(p, &announce.spec, &announce.task) == announce.manifest);
+            .filter(|p| {
+                version::manifest_of(p, &announce.spec, &announce.task) == announce.manifest
+            });
         let Some(params) = params else {
             tracing::warn!("fetched model does not hash to the announced version; refetching");
             let now = self.clock.instant();

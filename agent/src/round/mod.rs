@@ -308,7 +308,10 @@ impl Agent {
 
     fn status(&self, out: &mut Vec<Action>, state: AgentState, round: u64, detail: &str) {
         let payload = status::payload(&self.config, state, round, self.data.rows(), detail);
-        self.publish(out, Outgoing::retained(self.topics.status.as_str(), payload));
+        self.publish(
+            out,
+            Outgoing::retained(self.topics.status.as_str(), payload),
+        );
     }
 
     fn now_ms(&self) -> u64 {
@@ -322,7 +325,9 @@ impl Agent {
     /// Follows the training policy: pauses running training, resumes or
     /// starts waiting training, and skips rounds whose deadline passed.
     fn apply_policy(&mut self, out: &mut Vec<Action>) -> Result<(), AgentError> {
-        let allowed = self.policy.allowed(self.now_ms() / 1000, self.clock.instant());
+        let allowed = self
+            .policy
+            .allowed(self.now_ms() / 1000, self.clock.instant());
         self.pause.store(!allowed, Ordering::Relaxed);
         let Round::Waiting(ready) = &self.round else {
             return Ok(());

@@ -244,8 +244,16 @@ fn announce_train_upload_ack_runs_the_whole_round() {
     let actions = rig.train(actions);
     let chunks = update_chunks(&actions);
     assert!(!chunks.is_empty());
-    assert!(chunks.iter().all(|c| c.round == 1 && c.client.as_str() == ME));
-    let pending = rig.state().pending().unwrap().expect("persisted before sending");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c.round == 1 && c.client.as_str() == ME)
+    );
+    let pending = rig
+        .state()
+        .pending()
+        .unwrap()
+        .expect("persisted before sending");
     assert_eq!(pending.round, 1);
     assert_eq!(rig.agent.outbox().map(|o| o.round), Some(1));
     assert_eq!(rig.agent.round().name(), "idle");
@@ -318,7 +326,11 @@ fn a_delta_that_does_not_verify_falls_back_to_the_full_model() {
         count: 1,
         total_len: bytes.len() as u32,
     };
-    let actions = rig.handle(rig.chunk(manifest.version, ModelPart::Delta { from: held, pos }, bytes));
+    let actions = rig.handle(rig.chunk(
+        manifest.version,
+        ModelPart::Delta { from: held, pos },
+        bytes,
+    ));
     let retry = fetch_requests(&actions);
     assert_eq!(retry.len(), 1, "asks again");
     assert_eq!(retry[0].have, None, "for the full model this time");
@@ -350,7 +362,10 @@ fn a_missing_receipt_resends_after_the_ack_timeout() {
     let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
     let sent = update_chunks(&rig.train(actions)).len();
     rig.clock.advance(Duration::from_secs(4));
-    assert!(update_chunks(&rig.handle(Input::Tick)).is_empty(), "still patient");
+    assert!(
+        update_chunks(&rig.handle(Input::Tick)).is_empty(),
+        "still patient"
+    );
     rig.clock.advance(Duration::from_secs(2));
     assert_eq!(update_chunks(&rig.handle(Input::Tick)).len(), sent);
 }
@@ -374,7 +389,11 @@ fn the_residual_of_a_lossy_codec_is_kept_once_acknowledged() {
     let initial = rig.initial();
     let actions = rig.handle(rig.announce(1, &initial, "topk:0.1", &[]));
     rig.train(actions);
-    assert_eq!(rig.state().residual().unwrap(), None, "not before the receipt");
+    assert_eq!(
+        rig.state().residual().unwrap(),
+        None,
+        "not before the receipt"
+    );
     rig.handle(rig.ack(1, true));
     let residual = rig.state().residual().unwrap().expect("residual stored");
     assert!(residual.l2_norm() > 0.0);
@@ -436,11 +455,19 @@ fn a_paused_run_resumes_from_its_checkpoint() {
     let actions = rig.train(actions);
     assert_eq!(rig.agent.round().name(), "waiting");
     assert_eq!(statuses(&actions)[0].1, "paused by the training policy");
-    let checkpoint = rig.state().checkpoint().unwrap().expect("checkpoint stored");
+    let checkpoint = rig
+        .state()
+        .checkpoint()
+        .unwrap()
+        .expect("checkpoint stored");
     assert_eq!(checkpoint.round, 1);
     let actions = rig.handle(Input::Condition(true));
     let actions = rig.train(actions);
-    assert_eq!(update_chunks(&actions)[0].round, 1, "finished after resuming");
+    assert_eq!(
+        update_chunks(&actions)[0].round,
+        1,
+        "finished after resuming"
+    );
     assert_eq!(rig.state().checkpoint().unwrap(), None);
 }
 

@@ -84,9 +84,17 @@ impl Agent {
                 return Ok(());
             }
         }
-        if !self.policy.allowed(self.now_ms() / 1000, self.clock.instant()) {
+        if !self
+            .policy
+            .allowed(self.now_ms() / 1000, self.clock.instant())
+        {
             self.pause.store(true, Ordering::Relaxed);
-            self.status(out, AgentState::Idle, round, "waiting for the training policy");
+            self.status(
+                out,
+                AgentState::Idle,
+                round,
+                "waiting for the training policy",
+            );
             self.round = Round::Waiting(Box::new(ready));
             return Ok(());
         }
@@ -220,7 +228,12 @@ impl Agent {
                     "training paused by policy; checkpoint stored"
                 );
                 self.round = Round::Waiting(ready);
-                self.status(out, AgentState::Idle, round, "paused by the training policy");
+                self.status(
+                    out,
+                    AgentState::Idle,
+                    round,
+                    "paused by the training policy",
+                );
                 return Ok(());
             }
             Err(TrainError::Cancelled) => return Ok(()),

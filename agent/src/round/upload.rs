@@ -32,17 +32,31 @@ pub fn update_messages(pending: &PendingUpdate, client: &str, topic: &str) -> Ve
 impl Agent {
     /// Sends `pending` and waits for its receipt.
     pub(super) fn upload(&mut self, pending: &PendingUpdate, out: &mut Vec<Action>) {
-        let messages = update_messages(pending, &self.config.client_id, self.topics.update.as_str());
-        tracing::info!(round = pending.round, chunks = messages.len(), "update sent");
+        let messages =
+            update_messages(pending, &self.config.client_id, self.topics.update.as_str());
+        tracing::info!(
+            round = pending.round,
+            chunks = messages.len(),
+            "update sent"
+        );
         out.extend(messages.into_iter().map(Action::Publish));
         self.outbox = Some(Outbox {
             round: pending.round,
             sent: self.clock.instant(),
         });
-        self.status(out, AgentState::Uploading, pending.round, "awaiting receipt");
+        self.status(
+            out,
+            AgentState::Uploading,
+            pending.round,
+            "awaiting receipt",
+        );
     }
 
-    pub(super) fn on_ack(&mut self, payload: &[u8], out: &mut Vec<Action>) -> Result<(), AgentError> {
+    pub(super) fn on_ack(
+        &mut self,
+        payload: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Result<(), AgentError> {
         let ack = match wire::decode::<UpdateAck>(payload, Kind::UpdateAck, MAX_ACK) {
             Ok(a) => a,
             Err(e) => {

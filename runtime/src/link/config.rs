@@ -109,7 +109,10 @@ pub struct BrokerConfig {
     /// `mqtt://host:port`; `memory://<name>` is the simulator's in-process
     /// broker. Unset or empty: the agent uses `mqtt://127.0.0.1:1883`, the
     /// server runs its embedded broker. Env: `CONVOY_BROKER_URL`.
-    #[serde(deserialize_with = "empty_as_none", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub url: Option<BrokerUrl>,
     /// Optional user name. Env: `CONVOY_BROKER_USERNAME`.
     pub username: Option<String>,
@@ -173,13 +176,14 @@ impl BrokerConfig {
     /// `CONVOY_BROKER_PASSWORD`.
     pub fn apply_env(&mut self) -> Result<(), ConfigError> {
         if let Ok(text) = std::env::var("CONVOY_BROKER_URL") {
-            self.url = if text.is_empty() {
-                None
-            } else {
-                Some(text.parse().map_err(|e: BadUrl| {
-                    ConfigError::Invalid(format!("CONVOY_BROKER_URL: {e}"))
-                })?)
-            };
+            self.url =
+                if text.is_empty() {
+                    None
+                } else {
+                    Some(text.parse().map_err(|e: BadUrl| {
+                        ConfigError::Invalid(format!("CONVOY_BROKER_URL: {e}"))
+                    })?)
+                };
         }
         let mut user = self.username.clone().unwrap_or_default();
         env_override("CONVOY_BROKER_USERNAME", &mut user)?;
@@ -305,6 +309,11 @@ mod tests {
             max_packet_size: 10 * 1024,
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("max_packet_size"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_packet_size")
+        );
     }
 }

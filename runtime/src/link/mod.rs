@@ -186,6 +186,8 @@ pub fn open(
                 events: Events::Memory(events),
             }
         }
-        BrokerUrl::Tcp { host, port } => mqtt::open(config, &host, port, session, tracker, shutdown),
+        BrokerUrl::Tcp { host, port } => {
+            mqtt::open(config, &host, port, session, tracker, shutdown)
+        }
     }
 }

@@ -1,0 +1,343 @@
+//! Update chunks arriving: reassembly, validation, the fold into the round's
+//! running sum, receipts, and a typed reason for everything refused.
+
+use super::{Coordinator, Output};
+use crate::ServerError;
+use crate::store::ClientRow;
+use convoy_runtime::link::Outgoing;
+use convoy_shared::chunk::{Progress, Reassembler};
+use convoy_shared::cost;
+use convoy_shared::messages::{UpdateAck, UpdateBody, UpdateChunk};
+use convoy_shared::topics::{self, ClientTopic};
+use convoy_shared::wire::{self, Kind};
+use std::fmt;
+
+/// Largest sample count a single update may claim.
+const MAX_SAMPLES: u64 = 1_000_000_000;
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    /// It did not decode: envelope, chunk, codec or parameter error, with
+    /// that layer's own reason.
+    Decode {
+        /// Stable reason, e.g. `bad_crc`.
+        reason: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// It names another client than its topic.
+    ClientMismatch(&'static str),
+    /// The update is relative to another model version.
+    WrongBase,
+    /// The client was not selected this round.
+    NotSelected,
+    /// A round that has not started.
+    WrongRound(u64),
+    /// The update uses another codec than the round asked for.
+    WrongCodec {
+        /// Codec of the update.
+        got: String,
+        /// Codec of the round.
+        want: String,
+    },
+    /// The claimed sample count is 0 or absurd.
+    BadSamples(u64),
+    /// Training statistics are NaN, infinite or negative.
+    NonFiniteStats,
+    /// A fetch for a version that is not the current one.
+    UnknownVersion,
+}
+
+impl Rejection {
+    /// A decode failure with its layer's reason.
+    pub fn decode(reason: &'static str, detail: impl fmt::Display) -> Self {
+        Rejection::Decode {
+            reason,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The stable reason recorded and counted.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Decode { reason, .. } => reason,
+            Rejection::ClientMismatch(_) => "client_mismatch",
+            Rejection::WrongBase => "wrong_base",
+            Rejection::NotSelected => "not_selected",
+            Rejection::WrongRound(_) => "wrong_round",
+            Rejection::WrongCodec { .. } => "wrong_codec",
+            Rejection::BadSamples(_) => "bad_samples",
+            Rejection::NonFiniteStats => "non_finite",
+            Rejection::UnknownVersion => "unknown_version",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::Decode { detail, .. } => f.write_str(detail),
+            Rejection::ClientMismatch(what) => f.write_str(what),
+            Rejection::WrongBase => f.write_str("update is relative to another model version"),
+            Rejection::NotSelected => f.write_str("client was not selected this round"),
+            Rejection::WrongRound(round) => write!(f, "round {round} has not started"),
+            Rejection::WrongCodec { got, want } => {
+                write!(f, "update uses {got}, the round asked for {want}")
+            }
+            Rejection::BadSamples(n) => write!(f, "sample count {n} out of range"),
+            Rejection::NonFiniteStats => f.write_str("training stats are not finite"),
+            Rejection::UnknownVersion => f.write_str("fetch for a version that is not current"),
+        }
+    }
+}
+
+impl Coordinator {
+    fn ack(&self, client: &str, round: u64, accepted: bool, reason: &str, out: &mut Vec<Output>) {
+        let ack = UpdateAck {
+            round,
+            accepted,
+            reason: reason.to_string(),
+        };
+        let topic = topics::client(&self.config.fleet, ClientTopic::Ack, client);
+        out.push(Output::Publish(Outgoing::new(
+            topic.as_str(),
+            wire::encode(Kind::UpdateAck, &ack),
+        )));
+    }
+
+    pub(super) fn on_update(
+        &mut self,
+        client: &str,
+        payload: &[u8],
+        wire_len: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ServerError> {
+        let current = self.round.as_ref().map(|r| r.announce.round);
+        // Wire bytes count whatever arrives from a participant, valid or not.
+        if let Some(row) = self.round.as_mut().and_then(|r| r.rows.get_mut(client)) {
+            row.wire_bytes_up += wire_len;
+            row.chunks_up += 1;
+        }
+        let max = self.config.broker.link.max_packet_size;
+        let chunk = match wire::decode::<UpdateChunk>(payload, Kind::UpdateChunk, max) {
+            Ok(c) => c,
+            Err(e) => {
+                self.reject(current, Some(client), &Rejection::decode(e.reason(), e));
+                return Ok(());
+            }
+        };
+        if chunk.client.as_str() != client {
+            let why = Rejection::ClientMismatch("chunk names another client than its topic");
+            self.reject(current, Some(client), &why);
+            return Ok(());
+        }
+        if current != Some(chunk.round) {
+            return self.on_other_round(client, &chunk, current, wire_len, out);
+        }
+        let Some(r) = self.round.as_mut() else {
+            return Ok(());
+        };
+        if chunk.base_version != r.announce.base_version() {
+            self.reject(current, Some(client), &Rejection::WrongBase);
+            return Ok(());
+        }
+        if !r.selected.contains(client) {
+            self.reject(current, Some(client), &Rejection::NotSelected);
+            return Ok(());
+        }
+        let Some(row) = r.rows.get_mut(client) else {
+            return Ok(());
+        };
+        if row.status == "accepted" {
+            // A re-send of an update already counted: recognised, not counted.
+            row.retries += 1;
+            if chunk.pos.index == 0 {
+                self.ack(client, chunk.round, true, "", out);
+            }
+            return Ok(());
+        }
+        let limit = self.config.rounds.max_update_bytes;
+        let entry = match r.inbox.remove(client) {
+            Some(entry) => Ok(entry),
+            None => Reassembler::new(chunk.pos, chunk.data.len(), limit).map(|re| (re, 0)),
+        };
+        let (mut reassembler, mut bytes) = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                self.reject(current, Some(client), &Rejection::decode(e.reason(), e));
+                return Ok(());
+            }
+        };
+        match reassembler.insert(chunk.pos, &chunk.data) {
+            Err(e) => {
+                // keep what was good so far; the bad chunk is dropped
+                r.inbox.insert(client.to_string(), (reassembler, bytes));
+                self.reject(current, Some(client), &Rejection::decode(e.reason(), e));
+            }
+            Ok(Progress::Duplicate) => {
+                row.retries += 1;
+                r.inbox.insert(client.to_string(), (reassembler, bytes));
+            }
+            Ok(Progress::Partial) => {
+                bytes += payload.len() as u64;
+                r.inbox.insert(client.to_string(), (reassembler, bytes));
+            }
+            Ok(Progress::Complete) => {
+                bytes += payload.len() as u64;
+                match reassembler.finish() {
+                    Some(body) => self.accept_update(client, chunk.round, &body, bytes, out),
+                    None => {
+                        let why = Rejection::decode("malformed", "update did not reassemble");
+                        self.reject(current, Some(client), &why);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_other_round(
+        &mut self,
+        client: &str,
+        chunk: &UpdateChunk,
+        current: Option<u64>,
+        wire_len: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ServerError> {
+        if chunk.round >= self.next_round {
+            self.reject(current, Some(client), &Rejection::WrongRound(chunk.round));
+            return Ok(());
+        }
+        match self.store.client_status(chunk.round, client)?.as_deref() {
+            // The receipt was lost: confirm again, count nothing.
+            Some("accepted") => {
+                if chunk.pos.index == 0 {
+                    self.ack(client, chunk.round, true, "", out);
+                }
+            }
+            _ => {
+                if self.store.record_late(chunk.round, client, wire_len)? {
+                    tracing::info!(
+                        client,
+                        round = chunk.round,
+                        "late update counted and ignored"
+                    );
+                }
+                if chunk.pos.index == 0 {
+                    self.ack(
+                        client,
+                        chunk.round,
+                        false,
+                        "late: the round has closed",
+                        out,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn accept_update(
+        &mut self,
+        client: &str,
+        round: u64,
+        body: &[u8],
+        bytes: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let verdict = self.validate_update(body);
+        let Some(r) = self.round.as_mut() else {
+            return;
+        };
+        let Some(row) = r.rows.get_mut(client) else {
+            return;
+        };
+        match verdict {
+            Ok((update, decode_seconds)) => {
+                r.sum.fold(&self.scratch, update.samples as f64);
+                r.loss_weighted += update.stats.loss as f64 * update.samples as f64;
+                fill_accepted(row, &update, bytes, decode_seconds);
+                row.flops_predicted =
+                    cost::training_flops(&self.spec, update.samples, update.stats.epochs);
+                row.bytes_up_predicted = cost::predict(
+                    &self.spec,
+                    &update.codec,
+                    update.samples,
+                    update.stats.epochs,
+                )
+                .bytes_up;
+                row.update_norm = Some(self.scratch.l2_norm());
+                row.bytes_up_raw = self.scratch.numel() as u64 * 4;
+                tracing::info!(
+                    client,
+                    round,
+                    samples = update.samples,
+                    bytes,
+                    "update accepted"
+                );
+                self.ack(client, round, true, "", out);
+            }
+            Err(why) => {
+                row.status = "rejected".into();
+                row.reason = Some(why.reason().to_string());
+                self.reject(Some(round), Some(client), &why);
+                self.ack(client, round, false, &why.to_string(), out);
+            }
+        }
+    }
+
+    /// Decodes a whole update into the scratch buffer and checks it.
+    fn validate_update(&mut self, body: &[u8]) -> Result<(UpdateBody, f64), Rejection> {
+        let update: UpdateBody =
+            postcard::from_bytes(body).map_err(|e| Rejection::decode("malformed", e))?;
+        let Some(codec) = self.round.as_ref().map(|r| r.codec) else {
+            return Err(Rejection::WrongRound(0));
+        };
+        if update.codec != codec.name() {
+            return Err(Rejection::WrongCodec {
+                got: update.codec,
+                want: codec.name(),
+            });
+        }
+        let started = std::time::Instant::now();
+        codec
+            .decode_into(&update.encoded, &mut self.scratch)
+            .map_err(|e| Rejection::decode(e.reason(), e))?;
+        let decode_seconds = started.elapsed().as_secs_f64();
+        self.scratch
+            .check_finite()
+            .map_err(|e| Rejection::decode(e.reason(), e))?;
+        if update.samples == 0 || update.samples > MAX_SAMPLES {
+            return Err(Rejection::BadSamples(update.samples));
+        }
+        let stats = &update.stats;
+        let times = [
+            stats.train_seconds,
+            stats.encode_seconds,
+            stats.residual_norm,
+        ];
+        if !(stats.loss.is_finite() && times.iter().all(|t| t.is_finite() && *t >= 0.0)) {
+            return Err(Rejection::NonFiniteStats);
+        }
+        Ok((update, decode_seconds))
+    }
+}
+
+/// Copies what an accepted update reports into its ledger row.
+fn fill_accepted(row: &mut ClientRow, update: &UpdateBody, bytes: u64, decode_seconds: f64) {
+    row.status = "accepted".into();
+    row.samples = update.samples;
+    row.bytes_up = bytes;
+    row.train_seconds = update.stats.train_seconds;
+    row.steps = update.stats.steps;
+    row.epochs = update.stats.epochs as u64;
+    row.loss = Some(update.stats.loss as f64);
+    // What the vehicle measured; the cost model's figure sits beside it.
+    row.flops = update.stats.flops;
+    row.device = update.stats.device.clone();
+    row.codec = update.codec.clone();
+    row.residual_norm = Some(update.stats.residual_norm);
+    row.encode_seconds = update.stats.encode_seconds;
+    row.decode_seconds = decode_seconds;
+}

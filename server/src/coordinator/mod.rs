@@ -1,0 +1,268 @@
+//! The round coordinator as a state machine without I/O: [`Coordinator::handle`]
+//! takes an [`Input`] (a link event, a tick, an evaluation result), changes
+//! state and returns the [`Output`]s for the server's loop to carry out
+//! (publish, evaluate a model off the async runtime, report a closed round).
+//! It writes the SQLite ledger itself: a receipt is only sent once the row
+//! it confirms is stored.
+//!
+//! | file | idea |
+//! |---|---|
+//! | `registry.rs` | which vehicles are online and what codecs they run |
+//! | `ingest.rs` | update chunks: reassembly, validation, typed rejections, receipts |
+//! | `serve.rs` | model chunks and downlink deltas for fetching vehicles |
+//! | `rounds.rs` | opening rounds (selection, warm-up) and closing them |
+
+mod ingest;
+mod registry;
+mod rounds;
+mod serve;
+
+#[cfg(test)]
+mod tests;
+
+pub use ingest::Rejection;
+
+use crate::ServerError;
+use crate::config::ServerConfig;
+use crate::store::{RoundRow, Store, StoredVersion};
+use bytes::Bytes;
+use convoy_runtime::clock::SharedClock;
+use convoy_runtime::link::{LinkEvent, Outgoing};
+use convoy_shared::codec::{self, Pipeline};
+use convoy_shared::dataset::Dataset;
+use convoy_shared::messages::Announce;
+use convoy_shared::model::{Evaluation, ModelSpec};
+use convoy_shared::params::ParamSet;
+use convoy_shared::topics::{self, ClientTopic};
+use convoy_shared::version::VersionId;
+use convoy_shared::wire::{self, Kind, mqtt_publish_wire_len};
+use registry::Registry;
+use rounds::{Closing, OpenRound};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Counts of rejected messages by reason, since start.
+pub type RejectionCounts = BTreeMap<String, u64>;
+
+/// What the coordinator reacts to.
+#[derive(Debug)]
+pub enum Input {
+    /// The link (re)connected and renewed its subscriptions.
+    Connected,
+    /// A message arrived.
+    Message {
+        /// Topic.
+        topic: String,
+        /// Payload.
+        payload: Bytes,
+    },
+    /// Periodic: rounds open and close.
+    Tick,
+    /// The evaluation asked for by [`Output::Evaluate`] finished (`None`: it
+    /// failed, the round closes without a server-side metric).
+    Evaluated(Option<Evaluation>),
+}
+
+impl From<LinkEvent> for Input {
+    fn from(event: LinkEvent) -> Self {
+        match event {
+            LinkEvent::Connected => Input::Connected,
+            LinkEvent::Message { topic, payload, .. } => Input::Message { topic, payload },
+        }
+    }
+}
+
+/// What the loop must do, in order.
+#[derive(Debug)]
+pub enum Output {
+    /// Publish a message.
+    Publish(Outgoing),
+    /// Evaluate `params` on the test set off the async runtime, then feed
+    /// [`Input::Evaluated`] back before any other input: the round is
+    /// closing and nothing else is handled meanwhile.
+    Evaluate(Box<EvalRequest>),
+    /// A round closed with this ledger row.
+    RoundClosed(Box<RoundRow>),
+}
+
+/// A model to evaluate on the server's test set.
+#[derive(Debug, Clone)]
+pub struct EvalRequest {
+    /// Its spec.
+    pub spec: ModelSpec,
+    /// Its parameters.
+    pub params: ParamSet,
+    /// The test set.
+    pub test: Arc<Dataset>,
+}
+
+impl EvalRequest {
+    /// Runs the evaluation (CPU-bound: call it off the async runtime).
+    pub fn run(&self) -> Option<Evaluation> {
+        convoy_shared::model::evaluate(
+            &self.spec,
+            &self.params,
+            &self.test,
+            &burn::prelude::Device::flex(),
+        )
+        .ok()
+    }
+}
+
+/// Drives rounds. Owned by the server loop; never shared.
+#[derive(Debug)]
+pub struct Coordinator {
+    config: ServerConfig,
+    store: Store,
+    clock: SharedClock,
+    spec: ModelSpec,
+    test: Option<Arc<Dataset>>,
+    current: StoredVersion,
+    /// Canonical bytes of `current`, served as chunks.
+    model_bytes: Vec<u8>,
+    /// The configured update codec (a round may differ during warm-up).
+    base_codec: Pipeline,
+    downlink: Pipeline,
+    downlink_residual: ParamSet,
+    last_delta: Option<(VersionId, Vec<u8>)>,
+    /// Decode buffer for one update, reused.
+    scratch: ParamSet,
+    registry: Registry,
+    round: Option<OpenRound>,
+    closing: Option<Closing>,
+    next_round: u64,
+    rounds_run: u64,
+    rejections: RejectionCounts,
+}
+
+impl Coordinator {
+    /// A coordinator resuming from `current`, the store's latest version.
+    pub fn new(
+        config: ServerConfig,
+        store: Store,
+        clock: SharedClock,
+        spec: ModelSpec,
+        test: Option<Arc<Dataset>>,
+        current: StoredVersion,
+    ) -> Result<Self, ServerError> {
+        let next_round = store.next_round()?;
+        let base_codec =
+            codec::by_name(&config.rounds.codec).map_err(|e| ServerError::Config(e.to_string()))?;
+        let downlink = codec::by_name(&config.rounds.downlink_codec)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        Ok(Self {
+            base_codec,
+            downlink,
+            downlink_residual: ParamSet::zeros(&spec.layout()),
+            last_delta: None,
+            model_bytes: current.params.canonical_bytes(),
+            scratch: ParamSet::zeros(&spec.layout()),
+            config,
+            store,
+            clock,
+            spec,
+            test,
+            current,
+            registry: Registry::default(),
+            round: None,
+            closing: None,
+            next_round,
+            rounds_run: 0,
+            rejections: RejectionCounts::new(),
+        })
+    }
+
+    /// The topic filters the link must hold.
+    pub fn subscriptions(&self) -> Vec<String> {
+        [ClientTopic::Update, ClientTopic::Fetch, ClientTopic::Status]
+            .into_iter()
+            .map(|kind| {
+                topics::all_clients(&self.config.fleet, kind)
+                    .as_str()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// True once the configured number of rounds has run.
+    pub fn done(&self) -> bool {
+        self.config.rounds.total > 0 && self.rounds_run >= self.config.rounds.total
+    }
+
+    /// Rejection counts by reason since start.
+    pub fn rejections(&self) -> &RejectionCounts {
+        &self.rejections
+    }
+
+    /// The fleet's current model.
+    pub fn current(&self) -> &StoredVersion {
+        &self.current
+    }
+
+    /// The open round's announcement, if a round is open.
+    pub fn open_round(&self) -> Option<&Announce> {
+        self.round.as_ref().map(|r| &r.announce)
+    }
+
+    /// Reacts to one input.
+    pub fn handle(&mut self, input: Input) -> Result<Vec<Output>, ServerError> {
+        let mut out = Vec::new();
+        match input {
+            Input::Connected => {
+                // The retained announcement may have been lost with the broker.
+                if let Some(r) = &self.round {
+                    let payload = wire::encode(Kind::Announce, &r.announce);
+                    out.push(Output::Publish(Outgoing::retained(
+                        topics::round(&self.config.fleet).as_str(),
+                        payload,
+                    )));
+                }
+            }
+            Input::Message { topic, payload } => self.on_message(&topic, &payload, &mut out)?,
+            Input::Tick => self.tick(&mut out)?,
+            Input::Evaluated(eval) => self.on_evaluated(eval, &mut out)?,
+        }
+        Ok(out)
+    }
+
+    fn on_message(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        out: &mut Vec<Output>,
+    ) -> Result<(), ServerError> {
+        let Some((kind, client)) = topics::parse_client(&self.config.fleet, topic) else {
+            return Ok(());
+        };
+        let wire_len = mqtt_publish_wire_len(topic.len(), payload.len(), 1);
+        match kind {
+            ClientTopic::Update => self.on_update(client, payload, wire_len, out),
+            ClientTopic::Fetch => {
+                self.on_fetch(client, payload, out);
+                Ok(())
+            }
+            ClientTopic::Status => {
+                self.on_status(client, payload);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn reject(&mut self, round: Option<u64>, client: Option<&str>, why: &Rejection) {
+        let reason = why.reason();
+        *self.rejections.entry(reason.to_string()).or_default() += 1;
+        let detail = why.to_string();
+        tracing::warn!(?round, client, reason, detail, "message rejected");
+        if let Err(e) =
+            self.store
+                .record_rejection(round, client, reason, &detail, self.clock.now_ms())
+        {
+            tracing::error!(error = %e, "cannot record rejection");
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+}

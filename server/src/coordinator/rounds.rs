@@ -1,0 +1,304 @@
+//! Opening rounds (who is selected, which codec) and closing them (the
+//! strategy's step, the new version, the ledger). Closing is two steps when
+//! the server evaluates: the model is built, the loop evaluates it off the
+//! async runtime, then the version and the ledger are written together.
+
+use super::{Coordinator, EvalRequest, Output};
+use crate::ServerError;
+use crate::aggregator::PartialSum;
+use crate::store::{ClientRow, RoundRow, StoredVersion};
+use convoy_runtime::link::Outgoing;
+use convoy_shared::chunk::Reassembler;
+use convoy_shared::codec::{Pipeline, Sparsify};
+use convoy_shared::messages::{self, Announce};
+use convoy_shared::model::Evaluation;
+
+use convoy_shared::topics;
+use convoy_shared::version;
+use convoy_shared::wire::{self, Kind};
+use rand::seq::IndexedRandom;
+use rand::{SeedableRng, rngs::StdRng};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Bookkeeping of the round in progress.
+#[derive(Debug)]
+pub(super) struct OpenRound {
+    pub(super) announce: Announce,
+    /// The round's update codec (differs from the configured one during warm-up).
+    pub(super) codec: Pipeline,
+    pub(super) selected: BTreeSet<String>,
+    deadline: Instant,
+    pub(super) sum: PartialSum,
+    pub(super) inbox: HashMap<String, (Reassembler, u64)>,
+    /// One ledger row per selected vehicle.
+    pub(super) rows: BTreeMap<String, ClientRow>,
+    /// Downloads by vehicles that were not selected (totals only).
+    pub(super) unselected_down: ClientRow,
+    pub(super) loss_weighted: f64,
+    started_ms: u64,
+    pub(super) served: BTreeSet<String>,
+    pub(super) bytes_down_raw: u64,
+}
+
+/// A round whose new model waits for its evaluation.
+#[derive(Debug)]
+pub(super) struct Closing {
+    row: RoundRow,
+    clients: Vec<ClientRow>,
+    next: StoredVersion,
+    delta: Option<Vec<u8>>,
+}
+
+impl Coordinator {
+    /// Opens or closes rounds as their conditions are met.
+    pub(super) fn tick(&mut self, out: &mut Vec<Output>) -> Result<(), ServerError> {
+        if self.closing.is_some() {
+            return Ok(()); // waiting for the evaluation
+        }
+        match &self.round {
+            Some(r) => {
+                // A rejected client may still send a good update, so only
+                // acceptance from everyone closes a round before its deadline.
+                let all_in = r
+                    .selected
+                    .iter()
+                    .all(|c| r.rows.get(c).is_some_and(|row| row.status == "accepted"));
+                if all_in || self.clock.instant() >= r.deadline {
+                    self.close_round(out)?;
+                }
+            }
+            None if !self.done() => self.maybe_open_round(out)?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The codec of round number `run` (0-based): sparsity warm-up (Deep
+    /// Gradient Compression) starts at 25 % kept and shrinks 4x a round
+    /// until it reaches the configured share.
+    fn round_codec(&self, run: u64) -> Pipeline {
+        let mut codec = self.base_codec;
+        let warmup = self.config.rounds.codec_warmup_rounds;
+        if warmup > 0 && run < warmup {
+            let ramp = 0.25f32.powi(run as i32 + 1);
+            codec.sparsify = match self.base_codec.sparsify {
+                Sparsify::TopK(f) => Sparsify::TopK(f.max(ramp)),
+                Sparsify::RandK(f) => Sparsify::RandK(f.max(ramp)),
+                Sparsify::Dense => Sparsify::Dense,
+            };
+        }
+        codec
+    }
+
+    fn maybe_open_round(&mut self, out: &mut Vec<Output>) -> Result<(), ServerError> {
+        let codec = self.round_codec(self.rounds_run);
+        let codec_name = codec.name();
+        // Never ask a vehicle for a codec stage it does not have.
+        let eligible = self.registry.eligible(&codec.stages());
+        let rules = &self.config.rounds;
+        if eligible.len() < rules.min_clients {
+            return Ok(());
+        }
+        let round = self.next_round;
+        let wanted = ((eligible.len() as f64 * rules.sample_fraction).ceil() as usize)
+            .max(rules.min_clients)
+            .min(eligible.len());
+        let mut rng = StdRng::seed_from_u64(rules.seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let selected: BTreeSet<String> = eligible
+            .choose_multiple(&mut rng, wanted)
+            .cloned()
+            .collect();
+        let now_ms = self.now_ms();
+        let deadline = Duration::from_secs(rules.deadline_secs);
+        let announce = Announce {
+            round,
+            manifest: self.current.manifest.clone(),
+            spec: self.spec.clone(),
+            task: self.config.training.task(),
+            codec: codec_name.clone(),
+            downlink_codec: self.downlink.name(),
+            deadline_ms: now_ms.saturating_add(deadline.as_millis() as u64),
+            selected: selected.iter().filter_map(|c| messages::id(c)).collect(),
+            chunk_size: rules.chunk_size as u32,
+        };
+        let base = version::hex(&announce.base_version());
+        self.store
+            .open_round(round, &base, &codec_name, selected.len() as u64, now_ms)?;
+        let rows = selected
+            .iter()
+            .map(|c| {
+                let row = ClientRow {
+                    round,
+                    client: c.clone(),
+                    status: "dropped".into(),
+                    codec: codec_name.clone(),
+                    ..Default::default()
+                };
+                (c.clone(), row)
+            })
+            .collect();
+        tracing::info!(round, selected = selected.len(), eligible = eligible.len(), base = %version::short(&announce.base_version()), "round opened");
+        let payload = wire::encode(Kind::Announce, &announce);
+        let now = self.clock.instant();
+        self.round = Some(OpenRound {
+            codec,
+            sum: PartialSum::new(self.spec.layout()),
+            selected,
+            deadline: now
+                .checked_add(deadline)
+                .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+            inbox: HashMap::new(),
+            rows,
+            unselected_down: ClientRow::default(),
+            loss_weighted: 0.0,
+            started_ms: now_ms,
+            served: BTreeSet::new(),
+            bytes_down_raw: 0,
+            announce,
+        });
+        self.next_round = round + 1;
+        out.push(Output::Publish(Outgoing::retained(
+            topics::round(&self.config.fleet).as_str(),
+            payload,
+        )));
+        Ok(())
+    }
+
+    fn close_round(&mut self, out: &mut Vec<Output>) -> Result<(), ServerError> {
+        let Some(r) = self.round.take() else {
+            return Ok(());
+        };
+        let round = r.announce.round;
+        let mut row = round_totals(&r, &self.downlink.name());
+        let enough = row.clients_reported as usize >= self.config.rounds.min_reports;
+        let target = r
+            .sum
+            .apply(&self.current.params, self.config.rounds.server_lr);
+        let clients: Vec<ClientRow> = r.rows.into_values().collect();
+        let (true, Some(target)) = (enough, target) else {
+            tracing::warn!(
+                round,
+                accepted = row.clients_reported,
+                needed = self.config.rounds.min_reports,
+                "round failed: too few updates; model unchanged"
+            );
+            row.status = "failed".into();
+            return self.finish(row, clients, out);
+        };
+        let (params, delta) = self.publishable(round, target);
+        let next = StoredVersion {
+            round,
+            parent: Some(self.current.manifest.version),
+            manifest: version::manifest_of(&params, &self.spec, &self.current.task),
+            spec: self.spec.clone(),
+            task: self.current.task.clone(),
+            params,
+        };
+        let request = self.test.clone().map(|test| EvalRequest {
+            spec: self.spec.clone(),
+            params: next.params.clone(),
+            test,
+        });
+        self.closing = Some(Closing {
+            row,
+            clients,
+            next,
+            delta,
+        });
+        match request {
+            Some(request) => {
+                out.push(Output::Evaluate(Box::new(request)));
+                Ok(())
+            }
+            None => self.on_evaluated(None, out),
+        }
+    }
+
+    /// Stores the new version with its evaluation and closes the round.
+    pub(super) fn on_evaluated(
+        &mut self,
+        eval: Option<Evaluation>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ServerError> {
+        let Some(Closing {
+            mut row,
+            clients,
+            next,
+            delta,
+        }) = self.closing.take()
+        else {
+            return Ok(());
+        };
+        self.store
+            .save_version(&next, eval.as_ref(), self.now_ms())?;
+        row.status = "finished".into();
+        row.model_version = Some(version::hex(&next.manifest.version));
+        row.eval_loss = eval.map(|e| e.loss);
+        row.accuracy = eval.and_then(|e| e.accuracy);
+        row.rmse = eval.and_then(|e| e.rmse);
+        self.last_delta = delta.map(|d| (self.current.manifest.version, d));
+        self.model_bytes = next.params.canonical_bytes();
+        self.current = next;
+        self.finish(row, clients, out)
+    }
+
+    fn finish(
+        &mut self,
+        mut row: RoundRow,
+        clients: Vec<ClientRow>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ServerError> {
+        let finished = self.now_ms();
+        row.finished_at = Some(crate::store::iso8601(finished));
+        row.compression_up =
+            (row.bytes_up > 0).then(|| row.bytes_up_raw as f64 / row.bytes_up as f64);
+        self.store.finish_round(&row, &clients, finished)?;
+        tracing::info!(
+            round = row.round,
+            status = %row.status,
+            reported = row.clients_reported,
+            bytes_up = row.bytes_up,
+            bytes_down = row.bytes_down,
+            accuracy = ?row.accuracy,
+            "round closed"
+        );
+        self.rounds_run += 1;
+        out.push(Output::RoundClosed(Box::new(row)));
+        Ok(())
+    }
+}
+
+/// The round's ledger row from its vehicles' rows.
+fn round_totals(r: &OpenRound, downlink_codec: &str) -> RoundRow {
+    let accepted: Vec<&ClientRow> = r.rows.values().filter(|c| c.status == "accepted").collect();
+    let samples: u64 = accepted.iter().map(|c| c.samples).sum();
+    let all = || r.rows.values().chain(std::iter::once(&r.unselected_down));
+    RoundRow {
+        round: r.announce.round,
+        status: "failed".into(),
+        base_version: version::hex(&r.announce.base_version()),
+        codec: r.announce.codec.clone(),
+        clients_selected: r.selected.len() as u64,
+        clients_reported: accepted.len() as u64,
+        bytes_up: accepted.iter().map(|c| c.bytes_up).sum(),
+        bytes_down: all().map(|c| c.bytes_down).sum(),
+        wire_bytes_up: r.rows.values().map(|c| c.wire_bytes_up).sum(),
+        wire_bytes_down: all().map(|c| c.wire_bytes_down).sum(),
+        bytes_up_predicted: accepted.iter().map(|c| c.bytes_up_predicted).sum(),
+        train_seconds_sum: accepted.iter().map(|c| c.train_seconds).sum(),
+        train_seconds_max: accepted.iter().map(|c| c.train_seconds).fold(0.0, f64::max),
+        samples,
+        steps: accepted.iter().map(|c| c.steps).sum(),
+        flops: accepted.iter().map(|c| c.flops).sum(),
+        loss: (samples > 0).then(|| r.loss_weighted / samples as f64),
+        bytes_down_raw: r.bytes_down_raw,
+        downlink_codec: downlink_codec.to_string(),
+        encode_seconds: accepted.iter().map(|c| c.encode_seconds).sum(),
+        decode_seconds: accepted.iter().map(|c| c.decode_seconds).sum(),
+        bytes_up_raw: accepted.iter().map(|c| c.bytes_up_raw).sum(),
+        started_at: crate::store::iso8601(r.started_ms),
+        ..Default::default()
+    }
+}

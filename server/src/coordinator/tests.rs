@@ -1,0 +1,561 @@
+//! The coordinator driven input by input: a real SQLite ledger in a temp
+//! folder, no broker, and a clock that moves only when told.
+
+use super::*;
+use crate::config::{ModelConfig, RoundConfig, ServerConfig};
+use convoy_runtime::clock::{Clock, ManualClock};
+use convoy_shared::chunk;
+use convoy_shared::codec::STAGES;
+use convoy_shared::dataset::Table;
+use convoy_shared::messages::{
+    AgentState, FetchRequest, ModelChunk, Status, TrainStats, UpdateAck, UpdateBody, UpdateChunk,
+};
+use convoy_shared::model::TaskKind;
+use convoy_shared::version;
+use std::time::Duration;
+
+const FLEET: &str = "unit";
+const START_MS: u64 = 1_700_000_000_000;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    coordinator: Coordinator,
+}
+
+fn table() -> Table {
+    let mut text = String::from("a,b,y\n");
+    for i in 0..30 {
+        text.push_str(&format!("{},{},{}\n", i as f32 / 3.0, i % 5, i % 3));
+    }
+    Table::read(text.as_bytes()).unwrap()
+}
+
+fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig {
+        fleet: FLEET.into(),
+        db: dir.path().join("unit.db"),
+        broker: Default::default(),
+        rounds: RoundConfig {
+            min_clients: 2,
+            deadline_secs: 30,
+            ..Default::default()
+        },
+        model: ModelConfig {
+            schema_csv: dir.path().join("unused.csv"),
+            label: "y".into(),
+            task: TaskKind::Classification,
+            hidden: vec![4],
+            init_seed: 1,
+        },
+        training: Default::default(),
+        eval: Default::default(),
+    };
+    tweak(&mut config);
+    let table = table();
+    let spec = table
+        .derive_spec("y", TaskKind::Classification, vec![4], 1)
+        .unwrap();
+    let store = Store::open(&config.db).unwrap();
+    let task = config.training.task();
+    let params = spec.init_params();
+    let current = StoredVersion {
+        round: 0,
+        parent: None,
+        manifest: version::manifest_of(&params, &spec, &task),
+        spec: spec.clone(),
+        task,
+        params,
+    };
+    let clock = ManualClock::new(START_MS);
+    store.save_version(&current, None, clock.now_ms()).unwrap();
+    let test = test.then(|| Arc::new(Dataset::from_table(&table, &spec).unwrap()));
+    let coordinator = Coordinator::new(config, store, clock.clone(), spec, test, current).unwrap();
+    Rig {
+        _dir: dir,
+        clock,
+        coordinator,
+    }
+}
+
+fn rig() -> Rig {
+    rig_with(|_| {}, false)
+}
+
+fn message(topic: &str, payload: Vec<u8>) -> Input {
+    Input::Message {
+        topic: topic.to_string(),
+        payload: payload.into(),
+    }
+}
+
+fn status(client: &str, state: AgentState, codecs: &[&str]) -> Input {
+    let status = Status {
+        client: messages::id(client).unwrap(),
+        state,
+        round: 0,
+        codecs: codecs
+            .iter()
+            .map(|c| heapless::String::try_from(*c).unwrap())
+            .collect(),
+        samples: 10,
+        detail: messages::detail("idle"),
+        version: heapless::String::try_from("0.1.0").unwrap(),
+        deployment: Default::default(),
+    };
+    message(
+        topics::client(FLEET, ClientTopic::Status, client).as_str(),
+        wire::encode(Kind::Status, &status),
+    )
+}
+
+use convoy_shared::messages;
+
+impl Rig {
+    fn handle(&mut self, input: Input) -> Vec<Output> {
+        self.coordinator.handle(input).unwrap()
+    }
+
+    fn online(&mut self, clients: &[&str]) {
+        for c in clients {
+            self.handle(status(c, AgentState::Idle, STAGES));
+        }
+    }
+
+    /// Brings `clients` online and opens round 1.
+    fn open(&mut self, clients: &[&str]) -> Announce {
+        self.online(clients);
+        let out = self.handle(Input::Tick);
+        announces(&out).pop().expect("a round opens")
+    }
+
+    /// The update `client` sends for the open round: every parameter moved
+    /// by `step`, `samples` rows.
+    fn update(&self, client: &str, step: f32, samples: u64) -> Vec<Input> {
+        let a = self.coordinator.open_round().expect("open round").clone();
+        let mut delta = ParamSet::zeros(&a.spec.layout());
+        for t in &mut delta.tensors {
+            t.data.iter_mut().for_each(|v| *v = step);
+        }
+        self.update_body(client, &a, &delta, samples)
+    }
+
+    fn update_body(
+        &self,
+        client: &str,
+        a: &Announce,
+        delta: &ParamSet,
+        samples: u64,
+    ) -> Vec<Input> {
+        let codec = codec::by_name(&a.codec).unwrap();
+        let body = UpdateBody {
+            samples,
+            stats: TrainStats {
+                train_seconds: 0.5,
+                steps: 3,
+                epochs: 1,
+                loss: 0.7,
+                flops: 1234,
+                device: "cpu-flex".into(),
+                ..Default::default()
+            },
+            codec: codec.name(),
+            encoded: codec.encode(delta, 0),
+        };
+        let bytes = postcard::to_allocvec(&body).unwrap();
+        let topic = topics::client(FLEET, ClientTopic::Update, client);
+        chunk::split(&bytes, 64)
+            .map(|(pos, data)| {
+                let c = UpdateChunk {
+                    client: messages::id(client).unwrap(),
+                    round: a.round,
+                    base_version: a.base_version(),
+                    pos,
+                    data: data.to_vec(),
+                };
+                message(topic.as_str(), wire::encode(Kind::UpdateChunk, &c))
+            })
+            .collect()
+    }
+
+    fn send(&mut self, inputs: Vec<Input>) -> Vec<Output> {
+        inputs.into_iter().flat_map(|i| self.handle(i)).collect()
+    }
+
+    fn rejected(&self, reason: &str) -> u64 {
+        self.coordinator
+            .rejections()
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn announces(out: &[Output]) -> Vec<Announce> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Publish(m) if m.topic == topics::round(FLEET).as_str() => {
+                assert!(m.retain, "announcements are retained");
+                Some(wire::decode(&m.payload, Kind::Announce, 1 << 20).unwrap())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn acks(out: &[Output], client: &str) -> Vec<UpdateAck> {
+    let topic = topics::client(FLEET, ClientTopic::Ack, client);
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Publish(m) if m.topic == topic.as_str() => {
+                Some(wire::decode(&m.payload, Kind::UpdateAck, 4096).unwrap())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn closed(out: &[Output]) -> Option<&RoundRow> {
+    out.iter().find_map(|o| match o {
+        Output::RoundClosed(row) => Some(row.as_ref()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_round_opens_once_enough_vehicles_are_online() {
+    let mut rig = rig();
+    rig.online(&["car-1"]);
+    assert!(
+        announces(&rig.handle(Input::Tick)).is_empty(),
+        "one is not enough"
+    );
+    rig.online(&["car-2"]);
+    let a = announces(&rig.handle(Input::Tick)).remove(0);
+    assert_eq!(a.round, 1);
+    let selected: Vec<&str> = a.selected.iter().map(|c| c.as_str()).collect();
+    assert_eq!(selected, ["car-1", "car-2"]);
+    assert_eq!(a.deadline_ms, START_MS + 30_000);
+    assert!(
+        announces(&rig.handle(Input::Tick)).is_empty(),
+        "one round at a time"
+    );
+}
+
+#[test]
+fn vehicles_lacking_a_codec_stage_are_not_selected() {
+    let mut rig = rig_with(|c| c.rounds.codec = "topk:0.1+q8".into(), false);
+    rig.online(&["car-1", "car-2"]);
+    rig.handle(status("old-car", AgentState::Idle, &["fp32"]));
+    let a = announces(&rig.handle(Input::Tick)).remove(0);
+    assert!(a.selected.iter().all(|c| c.as_str() != "old-car"));
+    assert_eq!(a.selected.len(), 2);
+}
+
+#[test]
+fn an_offline_vehicle_is_not_eligible() {
+    let mut rig = rig();
+    rig.online(&["car-1", "car-2"]);
+    rig.handle(status("car-2", AgentState::Offline, STAGES));
+    assert!(announces(&rig.handle(Input::Tick)).is_empty());
+}
+
+#[test]
+fn updates_from_everyone_close_the_round_before_its_deadline() {
+    let mut rig = rig();
+    let before = rig.coordinator.current().manifest.version;
+    rig.open(&["car-1", "car-2"]);
+    let out = rig.send(rig.update("car-1", 0.01, 10));
+    assert!(acks(&out, "car-1")[0].accepted);
+    assert!(
+        closed(&rig.handle(Input::Tick)).is_none(),
+        "car-2 still training"
+    );
+    rig.send(rig.update("car-2", 0.03, 30));
+    let out = rig.handle(Input::Tick);
+    let row = closed(&out).expect("closed early");
+    assert_eq!(row.status, "finished");
+    assert_eq!((row.clients_reported, row.samples), (2, 40));
+    assert_ne!(rig.coordinator.current().manifest.version, before);
+    // FedAvg weights by samples: (0.01 * 10 + 0.03 * 30) / 40 = 0.025
+    let moved = rig.coordinator.current().params.tensors[0].data[0]
+        - rig
+            .coordinator
+            .store
+            .load_version(&version::hex(&before))
+            .unwrap()
+            .params
+            .tensors[0]
+            .data[0];
+    assert!((moved - 0.025).abs() < 1e-6, "{moved}");
+    let ledger = rig.coordinator.store.clients(1).unwrap();
+    assert_eq!(ledger.len(), 2);
+    assert!(
+        ledger
+            .iter()
+            .all(|c| c.status == "accepted" && c.flops == 1234)
+    );
+    assert!(
+        ledger.iter().all(|c| c.flops_predicted > 0),
+        "prediction kept beside"
+    );
+}
+
+#[test]
+fn the_deadline_closes_a_round_with_whoever_reported() {
+    let mut rig = rig();
+    rig.open(&["car-1", "car-2"]);
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.clock.advance(Duration::from_secs(29));
+    assert!(closed(&rig.handle(Input::Tick)).is_none());
+    rig.clock.advance(Duration::from_secs(2));
+    let out = rig.handle(Input::Tick);
+    let row = closed(&out).expect("deadline passed");
+    assert_eq!((row.status.as_str(), row.clients_reported), ("finished", 1));
+    let ledger = rig.coordinator.store.clients(1).unwrap();
+    let car2 = ledger.iter().find(|c| c.client == "car-2").unwrap();
+    assert_eq!(car2.status, "dropped");
+}
+
+#[test]
+fn a_round_without_enough_updates_fails_and_keeps_the_model() {
+    let mut rig = rig_with(|c| c.rounds.min_reports = 2, false);
+    let before = rig.coordinator.current().manifest.version;
+    rig.open(&["car-1", "car-2"]);
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.clock.advance(Duration::from_secs(31));
+    let out = rig.handle(Input::Tick);
+    assert_eq!(closed(&out).unwrap().status, "failed");
+    assert_eq!(rig.coordinator.current().manifest.version, before);
+}
+
+#[test]
+fn a_resent_update_is_acknowledged_again_and_counted_once() {
+    let mut rig = rig();
+    rig.open(&["car-1", "car-2"]);
+    rig.send(rig.update("car-1", 0.01, 10));
+    let out = rig.send(rig.update("car-1", 0.01, 10));
+    assert_eq!(acks(&out, "car-1").len(), 1);
+    assert!(acks(&out, "car-1")[0].accepted);
+    rig.send(rig.update("car-2", 0.01, 10));
+    let out = rig.handle(Input::Tick);
+    let row = closed(&out).unwrap();
+    assert_eq!((row.clients_reported, row.samples), (2, 20));
+    let ledger = rig.coordinator.store.clients(1).unwrap();
+    assert!(ledger.iter().find(|c| c.client == "car-1").unwrap().retries > 0);
+}
+
+#[test]
+fn a_late_update_is_refused_and_recorded_late() {
+    let mut rig = rig();
+    rig.open(&["car-1", "car-2"]);
+    let late = rig.update("car-2", 0.01, 10);
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.clock.advance(Duration::from_secs(31));
+    rig.handle(Input::Tick);
+    let out = rig.send(late);
+    let ack = acks(&out, "car-2").remove(0);
+    assert!(!ack.accepted && ack.reason.contains("late"));
+    let ledger = rig.coordinator.store.clients(1).unwrap();
+    assert_eq!(
+        ledger.iter().find(|c| c.client == "car-2").unwrap().status,
+        "late"
+    );
+}
+
+#[test]
+fn a_lost_receipt_after_close_is_confirmed_again() {
+    let mut rig = rig();
+    rig.open(&["car-1", "car-2"]);
+    let update = rig.update("car-1", 0.01, 10);
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.send(rig.update("car-2", 0.01, 10));
+    rig.handle(Input::Tick);
+    let out = rig.send(update);
+    assert!(
+        acks(&out, "car-1")[0].accepted,
+        "still counted, confirmed again"
+    );
+}
+
+#[test]
+fn updates_for_another_round_base_or_client_are_rejected_with_their_reason() {
+    let mut rig = rig();
+    let a = rig.open(&["car-1", "car-2"]);
+    let delta = ParamSet::zeros(&a.spec.layout());
+    let future = Announce {
+        round: 99,
+        ..a.clone()
+    };
+    rig.send(rig.update_body("car-1", &future, &delta, 5));
+    assert!(rig.rejected("wrong_round") > 0);
+    let mut other_base = a.clone();
+    other_base.manifest.version = [7; 32];
+    rig.send(rig.update_body("car-1", &other_base, &delta, 5));
+    assert!(rig.rejected("wrong_base") > 0);
+    // a chunk on car-1's topic that claims to be car-2's
+    let mut forged = rig.update("car-2", 0.0, 5).remove(0);
+    if let Input::Message { topic, .. } = &mut forged {
+        *topic = topics::client(FLEET, ClientTopic::Update, "car-1")
+            .as_str()
+            .into();
+    }
+    rig.handle(forged);
+    assert!(rig.rejected("client_mismatch") > 0);
+    // a vehicle that was not selected
+    rig.handle(status("car-3", AgentState::Idle, STAGES));
+    rig.send(rig.update_body("car-3", &a, &delta, 5));
+    assert!(rig.rejected("not_selected") > 0);
+    assert!(rig.coordinator.store.rejection_counts().unwrap().len() >= 4);
+}
+
+#[test]
+fn a_non_finite_update_is_refused_and_never_folded() {
+    let mut rig = rig();
+    let a = rig.open(&["car-1", "car-2"]);
+    let mut delta = ParamSet::zeros(&a.spec.layout());
+    delta.tensors[0].data[0] = f32::NAN;
+    let out = rig.send(rig.update_body("car-1", &a, &delta, 5));
+    let ack = acks(&out, "car-1").remove(0);
+    assert!(!ack.accepted);
+    assert_eq!(rig.rejected("non_finite"), 1);
+    rig.send(rig.update("car-2", 0.01, 10));
+    rig.clock.advance(Duration::from_secs(31));
+    let out = rig.handle(Input::Tick);
+    let row = closed(&out).unwrap();
+    assert_eq!(row.clients_reported, 1);
+    assert!(rig.coordinator.current().params.check_finite().is_ok());
+}
+
+#[test]
+fn garbage_is_counted_and_changes_nothing() {
+    let mut rig = rig();
+    rig.open(&["car-1", "car-2"]);
+    for kind in [ClientTopic::Update, ClientTopic::Fetch, ClientTopic::Status] {
+        let topic = topics::client(FLEET, kind, "car-1");
+        assert!(
+            rig.handle(message(topic.as_str(), vec![1, 2, 3]))
+                .is_empty()
+        );
+    }
+    let counted: u64 = rig.coordinator.rejections().values().sum();
+    assert_eq!(counted, 3);
+    assert!(rig.coordinator.open_round().is_some());
+}
+
+#[test]
+fn fetches_get_the_missing_chunks_and_unselected_fetchers_get_no_ledger_row() {
+    let mut rig = rig();
+    let a = rig.open(&["car-1", "car-2"]);
+    let request = FetchRequest {
+        version: a.base_version(),
+        chunks: vec![],
+        have: None,
+    };
+    for client in ["car-1", "visitor"] {
+        let topic = topics::client(FLEET, ClientTopic::Fetch, client);
+        let out = rig.handle(message(
+            topic.as_str(),
+            wire::encode(Kind::FetchRequest, &request),
+        ));
+        let model = topics::client(FLEET, ClientTopic::Model, client);
+        let chunks: Vec<ModelChunk> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Publish(m) if m.topic == model.as_str() => {
+                    Some(wire::decode(&m.payload, Kind::ModelChunk, 1 << 20).unwrap())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(chunks.len(), a.manifest.chunks.len());
+    }
+    let stale = FetchRequest {
+        version: [3; 32],
+        ..request
+    };
+    let topic = topics::client(FLEET, ClientTopic::Fetch, "car-1");
+    assert!(
+        rig.handle(message(
+            topic.as_str(),
+            wire::encode(Kind::FetchRequest, &stale)
+        ))
+        .is_empty()
+    );
+    assert_eq!(rig.rejected("unknown_version"), 1);
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.send(rig.update("car-2", 0.01, 10));
+    let out = rig.handle(Input::Tick);
+    let row = closed(&out).unwrap();
+    let ledger = rig.coordinator.store.clients(1).unwrap();
+    assert!(
+        ledger.iter().all(|c| c.client != "visitor"),
+        "never selected: no row"
+    );
+    let car1 = ledger.iter().find(|c| c.client == "car-1").unwrap();
+    assert!(
+        row.bytes_down > car1.bytes_down,
+        "the visitor's bytes count in the totals"
+    );
+}
+
+#[test]
+fn a_server_side_evaluation_runs_before_the_round_is_recorded() {
+    let mut rig = rig_with(|_| {}, true);
+    rig.open(&["car-1", "car-2"]);
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.send(rig.update("car-2", 0.01, 10));
+    let out = rig.handle(Input::Tick);
+    assert!(closed(&out).is_none(), "not before its evaluation");
+    let request = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Evaluate(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("asks for an evaluation");
+    assert!(
+        rig.handle(Input::Tick).is_empty(),
+        "nothing opens meanwhile"
+    );
+    let out = rig.handle(Input::Evaluated(request.run()));
+    let row = closed(&out).unwrap();
+    assert!(row.accuracy.is_some());
+    assert_eq!(
+        rig.coordinator.store.rounds().unwrap()[0].accuracy,
+        row.accuracy
+    );
+}
+
+#[test]
+fn a_reconnect_republishes_the_open_round() {
+    let mut rig = rig();
+    let a = rig.open(&["car-1", "car-2"]);
+    let out = rig.handle(Input::Connected);
+    assert_eq!(announces(&out), vec![a]);
+}
+
+#[test]
+fn the_next_round_opens_after_the_last_one_closed_and_warm_up_narrows_the_codec() {
+    let mut rig = rig_with(
+        |c| {
+            c.rounds.codec = "topk:0.01".into();
+            c.rounds.codec_warmup_rounds = 2;
+        },
+        false,
+    );
+    let first = rig.open(&["car-1", "car-2"]);
+    let kept = |a: &Announce| codec::by_name(&a.codec).unwrap().sparsify;
+    assert_eq!(kept(&first), codec::Sparsify::TopK(0.25));
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.send(rig.update("car-2", 0.01, 10));
+    rig.handle(Input::Tick);
+    let second = announces(&rig.handle(Input::Tick)).remove(0);
+    assert_eq!(second.round, 2);
+    assert_eq!(kept(&second), codec::Sparsify::TopK(0.0625));
+    assert_eq!(
+        second.base_version(),
+        rig.coordinator.current().manifest.version
+    );
+}
