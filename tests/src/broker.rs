@@ -42,9 +42,14 @@ impl Broker {
     /// The embedded rumqttd, retried on another port when its port is taken.
     /// Its thread lives until the process ends.
     pub fn embedded() -> anyhow::Result<Self> {
+        Self::embedded_on(free_port)
+    }
+
+    /// [`Broker::embedded`] on the ports `pick` offers.
+    fn embedded_on(mut pick: impl FnMut() -> anyhow::Result<u16>) -> anyhow::Result<Self> {
         let mut last = None;
         for _ in 0..ATTEMPTS {
-            let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            let listen = SocketAddr::from(([127, 0, 0, 1], pick()?));
             match start_embedded(&listen.to_string(), MAX_PACKET) {
                 Ok(addr) => {
                     return Ok(Self {
@@ -139,5 +144,38 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() -> anyhow::Result<()> {
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let unique: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn embedded_broker_moves_on_when_its_port_is_taken() -> anyhow::Result<()> {
+        let squatter = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let taken = squatter.local_addr()?.port();
+        let mut offered = vec![];
+        let broker = Broker::embedded_on(|| {
+            let port = if offered.is_empty() {
+                taken
+            } else {
+                free_port()?
+            };
+            offered.push(port);
+            Ok(port)
+        })?;
+        assert_eq!(offered.len(), 2, "{offered:?}");
+        assert_eq!(broker.url(), format!("mqtt://127.0.0.1:{}", offered[1]));
+        assert_ne!(offered[1], taken);
+        Ok(())
     }
 }

@@ -411,3 +411,17 @@ impl AgentHandle {
         Ok(self.state()?.pending()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_names_are_unique_valid_ids() {
+        let long = "a test name far longer than any fleet id may be, with spaces/slashes";
+        let names = [fleet_name("e2e"), fleet_name("e2e"), fleet_name(long)];
+        assert!(names.iter().all(|n| topics::valid_id(n)), "{names:?}");
+        assert_ne!(names[0], names[1]);
+        assert!(names[2].starts_with("a_test_name"), "{}", names[2]);
+    }
+}

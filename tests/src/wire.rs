@@ -178,3 +178,51 @@ fn count(tally: &Mutex<WireTally>, fleet: &str, p: &rumqttc::Publish) {
         *tally.update_bytes_by_round.entry(chunk.round).or_default() += p.payload.len() as u64;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ChunkPos, messages};
+    use crate::broker::Broker;
+
+    fn update(client: &str, round: u64) -> Vec<u8> {
+        let chunk = UpdateChunk {
+            client: messages::id(client).expect("valid id"),
+            round,
+            base_version: Default::default(),
+            pos: ChunkPos {
+                index: 0,
+                count: 1,
+                total_len: 3,
+            },
+            data: vec![1, 2, 3],
+        };
+        wire::encode(Kind::UpdateChunk, &chunk)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tally_counts_update_bytes_of_its_fleet_only() -> anyhow::Result<()> {
+        let url = Broker::embedded()?.url();
+        let mut tap = Wire::connect(&url, "fleet-a", "tap").await?;
+        tap.subscribe("convoy/v1/#").await?;
+        let mut car = Wire::connect(&url, "fleet-a", "car").await?;
+        let (one, two) = (update("car", 1), update("car", 2));
+        let own = topics::client("fleet-a", ClientTopic::Update, "car");
+        car.publish_all(&own, &[one.clone(), one.clone(), two.clone()])
+            .await?;
+        let other_fleet = topics::client("fleet-b", ClientTopic::Update, "car");
+        let status = topics::client("fleet-a", ClientTopic::Status, "car");
+        car.publish(&other_fleet, one.clone(), false).await?;
+        car.publish(&status, b"online".to_vec(), true).await?;
+        car.flush().await?;
+        for _ in 0..5 {
+            tap.next(10).await?;
+        }
+        let tally = tap.tally();
+        let want = BTreeMap::from([(1, 2 * one.len() as u64), (2, two.len() as u64)]);
+        assert_eq!(tally.update_bytes_by_round, want);
+        assert_eq!(tally.update_payloads.len(), 1);
+        assert_eq!(tally.update_payloads["car"], vec![one.clone(), one, two]);
+        Ok(())
+    }
+}
