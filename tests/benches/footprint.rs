@@ -14,11 +14,8 @@
 //! dataset-fashion-mnist.
 
 use anyhow::Context;
-use convoy_shared::idx;
-use convoy_shared::model::TaskKind;
-use convoy_shared::topics::{self, ClientTopic};
-use convoy_tests::*;
-use rumqttc::QoS;
+use convoy_tests::Fleet;
+use convoy_tests::api::{ClientTopic, DEFAULT_CODEC, TaskKind, idx};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -76,38 +73,38 @@ struct Row {
 async fn measure(
     name: &str,
     command: &[PathBuf],
-    work: &Path,
     test_csv: &Path,
     client_csv: &Path,
 ) -> anyhow::Result<Row> {
-    let url = start_broker()?;
-    let scenario = Scenario::digits(1, 1)?;
-    let mut server = scenario.server_config(&url, 1, 1);
-    server.db = work.join(format!("{name}.db"));
-    server.model.schema_csv = test_csv.to_path_buf();
-    server.model.label = "label".into();
-    server.model.hidden = vec![128];
-    server.eval.test_csv = Some(test_csv.to_path_buf());
-    server.training.batch_size = 32;
-    server.rounds.codec = convoy_server::demo::DEFAULT_CODEC.into();
-    server.rounds.deadline_secs = 600;
-    let mut agent = scenario.agent_config(&url, 0);
-    agent.data.path = client_csv.to_path_buf();
-    agent.data.label = "label".into();
-    agent.data.task = TaskKind::Classification;
-    agent.state_dir = work.join(format!("{name}.state"));
-    let config = work.join(format!("{name}.toml"));
+    let mut fleet = Fleet::digits(&format!("footprint-{name}"), 1, 1)?
+        .server(|s| {
+            s.model.schema_csv = test_csv.to_path_buf();
+            s.model.label = "label".into();
+            s.model.hidden = vec![128];
+            s.eval.test_csv = Some(test_csv.to_path_buf());
+            s.training.batch_size = 32;
+            s.rounds.codec = DEFAULT_CODEC.into();
+            s.rounds.deadline_secs = 600;
+        })
+        .agent(0, |a| {
+            a.data.path = client_csv.to_path_buf();
+            a.data.label = "label".into();
+            a.data.task = TaskKind::Classification;
+        })
+        .hold_server()
+        .hold_agent(0)
+        .start()
+        .await?;
+    let agent = fleet.agents[0].config.clone();
+    let config = fleet.dir().join("agent.toml");
     std::fs::write(&config, toml::to_string(&agent)?)?;
 
-    let mut watch = RawClient::connect(&url, "footprint-watch").await?;
-    let status = topics::client(FLEET, ClientTopic::Status, &agent.client_id);
+    let mut watch = fleet.wire("footprint-watch").await?;
     watch
-        .client
-        .subscribe(status.as_str(), QoS::AtLeastOnce)
+        .subscribe(&fleet.topic(ClientTopic::Status, &agent.client_id))
         .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let mut run = spawn_server(server);
+    fleet.start_server();
     let started = Instant::now();
     let mut child = tokio::process::Command::new(&command[0])
         .args(&command[1..])
@@ -121,14 +118,13 @@ async fn measure(
     watch.next(120).await?;
     let start_ms = started.elapsed().as_secs_f64() * 1e3;
 
-    let round = next_round(&mut run, 600).await?;
+    let round = fleet.next_round(600).await?;
     anyhow::ensure!(
         round.clients_reported == 1,
         "agent did not report: {round:?}"
     );
-    run.task.await??;
-    let store = convoy_server::store::Store::open_existing(&work.join(format!("{name}.db")))?;
-    let train_s = store.clients(round.round)?[0].train_seconds;
+    fleet.server_finished().await?;
+    let train_s = fleet.store()?.clients(round.round)?[0].train_seconds;
     // Idle: the round is over, the agent waits for the next one.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ticks0 = cpu_ticks(pid).context("agent exited")?;
@@ -179,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (name, command) in &runs {
         eprintln!("measuring {name} ...");
-        rows.push(measure(name, command, work.path(), &test_csv, &client_csv).await?);
+        rows.push(measure(name, command, &test_csv, &client_csv).await?);
     }
     println!(
         "\n{:<14} {:>16} {:>10} {:>14} {:>13} {:>14}",

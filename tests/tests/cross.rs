@@ -7,10 +7,8 @@
 //!   cargo test -p convoy-tests --test cross -- --ignored
 
 use anyhow::Context;
-use convoy_server::store::Store;
 use convoy_tests::*;
 use std::process::Stdio;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cross-built agent (CONVOY_CROSS_AGENT) and qemu-user; CI runs it"]
@@ -21,21 +19,14 @@ async fn cross_built_agent_under_qemu_is_counted_in_the_ledger() -> anyhow::Resu
     let binary = std::fs::canonicalize(&binary).with_context(|| format!("{binary} is missing"))?;
     let runner = std::env::var("CONVOY_CROSS_RUNNER").unwrap_or_else(|_| "qemu-aarch64".into());
 
-    let url = start_broker()?;
-    let scenario = Scenario::digits(2, 5)?;
-    let mut config = scenario.server_config(&url, 1, 2);
-    // The emulated vehicle trains many times slower than a native one.
-    config.rounds.deadline_secs = 300;
-    let db = config.db.clone();
-    let mut server = spawn_server(config);
-    let stop = CancellationToken::new();
-    let native = spawn_agent(scenario.agent_config(&url, 0), &stop);
-
-    let emulated_config = scenario.dir.path().join("car-1.toml");
-    std::fs::write(
-        &emulated_config,
-        toml::to_string(&scenario.agent_config(&url, 1))?,
-    )?;
+    let mut fleet = Fleet::digits("cross", 2, 5)?
+        // The emulated vehicle trains many times slower than a native one.
+        .server(|c| c.rounds.deadline_secs = 300)
+        .hold_agent(1)
+        .start()
+        .await?;
+    let emulated_config = fleet.dir().join("car-1.toml");
+    std::fs::write(&emulated_config, toml::to_string(&fleet.agents[1].config)?)?;
     let mut emulated = tokio::process::Command::new(&runner)
         .arg(&binary)
         .args(["run", "--config"])
@@ -47,16 +38,14 @@ async fn cross_built_agent_under_qemu_is_counted_in_the_ledger() -> anyhow::Resu
         .spawn()
         .with_context(|| format!("cannot start {runner} (install qemu-user)"))?;
 
-    let round = next_round(&mut server, 300).await?;
-    server.task.await??;
-    stop.cancel();
-    native.await??;
+    let round = fleet.next_round(300).await?;
+    fleet.finish().await?;
     emulated.start_kill()?;
     let _ = emulated.wait().await;
 
     assert_eq!(round.status, "finished", "{round:?}");
     assert_eq!(round.clients_reported, 2, "{round:?}");
-    let rows = Store::open_existing(&db)?.clients(round.round)?;
+    let rows = fleet.store()?.clients(round.round)?;
     let car = rows
         .iter()
         .find(|r| r.client == "car-1")

@@ -4,8 +4,8 @@
 //! release that is rolled back.
 
 use anyhow::Context;
-use convoy_server::deploy::{self, DeployOptions, Outcome};
-use convoy_tests::{Scenario, start_broker};
+use convoy_tests::Fleet;
+use convoy_tests::api::deploy::{self, DeployOptions, Outcome};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -37,7 +37,7 @@ impl Sshd {
         std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys"))?;
         // sshd running as root wants its privilege-separation folder.
         let _ = std::fs::create_dir_all("/run/sshd");
-        let port = convoy_server::broker::free_local_addr()?.port();
+        let port = convoy_tests::free_port()?;
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\n\
              AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nUsePAM no\n\
@@ -146,13 +146,13 @@ fn stop_agent(root: &Path) {
 async fn deploy_installs_verifies_and_rolls_back_over_real_ssh() -> anyhow::Result<()> {
     convoy_tests::init_tracing();
     let sshd = Sshd::start()?;
-    let url = start_broker()?;
-    let scenario = Scenario::digits(2, 11)?;
-    let work = scenario.dir.path();
+    // Only the broker runs here: the boards' agents are what gets deployed.
+    let fleet = Fleet::digits("deploy", 2, 11)?;
+    let work = fleet.dir();
     let artifact = agent_binary()?;
 
     // The config template, as an operator would keep it.
-    let mut template = scenario.agent_config(&url, 0);
+    let mut template = fleet.agents[0].clone();
     template.state_dir = "/var/lib/convoy-agent".into();
     template.data.path = "/var/lib/convoy-agent/data.csv".into();
     std::fs::write(work.join("agent.toml"), toml::to_string(&template)?)?;
@@ -162,7 +162,7 @@ async fn deploy_installs_verifies_and_rolls_back_over_real_ssh() -> anyhow::Resu
     for (i, root) in roots.iter().enumerate() {
         std::fs::create_dir_all(root.join("var/lib/convoy-agent"))?;
         std::fs::copy(
-            &scenario.client_csvs[i],
+            &fleet.agents[i].data.path,
             root.join("var/lib/convoy-agent/data.csv"),
         )?;
     }

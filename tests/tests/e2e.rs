@@ -1,37 +1,17 @@
 //! End-to-end: real embedded broker, real server, real agents, loopback.
 
-use convoy_server::config::{RoundConfig, ServerConfig};
-use convoy_server::store::Store;
+use convoy_tests::api::{AgentError, ClientTopic, UpdateBody, report};
 use convoy_tests::*;
-use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_learns_and_ledger_matches_the_wire() -> anyhow::Result<()> {
     init_tracing();
-    let url = start_broker()?;
-    let scenario = Scenario::digits(3, 11)?;
-    let watcher = Watcher::start(&url).await?;
-    let config = scenario.server_config(&url, 4, 3);
-    let db = config.db.clone();
-    let mut server = spawn_server(config);
-    let agents_stop = CancellationToken::new();
-    let agents: Vec<_> = (0..3)
-        .map(|i| spawn_agent(scenario.agent_config(&url, i), &agents_stop))
-        .collect();
-
-    let mut rounds = Vec::new();
-    for _ in 0..4 {
-        rounds.push(next_round(&mut server, 60).await?);
-    }
-    let summary = server.task.await??;
-    agents_stop.cancel();
-    for a in agents {
-        a.await??;
-    }
-    // Let the watcher drain anything still in flight.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    watcher.stop.cancel();
+    let mut fleet = Fleet::digits("fleet_learns", 3, 11)?
+        .rounds(4)
+        .start()
+        .await?;
+    let rounds = fleet.next_rounds(4, 60).await?;
+    let summary = fleet.finish().await?;
 
     let first = rounds[0].accuracy.expect("evaluated");
     let last = rounds[3].accuracy.expect("evaluated");
@@ -48,8 +28,8 @@ async fn fleet_learns_and_ledger_matches_the_wire() -> anyhow::Result<()> {
     assert!(summary.rejections.is_empty(), "{:?}", summary.rejections);
 
     // The ledger's bytes_up is what an independent subscriber saw.
-    let tally = watcher.snapshot();
-    let store = Store::open_existing(&db)?;
+    let tally = fleet.tap.settled_tally().await;
+    let store = fleet.store()?;
     let stored = store.rounds()?;
     assert_eq!(stored.len(), 4);
     for r in &stored {
@@ -80,10 +60,8 @@ async fn fleet_learns_and_ledger_matches_the_wire() -> anyhow::Result<()> {
     }
 
     // The machine-readable report carries the documented fields.
-    let json: serde_json::Value = serde_json::from_str(&convoy_server::report::rounds(
-        &db,
-        convoy_server::report::Format::Json,
-    )?)?;
+    let json: serde_json::Value =
+        serde_json::from_str(&report::rounds(fleet.db(), report::Format::Json)?)?;
     let first_row = &json[0];
     for key in [
         "round",
@@ -114,36 +92,19 @@ async fn fleet_learns_and_ledger_matches_the_wire() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_server_resumes_without_reusing_rounds() -> anyhow::Result<()> {
     init_tracing();
-    let url = start_broker()?;
-    let scenario = Scenario::digits(2, 12)?;
-    let config = scenario.server_config(&url, 0, 2);
-    let db = config.db.clone();
-    let agents_stop = CancellationToken::new();
-    let agents: Vec<_> = (0..2)
-        .map(|i| spawn_agent(scenario.agent_config(&url, i), &agents_stop))
-        .collect();
+    let mut fleet = Fleet::digits("killed_server", 2, 12)?
+        .rounds(0)
+        .start()
+        .await?;
+    let r1 = fleet.next_round(60).await?;
+    let r2 = fleet.next_round(60).await?;
+    fleet.kill_server().await;
 
-    let mut server = spawn_server(config.clone());
-    let r1 = next_round(&mut server, 60).await?;
-    let r2 = next_round(&mut server, 60).await?;
-    // Kill it: drop the task mid-run, no graceful shutdown.
-    server.task.abort();
-    let _ = server.task.await;
-
-    let mut restarted = spawn_server(ServerConfig {
-        rounds: RoundConfig {
-            total: 2,
-            ..config.rounds.clone()
-        },
-        ..config
-    });
-    let r3 = next_round(&mut restarted, 60).await?;
-    let r4 = next_round(&mut restarted, 60).await?;
-    restarted.task.await??;
-    agents_stop.cancel();
-    for a in agents {
-        a.await??;
-    }
+    fleet.server_config.rounds.total = 2;
+    fleet.start_server();
+    let r3 = fleet.next_round(60).await?;
+    let r4 = fleet.next_round(60).await?;
+    fleet.finish().await?;
 
     assert_eq!((r1.round, r2.round), (1, 2));
     assert!(r3.round > r2.round, "restart reused round {}", r3.round);
@@ -153,8 +114,7 @@ async fn killed_server_resumes_without_reusing_rounds() -> anyhow::Result<()> {
         "resumes from the last finished model"
     );
     assert!(r4.round > r3.round && r3.status == "finished" && r4.status == "finished");
-    let store = Store::open_existing(&db)?;
-    let rounds = store.rounds()?;
+    let rounds = fleet.store()?.rounds()?;
     let numbers: Vec<u64> = rounds.iter().map(|r| r.round).collect();
     let mut unique = numbers.clone();
     unique.dedup();
@@ -172,55 +132,50 @@ async fn killed_server_resumes_without_reusing_rounds() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_before_upload_sends_its_stored_update_once() -> anyhow::Result<()> {
     init_tracing();
-    let url = start_broker()?;
-    let scenario = Scenario::digits(2, 13)?;
-    let watcher = Watcher::start(&url).await?;
-    let config = scenario.server_config(&url, 2, 2);
-    let db = config.db.clone();
-    let mut server = spawn_server(config);
-    let stop = CancellationToken::new();
-    let steady = spawn_agent(scenario.agent_config(&url, 0), &stop);
-    let mut crashing = scenario.agent_config(&url, 1);
-    crashing.faults.stop_after_persist = true;
-    let state_dir = crashing.state_dir.clone();
+    let mut fleet = Fleet::digits("agent_killed", 2, 13)?
+        .rounds(2)
+        .agent(1, |c| c.faults.stop_after_persist = true)
+        .start()
+        .await?;
 
     // First life: trains, persists the update, "loses power" before sending.
-    let first_life = spawn_agent(crashing.clone(), &stop).await?;
+    let first_life = fleet.agents[1].exited().await?;
     assert!(
-        matches!(first_life, Err(convoy_agent::AgentError::FaultInjected(_))),
+        matches!(first_life, Err(AgentError::FaultInjected(_))),
         "{first_life:?}"
     );
-    let pending = convoy_agent::state::StateDir::open(&state_dir)?
+    let pending = fleet.agents[1]
         .pending()?
         .expect("update persisted before the crash");
     assert!(
-        !watcher.snapshot().update_payloads.contains_key("car-1"),
+        !fleet.tap.tally().update_payloads.contains_key("car-1"),
         "nothing was sent before the crash"
     );
 
     // Second life: same state dir, no fault. It must send the stored update.
-    crashing.faults.stop_after_persist = false;
-    let second_life = spawn_agent(crashing, &stop);
-    let round = next_round(&mut server, 60).await?;
+    fleet.agents[1].config.faults.stop_after_persist = false;
+    fleet.agents[1].start();
+    let round = fleet.next_round(60).await?;
     assert_eq!(round.clients_reported, 2, "{round:#?}");
 
     // Replay what car-1 sent while round 2 runs: recognised, never counted twice.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let sent = watcher
-        .snapshot()
+    let sent = fleet
+        .tap
+        .settled_tally()
+        .await
         .update_payloads
         .get("car-1")
         .cloned()
         .unwrap_or_default();
     assert!(!sent.is_empty());
-    publish_raw(&url, "car-1", &sent).await?;
-    let _ = next_round(&mut server, 60).await?;
-    server.task.await??;
-    stop.cancel();
-    steady.await??;
-    second_life.await??;
+    let mut replay = fleet.wire("car-1-raw").await?;
+    replay
+        .publish_all(&fleet.topic(ClientTopic::Update, "car-1"), &sent)
+        .await?;
+    let _ = fleet.next_round(60).await?;
+    fleet.finish().await?;
 
-    let store = Store::open_existing(&db)?;
+    let store = fleet.store()?;
     let rounds = store.rounds()?;
     assert_eq!(
         rounds[0].clients_reported, 2,
@@ -231,39 +186,26 @@ async fn agent_killed_before_upload_sends_its_stored_update_once() -> anyhow::Re
     assert_eq!(car1.len(), 1);
     assert_eq!(car1[0].status, "accepted");
     // the stored update body is exactly what was accepted (not retrained)
-    let body: convoy_shared::messages::UpdateBody = postcard_body(&pending.body)?;
+    let body: UpdateBody = postcard::from_bytes(&pending.body)?;
     assert_eq!(car1[0].samples, body.samples);
     assert!(
-        convoy_agent::state::StateDir::open(&state_dir)?
-            .pending()?
-            .is_none(),
+        fleet.agents[1].pending()?.is_none(),
         "acknowledged update is gone"
     );
     Ok(())
 }
 
-fn postcard_body(bytes: &[u8]) -> anyhow::Result<convoy_shared::messages::UpdateBody> {
-    Ok(postcard::from_bytes(bytes)?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stragglers_do_not_block_and_late_updates_are_counted() -> anyhow::Result<()> {
     init_tracing();
-    let url = start_broker()?;
-    let scenario = Scenario::digits(3, 15)?;
-    let mut config = scenario.server_config(&url, 2, 3);
-    config.rounds.deadline_secs = 2;
-    let db = config.db.clone();
-    let mut server = spawn_server(config);
-    let stop = CancellationToken::new();
-    let mut agents: Vec<_> = (0..2)
-        .map(|i| spawn_agent(scenario.agent_config(&url, i), &stop))
-        .collect();
-    let mut slow = scenario.agent_config(&url, 2);
-    slow.faults.delay_upload_ms = 3_000;
-    agents.push(spawn_agent(slow, &stop));
+    let mut fleet = Fleet::digits("stragglers", 3, 15)?
+        .rounds(2)
+        .server(|c| c.rounds.deadline_secs = 2)
+        .agent(2, |c| c.faults.delay_upload_ms = 3_000)
+        .start()
+        .await?;
 
-    let r1 = next_round(&mut server, 60).await?;
+    let r1 = fleet.next_round(60).await?;
     assert_eq!(
         (r1.status.as_str(), r1.clients_selected, r1.clients_reported),
         ("finished", 3, 2),
@@ -271,14 +213,10 @@ async fn stragglers_do_not_block_and_late_updates_are_counted() -> anyhow::Resul
     );
     // The fleet moved on without the straggler; its update, when it comes,
     // is counted late against round 1 and ignored.
-    let r2 = next_round(&mut server, 60).await?;
-    server.task.await??;
-    stop.cancel();
-    for a in agents {
-        a.await??;
-    }
+    let r2 = fleet.next_round(60).await?;
+    fleet.finish().await?;
     assert_eq!(r2.round, 2);
-    let store = Store::open_existing(&db)?;
+    let store = fleet.store()?;
     let r1_stored = &store.rounds()?[0];
     assert_eq!(r1_stored.clients_late, 1, "{r1_stored:#?}");
     assert_eq!(r1_stored.clients_reported, 2, "late update not folded in");
@@ -294,29 +232,25 @@ async fn stragglers_do_not_block_and_late_updates_are_counted() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_trains_only_when_its_policy_allows() -> anyhow::Result<()> {
     init_tracing();
-    let url = start_broker()?;
-    let scenario = Scenario::digits(2, 17)?;
-    let mut server = spawn_server(scenario.server_config(&url, 1, 2));
-    let stop = CancellationToken::new();
-    let steady = spawn_agent(scenario.agent_config(&url, 0), &stop);
-    let parked = scenario.dir.path().join("parked");
-    let mut careful = scenario.agent_config(&url, 1);
-    careful.policy.condition_file = Some(parked.clone());
-    careful.policy.check_secs = 1;
-    let careful = spawn_agent(careful, &stop);
+    let builder = Fleet::digits("policy", 2, 17)?;
+    let parked = builder.dir().join("parked");
+    let mut fleet = builder
+        .agent(1, |c| {
+            c.policy.condition_file = Some(parked.clone());
+            c.policy.check_secs = 1;
+        })
+        .start()
+        .await?;
 
     // Not parked: the round cannot complete.
     assert!(
-        next_round(&mut server, 3).await.is_err(),
+        fleet.next_round(3).await.is_err(),
         "the round closed although car-1 may not train"
     );
     // The vehicle reports being parked: car-1 trains and the round completes.
     std::fs::write(&parked, "")?;
-    let round = next_round(&mut server, 60).await?;
-    server.task.await??;
-    stop.cancel();
-    steady.await??;
-    careful.await??;
+    let round = fleet.next_round(60).await?;
+    fleet.finish().await?;
     assert_eq!(
         (round.status.as_str(), round.clients_reported),
         ("finished", 2)

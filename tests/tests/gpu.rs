@@ -9,28 +9,19 @@
 //! (apt mesa-vulkan-drivers) is enough.
 #![cfg(feature = "gpu")]
 
-use convoy_agent::config::Backend;
-use convoy_server::store::Store;
+use convoy_tests::api::Backend;
 use convoy_tests::*;
-use tokio_util::sync::CancellationToken;
 
 /// One round with one vehicle on `backend`; the new global weights and the
 /// ledger's device name.
 async fn one_round(backend: Backend) -> anyhow::Result<(Vec<f32>, String, f64)> {
-    let url = start_broker()?;
-    let scenario = Scenario::digits(1, 9)?;
-    let config = scenario.server_config(&url, 1, 1);
-    let db = config.db.clone();
-    let mut server = spawn_server(config);
-    let stop = CancellationToken::new();
-    let mut agent = scenario.agent_config(&url, 0);
-    agent.training.backend = backend;
-    let task = spawn_agent(agent, &stop);
-    let round = next_round(&mut server, 180).await?;
-    server.task.await??;
-    stop.cancel();
-    task.await??;
-    let store = Store::open_existing(&db)?;
+    let mut fleet = Fleet::digits("gpu", 1, 9)?
+        .agent(0, |c| c.training.backend = backend)
+        .start()
+        .await?;
+    let round = fleet.next_round(180).await?;
+    fleet.finish().await?;
+    let store = fleet.store()?;
     let device = store.clients(round.round)?[0].device.clone();
     let latest = store.latest_version()?.expect("a version");
     let params = store.load_version(&latest)?.params;
@@ -44,7 +35,7 @@ async fn one_round(backend: Backend) -> anyhow::Result<(Vec<f32>, String, f64)> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gpu_round_agrees_with_the_cpu_backend() -> anyhow::Result<()> {
     init_tracing();
-    let probe = convoy_agent::backend::probe();
+    let probe = api::backend::probe();
     let (gpu, gpu_device, gpu_acc) = one_round(Backend::Gpu).await?;
     let (cpu, cpu_device, cpu_acc) = one_round(Backend::Cpu).await?;
     println!("gpu: {gpu_device} accuracy {gpu_acc:.4}; cpu: {cpu_device} accuracy {cpu_acc:.4}");

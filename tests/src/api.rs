@@ -1,0 +1,21 @@
+//! Every item of convoy's other crates that the tests name, in one place, so
+//! that when one moves only this file changes.
+
+pub use convoy_agent::AgentError;
+pub use convoy_agent::backend;
+pub use convoy_agent::config::{AgentConfig, Backend};
+pub use convoy_agent::state::{PendingUpdate, StateDir};
+pub use convoy_server::config::ServerConfig;
+pub use convoy_server::demo::DEFAULT_CODEC;
+pub use convoy_server::store::{ClientRow, RoundRow, Store};
+pub use convoy_server::{RunSummary, ServerError, deploy, report, simulate};
+pub use convoy_shared::chunk::ChunkPos;
+pub use convoy_shared::codec::Pipeline;
+pub use convoy_shared::idx;
+pub use convoy_shared::messages::{
+    self, AgentState, Announce, Status, TrainStats, UpdateBody, UpdateChunk,
+};
+pub use convoy_shared::model::{Targets, TaskKind};
+pub use convoy_shared::params::ParamSet;
+pub use convoy_shared::topics::{self, ClientTopic};
+pub use convoy_shared::wire::{self, Kind};

@@ -1,0 +1,125 @@
+//! The digits data split into a test set and non-IID client partitions,
+//! and the server and agent configs that run on it.
+
+use crate::api::{AgentConfig, ServerConfig};
+use anyhow::Context;
+use convoy_agent::config::{DataConfig, Faults, TrainingConfig};
+use convoy_agent::mqtt::BrokerConfig;
+use convoy_server::config::{EvalConfig, ModelConfig, RoundConfig, ServerBroker, TrainingRecipe};
+use convoy_shared::dataset::Table;
+use convoy_shared::model::TaskKind;
+use std::path::PathBuf;
+
+/// Largest MQTT packet every broker, server and client in the tests allows.
+pub const MAX_PACKET: usize = 1024 * 1024;
+
+/// A work folder with the digits data split into a test set and `clients`
+/// non-IID partitions.
+#[derive(Debug)]
+pub struct Scenario {
+    /// Temporary folder (deleted on drop).
+    pub dir: tempfile::TempDir,
+    /// Server's schema/test CSV.
+    pub test_csv: PathBuf,
+    /// One CSV per client.
+    pub client_csvs: Vec<PathBuf>,
+}
+
+impl Scenario {
+    /// Splits the bundled digits data (seed fixed) into `clients` parts.
+    pub fn digits(clients: usize, seed: u64) -> anyhow::Result<Self> {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        let dir = tempfile::tempdir()?;
+        let table = Table::read(convoy_server::demo::DIGITS_CSV.as_bytes())?;
+        let mut order: Vec<usize> = (0..table.len()).collect();
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        let (test, train) = order.split_at(table.len() / 5);
+        let test_csv = dir.path().join("test.csv");
+        convoy_server::demo::write_rows(&test_csv, &table, test)?;
+        let label = table.column("digit").context("digit column")?;
+        let labels: Vec<String> = train.iter().map(|i| table.text(*i, label)).collect();
+        let parts = convoy_server::demo::dirichlet_split(&labels, clients, 0.5, seed, 20);
+        let mut client_csvs = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let path = dir.path().join(format!("client-{i}.csv"));
+            let rows: Vec<usize> = part.iter().map(|p| train[*p]).collect();
+            convoy_server::demo::write_rows(&path, &table, &rows)?;
+            client_csvs.push(path);
+        }
+        Ok(Self {
+            dir,
+            test_csv,
+            client_csvs,
+        })
+    }
+
+    /// A server config for `fleet` on `broker_url` that runs `rounds`
+    /// rounds once `min_clients` vehicles are online.
+    pub fn server_config(
+        &self,
+        broker_url: &str,
+        fleet: &str,
+        rounds: u64,
+        min_clients: usize,
+    ) -> ServerConfig {
+        ServerConfig {
+            fleet: fleet.into(),
+            db: self.dir.path().join("server.db"),
+            broker: ServerBroker {
+                url: broker_url.into(),
+                max_packet_size: MAX_PACKET,
+                ..Default::default()
+            },
+            rounds: RoundConfig {
+                total: rounds,
+                min_clients,
+                min_reports: 1,
+                deadline_secs: 30,
+                codec: "fp32".into(),
+                ..Default::default()
+            },
+            model: ModelConfig {
+                schema_csv: self.test_csv.clone(),
+                label: "digit".into(),
+                task: TaskKind::Classification,
+                hidden: vec![32],
+                init_seed: 7,
+            },
+            training: TrainingRecipe {
+                epochs: 1,
+                lr: 0.05,
+                batch_size: 16,
+            },
+            eval: EvalConfig {
+                test_csv: Some(self.test_csv.clone()),
+            },
+        }
+    }
+
+    /// An agent config for client `i` (`car-<i>`) of `fleet` on `broker_url`.
+    pub fn agent_config(&self, broker_url: &str, fleet: &str, i: usize) -> AgentConfig {
+        AgentConfig {
+            fleet: fleet.into(),
+            client_id: format!("car-{i}"),
+            state_dir: self.dir.path().join(format!("car-{i}.state")),
+            broker: BrokerConfig {
+                url: broker_url.into(),
+                max_packet_size: MAX_PACKET,
+                ..Default::default()
+            },
+            data: DataConfig {
+                path: self.client_csvs[i].clone(),
+                label: "digit".into(),
+                task: TaskKind::Classification,
+            },
+            training: TrainingConfig {
+                ack_timeout_secs: 2,
+                ..Default::default()
+            },
+            policy: Default::default(),
+            faults: Faults::default(),
+            deployment: String::new(),
+        }
+    }
+}
