@@ -4,7 +4,7 @@
 use crate::api::{AgentConfig, ServerConfig};
 use anyhow::Context;
 use convoy_agent::config::{DataConfig, Faults, TrainingConfig};
-use convoy_agent::mqtt::BrokerConfig;
+use convoy_runtime::link::BrokerConfig;
 use convoy_server::config::{EvalConfig, ModelConfig, RoundConfig, ServerBroker, TrainingRecipe};
 use convoy_shared::dataset::Table;
 use convoy_shared::model::TaskKind;
@@ -67,8 +67,7 @@ impl Scenario {
             fleet: fleet.into(),
             db: self.dir.path().join("server.db"),
             broker: ServerBroker {
-                url: broker_url.into(),
-                max_packet_size: MAX_PACKET,
+                link: link(broker_url),
                 ..Default::default()
             },
             rounds: RoundConfig {
@@ -103,11 +102,7 @@ impl Scenario {
             fleet: fleet.into(),
             client_id: format!("car-{i}"),
             state_dir: self.dir.path().join(format!("car-{i}.state")),
-            broker: BrokerConfig {
-                url: broker_url.into(),
-                max_packet_size: MAX_PACKET,
-                ..Default::default()
-            },
+            broker: link(broker_url),
             data: DataConfig {
                 path: self.client_csvs[i].clone(),
                 label: "digit".into(),
@@ -121,5 +116,13 @@ impl Scenario {
             faults: Faults::default(),
             deployment: String::new(),
         }
+    }
+}
+
+/// Client settings for the test broker at `url`.
+fn link(url: &str) -> BrokerConfig {
+    BrokerConfig {
+        max_packet_size: MAX_PACKET,
+        ..BrokerConfig::at(url.parse().expect("the harness builds valid broker URLs"))
     }
 }
