@@ -124,4 +124,30 @@ mod tests {
         assert_eq!(a.chunks[..2], b.chunks[..2]);
         assert_eq!(hex(&a.version).len(), 64);
     }
+
+    /// Ids stored in ledgers and announced on the wire must stay the same
+    /// across refactors: this one was computed by an earlier release.
+    #[test]
+    fn version_id_is_stable() {
+        let spec = ModelSpec {
+            task: crate::model::TaskKind::Classification,
+            features: vec!["speed".into(), "rpm".into(), "temp".into()],
+            norm_mean: vec![50.0, 2000.0, 80.0],
+            norm_std: vec![10.0, 500.0, 5.0],
+            label: "fault".into(),
+            classes: vec!["no".into(), "yes".into()],
+            hidden: vec![4],
+            init_seed: 7,
+        };
+        let recipe = TrainTask {
+            epochs: 2,
+            lr: 0.05,
+            batch_size: 16,
+        };
+        let id = manifest_of(&spec.init_params(), &spec, &recipe).version;
+        assert_eq!(
+            hex(&id),
+            "2e0f20c23c38c1008020d491ee2def5155455ba95392304779ca1288f417a4b8"
+        );
+    }
 }
