@@ -1,7 +1,7 @@
 //! The agent's TOML configuration, with documented defaults.
 
 use crate::mqtt::BrokerConfig;
-use convoy_shared::model::TaskKind;
+use convoy_shared::spec::TaskKind;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use thiserror::Error;

@@ -12,9 +12,8 @@
 //! one and the directory fsynced, so a file is either the old or the new
 //! version, never a torn mix.
 
-use convoy_shared::messages::TrainTask;
-use convoy_shared::model::ModelSpec;
 use convoy_shared::params::ParamSet;
+use convoy_shared::spec::{ModelSpec, Recipe};
 use convoy_shared::version::{Manifest, VersionId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::io::Write;
@@ -50,7 +49,7 @@ pub struct StoredModel {
     /// Architecture and features.
     pub spec: ModelSpec,
     /// Training recipe it was published with.
-    pub task: TrainTask,
+    pub task: Recipe,
     /// Parameters.
     pub params: ParamSet,
 }

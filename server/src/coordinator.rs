@@ -19,7 +19,7 @@ use convoy_shared::params::ParamSet;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::version::{self, MODEL_CHUNK_SIZE, VersionId};
 use convoy_shared::wire::{self, Kind, mqtt_publish_wire_len};
-use convoy_shared::{cost, model::ModelSpec};
+use convoy_shared::{cost, spec::ModelSpec};
 use rand::seq::IndexedRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -636,7 +636,7 @@ impl Coordinator {
             round,
             manifest: self.current.manifest.clone(),
             spec: self.spec.clone(),
-            task: self.config.training.task(),
+            task: self.config.training.clone(),
             codec: codec.clone(),
             downlink_codec: self.downlink.name(),
             deadline_ms,
@@ -726,7 +726,7 @@ impl Coordinator {
                     let (spec, test, p) = (self.spec.clone(), test.clone(), params.clone());
                     let device = burn::prelude::Device::flex();
                     tokio::task::spawn_blocking(move || {
-                        convoy_shared::model::evaluate(&spec, &p, &test, &device)
+                        convoy_shared::eval::evaluate(&spec, &p, &test, &device)
                     })
                     .await
                     .ok()

@@ -6,12 +6,12 @@
 //! the server and the agents then run the configured rounds over real MQTT
 //! on 127.0.0.1, and each round prints a line as it closes.
 
-use crate::config::{EvalConfig, ModelConfig, RoundConfig, ServerConfig, TrainingRecipe};
+use crate::config::{EvalConfig, ModelConfig, RoundConfig, ServerConfig};
 use crate::report::{human_bytes, round_line};
 use crate::store::RoundRow;
 use convoy_agent::config::DataConfig;
 use convoy_shared::dataset::Table;
-use convoy_shared::model::TaskKind;
+use convoy_shared::spec::{Recipe, TaskKind};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Gamma};
@@ -235,7 +235,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             hidden: options.hidden.clone(),
             init_seed: options.seed,
         },
-        training: TrainingRecipe {
+        training: Recipe {
             epochs: options.epochs,
             lr: options.lr,
             batch_size: options.batch_size,
@@ -247,7 +247,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     server_config.validate()?;
     let spec = crate::spec_from_config(&server_config)?;
     let test = convoy_shared::dataset::Dataset::from_csv(std::fs::File::open(&test_path)?, &spec)?;
-    let initial_accuracy = convoy_shared::model::evaluate(
+    let initial_accuracy = convoy_shared::eval::evaluate(
         &spec,
         &spec.init_params(),
         &test,

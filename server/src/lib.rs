@@ -21,7 +21,7 @@ use crate::config::ServerConfig;
 use crate::coordinator::Coordinator;
 use crate::store::{RoundRow, Store, StoredVersion};
 use convoy_shared::dataset::{Dataset, Table};
-use convoy_shared::model::ModelSpec;
+use convoy_shared::spec::ModelSpec;
 use convoy_shared::version;
 use std::path::Path;
 use std::sync::Arc;
@@ -164,7 +164,7 @@ pub async fn run_prepared(
             "rounds left open by an earlier run marked abandoned"
         );
     }
-    let task = config.training.task();
+    let task = config.training.clone();
     let current = match store.latest_version()? {
         Some(hex) => {
             let v = store.load_version(&hex)?;
@@ -187,7 +187,7 @@ pub async fn run_prepared(
                 params,
             };
             let eval = match &test {
-                Some(t) => convoy_shared::model::evaluate(
+                Some(t) => convoy_shared::eval::evaluate(
                     &spec,
                     &v.params,
                     t,

@@ -3,14 +3,14 @@
 //! embedded broker, writing per-round CSV/JSON and a summary.
 
 use crate::Prepared;
-use crate::config::{RoundConfig, ServerConfig, TrainingRecipe};
+use crate::config::{RoundConfig, ServerConfig};
 use crate::report::human_bytes;
 use crate::store::RoundRow;
 use anyhow::Context;
 use convoy_agent::LocalData;
-use convoy_shared::dataset::{Dataset, Table};
+use convoy_shared::dataset::{Dataset, Table, Targets};
 use convoy_shared::idx;
-use convoy_shared::model::{ModelSpec, Targets, TaskKind};
+use convoy_shared::spec::{ModelSpec, Recipe, TaskKind};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Gamma};
@@ -383,7 +383,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             hidden: spec.hidden.clone(),
             init_seed: spec.init_seed,
         },
-        training: TrainingRecipe {
+        training: Recipe {
             epochs: options.epochs,
             lr: options.lr,
             batch_size: options.batch_size,

@@ -8,8 +8,7 @@
 //! buffers grow with the bytes actually present, never with what a header
 //! claims.
 
-use crate::dataset::Dataset;
-use crate::model::Targets;
+use crate::dataset::{Dataset, Targets};
 use flate2::read::MultiGzDecoder;
 use std::io::{self, Read};
 use thiserror::Error;
@@ -319,7 +318,6 @@ fn read_fields<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::prelude::Device;
     use flate2::Compression;
     use flate2::write::GzEncoder;
     use proptest::prelude::*;
@@ -363,11 +361,10 @@ mod tests {
         let data = to_dataset(&images, &labels, 3).unwrap();
         assert_eq!(data.len(), 3);
         assert_eq!(data.targets(), &Targets::Classes(vec![2, 0, 1]));
-        let (x, _) = data.batch(&[2], &Device::flex());
-        assert_eq!(x.dims(), [1, 6]);
-        let row = x.into_data().try_to_vec::<f32>().unwrap();
+        let batch = data.batch(&[2]);
+        assert_eq!([batch.targets.len(), batch.dims], [1, 6]);
         let expected: Vec<f32> = (250..=255).map(|p| p as f32 / 255.0).collect();
-        assert_eq!(row, expected);
+        assert_eq!(batch.features, expected);
     }
 
     #[test]

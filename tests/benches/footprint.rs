@@ -15,7 +15,7 @@
 
 use anyhow::Context;
 use convoy_shared::idx;
-use convoy_shared::model::TaskKind;
+use convoy_shared::spec::TaskKind;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_tests::*;
 use rumqttc::QoS;

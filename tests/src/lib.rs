@@ -7,12 +7,10 @@
 use anyhow::Context;
 use convoy_agent::config::{AgentConfig, DataConfig, Faults, TrainingConfig};
 use convoy_agent::mqtt::BrokerConfig;
-use convoy_server::config::{
-    EvalConfig, ModelConfig, RoundConfig, ServerBroker, ServerConfig, TrainingRecipe,
-};
+use convoy_server::config::{EvalConfig, ModelConfig, RoundConfig, ServerBroker, ServerConfig};
 use convoy_server::store::RoundRow;
 use convoy_shared::dataset::Table;
-use convoy_shared::model::TaskKind;
+use convoy_shared::spec::{Recipe, TaskKind};
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::wire::{self, Kind};
 use std::collections::BTreeMap;
@@ -109,7 +107,7 @@ impl Scenario {
                 hidden: vec![32],
                 init_seed: 7,
             },
-            training: TrainingRecipe {
+            training: Recipe {
                 epochs: 1,
                 lr: 0.05,
                 batch_size: 16,

@@ -139,7 +139,7 @@ async fn sparsity_warm_up_ramps_down_to_the_configured_share() -> anyhow::Result
 
 #[test]
 fn partitions_cover_every_row_once() {
-    use convoy_shared::model::Targets;
+    use convoy_shared::dataset::Targets;
     let targets = Targets::Classes((0..1000).map(|i| (i % 10) as u32).collect());
     for scheme in [Partition::Iid, Partition::Dirichlet, Partition::Quantity] {
         let parts = convoy_server::simulate::partition(&targets, 7, scheme, 0.3, 1);
