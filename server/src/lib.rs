@@ -10,12 +10,10 @@ pub mod aggregator;
 pub mod broker;
 pub mod config;
 mod coordinator;
-pub mod demo;
 pub mod deploy;
-pub mod fleet;
 pub mod report;
-pub mod simulate;
 pub mod store;
+pub mod tools;
 
 use crate::config::ServerConfig;
 use crate::coordinator::Coordinator;

@@ -28,9 +28,9 @@ enum Command {
         config: PathBuf,
     },
     /// Run a demo fleet (server, embedded broker, agents) on the bundled digits data.
-    Demo(convoy_server::demo::DemoOptions),
+    Demo(convoy_server::tools::demo::DemoOptions),
     /// Simulate a fleet on a partitioned data set through the real server and broker.
-    Simulate(convoy_server::simulate::SimOptions),
+    Simulate(convoy_server::tools::simulate::SimOptions),
     /// Install the agent on boards over SSH from an inventory, verify it came
     /// up and roll back when it did not; prints a per-board result table.
     Deploy(convoy_server::deploy::DeployOptions),
@@ -94,11 +94,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(options) => {
-            until_signal(|shutdown| convoy_server::demo::run(options, shutdown))?;
+            until_signal(|shutdown| convoy_server::tools::demo::run(options, shutdown))?;
             Ok(())
         }
         Command::Simulate(options) => {
-            until_signal(|shutdown| convoy_server::simulate::run(options, shutdown))?;
+            until_signal(|shutdown| convoy_server::tools::simulate::run(options, shutdown))?;
             Ok(())
         }
         Command::Deploy(options) => {

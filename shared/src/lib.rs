@@ -11,7 +11,6 @@ pub mod codec;
 pub mod cost;
 pub mod dataset;
 pub mod eval;
-pub mod idx;
 pub mod messages;
 pub mod model;
 pub mod params;

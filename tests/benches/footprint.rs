@@ -14,7 +14,7 @@
 //! dataset-fashion-mnist.
 
 use anyhow::Context;
-use convoy_shared::idx;
+use convoy_server::tools::idx;
 use convoy_shared::spec::TaskKind;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_tests::*;
@@ -89,7 +89,7 @@ async fn measure(
     server.model.hidden = vec![128];
     server.eval.test_csv = Some(test_csv.to_path_buf());
     server.training.batch_size = 32;
-    server.rounds.codec = convoy_server::demo::DEFAULT_CODEC.into();
+    server.rounds.codec = convoy_server::tools::demo::DEFAULT_CODEC.into();
     server.rounds.deadline_secs = 600;
     let mut agent = scenario.agent_config(&url, 0);
     agent.data.path = client_csv.to_path_buf();

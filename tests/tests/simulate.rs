@@ -1,6 +1,7 @@
 //! The fleet simulator and the compressed paths both ways, end to end.
 
-use convoy_server::simulate::{Partition, SimDataset, SimOptions, Transport, run};
+use convoy_server::tools::partition::Partition;
+use convoy_server::tools::simulate::{SimDataset, SimOptions, Transport, run};
 use tokio_util::sync::CancellationToken;
 
 fn options(out: &std::path::Path, codec: &str, downlink: &str) -> SimOptions {
@@ -142,7 +143,7 @@ fn partitions_cover_every_row_once() {
     use convoy_shared::dataset::Targets;
     let targets = Targets::Classes((0..1000).map(|i| (i % 10) as u32).collect());
     for scheme in [Partition::Iid, Partition::Dirichlet, Partition::Quantity] {
-        let parts = convoy_server::simulate::partition(&targets, 7, scheme, 0.3, 1);
+        let parts = convoy_server::tools::partition::partition(&targets, 7, scheme, 0.3, 1);
         assert_eq!(parts.len(), 7);
         let mut all: Vec<usize> = parts.concat();
         all.sort_unstable();
