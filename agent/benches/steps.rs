@@ -11,9 +11,8 @@
 use convoy_agent::backend;
 use convoy_agent::config::{Backend, TrainingConfig};
 use convoy_agent::trainer::{Job, Progress, train};
-use convoy_shared::dataset::Dataset;
-use convoy_shared::messages::TrainTask;
-use convoy_shared::model::{ModelSpec, Targets, TaskKind};
+use convoy_shared::dataset::{Dataset, Targets};
+use convoy_shared::spec::{ModelSpec, Recipe, TaskKind};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -76,7 +75,7 @@ fn run(
     let job = Job {
         spec: spec.clone(),
         base: spec.init_params(),
-        task: TrainTask {
+        task: Recipe {
             epochs: steps.div_ceil(per_epoch) as u32,
             lr: 0.05,
             batch_size: batch,

@@ -3,7 +3,7 @@
 pub use convoy_runtime::ConfigError;
 use convoy_runtime::config::{env_override, load_toml, resolve};
 pub use convoy_runtime::link::BrokerConfig;
-use convoy_shared::model::TaskKind;
+use convoy_shared::spec::TaskKind;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -5,7 +5,7 @@
 use crate::config::AgentConfig;
 use crate::error::AgentError;
 use convoy_shared::dataset::{Dataset, Table};
-use convoy_shared::model::ModelSpec;
+use convoy_shared::spec::ModelSpec;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -13,9 +13,9 @@
 //! version, never a torn mix.
 
 use convoy_runtime::fs::{FsError, sync_dir, write_atomic};
-use convoy_shared::messages::TrainTask;
-use convoy_shared::model::ModelSpec;
 use convoy_shared::params::ParamSet;
+use convoy_shared::spec::ModelSpec;
+use convoy_shared::spec::Recipe;
 use convoy_shared::version::{Manifest, VersionId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ pub struct StoredModel {
     /// Architecture and features.
     pub spec: ModelSpec,
     /// Training recipe it was published with.
-    pub task: TrainTask,
+    pub task: Recipe,
     /// Parameters.
     pub params: ParamSet,
 }

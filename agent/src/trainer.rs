@@ -3,9 +3,10 @@
 use crate::config::TrainingConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use convoy_shared::dataset::Dataset;
-use convoy_shared::messages::{TrainStats, TrainTask};
-use convoy_shared::model::{Mlp, ModelSpec};
+use convoy_shared::messages::TrainStats;
+use convoy_shared::model::{Mlp, to_tensors};
 use convoy_shared::params::ParamSet;
+use convoy_shared::spec::{ModelSpec, Recipe};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use std::sync::Arc;
@@ -47,7 +48,7 @@ pub struct Job {
     /// Starting parameters (the round's base).
     pub base: ParamSet,
     /// Recipe from the round.
-    pub task: TrainTask,
+    pub task: Recipe,
     /// Local data.
     pub data: Arc<Dataset>,
     /// Shuffling seed.
@@ -186,7 +187,7 @@ fn train_in_pool(
                     train_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
                 }));
             }
-            let (x, y) = job.data.batch(indices, &device);
+            let (x, y) = to_tensors(job.data.batch(indices), &device);
             let loss = model.loss(x, &y, &device);
             let value = loss.clone().into_scalar::<f32>();
             if !value.is_finite() {
@@ -220,7 +221,8 @@ mod tests {
     use super::*;
     use burn::prelude::Device;
     use convoy_shared::dataset::Table;
-    use convoy_shared::model::{TaskKind, evaluate};
+    use convoy_shared::eval::{Evaluation, evaluate};
+    use convoy_shared::spec::TaskKind;
 
     /// Trains on `rows` of (a, b, y) for `epochs`; returns the evaluations
     /// before and after, and the training result.
@@ -229,11 +231,7 @@ mod tests {
         task: TaskKind,
         epochs: u32,
         lr: f32,
-    ) -> (
-        convoy_shared::model::Evaluation,
-        convoy_shared::model::Evaluation,
-        Trained,
-    ) {
+    ) -> (Evaluation, Evaluation, Trained) {
         let mut csv = String::from("a,b,y\n");
         let mut rng = StdRng::seed_from_u64(2);
         for _ in 0..400 {
@@ -249,7 +247,7 @@ mod tests {
         let job = Job {
             spec: spec.clone(),
             base,
-            task: TrainTask {
+            task: Recipe {
                 epochs,
                 lr,
                 batch_size: 16,
@@ -315,7 +313,7 @@ mod tests {
         let job = Job {
             base: spec.init_params(),
             spec: spec.clone(),
-            task: TrainTask {
+            task: Recipe {
                 epochs: 3,
                 lr: 0.1,
                 batch_size: 16,
@@ -354,7 +352,7 @@ mod tests {
         let job = Job {
             base: spec.init_params(),
             spec: spec.clone(),
-            task: TrainTask {
+            task: Recipe {
                 epochs: 1,
                 lr: 0.1,
                 batch_size: 1,

@@ -3,8 +3,7 @@
 pub use convoy_runtime::ConfigError;
 use convoy_runtime::config::{env_override, load_toml, resolve};
 use convoy_runtime::link::{BrokerConfig, BrokerUrl};
-use convoy_shared::messages::TrainTask;
-use convoy_shared::model::TaskKind;
+use convoy_shared::spec::{Recipe, TaskKind};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -28,7 +27,7 @@ pub struct ServerConfig {
     pub model: ModelConfig,
     /// Local training recipe sent with every round.
     #[serde(default)]
-    pub training: TrainingRecipe,
+    pub training: Recipe,
     /// Server-side evaluation.
     #[serde(default)]
     pub eval: EvalConfig,
@@ -139,39 +138,6 @@ pub struct ModelConfig {
     /// Seed of the initial weights.
     #[serde(default = "default_seed")]
     pub init_seed: u64,
-}
-
-/// Recipe for local training.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainingRecipe {
-    /// Local epochs per round.
-    pub epochs: u32,
-    /// SGD learning rate.
-    pub lr: f32,
-    /// Mini-batch size.
-    pub batch_size: u32,
-}
-
-impl Default for TrainingRecipe {
-    fn default() -> Self {
-        Self {
-            epochs: 1,
-            lr: 0.05,
-            batch_size: 32,
-        }
-    }
-}
-
-impl TrainingRecipe {
-    /// As sent on the wire.
-    pub fn task(&self) -> TrainTask {
-        TrainTask {
-            epochs: self.epochs,
-            lr: self.lr,
-            batch_size: self.batch_size,
-        }
-    }
 }
 
 /// Server-side evaluation.
@@ -331,7 +297,7 @@ mod tests {
             toml::from_str(include_str!("../../systemd/server.example.toml")).unwrap();
         assert_eq!(c.rounds, RoundConfig::default());
         assert_eq!(c.broker, ServerBroker::default());
-        assert_eq!(c.training, TrainingRecipe::default());
+        assert_eq!(c.training, Recipe::default());
         c.validate().unwrap();
     }
 

@@ -11,15 +11,11 @@ pub mod broker;
 pub mod config;
 pub mod coordinator;
 #[cfg(feature = "tools")]
-pub mod demo;
-#[cfg(feature = "tools")]
 pub mod deploy;
-#[cfg(feature = "tools")]
-pub mod fleet;
 pub mod report;
-#[cfg(feature = "tools")]
-pub mod simulate;
 pub mod store;
+#[cfg(feature = "tools")]
+pub mod tools;
 
 use crate::config::ServerConfig;
 use crate::coordinator::{Coordinator, Input, Output};
@@ -28,7 +24,7 @@ use convoy_runtime::clock::{SharedClock, SystemClock};
 use convoy_runtime::link::{self, LinkClient, Session};
 use convoy_runtime::process::Systemd;
 use convoy_shared::dataset::{Dataset, Table};
-use convoy_shared::model::ModelSpec;
+use convoy_shared::spec::ModelSpec;
 use convoy_shared::version;
 use std::path::Path;
 use std::sync::Arc;
@@ -168,7 +164,7 @@ pub async fn run_prepared(
             "rounds left open by an earlier run marked abandoned"
         );
     }
-    let task = config.training.task();
+    let task = config.training.clone();
     let current = match store.latest_version()? {
         Some(hex) => {
             let v = store.load_version(&hex)?;
@@ -191,7 +187,7 @@ pub async fn run_prepared(
                 params,
             };
             let eval = match &test {
-                Some(t) => convoy_shared::model::evaluate(
+                Some(t) => convoy_shared::eval::evaluate(
                     &spec,
                     &v.params,
                     t,

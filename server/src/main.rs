@@ -29,10 +29,10 @@ enum Command {
     },
     /// Run a demo fleet (server, embedded broker, agents) on the bundled digits data.
     #[cfg(feature = "tools")]
-    Demo(convoy_server::demo::DemoOptions),
+    Demo(convoy_server::tools::demo::DemoOptions),
     /// Simulate a fleet on a partitioned data set through the real server and broker.
     #[cfg(feature = "tools")]
-    Simulate(convoy_server::simulate::SimOptions),
+    Simulate(convoy_server::tools::simulate::SimOptions),
     /// Install the agent on boards over SSH from an inventory, verify it came
     /// up and roll back when it did not; prints a per-board result table.
     #[cfg(feature = "tools")]
@@ -98,12 +98,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         #[cfg(feature = "tools")]
         Command::Demo(options) => {
-            until_signal(|shutdown| convoy_server::demo::run(options, shutdown))?;
+            until_signal(|shutdown| convoy_server::tools::demo::run(options, shutdown))?;
             Ok(())
         }
         #[cfg(feature = "tools")]
         Command::Simulate(options) => {
-            until_signal(|shutdown| convoy_server::simulate::run(options, shutdown))?;
+            until_signal(|shutdown| convoy_server::tools::simulate::run(options, shutdown))?;
             Ok(())
         }
         #[cfg(feature = "tools")]

@@ -2,9 +2,9 @@
 //! and rejections; model blobs as content-named files beside the database.
 
 use convoy_runtime::fs::write_atomic;
-use convoy_shared::messages::TrainTask;
-use convoy_shared::model::ModelSpec;
 use convoy_shared::params::ParamSet;
+use convoy_shared::spec::ModelSpec;
+use convoy_shared::spec::Recipe;
 use convoy_shared::version::{self, Manifest, VersionId};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -39,7 +39,7 @@ pub struct StoredVersion {
     /// Architecture, features, normalisation.
     pub spec: ModelSpec,
     /// Training recipe.
-    pub task: TrainTask,
+    pub task: Recipe,
     /// Weights.
     pub params: ParamSet,
 }
@@ -271,7 +271,7 @@ impl Store {
     pub fn save_version(
         &self,
         v: &StoredVersion,
-        eval: Option<&convoy_shared::model::Evaluation>,
+        eval: Option<&convoy_shared::eval::Evaluation>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let hex = version::hex(&v.manifest.version);

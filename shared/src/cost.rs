@@ -2,7 +2,7 @@
 //! can put prediction beside measurement.
 
 use crate::codec::{Pipeline, Sparsify};
-use crate::model::ModelSpec;
+use crate::spec::ModelSpec;
 use serde::{Deserialize, Serialize};
 
 /// FLOPs of training `samples` for `epochs` epochs: forward is 2 FLOPs per

@@ -4,12 +4,55 @@
 //! CSVs order columns differently still feed the same model. A feature the
 //! CSV lacks is imputed with its mean (zero after normalisation) and
 //! reported, so a fleet with uneven sensors can still train together.
-//! Readers are passed in; this module opens no files.
+//! Readers are passed in; this module opens no files, and it hands out
+//! plain numbers: turning them into tensors is the model's business.
 
-use crate::model::{ModelSpec, Targets, TaskKind};
-use burn::prelude::*;
+use crate::spec::{ModelSpec, TaskKind};
 use std::io::Read;
 use thiserror::Error;
+
+/// Training targets of a batch or a dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Targets {
+    /// Class indices.
+    Classes(Vec<u32>),
+    /// Regression values.
+    Values(Vec<f32>),
+}
+
+impl Targets {
+    /// Number of targets.
+    pub fn len(&self) -> usize {
+        match self {
+            Targets::Classes(c) => c.len(),
+            Targets::Values(v) => v.len(),
+        }
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The targets at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Targets {
+        match self {
+            Targets::Classes(c) => Targets::Classes(indices.iter().map(|i| c[*i]).collect()),
+            Targets::Values(v) => Targets::Values(indices.iter().map(|i| v[*i]).collect()),
+        }
+    }
+}
+
+/// Some rows of a dataset: row-major features and their targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// `dims` normalised features per row, row after row.
+    pub features: Vec<f32>,
+    /// Features per row.
+    pub dims: usize,
+    /// One target per row.
+    pub targets: Targets,
+}
 
 /// Why a CSV could not become a dataset.
 #[derive(Debug, Error)]
@@ -403,14 +446,17 @@ impl Dataset {
         &self.targets
     }
 
-    /// The rows at `indices` as a tensor on `device`, with their targets.
-    pub fn batch(&self, indices: &[usize], device: &Device) -> (Tensor<2>, Targets) {
-        let mut x = Vec::with_capacity(indices.len() * self.dims);
+    /// The rows at `indices`, in that order.
+    pub fn batch(&self, indices: &[usize]) -> Batch {
+        let mut features = Vec::with_capacity(indices.len() * self.dims);
         for &i in indices {
-            x.extend_from_slice(&self.features[i * self.dims..(i + 1) * self.dims]);
+            features.extend_from_slice(&self.features[i * self.dims..(i + 1) * self.dims]);
         }
-        let x = Tensor::<2>::from_data(TensorData::new(x, [indices.len(), self.dims]), device);
-        (x, self.targets.select(indices))
+        Batch {
+            features,
+            dims: self.dims,
+            targets: self.targets.select(indices),
+        }
     }
 }
 

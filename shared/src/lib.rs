@@ -1,18 +1,20 @@
 //! convoy's pure core: everything the agent and the server must agree on.
 //!
 //! No I/O and no async runtime live here: the wire format, topic names,
-//! update codecs, the flat parameter layout, the burn model, model version
-//! hashing and the cost model are plain types and functions, tested with
-//! plain unit and property tests.
+//! update codecs, the flat parameter layout, the model spec and recipe, the
+//! burn model and its evaluation, CSV datasets, model version hashing and
+//! the cost model are plain types and functions, tested with plain unit and
+//! property tests.
 
 pub mod chunk;
 pub mod codec;
 pub mod cost;
 pub mod dataset;
-pub mod idx;
+pub mod eval;
 pub mod messages;
 pub mod model;
 pub mod params;
+pub mod spec;
 pub mod topics;
 pub mod version;
 pub mod wire;

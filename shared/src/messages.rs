@@ -1,7 +1,7 @@
 //! The message bodies carried inside [`crate::wire`] envelopes.
 
 use crate::chunk::ChunkPos;
-use crate::model::ModelSpec;
+use crate::spec::{ModelSpec, Recipe};
 use crate::version::{Manifest, VersionId};
 use heapless::String as HString;
 use serde::{Deserialize, Serialize};
@@ -17,17 +17,6 @@ pub fn id(s: &str) -> Option<Id> {
         .flatten()
 }
 
-/// The local training recipe of a round.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainTask {
-    /// Passes over the local data.
-    pub epochs: u32,
-    /// SGD learning rate.
-    pub lr: f32,
-    /// Mini-batch size.
-    pub batch_size: u32,
-}
-
 /// Round announcement, retained on `convoy/v1/<fleet>/round`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Announce {
@@ -38,7 +27,7 @@ pub struct Announce {
     /// Model architecture, features and normalisation.
     pub spec: ModelSpec,
     /// Local training recipe.
-    pub task: TrainTask,
+    pub task: Recipe,
     /// Codec for updates this round.
     pub codec: String,
     /// Codec of the model delta agents holding the previous version can fetch.

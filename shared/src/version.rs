@@ -5,9 +5,8 @@
 //! commits to both, and an agent that fetched every chunk can check it holds
 //! exactly the announced model.
 
-use crate::messages::TrainTask;
-use crate::model::ModelSpec;
 use crate::params::ParamSet;
+use crate::spec::{ModelSpec, Recipe};
 use serde::{Deserialize, Serialize};
 
 /// A version id: 32-byte BLAKE3 root.
@@ -30,11 +29,11 @@ pub struct Manifest {
 }
 
 /// Hash of everything besides the weights that defines a model.
-pub fn spec_hash(spec: &ModelSpec, task: &TrainTask) -> [u8; 32] {
+pub fn spec_hash(spec: &ModelSpec, recipe: &Recipe) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(b"convoy-spec-v1");
     h.update(&postcard::to_allocvec(spec).unwrap_or_default());
-    h.update(&postcard::to_allocvec(task).unwrap_or_default());
+    h.update(&postcard::to_allocvec(recipe).unwrap_or_default());
     *h.finalize().as_bytes()
 }
 
@@ -91,8 +90,8 @@ pub fn manifest(params_bytes: &[u8], spec_hash: [u8; 32]) -> Manifest {
 }
 
 /// Convenience: manifest of a parameter set under a spec and recipe.
-pub fn manifest_of(params: &ParamSet, spec: &ModelSpec, task: &TrainTask) -> Manifest {
-    manifest(&params.canonical_bytes(), spec_hash(spec, task))
+pub fn manifest_of(params: &ParamSet, spec: &ModelSpec, recipe: &Recipe) -> Manifest {
+    manifest(&params.canonical_bytes(), spec_hash(spec, recipe))
 }
 
 /// Lower-case hex of a version id.
@@ -123,5 +122,31 @@ mod tests {
         // only the touched chunk differs: the rest can be reused
         assert_eq!(a.chunks[..2], b.chunks[..2]);
         assert_eq!(hex(&a.version).len(), 64);
+    }
+
+    /// Ids stored in ledgers and announced on the wire must stay the same
+    /// across refactors: this one was computed by an earlier release.
+    #[test]
+    fn version_id_is_stable() {
+        let spec = ModelSpec {
+            task: crate::spec::TaskKind::Classification,
+            features: vec!["speed".into(), "rpm".into(), "temp".into()],
+            norm_mean: vec![50.0, 2000.0, 80.0],
+            norm_std: vec![10.0, 500.0, 5.0],
+            label: "fault".into(),
+            classes: vec!["no".into(), "yes".into()],
+            hidden: vec![4],
+            init_seed: 7,
+        };
+        let recipe = Recipe {
+            epochs: 2,
+            lr: 0.05,
+            batch_size: 16,
+        };
+        let id = manifest_of(&spec.init_params(), &spec, &recipe).version;
+        assert_eq!(
+            hex(&id),
+            "2e0f20c23c38c1008020d491ee2def5155455ba95392304779ca1288f417a4b8"
+        );
     }
 }

@@ -6,16 +6,18 @@ pub use convoy_agent::backend;
 pub use convoy_agent::config::{AgentConfig, Backend};
 pub use convoy_agent::state::{PendingUpdate, StateDir};
 pub use convoy_server::config::ServerConfig;
-pub use convoy_server::demo::DEFAULT_CODEC;
 pub use convoy_server::store::{ClientRow, RoundRow, Store};
-pub use convoy_server::{RunSummary, ServerError, deploy, report, simulate};
+pub use convoy_server::tools::demo::DEFAULT_CODEC;
+pub use convoy_server::tools::idx;
+pub use convoy_server::tools::{partition, simulate};
+pub use convoy_server::{RunSummary, ServerError, deploy, report};
 pub use convoy_shared::chunk::ChunkPos;
 pub use convoy_shared::codec::Pipeline;
-pub use convoy_shared::idx;
+pub use convoy_shared::dataset::Targets;
 pub use convoy_shared::messages::{
     self, AgentState, Announce, Status, TrainStats, UpdateBody, UpdateChunk,
 };
-pub use convoy_shared::model::{Targets, TaskKind};
 pub use convoy_shared::params::ParamSet;
+pub use convoy_shared::spec::TaskKind;
 pub use convoy_shared::topics::{self, ClientTopic};
 pub use convoy_shared::wire::{self, Kind};

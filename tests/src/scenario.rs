@@ -5,9 +5,10 @@ use crate::api::{AgentConfig, ServerConfig};
 use anyhow::Context;
 use convoy_agent::config::{DataConfig, Faults, TrainingConfig};
 use convoy_runtime::link::BrokerConfig;
-use convoy_server::config::{EvalConfig, ModelConfig, RoundConfig, ServerBroker, TrainingRecipe};
+use convoy_server::config::{EvalConfig, ModelConfig, RoundConfig, ServerBroker};
 use convoy_shared::dataset::Table;
-use convoy_shared::model::TaskKind;
+use convoy_shared::spec::Recipe;
+use convoy_shared::spec::TaskKind;
 use std::path::PathBuf;
 
 /// Largest MQTT packet every broker, server and client in the tests allows.
@@ -31,20 +32,21 @@ impl Scenario {
         use rand::SeedableRng;
         use rand::seq::SliceRandom;
         let dir = tempfile::tempdir()?;
-        let table = Table::read(convoy_server::demo::DIGITS_CSV.as_bytes())?;
+        let table = Table::read(convoy_server::tools::digits::DIGITS_CSV.as_bytes())?;
         let mut order: Vec<usize> = (0..table.len()).collect();
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
         let (test, train) = order.split_at(table.len() / 5);
         let test_csv = dir.path().join("test.csv");
-        convoy_server::demo::write_rows(&test_csv, &table, test)?;
+        convoy_server::tools::csv_file::write_rows(&test_csv, &table, test)?;
         let label = table.column("digit").context("digit column")?;
         let labels: Vec<String> = train.iter().map(|i| table.text(*i, label)).collect();
-        let parts = convoy_server::demo::dirichlet_split(&labels, clients, 0.5, seed, 20);
+        let parts =
+            convoy_server::tools::partition::dirichlet_split(&labels, clients, 0.5, seed, 20);
         let mut client_csvs = Vec::new();
         for (i, part) in parts.iter().enumerate() {
             let path = dir.path().join(format!("client-{i}.csv"));
             let rows: Vec<usize> = part.iter().map(|p| train[*p]).collect();
-            convoy_server::demo::write_rows(&path, &table, &rows)?;
+            convoy_server::tools::csv_file::write_rows(&path, &table, &rows)?;
             client_csvs.push(path);
         }
         Ok(Self {
@@ -85,7 +87,7 @@ impl Scenario {
                 hidden: vec![32],
                 init_seed: 7,
             },
-            training: TrainingRecipe {
+            training: Recipe {
                 epochs: 1,
                 lr: 0.05,
                 batch_size: 16,

@@ -1,6 +1,7 @@
 //! The fleet simulator and the compressed paths both ways, end to end.
 
-use convoy_tests::api::simulate::{self, Partition, SimDataset, SimOptions, Transport, run};
+use convoy_tests::api::partition::{self, Partition};
+use convoy_tests::api::simulate::{SimDataset, SimOptions, Transport, run};
 use tokio_util::sync::CancellationToken;
 
 fn options(out: &std::path::Path, codec: &str, downlink: &str) -> SimOptions {
@@ -142,7 +143,7 @@ fn partitions_cover_every_row_once() {
     use convoy_tests::api::Targets;
     let targets = Targets::Classes((0..1000).map(|i| (i % 10) as u32).collect());
     for scheme in [Partition::Iid, Partition::Dirichlet, Partition::Quantity] {
-        let parts = simulate::partition(&targets, 7, scheme, 0.3, 1);
+        let parts = partition::partition(&targets, 7, scheme, 0.3, 1);
         assert_eq!(parts.len(), 7);
         let mut all: Vec<usize> = parts.concat();
         all.sort_unstable();

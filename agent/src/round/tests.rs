@@ -8,10 +8,10 @@ use convoy_runtime::clock::{Clock, ManualClock};
 use convoy_shared::chunk::ChunkPos;
 use convoy_shared::dataset::Table;
 use convoy_shared::messages::{
-    self, FetchRequest, ModelChunk, ModelPart, Status, TrainTask, UpdateAck, UpdateChunk,
+    self, FetchRequest, ModelChunk, ModelPart, Status, UpdateAck, UpdateChunk,
 };
-use convoy_shared::model::{ModelSpec, TaskKind};
 use convoy_shared::params::ParamSet;
+use convoy_shared::spec::{ModelSpec, Recipe, TaskKind};
 use convoy_shared::version::{self, MODEL_CHUNK_SIZE};
 use convoy_shared::wire::{self, Kind};
 
@@ -23,7 +23,7 @@ struct Rig {
     dir: tempfile::TempDir,
     clock: Arc<ManualClock>,
     spec: ModelSpec,
-    task: TrainTask,
+    task: Recipe,
     agent: Agent,
 }
 
@@ -66,7 +66,7 @@ fn rig_with(tweak: impl FnOnce(&mut AgentConfig)) -> Rig {
     let spec = table
         .derive_spec("y", TaskKind::Classification, vec![4], 3)
         .unwrap();
-    let task = TrainTask {
+    let task = Recipe {
         epochs: 1,
         lr: 0.1,
         batch_size: 8,
@@ -181,7 +181,7 @@ fn message(topic: &str, payload: Vec<u8>) -> Input {
     }
 }
 
-fn published<'a>(actions: &'a [Action], kind: ClientTopic) -> Vec<&'a [u8]> {
+fn published(actions: &[Action], kind: ClientTopic) -> Vec<&[u8]> {
     let topic = topics::client(FLEET, kind, ME);
     actions
         .iter()

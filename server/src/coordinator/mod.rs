@@ -30,9 +30,10 @@ use convoy_runtime::clock::SharedClock;
 use convoy_runtime::link::{LinkEvent, Outgoing};
 use convoy_shared::codec::{self, Pipeline};
 use convoy_shared::dataset::Dataset;
+use convoy_shared::eval::Evaluation;
 use convoy_shared::messages::Announce;
-use convoy_shared::model::{Evaluation, ModelSpec};
 use convoy_shared::params::ParamSet;
+use convoy_shared::spec::ModelSpec;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::version::VersionId;
 use convoy_shared::wire::{self, Kind, mqtt_publish_wire_len};
@@ -99,7 +100,7 @@ pub struct EvalRequest {
 impl EvalRequest {
     /// Runs the evaluation (CPU-bound: call it off the async runtime).
     pub fn run(&self) -> Option<Evaluation> {
-        convoy_shared::model::evaluate(
+        convoy_shared::eval::evaluate(
             &self.spec,
             &self.params,
             &self.test,

@@ -10,8 +10,8 @@ use crate::store::{ClientRow, RoundRow, StoredVersion};
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk::Reassembler;
 use convoy_shared::codec::{Pipeline, Sparsify};
+use convoy_shared::eval::Evaluation;
 use convoy_shared::messages::{self, Announce};
-use convoy_shared::model::Evaluation;
 
 use convoy_shared::topics;
 use convoy_shared::version;
@@ -116,7 +116,7 @@ impl Coordinator {
             round,
             manifest: self.current.manifest.clone(),
             spec: self.spec.clone(),
-            task: self.config.training.task(),
+            task: self.config.training.clone(),
             codec: codec_name.clone(),
             downlink_codec: self.downlink.name(),
             deadline_ms: now_ms.saturating_add(deadline.as_millis() as u64),

@@ -10,7 +10,7 @@ use convoy_shared::dataset::Table;
 use convoy_shared::messages::{
     AgentState, FetchRequest, ModelChunk, Status, TrainStats, UpdateAck, UpdateBody, UpdateChunk,
 };
-use convoy_shared::model::TaskKind;
+use convoy_shared::spec::TaskKind;
 use convoy_shared::version;
 use std::time::Duration;
 
@@ -58,7 +58,7 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
         .derive_spec("y", TaskKind::Classification, vec![4], 1)
         .unwrap();
     let store = Store::open(&config.db).unwrap();
-    let task = config.training.task();
+    let task = config.training.clone();
     let params = spec.init_params();
     let current = StoredVersion {
         round: 0,

@@ -47,6 +47,8 @@ pub struct DeployOptions {
     pub parallel: usize,
     /// Deployment label written into each agent's config and expected back
     /// in its status [default: deploy-<unix seconds>].
+    // clap prints this text verbatim in --help, so it stays plain, not HTML.
+    #[allow(rustdoc::invalid_html_tags)]
     #[arg(long)]
     pub label: Option<String>,
 }

@@ -7,7 +7,7 @@ use crate::{Prepared, RunSummary};
 use convoy_agent::LocalData;
 use convoy_agent::config::{AgentConfig, DataConfig, Faults, TrainingConfig};
 use convoy_runtime::link::{BrokerConfig, BrokerUrl};
-use convoy_shared::model::TaskKind;
+use convoy_shared::spec::TaskKind;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 

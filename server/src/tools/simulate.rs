@@ -2,35 +2,25 @@
 //! partitioned data set, through the real server code path and the real
 //! embedded broker, writing per-round CSV/JSON and a summary.
 
+use super::digits::DIGITS_CSV;
+use super::partition::{Partition, partition};
+use super::{fleet, idx};
 use crate::Prepared;
-use crate::config::{RoundConfig, ServerConfig, TrainingRecipe};
+use crate::config::{RoundConfig, ServerConfig};
 use crate::report::human_bytes;
 use crate::store::RoundRow;
 use anyhow::Context;
 use convoy_agent::LocalData;
 use convoy_shared::dataset::{Dataset, Table};
-use convoy_shared::idx;
-use convoy_shared::model::{ModelSpec, Targets, TaskKind};
+use convoy_shared::spec::{ModelSpec, Recipe, TaskKind};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
-use rand_distr::{Distribution, Gamma};
 use serde::Serialize;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// How the training rows are spread over clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Partition {
-    /// Shuffled, equal shares.
-    Iid,
-    /// Label skew: each class spread by Dirichlet(alpha).
-    Dirichlet,
-    /// Quantity skew: client sizes by Dirichlet(alpha), labels mixed.
-    Quantity,
-}
 
 /// How the simulated fleet talks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -242,7 +232,7 @@ fn load(options: &SimOptions) -> anyhow::Result<(ModelSpec, Dataset, Dataset)> {
             ))
         }
         SimDataset::Digits => {
-            let table = Table::read(crate::demo::DIGITS_CSV.as_bytes())?;
+            let table = Table::read(DIGITS_CSV.as_bytes())?;
             let spec = table.derive_spec(
                 "digit",
                 TaskKind::Classification,
@@ -254,57 +244,6 @@ fn load(options: &SimOptions) -> anyhow::Result<(ModelSpec, Dataset, Dataset)> {
             order.shuffle(&mut StdRng::seed_from_u64(options.seed));
             let (test, train) = order.split_at(all.len() / 5);
             Ok((spec, all.subset(train), all.subset(test)))
-        }
-    }
-}
-
-/// Row indices per client.
-pub fn partition(
-    targets: &Targets,
-    clients: usize,
-    scheme: Partition,
-    alpha: f64,
-    seed: u64,
-) -> Vec<Vec<usize>> {
-    let n = targets.len();
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    match scheme {
-        Partition::Iid => {
-            let mut order: Vec<usize> = (0..n).collect();
-            order.shuffle(&mut rng);
-            (0..clients)
-                .map(|c| order.iter().skip(c).step_by(clients).copied().collect())
-                .collect()
-        }
-        Partition::Dirichlet => {
-            let labels: Vec<String> = match targets {
-                Targets::Classes(c) => c.iter().map(|c| c.to_string()).collect(),
-                Targets::Values(v) => v.iter().map(|_| String::new()).collect(),
-            };
-            crate::demo::dirichlet_split(&labels, clients, alpha, seed, 10)
-        }
-        Partition::Quantity => {
-            let gamma = Gamma::new(alpha.max(1e-3), 1.0).expect("alpha clamped positive");
-            let weights: Vec<f64> = (0..clients)
-                .map(|_| gamma.sample(&mut rng) + 1e-9)
-                .collect();
-            let total: f64 = weights.iter().sum();
-            let min = 10.min(n / clients.max(1));
-            let spare = n - min * clients;
-            let mut order: Vec<usize> = (0..n).collect();
-            order.shuffle(&mut rng);
-            let mut parts = Vec::new();
-            let mut start = 0;
-            for (c, w) in weights.iter().enumerate() {
-                let len = if c + 1 == clients {
-                    n - start
-                } else {
-                    min + (w / total * spare as f64) as usize
-                };
-                parts.push(order[start..(start + len).min(n)].to_vec());
-                start = (start + len).min(n);
-            }
-            parts
         }
     }
 }
@@ -350,7 +289,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     let _ = std::fs::remove_dir_all(&state);
 
     let url = match options.transport {
-        Transport::Mqtt => crate::fleet::local_broker().await?,
+        Transport::Mqtt => fleet::local_broker().await?,
         // a fresh name per run: several simulations may share a process
         Transport::Memory => convoy_runtime::link::BrokerUrl::Memory(format!(
             "sim-{}-{}",
@@ -361,7 +300,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     let server = ServerConfig {
         fleet: "sim".into(),
         db,
-        broker: crate::fleet::server_broker(&url),
+        broker: fleet::server_broker(&url),
         rounds: RoundConfig {
             total: options.rounds,
             min_clients: options.clients,
@@ -383,7 +322,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             hidden: spec.hidden.clone(),
             init_seed: spec.init_seed,
         },
-        training: TrainingRecipe {
+        training: Recipe {
             epochs: options.epochs,
             lr: options.lr,
             batch_size: options.batch_size,
@@ -396,12 +335,12 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         .enumerate()
         .map(|(i, rows)| {
             let id = format!("sim-{i:03}");
-            let config = crate::fleet::agent_config(
+            let config = fleet::agent_config(
                 "sim",
                 &id,
                 &url,
                 state.join(&id),
-                crate::fleet::prepared_data_config(&spec.label),
+                fleet::prepared_data_config(&spec.label),
             );
             (
                 config,
@@ -416,7 +355,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     let started = Instant::now();
     let (mut up, mut down) = (0u64, 0u64);
     let (progress, total) = (options.progress, options.rounds);
-    let (rows, _) = crate::fleet::run(server, Some(prepared), agents, shutdown, |row| {
+    let (rows, _) = fleet::run(server, Some(prepared), agents, shutdown, |row| {
         up += row.bytes_up;
         down += row.bytes_down;
         if progress {

@@ -1,26 +1,27 @@
 //! `convoy-server demo`: a whole fleet in one process, on real data.
 //!
-//! The digits data set (vendored under `data/digits`, embedded here) is
-//! split into a held-out test set for the server and a non-IID partition
-//! across the vehicles (Dirichlet label skew, fixed seed). An embedded broker,
-//! the server and the agents then run the configured rounds over real MQTT
-//! on 127.0.0.1, and each round prints a line as it closes.
+//! The digits data set ([`super::digits`]) is split into a held-out test set
+//! for the server and a non-IID partition across the vehicles (Dirichlet
+//! label skew, fixed seed). An embedded broker, the server and the agents
+//! then run the configured rounds over real MQTT on 127.0.0.1, and each
+//! round prints a line as it closes.
 
-use crate::config::{EvalConfig, ModelConfig, RoundConfig, ServerConfig, TrainingRecipe};
+use super::csv_file::write_rows;
+use super::digits::DIGITS_CSV;
+use super::fleet;
+use super::partition::dirichlet_split;
+use crate::config::{EvalConfig, ModelConfig, RoundConfig, ServerConfig};
 use crate::report::{human_bytes, round_line};
 use crate::store::RoundRow;
 use convoy_agent::config::DataConfig;
-use convoy_shared::dataset::Table;
-use convoy_shared::model::TaskKind;
+use convoy_shared::dataset::{Dataset, Table};
+use convoy_shared::eval::evaluate;
+use convoy_shared::spec::{Recipe, TaskKind};
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng, rngs::StdRng};
-use rand_distr::{Distribution, Gamma};
+use rand::{SeedableRng, rngs::StdRng};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-/// The digits CSV (see `data/digits/README.md` for provenance).
-pub const DIGITS_CSV: &str = include_str!("../../data/digits/digits.csv");
 
 /// The demo's uplink codec: top 10 % of each tensor at 8 bits, zstd, with
 /// error feedback on the vehicles.
@@ -87,74 +88,6 @@ pub struct DemoReport {
     pub client_rows: Vec<usize>,
 }
 
-/// Splits row indices by label with a Dirichlet(alpha) share per client.
-/// Every client gets at least `min_rows` (redrawn until so, then topped up).
-pub fn dirichlet_split(
-    labels: &[String],
-    clients: usize,
-    alpha: f64,
-    seed: u64,
-    min_rows: usize,
-) -> Vec<Vec<usize>> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut classes: Vec<&String> = labels.iter().collect();
-    classes.sort();
-    classes.dedup();
-    let gamma = Gamma::new(alpha.max(1e-3), 1.0).expect("alpha clamped positive");
-    let mut parts = vec![Vec::new(); clients];
-    for attempt in 0..100 {
-        parts = vec![Vec::new(); clients];
-        for class in &classes {
-            let mut rows: Vec<usize> = (0..labels.len())
-                .filter(|i| &labels[*i] == *class)
-                .collect();
-            rows.shuffle(&mut rng);
-            let weights: Vec<f64> = (0..clients)
-                .map(|_| gamma.sample(&mut rng) + 1e-12)
-                .collect();
-            let total: f64 = weights.iter().sum();
-            let mut start = 0;
-            let mut acc = 0.0;
-            for (c, w) in weights.iter().enumerate() {
-                acc += w / total;
-                let end = if c + 1 == clients {
-                    rows.len()
-                } else {
-                    (acc * rows.len() as f64).round() as usize
-                };
-                parts[c].extend_from_slice(&rows[start..end.max(start)]);
-                start = end.max(start);
-            }
-        }
-        if parts.iter().all(|p| p.len() >= min_rows) || attempt == 99 {
-            break;
-        }
-    }
-    // top up starved clients from the largest ones so nobody has nothing
-    for c in 0..clients {
-        while parts[c].len() < min_rows {
-            let donor = (0..clients).max_by_key(|i| parts[*i].len()).unwrap_or(0);
-            if donor == c || parts[donor].len() <= min_rows {
-                break;
-            }
-            let pick = rng.random_range(0..parts[donor].len());
-            let row = parts[donor].remove(pick);
-            parts[c].push(row);
-        }
-    }
-    parts
-}
-
-/// Writes the given rows of `table` as a CSV with its header.
-pub fn write_rows(path: &Path, table: &Table, rows: &[usize]) -> std::io::Result<()> {
-    let mut w = csv::Writer::from_path(path)?;
-    w.write_record(&table.headers)?;
-    for row in rows {
-        w.write_record(table.row(*row))?;
-    }
-    w.flush()
-}
-
 /// Runs the demo fleet; prints one line per round when `verbose`.
 pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<DemoReport> {
     anyhow::ensure!(options.clients >= 1, "--clients must be at least 1");
@@ -209,12 +142,12 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         20,
     );
 
-    let url = crate::fleet::local_broker().await?;
+    let url = fleet::local_broker().await?;
 
     let server_config = ServerConfig {
         fleet: "demo".into(),
         db: options.db.clone(),
-        broker: crate::fleet::server_broker(&url),
+        broker: fleet::server_broker(&url),
         rounds: RoundConfig {
             total: options.rounds,
             min_clients: options.clients,
@@ -235,7 +168,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             hidden: options.hidden.clone(),
             init_seed: options.seed,
         },
-        training: TrainingRecipe {
+        training: Recipe {
             epochs: options.epochs,
             lr: options.lr,
             batch_size: options.batch_size,
@@ -246,8 +179,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     };
     server_config.validate()?;
     let spec = crate::spec_from_config(&server_config)?;
-    let test = convoy_shared::dataset::Dataset::from_csv(std::fs::File::open(&test_path)?, &spec)?;
-    let initial_accuracy = convoy_shared::model::evaluate(
+    let test = Dataset::from_csv(std::fs::File::open(&test_path)?, &spec)?;
+    let initial_accuracy = evaluate(
         &spec,
         &spec.init_params(),
         &test,
@@ -270,10 +203,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             task: TaskKind::Classification,
         };
         let state = work.join(format!("{id}.state"));
-        agents.push((
-            crate::fleet::agent_config("demo", &id, &url, state, data),
-            None,
-        ));
+        agents.push((fleet::agent_config("demo", &id, &url, state, data), None));
     }
     if options.verbose {
         println!(
@@ -294,7 +224,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
 
     let started = Instant::now();
     let verbose = options.verbose;
-    let (rounds, summary) = crate::fleet::run(server_config, None, agents, shutdown, |row| {
+    let (rounds, summary) = fleet::run(server_config, None, agents, shutdown, |row| {
         if verbose {
             println!("{}", round_line(row));
         }
