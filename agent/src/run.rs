@@ -55,21 +55,21 @@ pub async fn run_with_data(
     tokio::task::spawn_blocking(move || backend::explain(backend));
 
     let tracker = TaskTracker::new();
-    let link_stop = CancellationToken::new();
+    let watch_stop = CancellationToken::new();
     let mut agent = Agent::new(config.clone(), state, data, clock);
     let offline = agent.offline_status();
     let session = Session {
         client_id: config.client_id.clone(),
         subscriptions: agent.subscriptions(),
-        will: Some(offline.clone()),
+        will: offline.clone(),
     };
-    let mut link = link::open(&config.broker, session, &tracker, link_stop.clone());
+    let mut link = link::open(&config.broker, session);
     let (condition_tx, mut conditions) = mpsc::channel(4);
     if config.policy.has_condition() {
         tracker.spawn(watch_condition(
             config.policy.clone(),
             condition_tx,
-            link_stop.clone(),
+            watch_stop.clone(),
         ));
     }
     let mut systemd = Systemd::new();
@@ -133,9 +133,9 @@ pub async fn run_with_data(
     systemd.stopping();
     agent.cancel_training();
     // A clean goodbye replaces the retained status; the will covers crashes.
-    link.client.publish_all([offline]).await;
-    let _ = link.client.disconnect().await;
-    link_stop.cancel();
+    link.client.publish_all(offline).await;
+    link.close().await;
+    watch_stop.cancel();
     tracker.close();
     tracker.wait().await;
     tracing::info!("agent stopped");

@@ -4,7 +4,7 @@
 use crate::config::AgentConfig;
 use convoy_shared::codec;
 use convoy_shared::messages::{self, AgentState, Status};
-use convoy_shared::wire::{self, Kind};
+use convoy_shared::wire::{self, Kind, WireError};
 
 /// An encoded status message.
 pub fn payload(
@@ -13,7 +13,7 @@ pub fn payload(
     round: u64,
     samples: usize,
     detail: &str,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, WireError> {
     // Ids were validated with the config, so they always fit.
     let status = Status {
         client: messages::id(&config.client_id).unwrap_or_default(),

@@ -32,7 +32,6 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use coordinator::RejectionCounts;
 
@@ -53,6 +52,9 @@ pub enum ServerError {
         /// what is wrong
         message: String,
     },
+    /// A message could not be serialised (a bug).
+    #[error(transparent)]
+    Wire(#[from] convoy_shared::wire::WireError),
     /// Embedded broker.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
@@ -211,8 +213,6 @@ pub async fn run_prepared(
         broker.url = Some(convoy_runtime::link::BrokerUrl::tcp(addr));
     }
 
-    let tracker = TaskTracker::new();
-    let link_stop = CancellationToken::new();
     let clock: SharedClock = Arc::new(SystemClock);
     tracing::info!(fleet = %config.fleet, broker = %broker.url_or_local(), db = %config.db.display(), "server running");
     let client_id = config.broker.client_id.clone();
@@ -222,7 +222,7 @@ pub async fn run_prepared(
         subscriptions: coordinator.subscriptions(),
         will: None,
     };
-    let mut link = link::open(&broker, session, &tracker, link_stop.clone());
+    let mut link = link::open(&broker, session);
     let mut systemd = Systemd::new();
     systemd.ready("coordinating rounds");
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -247,10 +247,7 @@ pub async fn run_prepared(
         }
     };
     systemd.stopping();
-    let _ = link.client.disconnect().await;
-    link_stop.cancel();
-    tracker.close();
-    tracker.wait().await;
+    link.close().await;
     result.map(|()| RunSummary {
         rejections: coordinator.rejections().clone(),
         final_version: version::hex(&coordinator.current().manifest.version),

@@ -114,6 +114,9 @@ pub enum WireError {
     /// The body did not decode.
     #[error("malformed body: {0}")]
     Body(String),
+    /// The message could not be serialised (a bug, never the peer's fault).
+    #[error("cannot serialise message: {0}")]
+    Encode(String),
 }
 
 impl WireError {
@@ -127,15 +130,15 @@ impl WireError {
             WireError::Oversized { .. } => "oversized",
             WireError::BadCrc { .. } => "bad_crc",
             WireError::Body(_) => "malformed",
+            WireError::Encode(_) => "unencodable",
         }
     }
 }
 
 /// Wraps `message` in an envelope of the given kind.
-pub fn encode<T: Serialize>(kind: Kind, message: &T) -> Vec<u8> {
-    // postcard into a Vec cannot fail for the plain data types used here.
-    let body = postcard::to_allocvec(message).unwrap_or_default();
-    encode_raw(kind, &body)
+pub fn encode<T: Serialize>(kind: Kind, message: &T) -> Result<Vec<u8>, WireError> {
+    let body = postcard::to_allocvec(message).map_err(|e| WireError::Encode(e.to_string()))?;
+    Ok(encode_raw(kind, &body))
 }
 
 /// Wraps already serialised body bytes in an envelope.
@@ -239,7 +242,8 @@ mod tests {
                 b: vec![1, 2, 3],
                 c: "x".into(),
             },
-        );
+        )
+        .unwrap();
         assert!(decode::<Sample>(&good, Kind::Status, 1024).is_ok());
 
         assert_eq!(open(&good[..10], 1024).unwrap_err().reason(), "truncated");
@@ -278,7 +282,7 @@ mod tests {
         #[test]
         fn round_trips(a in any::<u64>(), b in proptest::collection::vec(any::<u8>(), 0..512), c in ".{0,40}") {
             let msg = Sample { a, b, c };
-            let bytes = encode(Kind::UpdateChunk, &msg);
+            let bytes = encode(Kind::UpdateChunk, &msg).unwrap();
             prop_assert_eq!(decode::<Sample>(&bytes, Kind::UpdateChunk, 4096).unwrap(), msg);
         }
 

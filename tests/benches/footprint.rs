@@ -83,7 +83,7 @@ async fn measure(
             s.model.hidden = vec![128];
             s.eval.test_csv = Some(test_csv.to_path_buf());
             s.training.batch_size = 32;
-            s.rounds.codec = DEFAULT_CODEC.into();
+            s.rounds.codec = DEFAULT_CODEC.parse().expect("the demo codec parses");
             s.rounds.deadline_secs = 600;
         })
         .agent(0, |a| {

@@ -6,6 +6,7 @@ use anyhow::Context;
 use convoy_agent::config::{DataConfig, Faults, TrainingConfig};
 use convoy_runtime::link::BrokerConfig;
 use convoy_server::config::{EvalConfig, ModelConfig, RoundConfig, ServerBroker};
+use convoy_shared::codec::Pipeline;
 use convoy_shared::dataset::Table;
 use convoy_shared::spec::Recipe;
 use convoy_shared::spec::TaskKind;
@@ -77,7 +78,7 @@ impl Scenario {
                 min_clients,
                 min_reports: 1,
                 deadline_secs: 30,
-                codec: "fp32".into(),
+                codec: Pipeline::FP32,
                 ..Default::default()
             },
             model: ModelConfig {

@@ -37,8 +37,12 @@ impl FakeVehicle {
             deployment: heapless::String::new(),
         };
         let status_topic = fleet.topic(ClientTopic::Status, id);
-        link.publish(&status_topic, wire::encode(Kind::Status, &status), true)
-            .await?;
+        link.publish(
+            &status_topic,
+            wire::encode(Kind::Status, &status).expect("test messages encode"),
+            true,
+        )
+        .await?;
         link.flush().await?;
         Ok(Self {
             id: id.into(),
@@ -66,7 +70,7 @@ impl FakeVehicle {
             pos,
             data,
         };
-        wire::encode(Kind::UpdateChunk, &message)
+        wire::encode(Kind::UpdateChunk, &message).expect("test messages encode")
     }
 
     /// A whole one-sample update for `announce`'s round in a single chunk,

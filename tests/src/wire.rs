@@ -197,7 +197,7 @@ mod tests {
             },
             data: vec![1, 2, 3],
         };
-        wire::encode(Kind::UpdateChunk, &chunk)
+        wire::encode(Kind::UpdateChunk, &chunk).expect("test messages encode")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

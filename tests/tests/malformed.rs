@@ -109,7 +109,7 @@ async fn malformed_updates_are_counted_and_the_round_completes() -> anyhow::Resu
 async fn vehicles_lacking_a_codec_stage_are_never_selected() -> anyhow::Result<()> {
     init_tracing();
     let mut fleet = Fleet::digits("codec_stages", 2, 16)?
-        .server(|c| c.rounds.codec = "topk:0.2+q8+zstd".into())
+        .server(|c| c.rounds.codec = "topk:0.2+q8+zstd".parse().unwrap())
         .hold_agents()
         .start()
         .await?;

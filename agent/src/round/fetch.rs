@@ -92,11 +92,12 @@ impl Agent {
             chunks: missing,
             have: fetch.held.as_ref().map(|(v, _)| *v),
         };
-        let payload = wire::encode(Kind::FetchRequest, &request);
-        out.push(Action::Publish(Outgoing::new(
-            self.topics.fetch.as_str(),
-            payload,
-        )));
+        if let Some(payload) = super::encoded(wire::encode(Kind::FetchRequest, &request)) {
+            out.push(Action::Publish(Outgoing::new(
+                self.topics.fetch.as_str(),
+                payload,
+            )));
+        }
     }
 
     pub(super) fn on_model_chunk(

@@ -25,7 +25,6 @@ use crate::error::AgentError;
 use crate::policy::Policy;
 use crate::state::{StateDir, StoredModel};
 use crate::status;
-use bytes::Bytes;
 use convoy_runtime::clock::SharedClock;
 use convoy_runtime::link::{LinkEvent, Outgoing};
 use convoy_shared::codec::Pipeline;
@@ -44,15 +43,8 @@ pub use train::{Finished, TrainOrder, TrainingDone};
 /// What the machine reacts to.
 #[derive(Debug)]
 pub enum Input {
-    /// The link (re)connected and renewed its subscriptions.
-    Connected,
-    /// A message arrived.
-    Message {
-        /// Topic.
-        topic: String,
-        /// Payload.
-        payload: Bytes,
-    },
+    /// The link (re)connected, or a message arrived.
+    Link(LinkEvent),
     /// Periodic: policy, receipts and stalled fetches are checked.
     Tick,
     /// The vehicle's training condition was checked.
@@ -63,10 +55,7 @@ pub enum Input {
 
 impl From<LinkEvent> for Input {
     fn from(event: LinkEvent) -> Self {
-        match event {
-            LinkEvent::Connected => Input::Connected,
-            LinkEvent::Message { topic, payload, .. } => Input::Message { topic, payload },
-        }
+        Input::Link(event)
     }
 }
 
@@ -142,6 +131,14 @@ impl Round {
             Round::Training { .. } => "training",
         }
     }
+}
+
+/// An encoded message, or `None` with the reason logged: serialising plain
+/// data cannot fail, so this is a bug report, never a silent empty payload.
+fn encoded(payload: Result<Vec<u8>, convoy_shared::wire::WireError>) -> Option<Vec<u8>> {
+    payload
+        .map_err(|e| tracing::error!(error = %e, "message not sent"))
+        .ok()
 }
 
 /// An update sent and awaiting the server's receipt.
@@ -226,17 +223,16 @@ impl Agent {
 
     /// The status the broker publishes if this agent vanishes, and the one
     /// it publishes itself when it stops.
-    pub fn offline_status(&self) -> Outgoing {
-        Outgoing::retained(
-            self.topics.status.as_str(),
-            status::payload(
-                &self.config,
-                AgentState::Offline,
-                0,
-                self.data.rows(),
-                "offline",
-            ),
-        )
+    pub fn offline_status(&self) -> Option<Outgoing> {
+        let payload = status::payload(
+            &self.config,
+            AgentState::Offline,
+            0,
+            self.data.rows(),
+            "offline",
+        );
+        let payload = encoded(payload)?;
+        Some(Outgoing::retained(self.topics.status.as_str(), payload))
     }
 
     /// Where the round in hand stands.
@@ -260,8 +256,10 @@ impl Agent {
     pub fn handle(&mut self, input: Input) -> Result<Vec<Action>, AgentError> {
         let mut out = Vec::new();
         match input {
-            Input::Connected => self.on_connected(&mut out)?,
-            Input::Message { topic, payload } => self.on_message(&topic, &payload, &mut out)?,
+            Input::Link(LinkEvent::Connected) => self.on_connected(&mut out)?,
+            Input::Link(LinkEvent::Message { topic, payload, .. }) => {
+                self.on_message(&topic, &payload, &mut out)?
+            }
             Input::Tick => self.on_tick(&mut out)?,
             Input::Condition(ok) => {
                 self.policy.observe(ok, self.clock.instant());
@@ -308,10 +306,12 @@ impl Agent {
 
     fn status(&self, out: &mut Vec<Action>, state: AgentState, round: u64, detail: &str) {
         let payload = status::payload(&self.config, state, round, self.data.rows(), detail);
-        self.publish(
-            out,
-            Outgoing::retained(self.topics.status.as_str(), payload),
-        );
+        if let Some(payload) = encoded(payload) {
+            self.publish(
+                out,
+                Outgoing::retained(self.topics.status.as_str(), payload),
+            );
+        }
     }
 
     fn now_ms(&self) -> u64 {

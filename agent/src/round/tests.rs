@@ -111,7 +111,7 @@ impl Rig {
         };
         message(
             topics::round(FLEET).as_str(),
-            wire::encode(Kind::Announce, &announce),
+            wire::encode(Kind::Announce, &announce).unwrap(),
         )
     }
 
@@ -157,7 +157,7 @@ impl Rig {
         };
         message(
             topics::client(FLEET, ClientTopic::Ack, ME).as_str(),
-            wire::encode(Kind::UpdateAck, &ack),
+            wire::encode(Kind::UpdateAck, &ack).unwrap(),
         )
     }
 
@@ -169,16 +169,17 @@ impl Rig {
         };
         message(
             topics::client(FLEET, ClientTopic::Model, ME).as_str(),
-            wire::encode(Kind::ModelChunk, &chunk),
+            wire::encode(Kind::ModelChunk, &chunk).unwrap(),
         )
     }
 }
 
 fn message(topic: &str, payload: Vec<u8>) -> Input {
-    Input::Message {
+    Input::Link(LinkEvent::Message {
         topic: topic.to_string(),
         payload: payload.into(),
-    }
+        retain: false,
+    })
 }
 
 fn published(actions: &[Action], kind: ClientTopic) -> Vec<&[u8]> {
@@ -347,7 +348,7 @@ fn a_restarted_agent_resends_its_stored_update_once() {
     // power cut before the receipt: a new process over the same state dir
     let table = Table::read(csv().as_bytes()).unwrap();
     rig.agent = restart(&config(rig.dir.path()), &rig.clock, &table);
-    let actions = rig.handle(Input::Connected);
+    let actions = rig.handle(Input::Link(LinkEvent::Connected));
     assert_eq!(update_chunks(&actions).len(), sent, "re-sent on connect");
     // the retained announcement of the same round comes right after
     let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));

@@ -16,7 +16,7 @@ pub fn update_messages(pending: &PendingUpdate, client: &str, topic: &str) -> Ve
     // The id was validated with the config, so it always fits.
     let client = messages::id(client).unwrap_or_default();
     chunk::split(&pending.body, pending.chunk_size as usize)
-        .map(|(pos, data)| {
+        .filter_map(|(pos, data)| {
             let message = UpdateChunk {
                 client: client.clone(),
                 round: pending.round,
@@ -24,7 +24,8 @@ pub fn update_messages(pending: &PendingUpdate, client: &str, topic: &str) -> Ve
                 pos,
                 data: data.to_vec(),
             };
-            Outgoing::new(topic, wire::encode(Kind::UpdateChunk, &message))
+            let payload = super::encoded(wire::encode(Kind::UpdateChunk, &message))?;
+            Some(Outgoing::new(topic, payload))
         })
         .collect()
 }

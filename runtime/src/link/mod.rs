@@ -88,6 +88,26 @@ pub struct Link {
     pub client: LinkClient,
     /// Incoming events.
     pub events: Events,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Link {
+    /// Disconnects cleanly (no last will) and waits for the pump to end,
+    /// after a short grace period in which queued publishes still leave.
+    pub async fn close(self) {
+        let _ = self.client.disconnect().await;
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // A link dropped without `close` still stops its pump.
+        self.stop.cancel();
+    }
 }
 
 /// Publishes over MQTT, or in memory (`memory://` URLs).
@@ -166,15 +186,11 @@ impl Events {
 }
 
 /// Connects `session` to the broker `config` names: an MQTT broker, or the
-/// in-process one for `memory://<name>`. The MQTT event-loop pump runs on
-/// `tracker` and stops on `shutdown` (after a short grace period so a final
-/// DISCONNECT can leave).
-pub fn open(
-    config: &BrokerConfig,
-    session: Session,
-    tracker: &TaskTracker,
-    shutdown: CancellationToken,
-) -> Link {
+/// in-process one for `memory://<name>`. The MQTT event-loop pump runs as a
+/// task of its own until [`Link::close`] (or the link is dropped).
+pub fn open(config: &BrokerConfig, session: Session) -> Link {
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
     match config.url_or_local() {
         BrokerUrl::Memory(name) => {
             let (client, events) = memory::broker(&name).connect(&session.client_id);
@@ -184,10 +200,18 @@ pub fn open(
             Link {
                 client: LinkClient::Memory(client),
                 events: Events::Memory(events),
+                stop,
+                tasks,
             }
         }
         BrokerUrl::Tcp { host, port } => {
-            mqtt::open(config, &host, port, session, tracker, shutdown)
+            let (client, events) = mqtt::open(config, &host, port, session, &tasks, stop.clone());
+            Link {
+                client,
+                events,
+                stop,
+                tasks,
+            }
         }
     }
 }

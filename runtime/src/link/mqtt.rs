@@ -2,7 +2,7 @@
 //! renews subscriptions on every connect and hands incoming messages over a
 //! bounded channel.
 
-use super::{BrokerConfig, Events, Link, LinkClient, LinkEvent, QOS, Session};
+use super::{BrokerConfig, Events, LinkClient, LinkEvent, QOS, Session};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -16,7 +16,7 @@ pub(super) fn open(
     session: Session,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
-) -> Link {
+) -> (LinkClient, Events) {
     let mut opts = MqttOptions::new(session.client_id.clone(), host, port);
     opts.set_keep_alive(config.keep_alive());
     opts.set_max_packet_size(config.max_packet_size, config.max_packet_size);
@@ -37,10 +37,7 @@ pub(super) fn open(
         tx,
         shutdown,
     ));
-    Link {
-        client: LinkClient::Mqtt(client),
-        events: Events::Mqtt(events),
-    }
+    (LinkClient::Mqtt(client), Events::Mqtt(events))
 }
 
 async fn pump(

@@ -3,7 +3,7 @@
 
 use super::{Coordinator, Output};
 use crate::ServerError;
-use crate::store::ClientRow;
+use crate::store::{ClientRow, ClientStatus};
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk::{Progress, Reassembler};
 use convoy_shared::cost;
@@ -100,10 +100,10 @@ impl Coordinator {
             reason: reason.to_string(),
         };
         let topic = topics::client(&self.config.fleet, ClientTopic::Ack, client);
-        out.push(Output::Publish(Outgoing::new(
-            topic.as_str(),
-            wire::encode(Kind::UpdateAck, &ack),
-        )));
+        match wire::encode(Kind::UpdateAck, &ack) {
+            Ok(payload) => out.push(Output::Publish(Outgoing::new(topic.as_str(), payload))),
+            Err(e) => tracing::error!(client, error = %e, "receipt not sent"),
+        }
     }
 
     pub(super) fn on_update(
@@ -149,7 +149,7 @@ impl Coordinator {
         let Some(row) = r.rows.get_mut(client) else {
             return Ok(());
         };
-        if row.status == "accepted" {
+        if row.status == ClientStatus::Accepted {
             // A re-send of an update already counted: recognised, not counted.
             row.retries += 1;
             if chunk.pos.index == 0 {
@@ -209,9 +209,9 @@ impl Coordinator {
             self.reject(current, Some(client), &Rejection::WrongRound(chunk.round));
             return Ok(());
         }
-        match self.store.client_status(chunk.round, client)?.as_deref() {
+        match self.store.client_status(chunk.round, client)? {
             // The receipt was lost: confirm again, count nothing.
-            Some("accepted") => {
+            Some(ClientStatus::Accepted) => {
                 if chunk.pos.index == 0 {
                     self.ack(client, chunk.round, true, "", out);
                 }
@@ -279,7 +279,7 @@ impl Coordinator {
                 self.ack(client, round, true, "", out);
             }
             Err(why) => {
-                row.status = "rejected".into();
+                row.status = ClientStatus::Rejected;
                 row.reason = Some(why.reason().to_string());
                 self.reject(Some(round), Some(client), &why);
                 self.ack(client, round, false, &why.to_string(), out);
@@ -326,7 +326,7 @@ impl Coordinator {
 
 /// Copies what an accepted update reports into its ledger row.
 fn fill_accepted(row: &mut ClientRow, update: &UpdateBody, bytes: u64, decode_seconds: f64) {
-    row.status = "accepted".into();
+    row.status = ClientStatus::Accepted;
     row.samples = update.samples;
     row.bytes_up = bytes;
     row.train_seconds = update.stats.train_seconds;

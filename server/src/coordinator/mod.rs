@@ -25,10 +25,9 @@ pub use ingest::Rejection;
 use crate::ServerError;
 use crate::config::ServerConfig;
 use crate::store::{RoundRow, Store, StoredVersion};
-use bytes::Bytes;
 use convoy_runtime::clock::SharedClock;
 use convoy_runtime::link::{LinkEvent, Outgoing};
-use convoy_shared::codec::{self, Pipeline};
+use convoy_shared::codec::Pipeline;
 use convoy_shared::dataset::Dataset;
 use convoy_shared::eval::Evaluation;
 use convoy_shared::messages::Announce;
@@ -48,15 +47,8 @@ pub type RejectionCounts = BTreeMap<String, u64>;
 /// What the coordinator reacts to.
 #[derive(Debug)]
 pub enum Input {
-    /// The link (re)connected and renewed its subscriptions.
-    Connected,
-    /// A message arrived.
-    Message {
-        /// Topic.
-        topic: String,
-        /// Payload.
-        payload: Bytes,
-    },
+    /// The link (re)connected, or a message arrived.
+    Link(LinkEvent),
     /// Periodic: rounds open and close.
     Tick,
     /// The evaluation asked for by [`Output::Evaluate`] finished (`None`: it
@@ -66,10 +58,7 @@ pub enum Input {
 
 impl From<LinkEvent> for Input {
     fn from(event: LinkEvent) -> Self {
-        match event {
-            LinkEvent::Connected => Input::Connected,
-            LinkEvent::Message { topic, payload, .. } => Input::Message { topic, payload },
-        }
+        Input::Link(event)
     }
 }
 
@@ -147,10 +136,8 @@ impl Coordinator {
         current: StoredVersion,
     ) -> Result<Self, ServerError> {
         let next_round = store.next_round()?;
-        let base_codec =
-            codec::by_name(&config.rounds.codec).map_err(|e| ServerError::Config(e.to_string()))?;
-        let downlink = codec::by_name(&config.rounds.downlink_codec)
-            .map_err(|e| ServerError::Config(e.to_string()))?;
+        let base_codec = config.rounds.codec;
+        let downlink = config.rounds.downlink_codec;
         Ok(Self {
             base_codec,
             downlink,
@@ -209,17 +196,19 @@ impl Coordinator {
     pub fn handle(&mut self, input: Input) -> Result<Vec<Output>, ServerError> {
         let mut out = Vec::new();
         match input {
-            Input::Connected => {
+            Input::Link(LinkEvent::Connected) => {
                 // The retained announcement may have been lost with the broker.
                 if let Some(r) = &self.round {
-                    let payload = wire::encode(Kind::Announce, &r.announce);
+                    let payload = wire::encode(Kind::Announce, &r.announce)?;
                     out.push(Output::Publish(Outgoing::retained(
                         topics::round(&self.config.fleet).as_str(),
                         payload,
                     )));
                 }
             }
-            Input::Message { topic, payload } => self.on_message(&topic, &payload, &mut out)?,
+            Input::Link(LinkEvent::Message { topic, payload, .. }) => {
+                self.on_message(&topic, &payload, &mut out)?
+            }
             Input::Tick => self.tick(&mut out)?,
             Input::Evaluated(eval) => self.on_evaluated(eval, &mut out)?,
         }

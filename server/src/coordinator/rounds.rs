@@ -6,7 +6,7 @@
 use super::{Coordinator, EvalRequest, Output};
 use crate::ServerError;
 use crate::aggregator::PartialSum;
-use crate::store::{ClientRow, RoundRow, StoredVersion};
+use crate::store::{ClientRow, ClientStatus, RoundRow, RoundStatus, StoredVersion};
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk::Reassembler;
 use convoy_shared::codec::{Pipeline, Sparsify};
@@ -61,10 +61,11 @@ impl Coordinator {
             Some(r) => {
                 // A rejected client may still send a good update, so only
                 // acceptance from everyone closes a round before its deadline.
-                let all_in = r
-                    .selected
-                    .iter()
-                    .all(|c| r.rows.get(c).is_some_and(|row| row.status == "accepted"));
+                let all_in = r.selected.iter().all(|c| {
+                    r.rows
+                        .get(c)
+                        .is_some_and(|row| row.status == ClientStatus::Accepted)
+                });
                 if all_in || self.clock.instant() >= r.deadline {
                     self.close_round(out)?;
                 }
@@ -132,7 +133,7 @@ impl Coordinator {
                 let row = ClientRow {
                     round,
                     client: c.clone(),
-                    status: "dropped".into(),
+                    status: ClientStatus::Dropped,
                     codec: codec_name.clone(),
                     ..Default::default()
                 };
@@ -140,7 +141,7 @@ impl Coordinator {
             })
             .collect();
         tracing::info!(round, selected = selected.len(), eligible = eligible.len(), base = %version::short(&announce.base_version()), "round opened");
-        let payload = wire::encode(Kind::Announce, &announce);
+        let payload = wire::encode(Kind::Announce, &announce)?;
         let now = self.clock.instant();
         self.round = Some(OpenRound {
             codec,
@@ -184,7 +185,7 @@ impl Coordinator {
                 needed = self.config.rounds.min_reports,
                 "round failed: too few updates; model unchanged"
             );
-            row.status = "failed".into();
+            row.status = RoundStatus::Failed;
             return self.finish(row, clients, out);
         };
         let (params, delta) = self.publishable(round, target);
@@ -233,7 +234,7 @@ impl Coordinator {
         };
         self.store
             .save_version(&next, eval.as_ref(), self.now_ms())?;
-        row.status = "finished".into();
+        row.status = RoundStatus::Finished;
         row.model_version = Some(version::hex(&next.manifest.version));
         row.eval_loss = eval.map(|e| e.loss);
         row.accuracy = eval.and_then(|e| e.accuracy);
@@ -272,12 +273,16 @@ impl Coordinator {
 
 /// The round's ledger row from its vehicles' rows.
 fn round_totals(r: &OpenRound, downlink_codec: &str) -> RoundRow {
-    let accepted: Vec<&ClientRow> = r.rows.values().filter(|c| c.status == "accepted").collect();
+    let accepted: Vec<&ClientRow> = r
+        .rows
+        .values()
+        .filter(|c| c.status == ClientStatus::Accepted)
+        .collect();
     let samples: u64 = accepted.iter().map(|c| c.samples).sum();
     let all = || r.rows.values().chain(std::iter::once(&r.unselected_down));
     RoundRow {
         round: r.announce.round,
-        status: "failed".into(),
+        status: RoundStatus::Failed,
         base_version: version::hex(&r.announce.base_version()),
         codec: r.announce.codec.clone(),
         clients_selected: r.selected.len() as u64,

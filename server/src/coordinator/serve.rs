@@ -35,7 +35,13 @@ impl Coordinator {
         let topic = topics::client(&self.config.fleet, ClientTopic::Model, client);
         let (mut bytes, mut wire_bytes, mut chunks) = (0u64, 0u64, 0u64);
         for message in messages {
-            let payload = wire::encode(Kind::ModelChunk, &message);
+            let payload = match wire::encode(Kind::ModelChunk, &message) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(client, error = %e, "model chunk not sent");
+                    continue;
+                }
+            };
             bytes += payload.len() as u64;
             wire_bytes += mqtt_publish_wire_len(topic.len(), payload.len(), 1);
             chunks += 1;

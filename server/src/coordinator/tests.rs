@@ -3,8 +3,10 @@
 
 use super::*;
 use crate::config::{ModelConfig, RoundConfig, ServerConfig};
+use crate::store::ClientStatus;
 use convoy_runtime::clock::{Clock, ManualClock};
 use convoy_shared::chunk;
+use convoy_shared::codec;
 use convoy_shared::codec::STAGES;
 use convoy_shared::dataset::Table;
 use convoy_shared::messages::{
@@ -84,10 +86,11 @@ fn rig() -> Rig {
 }
 
 fn message(topic: &str, payload: Vec<u8>) -> Input {
-    Input::Message {
+    Input::Link(LinkEvent::Message {
         topic: topic.to_string(),
         payload: payload.into(),
-    }
+        retain: false,
+    })
 }
 
 fn status(client: &str, state: AgentState, codecs: &[&str]) -> Input {
@@ -106,7 +109,7 @@ fn status(client: &str, state: AgentState, codecs: &[&str]) -> Input {
     };
     message(
         topics::client(FLEET, ClientTopic::Status, client).as_str(),
-        wire::encode(Kind::Status, &status),
+        wire::encode(Kind::Status, &status).unwrap(),
     )
 }
 
@@ -174,7 +177,7 @@ impl Rig {
                     pos,
                     data: data.to_vec(),
                 };
-                message(topic.as_str(), wire::encode(Kind::UpdateChunk, &c))
+                message(topic.as_str(), wire::encode(Kind::UpdateChunk, &c).unwrap())
             })
             .collect()
     }
@@ -245,7 +248,7 @@ fn a_round_opens_once_enough_vehicles_are_online() {
 
 #[test]
 fn vehicles_lacking_a_codec_stage_are_not_selected() {
-    let mut rig = rig_with(|c| c.rounds.codec = "topk:0.1+q8".into(), false);
+    let mut rig = rig_with(|c| c.rounds.codec = "topk:0.1+q8".parse().unwrap(), false);
     rig.online(&["car-1", "car-2"]);
     rig.handle(status("old-car", AgentState::Idle, &["fp32"]));
     let a = announces(&rig.handle(Input::Tick)).remove(0);
@@ -294,7 +297,7 @@ fn updates_from_everyone_close_the_round_before_its_deadline() {
     assert!(
         ledger
             .iter()
-            .all(|c| c.status == "accepted" && c.flops == 1234)
+            .all(|c| c.status == ClientStatus::Accepted && c.flops == 1234)
     );
     assert!(
         ledger.iter().all(|c| c.flops_predicted > 0),
@@ -396,7 +399,7 @@ fn updates_for_another_round_base_or_client_are_rejected_with_their_reason() {
     assert!(rig.rejected("wrong_base") > 0);
     // a chunk on car-1's topic that claims to be car-2's
     let mut forged = rig.update("car-2", 0.0, 5).remove(0);
-    if let Input::Message { topic, .. } = &mut forged {
+    if let Input::Link(LinkEvent::Message { topic, .. }) = &mut forged {
         *topic = topics::client(FLEET, ClientTopic::Update, "car-1")
             .as_str()
             .into();
@@ -457,7 +460,7 @@ fn fetches_get_the_missing_chunks_and_unselected_fetchers_get_no_ledger_row() {
         let topic = topics::client(FLEET, ClientTopic::Fetch, client);
         let out = rig.handle(message(
             topic.as_str(),
-            wire::encode(Kind::FetchRequest, &request),
+            wire::encode(Kind::FetchRequest, &request).unwrap(),
         ));
         let model = topics::client(FLEET, ClientTopic::Model, client);
         let chunks: Vec<ModelChunk> = out
@@ -479,7 +482,7 @@ fn fetches_get_the_missing_chunks_and_unselected_fetchers_get_no_ledger_row() {
     assert!(
         rig.handle(message(
             topic.as_str(),
-            wire::encode(Kind::FetchRequest, &stale)
+            wire::encode(Kind::FetchRequest, &stale).unwrap()
         ))
         .is_empty()
     );
@@ -532,7 +535,7 @@ fn a_server_side_evaluation_runs_before_the_round_is_recorded() {
 fn a_reconnect_republishes_the_open_round() {
     let mut rig = rig();
     let a = rig.open(&["car-1", "car-2"]);
-    let out = rig.handle(Input::Connected);
+    let out = rig.handle(Input::Link(LinkEvent::Connected));
     assert_eq!(announces(&out), vec![a]);
 }
 
@@ -540,7 +543,7 @@ fn a_reconnect_republishes_the_open_round() {
 fn the_next_round_opens_after_the_last_one_closed_and_warm_up_narrows_the_codec() {
     let mut rig = rig_with(
         |c| {
-            c.rounds.codec = "topk:0.01".into();
+            c.rounds.codec = "topk:0.01".parse().unwrap();
             c.rounds.codec_warmup_rounds = 2;
         },
         false,

@@ -9,8 +9,6 @@ use convoy_shared::wire::{self, Kind};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Runs `script` on the board through `sh -c`; the output, or why it failed.
 pub(super) async fn ssh(
@@ -86,16 +84,13 @@ pub(super) async fn wait_status(
         max_packet_size: 1024 * 1024,
         ..BrokerConfig::at(url)
     };
-    let tracker = TaskTracker::new();
-    let stop = CancellationToken::new();
-    let _guard = stop.clone().drop_guard();
     let topic = topics::client(fleet, topics::ClientTopic::Status, &board.client_id);
     let session = Session {
         client_id: format!("convoy-deploy-{}", std::process::id()),
         subscriptions: vec![topic.as_str().to_string()],
         will: None,
     };
-    let mut link = link::open(&config, session, &tracker, stop.clone());
+    let mut link = link::open(&config, session);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(board.verify_timeout_secs);
     loop {
         let event = tokio::time::timeout_at(deadline, link.events.recv())

@@ -14,6 +14,7 @@ use crate::config::{EvalConfig, ModelConfig, RoundConfig, ServerConfig};
 use crate::report::{human_bytes, round_line};
 use crate::store::RoundRow;
 use convoy_agent::config::DataConfig;
+use convoy_shared::codec::Pipeline;
 use convoy_shared::dataset::{Dataset, Table};
 use convoy_shared::eval::evaluate;
 use convoy_shared::spec::{Recipe, TaskKind};
@@ -51,10 +52,10 @@ pub struct DemoOptions {
     pub db: PathBuf,
     /// Update codec pipeline (e.g. fp32, q8+zstd, topk:0.1+q8+zstd).
     #[arg(long, default_value = DEFAULT_CODEC)]
-    pub codec: String,
+    pub codec: Pipeline,
     /// Codec of the model deltas sent to the vehicles (fp32: full models).
     #[arg(long, default_value = DEFAULT_DOWNLINK)]
-    pub downlink_codec: String,
+    pub downlink_codec: Pipeline,
     /// Server learning rate on the averaged update.
     #[arg(long, default_value_t = DEFAULT_SERVER_LR)]
     pub server_lr: f64,
@@ -154,8 +155,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             min_reports: 1,
             sample_fraction: 1.0,
             deadline_secs: 60,
-            codec: options.codec.clone(),
-            downlink_codec: options.downlink_codec.clone(),
+            codec: options.codec,
+            downlink_codec: options.downlink_codec,
             server_lr: options.server_lr,
             keyframe_every: 0,
             seed: options.seed,

@@ -11,6 +11,7 @@ use crate::report::human_bytes;
 use crate::store::RoundRow;
 use anyhow::Context;
 use convoy_agent::LocalData;
+use convoy_shared::codec::Pipeline;
 use convoy_shared::dataset::{Dataset, Table};
 use convoy_shared::spec::{ModelSpec, Recipe, TaskKind};
 use rand::seq::SliceRandom;
@@ -66,10 +67,10 @@ pub struct SimOptions {
     pub seed: u64,
     /// Uplink codec pipeline, e.g. topk:0.01+q8+zstd.
     #[arg(long, default_value = "fp32")]
-    pub codec: String,
+    pub codec: Pipeline,
     /// Downlink (model delta) codec pipeline.
     #[arg(long, default_value = "fp32")]
-    pub downlink_codec: String,
+    pub downlink_codec: Pipeline,
     /// Exact keyframe every N rounds (0: never; late joiners still get full models).
     #[arg(long, default_value_t = 0)]
     pub keyframe_every: u64,
@@ -307,8 +308,8 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             min_reports: 1,
             sample_fraction: 1.0,
             deadline_secs: 600,
-            codec: options.codec.clone(),
-            downlink_codec: options.downlink_codec.clone(),
+            codec: options.codec,
+            downlink_codec: options.downlink_codec,
             keyframe_every: options.keyframe_every,
             codec_warmup_rounds: options.warmup_rounds,
             server_lr: options.server_lr,
@@ -372,12 +373,12 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         label: options
             .label
             .clone()
-            .unwrap_or_else(|| options.codec.clone()),
+            .unwrap_or_else(|| options.codec.to_string()),
         alpha: (options.partition != Partition::Iid).then_some(options.alpha),
         partition: format!("{:?}", options.partition).to_lowercase(),
         transport: format!("{:?}", options.transport).to_lowercase(),
-        codec: options.codec.clone(),
-        downlink_codec: options.downlink_codec.clone(),
+        codec: options.codec.to_string(),
+        downlink_codec: options.downlink_codec.to_string(),
         server_lr: options.server_lr,
         warmup_rounds: options.warmup_rounds,
         keyframe_every: options.keyframe_every,

@@ -95,6 +95,34 @@ pub struct Pipeline {
     pub entropy: Entropy,
 }
 
+impl std::str::FromStr for Pipeline {
+    type Err = CodecError;
+
+    fn from_str(spec: &str) -> Result<Self, CodecError> {
+        Pipeline::parse(spec)
+    }
+}
+
+impl std::fmt::Display for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+// Configs name pipelines by their spec, parsed once when the config loads.
+impl serde::Serialize for Pipeline {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Pipeline {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spec = String::deserialize(d)?;
+        Pipeline::parse(&spec).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Looks a codec up by its spec (see the module docs for the syntax).
 pub fn by_name(spec: &str) -> Result<Pipeline, CodecError> {
     Pipeline::parse(spec)

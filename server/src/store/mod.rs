@@ -1,0 +1,164 @@
+//! The server's state: SQLite for rounds, the per-client ledger, versions
+//! and rejections; model blobs as content-named files beside the database.
+
+//!
+//! | file | holds |
+//! |---|---|
+//! | `versions.rs` | published models: the blob files and their table |
+//! | `ledger.rs` | rounds, the per-vehicle ledger, rejections |
+//! | `rows.rs` | the row types and the one place each meets its columns |
+//! | `status.rs` | round and ledger statuses |
+
+mod ledger;
+mod rows;
+mod status;
+mod versions;
+
+#[cfg(test)]
+mod tests;
+
+pub use rows::{ClientRow, RoundRow};
+pub use status::{ClientStatus, RoundStatus};
+pub use versions::StoredVersion;
+
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Storage failures.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// SQLite.
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// Blob files.
+    #[error("model store {path}: {message}")]
+    Blob {
+        /// file
+        path: PathBuf,
+        /// what went wrong
+        message: String,
+    },
+}
+
+/// Handle on the database and blob folder.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    blobs: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS versions (
+    version TEXT PRIMARY KEY, round INTEGER NOT NULL, parent TEXT,
+    created_ms INTEGER NOT NULL, bytes INTEGER NOT NULL, blob TEXT NOT NULL,
+    eval_loss REAL, accuracy REAL, rmse REAL);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY, status TEXT NOT NULL, base_version TEXT NOT NULL,
+    model_version TEXT, codec TEXT NOT NULL,
+    clients_selected INTEGER NOT NULL DEFAULT 0, clients_reported INTEGER NOT NULL DEFAULT 0,
+    clients_late INTEGER NOT NULL DEFAULT 0,
+    bytes_up INTEGER NOT NULL DEFAULT 0, bytes_down INTEGER NOT NULL DEFAULT 0,
+    wire_bytes_up INTEGER NOT NULL DEFAULT 0, wire_bytes_down INTEGER NOT NULL DEFAULT 0,
+    bytes_up_raw INTEGER NOT NULL DEFAULT 0, bytes_up_predicted INTEGER NOT NULL DEFAULT 0,
+    bytes_down_raw INTEGER NOT NULL DEFAULT 0, downlink_codec TEXT NOT NULL DEFAULT 'fp32',
+    encode_seconds REAL NOT NULL DEFAULT 0, decode_seconds REAL NOT NULL DEFAULT 0,
+    train_seconds_sum REAL NOT NULL DEFAULT 0, train_seconds_max REAL NOT NULL DEFAULT 0,
+    samples INTEGER NOT NULL DEFAULT 0, steps INTEGER NOT NULL DEFAULT 0,
+    flops INTEGER NOT NULL DEFAULT 0, loss REAL, eval_loss REAL, accuracy REAL, rmse REAL,
+    started_ms INTEGER NOT NULL, finished_ms INTEGER);
+CREATE TABLE IF NOT EXISTS ledger (
+    round INTEGER NOT NULL, client TEXT NOT NULL, status TEXT NOT NULL,
+    samples INTEGER NOT NULL, bytes_up INTEGER NOT NULL, wire_bytes_up INTEGER NOT NULL,
+    chunks_up INTEGER NOT NULL, retries INTEGER NOT NULL, bytes_down INTEGER NOT NULL,
+    wire_bytes_down INTEGER NOT NULL, chunks_down INTEGER NOT NULL, train_seconds REAL NOT NULL,
+    steps INTEGER NOT NULL, epochs INTEGER NOT NULL, loss REAL, flops INTEGER NOT NULL,
+    bytes_up_predicted INTEGER NOT NULL, device TEXT NOT NULL, codec TEXT NOT NULL,
+    update_norm REAL, reason TEXT, bytes_up_raw INTEGER NOT NULL DEFAULT 0, residual_norm REAL,
+    encode_seconds REAL NOT NULL DEFAULT 0, decode_seconds REAL NOT NULL DEFAULT 0,
+    flops_predicted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (round, client));
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, round INTEGER, client TEXT,
+    reason TEXT NOT NULL, detail TEXT NOT NULL);
+";
+
+/// ISO-8601 UTC text for Unix milliseconds.
+pub fn iso8601(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // civil-from-days (H. Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+impl Store {
+    /// Opens or creates the database at `path` and its blob folder.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Blob {
+                path: dir.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
+        let blobs = PathBuf::from(format!("{}.models", path.display()));
+        std::fs::create_dir_all(&blobs).map_err(|e| StoreError::Blob {
+            path: blobs.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Self { conn, blobs })
+    }
+
+    /// Opens an existing database read-only (for `report`).
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Blob {
+                path: path.to_path_buf(),
+                message: "no such database; pass the --db a server or demo wrote".into(),
+            });
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let blobs = PathBuf::from(format!("{}.models", path.display()));
+        Ok(Self { conn, blobs })
+    }
+}
+
+/// Columns added after the first release, for databases created before them.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let has = |table: &str, column: &str| -> Result<bool, rusqlite::Error> {
+        let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for name in names {
+            if name? == column {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    if !has("ledger", "flops_predicted")? {
+        conn.execute_batch(
+            "ALTER TABLE ledger ADD COLUMN flops_predicted INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! The row types of `rounds` and `ledger`, and the one place each ledger
+//! row meets its columns.
+
+use super::StoreError;
+use super::status::{ClientStatus, RoundStatus};
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+/// One row of the per-round table (`report`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RoundRow {
+    /// Round number.
+    pub round: u64,
+    /// Where the round stands.
+    pub status: RoundStatus,
+    /// Base version (hex).
+    pub base_version: String,
+    /// Version published by the round (hex), if any.
+    pub model_version: Option<String>,
+    /// Update codec.
+    pub codec: String,
+    /// Clients asked to train.
+    pub clients_selected: u64,
+    /// Accepted updates.
+    pub clients_reported: u64,
+    /// Updates that came after the round closed.
+    pub clients_late: u64,
+    /// Update payload bytes received (accepted chunks, counted once).
+    pub bytes_up: u64,
+    /// Model payload bytes sent.
+    pub bytes_down: u64,
+    /// MQTT bytes received on update topics, framing and re-sends included.
+    pub wire_bytes_up: u64,
+    /// MQTT bytes sent on model topics, framing included.
+    pub wire_bytes_down: u64,
+    /// What the accepted updates would cost as dense fp32.
+    pub bytes_up_raw: u64,
+    /// What the models sent would cost as dense fp32.
+    pub bytes_down_raw: u64,
+    /// bytes_up_raw / bytes_up.
+    pub compression_up: Option<f64>,
+    /// Codec of the published model delta.
+    pub downlink_codec: String,
+    /// Agents' encoding seconds, summed.
+    pub encode_seconds: f64,
+    /// Server decoding seconds, summed.
+    pub decode_seconds: f64,
+    /// Cost model's prediction of `bytes_up`.
+    pub bytes_up_predicted: u64,
+    /// Sum of client training seconds.
+    pub train_seconds_sum: f64,
+    /// Slowest client's training seconds.
+    pub train_seconds_max: f64,
+    /// Training samples behind the aggregate.
+    pub samples: u64,
+    /// Optimiser steps across clients.
+    pub steps: u64,
+    /// Estimated training FLOPs across clients.
+    pub flops: u64,
+    /// Sample-weighted mean training loss reported by clients.
+    pub loss: Option<f64>,
+    /// Test loss of the published model.
+    pub eval_loss: Option<f64>,
+    /// Test accuracy (classification).
+    pub accuracy: Option<f64>,
+    /// Test RMSE (regression).
+    pub rmse: Option<f64>,
+    /// ISO-8601 UTC.
+    pub started_at: String,
+    /// ISO-8601 UTC.
+    pub finished_at: Option<String>,
+}
+
+/// One ledger row: a client in a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ClientRow {
+    /// Round.
+    pub round: u64,
+    /// Client id.
+    pub client: String,
+    /// What came of the vehicle.
+    pub status: ClientStatus,
+    /// Training samples.
+    pub samples: u64,
+    /// Accepted update payload bytes.
+    pub bytes_up: u64,
+    /// MQTT bytes on the update topic, re-sends included.
+    pub wire_bytes_up: u64,
+    /// Update chunks received (re-sends included).
+    pub chunks_up: u64,
+    /// Chunks that were re-sends of ones already held.
+    pub retries: u64,
+    /// Model payload bytes sent to it.
+    pub bytes_down: u64,
+    /// MQTT bytes sent to it.
+    pub wire_bytes_down: u64,
+    /// Model chunks sent to it.
+    pub chunks_down: u64,
+    /// Training seconds it reported.
+    pub train_seconds: f64,
+    /// Optimiser steps.
+    pub steps: u64,
+    /// Epochs.
+    pub epochs: u64,
+    /// Its training loss.
+    pub loss: Option<f64>,
+    /// Training FLOPs the vehicle reported.
+    pub flops: u64,
+    /// The cost model's FLOPs for its samples and epochs.
+    pub flops_predicted: u64,
+    /// Cost model's bytes_up prediction.
+    pub bytes_up_predicted: u64,
+    /// Training device.
+    pub device: String,
+    /// Codec.
+    pub codec: String,
+    /// L2 norm of its decoded update.
+    pub update_norm: Option<f64>,
+    /// What its update would cost as dense fp32.
+    pub bytes_up_raw: u64,
+    /// L2 norm of its error-feedback residual after encoding.
+    pub residual_norm: Option<f64>,
+    /// Its encoding seconds.
+    pub encode_seconds: f64,
+    /// Server decoding seconds of its update.
+    pub decode_seconds: f64,
+    /// Why refused, when refused.
+    pub reason: Option<String>,
+}
+
+/// The ledger's columns, in the order [`client_from_sql`] and
+/// [`insert_client`] use: the one place a ledger row meets its table.
+pub(super) const LEDGER_COLUMNS: &str = "round, client, status, samples, bytes_up, wire_bytes_up, chunks_up, retries, \
+    bytes_down, wire_bytes_down, chunks_down, train_seconds, steps, epochs, loss, flops, bytes_up_predicted, \
+    device, codec, update_norm, reason, bytes_up_raw, residual_norm, encode_seconds, decode_seconds, \
+    flops_predicted";
+
+pub(super) fn client_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRow> {
+    let count = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+    Ok(ClientRow {
+        round: count(0)?,
+        client: r.get(1)?,
+        status: r.get(2)?,
+        samples: count(3)?,
+        bytes_up: count(4)?,
+        wire_bytes_up: count(5)?,
+        chunks_up: count(6)?,
+        retries: count(7)?,
+        bytes_down: count(8)?,
+        wire_bytes_down: count(9)?,
+        chunks_down: count(10)?,
+        train_seconds: r.get(11)?,
+        steps: count(12)?,
+        epochs: count(13)?,
+        loss: r.get(14)?,
+        flops: count(15)?,
+        bytes_up_predicted: count(16)?,
+        device: r.get(17)?,
+        codec: r.get(18)?,
+        update_norm: r.get(19)?,
+        reason: r.get(20)?,
+        bytes_up_raw: count(21)?,
+        residual_norm: r.get(22)?,
+        encode_seconds: r.get(23)?,
+        decode_seconds: r.get(24)?,
+        flops_predicted: count(25)?,
+    })
+}
+
+pub(super) fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
+    let marks: Vec<String> = (1..=26).map(|i| format!("?{i}")).collect();
+    let sql = format!(
+        "INSERT OR REPLACE INTO ledger ({LEDGER_COLUMNS}) VALUES ({})",
+        marks.join(", ")
+    );
+    conn.execute(
+        &sql,
+        params![
+            c.round as i64,
+            c.client,
+            c.status,
+            c.samples as i64,
+            c.bytes_up as i64,
+            c.wire_bytes_up as i64,
+            c.chunks_up as i64,
+            c.retries as i64,
+            c.bytes_down as i64,
+            c.wire_bytes_down as i64,
+            c.chunks_down as i64,
+            c.train_seconds,
+            c.steps as i64,
+            c.epochs as i64,
+            c.loss,
+            c.flops as i64,
+            c.bytes_up_predicted as i64,
+            c.device,
+            c.codec,
+            c.update_norm,
+            c.reason,
+            c.bytes_up_raw as i64,
+            c.residual_norm,
+            c.encode_seconds,
+            c.decode_seconds,
+            c.flops_predicted as i64,
+        ],
+    )?;
+    Ok(())
+}
