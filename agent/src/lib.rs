@@ -1,7 +1,7 @@
 //! convoy-agent: trains on a vehicle's own data and syncs model updates
 //! with the fleet's server over MQTT.
 //!
-//! [`run`] is the whole agent; the binary only parses flags and calls it.
+//! [`run()`] is the whole agent; the binary only parses flags and calls it.
 //! One round, from the agent's side: a retained announcement arrives; the
 //! agent fetches the base model's missing chunks; trains on a thread of its
 //! own; encodes `local - base`; persists the update; uploads it in chunks;

@@ -2,7 +2,7 @@
 //! running sum, receipts, and a typed reason for everything refused.
 
 use super::{Coordinator, Output};
-use crate::ServerError;
+use crate::error::ServerError;
 use crate::store::{ClientRow, ClientStatus};
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk::{Progress, Reassembler};

@@ -22,8 +22,8 @@ mod tests;
 
 pub use ingest::Rejection;
 
-use crate::ServerError;
 use crate::config::ServerConfig;
+use crate::error::ServerError;
 use crate::store::{RoundRow, Store, StoredVersion};
 use convoy_runtime::clock::SharedClock;
 use convoy_runtime::link::{LinkEvent, Outgoing};

@@ -4,8 +4,8 @@
 //! async runtime, then the version and the ledger are written together.
 
 use super::{Coordinator, EvalRequest, Output};
-use crate::ServerError;
 use crate::aggregator::PartialSum;
+use crate::error::ServerError;
 use crate::store::{ClientRow, ClientStatus, RoundRow, RoundStatus, StoredVersion};
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk::Reassembler;

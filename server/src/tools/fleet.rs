@@ -2,8 +2,8 @@
 //! Shared by `demo` and `simulate`.
 
 use crate::config::{ServerBroker, ServerConfig};
+use crate::run::{Prepared, RunSummary};
 use crate::store::RoundRow;
-use crate::{Prepared, RunSummary};
 use convoy_agent::LocalData;
 use convoy_agent::config::{AgentConfig, DataConfig, Faults, TrainingConfig};
 use convoy_runtime::link::{BrokerConfig, BrokerUrl};

@@ -5,9 +5,9 @@
 use super::digits::DIGITS_CSV;
 use super::partition::{Partition, partition};
 use super::{fleet, idx};
-use crate::Prepared;
 use crate::config::{RoundConfig, ServerConfig};
 use crate::report::human_bytes;
+use crate::run::Prepared;
 use crate::store::RoundRow;
 use anyhow::Context;
 use convoy_agent::LocalData;

@@ -1,0 +1,231 @@
+//! The server's I/O loop: feeds link events and ticks into the
+//! [`Coordinator`] state machine and carries out what it returns (publish,
+//! evaluate off the async runtime, report closed rounds).
+
+use crate::broker;
+use crate::config::ServerConfig;
+use crate::coordinator::RejectionCounts;
+use crate::coordinator::{Coordinator, Input, Output};
+use crate::error::ServerError;
+use crate::store::{RoundRow, Store, StoredVersion};
+use convoy_runtime::clock::{SharedClock, SystemClock};
+use convoy_runtime::link::{self, LinkClient, Session};
+use convoy_runtime::process::Systemd;
+use convoy_shared::dataset::{Dataset, Table};
+use convoy_shared::spec::ModelSpec;
+use convoy_shared::version;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What a finished run leaves behind.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Rejected messages by reason.
+    pub rejections: RejectionCounts,
+    /// Version id (hex) of the last model.
+    pub final_version: String,
+}
+
+fn read_table(path: &Path) -> Result<Table, ServerError> {
+    let err = |message: String| ServerError::Data {
+        path: path.display().to_string(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    Table::read(std::io::BufReader::new(file)).map_err(|e| err(e.to_string()))
+}
+
+/// The model spec a config describes.
+pub fn spec_from_config(config: &ServerConfig) -> Result<ModelSpec, ServerError> {
+    let m = &config.model;
+    let table = read_table(&m.schema_csv)?;
+    let spec = table
+        .derive_spec(&m.label, m.task, m.hidden.clone(), m.init_seed)
+        .map_err(|e| ServerError::Data {
+            path: m.schema_csv.display().to_string(),
+            message: e.to_string(),
+        })?;
+    spec.validate()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    Ok(spec)
+}
+
+/// Runs the server until `shutdown` or until `rounds.total` rounds have run.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<RunSummary, ServerError> {
+    run_observed(config, shutdown, None).await
+}
+
+/// [`run`], also sending each closed round's row to `observer` (the demo
+/// prints them as they come).
+pub async fn run_observed(
+    config: ServerConfig,
+    shutdown: CancellationToken,
+    observer: Option<mpsc::UnboundedSender<RoundRow>>,
+) -> Result<RunSummary, ServerError> {
+    config.validate()?;
+    let spec = spec_from_config(&config)?;
+    let test = match &config.eval.test_csv {
+        Some(path) => {
+            let data =
+                Dataset::from_table(&read_table(path)?, &spec).map_err(|e| ServerError::Data {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            Some(Arc::new(data))
+        }
+        None => None,
+    };
+    run_prepared(config, Prepared { spec, test }, shutdown, observer).await
+}
+
+/// A model spec and test set built by the caller rather than from the
+/// config's CSVs (the fleet simulator's image data).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Model spec.
+    pub spec: ModelSpec,
+    /// Evaluation set, normalised for `spec`.
+    pub test: Option<Arc<Dataset>>,
+}
+
+/// [`run_observed`] with the spec and test set supplied; `config.model`
+/// and `config.eval` are not read.
+pub async fn run_prepared(
+    config: ServerConfig,
+    prepared: Prepared,
+    shutdown: CancellationToken,
+    observer: Option<mpsc::UnboundedSender<RoundRow>>,
+) -> Result<RunSummary, ServerError> {
+    config.validate()?;
+    let Prepared { spec, test } = prepared;
+    let store = Store::open(&config.db)?;
+    let abandoned = store.abandon_open_rounds(convoy_runtime::clock::now_ms())?;
+    if abandoned > 0 {
+        tracing::warn!(
+            abandoned,
+            "rounds left open by an earlier run marked abandoned"
+        );
+    }
+    let task = config.training.clone();
+    let current = match store.latest_version()? {
+        Some(hex) => {
+            let v = store.load_version(&hex)?;
+            if v.spec != spec || v.task != task {
+                return Err(ServerError::SpecMismatch {
+                    db: config.db.display().to_string(),
+                });
+            }
+            tracing::info!(version = %&hex[..12], round = v.round, "resuming from stored model");
+            v
+        }
+        None => {
+            let params = spec.init_params();
+            let v = StoredVersion {
+                round: 0,
+                parent: None,
+                manifest: version::manifest_of(&params, &spec, &task),
+                spec: spec.clone(),
+                task: task.clone(),
+                params,
+            };
+            let eval = match &test {
+                Some(t) => convoy_shared::eval::evaluate(
+                    &spec,
+                    &v.params,
+                    t,
+                    &burn::prelude::Device::flex(),
+                )
+                .ok(),
+                None => None,
+            };
+            store.save_version(&v, eval.as_ref(), convoy_runtime::clock::now_ms())?;
+            tracing::info!(version = %version::short(&v.manifest.version), params = v.params.numel(), "initial model stored");
+            v
+        }
+    };
+    let mut broker = config.client_broker();
+    if config.embedded_broker() {
+        let listen = config.broker.listen.clone();
+        let max = config.broker.link.max_packet_size;
+        let addr = tokio::task::spawn_blocking(move || broker::start_embedded(&listen, max))
+            .await
+            .map_err(|e| ServerError::Config(e.to_string()))??;
+        broker.url = Some(convoy_runtime::link::BrokerUrl::tcp(addr));
+    }
+
+    let clock: SharedClock = Arc::new(SystemClock);
+    tracing::info!(fleet = %config.fleet, broker = %broker.url_or_local(), db = %config.db.display(), "server running");
+    let client_id = config.broker.client_id.clone();
+    let mut coordinator = Coordinator::new(config, store, clock, spec, test, current)?;
+    let session = Session {
+        client_id,
+        subscriptions: coordinator.subscriptions(),
+        will: None,
+    };
+    let mut link = link::open(&broker, session);
+    let mut systemd = Systemd::new();
+    systemd.ready("coordinating rounds");
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let result = loop {
+        let input = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            event = link.events.recv() => match event {
+                Some(event) => Input::from(event),
+                None => break Ok(()),
+            },
+            _ = tick.tick() => {
+                systemd.tick();
+                Input::Tick
+            }
+        };
+        if let Err(e) = carry_out(&mut coordinator, input, &link.client, observer.as_ref()).await {
+            break Err(e);
+        }
+        if coordinator.done() {
+            tracing::info!("all configured rounds ran");
+            break Ok(());
+        }
+    };
+    systemd.stopping();
+    link.close().await;
+    result.map(|()| RunSummary {
+        rejections: coordinator.rejections().clone(),
+        final_version: version::hex(&coordinator.current().manifest.version),
+    })
+}
+
+/// Feeds `input` to the coordinator and carries out what it returns; an
+/// evaluation runs off the async runtime and its result is fed back before
+/// anything else, as the round waits on it.
+async fn carry_out(
+    coordinator: &mut Coordinator,
+    input: Input,
+    client: &LinkClient,
+    observer: Option<&mpsc::UnboundedSender<RoundRow>>,
+) -> Result<(), ServerError> {
+    let mut pending = std::collections::VecDeque::from(coordinator.handle(input)?);
+    while let Some(output) = pending.pop_front() {
+        match output {
+            Output::Publish(message) => client.publish_all([message]).await,
+            Output::Evaluate(request) => {
+                let eval = tokio::task::spawn_blocking(move || request.run())
+                    .await
+                    .ok()
+                    .flatten();
+                pending.extend(coordinator.handle(Input::Evaluated(eval))?);
+            }
+            Output::RoundClosed(row) => {
+                if let Some(observer) = observer {
+                    let _ = observer.send(*row);
+                }
+            }
+        }
+    }
+    Ok(())
+}
