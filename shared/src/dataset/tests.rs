@@ -1,0 +1,89 @@
+//! Tables and training sets from small CSVs.
+
+use super::*;
+
+const CSV: &str = "b,a,y\n1,10,yes\n3,20,no\n5,30,yes\n7,40,maybe\n";
+
+#[test]
+fn derives_spec_and_matches_columns_by_name() {
+    let table = Table::read(CSV.as_bytes()).unwrap();
+    let mut spec = table
+        .derive_spec("y", TaskKind::Classification, vec![4], 1)
+        .unwrap();
+    assert_eq!(spec.features, vec!["b", "a"]);
+    assert_eq!(spec.classes, vec!["maybe", "no", "yes"]);
+    assert!((spec.norm_mean[0] - 4.0).abs() < 1e-6);
+    spec.classes.retain(|c| c != "maybe");
+    // reordered columns and an extra one still line up by name
+    let other = "extra,a,y,b\n0,25,no,4\n0,25,maybe,4\n";
+    let data = Dataset::from_csv(other.as_bytes(), &spec).unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data.skipped_rows, 1);
+    assert_eq!(data.features, vec![0.0, 0.0]);
+}
+
+#[test]
+fn missing_feature_is_imputed_and_reported() {
+    let table = Table::read(CSV.as_bytes()).unwrap();
+    let spec = table
+        .derive_spec("y", TaskKind::Classification, vec![], 1)
+        .unwrap();
+    let data = Dataset::from_csv("a,y\n20,no\n".as_bytes(), &spec).unwrap();
+    assert_eq!(data.missing_features, vec!["b"]);
+}
+
+#[test]
+fn owned_table_gives_the_same_dataset_without_a_second_copy() {
+    let spec = Table::read(CSV.as_bytes())
+        .unwrap()
+        .derive_spec("y", TaskKind::Classification, vec![4], 1)
+        .unwrap();
+    let mut spec = spec;
+    spec.classes.retain(|c| c != "maybe");
+    for csv in [
+        // reordered, an extra column, a skipped row (in place)
+        "extra,a,y,b\n0,25,no,4\n0,25,maybe,4\n9,10,yes,1\n1,30,yes,7\n",
+        // a feature missing (copies)
+        "a,y\n20,no\n30,yes\n",
+        // a text column that is not a feature, and one that is (copies, then errors)
+        "note,a,b,y\nx,10,1,yes\ny,20,3,no\n",
+        "a,b,y\n10,1,yes\n20,oops,no\n",
+    ] {
+        let copied = Dataset::from_table(&Table::read(csv.as_bytes()).unwrap(), &spec);
+        let owned = Dataset::from_owned_table(Table::read(csv.as_bytes()).unwrap(), &spec);
+        match (copied, owned) {
+            (Ok(c), Ok(o)) => {
+                assert_eq!(c.features, o.features, "{csv}");
+                assert_eq!(c.targets(), o.targets(), "{csv}");
+                assert_eq!(c.skipped_rows, o.skipped_rows);
+                assert_eq!(c.missing_features, o.missing_features);
+                assert_eq!(o.features.len(), o.len() * o.dims());
+            }
+            (Err(c), Err(o)) => assert_eq!(c.to_string(), o.to_string()),
+            (c, o) => panic!("{csv}: {c:?} vs {o:?}"),
+        }
+    }
+}
+
+#[test]
+fn text_cells_survive_a_column_turning_to_text() {
+    let table = Table::read("a,y\n1.5,yes\n2,no\nn/a,yes\n".as_bytes()).unwrap();
+    assert_eq!(table.text(0, 0), "1.5");
+    assert_eq!(table.text(2, 0), "n/a");
+    assert_eq!(table.number(1, 0).unwrap(), 2.0);
+    assert!(table.number(2, 0).is_err());
+    assert_eq!(table.row(1), vec!["2", "no"]);
+}
+
+#[test]
+fn bad_cells_say_where() {
+    let table = Table::read("a,y\n1,0\nx,1\n".as_bytes()).unwrap();
+    let err = table
+        .derive_spec("y", TaskKind::Regression, vec![], 1)
+        .unwrap_err();
+    assert!(err.to_string().contains("row 2"), "{err}");
+    let err = table
+        .derive_spec("label", TaskKind::Regression, vec![], 1)
+        .unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+}
