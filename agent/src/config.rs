@@ -4,6 +4,7 @@ pub use convoy_runtime::ConfigError;
 use convoy_runtime::config::{env_override, load_toml, resolve};
 pub use convoy_runtime::link::BrokerConfig;
 use convoy_shared::spec::TaskKind;
+use convoy_shared::topics::TopicId;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -13,9 +14,9 @@ use std::path::{Path, PathBuf};
 pub struct AgentConfig {
     /// Fleet this vehicle belongs to. Env: `CONVOY_FLEET`.
     #[serde(default = "default_fleet")]
-    pub fleet: String,
+    pub fleet: TopicId,
     /// This vehicle's id: `[A-Za-z0-9_.-]{1,64}`. Env: `CONVOY_CLIENT_ID`.
-    pub client_id: String,
+    pub client_id: TopicId,
     /// Where the agent keeps its model, pending update and progress.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -35,8 +36,8 @@ pub struct AgentConfig {
     pub faults: Faults,
     /// Label of the deployment this agent runs, echoed in its status
     /// (written by `convoy-server deploy`); empty when unset.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub deployment: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<TopicId>,
 }
 
 /// Where the vehicle's data is.
@@ -107,8 +108,8 @@ pub struct Faults {
     pub delay_upload_ms: u64,
 }
 
-fn default_fleet() -> String {
-    "default".into()
+fn default_fleet() -> TopicId {
+    TopicId::default_fleet()
 }
 
 fn default_state_dir() -> PathBuf {
@@ -139,25 +140,7 @@ impl AgentConfig {
 
     /// Checks values a config file can get wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        use convoy_shared::topics::valid_id;
-        if !valid_id(&self.fleet) {
-            return Err(ConfigError::Invalid(format!(
-                "fleet {:?} must be 1-64 characters of A-Z a-z 0-9 _ . -",
-                self.fleet
-            )));
-        }
-        if !valid_id(&self.client_id) {
-            return Err(ConfigError::Invalid(format!(
-                "client_id {:?} must be 1-64 characters of A-Z a-z 0-9 _ . -",
-                self.client_id
-            )));
-        }
-        if !self.deployment.is_empty() && !valid_id(&self.deployment) {
-            return Err(ConfigError::Invalid(format!(
-                "deployment {:?} must be 1-64 characters of A-Z a-z 0-9 _ . -",
-                self.deployment
-            )));
-        }
+        // Ids and the broker URL were checked when they were parsed.
         if self.training.threads == 0 {
             return Err(ConfigError::Invalid(
                 "training.threads must be at least 1".into(),
@@ -210,11 +193,18 @@ mod tests {
 
     #[test]
     fn bad_values_are_explained() {
+        let err = toml::from_str::<AgentConfig>(
+            "client_id = \"car/1\"\n[data]\npath = \"d.csv\"\nlabel = \"y\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("client_id") && err.contains("A-Z a-z 0-9"),
+            "{err}"
+        );
         let mut c: AgentConfig =
-            toml::from_str("client_id = \"car/1\"\n[data]\npath = \"d.csv\"\nlabel = \"y\"\n")
+            toml::from_str("client_id = \"car-1\"\n[data]\npath = \"d.csv\"\nlabel = \"y\"\n")
                 .unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("client_id"));
-        c.client_id = "car-1".into();
         c.broker.max_packet_size = 1024;
         assert!(
             c.validate()

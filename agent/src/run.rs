@@ -59,7 +59,7 @@ pub async fn run_with_data(
     let mut agent = Agent::new(config.clone(), state, data, clock);
     let offline = agent.offline_status();
     let session = Session {
-        client_id: config.client_id.clone(),
+        client_id: config.client_id.to_string(),
         subscriptions: agent.subscriptions(),
         will: offline.clone(),
     };

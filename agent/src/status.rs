@@ -26,7 +26,11 @@ pub fn payload(
         samples: samples as u64,
         detail: messages::detail(detail),
         version: heapless::String::try_from(env!("CARGO_PKG_VERSION")).unwrap_or_default(),
-        deployment: messages::id(&config.deployment).unwrap_or_default(),
+        deployment: config
+            .deployment
+            .as_deref()
+            .and_then(messages::id)
+            .unwrap_or_default(),
     };
     wire::encode(Kind::Status, &status)
 }

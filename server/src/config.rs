@@ -5,6 +5,7 @@ use convoy_runtime::config::{env_override, load_toml, resolve};
 use convoy_runtime::link::{BrokerConfig, BrokerUrl};
 use convoy_shared::codec::Pipeline;
 use convoy_shared::spec::{Recipe, TaskKind};
+use convoy_shared::topics::TopicId;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 pub struct ServerConfig {
     /// Fleet served. Env: `CONVOY_FLEET`.
     #[serde(default = "default_fleet")]
-    pub fleet: String,
+    pub fleet: TopicId,
     /// SQLite database; model blobs go to `<db>.models/` beside it. Env: `CONVOY_DB`.
     #[serde(default = "default_db")]
     pub db: PathBuf,
@@ -149,8 +150,8 @@ pub struct EvalConfig {
     pub test_csv: Option<PathBuf>,
 }
 
-fn default_fleet() -> String {
-    "default".into()
+fn default_fleet() -> TopicId {
+    TopicId::default_fleet()
 }
 fn default_db() -> PathBuf {
     PathBuf::from("/var/lib/convoy-server/convoy.db")
@@ -189,12 +190,6 @@ impl ServerConfig {
     /// Checks values a config file can get wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if !convoy_shared::topics::valid_id(&self.fleet) {
-            return bad(format!(
-                "fleet {:?} must be 1-64 characters of A-Z a-z 0-9 _ . -",
-                self.fleet
-            ));
-        }
         if self.rounds.min_clients == 0 {
             return bad("rounds.min_clients must be at least 1".into());
         }

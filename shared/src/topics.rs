@@ -66,6 +66,86 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
+/// A fleet, client or deployment id, checked once when it is parsed: 1 to
+/// 64 characters of `[A-Za-z0-9_.-]`, so it is always one safe topic level.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct TopicId(String);
+
+impl TopicId {
+    /// Checks `id`; the error says what an id may hold.
+    pub fn new(id: impl Into<String>) -> Result<Self, String> {
+        let id = id.into();
+        if valid_id(&id) {
+            Ok(Self(id))
+        } else {
+            Err(format!(
+                "{id:?} is not an id: use 1-64 characters of A-Z a-z 0-9 _ . -"
+            ))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The fleet a config names when it names none: `default`.
+    pub fn default_fleet() -> Self {
+        Self("default".to_string())
+    }
+}
+
+impl std::ops::Deref for TopicId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for TopicId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TopicId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+impl std::str::FromStr for TopicId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<String> for TopicId {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::new(s)
+    }
+}
+
+impl From<TopicId> for String {
+    fn from(id: TopicId) -> String {
+        id.0
+    }
+}
+
+impl PartialEq<&str> for TopicId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 fn build(parts: &[&str]) -> Topic {
     let mut t = Topic::new();
     for (i, p) in parts.iter().enumerate() {

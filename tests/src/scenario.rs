@@ -67,7 +67,7 @@ impl Scenario {
         min_clients: usize,
     ) -> ServerConfig {
         ServerConfig {
-            fleet: fleet.into(),
+            fleet: id(fleet),
             db: self.dir.path().join("server.db"),
             broker: ServerBroker {
                 link: link(broker_url),
@@ -102,8 +102,8 @@ impl Scenario {
     /// An agent config for client `i` (`car-<i>`) of `fleet` on `broker_url`.
     pub fn agent_config(&self, broker_url: &str, fleet: &str, i: usize) -> AgentConfig {
         AgentConfig {
-            fleet: fleet.into(),
-            client_id: format!("car-{i}"),
+            fleet: id(fleet),
+            client_id: id(&format!("car-{i}")),
             state_dir: self.dir.path().join(format!("car-{i}.state")),
             broker: link(broker_url),
             data: DataConfig {
@@ -117,7 +117,7 @@ impl Scenario {
             },
             policy: Default::default(),
             faults: Faults::default(),
-            deployment: String::new(),
+            deployment: None,
         }
     }
 }
@@ -128,4 +128,9 @@ fn link(url: &str) -> BrokerConfig {
         max_packet_size: MAX_PACKET,
         ..BrokerConfig::at(url.parse().expect("the harness builds valid broker URLs"))
     }
+}
+
+/// A fleet or vehicle id the harness made (always valid).
+fn id(text: &str) -> convoy_shared::topics::TopicId {
+    text.parse().expect("the harness builds valid ids")
 }

@@ -290,10 +290,10 @@ impl Agent {
             return self.on_announce_payload(payload, out);
         }
         match topics::parse_client(&self.config.fleet, topic) {
-            Some((ClientTopic::Model, me)) if me == self.config.client_id => {
+            Some((ClientTopic::Model, me)) if me == self.config.client_id.as_str() => {
                 self.on_model_chunk(payload, out)
             }
-            Some((ClientTopic::Ack, me)) if me == self.config.client_id => {
+            Some((ClientTopic::Ack, me)) if me == self.config.client_id.as_str() => {
                 self.on_ack(payload, out)
             }
             _ => Ok(()),

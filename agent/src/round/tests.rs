@@ -38,8 +38,8 @@ fn csv() -> String {
 
 fn config(dir: &std::path::Path) -> AgentConfig {
     AgentConfig {
-        fleet: FLEET.into(),
-        client_id: ME.into(),
+        fleet: FLEET.parse().unwrap(),
+        client_id: ME.parse().unwrap(),
         state_dir: dir.join("state"),
         broker: Default::default(),
         data: DataConfig {
@@ -53,7 +53,7 @@ fn config(dir: &std::path::Path) -> AgentConfig {
         },
         policy: PolicyConfig::default(),
         faults: Faults::default(),
-        deployment: String::new(),
+        deployment: None,
     }
 }
 

@@ -36,7 +36,7 @@ fn table() -> Table {
 fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServerConfig {
-        fleet: FLEET.into(),
+        fleet: FLEET.parse().unwrap(),
         db: dir.path().join("unit.db"),
         broker: Default::default(),
         rounds: RoundConfig {

@@ -265,7 +265,7 @@ pub(super) fn plan(board: &Board, label: &str) -> Result<(Vec<Step>, usize), Str
         what: format!("verify the agent reports deployment {label} on the broker"),
         action: Action::WaitStatus {
             url,
-            fleet: agent.fleet,
+            fleet: agent.fleet.to_string(),
         },
     });
     Ok((steps, swap_index))

@@ -146,7 +146,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     let url = fleet::local_broker().await?;
 
     let server_config = ServerConfig {
-        fleet: "demo".into(),
+        fleet: "demo".parse().map_err(anyhow::Error::msg)?,
         db: options.db.clone(),
         broker: fleet::server_broker(&url),
         rounds: RoundConfig {
@@ -204,7 +204,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             task: TaskKind::Classification,
         };
         let state = work.join(format!("{id}.state"));
-        agents.push((fleet::agent_config("demo", &id, &url, state, data), None));
+        agents.push((fleet::agent_config("demo", &id, &url, state, data)?, None));
     }
     if options.verbose {
         println!(

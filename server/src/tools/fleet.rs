@@ -43,25 +43,25 @@ pub fn local_link(url: &BrokerUrl) -> BrokerConfig {
     }
 }
 
-/// An agent config for a local fleet member.
+/// An agent config for a local fleet member; fails on an invalid id.
 pub fn agent_config(
     fleet: &str,
     id: &str,
     url: &BrokerUrl,
     state_dir: PathBuf,
     data: DataConfig,
-) -> AgentConfig {
-    AgentConfig {
-        fleet: fleet.into(),
-        client_id: id.into(),
+) -> anyhow::Result<AgentConfig> {
+    Ok(AgentConfig {
+        fleet: fleet.parse().map_err(anyhow::Error::msg)?,
+        client_id: id.parse().map_err(anyhow::Error::msg)?,
         state_dir,
         broker: local_link(url),
         data,
         training: TrainingConfig::default(),
         policy: Default::default(),
         faults: Faults::default(),
-        deployment: String::new(),
-    }
+        deployment: None,
+    })
 }
 
 /// Data settings for agents fed in-memory rows.

@@ -299,7 +299,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         )),
     };
     let server = ServerConfig {
-        fleet: "sim".into(),
+        fleet: "sim".parse().map_err(anyhow::Error::msg)?,
         db,
         broker: fleet::server_broker(&url),
         rounds: RoundConfig {
@@ -342,13 +342,13 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
                 &url,
                 state.join(&id),
                 fleet::prepared_data_config(&spec.label),
-            );
-            (
+            )?;
+            Ok((
                 config,
                 Some(LocalData::Prepared(Arc::new(train.subset(rows)))),
-            )
+            ))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let prepared = Prepared {
         spec,
         test: Some(Arc::new(test)),
