@@ -31,6 +31,9 @@ pub struct AgentConfig {
     /// When the vehicle lets the agent train.
     #[serde(default)]
     pub policy: crate::policy::PolicyConfig,
+    /// The largest model this vehicle will build.
+    #[serde(default)]
+    pub limits: crate::limits::Limits,
     /// Fault injection for tests; leave unset in deployments.
     #[serde(default)]
     pub faults: Faults,
@@ -188,6 +191,7 @@ mod tests {
             "the example names the default broker"
         );
         assert_eq!(c.policy, crate::policy::PolicyConfig::default());
+        assert_eq!(c.limits, crate::limits::Limits::default());
         c.validate().unwrap();
     }
 

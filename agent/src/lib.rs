@@ -15,6 +15,7 @@
 //! | [`encode`] | update encoding with the error-feedback residual |
 //! | [`data`] | the vehicle's CSV and how it becomes a training set |
 //! | [`trainer`] | the training loop (burn) with pause and resume |
+//! | [`limits`] | the largest model a vehicle will build |
 //! | [`policy`] | when the vehicle allows training |
 //! | [`state`] | the state directory that survives power loss |
 //! | [`status`] | the retained status message |
@@ -28,6 +29,7 @@ pub mod config;
 pub mod data;
 pub mod encode;
 pub mod error;
+pub mod limits;
 pub mod policy;
 pub mod round;
 pub mod run;
@@ -38,4 +40,4 @@ pub mod trainer;
 pub use convoy_runtime::ConfigError;
 pub use data::LocalData;
 pub use error::AgentError;
-pub use run::{run, run_with_data};
+pub use run::{preflight, run, run_with_data};

@@ -50,7 +50,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { config } => {
             let config = convoy_agent::config::AgentConfig::load(&config)?;
-            let table = convoy_agent::data::load_configured(&config)?;
+            let table = convoy_agent::preflight(&config)?;
             println!(
                 "config ok: client {} in fleet {}, {} rows, columns {:?}",
                 config.client_id,

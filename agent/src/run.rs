@@ -19,11 +19,26 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Every check `run` makes before it connects: the config, a writable
+/// state directory, and a CSV with the label column and at least one row.
+/// `convoy-agent check` runs exactly this.
+pub fn preflight(config: &AgentConfig) -> Result<convoy_shared::dataset::Table, AgentError> {
+    config.validate()?;
+    StateDir::open(&config.state_dir)?.check_writable()?;
+    let table = data::load_configured(config)?;
+    if table.is_empty() {
+        return Err(AgentError::Data {
+            path: config.data.path.display().to_string(),
+            message: "no data rows below the header".into(),
+        });
+    }
+    Ok(table)
+}
+
 /// Runs the agent until `shutdown` is cancelled (or a fatal error).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    config.validate()?;
     let read = config.clone();
-    let table = tokio::task::spawn_blocking(move || data::load_configured(&read))
+    let table = tokio::task::spawn_blocking(move || preflight(&read))
         .await
         .map_err(|e| AgentError::Data {
             path: config.data.path.display().to_string(),

@@ -156,6 +156,13 @@ impl StateDir {
         }
     }
 
+    /// Proves the directory takes writes (a probe file, written atomically
+    /// and removed), so a read-only or full disk is found before any round.
+    pub fn check_writable(&self) -> Result<(), StateError> {
+        write_atomic(&self.path(".probe"), b"convoy")?;
+        self.remove(".probe")
+    }
+
     /// The stored base model.
     pub fn model(&self) -> Result<Option<StoredModel>, StateError> {
         self.read("model.bin")

@@ -9,6 +9,13 @@ use convoy_shared::topics::TopicId;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Longest round deadline accepted: a week.
+pub const MAX_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+/// Smallest update chunk accepted (and smallest `max_update_bytes`).
+pub const MIN_CHUNK_SIZE: usize = 1024;
+/// Largest reassembled update `max_update_bytes` may allow: 1 GiB.
+pub const MAX_UPDATE_BYTES: usize = 1 << 30;
+
 /// Everything the server needs. See `systemd/server.example.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,7 +86,8 @@ pub struct RoundConfig {
     pub min_reports: usize,
     /// Share of eligible online clients asked to train each round (0, 1].
     pub sample_fraction: f64,
-    /// Seconds from announcement to deadline; later updates are counted late.
+    /// Seconds from announcement to deadline (1 to a week); later updates
+    /// are counted late.
     pub deadline_secs: u64,
     /// Update codec pipeline, e.g. `fp32`, `q8+zstd`, `topk:0.01+q8+zstd`.
     pub codec: Pipeline,
@@ -94,9 +102,10 @@ pub struct RoundConfig {
     /// the server's downlink residual restarts; 0 never (agents that are
     /// behind still fetch the full model on demand).
     pub keyframe_every: u64,
-    /// Chunk size for updates, bytes (128 KiB fits AWS IoT-style limits).
+    /// Chunk size for updates, bytes (1 KiB up to `broker.max_packet_size`
+    /// less 1 KiB; 128 KiB fits AWS IoT-style limits).
     pub chunk_size: usize,
-    /// Largest reassembled update accepted, bytes.
+    /// Largest reassembled update accepted, bytes (1 KiB to 1 GiB).
     pub max_update_bytes: usize,
     /// Seed for client sampling.
     pub seed: u64,
@@ -208,22 +217,35 @@ impl ServerConfig {
                 self.rounds.sample_fraction
             ));
         }
-        if self.rounds.deadline_secs == 0 {
-            return bad("rounds.deadline_secs must be at least 1".into());
+        let r = &self.rounds;
+        if !(1..=MAX_DEADLINE_SECS).contains(&r.deadline_secs) {
+            return bad(format!(
+                "rounds.deadline_secs {} must be 1 to {MAX_DEADLINE_SECS} (a week)",
+                r.deadline_secs
+            ));
         }
-        // an update chunk plus its envelope and MQTT header must fit a packet
+        let max_chunk = self.broker.link.max_packet_size.saturating_sub(1024);
+        if !(MIN_CHUNK_SIZE..=max_chunk).contains(&r.chunk_size) {
+            return bad(format!(
+                "rounds.chunk_size {} must be {MIN_CHUNK_SIZE} to {max_chunk} bytes (broker.max_packet_size less 1 KiB for headers)",
+                r.chunk_size
+            ));
+        }
+        if !(MIN_CHUNK_SIZE..=MAX_UPDATE_BYTES).contains(&r.max_update_bytes) {
+            return bad(format!(
+                "rounds.max_update_bytes {} must be {MIN_CHUNK_SIZE} to {MAX_UPDATE_BYTES}",
+                r.max_update_bytes
+            ));
+        }
+        if r.min_clients > 1_000_000 || r.min_reports > 1_000_000 {
+            return bad("rounds.min_clients and rounds.min_reports must be 1 to 1000000".into());
+        }
         if let Some(key) = self.broker.unknown.keys().next() {
             return bad(format!(
                 "unknown key broker.{key}; known: url, listen, client_id, username, password, password_file, max_packet_size, keep_alive_secs"
             ));
         }
         self.broker.link.validate()?;
-        if self.rounds.chunk_size + 1024 > self.broker.link.max_packet_size {
-            return bad(format!(
-                "rounds.chunk_size {} does not fit broker.max_packet_size {} (leave 1 KiB for headers)",
-                self.rounds.chunk_size, self.broker.link.max_packet_size
-            ));
-        }
         if !(self.training.lr.is_finite() && self.training.lr > 0.0)
             || self.training.batch_size == 0
             || self.training.epochs == 0
@@ -289,6 +311,23 @@ mod tests {
         assert_eq!(c.broker, ServerBroker::default());
         assert_eq!(c.training, Recipe::default());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_with_the_range() {
+        type Set = fn(&mut ServerConfig);
+        let cases: [(&str, Set); 4] = [
+            ("deadline_secs", |c| c.rounds.deadline_secs = u64::MAX),
+            ("deadline_secs", |c| c.rounds.deadline_secs = 0),
+            ("chunk_size", |c| c.rounds.chunk_size = 0),
+            ("max_update_bytes", |c| c.rounds.max_update_bytes = 0),
+        ];
+        for (key, set) in cases {
+            let mut c = minimal();
+            set(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(" to "), "{err}");
+        }
     }
 
     #[test]

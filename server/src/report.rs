@@ -63,19 +63,60 @@ pub fn round_line(r: &RoundRow) -> String {
     )
 }
 
+fn report_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Blob {
+        path: "report".into(),
+        message: e.to_string(),
+    }
+}
+
 fn to_csv<T: Serialize>(rows: &[T]) -> Result<String, StoreError> {
     let mut w = csv::Writer::from_writer(Vec::new());
     for row in rows {
-        w.serialize(row).map_err(|e| StoreError::Blob {
-            path: "report".into(),
-            message: e.to_string(),
-        })?;
+        w.serialize(row).map_err(report_error)?;
     }
-    Ok(String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default())
+    let bytes = w.into_inner().map_err(report_error)?;
+    String::from_utf8(bytes).map_err(report_error)
 }
 
-fn to_json<T: Serialize>(rows: &[T]) -> String {
-    serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".into())
+fn to_json<T: Serialize>(rows: &[T]) -> Result<String, StoreError> {
+    serde_json::to_string_pretty(rows).map_err(report_error)
+}
+
+/// Aligned columns: every header sits over its values because both are
+/// laid out from the same widths. Text columns (`left`) are left-aligned;
+/// the last column is free text and not padded.
+fn table(headers: &[&str], left: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, (cell, name)) in cells.zip(headers).enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            let w = widths[i];
+            if i + 1 == headers.len() {
+                out.push_str(cell);
+            } else if left.contains(name) {
+                let _ = write!(out, "{cell:<w$}");
+            } else {
+                let _ = write!(out, "{cell:>w$}");
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut out = line(&mut headers.iter().copied());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+        out.push('\n');
+    }
+    out
 }
 
 /// The per-round report of the database at `db`.
@@ -83,62 +124,64 @@ pub fn rounds(db: &Path, format: Format) -> Result<String, StoreError> {
     let store = Store::open_existing(db)?;
     let rows = store.rounds()?;
     Ok(match format {
-        Format::Json => to_json(&rows),
+        Format::Json => to_json(&rows)?,
         Format::Csv => to_csv(&rows)?,
         Format::Table => {
-            let mut out = String::new();
-            let _ = writeln!(
-                out,
-                "{:>5} {:<9} {:>12} {:>7} {:>4} {:>11} {:>11} {:>11} {:>11} {:>9} {:>8} {:>8} {:>8}",
+            let headers = [
                 "round",
                 "status",
                 "version",
                 "clients",
                 "late",
                 "bytes_up",
+                "ratio",
                 "bytes_down",
                 "wire_up",
                 "wire_down",
                 "train_s",
                 "samples",
                 "loss",
-                "accuracy"
+                "accuracy",
+                "rmse",
+                "codec",
+                "down_codec",
+            ];
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.round.to_string(),
+                        r.status.to_string(),
+                        r.model_version
+                            .as_deref()
+                            .map(|v| v[..12.min(v.len())].to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        format!("{}/{}", r.clients_reported, r.clients_selected),
+                        r.clients_late.to_string(),
+                        r.bytes_up.to_string(),
+                        r.compression_up
+                            .map(|x| format!("{x:.1}x"))
+                            .unwrap_or_else(|| "-".into()),
+                        r.bytes_down.to_string(),
+                        r.wire_bytes_up.to_string(),
+                        r.wire_bytes_down.to_string(),
+                        format!("{:.2}", r.train_seconds_sum),
+                        r.samples.to_string(),
+                        opt(r.loss, 4),
+                        r.accuracy
+                            .map(|a| format!("{:.2}%", a * 100.0))
+                            .unwrap_or_else(|| "-".into()),
+                        opt(r.rmse, 4),
+                        r.codec.clone(),
+                        r.downlink_codec.clone(),
+                    ]
+                })
+                .collect();
+            let mut out = table(
+                &headers,
+                &["status", "version", "codec", "down_codec"],
+                &cells,
             );
-            for r in &rows {
-                let quality = match (r.accuracy, r.rmse) {
-                    (Some(a), _) => format!("{:.2}%", a * 100.0),
-                    (None, Some(e)) => format!("rmse {e:.3}"),
-                    _ => "-".into(),
-                };
-                let _ = writeln!(
-                    out,
-                    "{:>5} {:<9} {:>12} {:>7} {:>4} {:>11} {:>7} {:>11} {:>11} {:>11} {:>9.2} {:>8} {:>8} {:>8}  {}",
-                    r.round,
-                    r.status,
-                    r.model_version
-                        .as_deref()
-                        .map(|v| &v[..12.min(v.len())])
-                        .unwrap_or("-"),
-                    format!("{}/{}", r.clients_reported, r.clients_selected),
-                    r.clients_late,
-                    r.bytes_up,
-                    r.compression_up
-                        .map(|x| format!("{x:.1}x"))
-                        .unwrap_or_else(|| "-".into()),
-                    r.bytes_down,
-                    r.wire_bytes_up,
-                    r.wire_bytes_down,
-                    r.train_seconds_sum,
-                    r.samples,
-                    opt(r.loss, 4),
-                    quality,
-                    if r.downlink_codec == r.codec {
-                        r.codec.clone()
-                    } else {
-                        format!("{} / down {}", r.codec, r.downlink_codec)
-                    }
-                );
-            }
             let (up, down): (u64, u64) = rows
                 .iter()
                 .fold((0, 0), |(u, d), r| (u + r.bytes_up, d + r.bytes_down));
@@ -159,13 +202,13 @@ pub fn clients(db: &Path, round: u64, format: Format) -> Result<String, StoreErr
     let store = Store::open_existing(db)?;
     let rows: Vec<ClientRow> = store.clients(round)?;
     Ok(match format {
-        Format::Json => to_json(&rows),
+        Format::Json => to_json(&rows)?,
         Format::Csv => to_csv(&rows)?,
         Format::Table => {
-            let mut out = String::new();
-            let _ = writeln!(
-                out,
-                "{:<16} {:<9} {:>8} {:>10} {:>10} {:>10} {:>10} {:>6} {:>8} {:>8} {:>14} {:<9} reason",
+            if rows.is_empty() {
+                return Ok(format!("(no ledger rows for round {round})\n"));
+            }
+            let headers = [
                 "client",
                 "status",
                 "samples",
@@ -177,31 +220,99 @@ pub fn clients(db: &Path, round: u64, format: Format) -> Result<String, StoreErr
                 "train_s",
                 "loss",
                 "flops",
-                "device"
-            );
-            for c in &rows {
-                let _ = writeln!(
-                    out,
-                    "{:<16} {:<9} {:>8} {:>10} {:>10} {:>10} {:>10} {:>6} {:>8.3} {:>8} {:>14} {:<9} {}",
-                    c.client,
-                    c.status,
-                    c.samples,
-                    c.bytes_up,
-                    c.wire_bytes_up,
-                    c.bytes_down,
-                    c.wire_bytes_down,
-                    c.retries,
-                    c.train_seconds,
-                    opt(c.loss, 4),
-                    c.flops,
-                    c.device,
-                    c.reason.as_deref().unwrap_or("")
-                );
-            }
-            if rows.is_empty() {
-                let _ = writeln!(out, "(no ledger rows for round {round})");
-            }
-            out
+                "flops_predicted",
+                "device",
+                "reason",
+            ];
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.client.clone(),
+                        c.status.to_string(),
+                        c.samples.to_string(),
+                        c.bytes_up.to_string(),
+                        c.wire_bytes_up.to_string(),
+                        c.bytes_down.to_string(),
+                        c.wire_bytes_down.to_string(),
+                        c.retries.to_string(),
+                        format!("{:.3}", c.train_seconds),
+                        opt(c.loss, 4),
+                        c.flops.to_string(),
+                        c.flops_predicted.to_string(),
+                        if c.device.is_empty() {
+                            "-".into()
+                        } else {
+                            c.device.clone()
+                        },
+                        c.reason.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            table(&headers, &["client", "status", "device"], &cells)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RoundStatus;
+
+    /// The cell of `line` under header `name`: columns are found by where
+    /// each header starts and ends in the header line.
+    fn cell<'a>(header: &str, line: &'a str, name: &str) -> &'a str {
+        let names: Vec<&str> = header.split_whitespace().collect();
+        let k = names.iter().position(|n| *n == name).unwrap();
+        line.split_whitespace().nth(k).unwrap()
+    }
+
+    #[test]
+    fn every_round_column_has_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("r.db");
+        let mut store = Store::open(&db).unwrap();
+        let classified = RoundRow {
+            round: 1,
+            status: RoundStatus::Finished,
+            codec: "topk:0.1+q8+zstd".into(),
+            downlink_codec: "fp32".into(),
+            clients_selected: 3,
+            clients_reported: 2,
+            bytes_up: 1000,
+            bytes_up_raw: 15_400,
+            accuracy: Some(0.6741),
+            ..Default::default()
+        };
+        let regressed = RoundRow {
+            round: 2,
+            accuracy: None,
+            rmse: Some(3.25),
+            ..classified.clone()
+        };
+        for r in [&classified, &regressed] {
+            store.open_round(r.round, "00", &r.codec, 3, 0).unwrap();
+            store.finish_round(r, &[], 1).unwrap();
+        }
+        let text = rounds(&db, Format::Table).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let header = lines[0];
+        for line in &lines[1..3] {
+            assert_eq!(
+                line.split_whitespace().count(),
+                header.split_whitespace().count(),
+                "{text}"
+            );
+        }
+        assert_eq!(cell(header, lines[1], "ratio"), "15.4x");
+        assert_eq!(cell(header, lines[1], "codec"), "topk:0.1+q8+zstd");
+        assert_eq!(cell(header, lines[1], "down_codec"), "fp32");
+        assert_eq!(cell(header, lines[1], "accuracy"), "67.41%");
+        assert_eq!(cell(header, lines[2], "accuracy"), "-");
+        assert_eq!(cell(header, lines[2], "rmse"), "3.2500");
+        // and the header words stand over their values
+        let at = |s: &str, name: &str| s.find(name).unwrap();
+        let end = at(header, "bytes_up") + "bytes_up".len();
+        assert_eq!(&lines[1][end - 4..end], "1000");
+    }
 }

@@ -116,6 +116,7 @@ impl Scenario {
                 ..Default::default()
             },
             policy: Default::default(),
+            limits: Default::default(),
             faults: Faults::default(),
             deployment: None,
         }

@@ -28,6 +28,13 @@ impl Agent {
 
     fn on_announce(&mut self, announce: Announce, out: &mut Vec<Action>) -> Result<(), AgentError> {
         let round = announce.round;
+        // Nothing of an announcement is used before its spec is in bounds.
+        if let Err(why) = self.config.limits.check(&announce.spec) {
+            tracing::warn!(round, why, "announced model refused");
+            let detail = format!("model refused: {why}");
+            self.status(out, AgentState::Skipped, round, &detail);
+            return Ok(());
+        }
         let in_hand = self.round.number() == Some(round);
         if in_hand || self.announce.as_ref().is_some_and(|a| a.round == round) {
             return Ok(()); // re-delivery of the retained message

@@ -52,6 +52,7 @@ fn config(dir: &std::path::Path) -> AgentConfig {
             ..Default::default()
         },
         policy: PolicyConfig::default(),
+        limits: Default::default(),
         faults: Faults::default(),
         deployment: None,
     }
@@ -538,4 +539,44 @@ fn a_data_error_skips_the_round_with_its_reason() {
     let (state, detail) = statuses(&actions).remove(0);
     assert_eq!(state, AgentState::Skipped);
     assert!(detail.contains("missing"), "{detail}");
+}
+
+#[test]
+fn an_announced_model_out_of_bounds_is_refused_before_anything_is_allocated() {
+    let mut rig = rig();
+    let initial = rig.initial();
+    // a forged announcement: a hidden layer of 4,294,967,295 units
+    let mut forged = match rig.announce(1, &initial, "fp32", &[]) {
+        Input::Link(LinkEvent::Message { payload, .. }) => {
+            wire::decode::<Announce>(&payload, Kind::Announce, 1 << 20).unwrap()
+        }
+        _ => unreachable!(),
+    };
+    forged.spec.hidden = vec![u32::MAX];
+    let input = message(
+        topics::round(FLEET).as_str(),
+        wire::encode(Kind::Announce, &forged).unwrap(),
+    );
+    let actions = rig.handle(input);
+    assert!(!trains(&actions) && fetch_requests(&actions).is_empty());
+    let (state, detail) = statuses(&actions).remove(0);
+    assert_eq!(state, AgentState::Skipped);
+    assert!(detail.contains("max_layer_width"), "{detail}");
+    assert_eq!(rig.state().model().unwrap(), None);
+    // the real round that follows is trained as usual
+    assert!(trains(&rig.handle(rig.announce(1, &initial, "fp32", &[]))));
+}
+
+#[test]
+fn an_update_for_a_forged_round_is_dropped_on_its_refusal_and_real_rounds_go_on() {
+    let mut rig = rig();
+    let initial = rig.initial();
+    let actions = rig.handle(rig.announce(1_000_000_000, &initial, "fp32", &[]));
+    rig.train(actions);
+    assert_eq!(rig.state().pending().unwrap().unwrap().round, 1_000_000_000);
+    rig.handle(rig.ack(1_000_000_000, false));
+    assert_eq!(rig.state().pending().unwrap(), None, "not re-sent forever");
+    rig.clock.advance(Duration::from_secs(30));
+    assert!(update_chunks(&rig.handle(Input::Tick)).is_empty());
+    assert!(trains(&rig.handle(rig.announce(3, &initial, "fp32", &[]))));
 }

@@ -206,7 +206,14 @@ impl Coordinator {
         out: &mut Vec<Output>,
     ) -> Result<(), ServerError> {
         if chunk.round >= self.next_round {
-            self.reject(current, Some(client), &Rejection::WrongRound(chunk.round));
+            let why = Rejection::WrongRound(chunk.round);
+            self.reject(current, Some(client), &why);
+            // A negative receipt: the vehicle drops an update that can never
+            // count (a forged announcement's round) and takes the next real one.
+            if chunk.pos.index == 0 {
+                let reason = format!("{}: {why}", why.reason());
+                self.ack(client, chunk.round, false, &reason, out);
+            }
             return Ok(());
         }
         match self.store.client_status(chunk.round, client)? {

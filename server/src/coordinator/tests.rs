@@ -391,8 +391,15 @@ fn updates_for_another_round_base_or_client_are_rejected_with_their_reason() {
         round: 99,
         ..a.clone()
     };
-    rig.send(rig.update_body("car-1", &future, &delta, 5));
+    let out = rig.send(rig.update_body("car-1", &future, &delta, 5));
     assert!(rig.rejected("wrong_round") > 0);
+    let nack = acks(&out, "car-1");
+    assert_eq!(
+        nack.len(),
+        1,
+        "one negative receipt per update, not per chunk"
+    );
+    assert!(!nack[0].accepted && nack[0].reason.starts_with("wrong_round"));
     let mut other_base = a.clone();
     other_base.manifest.version = [7; 32];
     rig.send(rig.update_body("car-1", &other_base, &delta, 5));

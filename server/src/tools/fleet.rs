@@ -59,6 +59,7 @@ pub fn agent_config(
         data,
         training: TrainingConfig::default(),
         policy: Default::default(),
+        limits: Default::default(),
         faults: Faults::default(),
         deployment: None,
     })

@@ -85,6 +85,9 @@ pub enum DataError {
         /// cell text
         value: String,
     },
+    /// Two columns share a name, so matching by name would be ambiguous.
+    #[error("column {0:?} appears more than once in the header")]
+    DuplicateColumn(String),
     /// No usable rows.
     #[error("no usable rows ({skipped} skipped for unknown labels)")]
     Empty {

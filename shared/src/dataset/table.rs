@@ -27,6 +27,10 @@ impl Table {
             .trim(csv::Trim::All)
             .from_reader(reader);
         let headers: Vec<String> = csv.headers()?.iter().map(str::to_string).collect();
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = headers.iter().find(|h| !seen.insert(h.as_str())) {
+            return Err(DataError::DuplicateColumn(twice.clone()));
+        }
         let width = headers.len();
         let mut numbers = Vec::new();
         let mut text: Vec<Option<Vec<String>>> = vec![None; width];

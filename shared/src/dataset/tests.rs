@@ -87,3 +87,12 @@ fn bad_cells_say_where() {
         .unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
 }
+
+#[test]
+fn duplicate_column_names_are_refused() {
+    let err = Table::read("a,b,a\n1,2,3\n".as_bytes()).unwrap_err();
+    assert!(
+        matches!(err, DataError::DuplicateColumn(ref c) if c == "a"),
+        "{err}"
+    );
+}
