@@ -151,3 +151,25 @@ fn partitions_cover_every_row_once() {
         assert!(parts.iter().all(|p| !p.is_empty()), "{scheme:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_rows_are_left_out_and_the_round_does_not_wait_for_them()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut o = options(dir.path(), "fp32", "fp32");
+    (o.clients, o.rounds, o.transport) = (200, 1, Transport::Memory);
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        run(o, CancellationToken::new()),
+    )
+    .await??;
+    assert!(result.clients_left_out > 0, "the split leaves some empty");
+    assert_eq!(result.rounds.len(), 1);
+    let round = &result.rounds[0];
+    assert_eq!(
+        round.clients_reported as usize,
+        200 - result.clients_left_out,
+        "{round:?}"
+    );
+    Ok(())
+}

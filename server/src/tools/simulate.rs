@@ -179,8 +179,10 @@ pub struct SimResult {
     pub warmup_rounds: u64,
     /// Keyframe period (0: never).
     pub keyframe_every: u64,
-    /// Clients.
+    /// Clients asked for.
     pub clients: usize,
+    /// Clients left out because their share of the data held no rows.
+    pub clients_left_out: usize,
     /// Seed.
     pub seed: u64,
     /// Final accuracy.
@@ -280,6 +282,22 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         options.alpha,
         options.seed,
     );
+    // A vehicle without rows can never report: leave it out, loudly, rather
+    // than make every round wait for it until its deadline.
+    let (parts, empty): (Vec<_>, Vec<_>) = parts.into_iter().partition(|p| !p.is_empty());
+    if !empty.is_empty() {
+        eprintln!(
+            "warning: {} of {} clients got no rows from the {:?} split and are left out",
+            empty.len(),
+            options.clients,
+            options.partition
+        );
+    }
+    anyhow::ensure!(
+        !parts.is_empty(),
+        "no client got any rows; use fewer --clients or another --partition"
+    );
+    let left_out = empty.len();
     std::fs::create_dir_all(&options.out)?;
     let db = options.out.join("sim.db");
     for stale in ["sim.db", "sim.db-wal", "sim.db-shm"] {
@@ -304,7 +322,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         broker: fleet::server_broker(&url),
         rounds: RoundConfig {
             total: options.rounds,
-            min_clients: options.clients,
+            min_clients: parts.len(),
             min_reports: 1,
             sample_fraction: 1.0,
             deadline_secs: 600,
@@ -383,6 +401,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         warmup_rounds: options.warmup_rounds,
         keyframe_every: options.keyframe_every,
         clients: options.clients,
+        clients_left_out: left_out,
         seed: options.seed,
         final_accuracy: accuracies.last().copied(),
         best_accuracy: accuracies.iter().copied().reduce(f64::max),
