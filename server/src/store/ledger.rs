@@ -1,8 +1,10 @@
 //! Rounds, the per-vehicle ledger and rejections.
 
-use super::rows::{LEDGER_COLUMNS, client_from_sql, insert_client};
+use super::rows::{
+    LEDGER_COLUMNS, ROUND_COLUMNS, client_from_sql, insert_client, round_from_sql, update_round,
+};
 use super::status::ClientStatus;
-use super::{ClientRow, RoundRow, Store, StoreError, iso8601};
+use super::{ClientRow, RoundRow, Store, StoreError};
 use rusqlite::{OptionalExtension, params};
 
 impl Store {
@@ -46,23 +48,7 @@ impl Store {
         finished_ms: u64,
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "UPDATE rounds SET status = ?2, model_version = ?3, clients_selected = ?4, clients_reported = ?5,
-             clients_late = clients_late + ?6, bytes_up = ?7, bytes_down = ?8, wire_bytes_up = ?9, wire_bytes_down = ?10,
-             bytes_up_raw = ?11, bytes_up_predicted = ?12, train_seconds_sum = ?13, train_seconds_max = ?14,
-             samples = ?15, steps = ?16, flops = ?17, loss = ?18, eval_loss = ?19, accuracy = ?20, rmse = ?21,
-             finished_ms = ?22, bytes_down_raw = ?23, downlink_codec = ?24, encode_seconds = ?25,
-             decode_seconds = ?26 WHERE round = ?1",
-            params![
-                row.round as i64, row.status, row.model_version, row.clients_selected as i64,
-                row.clients_reported as i64, row.clients_late as i64, row.bytes_up as i64, row.bytes_down as i64,
-                row.wire_bytes_up as i64, row.wire_bytes_down as i64, row.bytes_up_raw as i64,
-                row.bytes_up_predicted as i64, row.train_seconds_sum, row.train_seconds_max, row.samples as i64,
-                row.steps as i64, row.flops as i64, row.loss, row.eval_loss, row.accuracy, row.rmse,
-                finished_ms as i64, row.bytes_down_raw as i64, row.downlink_codec, row.encode_seconds,
-                row.decode_seconds,
-            ],
-        )?;
+        update_round(&tx, row, finished_ms)?;
         for c in clients {
             insert_client(&tx, c)?;
         }
@@ -157,52 +143,9 @@ impl Store {
 
     /// All rounds, oldest first.
     pub fn rounds(&self) -> Result<Vec<RoundRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT round, status, base_version, model_version, codec, clients_selected, clients_reported,
-             clients_late, bytes_up, bytes_down, wire_bytes_up, wire_bytes_down, bytes_up_raw, bytes_up_predicted,
-             train_seconds_sum, train_seconds_max, samples, steps, flops, loss, eval_loss, accuracy, rmse,
-             started_ms, finished_ms, bytes_down_raw, downlink_codec, encode_seconds, decode_seconds
-             FROM rounds ORDER BY round",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(RoundRow {
-                round: r.get::<_, i64>(0)? as u64,
-                status: r.get(1)?,
-                base_version: r.get(2)?,
-                model_version: r.get(3)?,
-                codec: r.get(4)?,
-                clients_selected: r.get::<_, i64>(5)? as u64,
-                clients_reported: r.get::<_, i64>(6)? as u64,
-                clients_late: r.get::<_, i64>(7)? as u64,
-                bytes_up: r.get::<_, i64>(8)? as u64,
-                bytes_down: r.get::<_, i64>(9)? as u64,
-                wire_bytes_up: r.get::<_, i64>(10)? as u64,
-                wire_bytes_down: r.get::<_, i64>(11)? as u64,
-                bytes_up_raw: r.get::<_, i64>(12)? as u64,
-                bytes_up_predicted: r.get::<_, i64>(13)? as u64,
-                train_seconds_sum: r.get(14)?,
-                train_seconds_max: r.get(15)?,
-                samples: r.get::<_, i64>(16)? as u64,
-                steps: r.get::<_, i64>(17)? as u64,
-                flops: r.get::<_, i64>(18)? as u64,
-                loss: r.get(19)?,
-                eval_loss: r.get(20)?,
-                accuracy: r.get(21)?,
-                rmse: r.get(22)?,
-                started_at: iso8601(r.get::<_, i64>(23)? as u64),
-                finished_at: r.get::<_, Option<i64>>(24)?.map(|ms| iso8601(ms as u64)),
-                bytes_down_raw: r.get::<_, i64>(25)? as u64,
-                downlink_codec: r.get(26)?,
-                encode_seconds: r.get(27)?,
-                decode_seconds: r.get(28)?,
-                compression_up: None,
-            })
-            .map(|mut row| {
-                row.compression_up =
-                    (row.bytes_up > 0).then(|| row.bytes_up_raw as f64 / row.bytes_up as f64);
-                row
-            })
-        })?;
+        let sql = format!("SELECT {ROUND_COLUMNS} FROM rounds ORDER BY round");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([], round_from_sql)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

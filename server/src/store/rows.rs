@@ -1,8 +1,8 @@
-//! The row types of `rounds` and `ledger`, and the one place each ledger
-//! row meets its columns.
+//! The row types of `rounds` and `ledger`, and the one place each row type
+//! meets its columns.
 
-use super::StoreError;
 use super::status::{ClientStatus, RoundStatus};
+use super::{StoreError, iso8601};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
@@ -202,6 +202,77 @@ pub(super) fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), Stor
             c.encode_seconds,
             c.decode_seconds,
             c.flops_predicted as i64,
+        ],
+    )?;
+    Ok(())
+}
+
+/// The rounds table's columns, in the order [`round_from_sql`] reads them.
+pub(super) const ROUND_COLUMNS: &str = "round, status, base_version, model_version, codec, \
+    clients_selected, clients_reported, clients_late, bytes_up, bytes_down, wire_bytes_up, \
+    wire_bytes_down, bytes_up_raw, bytes_up_predicted, train_seconds_sum, train_seconds_max, samples, \
+    steps, flops, loss, eval_loss, accuracy, rmse, started_ms, finished_ms, bytes_down_raw, \
+    downlink_codec, encode_seconds, decode_seconds";
+
+pub(super) fn round_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoundRow> {
+    let count = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+    let mut row = RoundRow {
+        round: count(0)?,
+        status: r.get(1)?,
+        base_version: r.get(2)?,
+        model_version: r.get(3)?,
+        codec: r.get(4)?,
+        clients_selected: count(5)?,
+        clients_reported: count(6)?,
+        clients_late: count(7)?,
+        bytes_up: count(8)?,
+        bytes_down: count(9)?,
+        wire_bytes_up: count(10)?,
+        wire_bytes_down: count(11)?,
+        bytes_up_raw: count(12)?,
+        bytes_up_predicted: count(13)?,
+        train_seconds_sum: r.get(14)?,
+        train_seconds_max: r.get(15)?,
+        samples: count(16)?,
+        steps: count(17)?,
+        flops: count(18)?,
+        loss: r.get(19)?,
+        eval_loss: r.get(20)?,
+        accuracy: r.get(21)?,
+        rmse: r.get(22)?,
+        started_at: iso8601(count(23)?),
+        finished_at: r.get::<_, Option<i64>>(24)?.map(|ms| iso8601(ms as u64)),
+        bytes_down_raw: count(25)?,
+        downlink_codec: r.get(26)?,
+        encode_seconds: r.get(27)?,
+        decode_seconds: r.get(28)?,
+        compression_up: None,
+    };
+    row.compression_up = (row.bytes_up > 0).then(|| row.bytes_up_raw as f64 / row.bytes_up as f64);
+    Ok(row)
+}
+
+/// Writes a closing round's totals (late updates already counted add up).
+pub(super) fn update_round(
+    conn: &Connection,
+    row: &RoundRow,
+    finished_ms: u64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE rounds SET status = ?2, model_version = ?3, clients_selected = ?4, clients_reported = ?5,
+         clients_late = clients_late + ?6, bytes_up = ?7, bytes_down = ?8, wire_bytes_up = ?9, wire_bytes_down = ?10,
+         bytes_up_raw = ?11, bytes_up_predicted = ?12, train_seconds_sum = ?13, train_seconds_max = ?14,
+         samples = ?15, steps = ?16, flops = ?17, loss = ?18, eval_loss = ?19, accuracy = ?20, rmse = ?21,
+         finished_ms = ?22, bytes_down_raw = ?23, downlink_codec = ?24, encode_seconds = ?25,
+         decode_seconds = ?26 WHERE round = ?1",
+        params![
+            row.round as i64, row.status, row.model_version, row.clients_selected as i64,
+            row.clients_reported as i64, row.clients_late as i64, row.bytes_up as i64, row.bytes_down as i64,
+            row.wire_bytes_up as i64, row.wire_bytes_down as i64, row.bytes_up_raw as i64,
+            row.bytes_up_predicted as i64, row.train_seconds_sum, row.train_seconds_max, row.samples as i64,
+            row.steps as i64, row.flops as i64, row.loss, row.eval_loss, row.accuracy, row.rmse,
+            finished_ms as i64, row.bytes_down_raw as i64, row.downlink_codec, row.encode_seconds,
+            row.decode_seconds,
         ],
     )?;
     Ok(())
