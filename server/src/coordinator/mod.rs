@@ -123,6 +123,42 @@ pub struct Coordinator {
     next_round: u64,
     rounds_run: u64,
     rejections: RejectionCounts,
+    warnings: WarningLimiter,
+}
+
+/// One warning per (client, reason) a minute, however many messages are
+/// rejected; the next warning says how many were not logged.
+#[derive(Debug, Default)]
+struct WarningLimiter {
+    /// Per (client, reason): the minute of its last warning and the
+    /// rejections since.
+    seen: std::collections::HashMap<(String, &'static str), (u64, u64)>,
+}
+
+impl WarningLimiter {
+    /// Keys kept before the table starts afresh (bounds memory under a
+    /// flood of made-up client ids).
+    const MAX_KEYS: usize = 10_000;
+
+    /// `Some(suppressed since the last warning)` when this one is logged.
+    fn admit(&mut self, client: &str, reason: &'static str, minute: u64) -> Option<u64> {
+        if self.seen.len() >= Self::MAX_KEYS
+            && !self.seen.contains_key(&(client.to_string(), reason))
+        {
+            self.seen.clear();
+        }
+        let entry = self
+            .seen
+            .entry((client.to_string(), reason))
+            .or_insert((u64::MAX, 0));
+        if entry.0 == minute {
+            entry.1 += 1;
+            return None;
+        }
+        let suppressed = std::mem::take(&mut entry.1);
+        entry.0 = minute;
+        Some(suppressed)
+    }
 }
 
 impl Coordinator {
@@ -157,6 +193,7 @@ impl Coordinator {
             next_round,
             rounds_run: 0,
             rejections: RejectionCounts::new(),
+            warnings: WarningLimiter::default(),
         })
     }
 
@@ -243,7 +280,17 @@ impl Coordinator {
         let reason = why.reason();
         *self.rejections.entry(reason.to_string()).or_default() += 1;
         let detail = why.to_string();
-        tracing::warn!(?round, client, reason, detail, "message rejected");
+        let minute = self.clock.now_ms() / 60_000;
+        if let Some(suppressed) = self.warnings.admit(client.unwrap_or(""), reason, minute) {
+            tracing::warn!(
+                ?round,
+                client,
+                reason,
+                detail,
+                suppressed,
+                "message rejected"
+            );
+        }
         if let Err(e) =
             self.store
                 .record_rejection(round, client, reason, &detail, self.clock.now_ms())

@@ -569,3 +569,36 @@ fn the_next_round_opens_after_the_last_one_closed_and_warm_up_narrows_the_codec(
         rig.coordinator.current().manifest.version
     );
 }
+
+#[test]
+fn a_flood_of_junk_adds_counts_not_rows_and_one_warning_a_minute() {
+    let mut rig = rig();
+    let topic = topics::client(FLEET, ClientTopic::Update, "car-1");
+    for _ in 0..20_000 {
+        rig.handle(message(topic.as_str(), vec![0xff; 16]));
+    }
+    assert_eq!(
+        rig.rejected("bad_magic") + rig.rejected("truncated"),
+        20_000
+    );
+    assert_eq!(rig.coordinator.store.rejection_rows().unwrap(), 1);
+    let counted: u64 = rig
+        .coordinator
+        .store
+        .rejection_counts()
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(counted, 20_000);
+    // the next minute starts a new row and a new warning
+    rig.clock.advance(Duration::from_secs(60));
+    rig.handle(message(topic.as_str(), vec![0xff; 16]));
+    assert_eq!(rig.coordinator.store.rejection_rows().unwrap(), 2);
+    let mut limiter = WarningLimiter::default();
+    assert_eq!(limiter.admit("car-1", "bad_crc", 7), Some(0));
+    assert_eq!(limiter.admit("car-1", "bad_crc", 7), None);
+    assert_eq!(limiter.admit("car-1", "bad_crc", 7), None);
+    assert_eq!(limiter.admit("car-2", "bad_crc", 7), Some(0));
+    assert_eq!(limiter.admit("car-1", "bad_crc", 8), Some(2));
+}

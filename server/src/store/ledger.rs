@@ -123,18 +123,43 @@ impl Store {
         detail: &str,
         now_ms: u64,
     ) -> Result<(), StoreError> {
+        // One row per (client, reason, minute), keeping the latest detail.
         self.conn.execute(
-            "INSERT INTO rejections (at_ms, round, client, reason, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![now_ms as i64, round.map(|r| r as i64), client, reason, detail],
+            "INSERT INTO rejection_counts (minute, client, reason, count, round, last_ms, detail)
+             VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6)
+             ON CONFLICT (minute, client, reason) DO UPDATE SET count = count + 1,
+             round = excluded.round, last_ms = excluded.last_ms, detail = excluded.detail",
+            params![
+                (now_ms / 60_000) as i64,
+                client.unwrap_or(""),
+                reason,
+                round.map(|r| r as i64),
+                now_ms as i64,
+                detail
+            ],
         )?;
         Ok(())
+    }
+
+    /// Rows of the rejection record (one per client, reason and minute).
+    pub fn rejection_rows(&self) -> Result<u64, StoreError> {
+        let rows: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM rejection_counts", [], |r| r.get(0))?;
+        Ok(rows as u64)
     }
 
     /// Rejections per reason.
     pub fn rejection_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT reason, COUNT(*) FROM rejections GROUP BY reason ORDER BY reason")?;
+            // databases written before aggregation still hold one row per message
+            .prepare(
+                "SELECT reason, SUM(n) FROM (
+                   SELECT reason, count AS n FROM rejection_counts
+                   UNION ALL SELECT reason, 1 AS n FROM rejections)
+                 GROUP BY reason ORDER BY reason",
+            )?;
         let rows = stmt.query_map([], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
         })?;

@@ -81,6 +81,12 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, round INTEGER, client TEXT,
     reason TEXT NOT NULL, detail TEXT NOT NULL);
+-- rejections aggregated per (client, reason, minute): a flood adds a count,
+-- not a row per message
+CREATE TABLE IF NOT EXISTS rejection_counts (
+    minute INTEGER NOT NULL, client TEXT NOT NULL, reason TEXT NOT NULL,
+    count INTEGER NOT NULL, round INTEGER, last_ms INTEGER NOT NULL, detail TEXT NOT NULL,
+    PRIMARY KEY (minute, client, reason));
 ";
 
 /// ISO-8601 UTC text for Unix milliseconds.
