@@ -102,15 +102,42 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Opens (creating if needed) the directory.
+    /// Opens (creating if needed) the directory, and moves every corrupt
+    /// state file aside at once (each with a warning), so one start deals
+    /// with all of them instead of one per restart.
     pub fn open(root: &Path) -> Result<Self, StateError> {
         std::fs::create_dir_all(root).map_err(|cause| StateError::Io {
             path: root.to_path_buf(),
             cause,
         })?;
-        Ok(Self {
+        let dir = Self {
             root: root.to_path_buf(),
-        })
+        };
+        for moved in dir.sweep()? {
+            tracing::warn!(error = %moved, "state file moved aside");
+        }
+        Ok(dir)
+    }
+
+    /// Reads every state file once; returns the corrupt ones it moved aside.
+    /// Only I/O trouble (not corruption) is an error.
+    pub fn sweep(&self) -> Result<Vec<StateError>, StateError> {
+        let checks: [fn(&Self) -> Result<bool, StateError>; 5] = [
+            |d| d.model().map(|v| v.is_some()),
+            |d| d.pending().map(|v| v.is_some()),
+            |d| d.read::<Progress>("progress.bin").map(|v| v.is_some()),
+            |d| d.residual().map(|v| v.is_some()),
+            |d| d.checkpoint().map(|v| v.is_some()),
+        ];
+        let mut moved = Vec::new();
+        for check in checks {
+            match check(self) {
+                Ok(_) => {}
+                Err(e @ StateError::Corrupt { .. }) => moved.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(moved)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -137,8 +164,7 @@ impl StateDir {
         match postcard::from_bytes(&bytes) {
             Ok(v) => Ok(Some(v)),
             Err(e) => {
-                let aside = PathBuf::from(format!("{}.corrupt", path.display()));
-                let _ = std::fs::rename(&path, aside);
+                move_aside(&path);
                 Err(StateError::Corrupt {
                     path,
                     message: e.to_string(),
@@ -164,8 +190,22 @@ impl StateDir {
     }
 
     /// The stored base model.
+    /// A model whose parameters do not hash to its stored version (a
+    /// flipped bit, an overwritten float) is corrupt: moved aside, never used.
     pub fn model(&self) -> Result<Option<StoredModel>, StateError> {
-        self.read("model.bin")
+        let Some(model) = self.read::<StoredModel>("model.bin")? else {
+            return Ok(None);
+        };
+        let manifest = convoy_shared::version::manifest_of(&model.params, &model.spec, &model.task);
+        if manifest != model.manifest {
+            let path = self.path("model.bin");
+            move_aside(&path);
+            return Err(StateError::Corrupt {
+                path,
+                message: "its parameters do not hash to its version id".into(),
+            });
+        }
+        Ok(Some(model))
     }
 
     /// Replaces the stored base model.
@@ -233,6 +273,14 @@ impl StateDir {
     }
 }
 
+/// Renames a corrupt file to `<name>.corrupt`, keeping it for inspection.
+fn move_aside(path: &Path) {
+    let aside = PathBuf::from(format!("{}.corrupt", path.display()));
+    if let Err(e) = std::fs::rename(path, &aside) {
+        tracing::error!(path = %path.display(), error = %e, "cannot move a corrupt state file aside");
+    }
+}
+
 impl From<FsError> for StateError {
     fn from(e: FsError) -> Self {
         StateError::Io {
@@ -275,5 +323,55 @@ mod tests {
         assert!(matches!(state.pending(), Err(StateError::Corrupt { .. })));
         assert_eq!(state.pending().unwrap(), None);
         assert!(dir.path().join("pending.bin.corrupt").exists());
+    }
+
+    #[test]
+    fn one_open_moves_every_corrupt_file_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["pending.bin", "residual.bin", "checkpoint.bin"] {
+            std::fs::write(dir.path().join(name), [0xff; 3]).unwrap();
+        }
+        let state = StateDir::open(dir.path()).expect("corruption is not fatal at start");
+        for name in ["pending.bin", "residual.bin", "checkpoint.bin"] {
+            assert!(
+                dir.path().join(format!("{name}.corrupt")).exists(),
+                "{name}"
+            );
+        }
+        assert_eq!(state.pending().unwrap(), None);
+        assert_eq!(state.residual().unwrap(), None);
+        assert_eq!(state.checkpoint().unwrap(), None);
+    }
+
+    #[test]
+    fn a_model_that_does_not_hash_to_its_version_is_never_used() {
+        use convoy_shared::spec::{ModelSpec, Recipe, TaskKind};
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let spec = ModelSpec {
+            task: TaskKind::Classification,
+            features: vec!["a".into()],
+            norm_mean: vec![0.0],
+            norm_std: vec![1.0],
+            label: "y".into(),
+            classes: vec!["0".into(), "1".into()],
+            hidden: vec![3],
+            init_seed: 1,
+        };
+        let task = Recipe::default();
+        let params = spec.init_params();
+        let mut model = StoredModel {
+            manifest: convoy_shared::version::manifest_of(&params, &spec, &task),
+            spec,
+            task,
+            params,
+        };
+        state.save_model(&model).unwrap();
+        assert_eq!(state.model().unwrap(), Some(model.clone()));
+        model.params.tensors[0].data[0] += 1.0; // overwritten float, old manifest
+        state.save_model(&model).unwrap();
+        assert!(matches!(state.model(), Err(StateError::Corrupt { .. })));
+        assert!(dir.path().join("model.bin.corrupt").exists());
+        assert_eq!(state.model().unwrap(), None);
     }
 }
