@@ -122,7 +122,8 @@ impl StateDir {
     /// Reads every state file once; returns the corrupt ones it moved aside.
     /// Only I/O trouble (not corruption) is an error.
     pub fn sweep(&self) -> Result<Vec<StateError>, StateError> {
-        let checks: [fn(&Self) -> Result<bool, StateError>; 5] = [
+        type Check = fn(&StateDir) -> Result<bool, StateError>;
+        let checks: [Check; 5] = [
             |d| d.model().map(|v| v.is_some()),
             |d| d.pending().map(|v| v.is_some()),
             |d| d.read::<Progress>("progress.bin").map(|v| v.is_some()),
