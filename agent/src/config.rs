@@ -162,6 +162,7 @@ impl AgentConfig {
             )));
         }
         self.policy.validate().map_err(ConfigError::Invalid)?;
+        self.limits.validate().map_err(ConfigError::Invalid)?;
         self.broker.validate()
     }
 }

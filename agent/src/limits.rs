@@ -39,6 +39,22 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Checks the bounds themselves: each must be at least 1.
+    pub fn validate(&self) -> Result<(), String> {
+        let bounds = [
+            ("max_params", self.max_params),
+            ("max_layer_width", self.max_layer_width),
+            ("max_hidden_layers", self.max_hidden_layers as u64),
+            ("max_classes", self.max_classes as u64),
+            ("max_features", self.max_features as u64),
+            ("max_model_memory_mb", self.max_model_memory_mb),
+        ];
+        match bounds.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(format!("limits.{name} must be at least 1")),
+            None => Ok(()),
+        }
+    }
+
     /// Checks `spec` is consistent and within bounds; the error says which
     /// bound and by how much. Uses no allocation proportional to the model.
     pub fn check(&self, spec: &ModelSpec) -> Result<(), String> {

@@ -118,6 +118,12 @@ impl PolicyConfig {
 
     /// Checks the numbers a config file can get wrong.
     pub fn validate(&self) -> Result<(), String> {
+        if self.min_idle_secs > 604_800 {
+            return Err(format!(
+                "policy.min_idle_secs {} must be 0 to 604800 (a week)",
+                self.min_idle_secs
+            ));
+        }
         if !(1..=86_400).contains(&self.check_secs) {
             return Err(format!(
                 "policy.check_secs {} must be 1 to 86400",

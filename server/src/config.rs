@@ -80,9 +80,10 @@ impl Default for ServerBroker {
 pub struct RoundConfig {
     /// Rounds to run before exiting; 0 runs until stopped.
     pub total: u64,
-    /// Online clients needed to open a round.
+    /// Online clients needed to open a round (1 to 1,000,000).
     pub min_clients: usize,
-    /// Accepted updates needed to publish a new model; fewer fails the round.
+    /// Accepted updates needed to publish a new model; fewer fails the
+    /// round (1 to 1,000,000).
     pub min_reports: usize,
     /// Share of eligible online clients asked to train each round (0, 1].
     pub sample_fraction: f64,
@@ -94,9 +95,10 @@ pub struct RoundConfig {
     /// Codec of the model delta published each round (`fp32`: full models only).
     pub downlink_codec: Pipeline,
     /// Rounds of sparsity warm-up: a `topk`/`randk` codec starts at 25 % kept
-    /// and shrinks 4x a round down to its own fraction (0: none).
+    /// and shrinks 4x a round down to its own fraction (0: none; at most 1000).
     pub codec_warmup_rounds: u64,
-    /// Server learning rate applied to the averaged update (1: plain FedAvg).
+    /// Server learning rate applied to the averaged update (1: plain
+    /// FedAvg; above 0, at most 100).
     pub server_lr: f64,
     /// Every this many rounds the published model is exact (a keyframe) and
     /// the server's downlink residual restarts; 0 never (agents that are
@@ -202,10 +204,19 @@ impl ServerConfig {
         if self.rounds.min_clients == 0 {
             return bad("rounds.min_clients must be at least 1".into());
         }
-        if !(self.rounds.server_lr.is_finite() && self.rounds.server_lr > 0.0) {
+        if !(self.rounds.server_lr.is_finite()
+            && self.rounds.server_lr > 0.0
+            && self.rounds.server_lr <= 100.0)
+        {
             return bad(format!(
-                "rounds.server_lr {} must be positive",
+                "rounds.server_lr {} must be above 0 and at most 100",
                 self.rounds.server_lr
+            ));
+        }
+        if self.rounds.codec_warmup_rounds > 1000 {
+            return bad(format!(
+                "rounds.codec_warmup_rounds {} must be 0 to 1000",
+                self.rounds.codec_warmup_rounds
             ));
         }
         if self.rounds.min_reports == 0 {
@@ -246,13 +257,15 @@ impl ServerConfig {
             ));
         }
         self.broker.link.validate()?;
-        if !(self.training.lr.is_finite() && self.training.lr > 0.0)
-            || self.training.batch_size == 0
-            || self.training.epochs == 0
+        let t = &self.training;
+        if !(1..=1000).contains(&t.epochs)
+            || !(1..=65_536).contains(&t.batch_size)
+            || !(t.lr.is_finite() && t.lr > 0.0 && t.lr <= 10.0)
         {
-            return bad(
-                "training: epochs and batch_size must be at least 1 and lr positive".into(),
-            );
+            return bad(format!(
+                "training: epochs {} must be 1 to 1000, batch_size {} 1 to 65536 and lr {} above 0 and at most 10",
+                t.epochs, t.batch_size, t.lr
+            ));
         }
         if self.broker.link.url.is_none()
             && self.broker.listen.parse::<std::net::SocketAddr>().is_err()
