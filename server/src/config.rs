@@ -258,10 +258,12 @@ impl ServerConfig {
         }
         self.broker.link.validate()?;
         let t = &self.training;
-        if !(1..=1000).contains(&t.epochs)
-            || !(1..=65_536).contains(&t.batch_size)
-            || !(t.lr.is_finite() && t.lr > 0.0 && t.lr <= 10.0)
-        {
+        let recipe_ok = (1..=1000).contains(&t.epochs)
+            && (1..=65_536).contains(&t.batch_size)
+            && t.lr.is_finite()
+            && t.lr > 0.0
+            && t.lr <= 10.0;
+        if !recipe_ok {
             return bad(format!(
                 "training: epochs {} must be 1 to 1000, batch_size {} 1 to 65536 and lr {} above 0 and at most 10",
                 t.epochs, t.batch_size, t.lr
