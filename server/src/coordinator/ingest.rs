@@ -140,6 +140,11 @@ impl Coordinator {
         };
         if chunk.base_version != r.announce.base_version() {
             self.reject(current, Some(client), &Rejection::WrongBase);
+            // It can never count: say so, so the vehicle drops it.
+            if chunk.pos.index == 0 {
+                let reason = format!("wrong_base: {}", Rejection::WrongBase);
+                self.ack(client, chunk.round, false, &reason, out);
+            }
             return Ok(());
         }
         if !r.selected.contains(client) {

@@ -402,8 +402,10 @@ fn updates_for_another_round_base_or_client_are_rejected_with_their_reason() {
     assert!(!nack[0].accepted && nack[0].reason.starts_with("wrong_round"));
     let mut other_base = a.clone();
     other_base.manifest.version = [7; 32];
-    rig.send(rig.update_body("car-1", &other_base, &delta, 5));
+    let out = rig.send(rig.update_body("car-1", &other_base, &delta, 5));
     assert!(rig.rejected("wrong_base") > 0);
+    let nack = acks(&out, "car-1");
+    assert!(nack.len() == 1 && !nack[0].accepted && nack[0].reason.starts_with("wrong_base"));
     // a chunk on car-1's topic that claims to be car-2's
     let mut forged = rig.update("car-2", 0.0, 5).remove(0);
     if let Input::Link(LinkEvent::Message { topic, .. }) = &mut forged {
