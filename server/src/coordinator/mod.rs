@@ -142,15 +142,11 @@ impl WarningLimiter {
 
     /// `Some(suppressed since the last warning)` when this one is logged.
     fn admit(&mut self, client: &str, reason: &'static str, minute: u64) -> Option<u64> {
-        if self.seen.len() >= Self::MAX_KEYS
-            && !self.seen.contains_key(&(client.to_string(), reason))
-        {
+        let key = (client.to_string(), reason);
+        if self.seen.len() >= Self::MAX_KEYS && !self.seen.contains_key(&key) {
             self.seen.clear();
         }
-        let entry = self
-            .seen
-            .entry((client.to_string(), reason))
-            .or_insert((u64::MAX, 0));
+        let entry = self.seen.entry(key).or_insert((u64::MAX, 0));
         if entry.0 == minute {
             entry.1 += 1;
             return None;
