@@ -23,6 +23,10 @@ pub struct AgentConfig {
     /// Broker connection.
     #[serde(default)]
     pub broker: BrokerConfig,
+    /// This vehicle's signing key and the server's public key, both written
+    /// by `convoy-server provision`.
+    #[serde(default)]
+    pub identity: IdentityConfig,
     /// Local training data.
     pub data: DataConfig,
     /// Limits on local training.
@@ -41,6 +45,27 @@ pub struct AgentConfig {
     /// (written by `convoy-server deploy`); empty when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<TopicId>,
+}
+
+/// Key files (see `convoy-server provision`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// This vehicle's ed25519 secret key: it signs every update, status and
+    /// failure report. Keep it 0600.
+    pub key_file: PathBuf,
+    /// The server's public key: announcements, models and receipts that it
+    /// did not sign are ignored.
+    pub server_key_file: PathBuf,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            key_file: PathBuf::from("/etc/convoy-agent/vehicle.key"),
+            server_key_file: PathBuf::from("/etc/convoy-agent/server.pub"),
+        }
+    }
 }
 
 /// Where the vehicle's data is.
@@ -127,6 +152,8 @@ impl AgentConfig {
         // Relative paths are relative to the config file, not the cwd.
         resolve(path, &mut config.data.path);
         resolve(path, &mut config.state_dir);
+        resolve(path, &mut config.identity.key_file);
+        resolve(path, &mut config.identity.server_key_file);
         config.broker.resolve_paths(path);
         config.apply_env()?;
         config.broker.load_password()?;

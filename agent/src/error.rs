@@ -21,6 +21,11 @@ pub enum AgentError {
         /// what is wrong
         message: String,
     },
+    /// The vehicle's key or the server's public key is missing or unreadable.
+    #[error(
+        "identity: {0} (create the keys with `convoy-server provision <client_id>` and install vehicle.key and server.pub as [identity] names them)"
+    )]
+    Identity(#[from] convoy_shared::identity::KeyError),
     /// A configured fault fired (tests only).
     #[error("fault injected: {0}")]
     FaultInjected(&'static str),

@@ -19,6 +19,7 @@
 //! | [`policy`] | when the vehicle allows training |
 //! | [`state`] | the state directory that survives power loss |
 //! | [`status`] | the retained status message |
+//! | [`keys`] | the vehicle's signing key and the server's public key |
 //! | [`backend`] | CPU or GPU (wgpu) |
 //! | [`config`] | the TOML config |
 
@@ -29,6 +30,7 @@ pub mod config;
 pub mod data;
 pub mod encode;
 pub mod error;
+pub mod keys;
 pub mod limits;
 pub mod policy;
 pub mod round;
@@ -40,4 +42,5 @@ pub mod trainer;
 pub use convoy_runtime::ConfigError;
 pub use data::LocalData;
 pub use error::AgentError;
+pub use keys::Keys;
 pub use run::{preflight, run, run_with_data};

@@ -6,6 +6,7 @@ use crate::backend;
 use crate::config::AgentConfig;
 use crate::data::{self, LocalData};
 use crate::error::AgentError;
+use crate::keys::Keys;
 use crate::policy;
 use crate::round::{Action, Agent, Input, TrainingDone};
 use crate::state::StateDir;
@@ -19,11 +20,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Every check `run` makes before it connects: the config, a writable
-/// state directory, and a CSV with the label column and at least one row.
+/// Every check `run` makes before it connects: the config, both key files,
+/// a writable state directory, and a CSV with the label column and at least
+/// one row.
 /// `convoy-agent check` runs exactly this.
 pub fn preflight(config: &AgentConfig) -> Result<convoy_shared::dataset::Table, AgentError> {
     config.validate()?;
+    Keys::load(&config.identity)?;
     StateDir::open(&config.state_dir)?.check_writable()?;
     let table = data::load_configured(config)?;
     if table.is_empty() {
@@ -55,6 +58,7 @@ pub async fn run_with_data(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     config.validate()?;
+    let keys = Keys::load(&config.identity)?;
     let clock: SharedClock = Arc::new(SystemClock);
     let state = StateDir::open(&config.state_dir)?;
     tracing::info!(
@@ -71,7 +75,7 @@ pub async fn run_with_data(
 
     let tracker = TaskTracker::new();
     let watch_stop = CancellationToken::new();
-    let mut agent = Agent::new(config.clone(), state, data, clock);
+    let mut agent = Agent::new(config.clone(), keys, state, data, clock);
     let offline = agent.offline_status();
     let session = Session {
         client_id: config.client_id.to_string(),

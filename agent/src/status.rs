@@ -1,21 +1,22 @@
 //! The agent's retained status message: what it is doing, for the server
-//! (online, codecs it can run) and for operators (deployment, version).
+//! (online, codecs it can run, rows it declares) and for operators
+//! (deployment, version).
 
 use crate::config::AgentConfig;
 use convoy_shared::codec;
 use convoy_shared::messages::{self, AgentState, Status};
-use convoy_shared::wire::{self, Kind, WireError};
 
-/// An encoded status message.
-pub fn payload(
+/// A status message; `session` and `seq` come from the agent.
+pub fn status(
     config: &AgentConfig,
     state: AgentState,
     round: u64,
     samples: usize,
     detail: &str,
-) -> Result<Vec<u8>, WireError> {
+    (session, seq): (u64, u64),
+) -> Status {
     // Ids were validated with the config, so they always fit.
-    let status = Status {
+    Status {
         client: messages::id(&config.client_id).unwrap_or_default(),
         state,
         round,
@@ -31,6 +32,7 @@ pub fn payload(
             .as_deref()
             .and_then(messages::id)
             .unwrap_or_default(),
-    };
-    wire::encode(Kind::Status, &status)
+        session,
+        seq,
+    }
 }

@@ -40,6 +40,20 @@ pub enum TrainError {
     Encode(String),
 }
 
+impl TrainError {
+    /// The stable reason a failure report carries.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TrainError::Params(_) => "params",
+            TrainError::Cancelled => "cancelled",
+            TrainError::Diverged(_) => "diverged",
+            TrainError::Threads(_) | TrainError::Thread(_) => "thread",
+            TrainError::Data(_) => "data",
+            TrainError::Encode(_) => "encode",
+        }
+    }
+}
+
 /// One local training job.
 #[derive(Debug, Clone)]
 pub struct Job {

@@ -13,11 +13,15 @@ fn agent_notifies_ready_watchdog_and_stopping() -> Result<(), Box<dyn std::error
     let socket = UnixDatagram::bind(&socket_path)?;
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     std::fs::write(dir.path().join("data.csv"), "a,y\n1,0\n2,1\n")?;
+    let key = convoy_shared::identity::SecretKey::generate();
+    key.write_new(&dir.path().join("vehicle.key"))?;
+    key.public().write(&dir.path().join("server.pub"))?;
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
         "client_id = \"car-1\"\nstate_dir = \"state\"\n[broker]\nurl = \"mqtt://127.0.0.1:9\"\n\
-         [data]\npath = \"data.csv\"\nlabel = \"y\"\n",
+         [data]\npath = \"data.csv\"\nlabel = \"y\"\n\
+         [identity]\nkey_file = \"vehicle.key\"\nserver_key_file = \"server.pub\"\n",
     )?;
     // systemd sets WATCHDOG_PID to the service's pid: `exec` keeps the
     // shell's pid for the agent.

@@ -1,9 +1,67 @@
-//! The embedded MQTT broker (rumqttd) on a thread of its own.
+//! The embedded MQTT broker (rumqttd) on a thread of its own, refusing
+//! anonymous clients unless told otherwise.
+//!
+//! Who may connect ([`Access::Credentials`]): the server, with the token it
+//! made at start, under its own client id; and each provisioned vehicle with
+//! user name = client id and the password `provision` wrote. So no client
+//! can take the server's id or another vehicle's, and nobody without
+//! credentials reads or publishes anything.
 
+use crate::identity::{password_hash, same_digest};
+use crate::store::Store;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
+
+/// Who the embedded broker lets in.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Anyone (`broker.allow_anonymous = true`).
+    Anonymous,
+    /// The server and provisioned vehicles only.
+    Credentials(Credentials),
+}
+
+/// What [`Access::Credentials`] checks a login against.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The server's database, whose `vehicles` table holds password hashes
+    /// (read on each connect, so `provision` takes effect at once).
+    pub db: PathBuf,
+    /// The server's client id, reserved for it.
+    pub server_id: String,
+    /// The server's own password for this run.
+    pub server_password: String,
+}
+
+/// Why a login was refused, for the log.
+fn refusal(creds: &Credentials, store: &mut Option<Store>, client: &str, user: &str, pass: &str) -> Option<&'static str> {
+    if client != user {
+        return Some("the user name must equal the client id");
+    }
+    if client == creds.server_id {
+        return (!same_digest(pass, &creds.server_password)).then_some("the server's id is reserved for the server");
+    }
+    if store.is_none() {
+        *store = Store::open_existing(&creds.db).ok();
+    }
+    let Some(db) = store.as_ref() else {
+        return Some("no vehicle is provisioned yet");
+    };
+    match db.vehicle_password_hash(client) {
+        Ok(Some(hash)) if same_digest(&password_hash(pass), &hash) => None,
+        Ok(Some(_)) => Some("wrong password"),
+        Ok(None) => Some("not provisioned (convoy-server provision)"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read vehicle credentials");
+            *store = None;
+            Some("credentials unreadable")
+        }
+    }
+}
 
 /// The embedded broker could not start.
 #[derive(Debug, Error)]
@@ -33,14 +91,18 @@ pub fn free_local_addr() -> std::io::Result<SocketAddr> {
 /// Starts rumqttd on `listen` and waits until it accepts connections.
 /// `Broker::start` blocks forever, so the thread is detached; it ends with
 /// the process.
-pub fn start_embedded(listen: &str, max_payload: usize) -> Result<SocketAddr, BrokerError> {
+pub fn start_embedded(
+    listen: &str,
+    max_payload: usize,
+    access: Access,
+) -> Result<SocketAddr, BrokerError> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|_| BrokerError::Listen(listen.to_string()))?;
     // Probe first: if something else holds the port we would otherwise
     // mistake it for our broker.
     drop(std::net::TcpListener::bind(addr).map_err(|e| BrokerError::InUse(addr, e))?);
-    let connections = rumqttd::ConnectionSettings {
+    let mut connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: max_payload,
         max_inflight_count: 500,
@@ -48,6 +110,17 @@ pub fn start_embedded(listen: &str, max_payload: usize) -> Result<SocketAddr, Br
         external_auth: None,
         dynamic_filters: true,
     };
+    if let Access::Credentials(creds) = access {
+        let store: Arc<Mutex<Option<Store>>> = Arc::new(Mutex::new(None));
+        connections.set_auth_handler(move |client: String, user: String, pass: String| {
+            let mut store = store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let why = refusal(&creds, &mut store, &client, &user, &pass);
+            if let Some(why) = why {
+                tracing::warn!(client, user, why, "broker login refused");
+            }
+            std::future::ready(why.is_none())
+        });
+    }
     let server = rumqttd::ServerSettings {
         name: "convoy-v4".into(),
         listen: addr,

@@ -40,6 +40,19 @@ pub struct ServerConfig {
     /// Server-side evaluation.
     #[serde(default)]
     pub eval: EvalConfig,
+    /// The server's key pair.
+    #[serde(default)]
+    pub identity: ServerIdentity,
+}
+
+/// Where the server's signing key lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerIdentity {
+    /// The server's ed25519 secret key, created on first start (0600) with
+    /// its public half beside it as `server.pub`, which `provision` installs
+    /// on vehicles. Unset: `server.key` beside the database.
+    pub key_file: Option<PathBuf>,
 }
 
 /// Broker settings: the client keys every convoy binary shares
@@ -50,8 +63,14 @@ pub struct ServerConfig {
 pub struct ServerBroker {
     /// Listen address of the embedded broker (used when `url` is unset).
     pub listen: String,
-    /// MQTT client id of the server.
+    /// MQTT client id of the server; the embedded broker lets no one else
+    /// take it.
     pub client_id: String,
+    /// Let the embedded broker accept clients without credentials. Off by
+    /// default: only the server and provisioned vehicles (user name = client
+    /// id, password from `provision`) may connect. Signatures are checked
+    /// either way.
+    pub allow_anonymous: bool,
     /// How the server's client reaches the broker; an unset `url` runs the
     /// embedded broker. `max_packet_size` is also the embedded broker's
     /// payload limit.
@@ -68,6 +87,7 @@ impl Default for ServerBroker {
         Self {
             listen: "127.0.0.1:1883".into(),
             client_id: "convoy-server".into(),
+            allow_anonymous: false,
             link: BrokerConfig::default(),
             unknown: Default::default(),
         }
@@ -111,6 +131,18 @@ pub struct RoundConfig {
     pub max_update_bytes: usize,
     /// Seed for client sampling.
     pub seed: u64,
+    /// Largest sample count one update may claim (1 to 1e9); an update may
+    /// also claim no more rows than its vehicle's status declared, so one
+    /// vehicle cannot outweigh the fleet.
+    pub max_samples: u64,
+    /// Updates whose L2 norm exceeds this multiple of the median norm
+    /// (of the previous round, or of this round's first updates) are scaled
+    /// down to it; 0 turns the check off (otherwise 1 to 1000).
+    pub norm_bound: f64,
+    /// Seconds without a signed message after which a vehicle counts as
+    /// offline and is not selected (10 to 86400). Agents send a status at
+    /// least every 30 s.
+    pub offline_after_secs: u64,
 }
 
 impl Default for RoundConfig {
@@ -129,6 +161,9 @@ impl Default for RoundConfig {
             chunk_size: convoy_shared::chunk::DEFAULT_CHUNK_SIZE,
             max_update_bytes: 64 * 1024 * 1024,
             seed: 42,
+            max_samples: 1_000_000,
+            norm_bound: 5.0,
+            offline_after_secs: 120,
         }
     }
 }
@@ -182,6 +217,9 @@ impl ServerConfig {
         resolve(path, &mut config.model.schema_csv);
         if let Some(t) = config.eval.test_csv.as_mut() {
             resolve(path, t);
+        }
+        if let Some(k) = config.identity.key_file.as_mut() {
+            resolve(path, k);
         }
         config.broker.link.resolve_paths(path);
         config.apply_env()?;
@@ -248,12 +286,30 @@ impl ServerConfig {
                 r.max_update_bytes
             ));
         }
+        if !(1..=1_000_000_000).contains(&r.max_samples) {
+            return bad(format!(
+                "rounds.max_samples {} must be 1 to 1000000000",
+                r.max_samples
+            ));
+        }
+        if !(r.norm_bound == 0.0 || (1.0..=1000.0).contains(&r.norm_bound)) {
+            return bad(format!(
+                "rounds.norm_bound {} must be 0 (off) or 1 to 1000",
+                r.norm_bound
+            ));
+        }
+        if !(10..=86_400).contains(&r.offline_after_secs) {
+            return bad(format!(
+                "rounds.offline_after_secs {} must be 10 to 86400",
+                r.offline_after_secs
+            ));
+        }
         if r.min_clients > 1_000_000 || r.min_reports > 1_000_000 {
             return bad("rounds.min_clients and rounds.min_reports must be 1 to 1000000".into());
         }
         if let Some(key) = self.broker.unknown.keys().next() {
             return bad(format!(
-                "unknown key broker.{key}; known: url, listen, client_id, username, password, password_file, max_packet_size, keep_alive_secs"
+                "unknown key broker.{key}; known: url, listen, client_id, allow_anonymous, username, password, password_file, max_packet_size, keep_alive_secs"
             ));
         }
         self.broker.link.validate()?;
@@ -290,6 +346,14 @@ impl ServerConfig {
             link.url = Some(BrokerUrl::tcp(addr));
         }
         link
+    }
+
+    /// The server's key file.
+    pub fn key_file(&self) -> PathBuf {
+        self.identity
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.db.with_file_name("server.key"))
     }
 
     /// Whether the server runs its embedded broker.

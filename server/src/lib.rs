@@ -10,7 +10,8 @@
 //! | [`coordinator`] | the round state machine (no I/O) |
 //! | [`aggregator`] | the streaming weighted sum |
 //! | [`store`] | SQLite ledger and model versions |
-//! | [`broker`] | the embedded MQTT broker |
+//! | [`broker`] | the embedded MQTT broker, authenticated |
+//! | [`identity`] | key pairs, the vehicle keyring, `provision` |
 //! | [`report`] | the `report` command |
 //! | [`config`] | the TOML config |
 //! | `tools` | demo, simulator, local fleets (feature `tools`) |
@@ -25,6 +26,7 @@ pub mod coordinator;
 #[cfg(feature = "tools")]
 pub mod deploy;
 pub mod error;
+pub mod identity;
 pub mod report;
 pub mod run;
 pub mod store;

@@ -37,6 +37,24 @@ enum Command {
     /// up and roll back when it did not; prints a per-board result table.
     #[cfg(feature = "tools")]
     Deploy(convoy_server::deploy::DeployOptions),
+    /// Create each vehicle's broker password and ed25519 key pair, record its
+    /// public key with the server, and write <out>/<vehicle>/ with
+    /// vehicle.key, vehicle.pub, server.pub and broker-password to install
+    /// on the vehicle (`deploy` can carry them).
+    Provision {
+        /// The server's TOML config (its database and key file are used).
+        #[arg(long, short, env = "CONVOY_SERVER_CONFIG")]
+        config: PathBuf,
+        /// Folder to write one sub-folder per vehicle into.
+        #[arg(long, default_value = "provisioned")]
+        out: PathBuf,
+        /// Re-key vehicles already provisioned (their old key and password stop working).
+        #[arg(long)]
+        replace: bool,
+        /// Client ids to provision.
+        #[arg(required = true, value_name = "VEHICLE")]
+        vehicles: Vec<convoy_shared::topics::TopicId>,
+    },
     /// Print the per-round ledger of a database.
     Report {
         /// Database written by `run` or `demo`.
@@ -93,7 +111,34 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
             let config = convoy_server::config::ServerConfig::load(&config)?;
-            until_signal(|shutdown| convoy_server::run(config, shutdown))?;
+            let summary = until_signal(|shutdown| convoy_server::run(config, shutdown))?;
+            if summary.rounds_failed > 0 && summary.rounds_finished == 0 {
+                anyhow::bail!(
+                    "every round failed ({} rounds, none published a model); rejections by reason: {:?}; `convoy-server report --clients --round N` shows each vehicle's reason",
+                    summary.rounds_failed,
+                    summary.rejections
+                );
+            }
+            Ok(())
+        }
+        Command::Provision {
+            config,
+            out,
+            replace,
+            vehicles,
+        } => {
+            let config = convoy_server::config::ServerConfig::load(&config)?;
+            let key = convoy_server::identity::server_key(&config.key_file())?;
+            let store = convoy_server::store::Store::open(&config.db)?;
+            let made =
+                convoy_server::identity::provision(&store, &key.public(), &vehicles, &out, replace)?;
+            println!("server public key {}", key.public());
+            for v in &made {
+                println!("{:<24} {}  {}", v.client, v.public_key, v.dir.display());
+            }
+            println!(
+                "install each folder's vehicle.key, server.pub and broker-password on its vehicle (see [identity] and broker.password_file in agent.toml)"
+            );
             Ok(())
         }
         #[cfg(feature = "tools")]

@@ -2,7 +2,8 @@
 //! [`Coordinator`] state machine and carries out what it returns (publish,
 //! evaluate off the async runtime, report closed rounds).
 
-use crate::broker;
+use crate::broker::{self, Access, Credentials};
+use crate::identity;
 use crate::config::ServerConfig;
 use crate::coordinator::RejectionCounts;
 use crate::coordinator::{Coordinator, Input, Output};
@@ -27,6 +28,10 @@ pub struct RunSummary {
     pub rejections: RejectionCounts,
     /// Version id (hex) of the last model.
     pub final_version: String,
+    /// Rounds that published a model.
+    pub rounds_finished: u64,
+    /// Rounds that failed (too few updates).
+    pub rounds_failed: u64,
 }
 
 fn read_table(path: &Path) -> Result<Table, ServerError> {
@@ -149,20 +154,39 @@ pub async fn run_prepared(
             v
         }
     };
+    let key = identity::server_key(&config.key_file())?;
+    tracing::info!(public_key = %key.public(), "server identity");
     let mut broker = config.client_broker();
     if config.embedded_broker() {
+        let access = if config.broker.allow_anonymous {
+            tracing::warn!(
+                "broker.allow_anonymous = true: the embedded broker accepts anyone; anybody on the network can read every update and model (signatures still decide what counts)"
+            );
+            Access::Anonymous
+        } else {
+            // A fresh password each run: the server's id is its alone.
+            let password = identity::new_password();
+            broker.username = Some(config.broker.client_id.clone());
+            broker.password = Some(password.clone());
+            Access::Credentials(Credentials {
+                db: config.db.clone(),
+                server_id: config.broker.client_id.clone(),
+                server_password: password,
+            })
+        };
         let listen = config.broker.listen.clone();
         let max = config.broker.link.max_packet_size;
-        let addr = tokio::task::spawn_blocking(move || broker::start_embedded(&listen, max))
-            .await
-            .map_err(|e| ServerError::Config(e.to_string()))??;
+        let addr =
+            tokio::task::spawn_blocking(move || broker::start_embedded(&listen, max, access))
+                .await
+                .map_err(|e| ServerError::Config(e.to_string()))??;
         broker.url = Some(convoy_runtime::link::BrokerUrl::tcp(addr));
     }
 
     let clock: SharedClock = Arc::new(SystemClock);
     tracing::info!(fleet = %config.fleet, broker = %broker.url_or_local(), db = %config.db.display(), "server running");
     let client_id = config.broker.client_id.clone();
-    let mut coordinator = Coordinator::new(config, store, clock, spec, test, current)?;
+    let mut coordinator = Coordinator::new(config, key, store, clock, spec, test, current)?;
     let session = Session {
         client_id,
         subscriptions: coordinator.subscriptions(),
@@ -194,9 +218,15 @@ pub async fn run_prepared(
     };
     systemd.stopping();
     link.close().await;
+    let (rounds_finished, rounds_failed) = coordinator.outcomes();
+    if rounds_failed > 0 && rounds_finished == 0 {
+        tracing::error!(rounds_failed, rejections = ?coordinator.rejections(), "every round failed");
+    }
     result.map(|()| RunSummary {
         rejections: coordinator.rejections().clone(),
         final_version: version::hex(&coordinator.current().manifest.version),
+        rounds_finished,
+        rounds_failed,
     })
 }
 

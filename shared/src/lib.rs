@@ -11,6 +11,7 @@ pub mod codec;
 pub mod cost;
 pub mod dataset;
 pub mod eval;
+pub mod identity;
 pub mod messages;
 pub mod model;
 pub mod params;

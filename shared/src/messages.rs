@@ -184,10 +184,31 @@ pub struct Status {
     /// Deployment label from the agent's config (set by `convoy-server
     /// deploy` so it can tell the new process from the old one); empty if unset.
     pub deployment: Id,
+    /// Random per agent process: two processes sharing one vehicle's
+    /// identity show as two sessions, and a last will counts only for the
+    /// session that set it.
+    pub session: u64,
+    /// Strictly increasing within a session (Unix milliseconds at send, made
+    /// unique): a replayed status is older than the last one seen.
+    pub seq: u64,
+}
+
+/// A vehicle cannot serve a round, on `failure/<client>`: the server counts
+/// it in the ledger and stops waiting for this vehicle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureReport {
+    /// Sender; must match the topic.
+    pub client: Id,
+    /// The round it cannot serve.
+    pub round: u64,
+    /// Stable reason, e.g. `data`, `diverged`, `model_refused`, `state_dir`.
+    pub reason: HString<32>,
+    /// What went wrong, for the operator.
+    pub detail: HString<160>,
 }
 
 /// Bounded copy of `s` for a status detail (truncated on a char boundary).
-pub fn detail(s: &str) -> HString<96> {
+pub fn detail<const N: usize>(s: &str) -> HString<N> {
     let mut out = HString::new();
     for c in s.chars() {
         if out.push(c).is_err() {

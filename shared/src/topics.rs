@@ -8,6 +8,7 @@
 //! | `model/<client>` | server → agent, model chunks | no |
 //! | `ack/<client>` | server → agent, update receipts | no |
 //! | `status/<client>` | agent → all, status and last will | yes |
+//! | `failure/<client>` | agent → server, why it cannot serve a round | no |
 
 use heapless::String as HString;
 
@@ -31,6 +32,8 @@ pub enum ClientTopic {
     Ack,
     /// Status.
     Status,
+    /// Failure reports.
+    Failure,
 }
 
 impl ClientTopic {
@@ -41,6 +44,7 @@ impl ClientTopic {
             ClientTopic::Model => "model",
             ClientTopic::Ack => "ack",
             ClientTopic::Status => "status",
+            ClientTopic::Failure => "failure",
         }
     }
 
@@ -51,6 +55,7 @@ impl ClientTopic {
             ClientTopic::Model,
             ClientTopic::Ack,
             ClientTopic::Status,
+            ClientTopic::Failure,
         ]
         .into_iter()
         .find(|t| t.segment() == s)

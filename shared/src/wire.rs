@@ -1,29 +1,37 @@
-//! The versioned envelope every convoy MQTT payload travels in.
+//! The versioned, signed envelope every convoy MQTT payload travels in.
 //!
 //! ```text
 //! offset  size  field
 //! 0       4     magic "CNVY"
-//! 4       1     protocol version (1)
+//! 4       1     protocol version (2)
 //! 5       1     message kind
-//! 6       2     reserved, zero
+//! 6       1     flags: bit 0 set when a signature follows the body
+//! 7       1     reserved, zero
 //! 8       4     body length, little endian
 //! 12      4     CRC32 (IEEE) of the body, little endian
 //! 16      n     postcard body
+//! 16+n    64    ed25519 signature over header, topic and body
 //! ```
 //!
 //! The body length is checked against a caller-supplied limit before
 //! anything is decoded, so no length read from the network drives an
-//! allocation.
+//! allocation. [`decode`] accepts only a signed envelope whose signature is
+//! the expected signer's over this very topic (see [`crate::identity`]):
+//! the server's for announcements, model chunks and receipts, the vehicle's
+//! own for everything a vehicle publishes.
 
+use crate::identity::{PublicKey, SIGNATURE_LEN, SecretKey};
 use serde::{Serialize, de::DeserializeOwned};
 use thiserror::Error;
 
 /// First four bytes of every convoy payload.
 pub const MAGIC: [u8; 4] = *b"CNVY";
-/// Protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Protocol version this build speaks (2: signed envelopes).
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Size of the fixed envelope header in bytes.
 pub const HEADER_LEN: usize = 16;
+/// Flag bit: a signature follows the body.
+const FLAG_SIGNED: u8 = 1;
 
 /// What a payload carries; the byte is stored in the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,17 +49,20 @@ pub enum Kind {
     UpdateAck = 5,
     /// Agent status (retained, also the last will).
     Status = 6,
+    /// A vehicle's report that it cannot serve a round, with the reason.
+    Failure = 7,
 }
 
 impl Kind {
     /// Every kind, for iteration in reports.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Announce,
         Kind::UpdateChunk,
         Kind::FetchRequest,
         Kind::ModelChunk,
         Kind::UpdateAck,
         Kind::Status,
+        Kind::Failure,
     ];
 
     fn from_byte(byte: u8) -> Option<Kind> {
@@ -111,6 +122,15 @@ pub enum WireError {
         /// CRC of the body
         actual: u32,
     },
+    /// No signature where one is required.
+    #[error("unsigned: every convoy message must be signed by its sender")]
+    Unsigned,
+    /// A signature that is not the expected signer's over this topic and body.
+    #[error("bad signature: not signed by {signer} for this topic")]
+    BadSignature {
+        /// who should have signed
+        signer: String,
+    },
     /// The body did not decode.
     #[error("malformed body: {0}")]
     Body(String),
@@ -129,33 +149,86 @@ impl WireError {
             WireError::UnknownKind(_) | WireError::WrongKind { .. } => "wrong_kind",
             WireError::Oversized { .. } => "oversized",
             WireError::BadCrc { .. } => "bad_crc",
+            WireError::Unsigned => "unsigned",
+            WireError::BadSignature { .. } => "bad_signature",
             WireError::Body(_) => "malformed",
             WireError::Encode(_) => "unencodable",
         }
     }
 }
 
-/// Wraps `message` in an envelope of the given kind.
-pub fn encode<T: Serialize>(kind: Kind, message: &T) -> Result<Vec<u8>, WireError> {
-    let body = postcard::to_allocvec(message).map_err(|e| WireError::Encode(e.to_string()))?;
-    Ok(encode_raw(kind, &body))
+/// A checked envelope, its body not yet decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    /// What it carries.
+    pub kind: Kind,
+    /// The header bytes (signed with the body).
+    header: &'a [u8],
+    /// The postcard body.
+    pub body: &'a [u8],
+    /// The signature, when the sender signed it.
+    signature: Option<&'a [u8; SIGNATURE_LEN]>,
 }
 
-/// Wraps already serialised body bytes in an envelope.
+impl Envelope<'_> {
+    /// Checks the signature is `signer`'s over this envelope on `topic`.
+    pub fn verify(&self, topic: &str, signer: &PublicKey, who: &str) -> Result<(), WireError> {
+        let signature = self.signature.ok_or(WireError::Unsigned)?;
+        if signer.verify(&[topic.as_bytes(), self.header, self.body], signature) {
+            Ok(())
+        } else {
+            Err(WireError::BadSignature {
+                signer: who.to_string(),
+            })
+        }
+    }
+}
+
+/// Serialises `message` and wraps it in an envelope signed by `key` for `topic`.
+pub fn encode<T: Serialize>(
+    kind: Kind,
+    message: &T,
+    topic: &str,
+    key: &SecretKey,
+) -> Result<Vec<u8>, WireError> {
+    let body = postcard::to_allocvec(message).map_err(|e| WireError::Encode(e.to_string()))?;
+    Ok(seal(kind, &body, topic, key))
+}
+
+fn header(kind: Kind, flags: u8, body: &[u8]) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(&MAGIC);
+    h[4] = PROTOCOL_VERSION;
+    h[5] = kind as u8;
+    h[6] = flags;
+    h[8..12].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    h[12..16].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
+    h
+}
+
+/// Wraps already serialised body bytes in an envelope signed by `key`.
+pub fn seal(kind: Kind, body: &[u8], topic: &str, key: &SecretKey) -> Vec<u8> {
+    let header = header(kind, FLAG_SIGNED, body);
+    let signature = key.sign(&[topic.as_bytes(), &header, body]);
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + SIGNATURE_LEN);
+    out.extend_from_slice(&header);
+    out.extend_from_slice(body);
+    out.extend_from_slice(&signature);
+    out
+}
+
+/// An unsigned envelope: what a forger without a key can send (tests and
+/// fault injection; every receiver refuses it).
 pub fn encode_raw(kind: Kind, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.extend_from_slice(&MAGIC);
-    out.push(PROTOCOL_VERSION);
-    out.push(kind as u8);
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(&header(kind, 0, body));
     out.extend_from_slice(body);
     out
 }
 
-/// Checks the envelope and returns its kind and body, without decoding the body.
-pub fn open(bytes: &[u8], max_body: usize) -> Result<(Kind, &[u8]), WireError> {
+/// Checks the envelope's framing and returns it, without decoding the body
+/// or checking the signature.
+pub fn open(bytes: &[u8], max_body: usize) -> Result<Envelope<'_>, WireError> {
     if bytes.len() < HEADER_LEN {
         return Err(WireError::TooShort { got: bytes.len() });
     }
@@ -167,6 +240,7 @@ pub fn open(bytes: &[u8], max_body: usize) -> Result<(Kind, &[u8]), WireError> {
         return Err(WireError::UnsupportedVersion(bytes[4]));
     }
     let kind = Kind::from_byte(bytes[5]).ok_or(WireError::UnknownKind(bytes[5]))?;
+    let signed = bytes[6] & FLAG_SIGNED != 0;
     let declared = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
     if declared > max_body {
         return Err(WireError::Oversized {
@@ -174,35 +248,47 @@ pub fn open(bytes: &[u8], max_body: usize) -> Result<(Kind, &[u8]), WireError> {
             limit: max_body,
         });
     }
-    let body = &bytes[HEADER_LEN..];
-    if body.len() != declared {
+    let (header, rest) = bytes.split_at(HEADER_LEN);
+    let trailer = if signed { SIGNATURE_LEN } else { 0 };
+    if rest.len() != declared + trailer {
         return Err(WireError::LengthMismatch {
             declared,
-            present: body.len(),
+            present: rest.len().saturating_sub(trailer),
         });
     }
+    let (body, sig) = rest.split_at(declared);
     let expected = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
     let actual = crc32fast::hash(body);
     if expected != actual {
         return Err(WireError::BadCrc { expected, actual });
     }
-    Ok((kind, body))
+    Ok(Envelope {
+        kind,
+        header,
+        body,
+        signature: sig.try_into().ok(),
+    })
 }
 
-/// Opens an envelope that must be of kind `expected` and decodes its body.
+/// Opens an envelope that must be of kind `expected`, signed by `signer`
+/// (named `who` in errors) for `topic`, and decodes its body.
 pub fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     expected: Kind,
     max_body: usize,
+    topic: &str,
+    signer: &PublicKey,
+    who: &str,
 ) -> Result<T, WireError> {
-    let (kind, body) = open(bytes, max_body)?;
-    if kind != expected {
+    let envelope = open(bytes, max_body)?;
+    if envelope.kind != expected {
         return Err(WireError::WrongKind {
             expected,
-            got: kind,
+            got: envelope.kind,
         });
     }
-    postcard::from_bytes(body).map_err(|e| WireError::Body(e.to_string()))
+    envelope.verify(topic, signer, who)?;
+    postcard::from_bytes(envelope.body).map_err(|e| WireError::Body(e.to_string()))
 }
 
 /// Bytes an MQTT 3.1.1 PUBLISH of this topic and payload occupies on the
@@ -233,42 +319,72 @@ mod tests {
         c: String,
     }
 
+    fn key() -> SecretKey {
+        SecretKey::from_seed([3; 32])
+    }
+
+    fn sample() -> Sample {
+        Sample {
+            a: 1,
+            b: vec![1, 2, 3],
+            c: "x".into(),
+        }
+    }
+
+    fn reason(bytes: &[u8]) -> &'static str {
+        decode::<Sample>(bytes, Kind::Status, 1024, "t", &key().public(), "k")
+            .unwrap_err()
+            .reason()
+    }
+
     #[test]
     fn rejects_each_corruption_with_its_reason() {
-        let good = encode(
-            Kind::Status,
-            &Sample {
-                a: 1,
-                b: vec![1, 2, 3],
-                c: "x".into(),
-            },
-        )
-        .unwrap();
-        assert!(decode::<Sample>(&good, Kind::Status, 1024).is_ok());
-
-        assert_eq!(open(&good[..10], 1024).unwrap_err().reason(), "truncated");
+        let good = encode(Kind::Status, &sample(), "t", &key()).unwrap();
+        let public = key().public();
         assert_eq!(
-            open(&good[..good.len() - 1], 1024).unwrap_err().reason(),
-            "truncated"
+            decode::<Sample>(&good, Kind::Status, 1024, "t", &public, "k").unwrap(),
+            sample()
         );
+        assert_eq!(reason(&good[..10]), "truncated");
+        assert_eq!(reason(&good[..good.len() - 1]), "truncated");
         let mut bad = good.clone();
-        *bad.last_mut().unwrap() ^= 0xff;
-        assert_eq!(open(&bad, 1024).unwrap_err().reason(), "bad_crc");
+        bad[HEADER_LEN] ^= 0xff;
+        assert_eq!(reason(&bad), "bad_crc");
         let mut bad = good.clone();
         bad[0] = b'X';
-        assert_eq!(open(&bad, 1024).unwrap_err().reason(), "bad_magic");
+        assert_eq!(reason(&bad), "bad_magic");
         let mut bad = good.clone();
         bad[4] = 9;
-        assert_eq!(open(&bad, 1024).unwrap_err().reason(), "bad_version");
+        assert_eq!(reason(&bad), "bad_version");
         let mut bad = good.clone();
         bad[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(open(&bad, 1024).unwrap_err().reason(), "oversized");
+        assert_eq!(reason(&bad), "oversized");
         assert_eq!(
-            decode::<Sample>(&good, Kind::Announce, 1024)
+            decode::<Sample>(&good, Kind::Announce, 1024, "t", &public, "k")
                 .unwrap_err()
                 .reason(),
             "wrong_kind"
         );
+    }
+
+    #[test]
+    fn refuses_unsigned_forged_and_moved_messages() {
+        let body = postcard::to_allocvec(&sample()).unwrap();
+        assert_eq!(reason(&encode_raw(Kind::Status, &body)), "unsigned");
+        let forger = SecretKey::from_seed([4; 32]);
+        let forged = encode(Kind::Status, &sample(), "t", &forger).unwrap();
+        assert_eq!(reason(&forged), "bad_signature");
+        // a genuine message replayed on another topic
+        let elsewhere = encode(Kind::Status, &sample(), "other", &key()).unwrap();
+        assert_eq!(reason(&elsewhere), "bad_signature");
+        // a flipped signature bit
+        let mut bad = encode(Kind::Status, &sample(), "t", &key()).unwrap();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(reason(&bad), "bad_signature");
+        // the signed flag cleared: the signature becomes trailing junk
+        let mut bad = encode(Kind::Status, &sample(), "t", &key()).unwrap();
+        bad[6] = 0;
+        assert_eq!(reason(&bad), "truncated");
     }
 
     #[test]
@@ -282,19 +398,20 @@ mod tests {
         #[test]
         fn round_trips(a in any::<u64>(), b in proptest::collection::vec(any::<u8>(), 0..512), c in ".{0,40}") {
             let msg = Sample { a, b, c };
-            let bytes = encode(Kind::UpdateChunk, &msg).unwrap();
-            prop_assert_eq!(decode::<Sample>(&bytes, Kind::UpdateChunk, 4096).unwrap(), msg);
+            let bytes = encode(Kind::UpdateChunk, &msg, "t", &key()).unwrap();
+            let back = decode::<Sample>(&bytes, Kind::UpdateChunk, 4096, "t", &key().public(), "k").unwrap();
+            prop_assert_eq!(back, msg);
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = decode::<Sample>(&bytes, Kind::UpdateChunk, 128);
+            let _ = decode::<Sample>(&bytes, Kind::UpdateChunk, 128, "t", &key().public(), "k");
         }
 
         #[test]
         fn arbitrary_body_behind_valid_header_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let bytes = encode_raw(Kind::UpdateChunk, &body);
-            let _ = decode::<Sample>(&bytes, Kind::UpdateChunk, 128);
+            let bytes = seal(Kind::UpdateChunk, &body, "t", &key());
+            let _ = decode::<Sample>(&bytes, Kind::UpdateChunk, 128, "t", &key().public(), "k");
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::scenario::MAX_PACKET;
 use anyhow::Context;
-use convoy_server::broker::{BrokerError, start_embedded};
+use convoy_server::broker::{Access, BrokerError, start_embedded};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -50,7 +50,9 @@ impl Broker {
         let mut last = None;
         for _ in 0..ATTEMPTS {
             let listen = SocketAddr::from(([127, 0, 0, 1], pick()?));
-            match start_embedded(&listen.to_string(), MAX_PACKET) {
+            // Open, as an external broker the tests configure themselves;
+            // the server's own embedded broker is tested with its logins.
+            match start_embedded(&listen.to_string(), MAX_PACKET, Access::Anonymous) {
                 Ok(addr) => {
                     return Ok(Self {
                         addr,

@@ -9,6 +9,9 @@ use crate::broker::Broker;
 use crate::scenario::Scenario;
 use crate::wire::Wire;
 use anyhow::Context;
+use convoy_server::identity;
+use convoy_shared::identity::{PublicKey, SecretKey};
+use convoy_shared::topics::TopicId;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -108,8 +111,10 @@ impl FleetBuilder {
         self.scenario.dir.path()
     }
 
-    /// Subscribes the tap, then starts the server and the agents not held.
-    pub async fn start(self) -> anyhow::Result<Fleet> {
+    /// Provisions the vehicles (as `convoy-server provision` does), subscribes
+    /// the tap, then starts the server and the agents not held.
+    pub async fn start(mut self) -> anyhow::Result<Fleet> {
+        convoy_server::tools::fleet::provision(&self.server, &mut self.agents)?;
         let url = self.broker.url();
         let mut tap = Wire::connect(&url, &self.name, &format!("{}-tap", self.name)).await?;
         tap.subscribe(&topics::all_clients(&self.name, ClientTopic::Update))
@@ -215,6 +220,22 @@ impl Fleet {
     /// `convoy/v1/<fleet>/<kind>/<client>`.
     pub fn topic(&self, kind: ClientTopic, client: &str) -> String {
         topics::client(&self.name, kind, client).to_string()
+    }
+
+    /// Provisions (or re-keys) vehicle `id` with the server and returns its
+    /// signing key.
+    pub fn provision(&self, id: &str) -> anyhow::Result<SecretKey> {
+        let store = Store::open(self.db())?;
+        let id: TopicId = id.parse().map_err(anyhow::Error::msg)?;
+        let out = self.dir().join("identity");
+        let made = identity::provision(&store, &self.server_public()?, &[id], &out, true)?;
+        let dir = &made.first().context("one vehicle provisioned")?.dir;
+        Ok(SecretKey::read(&dir.join(identity::VEHICLE_KEY))?)
+    }
+
+    /// The server's public key.
+    pub fn server_public(&self) -> anyhow::Result<PublicKey> {
+        Ok(identity::server_key(&self.server_config.key_file())?.public())
     }
 
     /// A fresh raw connection to this fleet's broker as `id`.

@@ -96,6 +96,7 @@ impl Scenario {
             eval: EvalConfig {
                 test_csv: Some(self.test_csv.clone()),
             },
+            identity: Default::default(),
         }
     }
 
@@ -106,6 +107,7 @@ impl Scenario {
             client_id: id(&format!("car-{i}")),
             state_dir: self.dir.path().join(format!("car-{i}.state")),
             broker: link(broker_url),
+            identity: Default::default(),
             data: DataConfig {
                 path: self.client_csvs[i].clone(),
                 label: "digit".into(),

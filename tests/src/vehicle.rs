@@ -7,12 +7,17 @@ use crate::api::{
 };
 use crate::fleet::Fleet;
 use crate::wire::Wire;
+use convoy_shared::identity::{PublicKey, SecretKey};
 
-/// A hand-played vehicle: online with a retained status, listening for rounds.
+/// A hand-played vehicle, provisioned like any other: online with a signed
+/// retained status, listening for rounds.
 #[derive(Debug)]
 pub struct FakeVehicle {
     id: String,
     update_topic: String,
+    /// Its signing key.
+    pub key: SecretKey,
+    server: PublicKey,
     /// Its connection, subscribed to the round topic.
     pub wire: Wire,
 }
@@ -21,6 +26,8 @@ impl FakeVehicle {
     /// Connects to `fleet` as `id`, listens for rounds and announces itself
     /// idle and online with the given codec stages.
     pub async fn join(fleet: &Fleet, id: &str, codecs: &[&str]) -> anyhow::Result<Self> {
+        let key = fleet.provision(id)?;
+        let server = fleet.server_public()?;
         let mut link = fleet.wire(id).await?;
         link.subscribe(&fleet.round_topic()).await?;
         let status = Status {
@@ -35,11 +42,13 @@ impl FakeVehicle {
             detail: messages::detail("played by the test"),
             version: heapless::String::new(),
             deployment: heapless::String::new(),
+            session: rand::random(),
+            seq: 1,
         };
         let status_topic = fleet.topic(ClientTopic::Status, id);
         link.publish(
             &status_topic,
-            wire::encode(Kind::Status, &status).expect("test messages encode"),
+            wire::encode(Kind::Status, &status, &status_topic, &key).expect("test messages encode"),
             true,
         )
         .await?;
@@ -47,6 +56,8 @@ impl FakeVehicle {
         Ok(Self {
             id: id.into(),
             update_topic: fleet.topic(ClientTopic::Update, id),
+            key,
+            server,
             wire: link,
         })
     }
@@ -55,7 +66,9 @@ impl FakeVehicle {
     pub async fn next_announce(&mut self) -> anyhow::Result<Announce> {
         loop {
             let p = self.wire.next(30).await?;
-            if let Ok(a) = wire::decode::<Announce>(&p.payload, Kind::Announce, 1 << 20) {
+            let decoded =
+                wire::decode::<Announce>(&p.payload, Kind::Announce, 1 << 20, &p.topic, &self.server, "server");
+            if let Ok(a) = decoded {
                 return Ok(a);
             }
         }
@@ -70,7 +83,8 @@ impl FakeVehicle {
             pos,
             data,
         };
-        wire::encode(Kind::UpdateChunk, &message).expect("test messages encode")
+        wire::encode(Kind::UpdateChunk, &message, &self.update_topic, &self.key)
+            .expect("test messages encode")
     }
 
     /// A whole one-sample update for `announce`'s round in a single chunk,

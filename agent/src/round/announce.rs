@@ -7,20 +7,25 @@ use crate::state::StoredModel;
 use convoy_shared::codec;
 use convoy_shared::messages::{AgentState, Announce};
 use convoy_shared::version;
-use convoy_shared::wire::{self, Kind};
+use convoy_shared::wire::Kind;
 use std::sync::atomic::Ordering;
 
 impl Agent {
     pub(super) fn on_announce_payload(
         &mut self,
+        topic: &str,
         payload: &[u8],
         out: &mut Vec<Action>,
     ) -> Result<(), AgentError> {
+        if payload.is_empty() {
+            return Ok(()); // the retained announcement was cleared
+        }
         let max = self.config.broker.max_packet_size;
-        match wire::decode::<Announce>(payload, Kind::Announce, max) {
+        match self.from_server::<Announce>(payload, Kind::Announce, max, topic) {
             Ok(announce) => self.on_announce(announce, out),
             Err(e) => {
-                tracing::warn!(error = %e, "ignoring bad round announcement");
+                // Nothing unsigned is acted on: not even a status in reply.
+                tracing::warn!(reason = e.reason(), error = %e, "ignoring round announcement");
                 Ok(())
             }
         }
@@ -29,15 +34,20 @@ impl Agent {
     fn on_announce(&mut self, announce: Announce, out: &mut Vec<Action>) -> Result<(), AgentError> {
         let round = announce.round;
         // Nothing of an announcement is used before its spec is in bounds.
-        if let Err(why) = self.config.limits.check(&announce.spec) {
-            tracing::warn!(round, why, "announced model refused");
-            let detail = format!("model refused: {why}");
-            self.status(out, AgentState::Skipped, round, &detail);
-            return Ok(());
-        }
         let in_hand = self.round.number() == Some(round);
         if in_hand || self.announce.as_ref().is_some_and(|a| a.round == round) {
             return Ok(()); // re-delivery of the retained message
+        }
+        if self.announce.as_ref().is_some_and(|a| a.round > round) {
+            // A genuine but older announcement, replayed.
+            tracing::warn!(round, "ignoring an announcement older than one already seen");
+            return Ok(());
+        }
+        if let Err(why) = self.config.limits.check(&announce.spec) {
+            tracing::warn!(round, why, "announced model refused");
+            let detail = format!("model refused: {why}");
+            self.fail(out, round, "model_refused", &detail);
+            return Ok(());
         }
         tracing::info!(round, base = %version::short(&announce.base_version()), codec = %announce.codec, "round announced");
         self.announce = Some(announce.clone());
@@ -83,7 +93,7 @@ impl Agent {
         let codec = match codec::by_name(&announce.codec) {
             Ok(c) => c,
             Err(e) => {
-                self.status(out, AgentState::Skipped, round, &e.to_string());
+                self.fail(out, round, "codec", &e.to_string());
                 return Ok(());
             }
         };

@@ -5,13 +5,12 @@
 use super::{Action, Agent, Round};
 use crate::error::AgentError;
 use crate::state::StoredModel;
-use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk::{self, Reassembler};
 use convoy_shared::codec::{self, Pipeline};
 use convoy_shared::messages::{Announce, FetchRequest, ModelChunk, ModelPart};
 use convoy_shared::params::ParamSet;
 use convoy_shared::version::{self, MODEL_CHUNK_SIZE, VersionId};
-use convoy_shared::wire::{self, Kind};
+use convoy_shared::wire::Kind;
 use tokio::time::Instant;
 
 /// A model download in progress.
@@ -92,24 +91,22 @@ impl Agent {
             chunks: missing,
             have: fetch.held.as_ref().map(|(v, _)| *v),
         };
-        if let Some(payload) = super::encoded(wire::encode(Kind::FetchRequest, &request)) {
-            out.push(Action::Publish(Outgoing::new(
-                self.topics.fetch.as_str(),
-                payload,
-            )));
+        if let Some(message) = self.seal(Kind::FetchRequest, self.topics.fetch.as_str(), &request) {
+            out.push(Action::Publish(message));
         }
     }
 
     pub(super) fn on_model_chunk(
         &mut self,
+        topic: &str,
         payload: &[u8],
         out: &mut Vec<Action>,
     ) -> Result<(), AgentError> {
         let max = self.config.broker.max_packet_size;
-        let chunk = match wire::decode::<ModelChunk>(payload, Kind::ModelChunk, max) {
+        let chunk = match self.from_server::<ModelChunk>(payload, Kind::ModelChunk, max, topic) {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "ignoring bad model chunk");
+                tracing::warn!(reason = e.reason(), error = %e, "ignoring model chunk");
                 return Ok(());
             }
         };

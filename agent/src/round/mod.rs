@@ -22,6 +22,7 @@ mod tests;
 use crate::config::AgentConfig;
 use crate::data::LocalData;
 use crate::error::AgentError;
+use crate::keys::Keys;
 use crate::policy::Policy;
 use crate::state::{StateDir, StoredModel};
 use crate::status;
@@ -29,8 +30,11 @@ use convoy_runtime::clock::SharedClock;
 use convoy_runtime::link::{LinkEvent, Outgoing};
 use convoy_shared::codec::Pipeline;
 use convoy_shared::dataset::Dataset;
-use convoy_shared::messages::{AgentState, Announce};
+use convoy_shared::messages::{self, AgentState, Announce, FailureReport};
 use convoy_shared::topics::{self, ClientTopic, Topic};
+use convoy_shared::wire::{self, Kind, WireError};
+use serde::{Serialize, de::DeserializeOwned};
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,10 +139,21 @@ impl Round {
 
 /// An encoded message, or `None` with the reason logged: serialising plain
 /// data cannot fail, so this is a bug report, never a silent empty payload.
-fn encoded(payload: Result<Vec<u8>, convoy_shared::wire::WireError>) -> Option<Vec<u8>> {
+fn encoded(payload: Result<Vec<u8>, WireError>) -> Option<Vec<u8>> {
     payload
         .map_err(|e| tracing::error!(error = %e, "message not sent"))
         .ok()
+}
+
+/// `message` signed by `key` for `topic`, ready to publish.
+fn sealed<T: Serialize>(
+    key: &convoy_shared::identity::SecretKey,
+    kind: Kind,
+    topic: &str,
+    message: &T,
+) -> Option<Outgoing> {
+    let payload = encoded(wire::encode(kind, message, topic, key))?;
+    Some(Outgoing::new(topic, payload))
 }
 
 /// An update sent and awaiting the server's receipt.
@@ -157,12 +172,18 @@ struct Topics {
     update: Topic,
     fetch: Topic,
     status: Topic,
+    failure: Topic,
 }
 
 /// One vehicle's agent, without its I/O.
 #[derive(Debug)]
 pub struct Agent {
     config: AgentConfig,
+    keys: Keys,
+    /// Random per process: see [`convoy_shared::messages::Status::session`].
+    session: u64,
+    /// The last status sequence number used.
+    seq: Cell<u64>,
     clock: SharedClock,
     state: StateDir,
     data: LocalData,
@@ -180,8 +201,14 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// An agent over an opened state directory.
-    pub fn new(config: AgentConfig, state: StateDir, data: LocalData, clock: SharedClock) -> Self {
+    /// An agent over an opened state directory, signing with `keys`.
+    pub fn new(
+        config: AgentConfig,
+        keys: Keys,
+        state: StateDir,
+        data: LocalData,
+        clock: SharedClock,
+    ) -> Self {
         let fleet = &config.fleet;
         let me = &config.client_id;
         let topics = Topics {
@@ -189,10 +216,14 @@ impl Agent {
             update: topics::client(fleet, ClientTopic::Update, me),
             fetch: topics::client(fleet, ClientTopic::Fetch, me),
             status: topics::client(fleet, ClientTopic::Status, me),
+            failure: topics::client(fleet, ClientTopic::Failure, me),
         };
         let policy = Policy::new(config.policy.clone(), clock.instant());
         Self {
             config,
+            keys,
+            session: rand::random(),
+            seq: Cell::new(0),
             clock,
             state,
             data,
@@ -224,15 +255,24 @@ impl Agent {
     /// The status the broker publishes if this agent vanishes, and the one
     /// it publishes itself when it stops.
     pub fn offline_status(&self) -> Option<Outgoing> {
-        let payload = status::payload(
+        self.status_message(AgentState::Offline, 0, "offline")
+    }
+
+    /// A signed status message, retained.
+    fn status_message(&self, state: AgentState, round: u64, detail: &str) -> Option<Outgoing> {
+        let seq = self.seq.get().saturating_add(1).max(self.clock.now_ms());
+        self.seq.set(seq);
+        let status = status::status(
             &self.config,
-            AgentState::Offline,
-            0,
+            state,
+            round,
             self.data.rows(),
-            "offline",
+            detail,
+            (self.session, seq),
         );
-        let payload = encoded(payload)?;
-        Some(Outgoing::retained(self.topics.status.as_str(), payload))
+        let mut message = self.seal(Kind::Status, self.topics.status.as_str(), &status)?;
+        message.retain = true;
+        Some(message)
     }
 
     /// Where the round in hand stands.
@@ -287,14 +327,14 @@ impl Agent {
         out: &mut Vec<Action>,
     ) -> Result<(), AgentError> {
         if topic == self.topics.round.as_str() {
-            return self.on_announce_payload(payload, out);
+            return self.on_announce_payload(topic, payload, out);
         }
         match topics::parse_client(&self.config.fleet, topic) {
             Some((ClientTopic::Model, me)) if me == self.config.client_id.as_str() => {
-                self.on_model_chunk(payload, out)
+                self.on_model_chunk(topic, payload, out)
             }
             Some((ClientTopic::Ack, me)) if me == self.config.client_id.as_str() => {
-                self.on_ack(payload, out)
+                self.on_ack(topic, payload, out)
             }
             _ => Ok(()),
         }
@@ -305,13 +345,40 @@ impl Agent {
     }
 
     fn status(&self, out: &mut Vec<Action>, state: AgentState, round: u64, detail: &str) {
-        let payload = status::payload(&self.config, state, round, self.data.rows(), detail);
-        if let Some(payload) = encoded(payload) {
-            self.publish(
-                out,
-                Outgoing::retained(self.topics.status.as_str(), payload),
-            );
+        if let Some(message) = self.status_message(state, round, detail) {
+            self.publish(out, message);
         }
+    }
+
+    /// This vehicle cannot serve `round`: says so in its status and in a
+    /// signed failure report, so the server stops waiting for it.
+    fn fail(&self, out: &mut Vec<Action>, round: u64, reason: &str, detail: &str) {
+        self.status(out, AgentState::Skipped, round, detail);
+        let report = FailureReport {
+            client: messages::id(&self.config.client_id).unwrap_or_default(),
+            round,
+            reason: messages::detail(reason),
+            detail: messages::detail(detail),
+        };
+        if let Some(message) = self.seal(Kind::Failure, self.topics.failure.as_str(), &report) {
+            self.publish(out, message);
+        }
+    }
+
+    /// `message` signed by this vehicle for `topic`.
+    fn seal<T: Serialize>(&self, kind: Kind, topic: &str, message: &T) -> Option<Outgoing> {
+        sealed(&self.keys.vehicle, kind, topic, message)
+    }
+
+    /// Decodes a message the server must have signed for `topic`.
+    fn from_server<T: DeserializeOwned>(
+        &self,
+        payload: &[u8],
+        kind: Kind,
+        max: usize,
+        topic: &str,
+    ) -> Result<T, WireError> {
+        wire::decode(payload, kind, max, topic, &self.keys.server, "the server")
     }
 
     fn now_ms(&self) -> u64 {
@@ -340,10 +407,10 @@ impl Agent {
                 round,
                 "round deadline passed while training was not allowed; skipped"
             );
-            self.status(
+            self.fail(
                 out,
-                AgentState::Skipped,
                 round,
+                "policy",
                 "deadline passed while training was not allowed",
             );
         } else if allowed && let Round::Waiting(ready) = std::mem::take(&mut self.round) {

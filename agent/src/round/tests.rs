@@ -6,6 +6,7 @@ use crate::config::{AgentConfig, DataConfig, Faults, TrainingConfig};
 use crate::policy::PolicyConfig;
 use convoy_runtime::clock::{Clock, ManualClock};
 use convoy_shared::chunk::ChunkPos;
+use convoy_shared::identity::SecretKey;
 use convoy_shared::dataset::Table;
 use convoy_shared::messages::{
     self, FetchRequest, ModelChunk, ModelPart, Status, UpdateAck, UpdateChunk,
@@ -42,6 +43,7 @@ fn config(dir: &std::path::Path) -> AgentConfig {
         client_id: ME.parse().unwrap(),
         state_dir: dir.join("state"),
         broker: Default::default(),
+        identity: Default::default(),
         data: DataConfig {
             path: dir.join("data.csv"),
             label: "y".into(),
@@ -87,10 +89,33 @@ fn rig() -> Rig {
     rig_with(|_| {})
 }
 
+fn server_key() -> SecretKey {
+    SecretKey::from_seed([9; 32])
+}
+
+fn vehicle_key() -> SecretKey {
+    SecretKey::from_seed([5; 32])
+}
+
+/// `message` as the server signs it for `topic`.
+fn from_server<T: serde::Serialize>(kind: Kind, topic: &str, message: &T) -> Input {
+    self::message(topic, wire::encode(kind, message, topic, &server_key()).unwrap())
+}
+
+/// Decodes what this vehicle signed.
+fn from_vehicle<T: serde::de::DeserializeOwned>(m: &Outgoing, kind: Kind) -> T {
+    wire::decode(&m.payload, kind, 1 << 20, &m.topic, &vehicle_key().public(), ME).unwrap()
+}
+
 fn restart(config: &AgentConfig, clock: &Arc<ManualClock>, table: &Table) -> Agent {
     let state = StateDir::open(&config.state_dir).unwrap();
+    let keys = Keys {
+        vehicle: vehicle_key(),
+        server: server_key().public(),
+    };
     Agent::new(
         config.clone(),
+        keys,
         state,
         LocalData::Csv(Arc::new(table.clone())),
         clock.clone(),
@@ -110,10 +135,7 @@ impl Rig {
             selected: selected.iter().filter_map(|c| messages::id(c)).collect(),
             chunk_size: 1024,
         };
-        message(
-            topics::round(FLEET).as_str(),
-            wire::encode(Kind::Announce, &announce).unwrap(),
-        )
+        from_server(Kind::Announce, topics::round(FLEET).as_str(), &announce)
     }
 
     fn initial(&self) -> ParamSet {
@@ -156,9 +178,10 @@ impl Rig {
             accepted,
             reason: String::new(),
         };
-        message(
+        from_server(
+            Kind::UpdateAck,
             topics::client(FLEET, ClientTopic::Ack, ME).as_str(),
-            wire::encode(Kind::UpdateAck, &ack).unwrap(),
+            &ack,
         )
     }
 
@@ -168,9 +191,10 @@ impl Rig {
             part,
             data,
         };
-        message(
+        from_server(
+            Kind::ModelChunk,
             topics::client(FLEET, ClientTopic::Model, ME).as_str(),
-            wire::encode(Kind::ModelChunk, &chunk).unwrap(),
+            &chunk,
         )
     }
 }
@@ -183,12 +207,12 @@ fn message(topic: &str, payload: Vec<u8>) -> Input {
     })
 }
 
-fn published(actions: &[Action], kind: ClientTopic) -> Vec<&[u8]> {
+fn published(actions: &[Action], kind: ClientTopic) -> Vec<&Outgoing> {
     let topic = topics::client(FLEET, kind, ME);
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Publish(m) if m.topic == topic.as_str() => Some(m.payload.as_slice()),
+            Action::Publish(m) if m.topic == topic.as_str() => Some(m),
             _ => None,
         })
         .collect()
@@ -198,7 +222,7 @@ fn statuses(actions: &[Action]) -> Vec<(AgentState, String)> {
     published(actions, ClientTopic::Status)
         .into_iter()
         .map(|p| {
-            let s: Status = wire::decode(p, Kind::Status, 4096).unwrap();
+            let s: Status = from_vehicle(p, Kind::Status);
             (s.state, s.detail.to_string())
         })
         .collect()
@@ -207,14 +231,14 @@ fn statuses(actions: &[Action]) -> Vec<(AgentState, String)> {
 fn update_chunks(actions: &[Action]) -> Vec<UpdateChunk> {
     published(actions, ClientTopic::Update)
         .into_iter()
-        .map(|p| wire::decode(p, Kind::UpdateChunk, 1 << 20).unwrap())
+        .map(|p| from_vehicle(p, Kind::UpdateChunk))
         .collect()
 }
 
 fn fetch_requests(actions: &[Action]) -> Vec<FetchRequest> {
     published(actions, ClientTopic::Fetch)
         .into_iter()
-        .map(|p| wire::decode(p, Kind::FetchRequest, 1 << 20).unwrap())
+        .map(|p| from_vehicle(p, Kind::FetchRequest))
         .collect()
 }
 
@@ -547,16 +571,16 @@ fn an_announced_model_out_of_bounds_is_refused_before_anything_is_allocated() {
     let initial = rig.initial();
     // a forged announcement: a hidden layer of 4,294,967,295 units
     let mut forged = match rig.announce(1, &initial, "fp32", &[]) {
-        Input::Link(LinkEvent::Message { payload, .. }) => {
-            wire::decode::<Announce>(&payload, Kind::Announce, 1 << 20).unwrap()
+        Input::Link(LinkEvent::Message { topic, payload, .. }) => {
+            let key = server_key().public();
+            wire::decode::<Announce>(&payload, Kind::Announce, 1 << 20, &topic, &key, "s")
+                .unwrap()
         }
         _ => unreachable!(),
     };
     forged.spec.hidden = vec![u32::MAX];
-    let input = message(
-        topics::round(FLEET).as_str(),
-        wire::encode(Kind::Announce, &forged).unwrap(),
-    );
+    // signed by the server's key: bounds hold even against a server's mistake
+    let input = from_server(Kind::Announce, topics::round(FLEET).as_str(), &forged);
     let actions = rig.handle(input);
     assert!(!trains(&actions) && fetch_requests(&actions).is_empty());
     let (state, detail) = statuses(&actions).remove(0);

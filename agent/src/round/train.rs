@@ -80,7 +80,7 @@ impl Agent {
                     "training needs ~{} MiB, over policy.max_memory_mb",
                     need >> 20
                 );
-                self.status(out, AgentState::Skipped, round, &why);
+                self.fail(out, round, "memory", &why);
                 return Ok(());
             }
         }
@@ -239,7 +239,7 @@ impl Agent {
             Err(TrainError::Cancelled) => return Ok(()),
             Err(e) => {
                 tracing::error!(round, error = %e, "training failed");
-                self.status(out, AgentState::Skipped, round, &e.to_string());
+                self.fail(out, round, e.reason(), &e.to_string());
                 return Ok(());
             }
         };

@@ -5,14 +5,20 @@ use crate::error::AgentError;
 use crate::state::PendingUpdate;
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk;
+use convoy_shared::identity::SecretKey;
 use convoy_shared::messages::{self, AgentState, UpdateAck, UpdateChunk};
-use convoy_shared::wire::{self, Kind};
+use convoy_shared::wire::Kind;
 
 /// Largest receipt decoded.
 const MAX_ACK: usize = 4096;
 
-/// The messages that carry `pending` from `client` on `topic`.
-pub fn update_messages(pending: &PendingUpdate, client: &str, topic: &str) -> Vec<Outgoing> {
+/// The messages that carry `pending` from `client` on `topic`, signed by `key`.
+pub fn update_messages(
+    pending: &PendingUpdate,
+    client: &str,
+    topic: &str,
+    key: &SecretKey,
+) -> Vec<Outgoing> {
     // The id was validated with the config, so it always fits.
     let client = messages::id(client).unwrap_or_default();
     chunk::split(&pending.body, pending.chunk_size as usize)
@@ -24,8 +30,7 @@ pub fn update_messages(pending: &PendingUpdate, client: &str, topic: &str) -> Ve
                 pos,
                 data: data.to_vec(),
             };
-            let payload = super::encoded(wire::encode(Kind::UpdateChunk, &message))?;
-            Some(Outgoing::new(topic, payload))
+            super::sealed(key, Kind::UpdateChunk, topic, &message)
         })
         .collect()
 }
@@ -33,8 +38,12 @@ pub fn update_messages(pending: &PendingUpdate, client: &str, topic: &str) -> Ve
 impl Agent {
     /// Sends `pending` and waits for its receipt.
     pub(super) fn upload(&mut self, pending: &PendingUpdate, out: &mut Vec<Action>) {
-        let messages =
-            update_messages(pending, &self.config.client_id, self.topics.update.as_str());
+        let messages = update_messages(
+            pending,
+            &self.config.client_id,
+            self.topics.update.as_str(),
+            &self.keys.vehicle,
+        );
         tracing::info!(
             round = pending.round,
             chunks = messages.len(),
@@ -55,13 +64,15 @@ impl Agent {
 
     pub(super) fn on_ack(
         &mut self,
+        topic: &str,
         payload: &[u8],
         out: &mut Vec<Action>,
     ) -> Result<(), AgentError> {
-        let ack = match wire::decode::<UpdateAck>(payload, Kind::UpdateAck, MAX_ACK) {
+        let ack = match self.from_server::<UpdateAck>(payload, Kind::UpdateAck, MAX_ACK, topic) {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(error = %e, "ignoring bad receipt");
+                // A forged receipt must never make the vehicle drop its update.
+                tracing::warn!(reason = e.reason(), error = %e, "ignoring receipt");
                 return Ok(());
             }
         };
@@ -77,6 +88,11 @@ impl Agent {
         } else {
             self.state.discard_pending()?;
             tracing::warn!(round = ack.round, reason = %ack.reason, "update refused by server; dropped");
+            // The round refused may be one the server never opened: forget
+            // it, so a real round below it is taken.
+            if self.announce.as_ref().is_some_and(|a| a.round == ack.round) {
+                self.announce = None;
+            }
         }
         self.outbox = None;
         let detail = if ack.accepted {

@@ -7,13 +7,16 @@ use crate::store::{ClientRow, ClientStatus};
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk::{Progress, Reassembler};
 use convoy_shared::cost;
-use convoy_shared::messages::{UpdateAck, UpdateBody, UpdateChunk};
+use convoy_shared::messages::{FailureReport, UpdateAck, UpdateBody, UpdateChunk};
 use convoy_shared::topics::{self, ClientTopic};
-use convoy_shared::wire::{self, Kind};
+use convoy_shared::wire::Kind;
 use std::fmt;
 
-/// Largest sample count a single update may claim.
-const MAX_SAMPLES: u64 = 1_000_000_000;
+/// Largest failure report decoded.
+const MAX_FAILURE: usize = 4096;
+
+/// Updates that set the median before the previous round's median exists.
+const NORM_QUORUM: usize = 3;
 
 /// Why a message was refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +46,19 @@ pub enum Rejection {
     },
     /// The claimed sample count is 0 or absurd.
     BadSamples(u64),
+    /// More samples than the vehicle declared, or than `rounds.max_samples`.
+    TooManySamples {
+        /// claimed
+        claimed: u64,
+        /// the bound
+        bound: u64,
+    },
+    /// From a client id no vehicle was provisioned with.
+    UnknownVehicle,
+    /// A status not newer than the last one of its session.
+    Replayed,
+    /// Two live processes share one vehicle's identity.
+    DuplicateIdentity,
     /// Training statistics are NaN, infinite or negative.
     NonFiniteStats,
     /// A fetch for a version that is not the current one.
@@ -68,6 +84,10 @@ impl Rejection {
             Rejection::WrongRound(_) => "wrong_round",
             Rejection::WrongCodec { .. } => "wrong_codec",
             Rejection::BadSamples(_) => "bad_samples",
+            Rejection::TooManySamples { .. } => "too_many_samples",
+            Rejection::UnknownVehicle => "unknown_vehicle",
+            Rejection::Replayed => "replayed",
+            Rejection::DuplicateIdentity => "duplicate_identity",
             Rejection::NonFiniteStats => "non_finite",
             Rejection::UnknownVersion => "unknown_version",
         }
@@ -86,6 +106,17 @@ impl fmt::Display for Rejection {
                 write!(f, "update uses {got}, the round asked for {want}")
             }
             Rejection::BadSamples(n) => write!(f, "sample count {n} out of range"),
+            Rejection::TooManySamples { claimed, bound } => write!(
+                f,
+                "claims {claimed} samples, more than the {bound} its vehicle declared or rounds.max_samples allows"
+            ),
+            Rejection::UnknownVehicle => f.write_str(
+                "no vehicle with this id is provisioned (convoy-server provision); message ignored",
+            ),
+            Rejection::Replayed => f.write_str("status is not newer than one already seen (replayed)"),
+            Rejection::DuplicateIdentity => f.write_str(
+                "two agent processes are using this vehicle's identity; give each vehicle its own client_id and keys",
+            ),
             Rejection::NonFiniteStats => f.write_str("training stats are not finite"),
             Rejection::UnknownVersion => f.write_str("fetch for a version that is not current"),
         }
@@ -100,7 +131,7 @@ impl Coordinator {
             reason: reason.to_string(),
         };
         let topic = topics::client(&self.config.fleet, ClientTopic::Ack, client);
-        match wire::encode(Kind::UpdateAck, &ack) {
+        match self.seal(Kind::UpdateAck, &topic, &ack) {
             Ok(payload) => out.push(Output::Publish(Outgoing::new(topic.as_str(), payload))),
             Err(e) => tracing::error!(client, error = %e, "receipt not sent"),
         }
@@ -109,6 +140,7 @@ impl Coordinator {
     pub(super) fn on_update(
         &mut self,
         client: &str,
+        topic: &str,
         payload: &[u8],
         wire_len: u64,
         out: &mut Vec<Output>,
@@ -120,13 +152,14 @@ impl Coordinator {
             row.chunks_up += 1;
         }
         let max = self.config.broker.link.max_packet_size;
-        let chunk = match wire::decode::<UpdateChunk>(payload, Kind::UpdateChunk, max) {
-            Ok(c) => c,
-            Err(e) => {
-                self.reject(current, Some(client), &Rejection::decode(e.reason(), e));
-                return Ok(());
-            }
-        };
+        let chunk =
+            match self.from_vehicle::<UpdateChunk>(client, topic, payload, Kind::UpdateChunk, max) {
+                Ok(c) => c,
+                Err(why) => {
+                    self.reject(current, Some(client), &why);
+                    return Ok(());
+                }
+            };
         if chunk.client.as_str() != client {
             let why = Rejection::ClientMismatch("chunk names another client than its topic");
             self.reject(current, Some(client), &why);
@@ -258,7 +291,26 @@ impl Coordinator {
         bytes: u64,
         out: &mut Vec<Output>,
     ) {
-        let verdict = self.validate_update(body);
+        let declared = self.registry.get(client).map_or(0, |c| c.samples);
+        let verdict = self.validate_update(body).and_then(|(update, secs)| {
+            let bound = declared.min(self.config.rounds.max_samples);
+            if update.samples > bound {
+                return Err(Rejection::TooManySamples {
+                    claimed: update.samples,
+                    bound,
+                });
+            }
+            Ok((update, secs))
+        });
+        let norm = self.scratch.l2_norm();
+        let clip = match &verdict {
+            Ok(_) => self.norm_clip(norm),
+            Err(_) => None,
+        };
+        if let Some(bound) = clip {
+            let factor = (bound / norm) as f32;
+            self.scratch.values_mut().for_each(|v| *v *= factor);
+        }
         let Some(r) = self.round.as_mut() else {
             return;
         };
@@ -267,6 +319,11 @@ impl Coordinator {
         };
         match verdict {
             Ok((update, decode_seconds)) => {
+                r.norms.push(norm);
+                if let Some(bound) = clip {
+                    tracing::warn!(client, round, norm, bound, "update norm clipped to the fleet's bound");
+                    row.reason = Some(format!("norm {norm:.3e} clipped to {bound:.3e}"));
+                }
                 r.sum.fold(&self.scratch, update.samples as f64);
                 r.loss_weighted += update.stats.loss as f64 * update.samples as f64;
                 fill_accepted(row, &update, bytes, decode_seconds);
@@ -279,7 +336,7 @@ impl Coordinator {
                     update.stats.epochs,
                 )
                 .bytes_up;
-                row.update_norm = Some(self.scratch.l2_norm());
+                row.update_norm = Some(norm);
                 row.bytes_up_raw = self.scratch.numel() as u64 * 4;
                 tracing::info!(
                     client,
@@ -320,7 +377,7 @@ impl Coordinator {
         self.scratch
             .check_finite()
             .map_err(|e| Rejection::decode(e.reason(), e))?;
-        if update.samples == 0 || update.samples > MAX_SAMPLES {
+        if update.samples == 0 {
             return Err(Rejection::BadSamples(update.samples));
         }
         let stats = &update.stats;
@@ -333,6 +390,65 @@ impl Coordinator {
             return Err(Rejection::NonFiniteStats);
         }
         Ok((update, decode_seconds))
+    }
+}
+
+impl Coordinator {
+    /// The norm `norm` is clipped to, if it is over the round's bound:
+    /// `rounds.norm_bound` times the previous round's median norm, or this
+    /// round's once a few updates are in.
+    fn norm_clip(&self, norm: f64) -> Option<f64> {
+        let k = self.config.rounds.norm_bound;
+        if k <= 0.0 {
+            return None;
+        }
+        let median = self.reference_norm.or_else(|| {
+            let norms = &self.round.as_ref()?.norms;
+            (norms.len() >= NORM_QUORUM).then(|| median(norms))
+        })?;
+        let bound = k * median;
+        (bound > 0.0 && norm > bound).then_some(bound)
+    }
+
+    /// A vehicle says it cannot serve a round: recorded, and the round
+    /// stops waiting for it.
+    pub(super) fn on_failure(&mut self, client: &str, topic: &str, payload: &[u8]) {
+        let current = self.round.as_ref().map(|r| r.announce.round);
+        let report = match self
+            .from_vehicle::<FailureReport>(client, topic, payload, Kind::Failure, MAX_FAILURE)
+        {
+            Ok(r) => r,
+            Err(why) => return self.reject(current, Some(client), &why),
+        };
+        if report.client.as_str() != client {
+            let why = Rejection::ClientMismatch("failure report names another client");
+            return self.reject(current, Some(client), &why);
+        }
+        if current != Some(report.round) {
+            tracing::info!(client, round = report.round, reason = %report.reason, "failure report for a round not open; ignored");
+            return;
+        }
+        let Some(row) = self.round.as_mut().and_then(|r| r.rows.get_mut(client)) else {
+            return; // not selected: nothing waits for it
+        };
+        if row.status == ClientStatus::Accepted {
+            return; // its update already counted
+        }
+        row.status = ClientStatus::Failed;
+        row.reason = Some(format!("{}: {}", report.reason, report.detail));
+        tracing::warn!(client, round = report.round, reason = %report.reason, detail = %report.detail, "vehicle cannot serve the round");
+    }
+}
+
+/// The median of `values` (not empty).
+pub(super) fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 0 {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
     }
 }
 

@@ -24,19 +24,22 @@ pub use ingest::Rejection;
 
 use crate::config::ServerConfig;
 use crate::error::ServerError;
+use crate::identity::Keyring;
 use crate::store::{RoundRow, Store, StoredVersion};
 use convoy_runtime::clock::SharedClock;
 use convoy_runtime::link::{LinkEvent, Outgoing};
 use convoy_shared::codec::Pipeline;
 use convoy_shared::dataset::Dataset;
 use convoy_shared::eval::Evaluation;
+use convoy_shared::identity::SecretKey;
 use convoy_shared::messages::Announce;
 use convoy_shared::params::ParamSet;
 use convoy_shared::spec::ModelSpec;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::version::VersionId;
-use convoy_shared::wire::{self, Kind, mqtt_publish_wire_len};
+use convoy_shared::wire::{self, Kind, WireError, mqtt_publish_wire_len};
 use registry::Registry;
+use serde::{Serialize, de::DeserializeOwned};
 use rounds::{Closing, OpenRound};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -103,6 +106,10 @@ impl EvalRequest {
 #[derive(Debug)]
 pub struct Coordinator {
     config: ServerConfig,
+    /// Signs everything the server publishes.
+    key: SecretKey,
+    /// Verifies what vehicles sign.
+    keyring: Keyring,
     store: Store,
     clock: SharedClock,
     spec: ModelSpec,
@@ -122,8 +129,11 @@ pub struct Coordinator {
     closing: Option<Closing>,
     next_round: u64,
     rounds_run: u64,
+    rounds_failed: u64,
     rejections: RejectionCounts,
     warnings: WarningLimiter,
+    /// Median update norm of the last round that had updates.
+    reference_norm: Option<f64>,
 }
 
 /// One warning per (client, reason) a minute, however many messages are
@@ -158,9 +168,11 @@ impl WarningLimiter {
 }
 
 impl Coordinator {
-    /// A coordinator resuming from `current`, the store's latest version.
+    /// A coordinator resuming from `current`, the store's latest version,
+    /// signing with `key` and trusting the vehicles provisioned in `store`.
     pub fn new(
         config: ServerConfig,
+        key: SecretKey,
         store: Store,
         clock: SharedClock,
         spec: ModelSpec,
@@ -168,6 +180,12 @@ impl Coordinator {
         current: StoredVersion,
     ) -> Result<Self, ServerError> {
         let next_round = store.next_round()?;
+        let keyring = Keyring::load(&store)?;
+        if keyring.is_empty() {
+            tracing::warn!(
+                "no vehicle is provisioned: run `convoy-server provision <client_id>...` for each vehicle"
+            );
+        }
         let base_codec = config.rounds.codec;
         let downlink = config.rounds.downlink_codec;
         Ok(Self {
@@ -178,6 +196,8 @@ impl Coordinator {
             model_bytes: current.params.canonical_bytes(),
             scratch: ParamSet::zeros(&spec.layout()),
             config,
+            key,
+            keyring,
             store,
             clock,
             spec,
@@ -188,15 +208,22 @@ impl Coordinator {
             closing: None,
             next_round,
             rounds_run: 0,
+            rounds_failed: 0,
             rejections: RejectionCounts::new(),
             warnings: WarningLimiter::default(),
+            reference_norm: None,
         })
     }
 
     /// The topic filters the link must hold.
     pub fn subscriptions(&self) -> Vec<String> {
-        [ClientTopic::Update, ClientTopic::Fetch, ClientTopic::Status]
-            .into_iter()
+        [
+            ClientTopic::Update,
+            ClientTopic::Fetch,
+            ClientTopic::Status,
+            ClientTopic::Failure,
+        ]
+        .into_iter()
             .map(|kind| {
                 topics::all_clients(&self.config.fleet, kind)
                     .as_str()
@@ -208,6 +235,11 @@ impl Coordinator {
     /// True once the configured number of rounds has run.
     pub fn done(&self) -> bool {
         self.config.rounds.total > 0 && self.rounds_run >= self.config.rounds.total
+    }
+
+    /// Rounds closed since start: (published a model, failed).
+    pub fn outcomes(&self) -> (u64, u64) {
+        (self.rounds_run - self.rounds_failed, self.rounds_failed)
     }
 
     /// Rejection counts by reason since start.
@@ -232,11 +264,9 @@ impl Coordinator {
             Input::Link(LinkEvent::Connected) => {
                 // The retained announcement may have been lost with the broker.
                 if let Some(r) = &self.round {
-                    let payload = wire::encode(Kind::Announce, &r.announce)?;
-                    out.push(Output::Publish(Outgoing::retained(
-                        topics::round(&self.config.fleet).as_str(),
-                        payload,
-                    )));
+                    let topic = topics::round(&self.config.fleet);
+                    let payload = self.seal(Kind::Announce, &topic, &r.announce)?;
+                    out.push(Output::Publish(Outgoing::retained(topic.as_str(), payload)));
                 }
             }
             Input::Link(LinkEvent::Message { topic, payload, .. }) => {
@@ -259,17 +289,46 @@ impl Coordinator {
         };
         let wire_len = mqtt_publish_wire_len(topic.len(), payload.len(), 1);
         match kind {
-            ClientTopic::Update => self.on_update(client, payload, wire_len, out),
+            ClientTopic::Update => self.on_update(client, topic, payload, wire_len, out),
             ClientTopic::Fetch => {
-                self.on_fetch(client, payload, out);
+                self.on_fetch(client, topic, payload, out);
                 Ok(())
             }
             ClientTopic::Status => {
-                self.on_status(client, payload);
+                self.on_status(client, topic, payload);
+                Ok(())
+            }
+            ClientTopic::Failure => {
+                self.on_failure(client, topic, payload);
                 Ok(())
             }
             _ => Ok(()),
         }
+    }
+
+    /// `message` signed by the server for `topic`.
+    fn seal<T: Serialize>(&self, kind: Kind, topic: &str, message: &T) -> Result<Vec<u8>, WireError> {
+        wire::encode(kind, message, topic, &self.key)
+    }
+
+    /// Decodes what `client` must have signed for `topic`; a vehicle that was
+    /// never provisioned is refused before its bytes are looked at further.
+    fn from_vehicle<T: DeserializeOwned>(
+        &mut self,
+        client: &str,
+        topic: &str,
+        payload: &[u8],
+        kind: Kind,
+        max: usize,
+    ) -> Result<T, Rejection> {
+        let Some(key) = self.keyring.get(client, &self.store) else {
+            return Err(Rejection::UnknownVehicle);
+        };
+        let message = wire::decode(payload, kind, max, topic, &key, client)
+            .map_err(|e| Rejection::decode(e.reason(), e))?;
+        let now = self.clock.instant();
+        self.registry.heard(client, now);
+        Ok(message)
     }
 
     fn reject(&mut self, round: Option<u64>, client: Option<&str>, why: &Rejection) {

@@ -1,19 +1,39 @@
-//! Which vehicles are online and which codec stages they can run, from their
-//! retained status messages.
+//! Which vehicles are online, which codec stages they can run and how many
+//! rows they declare, from their signed status messages; and when each was
+//! last heard from, so a vehicle that goes silent drops out by a timeout
+//! rather than by anyone's say-so.
+//!
+//! Every agent process signs its statuses with a random session number and
+//! a sequence number that only grows. A status older than the last one of
+//! its session is a replay. A last will (`Offline`) counts only for the
+//! session that is current, so an old will replayed cannot take a vehicle
+//! off the fleet. Two processes that share one vehicle's identity show up
+//! as two sessions taking turns, which is reported.
 
 use super::{Coordinator, Rejection};
 use convoy_shared::messages::{AgentState, Status};
-use convoy_shared::wire::{self, Kind};
+use convoy_shared::wire::Kind;
 use std::collections::HashMap;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Largest status message decoded.
 const MAX_STATUS: usize = 4096;
 
 /// What the coordinator knows of a client from its status messages.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(super) struct ClientInfo {
-    pub(super) online: bool,
+    /// Its last status was not `Offline`.
+    online: bool,
     pub(super) codecs: Vec<String>,
+    /// Rows it declares (bounds the sample count it may claim).
+    pub(super) samples: u64,
+    /// The current session and its last sequence number.
+    session: (u64, u64),
+    /// The session before, while it may still speak (a crash leaves none).
+    previous: Option<(u64, u64)>,
+    /// Any signed message from it.
+    last_heard: Instant,
 }
 
 /// The clients seen, by id.
@@ -22,44 +42,182 @@ pub(super) struct Registry {
     clients: HashMap<String, ClientInfo>,
 }
 
+/// What one status message means.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// Taken.
+    Fresh,
+    /// Not newer than the last one of its session.
+    Replayed,
+    /// An older session spoke again after a newer one: two processes share
+    /// the identity.
+    Duplicate,
+    /// A last will of a session that is no longer current.
+    StaleWill,
+}
+
 impl Registry {
-    /// Online clients that can run every one of `stages`, sorted by id.
-    pub(super) fn eligible(&self, stages: &[&str]) -> Vec<String> {
+    /// Online clients heard from within `offline_after` that can run every
+    /// one of `stages`, sorted by id.
+    pub(super) fn eligible(
+        &self,
+        stages: &[&str],
+        now: Instant,
+        offline_after: Duration,
+    ) -> Vec<String> {
         let mut ids: Vec<String> = self
             .clients
             .iter()
             .filter(|(_, info)| {
-                info.online && stages.iter().all(|s| info.codecs.iter().any(|c| c == s))
+                info.online
+                    && now.saturating_duration_since(info.last_heard) <= offline_after
+                    && stages.iter().all(|s| info.codecs.iter().any(|c| c == s))
             })
             .map(|(id, _)| id.clone())
             .collect();
         ids.sort();
         ids
     }
+
+    /// A signed message from `client` arrived.
+    pub(super) fn heard(&mut self, client: &str, now: Instant) {
+        if let Some(info) = self.clients.get_mut(client) {
+            info.last_heard = now;
+        }
+    }
+
+    /// What `client` declared it holds, if it has sent a status.
+    pub(super) fn get(&self, client: &str) -> Option<&ClientInfo> {
+        self.clients.get(client)
+    }
+
+    fn take(&mut self, client: &str, status: &Status, now: Instant) -> Verdict {
+        let Some(info) = self.clients.get_mut(client) else {
+            self.clients.insert(client.to_string(), ClientInfo::from_status(status, now));
+            return Verdict::Fresh;
+        };
+        let this = (status.session, status.seq);
+        let verdict = if status.session == info.session.0 {
+            if status.seq <= info.session.1 {
+                return Verdict::Replayed;
+            }
+            info.session = this;
+            Verdict::Fresh
+        } else if status.state == AgentState::Offline {
+            // A will of another session: the current one is not gone.
+            return Verdict::StaleWill;
+        } else if let Some(previous) = info.previous.filter(|p| p.0 == status.session) {
+            if status.seq <= previous.1 {
+                return Verdict::Replayed;
+            }
+            info.previous = Some(info.session);
+            info.session = this;
+            Verdict::Duplicate
+        } else {
+            info.previous = Some(info.session);
+            info.session = this;
+            Verdict::Fresh
+        };
+        info.online = status.state != AgentState::Offline;
+        info.codecs = status.codecs.iter().map(|c| c.to_string()).collect();
+        info.samples = status.samples;
+        info.last_heard = now;
+        verdict
+    }
+}
+
+impl ClientInfo {
+    fn from_status(status: &Status, now: Instant) -> Self {
+        Self {
+            online: status.state != AgentState::Offline,
+            codecs: status.codecs.iter().map(|c| c.to_string()).collect(),
+            samples: status.samples,
+            session: (status.session, status.seq),
+            previous: None,
+            last_heard: now,
+        }
+    }
 }
 
 impl Coordinator {
-    pub(super) fn on_status(&mut self, client: &str, payload: &[u8]) {
+    pub(super) fn on_status(&mut self, client: &str, topic: &str, payload: &[u8]) {
         if payload.is_empty() {
-            self.registry.clients.remove(client); // retained status cleared
-            return;
+            return; // a retained status cleared: nobody's word takes a vehicle off
         }
-        match wire::decode::<Status>(payload, Kind::Status, MAX_STATUS) {
-            Ok(status) if status.client.as_str() == client => {
-                let info = self.registry.clients.entry(client.to_string()).or_default();
-                let was_online = info.online;
-                info.online = status.state != AgentState::Offline;
-                info.codecs = status.codecs.iter().map(|c| c.to_string()).collect();
-                if info.online != was_online {
-                    tracing::info!(client, online = info.online, state = ?status.state, "client status");
-                }
+        let status = match self.from_vehicle::<Status>(client, topic, payload, Kind::Status, MAX_STATUS)
+        {
+            Ok(status) => status,
+            Err(why) => return self.reject(None, Some(client), &why),
+        };
+        if status.client.as_str() != client {
+            let why = Rejection::ClientMismatch("status names another client");
+            return self.reject(None, Some(client), &why);
+        }
+        let was_online = self.registry.get(client).is_some_and(|i| i.online);
+        match self.registry.take(client, &status, self.clock.instant()) {
+            Verdict::Fresh => {}
+            Verdict::Replayed => return self.reject(None, Some(client), &Rejection::Replayed),
+            Verdict::StaleWill => {
+                tracing::debug!(client, "last will of an ended session ignored");
+                return;
             }
-            Ok(_) => self.reject(
-                None,
-                Some(client),
-                &Rejection::ClientMismatch("status names another client"),
-            ),
-            Err(e) => self.reject(None, Some(client), &Rejection::decode(e.reason(), e)),
+            Verdict::Duplicate => self.reject(None, Some(client), &Rejection::DuplicateIdentity),
         }
+        let online = status.state != AgentState::Offline;
+        if online != was_online {
+            tracing::info!(client, online, state = ?status.state, "client status");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoy_shared::messages;
+
+    fn status(session: u64, seq: u64, state: AgentState) -> Status {
+        Status {
+            client: messages::id("car").unwrap(),
+            state,
+            round: 0,
+            codecs: vec![],
+            samples: 10,
+            detail: messages::detail(""),
+            version: messages::detail(""),
+            deployment: Default::default(),
+            session,
+            seq,
+        }
+    }
+
+    #[test]
+    fn sessions_replays_wills_and_twins() {
+        let now = Instant::now();
+        let mut r = Registry::default();
+        assert_eq!(r.take("car", &status(1, 10, AgentState::Idle), now), Verdict::Fresh);
+        assert_eq!(r.take("car", &status(1, 10, AgentState::Idle), now), Verdict::Replayed);
+        assert_eq!(r.take("car", &status(1, 11, AgentState::Training), now), Verdict::Fresh);
+        // a restart: new session; the old one's will arrives late and is ignored
+        assert_eq!(r.take("car", &status(2, 20, AgentState::Idle), now), Verdict::Fresh);
+        assert_eq!(r.take("car", &status(1, 12, AgentState::Offline), now), Verdict::StaleWill);
+        assert!(r.get("car").unwrap().online);
+        // the old session speaks again: a twin
+        assert_eq!(r.take("car", &status(1, 13, AgentState::Idle), now), Verdict::Duplicate);
+        assert_eq!(r.take("car", &status(2, 21, AgentState::Idle), now), Verdict::Duplicate);
+        // the current session's own will takes it offline
+        assert_eq!(r.take("car", &status(2, 22, AgentState::Offline), now), Verdict::Fresh);
+        assert!(!r.get("car").unwrap().online);
+    }
+
+    #[test]
+    fn silent_vehicles_drop_out_by_timeout() {
+        let start = Instant::now();
+        let mut r = Registry::default();
+        r.take("car", &status(1, 1, AgentState::Idle), start);
+        let limit = Duration::from_secs(60);
+        assert_eq!(r.eligible(&[], start + Duration::from_secs(59), limit), vec!["car"]);
+        assert!(r.eligible(&[], start + Duration::from_secs(61), limit).is_empty());
+        r.heard("car", start + Duration::from_secs(61));
+        assert_eq!(r.eligible(&[], start + Duration::from_secs(62), limit), vec!["car"]);
     }
 }

@@ -15,7 +15,7 @@ use convoy_shared::messages::{self, Announce};
 
 use convoy_shared::topics;
 use convoy_shared::version;
-use convoy_shared::wire::{self, Kind};
+use convoy_shared::wire::Kind;
 use rand::seq::IndexedRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -40,6 +40,8 @@ pub(super) struct OpenRound {
     started_ms: u64,
     pub(super) served: BTreeSet<String>,
     pub(super) bytes_down_raw: u64,
+    /// L2 norms of the accepted updates, before clipping.
+    pub(super) norms: Vec<f64>,
 }
 
 /// A round whose new model waits for its evaluation.
@@ -60,11 +62,12 @@ impl Coordinator {
         match &self.round {
             Some(r) => {
                 // A rejected client may still send a good update, so only
-                // acceptance from everyone closes a round before its deadline.
+                // an accepted update or a failure report from everyone
+                // closes a round before its deadline.
                 let all_in = r.selected.iter().all(|c| {
-                    r.rows
-                        .get(c)
-                        .is_some_and(|row| row.status == ClientStatus::Accepted)
+                    r.rows.get(c).is_some_and(|row| {
+                        matches!(row.status, ClientStatus::Accepted | ClientStatus::Failed)
+                    })
                 });
                 if all_in || self.clock.instant() >= r.deadline {
                     self.close_round(out)?;
@@ -97,7 +100,10 @@ impl Coordinator {
         let codec = self.round_codec(self.rounds_run);
         let codec_name = codec.name();
         // Never ask a vehicle for a codec stage it does not have.
-        let eligible = self.registry.eligible(&codec.stages());
+        let offline_after = Duration::from_secs(self.config.rounds.offline_after_secs);
+        let eligible = self
+            .registry
+            .eligible(&codec.stages(), self.clock.instant(), offline_after);
         let rules = &self.config.rounds;
         if eligible.len() < rules.min_clients {
             return Ok(());
@@ -141,7 +147,8 @@ impl Coordinator {
             })
             .collect();
         tracing::info!(round, selected = selected.len(), eligible = eligible.len(), base = %version::short(&announce.base_version()), "round opened");
-        let payload = wire::encode(Kind::Announce, &announce)?;
+        let topic = topics::round(&self.config.fleet);
+        let payload = self.seal(Kind::Announce, &topic, &announce)?;
         let now = self.clock.instant();
         self.round = Some(OpenRound {
             codec,
@@ -157,13 +164,11 @@ impl Coordinator {
             started_ms: now_ms,
             served: BTreeSet::new(),
             bytes_down_raw: 0,
+            norms: Vec::new(),
             announce,
         });
         self.next_round = round + 1;
-        out.push(Output::Publish(Outgoing::retained(
-            topics::round(&self.config.fleet).as_str(),
-            payload,
-        )));
+        out.push(Output::Publish(Outgoing::retained(topic.as_str(), payload)));
         Ok(())
     }
 
@@ -172,6 +177,9 @@ impl Coordinator {
             return Ok(());
         };
         let round = r.announce.round;
+        if !r.norms.is_empty() {
+            self.reference_norm = Some(super::ingest::median(&r.norms));
+        }
         let mut row = round_totals(&r, &self.downlink.name());
         let enough = row.clients_reported as usize >= self.config.rounds.min_reports;
         let target = r
@@ -266,6 +274,9 @@ impl Coordinator {
             "round closed"
         );
         self.rounds_run += 1;
+        if row.status == RoundStatus::Failed {
+            self.rounds_failed += 1;
+        }
         out.push(Output::RoundClosed(Box::new(row)));
         Ok(())
     }
@@ -287,6 +298,11 @@ fn round_totals(r: &OpenRound, downlink_codec: &str) -> RoundRow {
         codec: r.announce.codec.clone(),
         clients_selected: r.selected.len() as u64,
         clients_reported: accepted.len() as u64,
+        clients_failed: r
+            .rows
+            .values()
+            .filter(|c| c.status == ClientStatus::Failed)
+            .count() as u64,
         bytes_up: accepted.iter().map(|c| c.bytes_up).sum(),
         bytes_down: all().map(|c| c.bytes_down).sum(),
         wire_bytes_up: r.rows.values().map(|c| c.wire_bytes_up).sum(),

@@ -10,19 +10,31 @@ use convoy_shared::messages::{FetchRequest, ModelChunk, ModelPart};
 use convoy_shared::params::ParamSet;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::version::MODEL_CHUNK_SIZE;
-use convoy_shared::wire::{self, Kind, mqtt_publish_wire_len};
+use convoy_shared::wire::{Kind, mqtt_publish_wire_len};
 use std::collections::BTreeSet;
 
 /// Largest fetch request decoded.
 const MAX_FETCH: usize = 64 * 1024;
 
 impl Coordinator {
-    pub(super) fn on_fetch(&mut self, client: &str, payload: &[u8], out: &mut Vec<Output>) {
+    pub(super) fn on_fetch(
+        &mut self,
+        client: &str,
+        topic: &str,
+        payload: &[u8],
+        out: &mut Vec<Output>,
+    ) {
         let current = self.round.as_ref().map(|r| r.announce.round);
-        let request = match wire::decode::<FetchRequest>(payload, Kind::FetchRequest, MAX_FETCH) {
+        let request = match self.from_vehicle::<FetchRequest>(
+            client,
+            topic,
+            payload,
+            Kind::FetchRequest,
+            MAX_FETCH,
+        ) {
             Ok(r) => r,
-            Err(e) => {
-                self.reject(current, Some(client), &Rejection::decode(e.reason(), e));
+            Err(why) => {
+                self.reject(current, Some(client), &why);
                 return;
             }
         };
@@ -35,7 +47,7 @@ impl Coordinator {
         let topic = topics::client(&self.config.fleet, ClientTopic::Model, client);
         let (mut bytes, mut wire_bytes, mut chunks) = (0u64, 0u64, 0u64);
         for message in messages {
-            let payload = match wire::encode(Kind::ModelChunk, &message) {
+            let payload = match self.seal(Kind::ModelChunk, &topic, &message) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(client, error = %e, "model chunk not sent");

@@ -12,6 +12,7 @@ use convoy_shared::dataset::Table;
 use convoy_shared::messages::{
     AgentState, FetchRequest, ModelChunk, Status, TrainStats, UpdateAck, UpdateBody, UpdateChunk,
 };
+use convoy_shared::identity::SecretKey;
 use convoy_shared::spec::TaskKind;
 use convoy_shared::version;
 use std::time::Duration;
@@ -53,6 +54,7 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
         },
         training: Default::default(),
         eval: Default::default(),
+        identity: Default::default(),
     };
     tweak(&mut config);
     let table = table();
@@ -60,6 +62,15 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
         .derive_spec("y", TaskKind::Classification, vec![4], 1)
         .unwrap();
     let store = Store::open(&config.db).unwrap();
+    for client in VEHICLES {
+        let row = crate::store::VehicleRow {
+            client: client.to_string(),
+            public_key: vehicle_key(client).public().to_string(),
+            password_hash: String::new(),
+            created_ms: 0,
+        };
+        store.add_vehicle(&row, true).unwrap();
+    }
     let task = config.training.clone();
     let params = spec.init_params();
     let current = StoredVersion {
@@ -73,13 +84,38 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
     let clock = ManualClock::new(START_MS);
     store.save_version(&current, None, clock.now_ms()).unwrap();
     let test = test.then(|| Arc::new(Dataset::from_table(&table, &spec).unwrap()));
-    let coordinator = Coordinator::new(config, store, clock.clone(), spec, test, current).unwrap();
+    let coordinator =
+        Coordinator::new(config, server_key(), store, clock.clone(), spec, test, current).unwrap();
     Rig {
         _dir: dir,
         clock,
         coordinator,
     }
 }
+
+/// The vehicles the rig provisions.
+const VEHICLES: [&str; 5] = ["car-1", "car-2", "car-3", "visitor", "old-car"];
+
+fn server_key() -> SecretKey {
+    SecretKey::from_seed([9; 32])
+}
+
+/// Each vehicle's key, derived from its id.
+fn vehicle_key(client: &str) -> SecretKey {
+    SecretKey::from_seed(*blake3::hash(client.as_bytes()).as_bytes())
+}
+
+/// `message` as `client` signs it for `topic`.
+fn signed<T: serde::Serialize>(kind: Kind, topic: &str, client: &str, message: &T) -> Vec<u8> {
+    wire::encode(kind, message, topic, &vehicle_key(client)).unwrap()
+}
+
+/// Decodes what the server signed.
+fn from_server<T: serde::de::DeserializeOwned>(m: &Outgoing, kind: Kind) -> T {
+    wire::decode(&m.payload, kind, 1 << 20, &m.topic, &server_key().public(), "server").unwrap()
+}
+
+static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 fn rig() -> Rig {
     rig_with(|_| {}, false)
@@ -102,15 +138,15 @@ fn status(client: &str, state: AgentState, codecs: &[&str]) -> Input {
             .iter()
             .map(|c| heapless::String::try_from(*c).unwrap())
             .collect(),
-        samples: 10,
+        samples: 100,
         detail: messages::detail("idle"),
         version: heapless::String::try_from("0.1.0").unwrap(),
         deployment: Default::default(),
+        session: 1,
+        seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     };
-    message(
-        topics::client(FLEET, ClientTopic::Status, client).as_str(),
-        wire::encode(Kind::Status, &status).unwrap(),
-    )
+    let topic = topics::client(FLEET, ClientTopic::Status, client);
+    message(topic.as_str(), signed(Kind::Status, &topic, client, &status))
 }
 
 use convoy_shared::messages;
@@ -177,7 +213,7 @@ impl Rig {
                     pos,
                     data: data.to_vec(),
                 };
-                message(topic.as_str(), wire::encode(Kind::UpdateChunk, &c).unwrap())
+                message(topic.as_str(), signed(Kind::UpdateChunk, &topic, client, &c))
             })
             .collect()
     }
@@ -200,7 +236,7 @@ fn announces(out: &[Output]) -> Vec<Announce> {
         .filter_map(|o| match o {
             Output::Publish(m) if m.topic == topics::round(FLEET).as_str() => {
                 assert!(m.retain, "announcements are retained");
-                Some(wire::decode(&m.payload, Kind::Announce, 1 << 20).unwrap())
+                Some(from_server(m, Kind::Announce))
             }
             _ => None,
         })
@@ -212,7 +248,7 @@ fn acks(out: &[Output], client: &str) -> Vec<UpdateAck> {
     out.iter()
         .filter_map(|o| match o {
             Output::Publish(m) if m.topic == topic.as_str() => {
-                Some(wire::decode(&m.payload, Kind::UpdateAck, 4096).unwrap())
+                Some(from_server(m, Kind::UpdateAck))
             }
             _ => None,
         })
@@ -414,6 +450,27 @@ fn updates_for_another_round_base_or_client_are_rejected_with_their_reason() {
             .into();
     }
     rig.handle(forged);
+    assert!(
+        rig.rejected("bad_signature") > 0,
+        "car-2's signature does not hold on car-1's topic"
+    );
+    // car-1 signing a chunk that names car-2
+    let chunk = UpdateChunk {
+        client: messages::id("car-2").unwrap(),
+        round: a.round,
+        base_version: a.base_version(),
+        pos: chunk::ChunkPos {
+            index: 0,
+            count: 1,
+            total_len: 1,
+        },
+        data: vec![0],
+    };
+    let topic = topics::client(FLEET, ClientTopic::Update, "car-1");
+    rig.handle(message(
+        topic.as_str(),
+        signed(Kind::UpdateChunk, &topic, "car-1", &chunk),
+    ));
     assert!(rig.rejected("client_mismatch") > 0);
     // a vehicle that was not selected
     rig.handle(status("car-3", AgentState::Idle, STAGES));
@@ -469,14 +526,14 @@ fn fetches_get_the_missing_chunks_and_unselected_fetchers_get_no_ledger_row() {
         let topic = topics::client(FLEET, ClientTopic::Fetch, client);
         let out = rig.handle(message(
             topic.as_str(),
-            wire::encode(Kind::FetchRequest, &request).unwrap(),
+            signed(Kind::FetchRequest, &topic, client, &request),
         ));
         let model = topics::client(FLEET, ClientTopic::Model, client);
         let chunks: Vec<ModelChunk> = out
             .iter()
             .filter_map(|o| match o {
                 Output::Publish(m) if m.topic == model.as_str() => {
-                    Some(wire::decode(&m.payload, Kind::ModelChunk, 1 << 20).unwrap())
+                    Some(from_server(m, Kind::ModelChunk))
                 }
                 _ => None,
             })
@@ -491,7 +548,7 @@ fn fetches_get_the_missing_chunks_and_unselected_fetchers_get_no_ledger_row() {
     assert!(
         rig.handle(message(
             topic.as_str(),
-            wire::encode(Kind::FetchRequest, &stale).unwrap()
+            signed(Kind::FetchRequest, &topic, "car-1", &stale)
         ))
         .is_empty()
     );
@@ -603,4 +660,143 @@ fn a_flood_of_junk_adds_counts_not_rows_and_one_warning_a_minute() {
     assert_eq!(limiter.admit("car-1", "bad_crc", 7), None);
     assert_eq!(limiter.admit("car-2", "bad_crc", 7), Some(0));
     assert_eq!(limiter.admit("car-1", "bad_crc", 8), Some(2));
+}
+
+fn failure(client: &str, round: u64, reason: &str) -> Input {
+    let report = messages::FailureReport {
+        client: messages::id(client).unwrap(),
+        round,
+        reason: messages::detail(reason),
+        detail: messages::detail("value \"abc\" in numeric column speed"),
+    };
+    let topic = topics::client(FLEET, ClientTopic::Failure, client);
+    message(topic.as_str(), signed(Kind::Failure, &topic, client, &report))
+}
+
+#[test]
+fn unsigned_and_unprovisioned_messages_are_refused_and_never_counted() {
+    let mut rig = rig();
+    let a = rig.open(&["car-1", "car-2"]);
+    // the same update, stripped of its signature
+    let unsigned: Vec<Input> = rig
+        .update("car-1", 0.01, 10)
+        .into_iter()
+        .map(|i| match i {
+            Input::Link(LinkEvent::Message { topic, payload, .. }) => {
+                let envelope = wire::open(&payload, 1 << 20).unwrap();
+                message(&topic, wire::encode_raw(Kind::UpdateChunk, envelope.body))
+            }
+            other => other,
+        })
+        .collect();
+    assert!(acks(&rig.send(unsigned), "car-1").is_empty());
+    assert!(rig.rejected("unsigned") > 0);
+    // a stranger nobody provisioned: not even its status is taken
+    rig.handle(status("stranger", AgentState::Idle, STAGES));
+    assert_eq!(rig.rejected("unknown_vehicle"), 1);
+    // a forged receipt-worthy update under car-2's name, signed by car-1's key
+    let mut forged = rig.update("car-1", 0.5, 10);
+    for i in &mut forged {
+        if let Input::Link(LinkEvent::Message { topic, .. }) = i {
+            *topic = topics::client(FLEET, ClientTopic::Update, "car-2").to_string();
+        }
+    }
+    assert!(acks(&rig.send(forged), "car-2").is_empty());
+    assert!(rig.rejected("bad_signature") > 0);
+    // the real updates still count
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.send(rig.update("car-2", 0.01, 10));
+    let row = closed(&rig.handle(Input::Tick)).cloned().expect("closed");
+    assert_eq!((row.round, row.clients_reported), (a.round, 2));
+}
+
+#[test]
+fn a_vehicle_cannot_claim_more_samples_than_it_declared() {
+    let mut rig = rig();
+    rig.open(&["car-1", "car-2"]);
+    // declared 100 rows in its status; claims a billion
+    let out = rig.send(rig.update("car-1", 0.5, 1_000_000_000));
+    let nack = acks(&out, "car-1");
+    assert!(!nack[0].accepted && nack[0].reason.contains("declared"), "{nack:?}");
+    assert_eq!(rig.rejected("too_many_samples"), 1);
+    rig.send(rig.update("car-1", 0.01, 100));
+    rig.send(rig.update("car-2", 0.01, 100));
+    let row = closed(&rig.handle(Input::Tick)).cloned().expect("closed");
+    assert_eq!((row.clients_reported, row.samples), (2, 200));
+}
+
+#[test]
+fn an_update_far_larger_than_the_fleets_is_clipped_to_the_bound() {
+    let mut rig = rig_with(|c| c.rounds.norm_bound = 3.0, false);
+    rig.open(&["car-1", "car-2"]);
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.send(rig.update("car-2", 0.01, 10));
+    closed(&rig.handle(Input::Tick)).expect("round 1 closed");
+    let before = rig.coordinator.current().params.clone();
+    let out = rig.handle(Input::Tick);
+    let a = announces(&out).pop().expect("round 2 opens");
+    rig.send(rig.update("car-1", 100.0, 10)); // 10,000x the fleet's norm
+    rig.send(rig.update("car-2", 0.01, 10));
+    closed(&rig.handle(Input::Tick)).expect("round 2 closed");
+    let ledger = rig.coordinator.store.clients(a.round).unwrap();
+    let big = ledger.iter().find(|c| c.client == "car-1").unwrap();
+    assert_eq!(big.status, ClientStatus::Accepted);
+    assert!(big.reason.as_deref().unwrap_or("").contains("clipped"), "{big:?}");
+    // each parameter moved by at most (3 x 0.01 + 0.01) / 2 = 0.02, not 50
+    let after = &rig.coordinator.current().params;
+    let moved = after
+        .values()
+        .zip(before.values())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(moved < 0.021, "moved {moved}");
+}
+
+#[test]
+fn a_failure_report_is_recorded_and_the_round_stops_waiting_for_it() {
+    let mut rig = rig();
+    let a = rig.open(&["car-1", "car-2"]);
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.handle(failure("car-2", a.round, "data"));
+    // no deadline wait: closed on the next tick
+    let row = closed(&rig.handle(Input::Tick)).cloned().expect("closed early");
+    assert_eq!((row.clients_reported, row.clients_failed), (1, 1));
+    let ledger = rig.coordinator.store.clients(a.round).unwrap();
+    let failed = ledger.iter().find(|c| c.client == "car-2").unwrap();
+    assert_eq!(failed.status, ClientStatus::Failed);
+    assert!(failed.reason.as_deref().unwrap().starts_with("data: "), "{failed:?}");
+    let stored = rig.coordinator.store.rounds().unwrap();
+    assert_eq!(stored.last().unwrap().clients_failed, 1);
+}
+
+#[test]
+fn every_selected_vehicle_failing_fails_the_round_at_once() {
+    let mut rig = rig();
+    let a = rig.open(&["car-1", "car-2"]);
+    rig.handle(failure("car-1", a.round, "diverged"));
+    rig.handle(failure("car-2", a.round, "data"));
+    let row = closed(&rig.handle(Input::Tick)).cloned().expect("closed early");
+    assert_eq!(row.status, "failed");
+    assert_eq!(rig.coordinator.outcomes(), (0, 1));
+}
+
+#[test]
+fn replayed_statuses_are_refused_and_silent_vehicles_drop_out() {
+    let mut rig = rig();
+    let first = status("car-1", AgentState::Idle, STAGES);
+    let again = match &first {
+        Input::Link(LinkEvent::Message { topic, payload, .. }) => {
+            message(topic, payload.to_vec())
+        }
+        _ => unreachable!(),
+    };
+    rig.handle(first);
+    rig.handle(again);
+    assert_eq!(rig.rejected("replayed"), 1);
+    rig.handle(status("car-2", AgentState::Idle, STAGES));
+    // both silent past rounds.offline_after_secs: no round opens
+    rig.clock.advance(Duration::from_secs(121));
+    assert!(announces(&rig.handle(Input::Tick)).is_empty());
+    rig.online(&["car-1", "car-2"]);
+    assert_eq!(announces(&rig.handle(Input::Tick)).len(), 1);
 }

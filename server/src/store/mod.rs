@@ -8,9 +8,11 @@
 //! | `ledger.rs` | rounds, the per-vehicle ledger, rejections |
 //! | `rows.rs` | the row types and the one place each meets its columns |
 //! | `status.rs` | round and ledger statuses |
+//! | `vehicles.rs` | provisioned vehicles: public keys and broker credentials |
 
 mod ledger;
 mod rows;
+mod vehicles;
 mod status;
 mod versions;
 
@@ -19,6 +21,7 @@ mod tests;
 
 pub use rows::{ClientRow, RoundRow};
 pub use status::{ClientStatus, RoundStatus};
+pub use vehicles::VehicleRow;
 pub use versions::StoredVersion;
 
 use rusqlite::Connection;
@@ -57,7 +60,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY, status TEXT NOT NULL, base_version TEXT NOT NULL,
     model_version TEXT, codec TEXT NOT NULL,
     clients_selected INTEGER NOT NULL DEFAULT 0, clients_reported INTEGER NOT NULL DEFAULT 0,
-    clients_late INTEGER NOT NULL DEFAULT 0,
+    clients_late INTEGER NOT NULL DEFAULT 0, clients_failed INTEGER NOT NULL DEFAULT 0,
     bytes_up INTEGER NOT NULL DEFAULT 0, bytes_down INTEGER NOT NULL DEFAULT 0,
     wire_bytes_up INTEGER NOT NULL DEFAULT 0, wire_bytes_down INTEGER NOT NULL DEFAULT 0,
     bytes_up_raw INTEGER NOT NULL DEFAULT 0, bytes_up_predicted INTEGER NOT NULL DEFAULT 0,
@@ -83,6 +86,11 @@ CREATE TABLE IF NOT EXISTS rejections (
     reason TEXT NOT NULL, detail TEXT NOT NULL);
 -- rejections aggregated per (client, reason, minute): a flood adds a count,
 -- not a row per message
+-- provisioned vehicles: their public key (verifies what they sign) and
+-- the BLAKE3 hash of their broker password (a random 256-bit token)
+CREATE TABLE IF NOT EXISTS vehicles (
+    client TEXT PRIMARY KEY, public_key TEXT NOT NULL, password_hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rejection_counts (
     minute INTEGER NOT NULL, client TEXT NOT NULL, reason TEXT NOT NULL,
     count INTEGER NOT NULL, round INTEGER, last_ms INTEGER NOT NULL, detail TEXT NOT NULL,
@@ -164,6 +172,11 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     if !has("ledger", "flops_predicted")? {
         conn.execute_batch(
             "ALTER TABLE ledger ADD COLUMN flops_predicted INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    if !has("rounds", "clients_failed")? {
+        conn.execute_batch(
+            "ALTER TABLE rounds ADD COLUMN clients_failed INTEGER NOT NULL DEFAULT 0",
         )?;
     }
     Ok(())

@@ -25,6 +25,8 @@ pub struct RoundRow {
     pub clients_reported: u64,
     /// Updates that came after the round closed.
     pub clients_late: u64,
+    /// Selected vehicles that reported they cannot serve the round.
+    pub clients_failed: u64,
     /// Update payload bytes received (accepted chunks, counted once).
     pub bytes_up: u64,
     /// Model payload bytes sent.
@@ -212,7 +214,7 @@ pub(super) const ROUND_COLUMNS: &str = "round, status, base_version, model_versi
     clients_selected, clients_reported, clients_late, bytes_up, bytes_down, wire_bytes_up, \
     wire_bytes_down, bytes_up_raw, bytes_up_predicted, train_seconds_sum, train_seconds_max, samples, \
     steps, flops, loss, eval_loss, accuracy, rmse, started_ms, finished_ms, bytes_down_raw, \
-    downlink_codec, encode_seconds, decode_seconds";
+    downlink_codec, encode_seconds, decode_seconds, clients_failed";
 
 pub(super) fn round_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoundRow> {
     let count = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
@@ -246,6 +248,7 @@ pub(super) fn round_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoundRow
         downlink_codec: r.get(26)?,
         encode_seconds: r.get(27)?,
         decode_seconds: r.get(28)?,
+        clients_failed: count(29)?,
         compression_up: None,
     };
     row.compression_up = (row.bytes_up > 0).then(|| row.bytes_up_raw as f64 / row.bytes_up as f64);
@@ -264,7 +267,7 @@ pub(super) fn update_round(
          bytes_up_raw = ?11, bytes_up_predicted = ?12, train_seconds_sum = ?13, train_seconds_max = ?14,
          samples = ?15, steps = ?16, flops = ?17, loss = ?18, eval_loss = ?19, accuracy = ?20, rmse = ?21,
          finished_ms = ?22, bytes_down_raw = ?23, downlink_codec = ?24, encode_seconds = ?25,
-         decode_seconds = ?26 WHERE round = ?1",
+         decode_seconds = ?26, clients_failed = ?27 WHERE round = ?1",
         params![
             row.round as i64, row.status, row.model_version, row.clients_selected as i64,
             row.clients_reported as i64, row.clients_late as i64, row.bytes_up as i64, row.bytes_down as i64,
@@ -272,7 +275,7 @@ pub(super) fn update_round(
             row.bytes_up_predicted as i64, row.train_seconds_sum, row.train_seconds_max, row.samples as i64,
             row.steps as i64, row.flops as i64, row.loss, row.eval_loss, row.accuracy, row.rmse,
             finished_ms as i64, row.bytes_down_raw as i64, row.downlink_codec, row.encode_seconds,
-            row.decode_seconds,
+            row.decode_seconds, row.clients_failed as i64,
         ],
     )?;
     Ok(())

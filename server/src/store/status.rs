@@ -91,6 +91,8 @@ status_enum! {
         Rejected = "rejected",
         /// Its update came after the round closed.
         Late = "late",
+        /// It reported that it cannot serve the round (reason in the row).
+        Failed = "failed",
     }
 }
 

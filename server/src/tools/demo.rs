@@ -143,12 +143,13 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         20,
     );
 
-    let url = fleet::local_broker().await?;
+    let broker = fleet::local_broker(&options.db).await?;
+    let url = broker.url.clone();
 
     let server_config = ServerConfig {
         fleet: "demo".parse().map_err(anyhow::Error::msg)?,
         db: options.db.clone(),
-        broker: fleet::server_broker(&url),
+        broker: fleet::server_broker(&broker),
         rounds: RoundConfig {
             total: options.rounds,
             min_clients: options.clients,
@@ -174,6 +175,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             lr: options.lr,
             batch_size: options.batch_size,
         },
+        identity: Default::default(),
         eval: EvalConfig {
             test_csv: Some(test_path.clone()),
         },

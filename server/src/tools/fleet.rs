@@ -1,38 +1,98 @@
 //! Runs a whole fleet in one process: server and agents over a real broker.
 //! Shared by `demo` and `simulate`.
 
+use crate::broker::{Access, Credentials};
 use crate::config::{ServerBroker, ServerConfig};
+use crate::identity;
 use crate::run::{Prepared, RunSummary};
-use crate::store::RoundRow;
+use crate::store::{RoundRow, Store};
 use convoy_agent::LocalData;
 use convoy_agent::config::{AgentConfig, DataConfig, Faults, TrainingConfig};
 use convoy_runtime::link::{BrokerConfig, BrokerUrl};
 use convoy_shared::spec::TaskKind;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 /// Largest MQTT packet used inside a local fleet.
 pub const LOCAL_MAX_PACKET: usize = 1024 * 1024;
 
-/// Starts the embedded broker on a free loopback port; returns its URL.
-pub async fn local_broker() -> anyhow::Result<BrokerUrl> {
-    let addr = tokio::task::spawn_blocking(|| -> anyhow::Result<_> {
+/// An embedded broker on a loopback port that lets in the server and the
+/// vehicles provisioned in one database, as a deployed server's does.
+#[derive(Debug, Clone)]
+pub struct LocalBroker {
+    /// Where it listens.
+    pub url: BrokerUrl,
+    server_password: String,
+}
+
+impl LocalBroker {
+    /// The in-process `memory://` broker named `name` (no logins).
+    pub fn memory(name: String) -> Self {
+        Self {
+            url: BrokerUrl::Memory(name),
+            server_password: String::new(),
+        }
+    }
+}
+
+/// Starts the embedded broker on a free loopback port, checking logins
+/// against the vehicles provisioned in `db`.
+pub async fn local_broker(db: &Path) -> anyhow::Result<LocalBroker> {
+    let server_password = identity::new_password();
+    let access = Access::Credentials(Credentials {
+        db: db.to_path_buf(),
+        server_id: ServerBroker::default().client_id,
+        server_password: server_password.clone(),
+    });
+    let addr = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let addr = crate::broker::free_local_addr()?;
         Ok(crate::broker::start_embedded(
             &addr.to_string(),
             LOCAL_MAX_PACKET,
+            access,
         )?)
     })
     .await??;
-    Ok(BrokerUrl::tcp(addr))
+    Ok(LocalBroker {
+        url: BrokerUrl::tcp(addr),
+        server_password,
+    })
 }
 
-/// Server broker settings for a local fleet on `url`.
-pub fn server_broker(url: &BrokerUrl) -> ServerBroker {
-    ServerBroker {
-        link: local_link(url),
-        ..Default::default()
+/// Server broker settings for a local fleet on `broker`.
+pub fn server_broker(broker: &LocalBroker) -> ServerBroker {
+    let defaults = ServerBroker::default();
+    let mut link = local_link(&broker.url);
+    link.username = Some(defaults.client_id.clone());
+    link.password = Some(broker.server_password.clone());
+    ServerBroker { link, ..defaults }
+}
+
+/// Provisions every agent as `convoy-server provision` would: the server's
+/// key pair, and for each vehicle a key pair and broker password under
+/// `<its state folder's parent>/identity/<id>/`, recorded in the server's
+/// database; each agent config is pointed at its files.
+pub fn provision(server: &ServerConfig, agents: &mut [AgentConfig]) -> anyhow::Result<()> {
+    let key = identity::server_key(&server.key_file())?;
+    let store = Store::open(&server.db)?;
+    let mut by_folder: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
+    for (i, agent) in agents.iter().enumerate() {
+        let parent = agent.state_dir.parent().unwrap_or(Path::new("."));
+        by_folder.entry(parent.join("identity")).or_default().push(i);
     }
+    for (folder, members) in by_folder {
+        let ids: Vec<_> = members.iter().map(|i| agents[*i].client_id.clone()).collect();
+        let made = identity::provision(&store, &key.public(), &ids, &folder, true)?;
+        for (i, vehicle) in members.into_iter().zip(made) {
+            let agent = &mut agents[i];
+            agent.identity.key_file = vehicle.dir.join(identity::VEHICLE_KEY);
+            agent.identity.server_key_file = vehicle.dir.join(identity::SERVER_PUB);
+            agent.broker.username = Some(agent.client_id.to_string());
+            agent.broker.password = Some(vehicle.password);
+        }
+    }
+    Ok(())
 }
 
 /// Client settings for a member of a local fleet on `url`.
@@ -56,6 +116,7 @@ pub fn agent_config(
         client_id: id.parse().map_err(anyhow::Error::msg)?,
         state_dir,
         broker: local_link(url),
+        identity: Default::default(),
         data,
         training: TrainingConfig::default(),
         policy: Default::default(),
@@ -74,9 +135,9 @@ pub fn prepared_data_config(label: &str) -> DataConfig {
     }
 }
 
-/// Runs `server` (with `prepared`, or from its own config) and the agents
-/// until the server has run its configured rounds; `on_round` sees each
-/// closed round as it closes.
+/// Provisions the agents ([`provision`]), then runs `server` (with
+/// `prepared`, or from its own config) and the agents until the server has
+/// run its configured rounds; `on_round` sees each closed round as it closes.
 pub async fn run(
     server: ServerConfig,
     prepared: Option<Prepared>,
@@ -84,6 +145,10 @@ pub async fn run(
     shutdown: CancellationToken,
     mut on_round: impl FnMut(&RoundRow),
 ) -> anyhow::Result<(Vec<RoundRow>, RunSummary)> {
+    let (mut configs, data): (Vec<AgentConfig>, Vec<Option<LocalData>>) =
+        agents.into_iter().unzip();
+    provision(&server, &mut configs)?;
+    let agents: Vec<_> = configs.into_iter().zip(data).collect();
     let stop = shutdown.child_token();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let server = match prepared {

@@ -307,19 +307,20 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     let state = options.out.join("agents");
     let _ = std::fs::remove_dir_all(&state);
 
-    let url = match options.transport {
-        Transport::Mqtt => fleet::local_broker().await?,
+    let broker = match options.transport {
+        Transport::Mqtt => fleet::local_broker(&db).await?,
         // a fresh name per run: several simulations may share a process
-        Transport::Memory => convoy_runtime::link::BrokerUrl::Memory(format!(
+        Transport::Memory => fleet::LocalBroker::memory(format!(
             "sim-{}-{}",
             std::process::id(),
             convoy_runtime::clock::now_ms()
         )),
     };
+    let url = broker.url.clone();
     let server = ServerConfig {
         fleet: "sim".parse().map_err(anyhow::Error::msg)?,
         db,
-        broker: fleet::server_broker(&url),
+        broker: fleet::server_broker(&broker),
         rounds: RoundConfig {
             total: options.rounds,
             min_clients: parts.len(),
@@ -346,6 +347,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             lr: options.lr,
             batch_size: options.batch_size,
         },
+        identity: Default::default(),
         eval: Default::default(),
     };
     server.validate()?;

@@ -1,0 +1,232 @@
+//! Who may connect and who signed what: the server's own key pair, the
+//! keyring of provisioned vehicles, and `provision`, which creates a
+//! vehicle's credentials and key pair and records its public key.
+//!
+//! A vehicle's broker password is a random 256-bit token, so the store
+//! keeps its plain BLAKE3 hash (no slow KDF is needed against guessing).
+
+use crate::error::ServerError;
+use crate::store::{Store, VehicleRow};
+use convoy_shared::identity::{KeyError, PublicKey, SecretKey};
+use convoy_shared::topics::TopicId;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// File names inside one vehicle's provisioning folder.
+pub const VEHICLE_KEY: &str = "vehicle.key";
+/// The vehicle's public key (for tools that check its status, e.g. `deploy`).
+pub const VEHICLE_PUB: &str = "vehicle.pub";
+/// The server's public key, installed on every vehicle.
+pub const SERVER_PUB: &str = "server.pub";
+/// The vehicle's broker password (0600).
+pub const BROKER_PASSWORD: &str = "broker-password";
+
+impl From<KeyError> for ServerError {
+    fn from(e: KeyError) -> Self {
+        ServerError::Config(format!("identity: {e}"))
+    }
+}
+
+/// The server's key pair at `path`: read, or created on first start (with
+/// the public half written beside it as `server.pub`).
+pub fn server_key(path: &Path) -> Result<SecretKey, ServerError> {
+    if path.exists() {
+        return Ok(SecretKey::read(path)?);
+    }
+    let key = SecretKey::generate();
+    key.write_new(path)?;
+    key.public().write(&path.with_file_name(SERVER_PUB))?;
+    tracing::info!(key = %path.display(), public = %key.public(), "server key pair created");
+    Ok(key)
+}
+
+/// A random 256-bit token, hex.
+pub fn new_password() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the store keeps of a password.
+pub fn password_hash(password: &str) -> String {
+    blake3::hash(password.as_bytes()).to_hex().to_string()
+}
+
+/// Constant-time comparison of two hex digests.
+pub fn same_digest(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Public keys of provisioned vehicles, reloaded from the store when an
+/// unknown vehicle speaks (at most once every two seconds, so a flood of
+/// made-up ids costs no more than that).
+#[derive(Debug, Default)]
+pub struct Keyring {
+    keys: HashMap<String, PublicKey>,
+    loaded: Option<Instant>,
+}
+
+impl Keyring {
+    const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+    /// The keyring as the store holds it now.
+    pub fn load(store: &Store) -> Result<Self, ServerError> {
+        let mut ring = Self::default();
+        ring.reload(store)?;
+        Ok(ring)
+    }
+
+    fn reload(&mut self, store: &Store) -> Result<(), ServerError> {
+        self.keys = store
+            .vehicles()?
+            .into_iter()
+            .filter_map(|v| {
+                PublicKey::from_hex(&v.public_key, &v.client)
+                    .map_err(|e| tracing::error!(client = %v.client, error = %e, "stored key unreadable"))
+                    .ok()
+                    .map(|k| (v.client, k))
+            })
+            .collect();
+        self.loaded = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The key of `client`, if provisioned.
+    pub fn get(&mut self, client: &str, store: &Store) -> Option<PublicKey> {
+        if let Some(key) = self.keys.get(client) {
+            return Some(*key);
+        }
+        let stale = self.loaded.is_none_or(|t| t.elapsed() >= Self::RELOAD_EVERY);
+        if stale && let Err(e) = self.reload(store) {
+            tracing::error!(error = %e, "cannot reload vehicle keys");
+        }
+        self.keys.get(client).copied()
+    }
+
+    /// Adds a key held in memory (a fleet simulated in one process).
+    pub fn insert(&mut self, client: &str, key: PublicKey) {
+        self.keys.insert(client.to_string(), key);
+    }
+
+    /// Vehicles known.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// No vehicle known.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// One vehicle's credentials, as written by [`provision`].
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    /// Client id.
+    pub client: TopicId,
+    /// Folder holding `vehicle.key`, `vehicle.pub`, `server.pub`, `broker-password`.
+    pub dir: PathBuf,
+    /// Its public key.
+    pub public_key: PublicKey,
+    /// Its broker password.
+    pub password: String,
+}
+
+/// Creates credentials and a key pair for each of `ids` under `out/<id>/`,
+/// and records each public key and password hash in `store`. A vehicle
+/// already provisioned is refused unless `replace` (which re-keys it: its
+/// old key and password stop working).
+pub fn provision(
+    store: &Store,
+    server: &PublicKey,
+    ids: &[TopicId],
+    out: &Path,
+    replace: bool,
+) -> Result<Vec<Provisioned>, ServerError> {
+    let existing: Vec<String> = store.vehicles()?.into_iter().map(|v| v.client).collect();
+    if !replace && let Some(id) = ids.iter().find(|id| existing.iter().any(|e| e == id.as_str())) {
+        return Err(ServerError::Config(format!(
+            "vehicle {id} is already provisioned; pass --replace to re-key it (its old key and password stop working)"
+        )));
+    }
+    let mut done = Vec::with_capacity(ids.len());
+    for id in ids {
+        let dir = out.join(id.as_str());
+        let key = SecretKey::generate();
+        let password = new_password();
+        if replace {
+            for name in [VEHICLE_KEY, BROKER_PASSWORD] {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+        }
+        key.write_new(&dir.join(VEHICLE_KEY))?;
+        key.public().write(&dir.join(VEHICLE_PUB))?;
+        server.write(&dir.join(SERVER_PUB))?;
+        write_private(&dir.join(BROKER_PASSWORD), &password)?;
+        store.add_vehicle(
+            &VehicleRow {
+                client: id.to_string(),
+                public_key: key.public().to_string(),
+                password_hash: password_hash(&password),
+                created_ms: convoy_runtime::clock::now_ms(),
+            },
+            true,
+        )?;
+        done.push(Provisioned {
+            client: id.clone(),
+            dir,
+            public_key: key.public(),
+            password,
+        });
+    }
+    Ok(done)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), ServerError> {
+    use std::io::Write;
+    let err = |e: std::io::Error| ServerError::Config(format!("{}: {e}", path.display()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(err)?;
+    writeln!(file, "{text}").map_err(err)?;
+    file.sync_all().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provisioning_records_keys_and_refuses_a_second_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db")).unwrap();
+        let server = server_key(&dir.path().join("server.key")).unwrap();
+        assert_eq!(
+            server_key(&dir.path().join("server.key")).unwrap().public(),
+            server.public(),
+            "created once, then read"
+        );
+        let ids: Vec<TopicId> = ["car-1", "car-2"].iter().map(|s| s.parse().unwrap()).collect();
+        let out = dir.path().join("out");
+        let made = provision(&store, &server.public(), &ids, &out, false).unwrap();
+        assert_eq!(made.len(), 2);
+        let key = SecretKey::read(&out.join("car-1").join(VEHICLE_KEY)).unwrap();
+        assert_eq!(key.public(), made[0].public_key);
+        let pass = std::fs::read_to_string(out.join("car-1").join(BROKER_PASSWORD)).unwrap();
+        let stored = store.vehicle_password_hash("car-1").unwrap().unwrap();
+        assert!(same_digest(&password_hash(pass.trim()), &stored));
+        assert!(!same_digest(&password_hash("guess"), &stored));
+        let mut ring = Keyring::load(&store).unwrap();
+        assert_eq!(ring.get("car-2", &store), Some(made[1].public_key));
+        assert_eq!(ring.get("car-9", &store), None);
+        let again = provision(&store, &server.public(), &ids[..1], &out, false);
+        assert!(again.unwrap_err().to_string().contains("--replace"));
+        let rekeyed = provision(&store, &server.public(), &ids[..1], &out, true).unwrap();
+        assert_ne!(rekeyed[0].public_key, made[0].public_key);
+    }
+}

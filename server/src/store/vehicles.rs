@@ -1,0 +1,63 @@
+//! Provisioned vehicles: the public key that verifies what each signs, and
+//! the hash of its broker password.
+
+use super::{Store, StoreError};
+use rusqlite::{OptionalExtension, params};
+
+/// One provisioned vehicle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VehicleRow {
+    /// Client id.
+    pub client: String,
+    /// ed25519 public key, hex.
+    pub public_key: String,
+    /// BLAKE3 of the broker password, hex.
+    pub password_hash: String,
+    /// When it was provisioned (Unix ms).
+    pub created_ms: u64,
+}
+
+impl Store {
+    /// Records (or, with `replace`, re-keys) a vehicle; `false` when it
+    /// exists and `replace` is off.
+    pub fn add_vehicle(&self, row: &VehicleRow, replace: bool) -> Result<bool, StoreError> {
+        let verb = if replace { "INSERT OR REPLACE" } else { "INSERT OR IGNORE" };
+        let n = self.conn.execute(
+            &format!(
+                "{verb} INTO vehicles (client, public_key, password_hash, created_ms) VALUES (?1, ?2, ?3, ?4)"
+            ),
+            params![row.client, row.public_key, row.password_hash, row.created_ms as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Every provisioned vehicle, by id.
+    pub fn vehicles(&self) -> Result<Vec<VehicleRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT client, public_key, password_hash, created_ms FROM vehicles ORDER BY client",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(VehicleRow {
+                    client: r.get(0)?,
+                    public_key: r.get(1)?,
+                    password_hash: r.get(2)?,
+                    created_ms: r.get::<_, i64>(3)? as u64,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// The password hash of one vehicle.
+    pub fn vehicle_password_hash(&self, client: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT password_hash FROM vehicles WHERE client = ?1",
+                [client],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+}
