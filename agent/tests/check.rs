@@ -39,7 +39,10 @@ fn check_refuses_what_run_would_refuse() {
     let vehicle = convoy_shared::identity::SecretKey::generate();
     vehicle.write_new(&dir.path().join("vehicle.key")).unwrap();
     let server = convoy_shared::identity::SecretKey::generate();
-    server.public().write(&dir.path().join("server.pub")).unwrap();
+    server
+        .public()
+        .write(&dir.path().join("server.pub"))
+        .unwrap();
     let (ok, text) = check(dir.path(), "a,y\n1,0\n2,1\n", "", "state");
     assert!(ok, "a good config passes: {text}");
     assert!(text.contains("config ok"), "{text}");

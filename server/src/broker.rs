@@ -38,12 +38,19 @@ pub struct Credentials {
 }
 
 /// Why a login was refused, for the log.
-fn refusal(creds: &Credentials, store: &mut Option<Store>, client: &str, user: &str, pass: &str) -> Option<&'static str> {
+fn refusal(
+    creds: &Credentials,
+    store: &mut Option<Store>,
+    client: &str,
+    user: &str,
+    pass: &str,
+) -> Option<&'static str> {
     if client != user {
         return Some("the user name must equal the client id");
     }
     if client == creds.server_id {
-        return (!same_digest(pass, &creds.server_password)).then_some("the server's id is reserved for the server");
+        return (!same_digest(pass, &creds.server_password))
+            .then_some("the server's id is reserved for the server");
     }
     if store.is_none() {
         *store = Store::open_existing(&creds.db).ok();
@@ -113,7 +120,9 @@ pub fn start_embedded(
     if let Access::Credentials(creds) = access {
         let store: Arc<Mutex<Option<Store>>> = Arc::new(Mutex::new(None));
         connections.set_auth_handler(move |client: String, user: String, pass: String| {
-            let mut store = store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut store = store
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             let why = refusal(&creds, &mut store, &client, &user, &pass);
             if let Some(why) = why {
                 tracing::warn!(client, user, why, "broker login refused");

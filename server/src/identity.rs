@@ -54,7 +54,11 @@ pub fn password_hash(password: &str) -> String {
 
 /// Constant-time comparison of two hex digests.
 pub fn same_digest(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Public keys of provisioned vehicles, reloaded from the store when an
@@ -96,7 +100,9 @@ impl Keyring {
         if let Some(key) = self.keys.get(client) {
             return Some(*key);
         }
-        let stale = self.loaded.is_none_or(|t| t.elapsed() >= Self::RELOAD_EVERY);
+        let stale = self
+            .loaded
+            .is_none_or(|t| t.elapsed() >= Self::RELOAD_EVERY);
         if stale && let Err(e) = self.reload(store) {
             tracing::error!(error = %e, "cannot reload vehicle keys");
         }
@@ -144,7 +150,11 @@ pub fn provision(
     replace: bool,
 ) -> Result<Vec<Provisioned>, ServerError> {
     let existing: Vec<String> = store.vehicles()?.into_iter().map(|v| v.client).collect();
-    if !replace && let Some(id) = ids.iter().find(|id| existing.iter().any(|e| e == id.as_str())) {
+    if !replace
+        && let Some(id) = ids
+            .iter()
+            .find(|id| existing.iter().any(|e| e == id.as_str()))
+    {
         return Err(ServerError::Config(format!(
             "vehicle {id} is already provisioned; pass --replace to re-key it (its old key and password stop working)"
         )));
@@ -211,7 +221,10 @@ mod tests {
             server.public(),
             "created once, then read"
         );
-        let ids: Vec<TopicId> = ["car-1", "car-2"].iter().map(|s| s.parse().unwrap()).collect();
+        let ids: Vec<TopicId> = ["car-1", "car-2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
         let out = dir.path().join("out");
         let made = provision(&store, &server.public(), &ids, &out, false).unwrap();
         assert_eq!(made.len(), 2);

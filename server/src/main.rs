@@ -130,8 +130,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let config = convoy_server::config::ServerConfig::load(&config)?;
             let key = convoy_server::identity::server_key(&config.key_file())?;
             let store = convoy_server::store::Store::open(&config.db)?;
-            let made =
-                convoy_server::identity::provision(&store, &key.public(), &vehicles, &out, replace)?;
+            let made = convoy_server::identity::provision(
+                &store,
+                &key.public(),
+                &vehicles,
+                &out,
+                replace,
+            )?;
             println!("server public key {}", key.public());
             for v in &made {
                 println!("{:<24} {}  {}", v.client, v.public_key, v.dir.display());

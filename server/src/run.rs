@@ -3,11 +3,11 @@
 //! evaluate off the async runtime, report closed rounds).
 
 use crate::broker::{self, Access, Credentials};
-use crate::identity;
 use crate::config::ServerConfig;
 use crate::coordinator::RejectionCounts;
 use crate::coordinator::{Coordinator, Input, Output};
 use crate::error::ServerError;
+use crate::identity;
 use crate::store::{RoundRow, Store, StoredVersion};
 use convoy_runtime::clock::{SharedClock, SystemClock};
 use convoy_runtime::link::{self, LinkClient, Session};

@@ -248,7 +248,10 @@ mod tests {
         let key = SecretKey::generate();
         let path = dir.join("vehicle.key");
         key.write_new(&path).unwrap();
-        assert!(key.write_new(&path).is_err(), "a secret key is never overwritten");
+        assert!(
+            key.write_new(&path).is_err(),
+            "a secret key is never overwritten"
+        );
         assert_eq!(SecretKey::read(&path).unwrap().public(), key.public());
         #[cfg(unix)]
         {

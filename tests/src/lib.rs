@@ -26,7 +26,7 @@ pub use broker::{Broker, free_port};
 pub use fleet::{AgentHandle, Fleet, FleetBuilder, ServerRun, fleet_name};
 pub use scenario::{MAX_PACKET, Scenario};
 pub use vehicle::FakeVehicle;
-pub use wire::{Wire, WireTally};
+pub use wire::{Wire, WireTally, login_accepted};
 
 /// Log to the test's captured output when `RUST_LOG` is set.
 pub fn init_tracing() {

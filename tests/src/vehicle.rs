@@ -66,8 +66,14 @@ impl FakeVehicle {
     pub async fn next_announce(&mut self) -> anyhow::Result<Announce> {
         loop {
             let p = self.wire.next(30).await?;
-            let decoded =
-                wire::decode::<Announce>(&p.payload, Kind::Announce, 1 << 20, &p.topic, &self.server, "server");
+            let decoded = wire::decode::<Announce>(
+                &p.payload,
+                Kind::Announce,
+                1 << 20,
+                &p.topic,
+                &self.server,
+                "server",
+            );
             if let Ok(a) = decoded {
                 return Ok(a);
             }

@@ -157,6 +157,40 @@ impl Wire {
     }
 }
 
+/// Whether a broker at `broker_url` accepts a connection as `id` with
+/// `login` (user name, password), or none: true on a successful ConnAck,
+/// false when it refuses or drops the connection.
+pub async fn login_accepted(
+    broker_url: &str,
+    id: &str,
+    login: Option<(&str, &str)>,
+) -> anyhow::Result<bool> {
+    let rest = broker_url.strip_prefix("mqtt://").unwrap_or(broker_url);
+    let (host, port) = rest
+        .rsplit_once(':')
+        .with_context(|| format!("broker url {broker_url:?} lacks a port"))?;
+    let mut options = MqttOptions::new(id, host, port.parse::<u16>()?);
+    options.set_keep_alive(Duration::from_secs(30));
+    if let Some((user, pass)) = login {
+        options.set_credentials(user, pass);
+    }
+    let (_client, mut eventloop) = AsyncClient::new(options, 8);
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return ack.code == rumqttc::ConnectReturnCode::Success;
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .context("the broker neither accepted nor refused the login")?;
+    Ok(answer)
+}
+
 impl Drop for Wire {
     fn drop(&mut self) {
         self.stop.cancel();

@@ -153,6 +153,13 @@ async fn deploy_installs_verifies_and_rolls_back_over_real_ssh() -> anyhow::Resu
 
     // The config template, as an operator would keep it.
     let mut template = fleet.agents[0].clone();
+    // No server runs here, so nothing checks signatures: each board's agent
+    // only needs key files to start. (Deploy does not carry keys yet.)
+    let key = convoy_shared::identity::SecretKey::generate();
+    key.write_new(&work.join("vehicle.key"))?;
+    key.public().write(&work.join("server.pub"))?;
+    template.identity.key_file = work.join("vehicle.key");
+    template.identity.server_key_file = work.join("server.pub");
     template.state_dir = "/var/lib/convoy-agent".into();
     template.data.path = "/var/lib/convoy-agent/data.csv".into();
     std::fs::write(work.join("agent.toml"), toml::to_string(&template)?)?;

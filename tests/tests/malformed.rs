@@ -1,7 +1,7 @@
 //! Bad input on the update topic: each kind is rejected with a counted
 //! reason, the server keeps running and the round still completes.
 
-use convoy_tests::api::{ChunkPos, ParamSet, Pipeline};
+use convoy_tests::api::{self, ChunkPos, ParamSet, Pipeline};
 use convoy_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +23,11 @@ async fn malformed_updates_are_counted_and_the_round_completes() -> anyhow::Resu
     let mut truncated = good.clone();
     truncated.truncate(good.len() - 7);
     let mut bad_crc = good.clone();
-    *bad_crc.last_mut().expect("non-empty") ^= 0x55;
+    bad_crc[api::wire::HEADER_LEN] ^= 0x55;
+    let mut bad_signature = good.clone();
+    *bad_signature.last_mut().expect("non-empty") ^= 0x55;
+    let body = &good[api::wire::HEADER_LEN..good.len() - 64];
+    let unsigned = api::wire::encode_raw(api::Kind::UpdateChunk, body);
     let wrong_round = intruder.chunk(
         &announce,
         announce.round + 7,
@@ -58,6 +62,8 @@ async fn malformed_updates_are_counted_and_the_round_completes() -> anyhow::Resu
         .send_updates(&[
             truncated,
             bad_crc,
+            bad_signature,
+            unsigned,
             wrong_round,
             oversized_total,
             oversized_header,
@@ -77,6 +83,8 @@ async fn malformed_updates_are_counted_and_the_round_completes() -> anyhow::Resu
     for reason in [
         "truncated",
         "bad_crc",
+        "bad_signature",
+        "unsigned",
         "wrong_round",
         "oversized",
         "non_finite",

@@ -40,7 +40,10 @@ impl Agent {
         }
         if self.announce.as_ref().is_some_and(|a| a.round > round) {
             // A genuine but older announcement, replayed.
-            tracing::warn!(round, "ignoring an announcement older than one already seen");
+            tracing::warn!(
+                round,
+                "ignoring an announcement older than one already seen"
+            );
             return Ok(());
         }
         if let Err(why) = self.config.limits.check(&announce.spec) {

@@ -6,8 +6,8 @@ use crate::config::{AgentConfig, DataConfig, Faults, TrainingConfig};
 use crate::policy::PolicyConfig;
 use convoy_runtime::clock::{Clock, ManualClock};
 use convoy_shared::chunk::ChunkPos;
-use convoy_shared::identity::SecretKey;
 use convoy_shared::dataset::Table;
+use convoy_shared::identity::SecretKey;
 use convoy_shared::messages::{
     self, FetchRequest, ModelChunk, ModelPart, Status, UpdateAck, UpdateChunk,
 };
@@ -99,12 +99,23 @@ fn vehicle_key() -> SecretKey {
 
 /// `message` as the server signs it for `topic`.
 fn from_server<T: serde::Serialize>(kind: Kind, topic: &str, message: &T) -> Input {
-    self::message(topic, wire::encode(kind, message, topic, &server_key()).unwrap())
+    self::message(
+        topic,
+        wire::encode(kind, message, topic, &server_key()).unwrap(),
+    )
 }
 
 /// Decodes what this vehicle signed.
 fn from_vehicle<T: serde::de::DeserializeOwned>(m: &Outgoing, kind: Kind) -> T {
-    wire::decode(&m.payload, kind, 1 << 20, &m.topic, &vehicle_key().public(), ME).unwrap()
+    wire::decode(
+        &m.payload,
+        kind,
+        1 << 20,
+        &m.topic,
+        &vehicle_key().public(),
+        ME,
+    )
+    .unwrap()
 }
 
 fn restart(config: &AgentConfig, clock: &Arc<ManualClock>, table: &Table) -> Agent {
@@ -573,8 +584,7 @@ fn an_announced_model_out_of_bounds_is_refused_before_anything_is_allocated() {
     let mut forged = match rig.announce(1, &initial, "fp32", &[]) {
         Input::Link(LinkEvent::Message { topic, payload, .. }) => {
             let key = server_key().public();
-            wire::decode::<Announce>(&payload, Kind::Announce, 1 << 20, &topic, &key, "s")
-                .unwrap()
+            wire::decode::<Announce>(&payload, Kind::Announce, 1 << 20, &topic, &key, "s").unwrap()
         }
         _ => unreachable!(),
     };

@@ -152,14 +152,19 @@ impl Coordinator {
             row.chunks_up += 1;
         }
         let max = self.config.broker.link.max_packet_size;
-        let chunk =
-            match self.from_vehicle::<UpdateChunk>(client, topic, payload, Kind::UpdateChunk, max) {
-                Ok(c) => c,
-                Err(why) => {
-                    self.reject(current, Some(client), &why);
-                    return Ok(());
-                }
-            };
+        let chunk = match self.from_vehicle::<UpdateChunk>(
+            client,
+            topic,
+            payload,
+            Kind::UpdateChunk,
+            max,
+        ) {
+            Ok(c) => c,
+            Err(why) => {
+                self.reject(current, Some(client), &why);
+                return Ok(());
+            }
+        };
         if chunk.client.as_str() != client {
             let why = Rejection::ClientMismatch("chunk names another client than its topic");
             self.reject(current, Some(client), &why);
@@ -321,7 +326,13 @@ impl Coordinator {
             Ok((update, decode_seconds)) => {
                 r.norms.push(norm);
                 if let Some(bound) = clip {
-                    tracing::warn!(client, round, norm, bound, "update norm clipped to the fleet's bound");
+                    tracing::warn!(
+                        client,
+                        round,
+                        norm,
+                        bound,
+                        "update norm clipped to the fleet's bound"
+                    );
                     row.reason = Some(format!("norm {norm:.3e} clipped to {bound:.3e}"));
                 }
                 r.sum.fold(&self.scratch, update.samples as f64);
@@ -414,9 +425,13 @@ impl Coordinator {
     /// stops waiting for it.
     pub(super) fn on_failure(&mut self, client: &str, topic: &str, payload: &[u8]) {
         let current = self.round.as_ref().map(|r| r.announce.round);
-        let report = match self
-            .from_vehicle::<FailureReport>(client, topic, payload, Kind::Failure, MAX_FAILURE)
-        {
+        let report = match self.from_vehicle::<FailureReport>(
+            client,
+            topic,
+            payload,
+            Kind::Failure,
+            MAX_FAILURE,
+        ) {
             Ok(r) => r,
             Err(why) => return self.reject(current, Some(client), &why),
         };

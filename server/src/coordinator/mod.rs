@@ -39,8 +39,8 @@ use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::version::VersionId;
 use convoy_shared::wire::{self, Kind, WireError, mqtt_publish_wire_len};
 use registry::Registry;
-use serde::{Serialize, de::DeserializeOwned};
 use rounds::{Closing, OpenRound};
+use serde::{Serialize, de::DeserializeOwned};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -224,12 +224,12 @@ impl Coordinator {
             ClientTopic::Failure,
         ]
         .into_iter()
-            .map(|kind| {
-                topics::all_clients(&self.config.fleet, kind)
-                    .as_str()
-                    .to_string()
-            })
-            .collect()
+        .map(|kind| {
+            topics::all_clients(&self.config.fleet, kind)
+                .as_str()
+                .to_string()
+        })
+        .collect()
     }
 
     /// True once the configured number of rounds has run.
@@ -307,7 +307,12 @@ impl Coordinator {
     }
 
     /// `message` signed by the server for `topic`.
-    fn seal<T: Serialize>(&self, kind: Kind, topic: &str, message: &T) -> Result<Vec<u8>, WireError> {
+    fn seal<T: Serialize>(
+        &self,
+        kind: Kind,
+        topic: &str,
+        message: &T,
+    ) -> Result<Vec<u8>, WireError> {
         wire::encode(kind, message, topic, &self.key)
     }
 

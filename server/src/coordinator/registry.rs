@@ -93,7 +93,8 @@ impl Registry {
 
     fn take(&mut self, client: &str, status: &Status, now: Instant) -> Verdict {
         let Some(info) = self.clients.get_mut(client) else {
-            self.clients.insert(client.to_string(), ClientInfo::from_status(status, now));
+            self.clients
+                .insert(client.to_string(), ClientInfo::from_status(status, now));
             return Verdict::Fresh;
         };
         let this = (status.session, status.seq);
@@ -144,11 +145,11 @@ impl Coordinator {
         if payload.is_empty() {
             return; // a retained status cleared: nobody's word takes a vehicle off
         }
-        let status = match self.from_vehicle::<Status>(client, topic, payload, Kind::Status, MAX_STATUS)
-        {
-            Ok(status) => status,
-            Err(why) => return self.reject(None, Some(client), &why),
-        };
+        let status =
+            match self.from_vehicle::<Status>(client, topic, payload, Kind::Status, MAX_STATUS) {
+                Ok(status) => status,
+                Err(why) => return self.reject(None, Some(client), &why),
+            };
         if status.client.as_str() != client {
             let why = Rejection::ClientMismatch("status names another client");
             return self.reject(None, Some(client), &why);
@@ -194,18 +195,42 @@ mod tests {
     fn sessions_replays_wills_and_twins() {
         let now = Instant::now();
         let mut r = Registry::default();
-        assert_eq!(r.take("car", &status(1, 10, AgentState::Idle), now), Verdict::Fresh);
-        assert_eq!(r.take("car", &status(1, 10, AgentState::Idle), now), Verdict::Replayed);
-        assert_eq!(r.take("car", &status(1, 11, AgentState::Training), now), Verdict::Fresh);
+        assert_eq!(
+            r.take("car", &status(1, 10, AgentState::Idle), now),
+            Verdict::Fresh
+        );
+        assert_eq!(
+            r.take("car", &status(1, 10, AgentState::Idle), now),
+            Verdict::Replayed
+        );
+        assert_eq!(
+            r.take("car", &status(1, 11, AgentState::Training), now),
+            Verdict::Fresh
+        );
         // a restart: new session; the old one's will arrives late and is ignored
-        assert_eq!(r.take("car", &status(2, 20, AgentState::Idle), now), Verdict::Fresh);
-        assert_eq!(r.take("car", &status(1, 12, AgentState::Offline), now), Verdict::StaleWill);
+        assert_eq!(
+            r.take("car", &status(2, 20, AgentState::Idle), now),
+            Verdict::Fresh
+        );
+        assert_eq!(
+            r.take("car", &status(1, 12, AgentState::Offline), now),
+            Verdict::StaleWill
+        );
         assert!(r.get("car").unwrap().online);
         // the old session speaks again: a twin
-        assert_eq!(r.take("car", &status(1, 13, AgentState::Idle), now), Verdict::Duplicate);
-        assert_eq!(r.take("car", &status(2, 21, AgentState::Idle), now), Verdict::Duplicate);
+        assert_eq!(
+            r.take("car", &status(1, 13, AgentState::Idle), now),
+            Verdict::Duplicate
+        );
+        assert_eq!(
+            r.take("car", &status(2, 21, AgentState::Idle), now),
+            Verdict::Duplicate
+        );
         // the current session's own will takes it offline
-        assert_eq!(r.take("car", &status(2, 22, AgentState::Offline), now), Verdict::Fresh);
+        assert_eq!(
+            r.take("car", &status(2, 22, AgentState::Offline), now),
+            Verdict::Fresh
+        );
         assert!(!r.get("car").unwrap().online);
     }
 
@@ -215,9 +240,18 @@ mod tests {
         let mut r = Registry::default();
         r.take("car", &status(1, 1, AgentState::Idle), start);
         let limit = Duration::from_secs(60);
-        assert_eq!(r.eligible(&[], start + Duration::from_secs(59), limit), vec!["car"]);
-        assert!(r.eligible(&[], start + Duration::from_secs(61), limit).is_empty());
+        assert_eq!(
+            r.eligible(&[], start + Duration::from_secs(59), limit),
+            vec!["car"]
+        );
+        assert!(
+            r.eligible(&[], start + Duration::from_secs(61), limit)
+                .is_empty()
+        );
         r.heard("car", start + Duration::from_secs(61));
-        assert_eq!(r.eligible(&[], start + Duration::from_secs(62), limit), vec!["car"]);
+        assert_eq!(
+            r.eligible(&[], start + Duration::from_secs(62), limit),
+            vec!["car"]
+        );
     }
 }

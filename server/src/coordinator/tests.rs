@@ -9,10 +9,10 @@ use convoy_shared::chunk;
 use convoy_shared::codec;
 use convoy_shared::codec::STAGES;
 use convoy_shared::dataset::Table;
+use convoy_shared::identity::SecretKey;
 use convoy_shared::messages::{
     AgentState, FetchRequest, ModelChunk, Status, TrainStats, UpdateAck, UpdateBody, UpdateChunk,
 };
-use convoy_shared::identity::SecretKey;
 use convoy_shared::spec::TaskKind;
 use convoy_shared::version;
 use std::time::Duration;
@@ -84,8 +84,16 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
     let clock = ManualClock::new(START_MS);
     store.save_version(&current, None, clock.now_ms()).unwrap();
     let test = test.then(|| Arc::new(Dataset::from_table(&table, &spec).unwrap()));
-    let coordinator =
-        Coordinator::new(config, server_key(), store, clock.clone(), spec, test, current).unwrap();
+    let coordinator = Coordinator::new(
+        config,
+        server_key(),
+        store,
+        clock.clone(),
+        spec,
+        test,
+        current,
+    )
+    .unwrap();
     Rig {
         _dir: dir,
         clock,
@@ -112,7 +120,15 @@ fn signed<T: serde::Serialize>(kind: Kind, topic: &str, client: &str, message: &
 
 /// Decodes what the server signed.
 fn from_server<T: serde::de::DeserializeOwned>(m: &Outgoing, kind: Kind) -> T {
-    wire::decode(&m.payload, kind, 1 << 20, &m.topic, &server_key().public(), "server").unwrap()
+    wire::decode(
+        &m.payload,
+        kind,
+        1 << 20,
+        &m.topic,
+        &server_key().public(),
+        "server",
+    )
+    .unwrap()
 }
 
 static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -146,7 +162,10 @@ fn status(client: &str, state: AgentState, codecs: &[&str]) -> Input {
         seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     };
     let topic = topics::client(FLEET, ClientTopic::Status, client);
-    message(topic.as_str(), signed(Kind::Status, &topic, client, &status))
+    message(
+        topic.as_str(),
+        signed(Kind::Status, &topic, client, &status),
+    )
 }
 
 use convoy_shared::messages;
@@ -213,7 +232,10 @@ impl Rig {
                     pos,
                     data: data.to_vec(),
                 };
-                message(topic.as_str(), signed(Kind::UpdateChunk, &topic, client, &c))
+                message(
+                    topic.as_str(),
+                    signed(Kind::UpdateChunk, &topic, client, &c),
+                )
             })
             .collect()
     }
@@ -670,7 +692,10 @@ fn failure(client: &str, round: u64, reason: &str) -> Input {
         detail: messages::detail("value \"abc\" in numeric column speed"),
     };
     let topic = topics::client(FLEET, ClientTopic::Failure, client);
-    message(topic.as_str(), signed(Kind::Failure, &topic, client, &report))
+    message(
+        topic.as_str(),
+        signed(Kind::Failure, &topic, client, &report),
+    )
 }
 
 #[test]
@@ -717,7 +742,10 @@ fn a_vehicle_cannot_claim_more_samples_than_it_declared() {
     // declared 100 rows in its status; claims a billion
     let out = rig.send(rig.update("car-1", 0.5, 1_000_000_000));
     let nack = acks(&out, "car-1");
-    assert!(!nack[0].accepted && nack[0].reason.contains("declared"), "{nack:?}");
+    assert!(
+        !nack[0].accepted && nack[0].reason.contains("declared"),
+        "{nack:?}"
+    );
     assert_eq!(rig.rejected("too_many_samples"), 1);
     rig.send(rig.update("car-1", 0.01, 100));
     rig.send(rig.update("car-2", 0.01, 100));
@@ -741,7 +769,10 @@ fn an_update_far_larger_than_the_fleets_is_clipped_to_the_bound() {
     let ledger = rig.coordinator.store.clients(a.round).unwrap();
     let big = ledger.iter().find(|c| c.client == "car-1").unwrap();
     assert_eq!(big.status, ClientStatus::Accepted);
-    assert!(big.reason.as_deref().unwrap_or("").contains("clipped"), "{big:?}");
+    assert!(
+        big.reason.as_deref().unwrap_or("").contains("clipped"),
+        "{big:?}"
+    );
     // each parameter moved by at most (3 x 0.01 + 0.01) / 2 = 0.02, not 50
     let after = &rig.coordinator.current().params;
     let moved = after
@@ -759,12 +790,17 @@ fn a_failure_report_is_recorded_and_the_round_stops_waiting_for_it() {
     rig.send(rig.update("car-1", 0.01, 10));
     rig.handle(failure("car-2", a.round, "data"));
     // no deadline wait: closed on the next tick
-    let row = closed(&rig.handle(Input::Tick)).cloned().expect("closed early");
+    let row = closed(&rig.handle(Input::Tick))
+        .cloned()
+        .expect("closed early");
     assert_eq!((row.clients_reported, row.clients_failed), (1, 1));
     let ledger = rig.coordinator.store.clients(a.round).unwrap();
     let failed = ledger.iter().find(|c| c.client == "car-2").unwrap();
     assert_eq!(failed.status, ClientStatus::Failed);
-    assert!(failed.reason.as_deref().unwrap().starts_with("data: "), "{failed:?}");
+    assert!(
+        failed.reason.as_deref().unwrap().starts_with("data: "),
+        "{failed:?}"
+    );
     let stored = rig.coordinator.store.rounds().unwrap();
     assert_eq!(stored.last().unwrap().clients_failed, 1);
 }
@@ -775,7 +811,9 @@ fn every_selected_vehicle_failing_fails_the_round_at_once() {
     let a = rig.open(&["car-1", "car-2"]);
     rig.handle(failure("car-1", a.round, "diverged"));
     rig.handle(failure("car-2", a.round, "data"));
-    let row = closed(&rig.handle(Input::Tick)).cloned().expect("closed early");
+    let row = closed(&rig.handle(Input::Tick))
+        .cloned()
+        .expect("closed early");
     assert_eq!(row.status, "failed");
     assert_eq!(rig.coordinator.outcomes(), (0, 1));
 }
@@ -785,9 +823,7 @@ fn replayed_statuses_are_refused_and_silent_vehicles_drop_out() {
     let mut rig = rig();
     let first = status("car-1", AgentState::Idle, STAGES);
     let again = match &first {
-        Input::Link(LinkEvent::Message { topic, payload, .. }) => {
-            message(topic, payload.to_vec())
-        }
+        Input::Link(LinkEvent::Message { topic, payload, .. }) => message(topic, payload.to_vec()),
         _ => unreachable!(),
     };
     rig.handle(first);

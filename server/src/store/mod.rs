@@ -12,8 +12,8 @@
 
 mod ledger;
 mod rows;
-mod vehicles;
 mod status;
+mod vehicles;
 mod versions;
 
 #[cfg(test)]

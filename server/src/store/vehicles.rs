@@ -21,7 +21,11 @@ impl Store {
     /// Records (or, with `replace`, re-keys) a vehicle; `false` when it
     /// exists and `replace` is off.
     pub fn add_vehicle(&self, row: &VehicleRow, replace: bool) -> Result<bool, StoreError> {
-        let verb = if replace { "INSERT OR REPLACE" } else { "INSERT OR IGNORE" };
+        let verb = if replace {
+            "INSERT OR REPLACE"
+        } else {
+            "INSERT OR IGNORE"
+        };
         let n = self.conn.execute(
             &format!(
                 "{verb} INTO vehicles (client, public_key, password_hash, created_ms) VALUES (?1, ?2, ?3, ?4)"

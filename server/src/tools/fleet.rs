@@ -79,10 +79,16 @@ pub fn provision(server: &ServerConfig, agents: &mut [AgentConfig]) -> anyhow::R
     let mut by_folder: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
     for (i, agent) in agents.iter().enumerate() {
         let parent = agent.state_dir.parent().unwrap_or(Path::new("."));
-        by_folder.entry(parent.join("identity")).or_default().push(i);
+        by_folder
+            .entry(parent.join("identity"))
+            .or_default()
+            .push(i);
     }
     for (folder, members) in by_folder {
-        let ids: Vec<_> = members.iter().map(|i| agents[*i].client_id.clone()).collect();
+        let ids: Vec<_> = members
+            .iter()
+            .map(|i| agents[*i].client_id.clone())
+            .collect();
         let made = identity::provision(&store, &key.public(), &ids, &folder, true)?;
         for (i, vehicle) in members.into_iter().zip(made) {
             let agent = &mut agents[i];

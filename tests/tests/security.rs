@@ -1,0 +1,201 @@
+//! A fleet under attack on loopback: the server's embedded broker admits
+//! only the server and provisioned vehicles; forged announcements, statuses
+//! and updates (retained or not) change nothing; a vehicle that cannot train
+//! says so and the round does not wait for it.
+
+use convoy_shared::chunk::ChunkPos;
+use convoy_shared::identity::SecretKey;
+use convoy_shared::messages::AgentState;
+use convoy_tests::api::{Announce, ClientTopic, Kind, Status, UpdateBody, UpdateChunk, wire};
+use convoy_tests::*;
+use std::time::{Duration, Instant};
+
+/// A fleet whose server runs its own (authenticated) embedded broker.
+fn on_embedded_broker(
+    test: &str,
+    clients: usize,
+    seed: u64,
+) -> anyhow::Result<(FleetBuilder, String)> {
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let url = format!("mqtt://{listen}");
+    let mut builder = Fleet::digits(test, clients, seed)?.server(|c| {
+        c.broker.link.url = None;
+        c.broker.listen = listen.clone();
+    });
+    for i in 0..clients {
+        let url = url.clone();
+        builder = builder.agent(i, move |a| a.broker.url = Some(url.parse().expect("url")));
+    }
+    Ok((builder, url))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_admits_only_the_server_and_provisioned_vehicles() -> anyhow::Result<()> {
+    init_tracing();
+    let (builder, url) = on_embedded_broker("auth", 2, 21)?;
+    let mut fleet = builder.rounds(1).start().await?;
+    let row = fleet.next_round(120).await?;
+    assert_eq!(
+        row.clients_reported, 2,
+        "provisioned vehicles log in and train"
+    );
+    fleet.finish().await?;
+    // The broker thread outlives the server task: try it now.
+    let own = fleet.agents[0]
+        .config
+        .broker
+        .password
+        .clone()
+        .expect("provisioned");
+    assert!(!login_accepted(&url, "snoop", None).await?, "anonymous");
+    assert!(
+        !login_accepted(&url, "convoy-server", Some(("convoy-server", "guess"))).await?,
+        "the server's id"
+    );
+    assert!(
+        !login_accepted(&url, "car-1", Some(("car-0", &own))).await?,
+        "car-0's credentials under car-1's id"
+    );
+    assert!(
+        !login_accepted(&url, "car-1", Some(("car-1", &own))).await?,
+        "car-0's password for car-1"
+    );
+    assert!(login_accepted(&url, "car-0", Some(("car-0", &own))).await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_announcements_statuses_and_updates_change_nothing() -> anyhow::Result<()> {
+    init_tracing();
+    let mut fleet = Fleet::digits("forged", 2, 22)?.rounds(2).start().await?;
+    let first = fleet.next_round(120).await?;
+    assert_eq!(first.clients_reported, 2);
+
+    let mallory = SecretKey::generate();
+    let mut wire_ = fleet.wire("mallory").await?;
+    wire_.subscribe(&fleet.round_topic()).await?;
+    let genuine = wire_.next(30).await?;
+    let envelope = wire::open(&genuine.payload, 1 << 20)?;
+    let mut announce: Announce = postcard::from_bytes(envelope.body)?;
+    // The defect-1 and defect-2 announcement: a 4,294,967,295-unit layer
+    // for round 1,000,000,000, retained, signed by the wrong key.
+    announce.round = 1_000_000_000;
+    announce.spec.hidden = vec![u32::MAX];
+    let round_topic = fleet.round_topic();
+    wire_
+        .publish(
+            &round_topic,
+            wire::encode(Kind::Announce, &announce, &round_topic, &mallory)?,
+            true,
+        )
+        .await?;
+    // Defect 4: a retained Offline status for car-0.
+    let status_topic = fleet.topic(ClientTopic::Status, "car-0");
+    let offline = Status {
+        client: convoy_shared::messages::id("car-0").expect("id"),
+        state: AgentState::Offline,
+        round: 0,
+        codecs: vec![],
+        samples: 0,
+        detail: convoy_shared::messages::detail("forged"),
+        version: Default::default(),
+        deployment: Default::default(),
+        session: 7,
+        seq: u64::MAX,
+    };
+    wire_
+        .publish(
+            &status_topic,
+            wire::encode(Kind::Status, &offline, &status_topic, &mallory)?,
+            true,
+        )
+        .await?;
+    // Defect 3: an update on car-0's topic claiming a billion samples.
+    let body = postcard::to_allocvec(&UpdateBody {
+        samples: 1_000_000_000,
+        stats: Default::default(),
+        codec: "fp32".into(),
+        encoded: vec![0; 16],
+    })?;
+    let update_topic = fleet.topic(ClientTopic::Update, "car-0");
+    let chunk = UpdateChunk {
+        client: convoy_shared::messages::id("car-0").expect("id"),
+        round: first.round + 1,
+        base_version: Default::default(),
+        pos: ChunkPos {
+            index: 0,
+            count: 1,
+            total_len: body.len() as u32,
+        },
+        data: body,
+    };
+    wire_
+        .publish(
+            &update_topic,
+            wire::encode(Kind::UpdateChunk, &chunk, &update_topic, &mallory)?,
+            false,
+        )
+        .await?;
+    wire_.flush().await?;
+    // A vehicle restarting now reads the forged retained announcement first.
+    fleet.agents[0].restart().await?;
+
+    let second = fleet.next_round(120).await?;
+    let summary = fleet.finish().await?;
+    assert_eq!(second.status, "finished");
+    assert_eq!(
+        second.clients_reported, 2,
+        "car-0 is neither offline nor outweighed"
+    );
+    assert!(second.accuracy.expect("evaluated") > first.accuracy.expect("evaluated") - 0.05);
+    assert!(
+        summary
+            .rejections
+            .get("bad_signature")
+            .copied()
+            .unwrap_or(0)
+            >= 2,
+        "{:?}",
+        summary.rejections
+    );
+    for agent in &fleet.agents {
+        assert!(agent.pending()?.is_none_or(|p| p.round != 1_000_000_000));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_that_cannot_train_is_counted_and_not_waited_for() -> anyhow::Result<()> {
+    init_tracing();
+    let mut fleet = Fleet::digits("failing", 2, 23)?
+        .rounds(1)
+        .server(|c| c.rounds.deadline_secs = 600)
+        // car-1 refuses every model: its limits are below any real one
+        .agent(1, |a| a.limits.max_params = 10)
+        .start()
+        .await?;
+    let started = Instant::now();
+    let row = fleet.next_round(120).await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "closed without waiting for the 600 s deadline"
+    );
+    fleet.finish().await?;
+    assert_eq!((row.clients_reported, row.clients_failed), (1, 1));
+    let failed = fleet
+        .store()?
+        .clients(row.round)?
+        .into_iter()
+        .find(|c| c.client == "car-1")
+        .expect("ledger row");
+    assert_eq!(failed.status, "failed");
+    assert!(
+        failed
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("model_refused"),
+        "{failed:?}"
+    );
+    Ok(())
+}
