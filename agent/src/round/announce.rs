@@ -21,7 +21,7 @@ impl Agent {
             return Ok(()); // the retained announcement was cleared
         }
         let max = self.config.broker.max_packet_size;
-        match self.from_server::<Announce>(payload, Kind::Announce, max, topic) {
+        match self.signed_by_server::<Announce>(payload, Kind::Announce, max, topic) {
             Ok(announce) => self.on_announce(announce, out),
             Err(e) => {
                 // Nothing unsigned is acted on: not even a status in reply.

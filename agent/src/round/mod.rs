@@ -371,7 +371,7 @@ impl Agent {
     }
 
     /// Decodes a message the server must have signed for `topic`.
-    fn from_server<T: DeserializeOwned>(
+    fn signed_by_server<T: DeserializeOwned>(
         &self,
         payload: &[u8],
         kind: Kind,

@@ -152,7 +152,7 @@ impl Coordinator {
             row.chunks_up += 1;
         }
         let max = self.config.broker.link.max_packet_size;
-        let chunk = match self.from_vehicle::<UpdateChunk>(
+        let chunk = match self.signed_by_vehicle::<UpdateChunk>(
             client,
             topic,
             payload,
@@ -425,7 +425,7 @@ impl Coordinator {
     /// stops waiting for it.
     pub(super) fn on_failure(&mut self, client: &str, topic: &str, payload: &[u8]) {
         let current = self.round.as_ref().map(|r| r.announce.round);
-        let report = match self.from_vehicle::<FailureReport>(
+        let report = match self.signed_by_vehicle::<FailureReport>(
             client,
             topic,
             payload,
@@ -460,7 +460,7 @@ pub(super) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
+    if sorted.len().is_multiple_of(2) {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     } else {
         sorted[mid]

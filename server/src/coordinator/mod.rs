@@ -318,7 +318,7 @@ impl Coordinator {
 
     /// Decodes what `client` must have signed for `topic`; a vehicle that was
     /// never provisioned is refused before its bytes are looked at further.
-    fn from_vehicle<T: DeserializeOwned>(
+    fn signed_by_vehicle<T: DeserializeOwned>(
         &mut self,
         client: &str,
         topic: &str,

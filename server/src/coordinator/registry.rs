@@ -146,7 +146,7 @@ impl Coordinator {
             return; // a retained status cleared: nobody's word takes a vehicle off
         }
         let status =
-            match self.from_vehicle::<Status>(client, topic, payload, Kind::Status, MAX_STATUS) {
+            match self.signed_by_vehicle::<Status>(client, topic, payload, Kind::Status, MAX_STATUS) {
                 Ok(status) => status,
                 Err(why) => return self.reject(None, Some(client), &why),
             };

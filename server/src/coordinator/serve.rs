@@ -25,7 +25,7 @@ impl Coordinator {
         out: &mut Vec<Output>,
     ) {
         let current = self.round.as_ref().map(|r| r.announce.round);
-        let request = match self.from_vehicle::<FetchRequest>(
+        let request = match self.signed_by_vehicle::<FetchRequest>(
             client,
             topic,
             payload,
