@@ -110,13 +110,6 @@ pub async fn run_prepared(
     config.validate()?;
     let Prepared { spec, test } = prepared;
     let store = Store::open(&config.db)?;
-    let abandoned = store.abandon_open_rounds(convoy_runtime::clock::now_ms())?;
-    if abandoned > 0 {
-        tracing::warn!(
-            abandoned,
-            "rounds left open by an earlier run marked abandoned"
-        );
-    }
     let task = config.training.clone();
     let current = match store.latest_version()? {
         Some(hex) => {

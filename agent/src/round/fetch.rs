@@ -103,7 +103,8 @@ impl Agent {
         out: &mut Vec<Action>,
     ) -> Result<(), AgentError> {
         let max = self.config.broker.max_packet_size;
-        let chunk = match self.signed_by_server::<ModelChunk>(payload, Kind::ModelChunk, max, topic) {
+        let chunk = match self.signed_by_server::<ModelChunk>(payload, Kind::ModelChunk, max, topic)
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(reason = e.reason(), error = %e, "ignoring model chunk");

@@ -68,7 +68,8 @@ impl Agent {
         payload: &[u8],
         out: &mut Vec<Action>,
     ) -> Result<(), AgentError> {
-        let ack = match self.signed_by_server::<UpdateAck>(payload, Kind::UpdateAck, MAX_ACK, topic) {
+        let ack = match self.signed_by_server::<UpdateAck>(payload, Kind::UpdateAck, MAX_ACK, topic)
+        {
             Ok(a) => a,
             Err(e) => {
                 // A forged receipt must never make the vehicle drop its update.

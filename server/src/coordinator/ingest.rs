@@ -324,31 +324,41 @@ impl Coordinator {
         };
         match verdict {
             Ok((update, decode_seconds)) => {
-                r.norms.push(norm);
+                let mut accepted = row.clone();
                 if let Some(bound) = clip {
-                    tracing::warn!(
-                        client,
-                        round,
-                        norm,
-                        bound,
-                        "update norm clipped to the fleet's bound"
-                    );
-                    row.reason = Some(format!("norm {norm:.3e} clipped to {bound:.3e}"));
+                    accepted.reason = Some(format!("norm {norm:.3e} clipped to {bound:.3e}"));
                 }
-                r.sum.fold(&self.scratch, update.samples as f64);
-                r.loss_weighted += update.stats.loss as f64 * update.samples as f64;
-                fill_accepted(row, &update, bytes, decode_seconds);
-                row.flops_predicted =
+                fill_accepted(&mut accepted, &update, bytes, decode_seconds);
+                accepted.flops_predicted =
                     cost::training_flops(&self.spec, update.samples, update.stats.epochs);
-                row.bytes_up_predicted = cost::predict(
+                accepted.bytes_up_predicted = cost::predict(
                     &self.spec,
                     &update.codec,
                     update.samples,
                     update.stats.epochs,
                 )
                 .bytes_up;
-                row.update_norm = Some(norm);
-                row.bytes_up_raw = self.scratch.numel() as u64 * 4;
+                accepted.update_norm = Some(norm);
+                accepted.bytes_up_raw = self.scratch.numel() as u64 * 4;
+                // Durable before acknowledged: a server killed after the
+                // receipt resumes the round with this update in it.
+                let scale = clip.map_or(1.0, |bound| bound / norm);
+                if let Err(e) = self.store.accept_update(&accepted, body, scale) {
+                    tracing::error!(client, round, error = %e, "update not stored; no receipt, the vehicle will re-send");
+                    return;
+                }
+                if clip.is_some() {
+                    tracing::warn!(
+                        client,
+                        round,
+                        norm,
+                        "update norm clipped to the fleet's bound"
+                    );
+                }
+                *row = accepted;
+                r.norms.push(norm);
+                r.sum.fold(&self.scratch, update.samples as f64);
+                r.loss_weighted += update.stats.loss as f64 * update.samples as f64;
                 tracing::info!(
                     client,
                     round,

@@ -188,7 +188,7 @@ impl Coordinator {
         }
         let base_codec = config.rounds.codec;
         let downlink = config.rounds.downlink_codec;
-        Ok(Self {
+        let mut coordinator = Self {
             base_codec,
             downlink,
             downlink_residual: ParamSet::zeros(&spec.layout()),
@@ -212,7 +212,9 @@ impl Coordinator {
             rejections: RejectionCounts::new(),
             warnings: WarningLimiter::default(),
             reference_norm: None,
-        })
+        };
+        coordinator.resume()?;
+        Ok(coordinator)
     }
 
     /// The topic filters the link must hold.

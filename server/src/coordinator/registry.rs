@@ -145,11 +145,16 @@ impl Coordinator {
         if payload.is_empty() {
             return; // a retained status cleared: nobody's word takes a vehicle off
         }
-        let status =
-            match self.signed_by_vehicle::<Status>(client, topic, payload, Kind::Status, MAX_STATUS) {
-                Ok(status) => status,
-                Err(why) => return self.reject(None, Some(client), &why),
-            };
+        let status = match self.signed_by_vehicle::<Status>(
+            client,
+            topic,
+            payload,
+            Kind::Status,
+            MAX_STATUS,
+        ) {
+            Ok(status) => status,
+            Err(why) => return self.reject(None, Some(client), &why),
+        };
         if status.client.as_str() != client {
             let why = Rejection::ClientMismatch("status names another client");
             return self.reject(None, Some(client), &why);

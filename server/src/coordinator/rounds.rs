@@ -6,16 +6,17 @@
 use super::{Coordinator, EvalRequest, Output};
 use crate::aggregator::PartialSum;
 use crate::error::ServerError;
-use crate::store::{ClientRow, ClientStatus, RoundRow, RoundStatus, StoredVersion};
+use crate::store::{ClientRow, ClientStatus, OpenRoundState, RoundRow, RoundStatus, StoredVersion};
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk::Reassembler;
 use convoy_shared::codec::{Pipeline, Sparsify};
 use convoy_shared::eval::Evaluation;
 use convoy_shared::messages::{self, Announce};
+use std::str::FromStr;
 
 use convoy_shared::topics;
 use convoy_shared::version;
-use convoy_shared::wire::Kind;
+use convoy_shared::wire::{Kind, WireError};
 use rand::seq::IndexedRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -133,6 +134,9 @@ impl Coordinator {
         let base = version::hex(&announce.base_version());
         self.store
             .open_round(round, &base, &codec_name, selected.len() as u64, now_ms)?;
+        let kept =
+            postcard::to_allocvec(&announce).map_err(|e| WireError::Encode(e.to_string()))?;
+        self.store.save_open_round(round, &kept)?;
         let rows = selected
             .iter()
             .map(|c| {
@@ -170,6 +174,97 @@ impl Coordinator {
         self.next_round = round + 1;
         out.push(Output::Publish(Outgoing::retained(topic.as_str(), payload)));
         Ok(())
+    }
+
+    /// After a restart: takes up the newest open round again with every
+    /// update it acknowledged (each folded in exactly once, as before), and
+    /// marks any other round left open as abandoned.
+    pub(super) fn resume(&mut self) -> Result<(), ServerError> {
+        let kept = match self.store.open_round_state()? {
+            Some(state) => self.resume_round(state)?,
+            None => None,
+        };
+        let abandoned = self.store.abandon_open_rounds(self.now_ms(), kept)?;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "rounds left open by an earlier run marked abandoned"
+            );
+        }
+        Ok(())
+    }
+
+    fn resume_round(&mut self, state: OpenRoundState) -> Result<Option<u64>, ServerError> {
+        let round = state.round;
+        let Ok(announce) = postcard::from_bytes::<Announce>(&state.announce) else {
+            tracing::warn!(
+                round,
+                "stored announcement unreadable; the round cannot resume"
+            );
+            return Ok(None);
+        };
+        let codec = match Pipeline::from_str(&announce.codec) {
+            Ok(c) if announce.base_version() == self.current.manifest.version => c,
+            _ => {
+                tracing::warn!(round, "open round is not on the current model; not resumed");
+                return Ok(None);
+            }
+        };
+        let selected: BTreeSet<String> = announce.selected.iter().map(|c| c.to_string()).collect();
+        let mut rows: BTreeMap<String, ClientRow> = selected
+            .iter()
+            .map(|c| {
+                let row = ClientRow {
+                    round,
+                    client: c.clone(),
+                    status: ClientStatus::Dropped,
+                    codec: announce.codec.clone(),
+                    ..Default::default()
+                };
+                (c.clone(), row)
+            })
+            .collect();
+        let mut sum = PartialSum::new(self.spec.layout());
+        let (mut loss_weighted, mut norms) = (0.0, Vec::new());
+        for (row, body, scale) in state.updates {
+            let decoded = postcard::from_bytes::<convoy_shared::messages::UpdateBody>(&body)
+                .ok()
+                .and_then(|u| codec.decode_into(&u.encoded, &mut self.scratch).ok());
+            if decoded.is_none() || !rows.contains_key(&row.client) {
+                tracing::error!(round, client = %row.client, "stored update unreadable; left out");
+                continue;
+            }
+            let factor = scale as f32;
+            self.scratch.values_mut().for_each(|v| *v *= factor);
+            sum.fold(&self.scratch, row.samples as f64);
+            loss_weighted += row.loss.unwrap_or(0.0) * row.samples as f64;
+            norms.extend(row.update_norm);
+            rows.insert(row.client.clone(), row);
+        }
+        let now_ms = self.now_ms();
+        let left = Duration::from_millis(announce.deadline_ms.saturating_sub(now_ms));
+        tracing::info!(
+            round,
+            acknowledged = norms.len(),
+            left_secs = left.as_secs(),
+            "resuming the open round with the updates it acknowledged"
+        );
+        self.round = Some(OpenRound {
+            codec,
+            sum,
+            selected,
+            deadline: self.clock.instant() + left,
+            inbox: HashMap::new(),
+            rows,
+            unselected_down: ClientRow::default(),
+            loss_weighted,
+            started_ms: now_ms,
+            served: BTreeSet::new(),
+            bytes_down_raw: 0,
+            norms,
+            announce,
+        });
+        Ok(Some(round))
     }
 
     fn close_round(&mut self, out: &mut Vec<Output>) -> Result<(), ServerError> {

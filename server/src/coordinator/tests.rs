@@ -13,7 +13,7 @@ use convoy_shared::identity::SecretKey;
 use convoy_shared::messages::{
     AgentState, FetchRequest, ModelChunk, Status, TrainStats, UpdateAck, UpdateBody, UpdateChunk,
 };
-use convoy_shared::spec::TaskKind;
+use convoy_shared::spec::{ModelSpec, TaskKind};
 use convoy_shared::version;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ struct Rig {
     _dir: tempfile::TempDir,
     clock: Arc<ManualClock>,
     coordinator: Coordinator,
+    spec: ModelSpec,
 }
 
 fn table() -> Table {
@@ -89,7 +90,7 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
         server_key(),
         store,
         clock.clone(),
-        spec,
+        spec.clone(),
         test,
         current,
     )
@@ -98,6 +99,7 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
         _dir: dir,
         clock,
         coordinator,
+        spec,
     }
 }
 
@@ -171,6 +173,30 @@ fn status(client: &str, state: AgentState, codecs: &[&str]) -> Input {
 use convoy_shared::messages;
 
 impl Rig {
+    /// A new coordinator on the same database, as after `kill -9`: nothing
+    /// of the old one's memory survives.
+    fn restart(self) -> Rig {
+        let config = self.coordinator.config.clone();
+        drop(self.coordinator);
+        let store = Store::open(&config.db).unwrap();
+        let latest = store.latest_version().unwrap().unwrap();
+        let current = store.load_version(&latest).unwrap();
+        let coordinator = Coordinator::new(
+            config,
+            server_key(),
+            store,
+            self.clock.clone(),
+            self.spec.clone(),
+            None,
+            current,
+        )
+        .unwrap();
+        Rig {
+            coordinator,
+            ..self
+        }
+    }
+
     fn handle(&mut self, input: Input) -> Vec<Output> {
         self.coordinator.handle(input).unwrap()
     }
@@ -835,4 +861,54 @@ fn replayed_statuses_are_refused_and_silent_vehicles_drop_out() {
     assert!(announces(&rig.handle(Input::Tick)).is_empty());
     rig.online(&["car-1", "car-2"]);
     assert_eq!(announces(&rig.handle(Input::Tick)).len(), 1);
+}
+
+#[test]
+fn a_server_killed_after_acknowledging_resumes_the_round_with_every_acknowledged_update() {
+    // the same round run without a restart, for comparison
+    let mut straight = rig();
+    straight.open(&["car-1", "car-2"]);
+    straight.send(straight.update("car-1", 0.01, 10));
+    straight.send(straight.update("car-2", 0.03, 30));
+    let want = closed(&straight.handle(Input::Tick))
+        .cloned()
+        .expect("closed");
+    let want_model = straight.coordinator.current().params.clone();
+
+    let mut rig = rig();
+    let a = rig.open(&["car-1", "car-2"]);
+    let out = rig.send(rig.update("car-1", 0.01, 10));
+    assert!(
+        acks(&out, "car-1")[0].accepted,
+        "acknowledged, so car-1 forgets it"
+    );
+    let mut rig = rig.restart();
+    let reopened = rig
+        .coordinator
+        .open_round()
+        .expect("the round resumes")
+        .clone();
+    assert_eq!(reopened.round, a.round);
+    // on (re)connecting the server re-announces the same round
+    let out = rig.handle(Input::Link(LinkEvent::Connected));
+    assert_eq!(announces(&out)[0].round, a.round);
+    // car-1's re-send (its receipt got lost) is recognised, not counted twice
+    let out = rig.send(rig.update("car-1", 0.01, 10));
+    assert!(acks(&out, "car-1")[0].accepted);
+    rig.online(&["car-1", "car-2"]);
+    rig.send(rig.update("car-2", 0.03, 30));
+    let row = closed(&rig.handle(Input::Tick)).cloned().expect("closed");
+    assert_eq!(row.round, a.round);
+    assert_eq!(
+        (row.clients_reported, row.samples),
+        (want.clients_reported, want.samples)
+    );
+    assert_eq!(
+        rig.coordinator.current().params,
+        want_model,
+        "each update counted exactly once"
+    );
+    // nothing is left to resume
+    let rig = rig.restart();
+    assert!(rig.coordinator.open_round().is_none());
 }

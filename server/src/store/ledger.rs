@@ -7,6 +7,17 @@ use super::status::ClientStatus;
 use super::{ClientRow, RoundRow, Store, StoreError};
 use rusqlite::{OptionalExtension, params};
 
+/// What a restarted server needs to resume a round.
+#[derive(Debug, Clone)]
+pub struct OpenRoundState {
+    /// The round.
+    pub round: u64,
+    /// Its announcement, postcard-encoded.
+    pub announce: Vec<u8>,
+    /// Each acknowledged update: its ledger row, body and clipping scale.
+    pub updates: Vec<(ClientRow, Vec<u8>, f64)>,
+}
+
 impl Store {
     /// Round number to use next: never reuses one, even of abandoned rounds.
     pub fn next_round(&self) -> Result<u64, StoreError> {
@@ -16,12 +27,93 @@ impl Store {
         Ok(max.map(|m| m as u64 + 1).unwrap_or(1))
     }
 
-    /// Marks rounds left open by a crash as abandoned; returns how many.
-    pub fn abandon_open_rounds(&self, now_ms: u64) -> Result<usize, StoreError> {
-        Ok(self.conn.execute(
-            "UPDATE rounds SET status = 'abandoned', finished_ms = ?1 WHERE status = 'open'",
-            [now_ms as i64],
-        )?)
+    /// Marks rounds left open by a crash as abandoned, except `keep` (the
+    /// one being resumed); returns how many.
+    pub fn abandon_open_rounds(&self, now_ms: u64, keep: Option<u64>) -> Result<usize, StoreError> {
+        let keep = keep.map_or(-1, |r| r as i64);
+        let n = self.conn.execute(
+            "UPDATE rounds SET status = 'abandoned', finished_ms = ?1 WHERE status = 'open' AND round != ?2",
+            params![now_ms as i64, keep],
+        )?;
+        self.conn
+            .execute("DELETE FROM open_rounds WHERE round != ?1", [keep])?;
+        self.conn
+            .execute("DELETE FROM round_updates WHERE round != ?1", [keep])?;
+        Ok(n)
+    }
+
+    /// Keeps the open round's announcement for a restart.
+    pub fn save_open_round(&self, round: u64, announce: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO open_rounds (round, announce) VALUES (?1, ?2)",
+            params![round as i64, announce],
+        )?;
+        Ok(())
+    }
+
+    /// Makes an accepted update durable: its ledger row and its body, in one
+    /// transaction, before the receipt is sent.
+    /// `scale` is the norm clipping applied before the fold (1: none).
+    pub fn accept_update(
+        &mut self,
+        row: &ClientRow,
+        body: &[u8],
+        scale: f64,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        insert_client(&tx, row)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO round_updates (round, client, body, scale) VALUES (?1, ?2, ?3, ?4)",
+            params![row.round as i64, row.client, body, scale],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest round still open with its stored announcement, and the
+    /// ledger rows and bodies of the updates it acknowledged.
+    pub fn open_round_state(&self) -> Result<Option<OpenRoundState>, StoreError> {
+        let found: Option<(i64, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT o.round, o.announce FROM open_rounds o JOIN rounds r ON r.round = o.round \
+                 WHERE r.status = 'open' ORDER BY o.round DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((round, announce)) = found else {
+            return Ok(None);
+        };
+        let mut bodies = std::collections::HashMap::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT client, body, scale FROM round_updates WHERE round = ?1")?;
+        let rows = stmt.query_map([round], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, f64>(2)?,
+            ))
+        })?;
+        for item in rows {
+            let (client, body, scale) = item?;
+            bodies.insert(client, (body, scale));
+        }
+        let updates = self
+            .clients(round as u64)?
+            .into_iter()
+            .filter_map(|row| {
+                bodies
+                    .remove(&row.client)
+                    .map(|(body, scale)| (row, body, scale))
+            })
+            .collect();
+        Ok(Some(OpenRoundState {
+            round: round as u64,
+            announce,
+            updates,
+        }))
     }
 
     /// Records a round as open.
@@ -52,6 +144,14 @@ impl Store {
         for c in clients {
             insert_client(&tx, c)?;
         }
+        tx.execute(
+            "DELETE FROM open_rounds WHERE round = ?1",
+            [row.round as i64],
+        )?;
+        tx.execute(
+            "DELETE FROM round_updates WHERE round = ?1",
+            [row.round as i64],
+        )?;
         tx.commit()?;
         Ok(())
     }

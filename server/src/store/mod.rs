@@ -19,6 +19,7 @@ mod versions;
 #[cfg(test)]
 mod tests;
 
+pub use ledger::OpenRoundState;
 pub use rows::{ClientRow, RoundRow};
 pub use status::{ClientStatus, RoundStatus};
 pub use vehicles::VehicleRow;
@@ -86,6 +87,13 @@ CREATE TABLE IF NOT EXISTS rejections (
     reason TEXT NOT NULL, detail TEXT NOT NULL);
 -- rejections aggregated per (client, reason, minute): a flood adds a count,
 -- not a row per message
+-- the open round, so a restarted server resumes it: its signed-over
+-- announcement, and every acknowledged update's body (written with its
+-- ledger row before the receipt goes out)
+CREATE TABLE IF NOT EXISTS open_rounds (round INTEGER PRIMARY KEY, announce BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS round_updates (
+    round INTEGER NOT NULL, client TEXT NOT NULL, body BLOB NOT NULL,
+    scale REAL NOT NULL DEFAULT 1, PRIMARY KEY (round, client));
 -- provisioned vehicles: their public key (verifies what they sign) and
 -- the BLAKE3 hash of their broker password (a random 256-bit token)
 CREATE TABLE IF NOT EXISTS vehicles (

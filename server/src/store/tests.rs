@@ -14,7 +14,7 @@ fn rounds_are_never_reused_and_late_counts_once() {
     let mut store = Store::open(&dir.path().join("s.db")).unwrap();
     assert_eq!(store.next_round().unwrap(), 1);
     store.open_round(1, "aa", "fp32", 2, 0).unwrap();
-    assert_eq!(store.abandon_open_rounds(1).unwrap(), 1);
+    assert_eq!(store.abandon_open_rounds(1, None).unwrap(), 1);
     assert_eq!(store.next_round().unwrap(), 2);
     store.open_round(2, "aa", "fp32", 2, 0).unwrap();
     let row = RoundRow {
