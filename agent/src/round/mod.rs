@@ -156,6 +156,9 @@ fn sealed<T: Serialize>(
     Some(Outgoing::new(topic, payload))
 }
 
+/// How often an agent repeats its status when nothing else happens.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+
 /// An update sent and awaiting the server's receipt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outbox {
@@ -184,6 +187,10 @@ pub struct Agent {
     session: u64,
     /// The last status sequence number used.
     seq: Cell<u64>,
+    /// The last status sent and when: repeated as a heartbeat, since the
+    /// server counts a vehicle silent for `offline_after_secs` as offline.
+    last_status: std::cell::RefCell<Option<(AgentState, u64, String)>>,
+    status_at: Cell<Option<Instant>>,
     clock: SharedClock,
     state: StateDir,
     data: LocalData,
@@ -224,6 +231,8 @@ impl Agent {
             keys,
             session: rand::random(),
             seq: Cell::new(0),
+            last_status: std::cell::RefCell::new(None),
+            status_at: Cell::new(None),
             clock,
             state,
             data,
@@ -347,6 +356,20 @@ impl Agent {
     fn status(&self, out: &mut Vec<Action>, state: AgentState, round: u64, detail: &str) {
         if let Some(message) = self.status_message(state, round, detail) {
             self.publish(out, message);
+            *self.last_status.borrow_mut() = Some((state, round, detail.to_string()));
+            self.status_at.set(Some(self.clock.instant()));
+        }
+    }
+
+    /// Repeats the last status once it is [`HEARTBEAT`] old.
+    fn heartbeat(&self, out: &mut Vec<Action>) {
+        let due = self
+            .status_at
+            .get()
+            .is_some_and(|at| self.clock.instant().saturating_duration_since(at) >= HEARTBEAT);
+        let last = self.last_status.borrow().clone();
+        if let (true, Some((state, round, detail))) = (due, last) {
+            self.status(out, state, round, &detail);
         }
     }
 
@@ -421,6 +444,7 @@ impl Agent {
 
     fn on_tick(&mut self, out: &mut Vec<Action>) -> Result<(), AgentError> {
         self.apply_policy(out)?;
+        self.heartbeat(out);
         let patience = self.patience();
         let now = self.clock.instant();
         if let Some(outbox) = self.outbox

@@ -614,3 +614,58 @@ fn an_update_for_a_forged_round_is_dropped_on_its_refusal_and_real_rounds_go_on(
     assert!(update_chunks(&rig.handle(Input::Tick)).is_empty());
     assert!(trains(&rig.handle(rig.announce(3, &initial, "fp32", &[]))));
 }
+
+#[test]
+fn an_idle_agent_repeats_its_status_as_a_heartbeat_with_a_growing_sequence() {
+    let mut rig = rig();
+    let first = rig.handle(Input::Link(LinkEvent::Connected));
+    assert_eq!(statuses(&first).len(), 1);
+    rig.clock.advance(Duration::from_secs(10));
+    assert!(statuses(&rig.handle(Input::Tick)).is_empty());
+    rig.clock.advance(HEARTBEAT);
+    let beat = rig.handle(Input::Tick);
+    assert_eq!(statuses(&beat), statuses(&first), "the same status again");
+    let seq = |actions: &[Action]| -> u64 {
+        let s: Status = from_vehicle(published(actions, ClientTopic::Status)[0], Kind::Status);
+        s.seq
+    };
+    assert!(seq(&beat) > seq(&first), "never mistaken for a replay");
+}
+
+#[test]
+fn unsigned_or_foreign_announcements_and_receipts_are_ignored_without_a_reply() {
+    let mut rig = rig();
+    let initial = rig.initial();
+    let announce = Announce {
+        round: 1,
+        manifest: version::manifest_of(&initial, &rig.spec, &rig.task),
+        spec: rig.spec.clone(),
+        task: rig.task.clone(),
+        codec: "fp32".into(),
+        downlink_codec: "fp32".into(),
+        deadline_ms: rig.clock.now_ms() + 60_000,
+        selected: vec![],
+        chunk_size: 1024,
+    };
+    let topic = topics::round(FLEET);
+    let mallory = SecretKey::from_seed([66; 32]);
+    let forged = wire::encode(Kind::Announce, &announce, &topic, &mallory).unwrap();
+    assert!(rig.handle(message(topic.as_str(), forged)).is_empty());
+    let body = postcard::to_allocvec(&announce).unwrap();
+    let unsigned = wire::encode_raw(Kind::Announce, &body);
+    assert!(rig.handle(message(topic.as_str(), unsigned)).is_empty());
+    // the genuine one is trained; a forged "accepted" receipt does not drop it
+    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    rig.train(actions);
+    let ack = UpdateAck {
+        round: 1,
+        accepted: true,
+        reason: String::new(),
+    };
+    let ack_topic = topics::client(FLEET, ClientTopic::Ack, ME);
+    let forged_ack = wire::encode(Kind::UpdateAck, &ack, &ack_topic, &mallory).unwrap();
+    rig.handle(message(ack_topic.as_str(), forged_ack));
+    assert!(rig.state().pending().unwrap().is_some(), "still awaiting the real receipt");
+    rig.handle(rig.ack(1, true));
+    assert!(rig.state().pending().unwrap().is_none());
+}
