@@ -22,12 +22,20 @@ use tokio_util::task::TaskTracker;
 
 /// Every check `run` makes before it connects: the config, both key files,
 /// a writable state directory, and a CSV with the label column and at least
-/// one row.
-/// `convoy-agent check` runs exactly this.
+/// one row. `convoy-agent check` runs exactly this and refuses all of it;
+/// `run` refuses all but the state directory, which it reports and waits out.
 pub fn preflight(config: &AgentConfig) -> Result<convoy_shared::dataset::Table, AgentError> {
+    let table = preflight_data(config)?;
+    StateDir::open(&config.state_dir)?.check_writable()?;
+    Ok(table)
+}
+
+/// [`preflight`] but the state directory's writability, which `run` only
+/// warns about (it skips rounds until the directory takes writes again,
+/// instead of exiting into a restart loop).
+fn preflight_data(config: &AgentConfig) -> Result<convoy_shared::dataset::Table, AgentError> {
     config.validate()?;
     Keys::load(&config.identity)?;
-    StateDir::open(&config.state_dir)?.check_writable()?;
     let table = data::load_configured(config)?;
     if table.is_empty() {
         return Err(AgentError::Data {
@@ -41,7 +49,13 @@ pub fn preflight(config: &AgentConfig) -> Result<convoy_shared::dataset::Table, 
 /// Runs the agent until `shutdown` is cancelled (or a fatal error).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let read = config.clone();
-    let table = tokio::task::spawn_blocking(move || preflight(&read))
+    let table = tokio::task::spawn_blocking(move || {
+        let table = preflight_data(&read)?;
+        if let Err(e) = StateDir::open(&read.state_dir).and_then(|s| s.check_writable()) {
+            tracing::error!(error = %e, "state directory not writable: rounds are skipped (and reported) until it is");
+        }
+        Ok::<_, AgentError>(table)
+    })
         .await
         .map_err(|e| AgentError::Data {
             path: config.data.path.display().to_string(),

@@ -301,22 +301,44 @@ impl Agent {
         }
     }
 
-    /// Reacts to one input.
+    /// Reacts to one input. A state directory that cannot be written (full,
+    /// read-only, gone) or a corrupt file in it costs the round in hand,
+    /// reported to the server, never the agent: it keeps running and tries
+    /// again with the next round.
     pub fn handle(&mut self, input: Input) -> Result<Vec<Action>, AgentError> {
         let mut out = Vec::new();
-        match input {
-            Input::Link(LinkEvent::Connected) => self.on_connected(&mut out)?,
+        let result = match input {
+            Input::Link(LinkEvent::Connected) => self.on_connected(&mut out),
             Input::Link(LinkEvent::Message { topic, payload, .. }) => {
-                self.on_message(&topic, &payload, &mut out)?
+                self.on_message(&topic, &payload, &mut out)
             }
-            Input::Tick => self.on_tick(&mut out)?,
+            Input::Tick => self.on_tick(&mut out),
             Input::Condition(ok) => {
                 self.policy.observe(ok, self.clock.instant());
-                self.apply_policy(&mut out)?;
+                self.apply_policy(&mut out)
             }
-            Input::Trained(done) => self.on_trained(*done, &mut out)?,
+            Input::Trained(done) => self.on_trained(*done, &mut out),
+        };
+        match result {
+            Ok(()) => Ok(out),
+            Err(AgentError::State(e)) => {
+                self.on_state_error(&e, &mut out);
+                Ok(out)
+            }
+            Err(e) => Err(e),
         }
-        Ok(out)
+    }
+
+    fn on_state_error(&mut self, e: &crate::state::StateError, out: &mut Vec<Action>) {
+        let round = self
+            .round
+            .number()
+            .or(self.announce.as_ref().map(|a| a.round))
+            .unwrap_or(0);
+        self.cancel_training();
+        self.round = Round::Idle;
+        tracing::error!(round, error = %e, "state directory failed: round skipped, agent keeps running");
+        self.fail(out, round, "state_dir", &e.to_string());
     }
 
     fn on_connected(&mut self, out: &mut Vec<Action>) -> Result<(), AgentError> {

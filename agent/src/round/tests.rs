@@ -665,7 +665,46 @@ fn unsigned_or_foreign_announcements_and_receipts_are_ignored_without_a_reply() 
     let ack_topic = topics::client(FLEET, ClientTopic::Ack, ME);
     let forged_ack = wire::encode(Kind::UpdateAck, &ack, &ack_topic, &mallory).unwrap();
     rig.handle(message(ack_topic.as_str(), forged_ack));
-    assert!(rig.state().pending().unwrap().is_some(), "still awaiting the real receipt");
+    assert!(
+        rig.state().pending().unwrap().is_some(),
+        "still awaiting the real receipt"
+    );
     rig.handle(rig.ack(1, true));
     assert!(rig.state().pending().unwrap().is_none());
+}
+
+#[test]
+fn an_unwritable_state_dir_costs_the_round_not_the_agent() {
+    let mut rig = rig();
+    let initial = rig.initial();
+    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    // the state folder vanishes under the agent (a file where it was: no
+    // write succeeds there, whoever the agent runs as)
+    let state = rig.dir.path().join("state");
+    let aside = rig.dir.path().join("state.aside");
+    std::fs::rename(&state, &aside).unwrap();
+    std::fs::write(&state, b"not a folder").unwrap();
+    let actions = rig.train(actions);
+    let failures: Vec<messages::FailureReport> = published(&actions, ClientTopic::Failure)
+        .into_iter()
+        .map(|m| from_vehicle(m, Kind::Failure))
+        .collect();
+    assert_eq!(failures.len(), 1, "{actions:?}");
+    assert_eq!(
+        (failures[0].round, failures[0].reason.as_str()),
+        (1, "state_dir")
+    );
+    assert_eq!(rig.agent.round().name(), "idle");
+    let leftovers: Vec<_> = std::fs::read_dir(rig.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // writable again: the next round trains and its update is stored
+    std::fs::remove_file(&state).unwrap();
+    std::fs::rename(&aside, &state).unwrap();
+    let actions = rig.handle(rig.announce(2, &initial, "fp32", &[]));
+    rig.train(actions);
+    assert_eq!(rig.state().pending().unwrap().unwrap().round, 2);
 }
