@@ -153,14 +153,15 @@ async fn deploy_installs_verifies_and_rolls_back_over_real_ssh() -> anyhow::Resu
 
     // The config template, as an operator would keep it.
     let mut template = fleet.agents[0].clone();
-    // No server runs here, so nothing checks signatures: each board's agent
-    // only needs key files to start. (Deploy does not carry keys yet.)
-    let key = convoy_shared::identity::SecretKey::generate();
-    key.write_new(&work.join("vehicle.key"))?;
-    key.public().write(&work.join("server.pub"))?;
-    template.identity.key_file = work.join("vehicle.key");
-    template.identity.server_key_file = work.join("server.pub");
     template.state_dir = "/var/lib/convoy-agent".into();
+    // The vehicles' keys, as `convoy-server provision car-0 car-1` writes them.
+    let server = convoy_server::identity::server_key(&fleet.server.key_file())?;
+    let store = convoy_server::store::Store::open(&fleet.server.db)?;
+    let ids: Vec<convoy_shared::topics::TopicId> = vec![
+        "car-0".parse().map_err(anyhow::Error::msg)?,
+        "car-1".parse().map_err(anyhow::Error::msg)?,
+    ];
+    convoy_server::identity::provision(&store, &server.public(), &ids, &work.join("keys"), false)?;
     template.data.path = "/var/lib/convoy-agent/data.csv".into();
     std::fs::write(work.join("agent.toml"), toml::to_string(&template)?)?;
 
@@ -185,6 +186,7 @@ identity_file = "{key}"
 ssh_options = [{options}]
 artifact = "{artifact}"
 config = "agent.toml"
+keys_dir = "keys"
 service = "command"
 start_command = "nohup {{bin}} run --config {{config}} > {{root}}/agent.log 2>&1 < /dev/null & echo $! > {{root}}/agent.pid"
 stop_command = "kill $(cat {{root}}/agent.pid)"
@@ -248,6 +250,17 @@ verify_timeout_secs = {verify_secs}
             0o600
         );
     }
+    // the vehicle's own keys, from the provisioning folder
+    let key = roots[0].join("etc/convoy-agent/vehicle.key");
+    assert_eq!(
+        std::fs::read(&key)?,
+        std::fs::read(work.join("keys/car-0/vehicle.key"))?
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
+    }
+    assert!(roots[0].join("etc/convoy-agent/server.pub").exists());
     assert!(pid_alive(&roots[0]) && pid_alive(&roots[1]));
 
     // 3. A release that cannot start: board-0 rolls back to release-1.

@@ -57,9 +57,21 @@ pub struct Board {
     pub password_env: Option<String>,
     /// File on this machine holding the password (first line), instead.
     pub password_file: Option<PathBuf>,
+    /// Folder `convoy-server provision --out` wrote: `<keys_dir>/<client_id>/`
+    /// holds the vehicle's keys. Its `vehicle.key` (0600) and `server.pub`
+    /// are installed beside the config, its `broker-password` is used when
+    /// neither `password_env` nor `password_file` is set, and its
+    /// `vehicle.pub` verifies the status the deployer waits for.
+    pub keys_dir: Option<PathBuf>,
     /// Broker the deployer watches for the agent's status (default: the
     /// agent's own broker URL).
     pub status_broker_url: Option<String>,
+    /// Who the deployer logs in as to watch (an authenticated broker needs a
+    /// provisioned id, e.g. `convoy-server provision deployer`; it connects
+    /// with this as client id and user name).
+    pub status_username: Option<String>,
+    /// File on this machine with that login's password (first line).
+    pub status_password_file: Option<PathBuf>,
     /// Install prefix on the board ("/" on a real board).
     #[serde(default = "default_root")]
     pub root: String,
@@ -143,6 +155,8 @@ pub fn load_inventory(path: &Path) -> Result<Vec<Board>, DeployError> {
             .chain(board.unit.as_mut())
             .chain(board.identity_file.as_mut())
             .chain(board.password_file.as_mut())
+            .chain(board.keys_dir.as_mut())
+            .chain(board.status_password_file.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -242,7 +256,30 @@ impl Board {
             (None, Some(file)) => std::fs::read_to_string(file)
                 .map(|t| Some(t.lines().next().unwrap_or_default().to_string()))
                 .map_err(|e| format!("cannot read password_file {}: {e}", file.display())),
-            (None, None) => Ok(None),
+            (None, None) => match self.vehicle_keys() {
+                Some(dir) => std::fs::read_to_string(dir.join("broker-password"))
+                    .map(|t| Some(t.lines().next().unwrap_or_default().to_string()))
+                    .map_err(|e| format!("cannot read {}/broker-password: {e}", dir.display())),
+                None => Ok(None),
+            },
         }
+    }
+
+    /// This board's folder below `keys_dir`.
+    pub(super) fn vehicle_keys(&self) -> Option<PathBuf> {
+        self.keys_dir.as_ref().map(|d| d.join(&self.client_id))
+    }
+
+    /// The watcher's login, if configured.
+    pub(super) fn status_login(&self) -> Result<Option<(String, String)>, String> {
+        let (Some(user), Some(file)) = (&self.status_username, &self.status_password_file) else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read status_password_file {}: {e}", file.display()))?;
+        Ok(Some((
+            user.clone(),
+            text.lines().next().unwrap_or_default().to_string(),
+        )))
     }
 }

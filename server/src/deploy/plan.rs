@@ -1,6 +1,7 @@
 //! The steps that install, restart, verify and roll back one board.
 
 use super::{Board, ServiceManager};
+use crate::identity::{SERVER_PUB, VEHICLE_KEY};
 use convoy_shared::topics;
 
 /// Quotes `s` for a POSIX shell.
@@ -89,6 +90,15 @@ pub(super) fn render_config(
             broker.insert("password_file".into(), password_path(board).into());
         }
     }
+    if board.keys_dir.is_some() {
+        let identity = config
+            .entry("identity")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or("config template: [identity] is not a table")?;
+        identity.insert("key_file".into(), key_path(board, VEHICLE_KEY).into());
+        identity.insert("server_key_file".into(), key_path(board, SERVER_PUB).into());
+    }
     let rendered = toml::to_string(&config).map_err(|e| e.to_string())?;
     // The agent must accept what it is given.
     let parsed: convoy_agent::config::AgentConfig =
@@ -97,6 +107,12 @@ pub(super) fn render_config(
         .validate()
         .map_err(|e| format!("rendered config is invalid: {e}"))?;
     Ok((rendered, parsed))
+}
+
+/// Where key file `name` goes on the board: beside the config.
+pub(super) fn key_path(board: &Board, name: &str) -> String {
+    let dir = board.config_path.rsplit_once('/').map_or("", |(d, _)| d);
+    board.on_board(&format!("{dir}/{name}"))
 }
 
 /// Where the vehicle's broker password lives on the board (not below `root`:
@@ -194,12 +210,36 @@ pub(super) fn plan(board: &Board, label: &str) -> Result<(Vec<Step>, usize), Str
                 source: match (&board.password_env, &board.password_file) {
                     (Some(var), _) => format!("${var}"),
                     (None, Some(file)) => file.display().to_string(),
-                    (None, None) => String::new(),
+                    (None, None) => board
+                        .vehicle_keys()
+                        .map(|d| d.join("broker-password").display().to_string())
+                        .unwrap_or_default(),
                 },
                 remote: password_path(board),
                 mode: "0600",
             },
         });
+    }
+    if let Some(dir) = board.vehicle_keys() {
+        for (name, mode) in [(VEHICLE_KEY, "0600"), (SERVER_PUB, "0644")] {
+            let file = dir.join(name);
+            let bytes = std::fs::read(&file).map_err(|e| {
+                format!(
+                    "cannot read {} (run `convoy-server provision {}`): {e}",
+                    file.display(),
+                    board.client_id
+                )
+            })?;
+            steps.push(Step {
+                what: format!("upload {name} (mode {mode})"),
+                action: Action::Upload {
+                    bytes,
+                    source: file.display().to_string(),
+                    remote: key_path(board, name),
+                    mode,
+                },
+            });
+        }
     }
     if let (ServiceManager::Systemd, Some(unit_file)) = (board.service, &board.unit) {
         let text = std::fs::read(unit_file)

@@ -3,6 +3,7 @@
 use super::Board;
 use super::plan::*;
 use convoy_runtime::link::{self, BrokerConfig, BrokerUrl, LinkEvent, Session};
+use convoy_shared::identity::PublicKey;
 use convoy_shared::messages::{AgentState, Status};
 use convoy_shared::topics;
 use convoy_shared::wire::{self, Kind};
@@ -80,13 +81,26 @@ pub(super) async fn wait_status(
     label: &str,
 ) -> Result<String, String> {
     let url: BrokerUrl = url.parse().map_err(|e: link::BadUrl| e.to_string())?;
+    let login = board.status_login()?;
     let config = BrokerConfig {
         max_packet_size: 1024 * 1024,
+        username: login.as_ref().map(|l| l.0.clone()),
+        password: login.as_ref().map(|l| l.1.clone()),
         ..BrokerConfig::at(url)
+    };
+    // With the vehicle's public key at hand, only its own signature counts.
+    let signer = match board.vehicle_keys() {
+        Some(dir) => Some(
+            PublicKey::read(&dir.join(crate::identity::VEHICLE_PUB)).map_err(|e| e.to_string())?,
+        ),
+        None => None,
     };
     let topic = topics::client(fleet, topics::ClientTopic::Status, &board.client_id);
     let session = Session {
-        client_id: format!("convoy-deploy-{}", std::process::id()),
+        client_id: match &login {
+            Some((user, _)) => user.clone(),
+            None => format!("convoy-deploy-{}", std::process::id()),
+        },
         subscriptions: vec![topic.as_str().to_string()],
         will: None,
     };
@@ -107,17 +121,24 @@ pub(super) async fn wait_status(
             LinkEvent::Message {
                 topic: t, payload, ..
             } if t == topic.as_str() => {
-                // A liveness check for the operator: the signature is not
-                // verified here (the server verifies it before trusting it).
                 let Ok(envelope) = wire::open(&payload, 4096) else {
-                    continue;
-                };
-                let Ok(status) = postcard::from_bytes::<Status>(envelope.body) else {
                     continue;
                 };
                 if envelope.kind != Kind::Status {
                     continue;
                 }
+                // Without keys_dir the status is only a liveness hint: its
+                // signature is then not checked here.
+                if let Some(key) = &signer
+                    && envelope
+                        .verify(topic.as_str(), key, &board.client_id)
+                        .is_err()
+                {
+                    continue;
+                }
+                let Ok(status) = postcard::from_bytes::<Status>(envelope.body) else {
+                    continue;
+                };
                 if status.deployment.as_str() == label && status.state != AgentState::Offline {
                     return Ok(format!(
                         "agent {} up ({:?}, deployment {label})",
