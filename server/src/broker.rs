@@ -89,6 +89,34 @@ pub enum BrokerError {
     Thread(std::io::Error),
 }
 
+/// Segments each topic filter's log keeps. Logs are bounded by bytes, and
+/// each message held pins its read buffer, so the default log is short:
+/// at least 32 messages. The server's own wildcard filters, where a whole
+/// fleet's messages meet in one burst, get longer logs ([`server_logs`]).
+const SEGMENTS: usize = 32;
+
+/// The logs behind the server's subscriptions: room for a fleet's burst of
+/// updates (8 x 4 MiB) and of statuses, fetches and failure reports
+/// (8 x 64 KiB, some thousands of messages), for any fleet.
+fn server_logs() -> HashMap<String, rumqttd::SegmentConfig> {
+    let log = |size: usize| rumqttd::SegmentConfig {
+        max_segment_size: size,
+        max_segment_count: 8,
+    };
+    HashMap::from([
+        ("convoy/v1/+/update/+".to_string(), log(4 << 20)),
+        ("convoy/v1/+/status/+".to_string(), log(64 << 10)),
+        ("convoy/v1/+/fetch/+".to_string(), log(64 << 10)),
+        ("convoy/v1/+/failure/+".to_string(), log(64 << 10)),
+    ])
+}
+
+/// Bytes of one log segment. A segment takes one more packet once over
+/// this, so a filter holds at most SEGMENTS x (this + one packet).
+fn segment_bytes(_max_payload: usize) -> usize {
+    1024
+}
+
 /// Picks a free port on 127.0.0.1 (for tests and the demo).
 pub fn free_local_addr() -> std::io::Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -142,9 +170,15 @@ pub fn start_embedded(
         router: rumqttd::RouterConfig {
             max_connections: 10_010,
             max_outgoing_packet_count: 1024,
-            max_segment_size: 64 * 1024 * 1024,
-            max_segment_count: 10,
-            custom_segment: None,
+            // rumqttd keeps a log per topic filter, and every topic that
+            // matches no subscription gets a filter of its own: bound each
+            // log, or memory grows with every round and every junk message.
+            // A subscriber that falls further behind loses the oldest
+            // messages, which the at-least-once receipts cover (an update
+            // without a receipt is sent again).
+            max_segment_size: segment_bytes(max_payload),
+            max_segment_count: SEGMENTS,
+            custom_segment: Some(server_logs()),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },

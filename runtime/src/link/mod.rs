@@ -114,9 +114,16 @@ impl Drop for Link {
 #[derive(Debug, Clone)]
 pub enum LinkClient {
     /// A real broker through rumqttc.
-    Mqtt(rumqttc::AsyncClient),
+    Mqtt(MqttClient),
     /// The in-process broker of the simulator.
     Memory(memory::MemoryClient),
+}
+
+/// The rumqttc client and the queue its writer task drains.
+#[derive(Debug, Clone)]
+pub struct MqttClient {
+    client: rumqttc::AsyncClient,
+    queue: tokio::sync::mpsc::UnboundedSender<Outgoing>,
 }
 
 /// The client could not queue a request (the link is shutting down).
@@ -125,13 +132,14 @@ pub enum LinkClient {
 pub struct RequestError(String);
 
 impl LinkClient {
-    /// Publishes at QoS 1.
+    /// Publishes at QoS 1: queued at once, in order, never waiting on the
+    /// broker (see `mqtt.rs` for why).
     pub async fn publish(&self, message: Outgoing) -> Result<(), RequestError> {
         match self {
             LinkClient::Mqtt(c) => c
-                .publish(message.topic, QOS, message.retain, message.payload)
-                .await
-                .map_err(|e| RequestError(e.to_string())),
+                .queue
+                .send(message)
+                .map_err(|_| RequestError("the link is closed".into())),
             LinkClient::Memory(c) => {
                 c.publish(&message.topic, message.retain, message.payload);
                 Ok(())
@@ -155,6 +163,7 @@ impl LinkClient {
     pub async fn disconnect(&self) -> Result<(), RequestError> {
         match self {
             LinkClient::Mqtt(c) => c
+                .client
                 .disconnect()
                 .await
                 .map_err(|e| RequestError(e.to_string())),

@@ -1,8 +1,15 @@
-//! The rumqttc transport: options from config, and an event-loop pump that
+//! The rumqttc transport: options from config, an event-loop pump that
 //! renews subscriptions on every connect and hands incoming messages over a
-//! bounded channel.
+//! bounded channel, and a writer that feeds publishes to rumqttc from a
+//! queue of their own.
+//!
+//! The writer is what keeps the link from locking up under load: if the
+//! caller published straight into rumqttc's request channel, a caller busy
+//! publishing (a server answering a thousand vehicles) would stop reading
+//! events, the pump would wait to hand one over and stop polling, rumqttc
+//! would stop taking requests, and the caller's publish would wait forever.
 
-use super::{BrokerConfig, Events, LinkClient, LinkEvent, QOS, Session};
+use super::{BrokerConfig, Events, LinkClient, LinkEvent, Outgoing, QOS, Session};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -30,14 +37,54 @@ pub(super) fn open(
     }
     let (client, eventloop) = AsyncClient::new(opts, 1024);
     let (tx, events) = mpsc::channel(1024);
+    let (queue, outgoing) = mpsc::unbounded_channel();
     tracker.spawn(pump(
         eventloop,
         client.clone(),
         session.subscriptions,
         tx,
-        shutdown,
+        shutdown.clone(),
     ));
-    (LinkClient::Mqtt(client), Events::Mqtt(events))
+    tracker.spawn(writer(client.clone(), outgoing, shutdown));
+    (
+        LinkClient::Mqtt(super::MqttClient { client, queue }),
+        Events::Mqtt(events),
+    )
+}
+
+/// Hands queued publishes to rumqttc in order; on shutdown, queues what is
+/// left without waiting (the pump's grace period sends it).
+async fn writer(
+    client: AsyncClient,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = outgoing.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+        };
+        let topic = message.topic.clone();
+        // Cancelling a publish that waits for room loses nothing: rumqttc
+        // takes a request whole or not at all.
+        let publish = client.publish(message.topic, QOS, message.retain, message.payload.clone());
+        let sent = tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = client.try_publish(topic, QOS, message.retain, message.payload);
+                break;
+            }
+            sent = publish => sent,
+        };
+        if let Err(e) = sent {
+            tracing::warn!(topic, error = %e, "publish failed");
+        }
+    }
+    while let Ok(m) = outgoing.try_recv() {
+        let _ = client.try_publish(m.topic, QOS, m.retain, m.payload);
+    }
 }
 
 async fn pump(

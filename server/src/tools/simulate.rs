@@ -8,7 +8,7 @@ use super::{fleet, idx};
 use crate::config::{RoundConfig, ServerConfig};
 use crate::report::human_bytes;
 use crate::run::Prepared;
-use crate::store::RoundRow;
+use crate::store::{ClientStatus, RoundRow, RoundStatus};
 use anyhow::Context;
 use convoy_agent::LocalData;
 use convoy_shared::codec::Pipeline;
@@ -267,6 +267,35 @@ fn progress_bar(done: u64, total: u64, row: &RoundRow, up: u64, down: u64) {
     let _ = std::io::stderr().flush();
 }
 
+/// Every second, while a round is open, shows on the progress line how many
+/// of its vehicles are in (the ledger holds each accepted update's row as
+/// soon as it is acknowledged), so a round that waits is seen waiting.
+async fn show_waiting(db: PathBuf, total: u64) {
+    let mut store = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if store.is_none() {
+            store = crate::store::Store::open_existing(&db).ok();
+        }
+        let Some(s) = &store else { continue };
+        let Ok(rounds) = s.rounds() else { continue };
+        let Some(open) = rounds.last().filter(|r| r.status == RoundStatus::Open) else {
+            continue;
+        };
+        let clients = s.clients(open.round).unwrap_or_default();
+        let accepted = clients
+            .iter()
+            .filter(|c| c.status == ClientStatus::Accepted)
+            .count();
+        eprint!(
+            "\rround {}/{total} open: {accepted}/{} updates in, waiting          ",
+            open.round, open.clients_selected
+        );
+        let _ = std::io::stderr().flush();
+    }
+}
+
 /// Runs the simulation and writes `rounds.csv`, `rounds.json` and
 /// `summary.txt` under `options.out`.
 pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Result<SimResult> {
@@ -300,6 +329,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     let left_out = empty.len();
     std::fs::create_dir_all(&options.out)?;
     let db = options.out.join("sim.db");
+    let db_path = db.clone();
     for stale in ["sim.db", "sim.db-wal", "sim.db-shm"] {
         let _ = std::fs::remove_file(options.out.join(stale));
     }
@@ -376,6 +406,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     let started = Instant::now();
     let (mut up, mut down) = (0u64, 0u64);
     let (progress, total) = (options.progress, options.rounds);
+    let ticker = progress.then(|| tokio::spawn(show_waiting(db_path.clone(), total)));
     let (rows, _) = fleet::run(server, Some(prepared), agents, shutdown, |row| {
         up += row.bytes_up;
         down += row.bytes_down;
@@ -384,6 +415,9 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         }
     })
     .await?;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
     if progress {
         eprintln!();
     }
