@@ -172,7 +172,7 @@ pub fn provision(
         key.write_new(&dir.join(VEHICLE_KEY))?;
         key.public().write(&dir.join(VEHICLE_PUB))?;
         server.write(&dir.join(SERVER_PUB))?;
-        write_private(&dir.join(BROKER_PASSWORD), &password)?;
+        convoy_shared::identity::write_secret_file(&dir.join(BROKER_PASSWORD), &password)?;
         store.add_vehicle(
             &VehicleRow {
                 client: id.to_string(),
@@ -190,21 +190,6 @@ pub fn provision(
         });
     }
     Ok(done)
-}
-
-fn write_private(path: &Path, text: &str) -> Result<(), ServerError> {
-    use std::io::Write;
-    let err = |e: std::io::Error| ServerError::Config(format!("{}: {e}", path.display()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(err)?;
-    writeln!(file, "{text}").map_err(err)?;
-    file.sync_all().map_err(err)
 }
 
 #[cfg(test)]

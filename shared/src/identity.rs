@@ -189,6 +189,12 @@ fn read_key_file(path: &Path) -> Result<String, KeyError> {
         .to_string())
 }
 
+/// Writes one line of `text` to a new file at `path` with mode 0600 (a
+/// secret: key, password), refusing to replace a file.
+pub fn write_secret_file(path: &Path, text: &str) -> Result<(), KeyError> {
+    write_key_file(path, text, true)
+}
+
 fn write_key_file(path: &Path, hex: &str, secret: bool) -> Result<(), KeyError> {
     use std::io::Write;
     let err = |e: std::io::Error| KeyError::File {

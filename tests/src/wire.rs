@@ -46,12 +46,7 @@ impl Wire {
     /// Connects to `broker_url` (`mqtt://host:port`) as `id`; update
     /// payloads on `fleet`'s topics are tallied once subscribed to.
     pub async fn connect(broker_url: &str, fleet: &str, id: &str) -> anyhow::Result<Self> {
-        let rest = broker_url.strip_prefix("mqtt://").unwrap_or(broker_url);
-        let (host, port) = rest
-            .rsplit_once(':')
-            .with_context(|| format!("broker url {broker_url:?} lacks a port"))?;
-        let mut options = MqttOptions::new(id, host, port.parse::<u16>()?);
-        options.set_keep_alive(Duration::from_secs(30));
+        let mut options = options(broker_url, id)?;
         options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
         options.set_clean_session(true);
         let (client, mut eventloop) = AsyncClient::new(options, 256);
@@ -157,6 +152,17 @@ impl Wire {
     }
 }
 
+/// Client options for `id` at `broker_url` (`mqtt://host:port`).
+fn options(broker_url: &str, id: &str) -> anyhow::Result<MqttOptions> {
+    let rest = broker_url.strip_prefix("mqtt://").unwrap_or(broker_url);
+    let (host, port) = rest
+        .rsplit_once(':')
+        .with_context(|| format!("broker url {broker_url:?} lacks a port"))?;
+    let mut options = MqttOptions::new(id, host, port.parse::<u16>()?);
+    options.set_keep_alive(Duration::from_secs(30));
+    Ok(options)
+}
+
 /// Whether a broker at `broker_url` accepts a connection as `id` with
 /// `login` (user name, password), or none: true on a successful ConnAck,
 /// false when it refuses or drops the connection.
@@ -165,12 +171,7 @@ pub async fn login_accepted(
     id: &str,
     login: Option<(&str, &str)>,
 ) -> anyhow::Result<bool> {
-    let rest = broker_url.strip_prefix("mqtt://").unwrap_or(broker_url);
-    let (host, port) = rest
-        .rsplit_once(':')
-        .with_context(|| format!("broker url {broker_url:?} lacks a port"))?;
-    let mut options = MqttOptions::new(id, host, port.parse::<u16>()?);
-    options.set_keep_alive(Duration::from_secs(30));
+    let mut options = options(broker_url, id)?;
     if let Some((user, pass)) = login {
         options.set_credentials(user, pass);
     }

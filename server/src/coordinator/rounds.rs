@@ -137,19 +137,7 @@ impl Coordinator {
         let kept =
             postcard::to_allocvec(&announce).map_err(|e| WireError::Encode(e.to_string()))?;
         self.store.save_open_round(round, &kept)?;
-        let rows = selected
-            .iter()
-            .map(|c| {
-                let row = ClientRow {
-                    round,
-                    client: c.clone(),
-                    status: ClientStatus::Dropped,
-                    codec: codec_name.clone(),
-                    ..Default::default()
-                };
-                (c.clone(), row)
-            })
-            .collect();
+        let rows = ledger_rows(round, &selected, &codec_name);
         tracing::info!(round, selected = selected.len(), eligible = eligible.len(), base = %version::short(&announce.base_version()), "round opened");
         let topic = topics::round(&self.config.fleet);
         let payload = self.seal(Kind::Announce, &topic, &announce)?;
@@ -211,19 +199,7 @@ impl Coordinator {
             }
         };
         let selected: BTreeSet<String> = announce.selected.iter().map(|c| c.to_string()).collect();
-        let mut rows: BTreeMap<String, ClientRow> = selected
-            .iter()
-            .map(|c| {
-                let row = ClientRow {
-                    round,
-                    client: c.clone(),
-                    status: ClientStatus::Dropped,
-                    codec: announce.codec.clone(),
-                    ..Default::default()
-                };
-                (c.clone(), row)
-            })
-            .collect();
+        let mut rows = ledger_rows(round, &selected, &announce.codec);
         let mut sum = PartialSum::new(self.spec.layout());
         let (mut loss_weighted, mut norms) = (0.0, Vec::new());
         for (row, body, scale) in state.updates {
@@ -375,6 +351,27 @@ impl Coordinator {
         out.push(Output::RoundClosed(Box::new(row)));
         Ok(())
     }
+}
+
+/// One `dropped` ledger row per selected vehicle: what stands until it reports.
+fn ledger_rows(
+    round: u64,
+    selected: &BTreeSet<String>,
+    codec: &str,
+) -> BTreeMap<String, ClientRow> {
+    selected
+        .iter()
+        .map(|c| {
+            let row = ClientRow {
+                round,
+                client: c.clone(),
+                status: ClientStatus::Dropped,
+                codec: codec.to_string(),
+                ..Default::default()
+            };
+            (c.clone(), row)
+        })
+        .collect()
 }
 
 /// The round's ledger row from its vehicles' rows.
