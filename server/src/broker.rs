@@ -95,19 +95,22 @@ pub enum BrokerError {
 /// fleet's messages meet in one burst, get longer logs ([`server_logs`]).
 const SEGMENTS: usize = 32;
 
-/// The logs behind the server's subscriptions: room for a fleet's burst of
-/// updates (8 x 4 MiB) and of statuses, fetches and failure reports
-/// (8 x 64 KiB, some thousands of messages), for any fleet.
+/// The logs behind the server's subscriptions, for any fleet: update chunks
+/// (16 x 128 KiB, at least 16 chunks) and statuses, fetches and failure
+/// reports (16 x 8 KiB, some hundreds of messages). A burst beyond that is
+/// delivered in part; what is lost comes again (an update without its
+/// receipt is re-sent, a status repeats every 30 s). Memory stays within a
+/// few MiB per filter however long the server runs.
 fn server_logs() -> HashMap<String, rumqttd::SegmentConfig> {
     let log = |size: usize| rumqttd::SegmentConfig {
         max_segment_size: size,
-        max_segment_count: 8,
+        max_segment_count: 16,
     };
     HashMap::from([
-        ("convoy/v1/+/update/+".to_string(), log(4 << 20)),
-        ("convoy/v1/+/status/+".to_string(), log(64 << 10)),
-        ("convoy/v1/+/fetch/+".to_string(), log(64 << 10)),
-        ("convoy/v1/+/failure/+".to_string(), log(64 << 10)),
+        ("convoy/v1/+/update/+".to_string(), log(128 << 10)),
+        ("convoy/v1/+/status/+".to_string(), log(8 << 10)),
+        ("convoy/v1/+/fetch/+".to_string(), log(8 << 10)),
+        ("convoy/v1/+/failure/+".to_string(), log(8 << 10)),
     ])
 }
 

@@ -59,6 +59,8 @@ pub enum Rejection {
     Replayed,
     /// Two live processes share one vehicle's identity.
     DuplicateIdentity,
+    /// Someone else published on the round topic.
+    ForgedAnnouncement,
     /// Training statistics are NaN, infinite or negative.
     NonFiniteStats,
     /// A fetch for a version that is not the current one.
@@ -88,6 +90,7 @@ impl Rejection {
             Rejection::UnknownVehicle => "unknown_vehicle",
             Rejection::Replayed => "replayed",
             Rejection::DuplicateIdentity => "duplicate_identity",
+            Rejection::ForgedAnnouncement => "forged_announcement",
             Rejection::NonFiniteStats => "non_finite",
             Rejection::UnknownVersion => "unknown_version",
         }
@@ -116,6 +119,9 @@ impl fmt::Display for Rejection {
             Rejection::Replayed => f.write_str("status is not newer than one already seen (replayed)"),
             Rejection::DuplicateIdentity => f.write_str(
                 "two agent processes are using this vehicle's identity; give each vehicle its own client_id and keys",
+            ),
+            Rejection::ForgedAnnouncement => f.write_str(
+                "a message on the round topic that the server did not publish; replaced",
             ),
             Rejection::NonFiniteStats => f.write_str("training stats are not finite"),
             Rejection::UnknownVersion => f.write_str("fetch for a version that is not current"),

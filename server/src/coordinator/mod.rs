@@ -217,9 +217,12 @@ impl Coordinator {
         Ok(coordinator)
     }
 
-    /// The topic filters the link must hold.
+    /// The topic filters the link must hold: the vehicles' topics, and the
+    /// round topic, so a retained announcement someone else put there is
+    /// replaced at once.
     pub fn subscriptions(&self) -> Vec<String> {
-        [
+        let round = topics::round(&self.config.fleet).as_str().to_string();
+        let mut filters: Vec<String> = [
             ClientTopic::Update,
             ClientTopic::Fetch,
             ClientTopic::Status,
@@ -231,7 +234,9 @@ impl Coordinator {
                 .as_str()
                 .to_string()
         })
-        .collect()
+        .collect();
+        filters.push(round);
+        filters
     }
 
     /// True once the configured number of rounds has run.
@@ -286,6 +291,9 @@ impl Coordinator {
         payload: &[u8],
         out: &mut Vec<Output>,
     ) -> Result<(), ServerError> {
+        if topic == topics::round(&self.config.fleet).as_str() {
+            return self.on_round_topic(topic, payload, out);
+        }
         let Some((kind, client)) = topics::parse_client(&self.config.fleet, topic) else {
             return Ok(());
         };
@@ -306,6 +314,38 @@ impl Coordinator {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whatever is on the round topic must be the server's own. Its own
+    /// announcements coming back are left alone (an older one may arrive
+    /// after a newer was sent; the broker keeps the newer). Anything else is
+    /// replaced with the open round's announcement, or cleared with an empty
+    /// retained message when no round is open.
+    fn on_round_topic(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        out: &mut Vec<Output>,
+    ) -> Result<(), ServerError> {
+        let ours = wire::decode::<Announce>(
+            payload,
+            Kind::Announce,
+            usize::MAX,
+            topic,
+            &self.key.public(),
+            "the server",
+        );
+        if payload.is_empty() || ours.is_ok() {
+            return Ok(());
+        }
+        let genuine = match &self.round {
+            Some(r) => self.seal(Kind::Announce, topic, &r.announce)?,
+            None => Vec::new(),
+        };
+        let why = Rejection::ForgedAnnouncement;
+        self.reject(self.round.as_ref().map(|r| r.announce.round), None, &why);
+        out.push(Output::Publish(Outgoing::retained(topic, genuine)));
+        Ok(())
     }
 
     /// `message` signed by the server for `topic`.

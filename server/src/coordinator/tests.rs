@@ -912,3 +912,28 @@ fn a_server_killed_after_acknowledging_resumes_the_round_with_every_acknowledged
     let rig = rig.restart();
     assert!(rig.coordinator.open_round().is_none());
 }
+
+#[test]
+fn a_foreign_message_on_the_round_topic_is_replaced_with_the_real_announcement() {
+    let mut rig = rig();
+    let a = rig.open(&["car-1", "car-2"]);
+    let topic = topics::round(FLEET);
+    let forged = Announce {
+        round: 1_000_000_000,
+        ..a.clone()
+    };
+    let payload = signed(Kind::Announce, &topic, "car-1", &forged);
+    let out = rig.handle(message(topic.as_str(), payload));
+    assert_eq!(
+        announces(&out),
+        vec![a.clone()],
+        "the genuine one, retained again"
+    );
+    assert_eq!(rig.rejected("forged_announcement"), 1);
+    // the server's own announcement coming back is left alone
+    let ours = match out.into_iter().next() {
+        Some(Output::Publish(m)) => m.payload,
+        _ => unreachable!(),
+    };
+    assert!(rig.handle(message(topic.as_str(), ours)).is_empty());
+}
