@@ -116,9 +116,7 @@ fn server_logs() -> HashMap<String, rumqttd::SegmentConfig> {
 
 /// Bytes of one log segment. A segment takes one more packet once over
 /// this, so a filter holds at most SEGMENTS x (this + one packet).
-fn segment_bytes(_max_payload: usize) -> usize {
-    1024
-}
+const SEGMENT_BYTES: usize = 1024;
 
 /// Picks a free port on 127.0.0.1 (for tests and the demo).
 pub fn free_local_addr() -> std::io::Result<SocketAddr> {
@@ -179,7 +177,7 @@ pub fn start_embedded(
             // A subscriber that falls further behind loses the oldest
             // messages, which the at-least-once receipts cover (an update
             // without a receipt is sent again).
-            max_segment_size: segment_bytes(max_payload),
+            max_segment_size: SEGMENT_BYTES,
             max_segment_count: SEGMENTS,
             custom_segment: Some(server_logs()),
             initialized_filters: None,

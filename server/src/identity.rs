@@ -109,16 +109,6 @@ impl Keyring {
         self.keys.get(client).copied()
     }
 
-    /// Adds a key held in memory (a fleet simulated in one process).
-    pub fn insert(&mut self, client: &str, key: PublicKey) {
-        self.keys.insert(client.to_string(), key);
-    }
-
-    /// Vehicles known.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
     /// No vehicle known.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
