@@ -97,13 +97,12 @@ impl Registry {
                 .insert(client.to_string(), ClientInfo::from_status(status, now));
             return Verdict::Fresh;
         };
-        let this = (status.session, status.seq);
-        let verdict = if status.session == info.session.0 {
+        // What the session bookkeeping becomes; the rest is the status's own.
+        let (verdict, previous) = if status.session == info.session.0 {
             if status.seq <= info.session.1 {
                 return Verdict::Replayed;
             }
-            info.session = this;
-            Verdict::Fresh
+            (Verdict::Fresh, info.previous)
         } else if status.state == AgentState::Offline {
             // A will of another session: the current one is not gone.
             return Verdict::StaleWill;
@@ -111,18 +110,14 @@ impl Registry {
             if status.seq <= previous.1 {
                 return Verdict::Replayed;
             }
-            info.previous = Some(info.session);
-            info.session = this;
-            Verdict::Duplicate
+            (Verdict::Duplicate, Some(info.session))
         } else {
-            info.previous = Some(info.session);
-            info.session = this;
-            Verdict::Fresh
+            (Verdict::Fresh, Some(info.session))
         };
-        info.online = status.state != AgentState::Offline;
-        info.codecs = status.codecs.iter().map(|c| c.to_string()).collect();
-        info.samples = status.samples;
-        info.last_heard = now;
+        *info = ClientInfo {
+            previous,
+            ..ClientInfo::from_status(status, now)
+        };
         verdict
     }
 }
