@@ -19,8 +19,11 @@ pub struct Evaluation {
     pub loss: f64,
     /// Share correct (classification).
     pub accuracy: Option<f64>,
-    /// Root mean squared error (regression).
+    /// Root mean squared error (regression), in the target's own units.
     pub rmse: Option<f64>,
+    /// Mean absolute error (regression), in the target's own units.
+    #[serde(default)]
+    pub mae: Option<f64>,
     /// Samples evaluated.
     pub samples: u64,
 }
@@ -33,7 +36,7 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<Evaluation, ParamError> {
     let model = Mlp::from_params(spec, params, device)?;
-    let (mut loss_sum, mut correct, mut sq_sum) = (0.0f64, 0u64, 0.0f64);
+    let (mut loss_sum, mut correct, mut sq_sum, mut abs_sum) = (0.0f64, 0u64, 0.0f64, 0.0f64);
     let n = data.len();
     let mut start = 0;
     while start < n {
@@ -56,11 +59,13 @@ pub fn evaluate(
             Targets::Values(values) => {
                 let predicted = out.into_data().convert::<f32>();
                 let predicted = predicted.as_slice::<f32>().unwrap_or(&[]);
-                sq_sum += predicted
-                    .iter()
-                    .zip(values)
-                    .map(|(p, v)| ((p - v) as f64).powi(2))
-                    .sum::<f64>();
+                // targets are standardised: errors scale back by the target's std
+                let scale = spec.target.std as f64;
+                for (p, v) in predicted.iter().zip(values) {
+                    let error = (p - v) as f64 * scale;
+                    sq_sum += error * error;
+                    abs_sum += error.abs();
+                }
             }
         }
         start = end;
@@ -71,6 +76,7 @@ pub fn evaluate(
         loss: loss_sum / denom,
         accuracy: matches!(spec.task, TaskKind::Classification).then(|| correct as f64 / denom),
         rmse: matches!(spec.task, TaskKind::Regression).then(|| (sq_sum / denom).sqrt()),
+        mae: matches!(spec.task, TaskKind::Regression).then(|| abs_sum / denom),
         samples,
     })
 }

@@ -6,6 +6,7 @@
 //! the cost model are plain types and functions, tested with plain unit and
 //! property tests.
 
+pub mod align;
 pub mod chunk;
 pub mod codec;
 pub mod cost;

@@ -18,22 +18,106 @@ pub enum TaskKind {
     Regression,
 }
 
+/// How one input column becomes model inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Encoding {
+    /// A number, standardised; with `mask`, a second input says whether the
+    /// value was there (1) or missing (0, and the value input is 0), so the
+    /// model can tell "missing" from "average".
+    Numeric {
+        /// Mean subtracted.
+        mean: f32,
+        /// Scale divided by (never zero).
+        std: f32,
+        /// Whether a presence input follows the value.
+        mask: bool,
+    },
+    /// One-hot over `vocabulary` plus a last "other" input for any category
+    /// outside it; a missing cell is all zeros.
+    Categorical {
+        /// Categories with their own input, most frequent first.
+        vocabulary: Vec<String>,
+    },
+}
+
+impl Encoding {
+    /// Model inputs this column takes.
+    pub fn width(&self) -> usize {
+        match self {
+            Encoding::Numeric { mask, .. } => 1 + usize::from(*mask),
+            Encoding::Categorical { vocabulary } => vocabulary.len() + 1,
+        }
+    }
+}
+
+/// One input column of the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Feature {
+    /// Column name in the global schema.
+    pub name: String,
+    /// Other local names of the same column (the server's configured renames).
+    pub aliases: Vec<String>,
+    /// How its cells become inputs.
+    pub encoding: Encoding,
+}
+
+impl Feature {
+    /// A standardised numeric feature without a presence input.
+    pub fn numeric(name: impl Into<String>, mean: f32, std: f32) -> Self {
+        Self {
+            name: name.into(),
+            aliases: Vec::new(),
+            encoding: Encoding::Numeric {
+                mean,
+                std,
+                mask: false,
+            },
+        }
+    }
+
+    /// Does a CSV column called `column` hold this feature?
+    pub fn matches(&self, column: &str) -> bool {
+        self.name == column || self.aliases.iter().any(|a| a == column)
+    }
+}
+
+/// Standardisation of a regression target: the model predicts
+/// `(y - mean) / std`, metrics are reported in the original units.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TargetScale {
+    /// Target mean.
+    pub mean: f32,
+    /// Target standard deviation (never zero).
+    pub std: f32,
+}
+
+impl Default for TargetScale {
+    fn default() -> Self {
+        Self {
+            mean: 0.0,
+            std: 1.0,
+        }
+    }
+}
+
 /// Everything needed to rebuild a model from its parameters: the "spec" half
-/// of a recoverable version.
+/// of a recoverable version. It is the model's whole pipeline: the aligned
+/// feature schema with its statistics and vocabularies, the target and the
+/// architecture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
     /// Classification or regression.
     pub task: TaskKind,
-    /// Input feature names, in model input order; CSV columns match by name.
-    pub features: Vec<String>,
-    /// Per-feature mean subtracted before training.
-    pub norm_mean: Vec<f32>,
-    /// Per-feature scale divided by before training (never zero).
-    pub norm_std: Vec<f32>,
+    /// Input columns, in model input order; CSV columns match by name or alias.
+    pub features: Vec<Feature>,
     /// Label column name.
     pub label: String,
+    /// Other local names of the label column.
+    pub label_aliases: Vec<String>,
     /// Class names for classification, in output order; empty for regression.
     pub classes: Vec<String>,
+    /// Regression target standardisation (identity for classification).
+    pub target: TargetScale,
     /// Hidden layer widths.
     pub hidden: Vec<u32>,
     /// Seed for the initial weights.
@@ -46,9 +130,19 @@ pub struct ModelSpec {
 pub struct SpecError(pub String);
 
 impl ModelSpec {
-    /// Number of inputs.
+    /// Number of model inputs (masks and one-hot columns included).
     pub fn inputs(&self) -> usize {
-        self.features.len()
+        self.features.iter().map(|f| f.encoding.width()).sum()
+    }
+
+    /// Feature names, in input order.
+    pub fn feature_names(&self) -> Vec<&str> {
+        self.features.iter().map(|f| f.name.as_str()).collect()
+    }
+
+    /// Does a CSV column called `column` hold the label?
+    pub fn is_label(&self, column: &str) -> bool {
+        self.label == column || self.label_aliases.iter().any(|a| a == column)
     }
 
     /// Number of outputs: one per class, or one for regression.
@@ -64,18 +158,19 @@ impl ModelSpec {
         if self.features.is_empty() {
             return Err(SpecError("no input features".into()));
         }
-        if self.norm_mean.len() != self.inputs() || self.norm_std.len() != self.inputs() {
-            return Err(SpecError(format!(
-                "{} features but {} means and {} scales",
-                self.inputs(),
-                self.norm_mean.len(),
-                self.norm_std.len()
-            )));
+        for f in &self.features {
+            if let Encoding::Numeric { mean, std, .. } = &f.encoding
+                && (!mean.is_finite() || !std.is_finite() || *std <= 0.0)
+            {
+                return Err(SpecError(format!(
+                    "feature {:?}: normalisation needs a finite mean and a positive, finite scale",
+                    f.name
+                )));
+            }
         }
-        if self.norm_std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
-            return Err(SpecError(
-                "normalisation scales must be positive and finite".into(),
-            ));
+        let target = &self.target;
+        if !target.mean.is_finite() || !target.std.is_finite() || target.std <= 0.0 {
+            return Err(SpecError("target scale must be finite and positive".into()));
         }
         if self.task == TaskKind::Classification && self.classes.len() < 2 {
             return Err(SpecError(
@@ -155,6 +250,9 @@ pub struct Recipe {
     pub lr: f32,
     /// Mini-batch size.
     pub batch_size: u32,
+    /// Largest L2 norm of each parameter's gradient in a step; larger ones
+    /// are scaled down to it (0: no clipping).
+    pub clip_norm: f32,
 }
 
 impl Default for Recipe {
@@ -163,6 +261,7 @@ impl Default for Recipe {
             epochs: 1,
             lr: 0.05,
             batch_size: 32,
+            clip_norm: 10.0,
         }
     }
 }
@@ -175,11 +274,14 @@ pub(crate) mod tests {
     pub(crate) fn spec() -> ModelSpec {
         ModelSpec {
             task: TaskKind::Classification,
-            features: vec!["a".into(), "b".into(), "c".into()],
-            norm_mean: vec![0.0; 3],
-            norm_std: vec![1.0; 3],
+            features: ["a", "b", "c"]
+                .into_iter()
+                .map(|n| Feature::numeric(n, 0.0, 1.0))
+                .collect(),
             label: "y".into(),
+            label_aliases: Vec::new(),
             classes: vec!["no".into(), "yes".into()],
+            target: TargetScale::default(),
             hidden: vec![4],
             init_seed: 7,
         }

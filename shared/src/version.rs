@@ -31,7 +31,7 @@ pub struct Manifest {
 /// Hash of everything besides the weights that defines a model.
 pub fn spec_hash(spec: &ModelSpec, recipe: &Recipe) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
-    h.update(b"convoy-spec-v1");
+    h.update(b"convoy-spec-v2");
     h.update(&postcard::to_allocvec(spec).unwrap_or_default());
     h.update(&postcard::to_allocvec(recipe).unwrap_or_default());
     *h.finalize().as_bytes()
@@ -125,16 +125,21 @@ mod tests {
     }
 
     /// Ids stored in ledgers and announced on the wire must stay the same
-    /// across refactors: this one was computed by an earlier release.
+    /// across refactors: this one was computed when the pipeline spec (spec
+    /// v2: encodings, target scale, gradient clipping) was introduced.
     #[test]
     fn version_id_is_stable() {
         let spec = ModelSpec {
             task: crate::spec::TaskKind::Classification,
-            features: vec!["speed".into(), "rpm".into(), "temp".into()],
-            norm_mean: vec![50.0, 2000.0, 80.0],
-            norm_std: vec![10.0, 500.0, 5.0],
+            features: vec![
+                crate::spec::Feature::numeric("speed", 50.0, 10.0),
+                crate::spec::Feature::numeric("rpm", 2000.0, 500.0),
+                crate::spec::Feature::numeric("temp", 80.0, 5.0),
+            ],
             label: "fault".into(),
+            label_aliases: Vec::new(),
             classes: vec!["no".into(), "yes".into()],
+            target: Default::default(),
             hidden: vec![4],
             init_seed: 7,
         };
@@ -142,11 +147,12 @@ mod tests {
             epochs: 2,
             lr: 0.05,
             batch_size: 16,
+            clip_norm: 10.0,
         };
         let id = manifest_of(&spec.init_params(), &spec, &recipe).version;
         assert_eq!(
             hex(&id),
-            "2e0f20c23c38c1008020d491ee2def5155455ba95392304779ca1288f417a4b8"
+            "b247302c6bde8c48b22fe005adcece972c8807c5715bb9aa7b0b4f1f738347c3"
         );
     }
 }

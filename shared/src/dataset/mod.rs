@@ -1,20 +1,23 @@
 //! Tabular data: CSV text in, normalised feature matrices and targets out.
 //!
-//! Columns are matched by name against the model spec, so vehicles whose
-//! CSVs order columns differently still feed the same model. A feature the
-//! CSV lacks is imputed with its mean (zero after normalisation) and
-//! reported, so a fleet with uneven sensors can still train together.
-//! Readers are passed in; this module opens no files, and it hands out
-//! plain numbers: turning them into tensors is the model's business.
+//! Columns are matched by name (or alias) against the model spec, so
+//! vehicles whose CSVs order columns differently still feed the same model.
+//! Each feature is encoded as its spec says: a numeric cell standardised,
+//! followed by a presence input (1 present, 0 missing) when the fleet has
+//! gaps; a categorical cell one-hot over the fleet's vocabulary, with an
+//! "other" input and all zeros for a missing cell. A feature the CSV lacks
+//! altogether is encoded as missing and reported. Readers are passed in;
+//! this module opens no files, and it hands out plain numbers: turning them
+//! into tensors is the model's business.
 
 mod table;
 
 #[cfg(test)]
 mod tests;
 
-pub use table::Table;
+pub use table::{Cell, Table, is_missing};
 
-use crate::spec::{ModelSpec, TaskKind};
+use crate::spec::{Encoding, ModelSpec, TaskKind};
 use std::io::Read;
 use thiserror::Error;
 
@@ -76,7 +79,9 @@ pub enum DataError {
         columns: Vec<String>,
     },
     /// A cell is not a number where one is needed.
-    #[error("row {row}, column {column:?}: {value:?} is not a number")]
+    #[error(
+        "row {row}, column {column:?}: {value:?} is not a number, but the model's spec says the column is numeric"
+    )]
     NotNumeric {
         /// 1-based data row
         row: usize,
@@ -88,8 +93,11 @@ pub enum DataError {
     /// Two columns share a name, so matching by name would be ambiguous.
     #[error("column {0:?} appears more than once in the header")]
     DuplicateColumn(String),
+    /// The data does not fit the fleet's schema, or alignment failed.
+    #[error("{0}")]
+    Align(#[from] crate::align::AlignError),
     /// No usable rows.
-    #[error("no usable rows ({skipped} skipped for unknown labels)")]
+    #[error("no usable rows ({skipped} skipped for missing or unknown labels)")]
     Empty {
         /// rows skipped
         skipped: usize,
@@ -97,8 +105,8 @@ pub enum DataError {
 }
 
 /// How a table's columns and rows map onto a spec: the column of each
-/// feature, the rows kept (their label is one of the spec's classes) and
-/// their targets.
+/// feature, the rows kept (their label is present and, for
+/// classification, one of the spec's classes) and their targets.
 struct Source {
     cols: Vec<Option<usize>>,
     kept: Vec<usize>,
@@ -110,32 +118,49 @@ struct Source {
 impl Source {
     fn match_spec(table: &Table, spec: &ModelSpec) -> Result<Self, DataError> {
         let label_col = table
-            .column(&spec.label)
+            .headers
+            .iter()
+            .position(|h| spec.is_label(h))
             .ok_or_else(|| DataError::NoLabel {
                 label: spec.label.clone(),
                 columns: table.headers.clone(),
             })?;
-        let cols: Vec<Option<usize>> = spec.features.iter().map(|f| table.column(f)).collect();
+        let cols: Vec<Option<usize>> = spec
+            .features
+            .iter()
+            .map(|f| table.headers.iter().position(|h| f.matches(h)))
+            .collect();
         let missing_features = spec
             .features
             .iter()
             .zip(&cols)
             .filter(|(_, c)| c.is_none())
-            .map(|(f, _)| f.clone())
+            .map(|(f, _)| f.name.clone())
             .collect();
         let mut kept = Vec::with_capacity(table.len());
         let mut classes = Vec::new();
         let mut values = Vec::new();
         for r in 0..table.len() {
-            match spec.task {
-                TaskKind::Classification => {
+            let cell = table.cell(r, label_col);
+            match (spec.task, cell.number()) {
+                (_, None) => continue,
+                (TaskKind::Classification, _) => {
                     let label = table.text(r, label_col);
                     match spec.classes.iter().position(|c| *c == label) {
                         Some(class) => classes.push(class as u32),
                         None => continue,
                     }
                 }
-                TaskKind::Regression => values.push(table.number(r, label_col)?),
+                (TaskKind::Regression, Some(Ok(v))) => {
+                    values.push((v - spec.target.mean) / spec.target.std)
+                }
+                (TaskKind::Regression, Some(Err(t))) => {
+                    return Err(DataError::NotNumeric {
+                        row: r + 1,
+                        column: table.headers[label_col].clone(),
+                        value: t.to_string(),
+                    });
+                }
             }
             kept.push(r);
         }
@@ -169,15 +194,61 @@ impl Source {
     }
 }
 
-/// Normalised features and targets, ready for batching.
+/// Appends the inputs of one cell (`None`: the column is absent) encoded as
+/// `encoding` says.
+fn encode_cell(
+    out: &mut Vec<f32>,
+    encoding: &Encoding,
+    cell: Option<Cell<'_>>,
+    table: &Table,
+    (row, col): (usize, usize),
+) -> Result<(), DataError> {
+    match encoding {
+        Encoding::Numeric { mean, std, mask } => {
+            let value = match cell.and_then(|c| c.number()) {
+                Some(Ok(v)) => Some((v - mean) / std),
+                Some(Err(t)) => {
+                    return Err(DataError::NotNumeric {
+                        row: row + 1,
+                        column: table.headers[col].clone(),
+                        value: t.to_string(),
+                    });
+                }
+                None => None,
+            };
+            out.push(value.unwrap_or(0.0));
+            if *mask {
+                out.push(if value.is_some() { 1.0 } else { 0.0 });
+            }
+        }
+        Encoding::Categorical { vocabulary } => {
+            let start = out.len();
+            out.resize(start + vocabulary.len() + 1, 0.0);
+            let category = match cell {
+                Some(Cell::Missing) | None => None,
+                Some(Cell::Text(t)) => Some(vocabulary.iter().position(|v| v == t)),
+                Some(Cell::Number(_)) => {
+                    let text = table.text(row, col);
+                    Some(vocabulary.iter().position(|v| *v == text))
+                }
+            };
+            if let Some(index) = category {
+                out[start + index.unwrap_or(vocabulary.len())] = 1.0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Encoded features and targets, ready for batching.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     features: Vec<f32>,
     dims: usize,
     targets: Targets,
-    /// Spec features the source lacked (imputed with their mean).
+    /// Spec features the source lacked (encoded as missing).
     pub missing_features: Vec<String>,
-    /// Rows dropped because their label is not one of the spec's classes.
+    /// Rows dropped because their label is missing or not one of the spec's classes.
     pub skipped_rows: usize,
 }
 
@@ -188,30 +259,45 @@ impl Dataset {
         let dims = spec.inputs();
         let mut features = Vec::with_capacity(source.kept.len() * dims);
         for &r in &source.kept {
-            for (i, col) in source.cols.iter().enumerate() {
-                let normalised = match col {
-                    Some(c) => (table.number(r, *c)? - spec.norm_mean[i]) / spec.norm_std[i],
-                    None => 0.0,
-                };
-                features.push(normalised);
+            for (feature, col) in spec.features.iter().zip(&source.cols) {
+                let cell = col.map(|c| table.cell(r, c));
+                encode_cell(
+                    &mut features,
+                    &feature.encoding,
+                    cell,
+                    table,
+                    (r, col.unwrap_or(0)),
+                )?;
             }
         }
         Ok(source.into_dataset(features, dims))
     }
 
     /// [`Dataset::from_table`] that reuses the table's memory for the
-    /// features when every feature is a numeric column (the usual case), so
-    /// the data is never held twice; otherwise it copies.
+    /// features when every feature is a plain numeric column the table
+    /// holds as numbers (the usual case for sensor logs), so the data is
+    /// never held twice; otherwise it copies.
     pub fn from_owned_table(table: Table, spec: &ModelSpec) -> Result<Self, DataError> {
         let source = Source::match_spec(&table, spec)?;
         let dims = spec.inputs();
         let width = table.headers.len();
-        let numeric: Option<Vec<usize>> = source
-            .cols
+        let plain: Option<Vec<(usize, f32, f32)>> = spec
+            .features
             .iter()
-            .map(|c| c.filter(|c| table.text[*c].is_none()))
+            .zip(&source.cols)
+            .map(|(f, c)| match (&f.encoding, c) {
+                (
+                    Encoding::Numeric {
+                        mean,
+                        std,
+                        mask: false,
+                    },
+                    Some(c),
+                ) if table.is_numeric(*c) => Some((*c, *mean, *std)),
+                _ => None,
+            })
             .collect();
-        let (Some(numeric), true) = (numeric, dims <= width) else {
+        let (Some(plain), true) = (plain, dims <= width) else {
             return Self::from_table(&table, spec);
         };
         let mut cells = table.numbers;
@@ -220,8 +306,10 @@ impl Dataset {
         // ends before the next source row begins (dims <= width), so every
         // cell is read before it is overwritten.
         for (out, &r) in source.kept.iter().enumerate() {
-            for (i, &c) in numeric.iter().enumerate() {
-                row[i] = (cells[r * width + c] - spec.norm_mean[i]) / spec.norm_std[i];
+            for (i, &(c, mean, std)) in plain.iter().enumerate() {
+                let v = cells[r * width + c];
+                // without a presence input a missing cell is the mean
+                row[i] = if v.is_nan() { 0.0 } else { (v - mean) / std };
             }
             cells[out * dims..(out + 1) * dims].copy_from_slice(&row);
         }

@@ -1,21 +1,58 @@
 //! The CSV table: one row-major `f32` matrix with text kept for the columns
-//! that are not all numbers.
+//! that are not all numbers, and missing cells known as missing.
 
 use super::DataError;
 use crate::spec::{ModelSpec, TaskKind};
 use std::io::Read;
 
+/// Is this cell text a missing value: empty, `NA`, `N/A`, `NaN` or `null`
+/// (any case)? An infinite number counts as missing too: no sensor reads it.
+pub fn is_missing(cell: &str) -> bool {
+    cell.is_empty()
+        || ["na", "n/a", "nan", "null"]
+            .iter()
+            .any(|m| cell.eq_ignore_ascii_case(m))
+}
+
+/// One cell of a [`Table`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cell<'a> {
+    /// Empty or a missing-value marker.
+    Missing,
+    /// A finite number in a numeric column.
+    Number(f32),
+    /// A cell of a column that is not all numbers.
+    Text(&'a str),
+}
+
+impl<'a> Cell<'a> {
+    /// The cell as a number: `None` when missing, `Err(text)` when it is
+    /// text that is not a finite number.
+    pub fn number(self) -> Option<Result<f32, &'a str>> {
+        match self {
+            Cell::Missing => None,
+            Cell::Number(v) => Some(Ok(v)),
+            Cell::Text(t) => Some(match t.parse::<f32>() {
+                Ok(v) if v.is_finite() => Ok(v),
+                _ => Err(t),
+            }),
+        }
+    }
+}
+
 /// A CSV held as one row-major `f32` matrix (4 bytes a cell, one
-/// allocation, so a vehicle's data costs what its cells do), with the cells
-/// of any column that holds something other than finite numbers kept as
-/// text beside it.
+/// allocation, so a vehicle's data costs what its cells do; NaN where a
+/// cell is missing), with the cells of any column that holds something
+/// other than numbers and missing markers kept as text beside it.
 #[derive(Debug, Clone)]
 pub struct Table {
     /// Column names.
     pub headers: Vec<String>,
-    /// `len * headers.len()` cells, row after row; NaN in text columns.
+    /// `len * headers.len()` cells, row after row; NaN in text columns and
+    /// for missing cells.
     pub(super) numbers: Vec<f32>,
-    /// Per column: its cells as text, for columns that are not all numbers.
+    /// Per column: its cells as text (missing ones empty), for columns that
+    /// are not all numbers.
     pub(super) text: Vec<Option<Vec<String>>>,
     pub(super) len: usize,
 }
@@ -39,17 +76,31 @@ impl Table {
         while csv.read_record(&mut record)? {
             for (c, column) in text.iter_mut().enumerate() {
                 let cell = record.get(c).unwrap_or_default();
+                let missing = is_missing(cell);
                 match column {
                     Some(cells) => {
-                        cells.push(cell.to_string());
+                        cells.push(if missing {
+                            String::new()
+                        } else {
+                            cell.to_string()
+                        });
                         numbers.push(f32::NAN);
                     }
+                    None if missing => numbers.push(f32::NAN),
                     None => match cell.parse::<f32>() {
                         Ok(v) if v.is_finite() => numbers.push(v),
-                        _ => {
+                        Ok(_) => numbers.push(f32::NAN),
+                        Err(_) => {
                             // The column turns out to be text: keep what it held so far.
                             let mut cells: Vec<String> = (0..len)
-                                .map(|r| numbers[r * width + c].to_string())
+                                .map(|r| {
+                                    let v = numbers[r * width + c];
+                                    if v.is_nan() {
+                                        String::new()
+                                    } else {
+                                        v.to_string()
+                                    }
+                                })
                                 .collect();
                             cells.push(cell.to_string());
                             *column = Some(cells);
@@ -69,6 +120,27 @@ impl Table {
         })
     }
 
+    /// Is column `col` all numbers (and missing cells)?
+    pub fn is_numeric(&self, col: usize) -> bool {
+        self.text[col].is_none()
+    }
+
+    /// A cell.
+    pub fn cell(&self, row: usize, col: usize) -> Cell<'_> {
+        match &self.text[col] {
+            Some(cells) if cells[row].is_empty() => Cell::Missing,
+            Some(cells) => Cell::Text(&cells[row]),
+            None => {
+                let v = self.numbers[row * self.headers.len() + col];
+                if v.is_nan() {
+                    Cell::Missing
+                } else {
+                    Cell::Number(v)
+                }
+            }
+        }
+    }
+
     /// Number of data rows.
     pub fn len(&self) -> usize {
         self.len
@@ -84,19 +156,13 @@ impl Table {
         self.headers.iter().position(|h| h == name)
     }
 
-    /// A cell as text (numbers in their shortest form, e.g. `3` for `3.0`).
+    /// A cell as text (numbers in their shortest form, e.g. `3` for `3.0`;
+    /// missing cells empty).
     pub fn text(&self, row: usize, col: usize) -> String {
-        match &self.text[col] {
-            Some(cells) => cells[row].clone(),
-            None => self.numbers[row * self.headers.len() + col].to_string(),
-        }
-    }
-
-    /// A cell as a finite number, or an error naming row and column.
-    pub fn number(&self, row: usize, col: usize) -> Result<f32, DataError> {
-        match &self.text[col] {
-            Some(cells) => parse_cell(&cells[row], row, &self.headers[col]),
-            None => Ok(self.numbers[row * self.headers.len() + col]),
+        match self.cell(row, col) {
+            Cell::Missing => String::new(),
+            Cell::Number(v) => v.to_string(),
+            Cell::Text(t) => t.to_string(),
         }
     }
 
@@ -105,10 +171,9 @@ impl Table {
         (0..self.headers.len()).map(|c| self.text(row, c)).collect()
     }
 
-    /// Derives a spec from this table: every column but the label is a
-    /// numeric feature, normalised by its mean and standard deviation; the
-    /// classes are the label's distinct values, numerically sorted when
-    /// they are numbers.
+    /// Derives a spec from this table alone, the way a fleet of one vehicle
+    /// would align: numeric columns standardised (with a presence input when
+    /// a cell is missing), text columns one-hot, classes sorted.
     pub fn derive_spec(
         &self,
         label: &str,
@@ -116,69 +181,13 @@ impl Table {
         hidden: Vec<u32>,
         init_seed: u64,
     ) -> Result<ModelSpec, DataError> {
-        let label_col = self.column(label).ok_or_else(|| DataError::NoLabel {
-            label: label.to_string(),
-            columns: self.headers.clone(),
-        })?;
-        let feature_cols: Vec<usize> = (0..self.headers.len())
-            .filter(|c| *c != label_col)
-            .collect();
-        let mut norm_mean = Vec::new();
-        let mut norm_std = Vec::new();
-        for &c in &feature_cols {
-            let (mut count, mut sum, mut sum_sq) = (0f64, 0f64, 0f64);
-            for r in 0..self.len {
-                let v = self.number(r, c)? as f64;
-                count += 1.0;
-                sum += v;
-                sum_sq += v * v;
-            }
-            let mean = if count > 0.0 { sum / count } else { 0.0 };
-            let var = if count > 0.0 {
-                (sum_sq / count - mean * mean).max(0.0)
-            } else {
-                0.0
-            };
-            norm_mean.push(mean as f32);
-            // constant columns keep scale 1 so they normalise to zero, not NaN
-            norm_std.push(if var > 1e-12 { var.sqrt() as f32 } else { 1.0 });
-        }
-        let classes = match task {
-            TaskKind::Regression => Vec::new(),
-            TaskKind::Classification => {
-                let mut classes: Vec<String> =
-                    (0..self.len).map(|r| self.text(r, label_col)).collect();
-                classes.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
-                    (Ok(x), Ok(y)) => x.total_cmp(&y),
-                    _ => a.cmp(b),
-                });
-                classes.dedup();
-                classes
-            }
-        };
-        Ok(ModelSpec {
-            task,
-            features: feature_cols
-                .iter()
-                .map(|c| self.headers[*c].clone())
-                .collect(),
-            norm_mean,
-            norm_std,
-            label: label.to_string(),
-            classes,
-            hidden,
-            init_seed,
-        })
-    }
-}
-
-pub(super) fn parse_cell(cell: &str, row: usize, column: &str) -> Result<f32, DataError> {
-    match cell.parse::<f32>() {
-        Ok(v) if v.is_finite() => Ok(v),
-        _ => Err(DataError::NotNumeric {
-            row: row + 1,
-            column: column.to_string(),
-            value: cell.to_string(),
-        }),
+        let settings = crate::align::AlignSettings::default();
+        let local =
+            crate::align::LocalSchema::infer(self, label, task).map_err(DataError::Align)?;
+        let schema =
+            crate::align::merge(&[("local", &local)], &settings).map_err(DataError::Align)?;
+        let stats = crate::align::Statistics::collect(self, &schema).map_err(DataError::Align)?;
+        crate::align::finish(&schema, [&stats], &settings, hidden, init_seed)
+            .map_err(DataError::Align)
     }
 }

@@ -10,9 +10,12 @@ fn derives_spec_and_matches_columns_by_name() {
     let mut spec = table
         .derive_spec("y", TaskKind::Classification, vec![4], 1)
         .unwrap();
-    assert_eq!(spec.features, vec!["b", "a"]);
+    assert_eq!(spec.feature_names(), vec!["a", "b"]);
     assert_eq!(spec.classes, vec!["maybe", "no", "yes"]);
-    assert!((spec.norm_mean[0] - 4.0).abs() < 1e-6);
+    assert!(matches!(
+        spec.features[1].encoding,
+        crate::spec::Encoding::Numeric { mean, mask: false, .. } if (mean - 4.0).abs() < 1e-6
+    ));
     spec.classes.retain(|c| c != "maybe");
     // reordered columns and an extra one still line up by name
     let other = "extra,a,y,b\n0,25,no,4\n0,25,maybe,4\n";
@@ -67,21 +70,31 @@ fn owned_table_gives_the_same_dataset_without_a_second_copy() {
 
 #[test]
 fn text_cells_survive_a_column_turning_to_text() {
-    let table = Table::read("a,y\n1.5,yes\n2,no\nn/a,yes\n".as_bytes()).unwrap();
+    let table = Table::read("a,y\n1.5,yes\nN/A,no\nfast,yes\n2,no\n".as_bytes()).unwrap();
+    assert!(!table.is_numeric(0));
     assert_eq!(table.text(0, 0), "1.5");
-    assert_eq!(table.text(2, 0), "n/a");
-    assert_eq!(table.number(1, 0).unwrap(), 2.0);
-    assert!(table.number(2, 0).is_err());
-    assert_eq!(table.row(1), vec!["2", "no"]);
+    assert_eq!(table.cell(1, 0), Cell::Missing);
+    assert_eq!(table.cell(2, 0), Cell::Text("fast"));
+    assert_eq!(table.row(3), vec!["2", "no"]);
+    let numeric = Table::read("a,y\n1,yes\nNaN,no\n,no\nnull,no\n-inf,no\n".as_bytes()).unwrap();
+    assert!(numeric.is_numeric(0));
+    assert_eq!(numeric.cell(0, 0), Cell::Number(1.0));
+    assert!((1..5).all(|r| numeric.cell(r, 0) == Cell::Missing));
 }
 
 #[test]
 fn bad_cells_say_where() {
-    let table = Table::read("a,y\n1,0\nx,1\n".as_bytes()).unwrap();
-    let err = table
+    let table = Table::read("a,y\n1,0\n2,1\n".as_bytes()).unwrap();
+    let spec = table
+        .derive_spec("y", TaskKind::Regression, vec![], 1)
+        .unwrap();
+    let err = Dataset::from_csv("a,y\n1,0\nx,1\n".as_bytes(), &spec).unwrap_err();
+    assert!(err.to_string().contains("row 2"), "{err}");
+    let err = Table::read("a,y\n1,0\n2,x\n".as_bytes())
+        .unwrap()
         .derive_spec("y", TaskKind::Regression, vec![], 1)
         .unwrap_err();
-    assert!(err.to_string().contains("row 2"), "{err}");
+    assert!(err.to_string().contains("must be numeric"), "{err}");
     let err = table
         .derive_spec("label", TaskKind::Regression, vec![], 1)
         .unwrap_err();
