@@ -12,7 +12,7 @@ use convoy_agent::backend;
 use convoy_agent::config::{Backend, TrainingConfig};
 use convoy_agent::trainer::{Job, Progress, train};
 use convoy_shared::dataset::{Dataset, Targets};
-use convoy_shared::spec::{ModelSpec, Recipe, TaskKind};
+use convoy_shared::spec::{ModelSpec, Recipe};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -22,16 +22,13 @@ const CLASSES: usize = 10;
 const ROWS: usize = 4096;
 
 fn spec(hidden: &[u32]) -> ModelSpec {
-    ModelSpec {
-        task: TaskKind::Classification,
-        features: (0..INPUTS).map(|i| format!("px{i}")).collect(),
-        norm_mean: vec![0.0; INPUTS],
-        norm_std: vec![1.0; INPUTS],
-        label: "label".into(),
-        classes: (0..CLASSES).map(|c| c.to_string()).collect(),
-        hidden: hidden.to_vec(),
-        init_seed: 1,
-    }
+    ModelSpec::classifier(
+        (0..INPUTS).map(|i| format!("px{i}")),
+        "label",
+        (0..CLASSES).map(|c| c.to_string()),
+        hidden.to_vec(),
+        1,
+    )
 }
 
 /// Random inputs with labels a linear teacher assigns (learnable, so the
@@ -79,6 +76,7 @@ fn run(
             epochs: steps.div_ceil(per_epoch) as u32,
             lr: 0.05,
             batch_size: batch,
+            ..Default::default()
         },
         data: data.clone(),
         seed: 3,

@@ -58,9 +58,11 @@ impl Limits {
     /// Checks `spec` is consistent and within bounds; the error says which
     /// bound and by how much. Uses no allocation proportional to the model.
     pub fn check(&self, spec: &ModelSpec) -> Result<(), String> {
-        if spec.features.len() > self.max_features {
+        // inputs count one-hot categories and presence inputs too
+        if spec.inputs() > self.max_features {
             return Err(format!(
-                "{} features, over limits.max_features {}",
+                "{} model inputs ({} columns), over limits.max_features {}",
+                spec.inputs(),
                 spec.features.len(),
                 self.max_features
             ));
@@ -115,19 +117,15 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use convoy_shared::spec::TaskKind;
 
     fn spec(hidden: Vec<u32>) -> ModelSpec {
-        ModelSpec {
-            task: TaskKind::Classification,
-            features: vec!["a".into(), "b".into()],
-            norm_mean: vec![0.0; 2],
-            norm_std: vec![1.0; 2],
-            label: "y".into(),
-            classes: vec!["0".into(), "1".into()],
+        ModelSpec::classifier(
+            ["a".to_string(), "b".to_string()],
+            "y",
+            ["0".to_string(), "1".to_string()],
             hidden,
-            init_seed: 1,
-        }
+            1,
+        )
     }
 
     #[test]
@@ -141,7 +139,7 @@ mod tests {
         let err = limits.check(&spec(vec![8; 40])).unwrap_err();
         assert!(err.contains("max_hidden_layers"), "{err}");
         let mut broken = spec(vec![4]);
-        broken.norm_std = vec![0.0, 1.0];
+        broken.features[0] = convoy_shared::spec::Feature::numeric("a", 0.0, 0.0);
         assert!(limits.check(&broken).unwrap_err().contains("scales"));
     }
 }

@@ -346,19 +346,16 @@ mod tests {
 
     #[test]
     fn a_model_that_does_not_hash_to_its_version_is_never_used() {
-        use convoy_shared::spec::{ModelSpec, Recipe, TaskKind};
+        use convoy_shared::spec::{ModelSpec, Recipe};
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
-        let spec = ModelSpec {
-            task: TaskKind::Classification,
-            features: vec!["a".into()],
-            norm_mean: vec![0.0],
-            norm_std: vec![1.0],
-            label: "y".into(),
-            classes: vec!["0".into(), "1".into()],
-            hidden: vec![3],
-            init_seed: 1,
-        };
+        let spec = ModelSpec::classifier(
+            ["a".to_string()],
+            "y",
+            ["0".to_string(), "1".to_string()],
+            vec![3],
+            1,
+        );
         let task = Recipe::default();
         let params = spec.init_params();
         let mut model = StoredModel {

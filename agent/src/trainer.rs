@@ -1,7 +1,7 @@
 //! Local training, on a thread of its own so the MQTT loop stays responsive.
 
 use crate::config::TrainingConfig;
-use burn::optim::{GradientsParams, SgdConfig};
+use burn::optim::{GradientsParams, SgdConfig, grad_clipping::GradientClippingConfig};
 use convoy_shared::dataset::Dataset;
 use convoy_shared::messages::TrainStats;
 use convoy_shared::model::{Mlp, to_tensors};
@@ -172,7 +172,10 @@ fn train_in_pool(
     let device = compute.device.autodiff();
     let start_params = resume.map_or(&job.base, |c| &c.params);
     let mut model = Mlp::from_params(&job.spec, start_params, &device)?;
-    let mut optim = SgdConfig::new().init();
+    // Clipping each gradient's norm keeps one bad batch (an outlier row, an
+    // unscaled column) from throwing the weights to infinity.
+    let clipping = (job.task.clip_norm > 0.0).then_some(GradientClippingConfig::Norm(job.task.clip_norm));
+    let mut optim = SgdConfig::new().with_gradient_clipping(clipping).init();
     let epochs = cap(job.task.epochs.max(1), limits.max_epochs);
     let batch = cap(job.task.batch_size.max(1), limits.max_batch) as usize;
     let lr = job.task.lr as f64;
@@ -265,6 +268,7 @@ mod tests {
                 epochs,
                 lr,
                 batch_size: 16,
+                ..Default::default()
             },
             data: data.clone(),
             seed: 9,
@@ -331,6 +335,7 @@ mod tests {
                 epochs: 3,
                 lr: 0.1,
                 batch_size: 16,
+                ..Default::default()
             },
             data: Arc::new(Dataset::from_table(&table, &spec).unwrap()),
             seed: 11,
@@ -370,6 +375,7 @@ mod tests {
                 epochs: 1,
                 lr: 0.1,
                 batch_size: 1,
+                ..Default::default()
             },
             data: Arc::new(Dataset::from_table(&table, &spec).unwrap()),
             seed: 1,

@@ -96,8 +96,9 @@ pub enum BrokerError {
 const SEGMENTS: usize = 32;
 
 /// The logs behind the server's subscriptions, for any fleet: update chunks
-/// (16 x 128 KiB, at least 16 chunks) and statuses, fetches and failure
-/// reports (16 x 8 KiB, some hundreds of messages). A burst beyond that is
+/// (16 x 128 KiB, at least 16 chunks), statuses, fetches and failure
+/// reports (16 x 8 KiB, some hundreds of messages) and the alignment
+/// answers (16 x 64 KiB). A burst beyond that is
 /// delivered in part; what is lost comes again (an update without its
 /// receipt is re-sent, a status repeats every 30 s). Memory stays within a
 /// few MiB per filter however long the server runs.
@@ -111,6 +112,9 @@ fn server_logs() -> HashMap<String, rumqttd::SegmentConfig> {
         ("convoy/v1/+/status/+".to_string(), log(8 << 10)),
         ("convoy/v1/+/fetch/+".to_string(), log(8 << 10)),
         ("convoy/v1/+/failure/+".to_string(), log(8 << 10)),
+        // alignment answers: once per fleet, the whole fleet at once
+        ("convoy/v1/+/schema/+".to_string(), log(64 << 10)),
+        ("convoy/v1/+/stats/+".to_string(), log(64 << 10)),
     ])
 }
 

@@ -32,8 +32,12 @@ pub struct ServerConfig {
     /// Round rules.
     #[serde(default)]
     pub rounds: RoundConfig,
-    /// Model architecture and data schema.
+    /// Model architecture (and an optional schema override).
+    #[serde(default)]
     pub model: ModelConfig,
+    /// How vehicles' schemas are aligned before the first round.
+    #[serde(default)]
+    pub align: AlignConfig,
     /// Local training recipe sent with every round.
     #[serde(default)]
     pub training: Recipe,
@@ -168,24 +172,81 @@ impl Default for RoundConfig {
     }
 }
 
-/// Model and schema.
+/// Model architecture. The features, their normalisation and the classes
+/// come from the fleet's alignment rounds; `schema_csv` overrides them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// CSV whose columns define the features (all but the label), their
-    /// normalisation and the classes. Usually the evaluation set.
-    pub schema_csv: PathBuf,
-    /// Label column.
-    pub label: String,
-    /// `classification` or `regression`.
-    #[serde(default)]
+    /// Optional override: derive the features, normalisation and classes
+    /// from this CSV instead of aligning with the fleet (needs `label`).
+    pub schema_csv: Option<PathBuf>,
+    /// Label column of `schema_csv`.
+    pub label: Option<String>,
+    /// `classification` or `regression`, for `schema_csv`.
     pub task: TaskKind,
     /// Hidden layer widths.
-    #[serde(default = "default_hidden")]
     pub hidden: Vec<u32>,
     /// Seed of the initial weights.
-    #[serde(default = "default_seed")]
     pub init_seed: u64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            schema_csv: None,
+            label: None,
+            task: TaskKind::Classification,
+            hidden: default_hidden(),
+            init_seed: default_seed(),
+        }
+    }
+}
+
+/// The schema and statistics rounds that run before the first training
+/// round when the database holds no model yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlignConfig {
+    /// Local column name → fleet column name, e.g. `speed_kmh = "vehicle_speed"`.
+    pub renames: std::collections::BTreeMap<String, String>,
+    /// Columns treated as categories even where every cell is a number.
+    pub categorical: Vec<String>,
+    /// Most categories a feature gets its own input for; the rest share "other".
+    pub max_categories: usize,
+    /// Vehicles that must answer before the fleet's schema is fixed
+    /// (0: `rounds.min_clients`).
+    pub min_vehicles: usize,
+    /// Seconds each alignment stage waits for vehicles; with fewer than
+    /// `min_vehicles` answers it asks again.
+    pub deadline_secs: u64,
+    /// Once `min_vehicles` have answered, seconds without a new answer
+    /// before going ahead (at once when every provisioned vehicle answered).
+    pub settle_secs: u64,
+}
+
+impl Default for AlignConfig {
+    fn default() -> Self {
+        let settings = convoy_shared::align::AlignSettings::default();
+        Self {
+            renames: settings.renames,
+            categorical: settings.categorical,
+            max_categories: settings.max_categories,
+            min_vehicles: 0,
+            deadline_secs: 120,
+            settle_secs: 5,
+        }
+    }
+}
+
+impl AlignConfig {
+    /// The merge rules shared with the pure alignment code.
+    pub fn settings(&self) -> convoy_shared::align::AlignSettings {
+        convoy_shared::align::AlignSettings {
+            renames: self.renames.clone(),
+            categorical: self.categorical.clone(),
+            max_categories: self.max_categories,
+        }
+    }
 }
 
 /// Server-side evaluation.
@@ -214,7 +275,9 @@ impl ServerConfig {
     /// config file's folder, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let mut config: ServerConfig = load_toml(path)?;
-        resolve(path, &mut config.model.schema_csv);
+        if let Some(p) = config.model.schema_csv.as_mut() {
+            resolve(path, p);
+        }
         if let Some(t) = config.eval.test_csv.as_mut() {
             resolve(path, t);
         }
@@ -239,6 +302,19 @@ impl ServerConfig {
     /// Checks values a config file can get wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.align.settings().validate().map_err(ConfigError::Invalid)?;
+        if !(1..=86_400).contains(&self.align.deadline_secs) || self.align.settle_secs > 3_600 {
+            return bad("align.deadline_secs must be 1 to 86400 and align.settle_secs at most 3600".into());
+        }
+        if self.model.schema_csv.is_some() && self.model.label.is_none() {
+            return bad("model.schema_csv needs model.label, the label column of that CSV".into());
+        }
+        if !(self.training.clip_norm.is_finite() && self.training.clip_norm >= 0.0) {
+            return bad(format!(
+                "training.clip_norm {} must be 0 (off) or a positive number",
+                self.training.clip_norm
+            ));
+        }
         if self.rounds.min_clients == 0 {
             return bad("rounds.min_clients must be at least 1".into());
         }

@@ -26,6 +26,9 @@ pub enum ServerError {
     /// Embedded broker.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    /// The fleet's schemas or statistics do not make one model.
+    #[error("alignment: {0}")]
+    Align(String),
     /// The database was written for another model.
     #[error(
         "database {db} holds models with a different spec than this config (features, classes, layers or recipe changed); use a new --db or restore the old config"

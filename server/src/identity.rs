@@ -113,6 +113,11 @@ impl Keyring {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+
+    /// Vehicles known.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
 }
 
 /// One vehicle's credentials, as written by [`provision`].

@@ -7,6 +7,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`run`](mod@run) | the I/O loop around the coordinator |
+//! | [`align`](mod@align) | the schema and statistics rounds (no I/O) |
 //! | [`coordinator`] | the round state machine (no I/O) |
 //! | [`aggregator`] | the streaming weighted sum |
 //! | [`store`] | SQLite ledger and model versions |
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregator;
+pub mod align;
 pub mod broker;
 pub mod config;
 pub mod coordinator;

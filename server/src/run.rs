@@ -2,6 +2,7 @@
 //! [`Coordinator`] state machine and carries out what it returns (publish,
 //! evaluate off the async runtime, report closed rounds).
 
+use crate::align::Aligner;
 use crate::broker::{self, Access, Credentials};
 use crate::config::ServerConfig;
 use crate::coordinator::RejectionCounts;
@@ -43,19 +44,23 @@ fn read_table(path: &Path) -> Result<Table, ServerError> {
     Table::read(std::io::BufReader::new(file)).map_err(|e| err(e.to_string()))
 }
 
-/// The model spec a config describes.
-pub fn spec_from_config(config: &ServerConfig) -> Result<ModelSpec, ServerError> {
+/// The model spec a config describes, when it names a `schema_csv`
+/// override; `None` when the fleet aligns it.
+pub fn spec_from_config(config: &ServerConfig) -> Result<Option<ModelSpec>, ServerError> {
     let m = &config.model;
-    let table = read_table(&m.schema_csv)?;
+    let (Some(path), Some(label)) = (&m.schema_csv, &m.label) else {
+        return Ok(None);
+    };
+    let table = read_table(path)?;
     let spec = table
-        .derive_spec(&m.label, m.task, m.hidden.clone(), m.init_seed)
+        .derive_spec(label, m.task, m.hidden.clone(), m.init_seed)
         .map_err(|e| ServerError::Data {
-            path: m.schema_csv.display().to_string(),
+            path: path.display().to_string(),
             message: e.to_string(),
         })?;
     spec.validate()
         .map_err(|e| ServerError::Config(e.to_string()))?;
-    Ok(spec)
+    Ok(Some(spec))
 }
 
 /// Runs the server until `shutdown` or until `rounds.total` rounds have run.
@@ -76,31 +81,50 @@ pub async fn run_observed(
     config.validate()?;
     let spec = spec_from_config(&config)?;
     let test = match &config.eval.test_csv {
-        Some(path) => {
-            let data =
-                Dataset::from_table(&read_table(path)?, &spec).map_err(|e| ServerError::Data {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
-            Some(Arc::new(data))
-        }
-        None => None,
+        Some(path) => TestSet::Table(Box::new(read_table(path)?), path.display().to_string()),
+        None => TestSet::None,
     };
     run_prepared(config, Prepared { spec, test }, shutdown, observer).await
 }
 
-/// A model spec and test set built by the caller rather than from the
-/// config's CSVs (the fleet simulator's image data).
+/// The server's own evaluation set.
+#[derive(Debug, Clone)]
+pub enum TestSet {
+    /// None: rounds close without a server-side metric.
+    None,
+    /// Rows already encoded for the spec.
+    Ready(Arc<Dataset>),
+    /// A CSV table (and its path, for messages), encoded once the spec is known.
+    Table(Box<Table>, String),
+}
+
+impl TestSet {
+    fn build(self, spec: &ModelSpec) -> Result<Option<Arc<Dataset>>, ServerError> {
+        match self {
+            TestSet::None => Ok(None),
+            TestSet::Ready(data) => Ok(Some(data)),
+            TestSet::Table(table, path) => Dataset::from_table(&table, spec)
+                .map(|d| Some(Arc::new(d)))
+                .map_err(|e| ServerError::Data {
+                    path,
+                    message: e.to_string(),
+                }),
+        }
+    }
+}
+
+/// What the caller may supply instead of the config's CSVs (the fleet
+/// simulator's image data).
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    /// Model spec.
-    pub spec: ModelSpec,
-    /// Evaluation set, normalised for `spec`.
-    pub test: Option<Arc<Dataset>>,
+    /// Model spec; `None`: the fleet aligns one (schema and statistics rounds).
+    pub spec: Option<ModelSpec>,
+    /// Evaluation set.
+    pub test: TestSet,
 }
 
 /// [`run_observed`] with the spec and test set supplied; `config.model`
-/// and `config.eval` are not read.
+/// (but its hidden widths and seed) and `config.eval` are not read.
 pub async fn run_prepared(
     config: ServerConfig,
     prepared: Prepared,
@@ -111,41 +135,18 @@ pub async fn run_prepared(
     let Prepared { spec, test } = prepared;
     let store = Store::open(&config.db)?;
     let task = config.training.clone();
-    let current = match store.latest_version()? {
+    let stored = match store.latest_version()? {
         Some(hex) => {
             let v = store.load_version(&hex)?;
-            if v.spec != spec || v.task != task {
+            if spec.as_ref().is_some_and(|s| *s != v.spec) || v.task != task {
                 return Err(ServerError::SpecMismatch {
                     db: config.db.display().to_string(),
                 });
             }
             tracing::info!(version = %&hex[..12], round = v.round, "resuming from stored model");
-            v
+            Some(v)
         }
-        None => {
-            let params = spec.init_params();
-            let v = StoredVersion {
-                round: 0,
-                parent: None,
-                manifest: version::manifest_of(&params, &spec, &task),
-                spec: spec.clone(),
-                task: task.clone(),
-                params,
-            };
-            let eval = match &test {
-                Some(t) => convoy_shared::eval::evaluate(
-                    &spec,
-                    &v.params,
-                    t,
-                    &burn::prelude::Device::flex(),
-                )
-                .ok(),
-                None => None,
-            };
-            store.save_version(&v, eval.as_ref(), convoy_runtime::clock::now_ms())?;
-            tracing::info!(version = %version::short(&v.manifest.version), params = v.params.numel(), "initial model stored");
-            v
-        }
+        None => None,
     };
     let key = identity::server_key(&config.key_file())?;
     tracing::info!(public_key = %key.public(), "server identity");
@@ -178,17 +179,47 @@ pub async fn run_prepared(
 
     let clock: SharedClock = Arc::new(SystemClock);
     tracing::info!(fleet = %config.fleet, broker = %broker.url_or_local(), db = %config.db.display(), "server running");
-    let client_id = config.broker.client_id.clone();
-    let mut coordinator = Coordinator::new(config, key, store, clock, spec, test, current)?;
+    let mut subscriptions = Coordinator::subscriptions_for(&config.fleet);
+    subscriptions.extend(Aligner::subscriptions(&config.fleet));
     let session = Session {
-        client_id,
-        subscriptions: coordinator.subscriptions(),
+        client_id: config.broker.client_id.clone(),
+        subscriptions,
         will: None,
     };
     let mut link = link::open(&broker, session);
     let mut systemd = Systemd::new();
-    systemd.ready("coordinating rounds");
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut align_rejections = RejectionCounts::new();
+    let (store, current) = match (stored, spec) {
+        (Some(v), _) => (store, v),
+        (None, Some(spec)) => {
+            let v = initial_version(&store, spec, &task, &test)?;
+            (store, v)
+        }
+        (None, None) => {
+            systemd.ready("aligning the fleet's schema");
+            let aligner = Aligner::new(config.clone(), key.clone(), store, clock.clone())?;
+            let aligned =
+                match align_fleet(aligner, &mut link, &mut tick, &mut systemd, &shutdown).await {
+                    Ok(aligned) => aligned,
+                    Err(e) => {
+                        link.close().await;
+                        return Err(e);
+                    }
+                };
+            let Some((spec, store, rejections)) = aligned else {
+                link.close().await;
+                return Ok(RunSummary::default());
+            };
+            align_rejections = rejections;
+            let v = initial_version(&store, spec, &task, &test)?;
+            (store, v)
+        }
+    };
+    let spec = current.spec.clone();
+    let test = test.build(&spec)?;
+    let mut coordinator = Coordinator::new(config, key, store, clock, spec, test, current)?;
+    systemd.ready("coordinating rounds");
     let result = loop {
         let input = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -215,12 +246,75 @@ pub async fn run_prepared(
     if rounds_failed > 0 && rounds_finished == 0 {
         tracing::error!(rounds_failed, rejections = ?coordinator.rejections(), "every round failed");
     }
+    let mut rejections = coordinator.rejections().clone();
+    for (reason, n) in align_rejections {
+        *rejections.entry(reason).or_default() += n;
+    }
     result.map(|()| RunSummary {
-        rejections: coordinator.rejections().clone(),
+        rejections,
         final_version: version::hex(&coordinator.current().manifest.version),
         rounds_finished,
         rounds_failed,
     })
+}
+
+/// Runs the alignment rounds until the fleet's spec is fixed (`None`: shut
+/// down first).
+async fn align_fleet(
+    mut aligner: Aligner,
+    link: &mut link::Link,
+    tick: &mut tokio::time::Interval,
+    systemd: &mut Systemd,
+    shutdown: &CancellationToken,
+) -> Result<Option<(ModelSpec, Store, RejectionCounts)>, ServerError> {
+    let mut out = aligner.start()?;
+    loop {
+        link.client.publish_all(out.drain(..)).await;
+        if let Some(spec) = aligner.spec() {
+            let spec = spec.clone();
+            let (store, rejections) = aligner.into_parts();
+            return Ok(Some((spec, store, rejections)));
+        }
+        out = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            event = link.events.recv() => match event {
+                Some(event) => aligner.on_event(event)?,
+                None => return Ok(None),
+            },
+            _ = tick.tick() => {
+                systemd.tick();
+                aligner.tick()?
+            }
+        };
+    }
+}
+
+/// Stores the first version of a model: `spec`'s seeded initial weights,
+/// evaluated on the test set when there is one.
+fn initial_version(
+    store: &Store,
+    spec: ModelSpec,
+    task: &convoy_shared::spec::Recipe,
+    test: &TestSet,
+) -> Result<StoredVersion, ServerError> {
+    let params = spec.init_params();
+    let v = StoredVersion {
+        round: 0,
+        parent: None,
+        manifest: version::manifest_of(&params, &spec, task),
+        spec: spec.clone(),
+        task: task.clone(),
+        params,
+    };
+    let eval = match test.clone().build(&spec)? {
+        Some(t) => {
+            convoy_shared::eval::evaluate(&spec, &v.params, &t, &burn::prelude::Device::flex()).ok()
+        }
+        None => None,
+    };
+    store.save_version(&v, eval.as_ref(), convoy_runtime::clock::now_ms())?;
+    tracing::info!(version = %version::short(&v.manifest.version), params = v.params.numel(), inputs = spec.inputs(), "initial model stored");
+    Ok(v)
 }
 
 /// Feeds `input` to the coordinator and carries out what it returns; an

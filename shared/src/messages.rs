@@ -1,5 +1,6 @@
 //! The message bodies carried inside [`crate::wire`] envelopes.
 
+use crate::align::{LocalSchema, Schema, Statistics};
 use crate::chunk::ChunkPos;
 use crate::spec::{ModelSpec, Recipe};
 use crate::version::{Manifest, VersionId};
@@ -205,6 +206,50 @@ pub struct FailureReport {
     pub reason: HString<32>,
     /// What went wrong, for the operator.
     pub detail: HString<160>,
+}
+
+/// What the server asks of the fleet before the first round, retained on
+/// `convoy/v1/<fleet>/align`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlignRequest {
+    /// Alignment number: answers to an older request are ignored.
+    pub epoch: u64,
+    /// Schema or statistics.
+    pub stage: AlignStage,
+    /// Unix milliseconds after which the server goes ahead with the vehicles
+    /// that answered.
+    pub deadline_ms: u64,
+}
+
+/// The stage of an alignment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AlignStage {
+    /// Declare your local schema.
+    Schema,
+    /// Send your column statistics under this merged schema.
+    Statistics(Schema),
+}
+
+/// A vehicle's local schema, on `schema/<client>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaReport {
+    /// Sender; must match the topic.
+    pub client: Id,
+    /// The request answered.
+    pub epoch: u64,
+    /// Its columns, types, label and task.
+    pub schema: LocalSchema,
+}
+
+/// A vehicle's column statistics, on `stats/<client>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// Sender; must match the topic.
+    pub client: Id,
+    /// The request answered.
+    pub epoch: u64,
+    /// Counts, exact sums, min/max, missing cells, category counts.
+    pub stats: Statistics,
 }
 
 /// Bounded copy of `s` for a status detail (truncated on a char boundary).

@@ -130,6 +130,30 @@ pub struct ModelSpec {
 pub struct SpecError(pub String);
 
 impl ModelSpec {
+    /// A classifier over numeric features used as they come (mean 0,
+    /// scale 1, no presence inputs): image pixels, synthetic data.
+    pub fn classifier(
+        features: impl IntoIterator<Item = String>,
+        label: &str,
+        classes: impl IntoIterator<Item = String>,
+        hidden: Vec<u32>,
+        init_seed: u64,
+    ) -> Self {
+        Self {
+            task: TaskKind::Classification,
+            features: features
+                .into_iter()
+                .map(|name| Feature::numeric(name, 0.0, 1.0))
+                .collect(),
+            label: label.to_string(),
+            label_aliases: Vec::new(),
+            classes: classes.into_iter().collect(),
+            target: TargetScale::default(),
+            hidden,
+            init_seed,
+        }
+    }
+
     /// Number of model inputs (masks and one-hot columns included).
     pub fn inputs(&self) -> usize {
         self.features.iter().map(|f| f.encoding.width()).sum()

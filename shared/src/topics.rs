@@ -9,6 +9,9 @@
 //! | `ack/<client>` | server → agent, update receipts | no |
 //! | `status/<client>` | agent → all, status and last will | yes |
 //! | `failure/<client>` | agent → server, why it cannot serve a round | no |
+//! | `align` | server → fleet, schema or statistics request | yes |
+//! | `schema/<client>` | agent → server, its local schema | no |
+//! | `stats/<client>` | agent → server, its column statistics | no |
 
 use heapless::String as HString;
 
@@ -34,6 +37,10 @@ pub enum ClientTopic {
     Status,
     /// Failure reports.
     Failure,
+    /// Local schema declarations (alignment).
+    Schema,
+    /// Column statistics (alignment).
+    Stats,
 }
 
 impl ClientTopic {
@@ -45,6 +52,8 @@ impl ClientTopic {
             ClientTopic::Ack => "ack",
             ClientTopic::Status => "status",
             ClientTopic::Failure => "failure",
+            ClientTopic::Schema => "schema",
+            ClientTopic::Stats => "stats",
         }
     }
 
@@ -56,6 +65,8 @@ impl ClientTopic {
             ClientTopic::Ack,
             ClientTopic::Status,
             ClientTopic::Failure,
+            ClientTopic::Schema,
+            ClientTopic::Stats,
         ]
         .into_iter()
         .find(|t| t.segment() == s)
@@ -166,6 +177,11 @@ fn build(parts: &[&str]) -> Topic {
 /// `convoy/v1/<fleet>/round`.
 pub fn round(fleet: &str) -> Topic {
     build(&["convoy", "v1", fleet, "round"])
+}
+
+/// `convoy/v1/<fleet>/align`: the retained alignment request.
+pub fn align(fleet: &str) -> Topic {
+    build(&["convoy", "v1", fleet, "align"])
 }
 
 /// `convoy/v1/<fleet>/<kind>/<client>`.

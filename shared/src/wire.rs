@@ -51,11 +51,17 @@ pub enum Kind {
     Status = 6,
     /// A vehicle's report that it cannot serve a round, with the reason.
     Failure = 7,
+    /// The server's schema or statistics request (retained).
+    AlignRequest = 8,
+    /// A vehicle's local schema.
+    SchemaReport = 9,
+    /// A vehicle's column statistics.
+    StatsReport = 10,
 }
 
 impl Kind {
     /// Every kind, for iteration in reports.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Announce,
         Kind::UpdateChunk,
         Kind::FetchRequest,
@@ -63,6 +69,9 @@ impl Kind {
         Kind::UpdateAck,
         Kind::Status,
         Kind::Failure,
+        Kind::AlignRequest,
+        Kind::SchemaReport,
+        Kind::StatsReport,
     ];
 
     fn from_byte(byte: u8) -> Option<Kind> {

@@ -78,8 +78,8 @@ async fn measure(
 ) -> anyhow::Result<Row> {
     let mut fleet = Fleet::digits(&format!("footprint-{name}"), 1, 1)?
         .server(|s| {
-            s.model.schema_csv = test_csv.to_path_buf();
-            s.model.label = "label".into();
+            s.model.schema_csv = Some(test_csv.to_path_buf());
+            s.model.label = Some("label".into());
             s.model.hidden = vec![128];
             s.eval.test_csv = Some(test_csv.to_path_buf());
             s.training.batch_size = 32;

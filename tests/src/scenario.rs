@@ -81,17 +81,21 @@ impl Scenario {
                 codec: Pipeline::FP32,
                 ..Default::default()
             },
+            // The schema override: these tests are about rounds, not
+            // alignment (tests/tests/align.rs covers that).
             model: ModelConfig {
-                schema_csv: self.test_csv.clone(),
-                label: "digit".into(),
+                schema_csv: Some(self.test_csv.clone()),
+                label: Some("digit".into()),
                 task: TaskKind::Classification,
                 hidden: vec![32],
                 init_seed: 7,
             },
+            align: Default::default(),
             training: Recipe {
                 epochs: 1,
                 lr: 0.05,
                 batch_size: 16,
+                ..Default::default()
             },
             eval: EvalConfig {
                 test_csv: Some(self.test_csv.clone()),

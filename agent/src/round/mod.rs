@@ -11,6 +11,7 @@
 //! round r may still await its receipt while round r + 1 is fetched or
 //! trained.
 
+mod align;
 mod announce;
 mod fetch;
 mod train;
@@ -176,6 +177,9 @@ struct Topics {
     fetch: Topic,
     status: Topic,
     failure: Topic,
+    align: Topic,
+    schema: Topic,
+    stats: Topic,
 }
 
 /// One vehicle's agent, without its I/O.
@@ -197,6 +201,8 @@ pub struct Agent {
     topics: Topics,
     /// The newest announcement seen.
     announce: Option<Announce>,
+    /// The newest alignment request answered (older ones are replays).
+    align_epoch: u64,
     round: Round,
     outbox: Option<Outbox>,
     /// The training set of the last spec (kept while a paused round waits).
@@ -224,6 +230,9 @@ impl Agent {
             fetch: topics::client(fleet, ClientTopic::Fetch, me),
             status: topics::client(fleet, ClientTopic::Status, me),
             failure: topics::client(fleet, ClientTopic::Failure, me),
+            align: topics::align(fleet),
+            schema: topics::client(fleet, ClientTopic::Schema, me),
+            stats: topics::client(fleet, ClientTopic::Stats, me),
         };
         let policy = Policy::new(config.policy.clone(), clock.instant());
         Self {
@@ -238,6 +247,7 @@ impl Agent {
             data,
             topics,
             announce: None,
+            align_epoch: 0,
             round: Round::Idle,
             outbox: None,
             dataset: None,
@@ -252,6 +262,7 @@ impl Agent {
         let me = &self.config.client_id;
         vec![
             topics::round(fleet).as_str().to_string(),
+            topics::align(fleet).as_str().to_string(),
             topics::client(fleet, ClientTopic::Model, me)
                 .as_str()
                 .to_string(),
@@ -359,6 +370,9 @@ impl Agent {
     ) -> Result<(), AgentError> {
         if topic == self.topics.round.as_str() {
             return self.on_announce_payload(topic, payload, out);
+        }
+        if topic == self.topics.align.as_str() {
+            return self.on_align_payload(topic, payload, out);
         }
         match topics::parse_client(&self.config.fleet, topic) {
             Some((ClientTopic::Model, me)) if me == self.config.client_id.as_str() => {

@@ -73,6 +73,7 @@ fn rig_with(tweak: impl FnOnce(&mut AgentConfig)) -> Rig {
         epochs: 1,
         lr: 0.1,
         batch_size: 8,
+        ..Default::default()
     };
     let clock = ManualClock::new(START_MS);
     let agent = restart(&config, &clock, &table);

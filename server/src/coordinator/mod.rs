@@ -221,7 +221,12 @@ impl Coordinator {
     /// round topic, so a retained announcement someone else put there is
     /// replaced at once.
     pub fn subscriptions(&self) -> Vec<String> {
-        let round = topics::round(&self.config.fleet).as_str().to_string();
+        Self::subscriptions_for(&self.config.fleet)
+    }
+
+    /// [`Coordinator::subscriptions`] of `fleet`'s coordinator.
+    pub fn subscriptions_for(fleet: &str) -> Vec<String> {
+        let round = topics::round(fleet).as_str().to_string();
         let mut filters: Vec<String> = [
             ClientTopic::Update,
             ClientTopic::Fetch,
@@ -229,11 +234,7 @@ impl Coordinator {
             ClientTopic::Failure,
         ]
         .into_iter()
-        .map(|kind| {
-            topics::all_clients(&self.config.fleet, kind)
-                .as_str()
-                .to_string()
-        })
+        .map(|kind| topics::all_clients(fleet, kind).as_str().to_string())
         .collect();
         filters.push(round);
         filters

@@ -47,12 +47,11 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
             ..Default::default()
         },
         model: ModelConfig {
-            schema_csv: dir.path().join("unused.csv"),
-            label: "y".into(),
-            task: TaskKind::Classification,
             hidden: vec![4],
             init_seed: 1,
+            ..Default::default()
         },
+        align: Default::default(),
         training: Default::default(),
         eval: Default::default(),
         identity: Default::default(),

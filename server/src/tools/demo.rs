@@ -163,17 +163,19 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             seed: options.seed,
             ..Default::default()
         },
+        // No schema: the vehicles align one (schema and statistics rounds)
+        // before the first training round; the server sees no row of theirs.
         model: ModelConfig {
-            schema_csv: test_path.clone(),
-            label: label.into(),
-            task: TaskKind::Classification,
             hidden: options.hidden.clone(),
             init_seed: options.seed,
+            ..Default::default()
         },
+        align: Default::default(),
         training: Recipe {
             epochs: options.epochs,
             lr: options.lr,
             batch_size: options.batch_size,
+            ..Default::default()
         },
         identity: Default::default(),
         eval: EvalConfig {
@@ -181,16 +183,6 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         },
     };
     server_config.validate()?;
-    let spec = crate::spec_from_config(&server_config)?;
-    let test = Dataset::from_csv(std::fs::File::open(&test_path)?, &spec)?;
-    let initial_accuracy = evaluate(
-        &spec,
-        &spec.init_params(),
-        &test,
-        &burn::prelude::Device::flex(),
-    )
-    .ok()
-    .and_then(|e| e.accuracy);
 
     let mut agents = Vec::new();
     let mut client_rows = Vec::new();
@@ -220,9 +212,6 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             options.seed
         );
         println!("vehicle rows: {client_rows:?}");
-        if let Some(a) = initial_accuracy {
-            println!("initial model: test accuracy {:.2}%", a * 100.0);
-        }
     }
 
     let started = Instant::now();
@@ -234,7 +223,21 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     })
     .await?;
     let elapsed = started.elapsed();
+    // the aligned initial model, scored on the held-out rows
+    let initial_accuracy = match rounds.first() {
+        Some(first) => {
+            let v = crate::store::Store::open_existing(&options.db)?.load_version(&first.base_version)?;
+            let test = Dataset::from_csv(std::fs::File::open(&test_path)?, &v.spec)?;
+            evaluate(&v.spec, &v.params, &test, &burn::prelude::Device::flex())
+                .ok()
+                .and_then(|e| e.accuracy)
+        }
+        None => None,
+    };
     if options.verbose {
+        if let Some(a) = initial_accuracy {
+            println!("initial model: test accuracy {:.2}%", a * 100.0);
+        }
         let up: u64 = rounds.iter().map(|r| r.bytes_up).sum();
         let down: u64 = rounds.iter().map(|r| r.bytes_down).sum();
         let raw_up: u64 = rounds.iter().map(|r| r.bytes_up_raw).sum();

@@ -7,13 +7,13 @@ use super::partition::{Partition, partition};
 use super::{fleet, idx};
 use crate::config::{RoundConfig, ServerConfig};
 use crate::report::human_bytes;
-use crate::run::Prepared;
+use crate::run::{Prepared, TestSet};
 use crate::store::{ClientStatus, RoundRow, RoundStatus};
 use anyhow::Context;
 use convoy_agent::LocalData;
 use convoy_shared::codec::Pipeline;
 use convoy_shared::dataset::{Dataset, Table};
-use convoy_shared::spec::{ModelSpec, Recipe, TaskKind};
+use convoy_shared::spec::{Feature, ModelSpec, Recipe, TaskKind};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
@@ -220,11 +220,14 @@ fn load(options: &SimOptions) -> anyhow::Result<(ModelSpec, Dataset, Dataset)> {
             let test_labels = idx::read_labels(open("t10k-labels-idx1-ubyte.gz")?, 100_000)?;
             let spec = ModelSpec {
                 task: TaskKind::Classification,
-                features: idx::feature_names(images.rows, images.cols),
-                norm_mean: vec![0.0; images.rows * images.cols],
-                norm_std: vec![1.0; images.rows * images.cols],
+                features: idx::feature_names(images.rows, images.cols)
+                    .into_iter()
+                    .map(|name| Feature::numeric(name, 0.0, 1.0))
+                    .collect(),
                 label: "label".into(),
+                label_aliases: Vec::new(),
                 classes: (0..10).map(|c| c.to_string()).collect(),
+                target: Default::default(),
                 hidden: options.hidden.clone(),
                 init_seed: options.seed,
             };
@@ -366,16 +369,16 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             ..Default::default()
         },
         model: crate::config::ModelConfig {
-            schema_csv: PathBuf::new(),
-            label: spec.label.clone(),
-            task: spec.task,
             hidden: spec.hidden.clone(),
             init_seed: spec.init_seed,
+            ..Default::default()
         },
+        align: Default::default(),
         training: Recipe {
             epochs: options.epochs,
             lr: options.lr,
             batch_size: options.batch_size,
+            ..Default::default()
         },
         identity: Default::default(),
         eval: Default::default(),
@@ -400,8 +403,8 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         })
         .collect::<anyhow::Result<_>>()?;
     let prepared = Prepared {
-        spec,
-        test: Some(Arc::new(test)),
+        spec: Some(spec),
+        test: TestSet::Ready(Arc::new(test)),
     };
     let started = Instant::now();
     let (mut up, mut down) = (0u64, 0u64);

@@ -1,0 +1,397 @@
+//! The alignment rounds as a state machine without I/O: before the first
+//! training round of a fleet whose database holds no model, the [`Aligner`]
+//! asks every vehicle for its local schema, merges them, asks for column
+//! statistics under the merged schema, and turns them into the model's
+//! spec. No row of data reaches the server: only column names and types,
+//! counts, exact sums, min/max and category counts.
+
+use crate::config::ServerConfig;
+use crate::coordinator::RejectionCounts;
+use crate::error::ServerError;
+use crate::identity::Keyring;
+use crate::store::Store;
+use convoy_runtime::clock::SharedClock;
+use convoy_runtime::link::{LinkEvent, Outgoing};
+use convoy_shared::align::{self, LocalSchema, Schema, Statistics};
+use convoy_shared::identity::SecretKey;
+use convoy_shared::messages::{AlignRequest, AlignStage, FailureReport, SchemaReport, StatsReport};
+use convoy_shared::spec::ModelSpec;
+use convoy_shared::topics::{self, ClientTopic};
+use convoy_shared::wire::{self, Kind};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+
+/// Where an alignment stands.
+#[derive(Debug)]
+enum Stage {
+    /// Collecting local schemas.
+    Schema,
+    /// Collecting statistics under the merged schema.
+    Statistics(Schema),
+}
+
+/// Runs the schema and statistics rounds. Owned by the server loop.
+#[derive(Debug)]
+pub struct Aligner {
+    config: ServerConfig,
+    key: SecretKey,
+    keyring: Keyring,
+    store: Store,
+    clock: SharedClock,
+    epoch: u64,
+    stage: Stage,
+    deadline_ms: u64,
+    /// When the last answer of this stage came.
+    last_answer_ms: u64,
+    schemas: BTreeMap<String, LocalSchema>,
+    stats: BTreeMap<String, Statistics>,
+    /// Vehicles that reported they cannot align, with why.
+    failed: BTreeMap<String, String>,
+    rejections: RejectionCounts,
+    spec: Option<ModelSpec>,
+}
+
+impl Aligner {
+    /// An aligner for `config`'s fleet; [`Aligner::start`] sends the first request.
+    pub fn new(
+        config: ServerConfig,
+        key: SecretKey,
+        store: Store,
+        clock: SharedClock,
+    ) -> Result<Self, ServerError> {
+        let keyring = Keyring::load(&store)?;
+        Ok(Self {
+            config,
+            key,
+            keyring,
+            store,
+            clock,
+            epoch: 0,
+            stage: Stage::Schema,
+            deadline_ms: 0,
+            last_answer_ms: 0,
+            schemas: BTreeMap::new(),
+            stats: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            rejections: RejectionCounts::new(),
+            spec: None,
+        })
+    }
+
+    /// The topic filters alignment needs (the server's link holds them
+    /// from the start, so none of them is missed while the stages change).
+    pub fn subscriptions(fleet: &str) -> Vec<String> {
+        let mut filters: Vec<String> = [ClientTopic::Schema, ClientTopic::Stats]
+            .into_iter()
+            .map(|kind| topics::all_clients(fleet, kind).as_str().to_string())
+            .collect();
+        filters.push(topics::align(fleet).as_str().to_string());
+        filters
+    }
+
+    /// Vehicles needed before a stage may finish.
+    fn min_vehicles(&self) -> usize {
+        match self.config.align.min_vehicles {
+            0 => self.config.rounds.min_clients,
+            n => n,
+        }
+    }
+
+    /// Asks for schemas (again, under a new epoch).
+    pub fn start(&mut self) -> Result<Vec<Outgoing>, ServerError> {
+        let now = self.clock.now_ms();
+        // Unix milliseconds: newer than any epoch of an earlier run
+        self.epoch = now.max(self.epoch + 1);
+        self.stage = Stage::Schema;
+        self.schemas.clear();
+        self.stats.clear();
+        self.failed.clear();
+        self.begin_stage(now);
+        tracing::info!(epoch = self.epoch, min_vehicles = self.min_vehicles(), "schema round: asking vehicles for their columns");
+        Ok(vec![self.request()?])
+    }
+
+    fn begin_stage(&mut self, now: u64) {
+        self.deadline_ms = now + self.config.align.deadline_secs * 1000;
+        self.last_answer_ms = now;
+    }
+
+    /// The model spec, once both stages are done.
+    pub fn spec(&self) -> Option<&ModelSpec> {
+        self.spec.as_ref()
+    }
+
+    /// Hands back the store, and the rejections counted.
+    pub fn into_parts(self) -> (Store, RejectionCounts) {
+        (self.store, self.rejections)
+    }
+
+    /// The current request, signed and retained.
+    fn request(&self) -> Result<Outgoing, ServerError> {
+        let topic = topics::align(&self.config.fleet);
+        let stage = match &self.stage {
+            Stage::Schema => AlignStage::Schema,
+            Stage::Statistics(schema) => AlignStage::Statistics(schema.clone()),
+        };
+        let request = AlignRequest {
+            epoch: self.epoch,
+            stage,
+            deadline_ms: self.deadline_ms,
+        };
+        let payload = wire::encode(Kind::AlignRequest, &request, &topic, &self.key)?;
+        Ok(Outgoing::retained(topic.as_str(), payload))
+    }
+
+    /// Reacts to a link event.
+    pub fn on_event(&mut self, event: LinkEvent) -> Result<Vec<Outgoing>, ServerError> {
+        match event {
+            // the retained request may have been lost with the broker
+            LinkEvent::Connected if self.spec.is_none() => Ok(vec![self.request()?]),
+            LinkEvent::Connected => Ok(Vec::new()),
+            LinkEvent::Message { topic, payload, .. } => self.on_message(&topic, &payload),
+        }
+    }
+
+    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Outgoing>, ServerError> {
+        if self.spec.is_some() {
+            return Ok(Vec::new());
+        }
+        if topic == topics::align(&self.config.fleet).as_str() {
+            // anything there that the server did not sign is replaced
+            let ours = wire::decode::<AlignRequest>(
+                payload,
+                Kind::AlignRequest,
+                usize::MAX,
+                topic,
+                &self.key.public(),
+                "the server",
+            );
+            if payload.is_empty() || ours.is_ok() {
+                return Ok(Vec::new());
+            }
+            self.reject(None, "forged_announcement", "someone else published on the align topic");
+            return Ok(vec![self.request()?]);
+        }
+        let Some((kind, client)) = topics::parse_client(&self.config.fleet, topic) else {
+            return Ok(Vec::new());
+        };
+        let max = self.config.broker.link.max_packet_size;
+        match kind {
+            ClientTopic::Schema => {
+                if let Some(report) =
+                    self.signed::<SchemaReport>(client, topic, payload, Kind::SchemaReport, max)
+                {
+                    self.on_schema(client, report);
+                }
+            }
+            ClientTopic::Stats => {
+                if let Some(report) =
+                    self.signed::<StatsReport>(client, topic, payload, Kind::StatsReport, max)
+                {
+                    self.on_stats(client, report);
+                }
+            }
+            ClientTopic::Failure => {
+                if let Some(report) =
+                    self.signed::<FailureReport>(client, topic, payload, Kind::Failure, 4096)
+                    && report.round == 0
+                {
+                    tracing::warn!(client, reason = %report.reason, detail = %report.detail, "vehicle cannot align");
+                    self.failed.insert(client.to_string(), report.detail.to_string());
+                    self.last_answer_ms = self.clock.now_ms();
+                }
+            }
+            _ => {}
+        }
+        Ok(Vec::new())
+    }
+
+    fn on_schema(&mut self, client: &str, report: SchemaReport) {
+        if !matches!(self.stage, Stage::Schema) {
+            return; // late: the schema is fixed for this alignment
+        }
+        if let Err(e) = report.schema.check() {
+            self.reject(Some(client), "bad_schema", &e.to_string());
+            return;
+        }
+        self.failed.remove(client);
+        self.schemas.insert(client.to_string(), report.schema);
+        self.last_answer_ms = self.clock.now_ms();
+        tracing::info!(client, declared = self.schemas.len(), "schema received");
+    }
+
+    fn on_stats(&mut self, client: &str, report: StatsReport) {
+        let Stage::Statistics(schema) = &self.stage else {
+            return;
+        };
+        if !self.schemas.contains_key(client) {
+            self.reject(Some(client), "not_aligned", "statistics from a vehicle that declared no schema in this alignment");
+            return;
+        }
+        if let Err(e) = report.stats.check(schema) {
+            self.reject(Some(client), "bad_statistics", &e.to_string());
+            return;
+        }
+        self.stats.insert(client.to_string(), report.stats);
+        self.last_answer_ms = self.clock.now_ms();
+        tracing::info!(client, reported = self.stats.len(), "statistics received");
+    }
+
+    /// Decodes a message `client` must have signed for `topic`, answering
+    /// this alignment; anything else is a counted rejection.
+    fn signed<T: DeserializeOwned + Answer>(
+        &mut self,
+        client: &str,
+        topic: &str,
+        payload: &[u8],
+        kind: Kind,
+        max: usize,
+    ) -> Option<T> {
+        let Some(key) = self.keyring.get(client, &self.store) else {
+            self.reject(Some(client), "unknown_vehicle", "no vehicle of this id is provisioned");
+            return None;
+        };
+        let message: T = match wire::decode(payload, kind, max, topic, &key, client) {
+            Ok(m) => m,
+            Err(e) => {
+                self.reject(Some(client), e.reason(), &e.to_string());
+                return None;
+            }
+        };
+        if message.client() != client {
+            self.reject(Some(client), "client_mismatch", "the message names another vehicle than its topic");
+            return None;
+        }
+        if message.epoch().is_some_and(|e| e != self.epoch) {
+            self.reject(Some(client), "wrong_epoch", "answers another alignment request");
+            return None;
+        }
+        Some(message)
+    }
+
+    /// Every provisioned vehicle has answered this stage, or said it cannot.
+    fn everyone_answered(&self, answered: usize) -> bool {
+        answered + self.failed.len() >= self.keyring.len().max(1)
+    }
+
+    /// Finishes a stage once enough vehicles answered and the rest are
+    /// silent, or starts over when a deadline passes with too few.
+    pub fn tick(&mut self) -> Result<Vec<Outgoing>, ServerError> {
+        if self.spec.is_some() || self.epoch == 0 {
+            return Ok(Vec::new());
+        }
+        let now = self.clock.now_ms();
+        let settled = now.saturating_sub(self.last_answer_ms) >= self.config.align.settle_secs * 1000;
+        let late = now >= self.deadline_ms;
+        let min = self.min_vehicles();
+        match &self.stage {
+            Stage::Schema => {
+                let n = self.schemas.len();
+                if n >= min && (self.everyone_answered(n) || settled || late) {
+                    return self.fix_schema();
+                }
+            }
+            Stage::Statistics(schema) => {
+                let n = self.stats.len();
+                let waiting = self
+                    .schemas
+                    .keys()
+                    .any(|c| !self.stats.contains_key(c) && !self.failed.contains_key(c));
+                if n >= min && (!waiting || late) {
+                    let schema = schema.clone();
+                    return self.finish(&schema);
+                }
+            }
+        }
+        if late {
+            tracing::warn!(
+                stage = ?std::mem::discriminant(&self.stage),
+                answered = self.schemas.len().max(self.stats.len()),
+                min,
+                "alignment deadline passed with too few vehicles; asking again"
+            );
+            return self.start();
+        }
+        Ok(Vec::new())
+    }
+
+    fn fix_schema(&mut self) -> Result<Vec<Outgoing>, ServerError> {
+        let declarations: Vec<(&str, &LocalSchema)> =
+            self.schemas.iter().map(|(c, s)| (c.as_str(), s)).collect();
+        let schema = align::merge(&declarations, &self.config.align.settings())
+            .map_err(|e| ServerError::Align(e.to_string()))?;
+        tracing::info!(
+            vehicles = declarations.len(),
+            label = %schema.label,
+            task = ?schema.task,
+            columns = ?schema.columns.iter().map(|c| format!("{} ({:?})", c.name, c.kind)).collect::<Vec<_>>(),
+            "schema round done; asking for statistics"
+        );
+        self.stage = Stage::Statistics(schema);
+        self.begin_stage(self.clock.now_ms());
+        Ok(vec![self.request()?])
+    }
+
+    fn finish(&mut self, schema: &Schema) -> Result<Vec<Outgoing>, ServerError> {
+        let m = &self.config.model;
+        let spec = align::finish(
+            schema,
+            self.stats.values(),
+            &self.config.align.settings(),
+            m.hidden.clone(),
+            m.init_seed,
+        )
+        .map_err(|e| ServerError::Align(e.to_string()))?;
+        let rows: u64 = self.stats.values().map(|s| s.rows).sum();
+        tracing::info!(
+            vehicles = self.stats.len(),
+            rows,
+            inputs = spec.inputs(),
+            "statistics round done; the fleet's model pipeline is fixed"
+        );
+        self.spec = Some(spec);
+        // the request is answered: clear it so no vehicle acts on it again
+        Ok(vec![Outgoing::retained(topics::align(&self.config.fleet).as_str(), Vec::new())])
+    }
+
+    fn reject(&mut self, client: Option<&str>, reason: &'static str, detail: &str) {
+        *self.rejections.entry(reason.to_string()).or_default() += 1;
+        tracing::warn!(client, reason, detail, "alignment message rejected");
+        if let Err(e) = self.store.record_rejection(None, client, reason, detail, self.clock.now_ms()) {
+            tracing::error!(error = %e, "cannot record rejection");
+        }
+    }
+}
+
+/// What every alignment answer carries.
+trait Answer {
+    fn client(&self) -> &str;
+    fn epoch(&self) -> Option<u64>;
+}
+
+impl Answer for SchemaReport {
+    fn client(&self) -> &str {
+        &self.client
+    }
+    fn epoch(&self) -> Option<u64> {
+        Some(self.epoch)
+    }
+}
+
+impl Answer for StatsReport {
+    fn client(&self) -> &str {
+        &self.client
+    }
+    fn epoch(&self) -> Option<u64> {
+        Some(self.epoch)
+    }
+}
+
+impl Answer for FailureReport {
+    fn client(&self) -> &str {
+        &self.client
+    }
+    fn epoch(&self) -> Option<u64> {
+        None
+    }
+}
