@@ -174,7 +174,8 @@ fn train_in_pool(
     let mut model = Mlp::from_params(&job.spec, start_params, &device)?;
     // Clipping each gradient's norm keeps one bad batch (an outlier row, an
     // unscaled column) from throwing the weights to infinity.
-    let clipping = (job.task.clip_norm > 0.0).then_some(GradientClippingConfig::Norm(job.task.clip_norm));
+    let clipping =
+        (job.task.clip_norm > 0.0).then_some(GradientClippingConfig::Norm(job.task.clip_norm));
     let mut optim = SgdConfig::new().with_gradient_clipping(clipping).init();
     let epochs = cap(job.task.epochs.max(1), limits.max_epochs);
     let batch = cap(job.task.batch_size.max(1), limits.max_batch) as usize;

@@ -302,9 +302,14 @@ impl ServerConfig {
     /// Checks values a config file can get wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        self.align.settings().validate().map_err(ConfigError::Invalid)?;
+        self.align
+            .settings()
+            .validate()
+            .map_err(ConfigError::Invalid)?;
         if !(1..=86_400).contains(&self.align.deadline_secs) || self.align.settle_secs > 3_600 {
-            return bad("align.deadline_secs must be 1 to 86400 and align.settle_secs at most 3600".into());
+            return bad(
+                "align.deadline_secs must be 1 to 86400 and align.settle_secs at most 3600".into(),
+            );
         }
         if self.model.schema_csv.is_some() && self.model.label.is_none() {
             return bad("model.schema_csv needs model.label, the label column of that CSV".into());

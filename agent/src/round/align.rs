@@ -22,13 +22,14 @@ impl Agent {
             return Ok(()); // alignment finished and the request was cleared
         }
         let max = self.config.broker.max_packet_size;
-        let request = match self.signed_by_server::<AlignRequest>(payload, Kind::AlignRequest, max, topic) {
-            Ok(request) => request,
-            Err(e) => {
-                tracing::warn!(reason = e.reason(), error = %e, "ignoring alignment request");
-                return Ok(());
-            }
-        };
+        let request =
+            match self.signed_by_server::<AlignRequest>(payload, Kind::AlignRequest, max, topic) {
+                Ok(request) => request,
+                Err(e) => {
+                    tracing::warn!(reason = e.reason(), error = %e, "ignoring alignment request");
+                    return Ok(());
+                }
+            };
         if request.epoch < self.align_epoch || request.deadline_ms <= self.now_ms() {
             return Ok(()); // replayed or expired
         }
@@ -38,7 +39,9 @@ impl Agent {
         let table = match self.local_table() {
             Ok(Some(table)) => table,
             Ok(None) => {
-                tracing::debug!("data prepared in memory has no columns to declare; alignment skipped");
+                tracing::debug!(
+                    "data prepared in memory has no columns to declare; alignment skipped"
+                );
                 return Ok(());
             }
             Err(e) => {
@@ -63,7 +66,9 @@ impl Agent {
                             epoch: request.epoch,
                             schema,
                         };
-                        if let Some(m) = self.seal(Kind::SchemaReport, self.topics.schema.as_str(), &report) {
+                        if let Some(m) =
+                            self.seal(Kind::SchemaReport, self.topics.schema.as_str(), &report)
+                        {
                             self.publish(out, m);
                         }
                     }
@@ -78,7 +83,9 @@ impl Agent {
                         epoch: request.epoch,
                         stats,
                     };
-                    if let Some(m) = self.seal(Kind::StatsReport, self.topics.stats.as_str(), &report) {
+                    if let Some(m) =
+                        self.seal(Kind::StatsReport, self.topics.stats.as_str(), &report)
+                    {
                         self.publish(out, m);
                     }
                 }
@@ -90,7 +97,10 @@ impl Agent {
 
     /// This vehicle's data does not fit: it says so, and does not take part.
     fn refuse_alignment(&self, out: &mut Vec<Action>, why: &str) {
-        tracing::error!(why, "local data does not fit the fleet's schema; not taking part");
+        tracing::error!(
+            why,
+            "local data does not fit the fleet's schema; not taking part"
+        );
         self.fail(out, 0, "data", why);
     }
 

@@ -226,7 +226,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     // the aligned initial model, scored on the held-out rows
     let initial_accuracy = match rounds.first() {
         Some(first) => {
-            let v = crate::store::Store::open_existing(&options.db)?.load_version(&first.base_version)?;
+            let v = crate::store::Store::open_existing(&options.db)?
+                .load_version(&first.base_version)?;
             let test = Dataset::from_csv(std::fs::File::open(&test_path)?, &v.spec)?;
             evaluate(&v.spec, &v.params, &test, &burn::prelude::Device::flex())
                 .ok()

@@ -107,7 +107,11 @@ impl Aligner {
         self.stats.clear();
         self.failed.clear();
         self.begin_stage(now);
-        tracing::info!(epoch = self.epoch, min_vehicles = self.min_vehicles(), "schema round: asking vehicles for their columns");
+        tracing::info!(
+            epoch = self.epoch,
+            min_vehicles = self.min_vehicles(),
+            "schema round: asking vehicles for their columns"
+        );
         Ok(vec![self.request()?])
     }
 
@@ -169,7 +173,11 @@ impl Aligner {
             if payload.is_empty() || ours.is_ok() {
                 return Ok(Vec::new());
             }
-            self.reject(None, "forged_announcement", "someone else published on the align topic");
+            self.reject(
+                None,
+                "forged_announcement",
+                "someone else published on the align topic",
+            );
             return Ok(vec![self.request()?]);
         }
         let Some((kind, client)) = topics::parse_client(&self.config.fleet, topic) else {
@@ -197,7 +205,8 @@ impl Aligner {
                     && report.round == 0
                 {
                     tracing::warn!(client, reason = %report.reason, detail = %report.detail, "vehicle cannot align");
-                    self.failed.insert(client.to_string(), report.detail.to_string());
+                    self.failed
+                        .insert(client.to_string(), report.detail.to_string());
                     self.last_answer_ms = self.clock.now_ms();
                 }
             }
@@ -225,7 +234,11 @@ impl Aligner {
             return;
         };
         if !self.schemas.contains_key(client) {
-            self.reject(Some(client), "not_aligned", "statistics from a vehicle that declared no schema in this alignment");
+            self.reject(
+                Some(client),
+                "not_aligned",
+                "statistics from a vehicle that declared no schema in this alignment",
+            );
             return;
         }
         if let Err(e) = report.stats.check(schema) {
@@ -248,7 +261,11 @@ impl Aligner {
         max: usize,
     ) -> Option<T> {
         let Some(key) = self.keyring.get(client, &self.store) else {
-            self.reject(Some(client), "unknown_vehicle", "no vehicle of this id is provisioned");
+            self.reject(
+                Some(client),
+                "unknown_vehicle",
+                "no vehicle of this id is provisioned",
+            );
             return None;
         };
         let message: T = match wire::decode(payload, kind, max, topic, &key, client) {
@@ -259,11 +276,19 @@ impl Aligner {
             }
         };
         if message.client() != client {
-            self.reject(Some(client), "client_mismatch", "the message names another vehicle than its topic");
+            self.reject(
+                Some(client),
+                "client_mismatch",
+                "the message names another vehicle than its topic",
+            );
             return None;
         }
         if message.epoch().is_some_and(|e| e != self.epoch) {
-            self.reject(Some(client), "wrong_epoch", "answers another alignment request");
+            self.reject(
+                Some(client),
+                "wrong_epoch",
+                "answers another alignment request",
+            );
             return None;
         }
         Some(message)
@@ -281,7 +306,8 @@ impl Aligner {
             return Ok(Vec::new());
         }
         let now = self.clock.now_ms();
-        let settled = now.saturating_sub(self.last_answer_ms) >= self.config.align.settle_secs * 1000;
+        let settled =
+            now.saturating_sub(self.last_answer_ms) >= self.config.align.settle_secs * 1000;
         let late = now >= self.deadline_ms;
         let min = self.min_vehicles();
         match &self.stage {
@@ -351,13 +377,19 @@ impl Aligner {
         );
         self.spec = Some(spec);
         // the request is answered: clear it so no vehicle acts on it again
-        Ok(vec![Outgoing::retained(topics::align(&self.config.fleet).as_str(), Vec::new())])
+        Ok(vec![Outgoing::retained(
+            topics::align(&self.config.fleet).as_str(),
+            Vec::new(),
+        )])
     }
 
     fn reject(&mut self, client: Option<&str>, reason: &'static str, detail: &str) {
         *self.rejections.entry(reason.to_string()).or_default() += 1;
         tracing::warn!(client, reason, detail, "alignment message rejected");
-        if let Err(e) = self.store.record_rejection(None, client, reason, detail, self.clock.now_ms()) {
+        if let Err(e) =
+            self.store
+                .record_rejection(None, client, reason, detail, self.clock.now_ms())
+        {
             tracing::error!(error = %e, "cannot record rejection");
         }
     }
@@ -395,3 +427,6 @@ impl Answer for FailureReport {
         None
     }
 }
+
+#[cfg(test)]
+mod tests;
