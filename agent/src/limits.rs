@@ -140,6 +140,11 @@ mod tests {
         assert!(err.contains("max_hidden_layers"), "{err}");
         let mut broken = spec(vec![4]);
         broken.features[0] = convoy_shared::spec::Feature::numeric("a", 0.0, 0.0);
-        assert!(limits.check(&broken).unwrap_err().contains("positive, finite scale"));
+        assert!(
+            limits
+                .check(&broken)
+                .unwrap_err()
+                .contains("positive, finite scale")
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 pub use convoy_agent::AgentError;
 pub use convoy_agent::backend;
-pub use convoy_agent::config::{AgentConfig, Backend};
+pub use convoy_agent::config::{AgentConfig, Backend, DataConfig};
 pub use convoy_agent::state::{PendingUpdate, StateDir};
 pub use convoy_server::config::ServerConfig;
 pub use convoy_server::store::{ClientRow, RoundRow, Store};
@@ -18,6 +18,6 @@ pub use convoy_shared::messages::{
     self, AgentState, Announce, Status, TrainStats, UpdateBody, UpdateChunk,
 };
 pub use convoy_shared::params::ParamSet;
-pub use convoy_shared::spec::TaskKind;
+pub use convoy_shared::spec::{Encoding, TaskKind};
 pub use convoy_shared::topics::{self, ClientTopic};
 pub use convoy_shared::wire::{self, Kind};

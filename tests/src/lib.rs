@@ -28,6 +28,20 @@ pub use scenario::{MAX_PACKET, Scenario};
 pub use vehicle::FakeVehicle;
 pub use wire::{Wire, WireTally, login_accepted};
 
+/// A file of the shared developer datasets (`shared/data/` beside the
+/// repository), or an error saying where it was looked for.
+pub fn shared_data(relative: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(relative);
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: the shared datasets must sit beside the repository (../shared/data)",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// Log to the test's captured output when `RUST_LOG` is set.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

@@ -1,0 +1,209 @@
+//! Heterogeneous fleets end to end: vehicles with different columns, gaps
+//! and text categories align one model through the schema and statistics
+//! rounds, with a server that is given no data at all.
+
+use convoy_tests::api::{DataConfig, ServerConfig, TaskKind};
+use convoy_tests::*;
+use std::path::{Path, PathBuf};
+
+const HETEROGENEOUS: [&str; 3] = [
+    "taxi/heterogeneous/group_a_flash_cab.csv", // no hour
+    "taxi/heterogeneous/group_b_chicago_independents.csv", // no distance
+    "taxi/heterogeneous/group_c_city_service.csv", // no dow, month
+];
+
+/// `source` with every `every`-th feature cell (label kept) blanked, as a
+/// sensor dropping out would leave it.
+fn with_gaps(source: &Path, out: &Path, every: usize) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(source)?;
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let width = header.split(',').count();
+    let mut written = format!("{header}\n");
+    let mut n = 0;
+    for line in lines {
+        let cells: Vec<String> = line
+            .split(',')
+            .enumerate()
+            .map(|(c, cell)| {
+                n += 1;
+                if c + 1 < width && n % every == 0 {
+                    String::new()
+                } else {
+                    cell.to_string()
+                }
+            })
+            .collect();
+        written.push_str(&cells.join(","));
+        written.push('\n');
+    }
+    std::fs::write(out, written)?;
+    Ok(out.to_path_buf())
+}
+
+/// A server config with no schema and no data: only the model's shape.
+fn aligning(server: &mut ServerConfig, test_csv: PathBuf) {
+    server.model = Default::default();
+    server.model.hidden = vec![16];
+    server.eval.test_csv = Some(test_csv);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vehicles_with_different_columns_and_gaps_align_and_learn() -> anyhow::Result<()> {
+    init_tracing();
+    let builder = Fleet::digits("align_heterogeneous", 3, 5)?.rounds(3);
+    let gappy = with_gaps(
+        &shared_data(HETEROGENEOUS[2])?,
+        &builder.dir().join("city_service_gaps.csv"),
+        5,
+    )?;
+    let mut paths: Vec<PathBuf> = HETEROGENEOUS[..2]
+        .iter()
+        .map(|p| shared_data(p))
+        .collect::<anyhow::Result<_>>()?;
+    paths.push(gappy);
+    let test_csv = shared_data("taxi/other.csv")?;
+    let mut builder = builder.server(|s| aligning(s, test_csv));
+    for (i, path) in paths.into_iter().enumerate() {
+        builder = builder.agent(i, |a| {
+            a.data = DataConfig {
+                path,
+                label: "tip".into(),
+                task: TaskKind::Classification,
+            }
+        });
+    }
+    let mut fleet = builder.start().await?;
+    let rounds = fleet.next_rounds(3, 120).await?;
+    let summary = fleet.finish().await?;
+    assert!(summary.rejections.is_empty(), "{:?}", summary.rejections);
+    for r in &rounds {
+        assert_eq!(
+            (r.status.as_str(), r.clients_reported, r.clients_failed),
+            ("finished", 3, 0),
+            "{r:#?}"
+        );
+        assert!(r.accuracy.is_some_and(|a| a > 0.8), "{r:#?}");
+    }
+
+    // The stored model's pipeline is the union of the vehicles' columns.
+    let store = fleet.store()?;
+    let version = store.load_version(&rounds[0].base_version)?;
+    let spec = &version.spec;
+    assert_eq!(
+        spec.feature_names(),
+        ["distance", "dow", "hour", "local", "month"]
+    );
+    assert_eq!(spec.classes, ["no", "yes"]);
+    use convoy_tests::api::Encoding;
+    for f in &spec.features {
+        match (f.name.as_str(), &f.encoding) {
+            // every numeric column is missing somewhere: a presence input
+            ("distance" | "hour", Encoding::Numeric { mask, .. }) => assert!(mask, "{f:?}"),
+            ("dow", Encoding::Categorical { vocabulary }) => assert_eq!(vocabulary.len(), 7),
+            ("month", Encoding::Categorical { vocabulary }) => assert_eq!(vocabulary.len(), 4),
+            ("local", Encoding::Categorical { vocabulary }) => {
+                let mut v = vocabulary.clone();
+                v.sort();
+                assert_eq!(v, ["no", "yes"]);
+            }
+            other => panic!("unexpected encoding {other:?}"),
+        }
+    }
+    // distance: 2 + 1 masked numbers; dow 7+1, hour 2, local 2+1, month 4+1
+    assert_eq!(spec.inputs(), 2 + 8 + 2 + 3 + 5);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_column_types_stop_alignment_naming_the_vehicles() -> anyhow::Result<()> {
+    init_tracing();
+    let builder = Fleet::digits("align_conflict", 2, 5)?;
+    let numeric = builder.dir().join("numeric.csv");
+    let text = builder.dir().join("text.csv");
+    std::fs::write(&numeric, "hour,tip\n7,yes\n8,no\n9,yes\n")?;
+    std::fs::write(&text, "hour,tip\n7am,yes\n8am,no\n9am,yes\n")?;
+    let test_csv = numeric.clone();
+    let mut builder = builder.server(|s| aligning(s, test_csv));
+    for (i, path) in [numeric, text].into_iter().enumerate() {
+        builder = builder.agent(i, |a| {
+            a.data = DataConfig {
+                path,
+                label: "tip".into(),
+                task: TaskKind::Classification,
+            }
+        });
+    }
+    let mut fleet = builder.start().await?;
+    let err = fleet
+        .server_finished()
+        .await
+        .expect_err("alignment must fail");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("\"hour\" is numeric on car-0 but text on car-1")
+            && err.contains("align.categorical"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// Trip distance in hundredths of a mile (values in the hundreds) from the
+/// other columns: the unscaled target the old recipe diverged on.
+fn hundredths(source: &Path, out: &Path) -> anyhow::Result<(PathBuf, Vec<f64>)> {
+    let text = std::fs::read_to_string(source)?;
+    let mut written = String::from("local,dow,month,hour,distance_cmi\n");
+    let mut targets = Vec::new();
+    for line in text.lines().skip(1) {
+        let c: Vec<&str> = line.split(',').collect();
+        let target = (c[0].parse::<f64>()? * 100.0).round();
+        targets.push(target);
+        written.push_str(&format!("{},{},{},{},{target}\n", c[1], c[2], c[3], c[4]));
+    }
+    std::fs::write(out, written)?;
+    Ok((out.to_path_buf(), targets))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unscaled_regression_trains_with_the_default_recipe() -> anyhow::Result<()> {
+    init_tracing();
+    let builder = Fleet::digits("align_regression", 2, 5)?.rounds(4);
+    let dir = builder.dir().to_path_buf();
+    let (test_csv, test_targets) =
+        hundredths(&shared_data("taxi/other.csv")?, &dir.join("test.csv"))?;
+    let mut builder = builder.server(|s| aligning(s, test_csv));
+    for (i, company) in ["flash_cab", "sun_taxi"].into_iter().enumerate() {
+        let (path, _) = hundredths(
+            &shared_data(&format!("taxi/{company}.csv"))?,
+            &dir.join(format!("{company}.csv")),
+        )?;
+        builder = builder.agent(i, |a| {
+            a.data = DataConfig {
+                path,
+                label: "distance_cmi".into(),
+                task: TaskKind::Regression,
+            }
+        });
+    }
+    let mut fleet = builder.start().await?;
+    let rounds = fleet.next_rounds(4, 120).await?;
+    fleet.finish().await?;
+    let mean = test_targets.iter().sum::<f64>() / test_targets.len() as f64;
+    let std = (test_targets.iter().map(|t| (t - mean).powi(2)).sum::<f64>()
+        / test_targets.len() as f64)
+        .sqrt();
+    assert!(std > 100.0, "the target is unscaled: std {std}");
+    for r in &rounds {
+        assert_eq!(
+            (r.status.as_str(), r.clients_failed),
+            ("finished", 0),
+            "no divergence: {r:#?}"
+        );
+    }
+    let rmse = rounds[3].rmse.expect("evaluated");
+    assert!(
+        rmse.is_finite() && rmse < std,
+        "RMSE {rmse} should beat predicting the mean ({std})"
+    );
+    Ok(())
+}
