@@ -190,6 +190,7 @@ pub async fn run_prepared(
     let mut systemd = Systemd::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut align_rejections = RejectionCounts::new();
+    let mut seen_statuses = Vec::new();
     let (store, current) = match (stored, spec) {
         (Some(v), _) => (store, v),
         (None, Some(spec)) => {
@@ -207,19 +208,29 @@ pub async fn run_prepared(
                         return Err(e);
                     }
                 };
-            let Some((spec, store, rejections)) = aligned else {
+            let Some(aligned) = aligned else {
                 link.close().await;
                 return Ok(RunSummary::default());
             };
-            align_rejections = rejections;
-            let v = initial_version(&store, spec, &task, &test)?;
-            (store, v)
+            align_rejections = aligned.rejections;
+            seen_statuses = aligned.statuses;
+            let v = initial_version(&aligned.store, aligned.spec, &task, &test)?;
+            (aligned.store, v)
         }
     };
     let spec = current.spec.clone();
     let test = test.build(&spec)?;
     let mut coordinator = Coordinator::new(config, key, store, clock, spec, test, current)?;
     systemd.ready("coordinating rounds");
+    for status in seen_statuses {
+        carry_out(
+            &mut coordinator,
+            Input::from(status),
+            &link.client,
+            observer.as_ref(),
+        )
+        .await?;
+    }
     let result = loop {
         let input = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -258,6 +269,15 @@ pub async fn run_prepared(
     })
 }
 
+/// What the alignment rounds leave for the coordinator.
+struct Aligned {
+    spec: ModelSpec,
+    store: Store,
+    rejections: RejectionCounts,
+    /// Vehicles' newest statuses, seen while aligning.
+    statuses: Vec<link::LinkEvent>,
+}
+
 /// Runs the alignment rounds until the fleet's spec is fixed (`None`: shut
 /// down first).
 async fn align_fleet(
@@ -266,14 +286,19 @@ async fn align_fleet(
     tick: &mut tokio::time::Interval,
     systemd: &mut Systemd,
     shutdown: &CancellationToken,
-) -> Result<Option<(ModelSpec, Store, RejectionCounts)>, ServerError> {
+) -> Result<Option<Aligned>, ServerError> {
     let mut out = aligner.start()?;
     loop {
         link.client.publish_all(out.drain(..)).await;
         if let Some(spec) = aligner.spec() {
             let spec = spec.clone();
-            let (store, rejections) = aligner.into_parts();
-            return Ok(Some((spec, store, rejections)));
+            let (store, rejections, statuses) = aligner.into_parts();
+            return Ok(Some(Aligned {
+                spec,
+                store,
+                rejections,
+                statuses,
+            }));
         }
         out = tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),

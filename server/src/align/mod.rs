@@ -49,7 +49,13 @@ pub struct Aligner {
     failed: BTreeMap<String, String>,
     rejections: RejectionCounts,
     spec: Option<ModelSpec>,
+    /// The newest status message of each vehicle, handed to the coordinator
+    /// afterwards so it knows who is online without waiting for heartbeats.
+    statuses: BTreeMap<String, LinkEvent>,
 }
+
+/// Most statuses kept for the coordinator (one per vehicle).
+const MAX_STATUSES: usize = 100_000;
 
 impl Aligner {
     /// An aligner for `config`'s fleet; [`Aligner::start`] sends the first request.
@@ -75,6 +81,7 @@ impl Aligner {
             failed: BTreeMap::new(),
             rejections: RejectionCounts::new(),
             spec: None,
+            statuses: BTreeMap::new(),
         })
     }
 
@@ -125,9 +132,14 @@ impl Aligner {
         self.spec.as_ref()
     }
 
-    /// Hands back the store, and the rejections counted.
-    pub fn into_parts(self) -> (Store, RejectionCounts) {
-        (self.store, self.rejections)
+    /// Hands back the store, the rejections counted and the newest status
+    /// message of each vehicle (for the coordinator to read).
+    pub fn into_parts(self) -> (Store, RejectionCounts, Vec<LinkEvent>) {
+        (
+            self.store,
+            self.rejections,
+            self.statuses.into_values().collect(),
+        )
     }
 
     /// The current request, signed and retained.
@@ -157,6 +169,18 @@ impl Aligner {
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Outgoing>, ServerError> {
+        if let Some((ClientTopic::Status, _)) = topics::parse_client(&self.config.fleet, topic) {
+            // not read here: the coordinator checks it once alignment is done
+            if self.statuses.len() < MAX_STATUSES || self.statuses.contains_key(topic) {
+                let event = LinkEvent::Message {
+                    topic: topic.to_string(),
+                    payload: bytes::Bytes::copy_from_slice(payload),
+                    retain: false,
+                };
+                self.statuses.insert(topic.to_string(), event);
+            }
+            return Ok(Vec::new());
+        }
         if self.spec.is_some() {
             return Ok(Vec::new());
         }
