@@ -79,6 +79,27 @@ pub struct DataConfig {
     /// `classification` or `regression`.
     #[serde(default)]
     pub task: TaskKind,
+    /// Share of the rows kept out of training: each round the fleet's new
+    /// model is scored on them and the score reported with the update
+    /// (0: no held-out rows).
+    #[serde(default = "default_holdout")]
+    pub holdout: f64,
+}
+
+fn default_holdout() -> f64 {
+    0.2
+}
+
+impl DataConfig {
+    /// `path`'s `label` for `task`, with the default held-out share.
+    pub fn new(path: impl Into<PathBuf>, label: &str, task: TaskKind) -> Self {
+        Self {
+            path: path.into(),
+            label: label.to_string(),
+            task,
+            holdout: default_holdout(),
+        }
+    }
 }
 
 /// Where training may run.
@@ -186,6 +207,12 @@ impl AgentConfig {
             return Err(ConfigError::Invalid(format!(
                 "training.ack_timeout_secs {} must be 1 to 86400",
                 self.training.ack_timeout_secs
+            )));
+        }
+        if !(0.0..=0.9).contains(&self.data.holdout) {
+            return Err(ConfigError::Invalid(format!(
+                "data.holdout {} must be 0 to 0.9",
+                self.data.holdout
             )));
         }
         self.policy.validate().map_err(ConfigError::Invalid)?;

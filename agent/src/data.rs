@@ -68,6 +68,8 @@ pub enum Source {
     },
     /// Rows already normalised.
     Prepared(Arc<Dataset>),
+    /// The set an earlier round built for the same spec.
+    Cached(TrainingSet),
 }
 
 /// Reads the vehicle's CSV and checks it has the label column.
@@ -92,11 +94,34 @@ pub fn load_configured(config: &AgentConfig) -> Result<Table, AgentError> {
     load_table(&config.data.path, &config.data.label)
 }
 
-/// Builds the training set for `spec`; the table, when handed over whole,
-/// is turned into it in place.
-pub fn build(source: Source, spec: &ModelSpec) -> Result<Arc<Dataset>, AgentError> {
+/// The rows a round trains on, and the rows held out to score the fleet's
+/// model on.
+#[derive(Debug, Clone)]
+pub struct TrainingSet {
+    /// Training rows.
+    pub train: Arc<Dataset>,
+    /// Held-out rows (`data.holdout` of them), if any.
+    pub holdout: Option<Arc<Dataset>>,
+}
+
+/// Builds the training set for `spec`, holding out `holdout` of the rows
+/// (chosen by `seed`, the same each round); the table, when handed over
+/// whole, is turned into it in place. Rows prepared in memory (the
+/// simulator's) are all trained on.
+pub fn build(
+    source: Source,
+    spec: &ModelSpec,
+    holdout: f64,
+    seed: u64,
+) -> Result<TrainingSet, AgentError> {
     let (table, path) = match source {
-        Source::Prepared(data) if data.dims() == spec.inputs() => return Ok(data),
+        Source::Cached(set) => return Ok(set),
+        Source::Prepared(data) if data.dims() == spec.inputs() => {
+            return Ok(TrainingSet {
+                train: data,
+                holdout: None,
+            });
+        }
         Source::Prepared(data) => {
             return Err(AgentError::Data {
                 path: "prepared data".into(),
@@ -119,7 +144,11 @@ pub fn build(source: Source, spec: &ModelSpec) -> Result<Arc<Dataset>, AgentErro
         message: e.to_string(),
     })?;
     if !built.missing_features.is_empty() {
-        tracing::warn!(missing = ?built.missing_features, "data lacks model features; imputing their mean");
+        tracing::info!(missing = ?built.missing_features, "data lacks some of the fleet's columns; they are encoded as missing");
     }
-    Ok(Arc::new(built))
+    let (train, held) = built.split_holdout(holdout, seed);
+    Ok(TrainingSet {
+        train: Arc::new(train),
+        holdout: held.map(Arc::new),
+    })
 }

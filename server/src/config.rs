@@ -470,7 +470,26 @@ mod tests {
         assert_eq!(c.rounds, RoundConfig::default());
         assert_eq!(c.broker, ServerBroker::default());
         assert_eq!(c.training, Recipe::default());
+        assert_eq!(c.model, ModelConfig::default());
+        assert_eq!(c.align, AlignConfig::default());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn an_empty_config_needs_no_data() {
+        let c: ServerConfig = toml::from_str("").unwrap();
+        assert_eq!(c.model.schema_csv, None);
+        c.validate().unwrap();
+        let half: ServerConfig = toml::from_str("[model]\nschema_csv = \"s.csv\"\n").unwrap();
+        let err = half.validate().unwrap_err().to_string();
+        assert!(err.contains("model.label"), "{err}");
+        let bad: ServerConfig = toml::from_str("[align]\nmax_categories = 0\n").unwrap();
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_categories")
+        );
     }
 
     #[test]

@@ -33,6 +33,15 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// The base model's score on the vehicles' held-out rows, or `-`.
+fn on_vehicles(accuracy: Option<f64>, rmse: Option<f64>) -> String {
+    match (accuracy, rmse) {
+        (Some(a), _) => format!("{:.2}%", a * 100.0),
+        (None, Some(e)) => format!("{e:.4}"),
+        _ => "-".into(),
+    }
+}
+
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}"))
         .unwrap_or_else(|| "-".into())
@@ -143,6 +152,7 @@ pub fn rounds(db: &Path, format: Format) -> Result<String, StoreError> {
                 "loss",
                 "accuracy",
                 "rmse",
+                "on_vehicles",
                 "codec",
                 "down_codec",
             ];
@@ -172,6 +182,7 @@ pub fn rounds(db: &Path, format: Format) -> Result<String, StoreError> {
                             .map(|a| format!("{:.2}%", a * 100.0))
                             .unwrap_or_else(|| "-".into()),
                         opt(r.rmse, 4),
+                        on_vehicles(r.holdout_accuracy, r.holdout_rmse),
                         r.codec.clone(),
                         r.downlink_codec.clone(),
                     ]
@@ -221,6 +232,7 @@ pub fn clients(db: &Path, round: u64, format: Format) -> Result<String, StoreErr
                 "loss",
                 "flops",
                 "flops_predicted",
+                "on_vehicle",
                 "device",
                 "reason",
             ];
@@ -240,6 +252,7 @@ pub fn clients(db: &Path, round: u64, format: Format) -> Result<String, StoreErr
                         opt(c.loss, 4),
                         c.flops.to_string(),
                         c.flops_predicted.to_string(),
+                        on_vehicles(c.holdout_accuracy, c.holdout_rmse),
                         if c.device.is_empty() {
                             "-".into()
                         } else {

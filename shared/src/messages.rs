@@ -122,6 +122,10 @@ pub struct TrainStats {
     pub encode_seconds: f64,
     /// L2 norm of the error-feedback residual left after encoding.
     pub residual_norm: f64,
+    /// The round's base model (the fleet's newest) on the vehicle's own
+    /// held-out rows, measured before training: how the global model does
+    /// where the data is, with no test set on the server.
+    pub holdout: Option<crate::eval::Evaluation>,
 }
 
 /// The reassembled update payload.

@@ -112,11 +112,11 @@ impl Scenario {
             state_dir: self.dir.path().join(format!("car-{i}.state")),
             broker: link(broker_url),
             identity: Default::default(),
-            data: DataConfig {
-                path: self.client_csvs[i].clone(),
-                label: "digit".into(),
-                task: TaskKind::Classification,
-            },
+            data: DataConfig::new(
+                self.client_csvs[i].clone(),
+                "digit",
+                TaskKind::Classification,
+            ),
             training: TrainingConfig {
                 ack_timeout_secs: 2,
                 ..Default::default()

@@ -66,11 +66,7 @@ async fn vehicles_with_different_columns_and_gaps_align_and_learn() -> anyhow::R
     let mut builder = builder.server(|s| aligning(s, test_csv));
     for (i, path) in paths.into_iter().enumerate() {
         builder = builder.agent(i, |a| {
-            a.data = DataConfig {
-                path,
-                label: "tip".into(),
-                task: TaskKind::Classification,
-            }
+            a.data = DataConfig::new(path, "tip", TaskKind::Classification)
         });
     }
     let mut fleet = builder.start().await?;
@@ -127,11 +123,7 @@ async fn conflicting_column_types_stop_alignment_naming_the_vehicles() -> anyhow
     let mut builder = builder.server(|s| aligning(s, test_csv));
     for (i, path) in [numeric, text].into_iter().enumerate() {
         builder = builder.agent(i, |a| {
-            a.data = DataConfig {
-                path,
-                label: "tip".into(),
-                task: TaskKind::Classification,
-            }
+            a.data = DataConfig::new(path, "tip", TaskKind::Classification)
         });
     }
     let mut fleet = builder.start().await?;
@@ -178,11 +170,7 @@ async fn unscaled_regression_trains_with_the_default_recipe() -> anyhow::Result<
             &dir.join(format!("{company}.csv")),
         )?;
         builder = builder.agent(i, |a| {
-            a.data = DataConfig {
-                path,
-                label: "distance_cmi".into(),
-                task: TaskKind::Regression,
-            }
+            a.data = DataConfig::new(path, "distance_cmi", TaskKind::Regression)
         });
     }
     let mut fleet = builder.start().await?;

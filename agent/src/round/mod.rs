@@ -30,7 +30,6 @@ use crate::status;
 use convoy_runtime::clock::SharedClock;
 use convoy_runtime::link::{LinkEvent, Outgoing};
 use convoy_shared::codec::Pipeline;
-use convoy_shared::dataset::Dataset;
 use convoy_shared::messages::{self, AgentState, Announce, FailureReport};
 use convoy_shared::topics::{self, ClientTopic, Topic};
 use convoy_shared::wire::{self, Kind, WireError};
@@ -206,7 +205,7 @@ pub struct Agent {
     round: Round,
     outbox: Option<Outbox>,
     /// The training set of the last spec (kept while a paused round waits).
-    dataset: Option<([u8; 32], Arc<Dataset>)>,
+    dataset: Option<([u8; 32], crate::data::TrainingSet)>,
     policy: Policy,
     /// Set while the policy forbids training; the training thread pauses at
     /// its next batch.

@@ -44,11 +44,7 @@ fn config(dir: &std::path::Path) -> AgentConfig {
         state_dir: dir.join("state"),
         broker: Default::default(),
         identity: Default::default(),
-        data: DataConfig {
-            path: dir.join("data.csv"),
-            label: "y".into(),
-            task: TaskKind::Classification,
-        },
+        data: DataConfig::new(dir.join("data.csv"), "y", TaskKind::Classification),
         training: TrainingConfig {
             ack_timeout_secs: 5,
             ..Default::default()

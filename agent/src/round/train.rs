@@ -3,13 +3,12 @@
 //! own; the machine only decides when, and what to do with the outcome.
 
 use super::{Action, Agent, Ready, Round};
-use crate::data::{self, Source};
+use crate::data::{self, Source, TrainingSet};
 use crate::encode::{self, Encoding};
 use crate::error::AgentError;
 use crate::policy;
 use crate::state::{PendingUpdate, StoredCheckpoint};
 use crate::trainer::{self, Checkpoint, Job, TrainError};
-use convoy_shared::dataset::Dataset;
 use convoy_shared::messages::AgentState;
 use std::fmt;
 use std::sync::Arc;
@@ -33,7 +32,7 @@ pub struct TrainingDone {
     /// What came of it.
     pub result: Result<Finished, TrainError>,
     /// The training set it used, keyed by spec hash (kept for a resume).
-    pub dataset: Option<([u8; 32], Arc<Dataset>)>,
+    pub dataset: Option<([u8; 32], TrainingSet)>,
 }
 
 /// A training job for the I/O loop to run on its own thread.
@@ -122,7 +121,7 @@ impl Agent {
         };
         let key = ready.announce.manifest.spec_hash;
         let source = match &self.dataset {
-            Some((k, data)) if *k == key => Source::Prepared(data.clone()),
+            Some((k, set)) if *k == key => Source::Cached(set.clone()),
             _ => {
                 // Drop the previous training set before building the next one.
                 self.dataset = None;
@@ -134,12 +133,14 @@ impl Agent {
         let task = ready.announce.task.clone();
         let base = ready.model.params.clone();
         let limits = self.config.training.clone();
+        let holdout = self.config.data.holdout;
+        let holdout_seed = training_seed(&self.config.client_id, 0);
         let pause = self.pause.clone();
         let cancel = Arc::new(AtomicBool::new(false));
         let thread_cancel = cancel.clone();
         let work = move || {
-            let data = match data::build(source, &spec) {
-                Ok(d) => d,
+            let set = match data::build(source, &spec, holdout, holdout_seed) {
+                Ok(set) => set,
                 Err(e) => {
                     return TrainingDone {
                         round,
@@ -148,11 +149,17 @@ impl Agent {
                     };
                 }
             };
+            // the fleet's newest model, scored where the data is
+            let scored = set.holdout.as_ref().and_then(|rows| {
+                convoy_shared::eval::evaluate(&spec, &base, rows, &burn::prelude::Device::flex())
+                    .map_err(|e| tracing::warn!(error = %e, "held-out rows not scored"))
+                    .ok()
+            });
             let job = Job {
                 spec,
                 base,
                 task,
-                data: data.clone(),
+                data: set.train.clone(),
                 seed,
             };
             let should_pause = |_: u64| pause.load(Ordering::Relaxed);
@@ -164,7 +171,8 @@ impl Agent {
                 resume.as_ref(),
             )
             .and_then(|progress| match progress {
-                trainer::Progress::Done(trained) => {
+                trainer::Progress::Done(mut trained) => {
+                    trained.stats.holdout = scored;
                     let (pending, secs) =
                         encode::encode(trained, &job.base, job.data.len() as u64, &encoding)?;
                     Ok(Finished::Update(pending, secs))
@@ -174,7 +182,7 @@ impl Agent {
             TrainingDone {
                 round,
                 result,
-                dataset: Some((key, data)),
+                dataset: Some((key, set)),
             }
         };
         out.push(Action::Train(TrainOrder {

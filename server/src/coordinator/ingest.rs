@@ -416,6 +416,19 @@ impl Coordinator {
         if !(stats.loss.is_finite() && times.iter().all(|t| t.is_finite() && *t >= 0.0)) {
             return Err(Rejection::NonFiniteStats);
         }
+        if let Some(h) = &stats.holdout {
+            let fine = |v: Option<f64>, max: f64| {
+                v.is_none_or(|v| v.is_finite() && (0.0..=max).contains(&v))
+            };
+            let in_bounds = h.samples <= self.config.rounds.max_samples
+                && h.loss.is_finite()
+                && fine(h.accuracy, 1.0)
+                && fine(h.rmse, f64::MAX)
+                && fine(h.mae, f64::MAX);
+            if !in_bounds {
+                return Err(Rejection::NonFiniteStats);
+            }
+        }
         Ok((update, decode_seconds))
     }
 }
@@ -497,6 +510,11 @@ fn fill_accepted(row: &mut ClientRow, update: &UpdateBody, bytes: u64, decode_se
     row.device = update.stats.device.clone();
     row.codec = update.codec.clone();
     row.residual_norm = Some(update.stats.residual_norm);
+    if let Some(h) = &update.stats.holdout {
+        row.holdout_samples = h.samples;
+        row.holdout_accuracy = h.accuracy;
+        row.holdout_rmse = h.rmse;
+    }
     row.encode_seconds = update.stats.encode_seconds;
     row.decode_seconds = decode_seconds;
 }

@@ -412,6 +412,26 @@ fn round_totals(r: &OpenRound, downlink_codec: &str) -> RoundRow {
         decode_seconds: accepted.iter().map(|c| c.decode_seconds).sum(),
         bytes_up_raw: accepted.iter().map(|c| c.bytes_up_raw).sum(),
         started_at: crate::store::iso8601(r.started_ms),
+        ..holdout_totals(&accepted)
+    }
+}
+
+/// The base model's scores on the vehicles' held-out rows, pooled:
+/// accuracy weighted by rows, RMSE from the summed squared errors.
+fn holdout_totals(accepted: &[&ClientRow]) -> RoundRow {
+    let scored = |f: fn(&ClientRow) -> Option<f64>| -> Option<f64> {
+        let with: Vec<(f64, f64)> = accepted
+            .iter()
+            .filter_map(|c| f(c).map(|v| (c.holdout_samples as f64, v)))
+            .filter(|(n, _)| *n > 0.0)
+            .collect();
+        let n: f64 = with.iter().map(|(n, _)| n).sum();
+        (n > 0.0).then(|| with.iter().map(|(k, v)| k * v).sum::<f64>() / n)
+    };
+    RoundRow {
+        holdout_samples: accepted.iter().map(|c| c.holdout_samples).sum(),
+        holdout_accuracy: scored(|c| c.holdout_accuracy),
+        holdout_rmse: scored(|c| c.holdout_rmse.map(|r| r * r)).map(f64::sqrt),
         ..Default::default()
     }
 }

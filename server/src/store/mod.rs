@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     train_seconds_sum REAL NOT NULL DEFAULT 0, train_seconds_max REAL NOT NULL DEFAULT 0,
     samples INTEGER NOT NULL DEFAULT 0, steps INTEGER NOT NULL DEFAULT 0,
     flops INTEGER NOT NULL DEFAULT 0, loss REAL, eval_loss REAL, accuracy REAL, rmse REAL,
-    started_ms INTEGER NOT NULL, finished_ms INTEGER);
+    started_ms INTEGER NOT NULL, finished_ms INTEGER,
+    holdout_samples INTEGER NOT NULL DEFAULT 0, holdout_accuracy REAL, holdout_rmse REAL);
 CREATE TABLE IF NOT EXISTS ledger (
     round INTEGER NOT NULL, client TEXT NOT NULL, status TEXT NOT NULL,
     samples INTEGER NOT NULL, bytes_up INTEGER NOT NULL, wire_bytes_up INTEGER NOT NULL,
@@ -81,6 +82,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     update_norm REAL, reason TEXT, bytes_up_raw INTEGER NOT NULL DEFAULT 0, residual_norm REAL,
     encode_seconds REAL NOT NULL DEFAULT 0, decode_seconds REAL NOT NULL DEFAULT 0,
     flops_predicted INTEGER NOT NULL DEFAULT 0,
+    holdout_samples INTEGER NOT NULL DEFAULT 0, holdout_accuracy REAL, holdout_rmse REAL,
     PRIMARY KEY (round, client));
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, round INTEGER, client TEXT,
@@ -186,6 +188,16 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         conn.execute_batch(
             "ALTER TABLE rounds ADD COLUMN clients_failed INTEGER NOT NULL DEFAULT 0",
         )?;
+    }
+    // on-vehicle scores of each round's base model
+    for table in ["ledger", "rounds"] {
+        if !has(table, "holdout_samples")? {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN holdout_samples INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE {table} ADD COLUMN holdout_accuracy REAL;
+                 ALTER TABLE {table} ADD COLUMN holdout_rmse REAL;"
+            ))?;
+        }
     }
     Ok(())
 }

@@ -67,6 +67,12 @@ pub struct RoundRow {
     pub accuracy: Option<f64>,
     /// Test RMSE (regression).
     pub rmse: Option<f64>,
+    /// Held-out rows the reporting vehicles scored this round's base model on.
+    pub holdout_samples: u64,
+    /// The base model's accuracy over them, sample-weighted across vehicles.
+    pub holdout_accuracy: Option<f64>,
+    /// The base model's RMSE over them (pooled), in the target's units.
+    pub holdout_rmse: Option<f64>,
     /// ISO-8601 UTC.
     pub started_at: String,
     /// ISO-8601 UTC.
@@ -128,6 +134,12 @@ pub struct ClientRow {
     pub decode_seconds: f64,
     /// Why refused, when refused.
     pub reason: Option<String>,
+    /// Held-out rows the vehicle scored the round's base model on.
+    pub holdout_samples: u64,
+    /// The base model's accuracy on them (classification).
+    pub holdout_accuracy: Option<f64>,
+    /// The base model's RMSE on them, in the target's units (regression).
+    pub holdout_rmse: Option<f64>,
 }
 
 /// The ledger's columns, in the order [`client_from_sql`] and
@@ -135,7 +147,7 @@ pub struct ClientRow {
 pub(super) const LEDGER_COLUMNS: &str = "round, client, status, samples, bytes_up, wire_bytes_up, chunks_up, retries, \
     bytes_down, wire_bytes_down, chunks_down, train_seconds, steps, epochs, loss, flops, bytes_up_predicted, \
     device, codec, update_norm, reason, bytes_up_raw, residual_norm, encode_seconds, decode_seconds, \
-    flops_predicted";
+    flops_predicted, holdout_samples, holdout_accuracy, holdout_rmse";
 
 pub(super) fn client_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRow> {
     let count = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
@@ -166,11 +178,14 @@ pub(super) fn client_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientR
         encode_seconds: r.get(23)?,
         decode_seconds: r.get(24)?,
         flops_predicted: count(25)?,
+        holdout_samples: count(26)?,
+        holdout_accuracy: r.get(27)?,
+        holdout_rmse: r.get(28)?,
     })
 }
 
 pub(super) fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
-    let marks: Vec<String> = (1..=26).map(|i| format!("?{i}")).collect();
+    let marks: Vec<String> = (1..=29).map(|i| format!("?{i}")).collect();
     let sql = format!(
         "INSERT OR REPLACE INTO ledger ({LEDGER_COLUMNS}) VALUES ({})",
         marks.join(", ")
@@ -204,6 +219,9 @@ pub(super) fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), Stor
             c.encode_seconds,
             c.decode_seconds,
             c.flops_predicted as i64,
+            c.holdout_samples as i64,
+            c.holdout_accuracy,
+            c.holdout_rmse,
         ],
     )?;
     Ok(())
@@ -214,7 +232,8 @@ pub(super) const ROUND_COLUMNS: &str = "round, status, base_version, model_versi
     clients_selected, clients_reported, clients_late, bytes_up, bytes_down, wire_bytes_up, \
     wire_bytes_down, bytes_up_raw, bytes_up_predicted, train_seconds_sum, train_seconds_max, samples, \
     steps, flops, loss, eval_loss, accuracy, rmse, started_ms, finished_ms, bytes_down_raw, \
-    downlink_codec, encode_seconds, decode_seconds, clients_failed";
+    downlink_codec, encode_seconds, decode_seconds, clients_failed, holdout_samples, holdout_accuracy, \
+    holdout_rmse";
 
 pub(super) fn round_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoundRow> {
     let count = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
@@ -249,6 +268,9 @@ pub(super) fn round_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoundRow
         encode_seconds: r.get(27)?,
         decode_seconds: r.get(28)?,
         clients_failed: count(29)?,
+        holdout_samples: count(30)?,
+        holdout_accuracy: r.get(31)?,
+        holdout_rmse: r.get(32)?,
         compression_up: None,
     };
     row.compression_up = (row.bytes_up > 0).then(|| row.bytes_up_raw as f64 / row.bytes_up as f64);
@@ -267,7 +289,8 @@ pub(super) fn update_round(
          bytes_up_raw = ?11, bytes_up_predicted = ?12, train_seconds_sum = ?13, train_seconds_max = ?14,
          samples = ?15, steps = ?16, flops = ?17, loss = ?18, eval_loss = ?19, accuracy = ?20, rmse = ?21,
          finished_ms = ?22, bytes_down_raw = ?23, downlink_codec = ?24, encode_seconds = ?25,
-         decode_seconds = ?26, clients_failed = ?27 WHERE round = ?1",
+         decode_seconds = ?26, clients_failed = ?27, holdout_samples = ?28, holdout_accuracy = ?29,
+         holdout_rmse = ?30 WHERE round = ?1",
         params![
             row.round as i64, row.status, row.model_version, row.clients_selected as i64,
             row.clients_reported as i64, row.clients_late as i64, row.bytes_up as i64, row.bytes_down as i64,
@@ -275,7 +298,8 @@ pub(super) fn update_round(
             row.bytes_up_predicted as i64, row.train_seconds_sum, row.train_seconds_max, row.samples as i64,
             row.steps as i64, row.flops as i64, row.loss, row.eval_loss, row.accuracy, row.rmse,
             finished_ms as i64, row.bytes_down_raw as i64, row.downlink_codec, row.encode_seconds,
-            row.decode_seconds, row.clients_failed as i64,
+            row.decode_seconds, row.clients_failed as i64, row.holdout_samples as i64,
+            row.holdout_accuracy, row.holdout_rmse,
         ],
     )?;
     Ok(())

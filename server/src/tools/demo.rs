@@ -192,11 +192,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         let rows: Vec<usize> = part.iter().map(|r| train_rows[*r]).collect();
         write_rows(&data, &table, &rows)?;
         client_rows.push(rows.len());
-        let data = DataConfig {
-            path: data,
-            label: label.into(),
-            task: TaskKind::Classification,
-        };
+        let data = DataConfig::new(data, label, TaskKind::Classification);
         let state = work.join(format!("{id}.state"));
         agents.push((fleet::agent_config("demo", &id, &url, state, data)?, None));
     }

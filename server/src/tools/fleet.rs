@@ -134,11 +134,11 @@ pub fn agent_config(
 
 /// Data settings for agents fed in-memory rows.
 pub fn prepared_data_config(label: &str) -> DataConfig {
-    DataConfig {
-        path: Path::new("(in memory)").to_path_buf(),
-        label: label.into(),
-        task: TaskKind::Classification,
-    }
+    DataConfig::new(
+        Path::new("(in memory)").to_path_buf(),
+        label,
+        TaskKind::Classification,
+    )
 }
 
 /// Provisions the agents ([`provision`]), then runs `server` (with

@@ -194,6 +194,14 @@ impl Source {
     }
 }
 
+/// SplitMix64: a well-mixed hash of a counter.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Appends the inputs of one cell (`None`: the column is absent) encoded as
 /// `encoding` says.
 fn encode_cell(
@@ -343,6 +351,25 @@ impl Dataset {
             missing_features: self.missing_features.clone(),
             skipped_rows: 0,
         }
+    }
+
+    /// Splits off about `share` of the rows (each row by a hash of its index
+    /// and `seed`, so the same rows every time) as a held-out set; `None`
+    /// when that would leave either side empty.
+    pub fn split_holdout(self, share: f64, seed: u64) -> (Self, Option<Self>) {
+        if !(share > 0.0 && share < 1.0) || self.len() < 2 {
+            return (self, None);
+        }
+        let cut = (share * u32::MAX as f64) as u64;
+        let (held, kept): (Vec<usize>, Vec<usize>) =
+            (0..self.len()).partition(|i| (splitmix(seed ^ *i as u64) >> 32) < cut);
+        if held.is_empty() || kept.is_empty() {
+            return (self, None);
+        }
+        let holdout = self.subset(&held);
+        let mut train = self.subset(&kept);
+        train.skipped_rows = self.skipped_rows;
+        (train, Some(holdout))
     }
 
     /// Reads a CSV and builds a dataset for `spec`.
