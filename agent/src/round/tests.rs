@@ -705,3 +705,37 @@ fn an_unwritable_state_dir_costs_the_round_not_the_agent() {
     rig.train(actions);
     assert_eq!(rig.state().pending().unwrap().unwrap().round, 2);
 }
+
+#[test]
+fn held_out_rows_score_the_base_model_and_are_not_trained_on() {
+    for (holdout, scored) in [(0.25, true), (0.0, false)] {
+        let mut rig = rig_with(|c| c.data.holdout = holdout);
+        let initial = rig.initial();
+        let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+        rig.train(actions);
+        let pending = rig.state().pending().unwrap().expect("trained");
+        let body: convoy_shared::messages::UpdateBody =
+            postcard::from_bytes(&pending.body).unwrap();
+        match body.stats.holdout {
+            Some(h) if scored => {
+                assert!(h.samples > 0 && h.accuracy.is_some_and(|a| (0.0..=1.0).contains(&a)));
+                assert_eq!(body.samples + h.samples, 40, "every row is used once");
+                // the base model is scored: what the rebuilt initial model gets
+                let spec = &rig.spec;
+                let table = Table::read(csv().as_bytes()).unwrap();
+                let all = convoy_shared::dataset::Dataset::from_table(&table, spec).unwrap();
+                let (_, held) = all.split_holdout(holdout, super::train::training_seed(ME, 0));
+                let expected = convoy_shared::eval::evaluate(
+                    spec,
+                    &initial,
+                    &held.unwrap(),
+                    &burn::prelude::Device::flex(),
+                )
+                .unwrap();
+                assert_eq!(Some(h), Some(expected));
+            }
+            None if !scored => assert_eq!(body.samples, 40),
+            other => panic!("holdout {holdout}: {other:?}"),
+        }
+    }
+}

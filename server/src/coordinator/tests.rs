@@ -231,6 +231,18 @@ impl Rig {
         delta: &ParamSet,
         samples: u64,
     ) -> Vec<Input> {
+        self.scored_update(client, a, delta, samples, None)
+    }
+
+    /// An update whose vehicle scored the base model on its held-out rows.
+    fn scored_update(
+        &self,
+        client: &str,
+        a: &Announce,
+        delta: &ParamSet,
+        samples: u64,
+        holdout: Option<Evaluation>,
+    ) -> Vec<Input> {
         let codec = codec::by_name(&a.codec).unwrap();
         let body = UpdateBody {
             samples,
@@ -241,6 +253,7 @@ impl Rig {
                 loss: 0.7,
                 flops: 1234,
                 device: "cpu-flex".into(),
+                holdout,
                 ..Default::default()
             },
             codec: codec.name(),
@@ -935,4 +948,38 @@ fn a_foreign_message_on_the_round_topic_is_replaced_with_the_real_announcement()
         _ => unreachable!(),
     };
     assert!(rig.handle(message(topic.as_str(), ours)).is_empty());
+}
+
+#[test]
+fn vehicles_scores_of_the_base_model_are_kept_per_vehicle_and_pooled() {
+    let mut rig = rig();
+    let a = rig.open(&["car-1", "car-2"]);
+    let delta = ParamSet::zeros(&a.spec.layout());
+    let score = |accuracy: f64, samples: u64| Evaluation {
+        loss: 0.5,
+        accuracy: Some(accuracy),
+        rmse: None,
+        mae: None,
+        samples,
+    };
+    // out of range: refused, never counted
+    rig.send(rig.scored_update("car-1", &a, &delta, 10, Some(score(1.5, 5))));
+    assert_eq!(rig.rejected("non_finite"), 1);
+    rig.send(rig.scored_update("car-1", &a, &delta, 10, Some(score(0.5, 10))));
+    rig.send(rig.scored_update("car-2", &a, &delta, 10, Some(score(0.8, 30))));
+    let out = rig.handle(Input::Tick);
+    let row = closed(&out).expect("closed");
+    assert_eq!(row.holdout_samples, 40);
+    assert!(
+        (row.holdout_accuracy.unwrap() - 0.725).abs() < 1e-12,
+        "weighted by rows"
+    );
+    let stored = rig.coordinator.store.rounds().unwrap();
+    assert_eq!(stored[0].holdout_accuracy, row.holdout_accuracy);
+    let ledger = rig.coordinator.store.clients(1).unwrap();
+    let car2 = ledger.iter().find(|c| c.client == "car-2").unwrap();
+    assert_eq!(
+        (car2.holdout_samples, car2.holdout_accuracy),
+        (30, Some(0.8))
+    );
 }
