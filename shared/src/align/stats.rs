@@ -145,8 +145,8 @@ fn ranked(counts: &BTreeMap<String, u64>) -> Vec<&str> {
 pub enum ColumnStats {
     /// The vehicle does not log this column.
     Absent,
-    /// A numeric column.
-    Numeric(NumericStats),
+    /// A numeric column (boxed: its exact sums are 320 bytes).
+    Numeric(Box<NumericStats>),
     /// A categorical column.
     Categorical(CategoryStats),
 }
@@ -197,7 +197,7 @@ impl ColumnStats {
                         }
                     }
                 }
-                Ok(ColumnStats::Numeric(stats))
+                Ok(ColumnStats::Numeric(Box::new(stats)))
             }
             ColumnKind::Categorical => {
                 let mut stats = CategoryStats::default();
