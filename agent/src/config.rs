@@ -131,6 +131,11 @@ pub struct TrainingConfig {
     pub backend: Backend,
     /// Seconds to wait for the server's receipt before re-sending an update.
     pub ack_timeout_secs: u64,
+    /// SGD steps that fine-tune the output head of each round's base model
+    /// on this vehicle's rows, giving a personalised model kept in the state
+    /// directory (`personal.bin`) and scored beside the global one on the
+    /// held-out rows (0: no personalised head).
+    pub personal_steps: u32,
 }
 
 impl Default for TrainingConfig {
@@ -141,6 +146,7 @@ impl Default for TrainingConfig {
             max_batch: 0,
             backend: Backend::Auto,
             ack_timeout_secs: 10,
+            personal_steps: 0,
         }
     }
 }
@@ -213,6 +219,12 @@ impl AgentConfig {
             return Err(ConfigError::Invalid(format!(
                 "data.holdout {} must be 0 to 0.9",
                 self.data.holdout
+            )));
+        }
+        if self.training.personal_steps > 100_000 {
+            return Err(ConfigError::Invalid(format!(
+                "training.personal_steps {} must be 0 to 100000",
+                self.training.personal_steps
             )));
         }
         self.policy.validate().map_err(ConfigError::Invalid)?;

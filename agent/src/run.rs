@@ -129,6 +129,7 @@ pub async fn run_with_data(
                             round,
                             result: Err(TrainError::Thread("training thread died".into())),
                             dataset: None,
+                            personal: None,
                         }))
                     }
                 }
@@ -155,6 +156,7 @@ pub async fn run_with_data(
                             round,
                             result: Err(e),
                             dataset: None,
+                            personal: None,
                         }));
                         rx
                     }));

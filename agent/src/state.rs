@@ -50,6 +50,16 @@ pub enum StateError {
     },
 }
 
+/// A personalised model: the fleet's model of `base_version` with its
+/// output head fine-tuned on this vehicle's rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredPersonal {
+    /// The fleet model it was tuned from.
+    pub base_version: VersionId,
+    /// Its parameters (the base's layout).
+    pub params: ParamSet,
+}
+
 /// The base model the agent holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredModel {
@@ -212,6 +222,17 @@ impl StateDir {
     /// Replaces the stored base model.
     pub fn save_model(&self, model: &StoredModel) -> Result<(), StateError> {
         self.write("model.bin", model)
+    }
+
+    /// The vehicle's personalised model: the base `version` with its head
+    /// fine-tuned locally (`training.personal_steps`).
+    pub fn personal(&self) -> Result<Option<StoredPersonal>, StateError> {
+        self.read("personal.bin")
+    }
+
+    /// Replaces the personalised model.
+    pub fn save_personal(&self, personal: &StoredPersonal) -> Result<(), StateError> {
+        self.write("personal.bin", personal)
     }
 
     /// The unacknowledged update, if any.

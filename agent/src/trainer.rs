@@ -234,6 +234,46 @@ fn train_in_pool(
     }))
 }
 
+/// Fine-tunes only the output head of `base` for `steps` SGD steps on
+/// `data` (batches of the recipe's size, its learning rate, in a seeded
+/// order): the vehicle's personalised model.
+pub fn fine_tune_head(
+    spec: &ModelSpec,
+    base: &ParamSet,
+    data: &Dataset,
+    recipe: &Recipe,
+    steps: u32,
+    seed: u64,
+    limits: &TrainingConfig,
+) -> Result<ParamSet, TrainError> {
+    let device = crate::backend::select(limits.backend).device.autodiff();
+    let mut model = Mlp::from_params(spec, base, &device)?.freeze_trunk();
+    let clipping =
+        (recipe.clip_norm > 0.0).then_some(GradientClippingConfig::Norm(recipe.clip_norm));
+    let mut optim = SgdConfig::new().with_gradient_clipping(clipping).init();
+    let batch = cap(recipe.batch_size.max(1), limits.max_batch) as usize;
+    let mut done = 0;
+    let mut epoch = 0;
+    while done < steps && !data.is_empty() {
+        for indices in epoch_order(data.len(), seed, epoch).chunks(batch) {
+            if done == steps {
+                break;
+            }
+            let (x, y) = to_tensors(data.batch(indices), &device);
+            let loss = model.loss(x, &y, &device);
+            let value = loss.clone().into_scalar::<f32>();
+            if !value.is_finite() {
+                return Err(TrainError::Diverged(value));
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(recipe.lr as f64, model, grads);
+            done += 1;
+        }
+        epoch += 1;
+    }
+    Ok(model.to_params())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -233,6 +233,7 @@ pub fn clients(db: &Path, round: u64, format: Format) -> Result<String, StoreErr
                 "flops",
                 "flops_predicted",
                 "on_vehicle",
+                "personal",
                 "device",
                 "reason",
             ];
@@ -253,6 +254,7 @@ pub fn clients(db: &Path, round: u64, format: Format) -> Result<String, StoreErr
                         c.flops.to_string(),
                         c.flops_predicted.to_string(),
                         on_vehicles(c.holdout_accuracy, c.holdout_rmse),
+                        on_vehicles(c.personal_accuracy, c.personal_rmse),
                         if c.device.is_empty() {
                             "-".into()
                         } else {

@@ -126,6 +126,10 @@ pub struct TrainStats {
     /// held-out rows, measured before training: how the global model does
     /// where the data is, with no test set on the server.
     pub holdout: Option<crate::eval::Evaluation>,
+    /// The same rows scored by the vehicle's personalised model: the base
+    /// model with its output head fine-tuned locally
+    /// (`training.personal_steps`); none when the vehicle keeps no head.
+    pub personal: Option<crate::eval::Evaluation>,
 }
 
 /// The reassembled update payload.

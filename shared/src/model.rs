@@ -48,6 +48,16 @@ impl Mlp {
         })
     }
 
+    /// The same model with every layer but the last frozen: training moves
+    /// only the output head (a vehicle's personalised head).
+    pub fn freeze_trunk(mut self) -> Self {
+        let last = self.layers.len().saturating_sub(1);
+        for layer in &mut self.layers[..last] {
+            *layer = layer.clone().no_grad();
+        }
+        self
+    }
+
     /// Reads the parameters back into a flat set.
     pub fn to_params(&self) -> ParamSet {
         let mut tensors = Vec::with_capacity(self.layers.len() * 2);

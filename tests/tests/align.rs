@@ -82,13 +82,19 @@ async fn vehicles_with_different_columns_and_gaps_align_and_learn() -> anyhow::R
         assert!(r.accuracy.is_some_and(|a| a > 0.8), "{r:#?}");
         // every vehicle scored the round's base model on its own held-out
         // rows; round 1's base is the untrained initial model
-        assert!(r.holdout_samples > 0 && r.holdout_accuracy.is_some(), "{r:#?}");
+        assert!(
+            r.holdout_samples > 0 && r.holdout_accuracy.is_some(),
+            "{r:#?}"
+        );
         if r.round > 1 {
             assert!(r.holdout_accuracy.is_some_and(|a| a > 0.8), "{r:#?}");
         }
     }
     let car = &fleet.store()?.clients(1)?[0];
-    assert!(car.holdout_samples > 0 && car.holdout_accuracy.is_some(), "{car:#?}");
+    assert!(
+        car.holdout_samples > 0 && car.holdout_accuracy.is_some(),
+        "{car:#?}"
+    );
 
     // The stored model's pipeline is the union of the vehicles' columns.
     let store = fleet.store()?;
@@ -198,7 +204,10 @@ async fn unscaled_regression_trains_with_the_default_recipe() -> anyhow::Result<
     }
     let rmse = rounds[3].rmse.expect("evaluated");
     let on_vehicles = rounds[3].holdout_rmse.expect("scored on the vehicles");
-    assert!(on_vehicles.is_finite() && on_vehicles < 2.0 * std, "{on_vehicles}");
+    assert!(
+        on_vehicles.is_finite() && on_vehicles < 2.0 * std,
+        "{on_vehicles}"
+    );
     assert!(
         rmse.is_finite() && rmse < std,
         "RMSE {rmse} should beat predicting the mean ({std})"

@@ -739,3 +739,28 @@ fn held_out_rows_score_the_base_model_and_are_not_trained_on() {
         }
     }
 }
+
+#[test]
+fn a_personalised_head_is_tuned_kept_and_scored_beside_the_global_model() {
+    let mut rig = rig_with(|c| {
+        c.data.holdout = 0.25;
+        c.training.personal_steps = 30;
+    });
+    let initial = rig.initial();
+    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    rig.train(actions);
+    let pending = rig.state().pending().unwrap().expect("trained");
+    let body: convoy_shared::messages::UpdateBody = postcard::from_bytes(&pending.body).unwrap();
+    let (global, personal) = (body.stats.holdout.unwrap(), body.stats.personal.unwrap());
+    assert_eq!(global.samples, personal.samples, "the same held-out rows");
+    let kept = rig
+        .state()
+        .personal()
+        .unwrap()
+        .expect("kept in the state directory");
+    assert_eq!(kept.base_version, pending.base_version);
+    // only the head moved: the trunk is the fleet's
+    let (trunk, head) = kept.params.tensors.split_at(2);
+    assert_eq!(trunk, &initial.tensors[..2]);
+    assert_ne!(head, &initial.tensors[2..]);
+}

@@ -7,9 +7,10 @@ use crate::data::{self, Source, TrainingSet};
 use crate::encode::{self, Encoding};
 use crate::error::AgentError;
 use crate::policy;
-use crate::state::{PendingUpdate, StoredCheckpoint};
+use crate::state::{PendingUpdate, StoredCheckpoint, StoredPersonal};
 use crate::trainer::{self, Checkpoint, Job, TrainError};
 use convoy_shared::messages::AgentState;
+use convoy_shared::params::ParamSet;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,8 @@ pub struct TrainingDone {
     pub result: Result<Finished, TrainError>,
     /// The training set it used, keyed by spec hash (kept for a resume).
     pub dataset: Option<([u8; 32], TrainingSet)>,
+    /// The personalised model tuned from this round's base, if any.
+    pub personal: Option<ParamSet>,
 }
 
 /// A training job for the I/O loop to run on its own thread.
@@ -134,6 +137,7 @@ impl Agent {
         let base = ready.model.params.clone();
         let limits = self.config.training.clone();
         let holdout = self.config.data.holdout;
+        let personal_steps = self.config.training.personal_steps;
         let holdout_seed = training_seed(&self.config.client_id, 0);
         let pause = self.pause.clone();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -146,6 +150,7 @@ impl Agent {
                         round,
                         result: Err(TrainError::Data(e.to_string())),
                         dataset: None,
+                        personal: None,
                     };
                 }
             };
@@ -163,6 +168,7 @@ impl Agent {
                 seed,
             };
             let should_pause = |_: u64| pause.load(Ordering::Relaxed);
+            let mut personal = None;
             let result = trainer::train(
                 &job,
                 &limits,
@@ -173,6 +179,28 @@ impl Agent {
             .and_then(|progress| match progress {
                 trainer::Progress::Done(mut trained) => {
                     trained.stats.holdout = scored;
+                    if personal_steps > 0 {
+                        // the fleet's model with a head of this vehicle's own
+                        let tuned = trainer::fine_tune_head(
+                            &job.spec,
+                            &job.base,
+                            &job.data,
+                            &job.task,
+                            personal_steps,
+                            seed,
+                            &limits,
+                        )?;
+                        trained.stats.personal = set.holdout.as_ref().and_then(|rows| {
+                            convoy_shared::eval::evaluate(
+                                &job.spec,
+                                &tuned,
+                                rows,
+                                &burn::prelude::Device::flex(),
+                            )
+                            .ok()
+                        });
+                        personal = Some(tuned);
+                    }
                     let (pending, secs) =
                         encode::encode(trained, &job.base, job.data.len() as u64, &encoding)?;
                     Ok(Finished::Update(pending, secs))
@@ -183,6 +211,7 @@ impl Agent {
                 round,
                 result,
                 dataset: Some((key, set)),
+                personal,
             }
         };
         out.push(Action::Train(TrainOrder {
@@ -206,6 +235,7 @@ impl Agent {
             round,
             result,
             dataset,
+            personal,
         } = done;
         let ready = match std::mem::take(&mut self.round) {
             Round::Training { ready, .. } if ready.announce.round == round => ready,
@@ -254,6 +284,13 @@ impl Agent {
         // Persist before sending: after a power cut the update is re-sent,
         // never retrained and never lost.
         self.state.save_pending(&pending)?;
+        if let Some(params) = personal {
+            let base_version = ready.announce.base_version();
+            self.state.save_personal(&StoredPersonal {
+                base_version,
+                params,
+            })?;
+        }
         tracing::info!(
             round,
             bytes = pending.body.len(),

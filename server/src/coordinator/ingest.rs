@@ -416,7 +416,7 @@ impl Coordinator {
         if !(stats.loss.is_finite() && times.iter().all(|t| t.is_finite() && *t >= 0.0)) {
             return Err(Rejection::NonFiniteStats);
         }
-        if let Some(h) = &stats.holdout {
+        for h in stats.holdout.iter().chain(&stats.personal) {
             let fine = |v: Option<f64>, max: f64| {
                 v.is_none_or(|v| v.is_finite() && (0.0..=max).contains(&v))
             };
@@ -514,6 +514,10 @@ fn fill_accepted(row: &mut ClientRow, update: &UpdateBody, bytes: u64, decode_se
         row.holdout_samples = h.samples;
         row.holdout_accuracy = h.accuracy;
         row.holdout_rmse = h.rmse;
+    }
+    if let Some(p) = &update.stats.personal {
+        row.personal_accuracy = p.accuracy;
+        row.personal_rmse = p.rmse;
     }
     row.encode_seconds = update.stats.encode_seconds;
     row.decode_seconds = decode_seconds;

@@ -231,7 +231,7 @@ impl Rig {
         delta: &ParamSet,
         samples: u64,
     ) -> Vec<Input> {
-        self.scored_update(client, a, delta, samples, None)
+        self.scored_update(client, a, delta, samples, [None, None])
     }
 
     /// An update whose vehicle scored the base model on its held-out rows.
@@ -241,7 +241,7 @@ impl Rig {
         a: &Announce,
         delta: &ParamSet,
         samples: u64,
-        holdout: Option<Evaluation>,
+        [holdout, personal]: [Option<Evaluation>; 2],
     ) -> Vec<Input> {
         let codec = codec::by_name(&a.codec).unwrap();
         let body = UpdateBody {
@@ -254,6 +254,7 @@ impl Rig {
                 flops: 1234,
                 device: "cpu-flex".into(),
                 holdout,
+                personal,
                 ..Default::default()
             },
             codec: codec.name(),
@@ -963,10 +964,21 @@ fn vehicles_scores_of_the_base_model_are_kept_per_vehicle_and_pooled() {
         samples,
     };
     // out of range: refused, never counted
-    rig.send(rig.scored_update("car-1", &a, &delta, 10, Some(score(1.5, 5))));
+    rig.send(rig.scored_update("car-1", &a, &delta, 10, [Some(score(1.5, 5)), None]));
     assert_eq!(rig.rejected("non_finite"), 1);
-    rig.send(rig.scored_update("car-1", &a, &delta, 10, Some(score(0.5, 10))));
-    rig.send(rig.scored_update("car-2", &a, &delta, 10, Some(score(0.8, 30))));
+    rig.send(rig.scored_update("car-1", &a, &delta, 10, [Some(score(0.5, 10)), None]));
+    let ledger = rig.coordinator.store.clients(1).unwrap();
+    assert_eq!(
+        ledger[0].personal_accuracy, None,
+        "car-1 keeps no personal head"
+    );
+    rig.send(rig.scored_update(
+        "car-2",
+        &a,
+        &delta,
+        10,
+        [Some(score(0.8, 30)), Some(score(0.9, 30))],
+    ));
     let out = rig.handle(Input::Tick);
     let row = closed(&out).expect("closed");
     assert_eq!(row.holdout_samples, 40);

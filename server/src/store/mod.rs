@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     encode_seconds REAL NOT NULL DEFAULT 0, decode_seconds REAL NOT NULL DEFAULT 0,
     flops_predicted INTEGER NOT NULL DEFAULT 0,
     holdout_samples INTEGER NOT NULL DEFAULT 0, holdout_accuracy REAL, holdout_rmse REAL,
+    personal_accuracy REAL, personal_rmse REAL,
     PRIMARY KEY (round, client));
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, round INTEGER, client TEXT,
@@ -187,6 +188,12 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     if !has("rounds", "clients_failed")? {
         conn.execute_batch(
             "ALTER TABLE rounds ADD COLUMN clients_failed INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    if !has("ledger", "personal_accuracy")? {
+        conn.execute_batch(
+            "ALTER TABLE ledger ADD COLUMN personal_accuracy REAL;
+             ALTER TABLE ledger ADD COLUMN personal_rmse REAL;",
         )?;
     }
     // on-vehicle scores of each round's base model

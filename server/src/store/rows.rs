@@ -140,6 +140,11 @@ pub struct ClientRow {
     pub holdout_accuracy: Option<f64>,
     /// The base model's RMSE on them, in the target's units (regression).
     pub holdout_rmse: Option<f64>,
+    /// The vehicle's personalised model (base with a locally tuned head) on
+    /// the same rows: accuracy.
+    pub personal_accuracy: Option<f64>,
+    /// The personalised model's RMSE on them.
+    pub personal_rmse: Option<f64>,
 }
 
 /// The ledger's columns, in the order [`client_from_sql`] and
@@ -147,7 +152,7 @@ pub struct ClientRow {
 pub(super) const LEDGER_COLUMNS: &str = "round, client, status, samples, bytes_up, wire_bytes_up, chunks_up, retries, \
     bytes_down, wire_bytes_down, chunks_down, train_seconds, steps, epochs, loss, flops, bytes_up_predicted, \
     device, codec, update_norm, reason, bytes_up_raw, residual_norm, encode_seconds, decode_seconds, \
-    flops_predicted, holdout_samples, holdout_accuracy, holdout_rmse";
+    flops_predicted, holdout_samples, holdout_accuracy, holdout_rmse, personal_accuracy, personal_rmse";
 
 pub(super) fn client_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRow> {
     let count = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
@@ -181,11 +186,13 @@ pub(super) fn client_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientR
         holdout_samples: count(26)?,
         holdout_accuracy: r.get(27)?,
         holdout_rmse: r.get(28)?,
+        personal_accuracy: r.get(29)?,
+        personal_rmse: r.get(30)?,
     })
 }
 
 pub(super) fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
-    let marks: Vec<String> = (1..=29).map(|i| format!("?{i}")).collect();
+    let marks: Vec<String> = (1..=31).map(|i| format!("?{i}")).collect();
     let sql = format!(
         "INSERT OR REPLACE INTO ledger ({LEDGER_COLUMNS}) VALUES ({})",
         marks.join(", ")
@@ -222,6 +229,8 @@ pub(super) fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), Stor
             c.holdout_samples as i64,
             c.holdout_accuracy,
             c.holdout_rmse,
+            c.personal_accuracy,
+            c.personal_rmse,
         ],
     )?;
     Ok(())
