@@ -61,6 +61,27 @@ pub fn same_digest(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// Is `payload` on `topic` empty (a cleared retained message) or a `T`
+/// the server itself signed? Anything else on a topic only the server
+/// publishes on is a forgery.
+pub fn own_or_empty<T: serde::de::DeserializeOwned>(
+    key: &SecretKey,
+    kind: convoy_shared::wire::Kind,
+    topic: &str,
+    payload: &[u8],
+) -> bool {
+    payload.is_empty()
+        || convoy_shared::wire::decode::<T>(
+            payload,
+            kind,
+            usize::MAX,
+            topic,
+            &key.public(),
+            "the server",
+        )
+        .is_ok()
+}
+
 /// Public keys of provisioned vehicles, reloaded from the store when an
 /// unknown vehicle speaks (at most once every two seconds, so a flood of
 /// made-up ids costs no more than that).

@@ -204,18 +204,27 @@ struct Scores {
     auc: f64,
 }
 
-/// Accuracy (most probable class), balanced accuracy and ROC AUC of
-/// `model` on `rows`, class `yes` positive. With ~92 % `yes` the most
-/// probable class is nearly always `yes`, so balanced accuracy decides `yes`
-/// when p(yes) is above `prior`, the share of `yes` in the rows the model
-/// trained on (the decision that maximises balanced accuracy for a
-/// calibrated model; a fleet knows it from its statistics round).
-fn score(
+/// One scored test row: p(yes), whether it is `yes`, whether the most
+/// probable class is right, and the balanced-accuracy decision.
+#[derive(Clone, Copy)]
+struct Prediction {
+    prob: f64,
+    positive: bool,
+    correct: bool,
+    says_yes: bool,
+}
+
+/// `model`'s predictions for `rows`, class `yes` positive. With ~92 % `yes`
+/// the most probable class is nearly always `yes`, so the balanced-accuracy
+/// decision is `yes` when p(yes) is above `prior`, the share of `yes` in the
+/// rows the model trained on (the decision that maximises balanced accuracy
+/// for a calibrated model; a fleet knows it from its statistics round).
+fn predict(
     model: &StoredVersion,
     header: &[String],
     rows: &[Vec<String>],
     prior: f64,
-) -> anyhow::Result<Scores> {
+) -> anyhow::Result<Vec<Prediction>> {
     let table = Table::read(csv_text(header, rows).as_bytes())?;
     let data = Dataset::from_table(&table, &model.spec)?;
     let device = Device::flex();
@@ -237,29 +246,41 @@ fn score(
     let Targets::Classes(labels) = y else {
         anyhow::bail!("classification expected")
     };
-    let mut scored = Vec::with_capacity(labels.len());
-    let (mut tp, mut tn, mut p, mut n, mut correct) = (0f64, 0f64, 0f64, 0f64, 0f64);
-    for (row, label) in logits.chunks(k).zip(&labels) {
-        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let exp: Vec<f64> = row.iter().map(|v| ((v - max) as f64).exp()).collect();
-        let prob = exp[positive] / exp.iter().sum::<f64>();
-        let predicted = row
-            .iter()
-            .enumerate()
-            .fold(0, |best, (i, v)| if *v > row[best] { i } else { best });
-        let is_pos = *label as usize == positive;
-        correct += f64::from(u8::from(predicted == *label as usize));
-        let says_yes = prob >= prior;
-        if is_pos {
+    Ok(logits
+        .chunks(k)
+        .zip(&labels)
+        .map(|(row, label)| {
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let exp: Vec<f64> = row.iter().map(|v| ((v - max) as f64).exp()).collect();
+            let prob = exp[positive] / exp.iter().sum::<f64>();
+            let predicted = row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, v)| if *v > row[best] { i } else { best });
+            Prediction {
+                prob,
+                positive: *label as usize == positive,
+                correct: predicted == *label as usize,
+                says_yes: prob >= prior,
+            }
+        })
+        .collect())
+}
+
+/// Accuracy, balanced accuracy and ROC AUC of a set of predictions.
+fn metrics(predictions: &[Prediction]) -> Scores {
+    let (mut tp, mut tn, mut p, mut n) = (0f64, 0f64, 0f64, 0f64);
+    for x in predictions {
+        if x.positive {
             p += 1.0;
-            tp += f64::from(u8::from(says_yes));
+            tp += f64::from(u8::from(x.says_yes));
         } else {
             n += 1.0;
-            tn += f64::from(u8::from(!says_yes));
+            tn += f64::from(u8::from(!x.says_yes));
         }
-        scored.push((prob, is_pos));
     }
     // AUC: probability a random positive outranks a random negative (ties half)
+    let mut scored: Vec<(f64, bool)> = predictions.iter().map(|x| (x.prob, x.positive)).collect();
     scored.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (mut rank_sum, mut i) = (0f64, 0);
     while i < scored.len() {
@@ -276,11 +297,12 @@ fn score(
     } else {
         f64::NAN
     };
-    Ok(Scores {
-        accuracy: correct / labels.len().max(1) as f64,
+    let correct = predictions.iter().filter(|x| x.correct).count();
+    Scores {
+        accuracy: correct as f64 / predictions.len().max(1) as f64,
         balanced: (tp / p.max(1.0) + tn / n.max(1.0)) / 2.0,
         auc,
-    })
+    }
 }
 
 /// Share of rows labelled `yes` (label last).
@@ -334,8 +356,9 @@ async fn classification(
         "(b) shared columns only",
         "(c) convoy, aligned",
         "(d) centralised",
+        "(e) one fleet per group",
     ];
-    let mut tallies: Vec<Tally> = (0..4).map(|_| Tally::default()).collect();
+    let mut tallies: Vec<Tally> = (0..methods.len()).map(|_| Tally::default()).collect();
     let started = Instant::now();
     for &seed in seeds {
         let mut rng = StdRng::seed_from_u64(seed ^ 0xb1a4);
@@ -377,31 +400,41 @@ async fn classification(
             };
         let all_train: Vec<Vec<String>> = clients.iter().flat_map(|c| c.train.clone()).collect();
         let pooled_prior = yes_share(&all_train);
+        // `owner(i)`: the model that serves company i. Pooled scores are
+        // each company's test rows scored by its model, except for (a),
+        // where every company's model is scored on all test rows and the
+        // scores averaged.
         let mut evaluate = |method: usize,
                             models: &[StoredVersion],
                             priors: &[f64],
+                            owner: &dyn Fn(usize) -> usize,
                             rows: &[RoundRow]|
          -> anyhow::Result<()> {
             let t = &mut tallies[method];
-            // (a): each company's own model on its own rows; pooled: mean over the models
-            let pooled: Vec<Scores> = models
-                .iter()
-                .zip(priors)
-                .map(|(m, prior)| score(m, &union, &pooled_test, *prior))
-                .collect::<anyhow::Result<_>>()?;
-            t.pooled.push(Scores {
-                accuracy: pooled.iter().map(|s| s.accuracy).sum::<f64>() / pooled.len() as f64,
-                balanced: pooled.iter().map(|s| s.balanced).sum::<f64>() / pooled.len() as f64,
-                auc: pooled.iter().map(|s| s.auc).sum::<f64>() / pooled.len() as f64,
+            let mut per = Vec::new();
+            let mut served = Vec::new();
+            for (i, c) in clients.iter().enumerate() {
+                let m = owner(i);
+                let p = predict(&models[m], &c.header, &c.test, priors[m])?;
+                per.push(metrics(&p));
+                served.extend(p);
+            }
+            t.pooled.push(if method == 0 {
+                let each: Vec<Scores> = models
+                    .iter()
+                    .zip(priors)
+                    .map(|(m, prior)| Ok(metrics(&predict(m, &union, &pooled_test, *prior)?)))
+                    .collect::<anyhow::Result<_>>()?;
+                let mean =
+                    |f: fn(&Scores) -> f64| each.iter().map(f).sum::<f64>() / each.len() as f64;
+                Scores {
+                    accuracy: mean(|s| s.accuracy),
+                    balanced: mean(|s| s.balanced),
+                    auc: mean(|s| s.auc),
+                }
+            } else {
+                metrics(&served)
             });
-            let per: Vec<Scores> = clients
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    let own = i.min(models.len() - 1);
-                    score(&models[own], &c.header, &c.test, priors[own])
-                })
-                .collect::<anyhow::Result<_>>()?;
             t.per_client.push(per);
             t.bytes_per_round.push(bytes_per_round(rows));
             Ok(())
@@ -425,7 +458,7 @@ async fn classification(
             ledger.extend(rows);
         }
         let own_priors: Vec<f64> = clients.iter().map(|c| yes_share(&c.train)).collect();
-        evaluate(0, &models, &own_priors, &ledger)?;
+        evaluate(0, &models, &own_priors, &|i| i, &ledger)?;
         // (b) naive federation on the shared columns
         let naive = vehicles(Some(&shared_cols), "shared")?;
         let (m, rows) = train(
@@ -438,7 +471,7 @@ async fn classification(
             seed,
         )
         .await?;
-        evaluate(1, std::slice::from_ref(&m), &[pooled_prior], &rows)?;
+        evaluate(1, std::slice::from_ref(&m), &[pooled_prior], &|_| 0, &rows)?;
         // (c) convoy with alignment
         let fleet = vehicles(None, "fleet")?;
         let (m, rows) = train(
@@ -451,7 +484,7 @@ async fn classification(
             seed,
         )
         .await?;
-        evaluate(2, std::slice::from_ref(&m), &[pooled_prior], &rows)?;
+        evaluate(2, std::slice::from_ref(&m), &[pooled_prior], &|_| 0, &rows)?;
         // (d) one vehicle with every training row
         let all: Vec<Vec<String>> = clients
             .iter()
@@ -471,7 +504,7 @@ async fn classification(
             seed,
         )
         .await?;
-        evaluate(3, std::slice::from_ref(&m), &[pooled_prior], &rows)?;
+        evaluate(3, std::slice::from_ref(&m), &[pooled_prior], &|_| 0, &rows)?;
         eprintln!(
             "seed {seed} done ({:.0} s)",
             started.elapsed().as_secs_f64()

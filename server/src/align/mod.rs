@@ -186,15 +186,12 @@ impl Aligner {
         }
         if topic == topics::align(&self.config.fleet).as_str() {
             // anything there that the server did not sign is replaced
-            let ours = wire::decode::<AlignRequest>(
-                payload,
+            if crate::identity::own_or_empty::<AlignRequest>(
+                &self.key,
                 Kind::AlignRequest,
-                usize::MAX,
                 topic,
-                &self.key.public(),
-                "the server",
-            );
-            if payload.is_empty() || ours.is_ok() {
+                payload,
+            ) {
                 return Ok(Vec::new());
             }
             self.reject(

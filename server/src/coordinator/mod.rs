@@ -328,15 +328,7 @@ impl Coordinator {
         payload: &[u8],
         out: &mut Vec<Output>,
     ) -> Result<(), ServerError> {
-        let ours = wire::decode::<Announce>(
-            payload,
-            Kind::Announce,
-            usize::MAX,
-            topic,
-            &self.key.public(),
-            "the server",
-        );
-        if payload.is_empty() || ours.is_ok() {
+        if crate::identity::own_or_empty::<Announce>(&self.key, Kind::Announce, topic, payload) {
             return Ok(());
         }
         let genuine = match &self.round {
