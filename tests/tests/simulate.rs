@@ -173,3 +173,40 @@ async fn clients_without_rows_are_left_out_and_the_round_does_not_wait_for_them(
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_fleet_whose_vehicles_all_stop_says_why() -> anyhow::Result<()> {
+    use convoy_server::tools::fleet;
+    use convoy_tests::api::{DataConfig, ServerConfig, TaskKind};
+    let dir = tempfile::tempdir()?;
+    let broker = fleet::LocalBroker::memory(convoy_tests::fleet_name("all_stop"));
+    let mut server: ServerConfig = toml::from_str("")?;
+    server.fleet = "stop".parse().map_err(anyhow::Error::msg)?;
+    server.db = dir.path().join("fleet.db");
+    server.broker = fleet::server_broker(&broker);
+    server.rounds.min_clients = 1;
+    server.rounds.total = 1;
+    let data = DataConfig::new(
+        dir.path().join("missing.csv"),
+        "y",
+        TaskKind::Classification,
+    );
+    let agent = fleet::agent_config("stop", "car-1", &broker.url, dir.path().join("car-1"), data)?;
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        fleet::run(
+            server,
+            None,
+            vec![(agent, None)],
+            CancellationToken::new(),
+            |_| {},
+        ),
+    )
+    .await?;
+    let err = result.expect_err("no vehicle can train").to_string();
+    assert!(
+        err.contains("every vehicle") && err.contains("missing.csv"),
+        "{err}"
+    );
+    Ok(())
+}

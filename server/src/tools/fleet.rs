@@ -174,9 +174,34 @@ pub async fn run(
         })
         .collect();
     let mut rounds = Vec::new();
-    while let Some(row) = rx.recv().await {
-        on_round(&row);
-        rounds.push(row);
+    let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            row = rx.recv() => match row {
+                Some(row) => {
+                    on_round(&row);
+                    rounds.push(row);
+                }
+                None => break,
+            },
+            _ = check.tick() => {
+                // every vehicle gone: no round can ever finish, so say why
+                // rather than wait for ever
+                if !agent_tasks.is_empty() && agent_tasks.iter().all(|t| t.is_finished()) {
+                    stop.cancel();
+                    let mut why = Vec::new();
+                    for task in agent_tasks {
+                        match task.await {
+                            Ok(Err(e)) => why.push(e.to_string()),
+                            Ok(Ok(())) => why.push("stopped".into()),
+                            Err(e) => why.push(e.to_string()),
+                        }
+                    }
+                    let _ = server.await;
+                    anyhow::bail!("every vehicle of the fleet stopped: {}", why.join("; "));
+                }
+            }
+        }
     }
     let summary = server.await??;
     agent_stop.cancel();
