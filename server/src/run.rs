@@ -191,12 +191,12 @@ pub async fn run_prepared(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut align_rejections = RejectionCounts::new();
     let mut seen_statuses = Vec::new();
-    let (store, current) = match (stored, spec) {
-        (Some(v), _) => (store, v),
-        (None, Some(spec)) => {
-            let v = initial_version(&store, spec, &task, &test)?;
-            (store, v)
+    let (store, stored, spec) = match (stored, spec) {
+        (Some(v), _) => {
+            let spec = v.spec.clone();
+            (store, Some(v), spec)
         }
+        (None, Some(spec)) => (store, None, spec),
         (None, None) => {
             systemd.ready("aligning the fleet's schema");
             let aligner = Aligner::new(config.clone(), key.clone(), store, clock.clone())?;
@@ -214,12 +214,14 @@ pub async fn run_prepared(
             };
             align_rejections = aligned.rejections;
             seen_statuses = aligned.statuses;
-            let v = initial_version(&aligned.store, aligned.spec, &task, &test)?;
-            (aligned.store, v)
+            (aligned.store, None, aligned.spec)
         }
     };
-    let spec = current.spec.clone();
     let test = test.build(&spec)?;
+    let current = match stored {
+        Some(v) => v,
+        None => initial_version(&store, spec.clone(), &task, test.as_deref())?,
+    };
     let mut coordinator = Coordinator::new(config, key, store, clock, spec, test, current)?;
     systemd.ready("coordinating rounds");
     for status in seen_statuses {
@@ -320,7 +322,7 @@ fn initial_version(
     store: &Store,
     spec: ModelSpec,
     task: &convoy_shared::spec::Recipe,
-    test: &TestSet,
+    test: Option<&Dataset>,
 ) -> Result<StoredVersion, ServerError> {
     let params = spec.init_params();
     let v = StoredVersion {
@@ -331,12 +333,9 @@ fn initial_version(
         task: task.clone(),
         params,
     };
-    let eval = match test.clone().build(&spec)? {
-        Some(t) => {
-            convoy_shared::eval::evaluate(&spec, &v.params, &t, &burn::prelude::Device::flex()).ok()
-        }
-        None => None,
-    };
+    let eval = test.and_then(|t| {
+        convoy_shared::eval::evaluate(&spec, &v.params, t, &burn::prelude::Device::flex()).ok()
+    });
     store.save_version(&v, eval.as_ref(), convoy_runtime::clock::now_ms())?;
     tracing::info!(version = %version::short(&v.manifest.version), params = v.params.numel(), inputs = spec.inputs(), "initial model stored");
     Ok(v)
