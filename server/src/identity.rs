@@ -130,6 +130,23 @@ impl Keyring {
         self.keys.get(client).copied()
     }
 
+    /// Decodes what `client` must have signed for `topic`; a vehicle that
+    /// was never provisioned is refused before its bytes are looked at
+    /// further.
+    pub fn decode<T: serde::de::DeserializeOwned>(
+        &mut self,
+        store: &Store,
+        client: &str,
+        topic: &str,
+        payload: &[u8],
+        (kind, max): (convoy_shared::wire::Kind, usize),
+    ) -> Result<T, crate::coordinator::Rejection> {
+        use crate::coordinator::Rejection;
+        let key = self.get(client, store).ok_or(Rejection::UnknownVehicle)?;
+        convoy_shared::wire::decode(payload, kind, max, topic, &key, client)
+            .map_err(|e| Rejection::decode(e.reason(), e))
+    }
+
     /// No vehicle known.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()

@@ -281,15 +281,10 @@ impl Aligner {
         kind: Kind,
         max: usize,
     ) -> Option<T> {
-        let Some(key) = self.keyring.get(client, &self.store) else {
-            self.reject(
-                Some(client),
-                "unknown_vehicle",
-                "no vehicle of this id is provisioned",
-            );
-            return None;
-        };
-        let message: T = match wire::decode(payload, kind, max, topic, &key, client) {
+        let decoded = self
+            .keyring
+            .decode(&self.store, client, topic, payload, (kind, max));
+        let message: T = match decoded {
             Ok(m) => m,
             Err(e) => {
                 self.reject(Some(client), e.reason(), &e.to_string());

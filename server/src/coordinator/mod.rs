@@ -361,11 +361,9 @@ impl Coordinator {
         kind: Kind,
         max: usize,
     ) -> Result<T, Rejection> {
-        let Some(key) = self.keyring.get(client, &self.store) else {
-            return Err(Rejection::UnknownVehicle);
-        };
-        let message = wire::decode(payload, kind, max, topic, &key, client)
-            .map_err(|e| Rejection::decode(e.reason(), e))?;
+        let message = self
+            .keyring
+            .decode(&self.store, client, topic, payload, (kind, max))?;
         let now = self.clock.instant();
         self.registry.heard(client, now);
         Ok(message)
