@@ -66,11 +66,12 @@ impl Agent {
                             epoch: request.epoch,
                             schema,
                         };
-                        if let Some(m) =
-                            self.seal(Kind::SchemaReport, self.topics.schema.as_str(), &report)
-                        {
-                            self.publish(out, m);
-                        }
+                        self.send_signed(
+                            out,
+                            Kind::SchemaReport,
+                            self.topics.schema.as_str(),
+                            &report,
+                        );
                     }
                     Err(e) => self.refuse_alignment(out, &e.to_string()),
                 }
@@ -83,11 +84,7 @@ impl Agent {
                         epoch: request.epoch,
                         stats,
                     };
-                    if let Some(m) =
-                        self.seal(Kind::StatsReport, self.topics.stats.as_str(), &report)
-                    {
-                        self.publish(out, m);
-                    }
+                    self.send_signed(out, Kind::StatsReport, self.topics.stats.as_str(), &report);
                 }
                 Err(e) => self.refuse_alignment(out, &e.to_string()),
             },

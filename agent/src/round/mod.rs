@@ -418,8 +418,19 @@ impl Agent {
             reason: messages::detail(reason),
             detail: messages::detail(detail),
         };
-        if let Some(message) = self.seal(Kind::Failure, self.topics.failure.as_str(), &report) {
-            self.publish(out, message);
+        self.send_signed(out, Kind::Failure, self.topics.failure.as_str(), &report);
+    }
+
+    /// Publishes `message`, signed by this vehicle for `topic`.
+    fn send_signed<T: Serialize>(
+        &self,
+        out: &mut Vec<Action>,
+        kind: Kind,
+        topic: &str,
+        message: &T,
+    ) {
+        if let Some(m) = self.seal(kind, topic, message) {
+            self.publish(out, m);
         }
     }
 
