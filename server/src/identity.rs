@@ -82,17 +82,23 @@ pub fn own_or_empty<T: serde::de::DeserializeOwned>(
         .is_ok()
 }
 
-/// Public keys of provisioned vehicles, reloaded from the store when an
-/// unknown vehicle speaks (at most once every two seconds, so a flood of
-/// made-up ids costs no more than that).
+/// Public keys of provisioned vehicles. They are reloaded only when another
+/// connection (`convoy-server provision`) has committed to the store since
+/// the last load: SQLite's `data_version` says so without reading a table,
+/// so a flood of made-up ids costs one pragma each and no reload, and a
+/// vehicle provisioned while the server runs is known from its first
+/// message. Known keys are re-checked every two seconds, so a re-keyed
+/// vehicle (`provision --replace`) is not refused for long.
 #[derive(Debug, Default)]
 pub struct Keyring {
     keys: HashMap<String, PublicKey>,
-    loaded: Option<Instant>,
+    /// Store's data version at the last load.
+    version: Option<i64>,
+    checked: Option<Instant>,
 }
 
 impl Keyring {
-    const RELOAD_EVERY: Duration = Duration::from_secs(2);
+    const RECHECK_EVERY: Duration = Duration::from_secs(2);
 
     /// The keyring as the store holds it now.
     pub fn load(store: &Store) -> Result<Self, ServerError> {
@@ -102,6 +108,7 @@ impl Keyring {
     }
 
     fn reload(&mut self, store: &Store) -> Result<(), ServerError> {
+        let version = store.data_version()?;
         self.keys = store
             .vehicles()?
             .into_iter()
@@ -112,20 +119,33 @@ impl Keyring {
                     .map(|k| (v.client, k))
             })
             .collect();
-        self.loaded = Some(Instant::now());
+        self.version = Some(version);
+        self.checked = Some(Instant::now());
         Ok(())
+    }
+
+    /// Reloads when the store changed since the last load.
+    fn refresh(&mut self, store: &Store) {
+        self.checked = Some(Instant::now());
+        let changed = match store.data_version() {
+            Ok(v) => Some(v) != self.version,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the store's data version");
+                false
+            }
+        };
+        if changed && let Err(e) = self.reload(store) {
+            tracing::error!(error = %e, "cannot reload vehicle keys");
+        }
     }
 
     /// The key of `client`, if provisioned.
     pub fn get(&mut self, client: &str, store: &Store) -> Option<PublicKey> {
-        if let Some(key) = self.keys.get(client) {
-            return Some(*key);
-        }
-        let stale = self
-            .loaded
-            .is_none_or(|t| t.elapsed() >= Self::RELOAD_EVERY);
-        if stale && let Err(e) = self.reload(store) {
-            tracing::error!(error = %e, "cannot reload vehicle keys");
+        let due = self
+            .checked
+            .is_none_or(|t| t.elapsed() >= Self::RECHECK_EVERY);
+        if due || !self.keys.contains_key(client) {
+            self.refresh(store);
         }
         self.keys.get(client).copied()
     }
@@ -255,6 +275,13 @@ mod tests {
         let mut ring = Keyring::load(&store).unwrap();
         assert_eq!(ring.get("car-2", &store), Some(made[1].public_key));
         assert_eq!(ring.get("car-9", &store), None);
+        // Provisioned by another process while the server runs: known from
+        // its first message, with no wait.
+        let other = Store::open(&dir.path().join("c.db")).unwrap();
+        let late: TopicId = "car-9".parse().unwrap();
+        let nine = provision(&other, &server.public(), &[late], &out, false).unwrap();
+        assert_eq!(ring.get("car-9", &store), Some(nine[0].public_key));
+        assert_eq!(ring.len(), 3);
         let again = provision(&store, &server.public(), &ids[..1], &out, false);
         assert!(again.unwrap_err().to_string().contains("--replace"));
         let rekeyed = provision(&store, &server.public(), &ids[..1], &out, true).unwrap();

@@ -166,6 +166,14 @@ impl Store {
         let blobs = PathBuf::from(format!("{}.models", path.display()));
         Ok(Self { conn, blobs })
     }
+
+    /// SQLite's `data_version`: it changes when another connection has
+    /// committed since this one last asked, and costs no table read.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "data_version", |r| r.get(0))?)
+    }
 }
 
 /// Columns added after the first release, for databases created before them.
