@@ -111,6 +111,7 @@ pub struct TrainingSet {
 pub fn build(
     source: Source,
     spec: &ModelSpec,
+    label: &str,
     holdout: f64,
     seed: u64,
 ) -> Result<TrainingSet, AgentError> {
@@ -135,9 +136,23 @@ pub fn build(
         Source::Table(table, path) => (table, path),
         Source::File { path, label } => (Arc::new(load_table(&path, &label)?), path),
     };
+    // the head of this vehicle's label (its CSV may log other heads' labels)
+    let Some(head) = spec.head_for(label) else {
+        return Err(AgentError::Data {
+            path: path.display().to_string(),
+            message: format!(
+                "label {label:?} is none of the model's heads ({}); set data.label to one of them",
+                spec.heads
+                    .iter()
+                    .map(|h| h.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    };
     let built = match Arc::try_unwrap(table) {
-        Ok(table) => Dataset::from_owned_table(table, spec),
-        Err(shared) => Dataset::from_table(&shared, spec),
+        Ok(table) => Dataset::from_owned_table(table, spec, Some(head)),
+        Err(shared) => Dataset::from_table_for(&shared, spec, Some(head)),
     }
     .map_err(|e| AgentError::Data {
         path: path.display().to_string(),

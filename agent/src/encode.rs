@@ -26,6 +26,8 @@ pub struct Encoding {
     pub chunk_size: u32,
     /// What earlier lossy rounds have not delivered yet.
     pub residual: Option<ParamSet>,
+    /// The spec's head the vehicle trained.
+    pub head: u32,
 }
 
 /// Encodes `trained` (from `base`, on `samples` rows) into the update to
@@ -52,6 +54,7 @@ pub fn encode(
     stats.residual_norm = residual.as_ref().map_or(0.0, ParamSet::l2_norm);
     let body = UpdateBody {
         samples,
+        head: encoding.head,
         stats,
         codec: codec.name(),
         encoded,
@@ -92,6 +95,7 @@ mod tests {
             seed: 1,
             chunk_size: 1024,
             residual,
+            head: 0,
         }
     }
 

@@ -67,10 +67,15 @@ impl Limits {
                 self.max_features
             ));
         }
-        if spec.classes.len() > self.max_classes {
+        let classes = spec
+            .heads
+            .iter()
+            .map(|h| h.classes.len())
+            .max()
+            .unwrap_or(0);
+        if classes > self.max_classes {
             return Err(format!(
-                "{} classes, over limits.max_classes {}",
-                spec.classes.len(),
+                "{classes} classes, over limits.max_classes {}",
                 self.max_classes
             ));
         }
@@ -83,19 +88,23 @@ impl Limits {
         }
         let widths: Vec<u64> = std::iter::once(spec.inputs() as u64)
             .chain(spec.hidden.iter().map(|h| u64::from(*h)))
-            .chain(std::iter::once(spec.outputs() as u64))
             .collect();
-        if let Some(w) = widths.iter().find(|w| **w > self.max_layer_width) {
+        let outputs: Vec<u64> = spec.heads.iter().map(|h| h.outputs() as u64).collect();
+        if let Some(w) = widths
+            .iter()
+            .chain(&outputs)
+            .find(|w| **w > self.max_layer_width)
+        {
             return Err(format!(
                 "a layer {w} wide, over limits.max_layer_width {}",
                 self.max_layer_width
             ));
         }
         // weights plus biases of each layer, in u128 so no spec overflows it
-        let params: u128 = widths
-            .windows(2)
-            .map(|p| u128::from(p[0]) * u128::from(p[1]) + u128::from(p[1]))
-            .sum();
+        let layer = |from: u64, to: u64| u128::from(from) * u128::from(to) + u128::from(to);
+        let trunk_out = widths.last().copied().unwrap_or(0);
+        let params: u128 = widths.windows(2).map(|p| layer(p[0], p[1])).sum::<u128>()
+            + outputs.iter().map(|o| layer(trunk_out, *o)).sum::<u128>();
         if params > u128::from(self.max_params) {
             return Err(format!(
                 "{params} parameters, over limits.max_params {}",

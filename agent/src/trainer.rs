@@ -206,7 +206,7 @@ fn train_in_pool(
                 }));
             }
             let (x, y) = to_tensors(job.data.batch(indices), &device);
-            let loss = model.loss(x, &y, &device);
+            let loss = model.loss(x, job.data.head(), &y, &device);
             let value = loss.clone().into_scalar::<f32>();
             if !value.is_finite() {
                 return Err(TrainError::Diverged(value));
@@ -227,7 +227,7 @@ fn train_in_pool(
             steps,
             epochs,
             loss: last_epoch_loss,
-            flops: convoy_shared::cost::training_flops(&job.spec, samples, epochs),
+            flops: convoy_shared::cost::training_flops(&job.spec, job.data.head(), samples, epochs),
             device: compute.name,
             ..Default::default()
         },
@@ -260,7 +260,7 @@ pub fn fine_tune_head(
                 break;
             }
             let (x, y) = to_tensors(data.batch(indices), &device);
-            let loss = model.loss(x, &y, &device);
+            let loss = model.loss(x, data.head(), &y, &device);
             let value = loss.clone().into_scalar::<f32>();
             if !value.is_finite() {
                 return Err(TrainError::Diverged(value));

@@ -69,6 +69,10 @@ enum Command {
         /// Round for --clients.
         #[arg(long)]
         round: Option<u64>,
+        /// Each task's (head's) vehicles and on-vehicle metric per round,
+        /// for fleets that train several labels.
+        #[arg(long, conflicts_with = "clients")]
+        tasks: bool,
     },
 }
 
@@ -179,8 +183,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             format,
             clients,
             round,
+            tasks,
         } => {
             let text = match (clients, round) {
+                _ if tasks => convoy_server::report::tasks(&db, format)?,
                 (true, Some(round)) => convoy_server::report::clients(&db, round, format)?,
                 _ => convoy_server::report::rounds(&db, format)?,
             };

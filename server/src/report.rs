@@ -203,7 +203,55 @@ pub fn rounds(db: &Path, format: Format) -> Result<String, StoreError> {
                 human_bytes(up),
                 human_bytes(down)
             );
+            let heads: std::collections::BTreeSet<String> =
+                store.task_metrics()?.into_iter().map(|t| t.head).collect();
+            if heads.len() > 1 {
+                let _ = writeln!(
+                    out,
+                    "{} tasks ({}); each task's metric per round: report --tasks",
+                    heads.len(),
+                    heads.into_iter().collect::<Vec<_>>().join(", ")
+                );
+            }
             out
+        }
+    })
+}
+
+/// Each task's figures per round: which head, how many vehicles trained
+/// it, and the round's base model on their held-out rows.
+pub fn tasks(db: &Path, format: Format) -> Result<String, StoreError> {
+    let store = Store::open_existing(db)?;
+    let rows = store.task_metrics()?;
+    Ok(match format {
+        Format::Json => to_json(&rows)?,
+        Format::Csv => to_csv(&rows)?,
+        Format::Table => {
+            if rows.is_empty() {
+                return Ok("(no accepted updates yet)\n".into());
+            }
+            let headers = [
+                "round",
+                "task",
+                "clients",
+                "samples",
+                "holdout",
+                "on_vehicles",
+            ];
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.round.to_string(),
+                        t.head.clone(),
+                        t.clients.to_string(),
+                        t.samples.to_string(),
+                        t.holdout_samples.to_string(),
+                        on_vehicles(t.holdout_accuracy, t.holdout_rmse),
+                    ]
+                })
+                .collect();
+            table(&headers, &["task"], &cells)
         }
     })
 }
@@ -222,6 +270,7 @@ pub fn clients(db: &Path, round: u64, format: Format) -> Result<String, StoreErr
             let headers = [
                 "client",
                 "status",
+                "task",
                 "samples",
                 "bytes_up",
                 "wire_up",
@@ -243,6 +292,7 @@ pub fn clients(db: &Path, round: u64, format: Format) -> Result<String, StoreErr
                     vec![
                         c.client.clone(),
                         c.status.to_string(),
+                        c.head.clone().unwrap_or_else(|| "-".into()),
                         c.samples.to_string(),
                         c.bytes_up.to_string(),
                         c.wire_bytes_up.to_string(),
@@ -264,7 +314,7 @@ pub fn clients(db: &Path, round: u64, format: Format) -> Result<String, StoreErr
                     ]
                 })
                 .collect();
-            table(&headers, &["client", "status", "device"], &cells)
+            table(&headers, &["client", "status", "task", "device"], &cells)
         }
     })
 }

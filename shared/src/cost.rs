@@ -5,10 +5,11 @@ use crate::codec::{Pipeline, Sparsify};
 use crate::spec::ModelSpec;
 use serde::{Deserialize, Serialize};
 
-/// FLOPs of training `samples` for `epochs` epochs: forward is 2 FLOPs per
-/// multiply-accumulate, backward twice the forward.
-pub fn training_flops(spec: &ModelSpec, samples: u64, epochs: u32) -> u64 {
-    6 * spec.forward_macs() * samples * epochs as u64
+/// FLOPs of training `samples` for `epochs` epochs through the trunk and
+/// head `head`: forward is 2 FLOPs per multiply-accumulate, backward twice
+/// the forward.
+pub fn training_flops(spec: &ModelSpec, head: usize, samples: u64, epochs: u32) -> u64 {
+    6 * spec.forward_macs(head) * samples * epochs as u64
 }
 
 /// Predicted encoded bytes of one update under `codec` (before the entropy
@@ -41,11 +42,17 @@ pub struct Prediction {
     pub flops: u64,
 }
 
-/// Predicts one client's round cost.
-pub fn predict(spec: &ModelSpec, codec: &str, samples: u64, epochs: u32) -> Prediction {
+/// Predicts the round cost of one client that trains head `head`.
+pub fn predict(
+    spec: &ModelSpec,
+    head: usize,
+    codec: &str,
+    samples: u64,
+    epochs: u32,
+) -> Prediction {
     let pipeline = crate::codec::by_name(codec).unwrap_or(crate::codec::Pipeline::FP32);
     Prediction {
         bytes_up: update_bytes(spec, &pipeline),
-        flops: training_flops(spec, samples, epochs),
+        flops: training_flops(spec, head, samples, epochs),
     }
 }

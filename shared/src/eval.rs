@@ -36,6 +36,13 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<Evaluation, ParamError> {
     let model = Mlp::from_params(spec, params, device)?;
+    let head = data.head();
+    let Some(task) = spec.heads.get(head) else {
+        return Err(ParamError::Shape {
+            expected: format!("a model with head {head}"),
+            got: format!("{} head(s)", spec.heads.len()),
+        });
+    };
     let (mut loss_sum, mut correct, mut sq_sum, mut abs_sum) = (0.0f64, 0u64, 0.0f64, 0.0f64);
     let n = data.len();
     let mut start = 0;
@@ -43,7 +50,7 @@ pub fn evaluate(
         let end = (start + EVAL_BATCH).min(n);
         let indices: Vec<usize> = (start..end).collect();
         let (x, y) = to_tensors(data.batch(&indices), device);
-        let out = model.forward(x);
+        let out = model.forward(x, head);
         let count = (end - start) as f64;
         loss_sum += loss_of(out.clone(), &y, device).into_scalar::<f32>() as f64 * count;
         match &y {
@@ -60,7 +67,7 @@ pub fn evaluate(
                 let predicted = out.into_data().convert::<f32>();
                 let predicted = predicted.as_slice::<f32>().unwrap_or(&[]);
                 // targets are standardised: errors scale back by the target's std
-                let scale = spec.target.std as f64;
+                let scale = task.target.std as f64;
                 for (p, v) in predicted.iter().zip(values) {
                     let error = (p - v) as f64 * scale;
                     sq_sum += error * error;
@@ -74,9 +81,9 @@ pub fn evaluate(
     let denom = samples.max(1) as f64;
     Ok(Evaluation {
         loss: loss_sum / denom,
-        accuracy: matches!(spec.task, TaskKind::Classification).then(|| correct as f64 / denom),
-        rmse: matches!(spec.task, TaskKind::Regression).then(|| (sq_sum / denom).sqrt()),
-        mae: matches!(spec.task, TaskKind::Regression).then(|| abs_sum / denom),
+        accuracy: matches!(task.task, TaskKind::Classification).then(|| correct as f64 / denom),
+        rmse: matches!(task.task, TaskKind::Regression).then(|| (sq_sum / denom).sqrt()),
+        mae: matches!(task.task, TaskKind::Regression).then(|| abs_sum / denom),
         samples,
     })
 }
@@ -98,8 +105,8 @@ mod tests {
 
         let model = Mlp::from_params(&spec, &params, &device).unwrap();
         let (x, y) = to_tensors(data.batch(&[0, 1, 2]), &device);
-        let loss = model.loss(x.clone(), &y, &device).into_scalar::<f32>() as f64;
-        let predicted = model.forward(x).argmax(1).into_data().convert::<i64>();
+        let loss = model.loss(x.clone(), 0, &y, &device).into_scalar::<f32>() as f64;
+        let predicted = model.forward(x, 0).argmax(1).into_data().convert::<i64>();
         let Targets::Classes(classes) = &y else {
             unreachable!("built as classes")
         };

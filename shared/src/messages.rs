@@ -137,6 +137,9 @@ pub struct TrainStats {
 pub struct UpdateBody {
     /// Training samples behind the update (FedAvg weight).
     pub samples: u64,
+    /// The spec's head the vehicle trained (with the shared trunk); the
+    /// other heads' weights are left as they are.
+    pub head: u32,
     /// Training measurements.
     pub stats: TrainStats,
     /// Codec of `encoded`.

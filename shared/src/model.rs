@@ -1,5 +1,6 @@
-//! The model: a burn MLP whose parameters convert to and from [`ParamSet`]
-//! here and nowhere else, and the one place plain batches become tensors.
+//! The model: a burn MLP trunk with one output layer per head, whose
+//! parameters convert to and from [`ParamSet`] here and nowhere else, and
+//! the one place plain batches become tensors.
 
 use crate::dataset::{Batch, Targets};
 use crate::params::{ParamError, ParamSet, Tensor as FlatTensor};
@@ -9,10 +10,12 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::prelude::*;
 
-/// A multi-layer perceptron with ReLU between layers.
+/// A multi-layer perceptron: a trunk of linear layers each followed by a
+/// ReLU, shared by every head, then one linear output layer per head.
 #[derive(Module, Debug)]
 pub struct Mlp {
     layers: Vec<Linear>,
+    heads: Vec<Linear>,
     activation: Relu,
 }
 
@@ -24,7 +27,7 @@ impl Mlp {
         device: &Device,
     ) -> Result<Self, ParamError> {
         params.check_layout(&spec.layout())?;
-        let layers = params
+        let mut layers: Vec<Linear> = params
             .tensors
             .chunks_exact(2)
             .map(|pair| {
@@ -42,17 +45,18 @@ impl Mlp {
                 linear
             })
             .collect();
+        let heads = layers.split_off(spec.trunk_layers());
         Ok(Self {
             layers,
+            heads,
             activation: Relu::new(),
         })
     }
 
-    /// The same model with every layer but the last frozen: training moves
-    /// only the output head (a vehicle's personalised head).
+    /// The same model with the trunk frozen: training moves only the
+    /// output head (a vehicle's personalised head).
     pub fn freeze_trunk(mut self) -> Self {
-        let last = self.layers.len().saturating_sub(1);
-        for layer in &mut self.layers[..last] {
+        for layer in &mut self.layers {
             *layer = layer.clone().no_grad();
         }
         self
@@ -60,8 +64,8 @@ impl Mlp {
 
     /// Reads the parameters back into a flat set.
     pub fn to_params(&self) -> ParamSet {
-        let mut tensors = Vec::with_capacity(self.layers.len() * 2);
-        for (i, layer) in self.layers.iter().enumerate() {
+        let mut tensors = Vec::with_capacity((self.layers.len() + self.heads.len()) * 2);
+        for (i, layer) in self.layers.iter().chain(&self.heads).enumerate() {
             tensors.push(flat(
                 format!("layers.{i}.weight"),
                 layer.weight.val().into_data(),
@@ -73,22 +77,30 @@ impl Mlp {
         ParamSet { tensors }
     }
 
-    /// Logits (classification) or predictions (regression), `[batch, outputs]`.
-    pub fn forward(&self, input: Tensor<2>) -> Tensor<2> {
-        let last = self.layers.len() - 1;
+    /// Logits (classification) or predictions (regression) of head
+    /// `head`, `[batch, outputs]`.
+    ///
+    /// # Panics
+    /// When the model has no head `head`; callers take it from a dataset
+    /// built for this model's spec.
+    pub fn forward(&self, input: Tensor<2>, head: usize) -> Tensor<2> {
         let mut x = input;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x);
-            if i < last {
-                x = self.activation.forward(x);
-            }
+        for layer in &self.layers {
+            x = self.activation.forward(layer.forward(x));
         }
-        x
+        self.heads[head].forward(x)
     }
 
-    /// Mean loss of a batch: cross-entropy for classes, MSE for values.
-    pub fn loss(&self, input: Tensor<2>, targets: &Targets, device: &Device) -> Tensor<1> {
-        loss_of(self.forward(input), targets, device)
+    /// Mean loss of a batch through head `head`: cross-entropy for
+    /// classes, MSE for values.
+    pub fn loss(
+        &self,
+        input: Tensor<2>,
+        head: usize,
+        targets: &Targets,
+        device: &Device,
+    ) -> Tensor<1> {
+        loss_of(self.forward(input, head), targets, device)
     }
 }
 
@@ -145,6 +157,18 @@ mod tests {
         let device = Device::flex();
         let model = Mlp::from_params(&spec, &params, &device).unwrap();
         assert_eq!(model.to_params(), params);
+    }
+
+    #[test]
+    fn each_head_reads_the_shared_trunk() {
+        let spec = crate::spec::tests::two_heads();
+        let params = spec.init_params();
+        let device = Device::flex();
+        let model = Mlp::from_params(&spec, &params, &device).unwrap();
+        assert_eq!(model.to_params(), params);
+        let x = Tensor::<2>::from_data(TensorData::new(vec![0.5f32, -1.0, 2.0], [1, 3]), &device);
+        assert_eq!(model.forward(x.clone(), 0).dims(), [1, 2]);
+        assert_eq!(model.forward(x, 1).dims(), [1, 1]);
     }
 
     #[test]

@@ -100,25 +100,75 @@ impl Default for TargetScale {
     }
 }
 
-/// Everything needed to rebuild a model from its parameters: the "spec" half
-/// of a recoverable version. It is the model's whole pipeline: the aligned
-/// feature schema with its statistics and vocabularies, the target and the
-/// architecture.
+/// Most heads one model may have.
+pub const MAX_HEADS: usize = 256;
+
+/// One output head: a task the fleet learns on the shared trunk. A vehicle
+/// trains the trunk and the head of the label it logs; the others stay as
+/// they are in its update.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelSpec {
-    /// Classification or regression.
-    pub task: TaskKind,
-    /// Input columns, in model input order; CSV columns match by name or alias.
-    pub features: Vec<Feature>,
+pub struct Head {
     /// Label column name.
     pub label: String,
     /// Other local names of the label column.
     pub label_aliases: Vec<String>,
+    /// Classification or regression.
+    pub task: TaskKind,
     /// Class names for classification, in output order; empty for regression.
     pub classes: Vec<String>,
     /// Regression target standardisation (identity for classification).
     pub target: TargetScale,
-    /// Hidden layer widths.
+}
+
+impl Head {
+    /// A classification head over `classes`.
+    pub fn classification(label: &str, classes: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            label: label.to_string(),
+            label_aliases: Vec::new(),
+            task: TaskKind::Classification,
+            classes: classes.into_iter().collect(),
+            target: TargetScale::default(),
+        }
+    }
+
+    /// A regression head predicting `(y - target.mean) / target.std`.
+    pub fn regression(label: &str, target: TargetScale) -> Self {
+        Self {
+            label: label.to_string(),
+            label_aliases: Vec::new(),
+            task: TaskKind::Regression,
+            classes: Vec::new(),
+            target,
+        }
+    }
+
+    /// Does a CSV column called `column` hold this head's label?
+    pub fn matches(&self, column: &str) -> bool {
+        self.label == column || self.label_aliases.iter().any(|a| a == column)
+    }
+
+    /// Number of outputs: one per class, or one for regression.
+    pub fn outputs(&self) -> usize {
+        match self.task {
+            TaskKind::Classification => self.classes.len(),
+            TaskKind::Regression => 1,
+        }
+    }
+}
+
+/// Everything needed to rebuild a model from its parameters: the "spec" half
+/// of a recoverable version. It is the model's whole pipeline: the aligned
+/// feature schema with its statistics and vocabularies, the heads with
+/// their targets, and the architecture: a trunk of `hidden` layers shared
+/// by every head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Input columns, in model input order; CSV columns match by name or alias.
+    pub features: Vec<Feature>,
+    /// Output heads, one per label the fleet learns (at least one).
+    pub heads: Vec<Head>,
+    /// Hidden layer widths of the shared trunk.
     pub hidden: Vec<u32>,
     /// Seed for the initial weights.
     pub init_seed: u64,
@@ -140,18 +190,19 @@ impl ModelSpec {
         init_seed: u64,
     ) -> Self {
         Self {
-            task: TaskKind::Classification,
             features: features
                 .into_iter()
                 .map(|name| Feature::numeric(name, 0.0, 1.0))
                 .collect(),
-            label: label.to_string(),
-            label_aliases: Vec::new(),
-            classes: classes.into_iter().collect(),
-            target: TargetScale::default(),
+            heads: vec![Head::classification(label, classes)],
             hidden,
             init_seed,
         }
+    }
+
+    /// The first head (the only one in a one-task fleet).
+    pub fn primary(&self) -> &Head {
+        &self.heads[0]
     }
 
     /// Number of model inputs (masks and one-hot columns included).
@@ -164,23 +215,76 @@ impl ModelSpec {
         self.features.iter().map(|f| f.name.as_str()).collect()
     }
 
-    /// Does a CSV column called `column` hold the label?
+    /// Does a CSV column called `column` hold some head's label?
     pub fn is_label(&self, column: &str) -> bool {
-        self.label == column || self.label_aliases.iter().any(|a| a == column)
+        self.heads.iter().any(|h| h.matches(column))
     }
 
-    /// Number of outputs: one per class, or one for regression.
-    pub fn outputs(&self) -> usize {
-        match self.task {
-            TaskKind::Classification => self.classes.len(),
-            TaskKind::Regression => 1,
-        }
+    /// The head whose label column is called `column`.
+    pub fn head_for(&self, column: &str) -> Option<usize> {
+        self.heads.iter().position(|h| h.matches(column))
+    }
+
+    /// The first head whose label is among `headers` (a CSV's columns).
+    pub fn head_in(&self, headers: &[String]) -> Option<usize> {
+        self.heads
+            .iter()
+            .position(|h| headers.iter().any(|c| h.matches(c)))
+    }
+
+    /// Number of outputs of head `head` (0 for no such head).
+    pub fn outputs(&self, head: usize) -> usize {
+        self.heads.get(head).map_or(0, Head::outputs)
+    }
+
+    /// Layers of the shared trunk (each followed by a ReLU).
+    pub fn trunk_layers(&self) -> usize {
+        self.hidden.len()
+    }
+
+    /// Which head tensor `index` of [`ModelSpec::layout`] belongs to, or
+    /// `None` for the shared trunk (and past the end).
+    pub fn tensor_head(&self, index: usize) -> Option<usize> {
+        let layer = index / 2;
+        let head = layer.checked_sub(self.trunk_layers())?;
+        (head < self.heads.len()).then_some(head)
     }
 
     /// Checks the spec is internally consistent.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.features.is_empty() {
             return Err(SpecError("no input features".into()));
+        }
+        if self.heads.is_empty() || self.heads.len() > MAX_HEADS {
+            return Err(SpecError(format!(
+                "{} output heads; a model has 1 to {MAX_HEADS}",
+                self.heads.len()
+            )));
+        }
+        let mut labels = std::collections::BTreeSet::new();
+        for head in &self.heads {
+            if !labels.insert(head.label.as_str()) {
+                return Err(SpecError(format!("two heads label {:?}", head.label)));
+            }
+            if self.features.iter().any(|f| head.matches(&f.name)) {
+                return Err(SpecError(format!(
+                    "label {:?} is also an input feature",
+                    head.label
+                )));
+            }
+            let target = &head.target;
+            if !target.mean.is_finite() || !target.std.is_finite() || target.std <= 0.0 {
+                return Err(SpecError(format!(
+                    "head {:?}: target scale must be finite and positive",
+                    head.label
+                )));
+            }
+            if head.task == TaskKind::Classification && head.classes.len() < 2 {
+                return Err(SpecError(format!(
+                    "head {:?}: classification needs at least two classes",
+                    head.label
+                )));
+            }
         }
         for f in &self.features {
             if let Encoding::Numeric { mean, std, .. } = &f.encoding
@@ -192,39 +296,49 @@ impl ModelSpec {
                 )));
             }
         }
-        let target = &self.target;
-        if !target.mean.is_finite() || !target.std.is_finite() || target.std <= 0.0 {
-            return Err(SpecError("target scale must be finite and positive".into()));
-        }
-        if self.task == TaskKind::Classification && self.classes.len() < 2 {
-            return Err(SpecError(
-                "classification needs at least two classes".into(),
-            ));
-        }
         if self.hidden.contains(&0) {
             return Err(SpecError("hidden layer widths must be positive".into()));
         }
         Ok(())
     }
 
-    /// Layer widths from input to output.
-    pub fn widths(&self) -> Vec<usize> {
+    /// Layer widths from input to the output of head `head`.
+    pub fn widths(&self, head: usize) -> Vec<usize> {
         let mut widths = vec![self.inputs()];
         widths.extend(self.hidden.iter().map(|h| *h as usize));
-        widths.push(self.outputs());
+        widths.push(self.outputs(head));
         widths
     }
 
-    /// The parameter layout this spec implies.
+    /// Width of the trunk's output, the input of every head.
+    pub fn trunk_width(&self) -> usize {
+        self.hidden.last().map_or(self.inputs(), |h| *h as usize)
+    }
+
+    /// Widest layer of any head's path (activation memory per sample).
+    pub fn widest(&self) -> usize {
+        (0..self.heads.len())
+            .flat_map(|h| self.widths(h))
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// The parameter layout this spec implies: the trunk's layers
+    /// `layers.0 .. layers.{L-1}`, then one output layer per head,
+    /// `layers.{L+k}` for head k (so a one-head model is a plain MLP).
     pub fn layout(&self) -> Layout {
-        let widths = self.widths();
+        let mut widths = vec![self.inputs()];
+        widths.extend(self.hidden.iter().map(|h| *h as usize));
         let mut tensors = Vec::new();
+        let mut push = |i: usize, from: usize, to: usize| {
+            tensors.push((format!("layers.{i}.weight"), vec![from as u32, to as u32]));
+            tensors.push((format!("layers.{i}.bias"), vec![to as u32]));
+        };
         for (i, pair) in widths.windows(2).enumerate() {
-            tensors.push((
-                format!("layers.{i}.weight"),
-                vec![pair[0] as u32, pair[1] as u32],
-            ));
-            tensors.push((format!("layers.{i}.bias"), vec![pair[1] as u32]));
+            push(i, pair[0], pair[1]);
+        }
+        for (k, head) in self.heads.iter().enumerate() {
+            push(self.trunk_layers() + k, self.trunk_width(), head.outputs());
         }
         Layout { tensors }
     }
@@ -257,9 +371,13 @@ impl ModelSpec {
         ParamSet { tensors: out }
     }
 
-    /// Multiply-accumulate count of one forward pass for one sample.
-    pub fn forward_macs(&self) -> u64 {
-        self.widths().windows(2).map(|p| (p[0] * p[1]) as u64).sum()
+    /// Multiply-accumulate count of one forward pass for one sample
+    /// through the trunk and head `head`.
+    pub fn forward_macs(&self, head: usize) -> u64 {
+        self.widths(head)
+            .windows(2)
+            .map(|p| (p[0] * p[1]) as u64)
+            .sum()
     }
 }
 
@@ -297,18 +415,57 @@ pub(crate) mod tests {
     /// A small valid classification spec.
     pub(crate) fn spec() -> ModelSpec {
         ModelSpec {
-            task: TaskKind::Classification,
             features: ["a", "b", "c"]
                 .into_iter()
                 .map(|n| Feature::numeric(n, 0.0, 1.0))
                 .collect(),
-            label: "y".into(),
-            label_aliases: Vec::new(),
-            classes: vec!["no".into(), "yes".into()],
-            target: TargetScale::default(),
+            heads: vec![Head::classification("y", ["no".into(), "yes".into()])],
             hidden: vec![4],
             init_seed: 7,
         }
+    }
+
+    /// [`spec`] with a second, regression head on `z`.
+    pub(crate) fn two_heads() -> ModelSpec {
+        let mut spec = spec();
+        spec.heads.push(Head::regression(
+            "z",
+            TargetScale {
+                mean: 10.0,
+                std: 2.0,
+            },
+        ));
+        spec
+    }
+
+    #[test]
+    fn heads_share_the_trunk_and_name_their_own_tensors() {
+        let spec = two_heads();
+        assert!(spec.validate().is_ok());
+        let names: Vec<String> = spec.layout().tensors.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "layers.0.weight",
+                "layers.0.bias",
+                "layers.1.weight",
+                "layers.1.bias",
+                "layers.2.weight",
+                "layers.2.bias"
+            ]
+        );
+        let groups: Vec<Option<usize>> = (0..6).map(|i| spec.tensor_head(i)).collect();
+        assert_eq!(groups, [None, None, Some(0), Some(0), Some(1), Some(1)]);
+        assert_eq!(spec.layout().numel(), 3 * 4 + 4 + (4 * 2 + 2) + (4 + 1));
+        assert_eq!(spec.forward_macs(0), 3 * 4 + 4 * 2);
+        assert_eq!(spec.forward_macs(1), 3 * 4 + 4);
+        assert_eq!(spec.head_for("z"), Some(1));
+        assert_eq!(spec.head_in(&["q".into(), "y".into()]), Some(0));
+        // one head: the same layout as a plain MLP, so one-task fleets keep it
+        assert_eq!(spec.tensor_head(1), None);
+        let mut leaky = two_heads();
+        leaky.features.push(Feature::numeric("z", 0.0, 1.0));
+        assert!(leaky.validate().is_err(), "a label cannot be an input");
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub struct Manifest {
 /// Hash of everything besides the weights that defines a model.
 pub fn spec_hash(spec: &ModelSpec, recipe: &Recipe) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
-    h.update(b"convoy-spec-v2");
+    h.update(b"convoy-spec-v3");
     h.update(&postcard::to_allocvec(spec).unwrap_or_default());
     h.update(&postcard::to_allocvec(recipe).unwrap_or_default());
     *h.finalize().as_bytes()
@@ -125,21 +125,20 @@ mod tests {
     }
 
     /// Ids stored in ledgers and announced on the wire must stay the same
-    /// across refactors: this one was computed when the pipeline spec (spec
-    /// v2: encodings, target scale, gradient clipping) was introduced.
+    /// across refactors: this one was computed when heads were introduced
+    /// (spec v3: a shared trunk and one head per label).
     #[test]
     fn version_id_is_stable() {
         let spec = ModelSpec {
-            task: crate::spec::TaskKind::Classification,
             features: vec![
                 crate::spec::Feature::numeric("speed", 50.0, 10.0),
                 crate::spec::Feature::numeric("rpm", 2000.0, 500.0),
                 crate::spec::Feature::numeric("temp", 80.0, 5.0),
             ],
-            label: "fault".into(),
-            label_aliases: Vec::new(),
-            classes: vec!["no".into(), "yes".into()],
-            target: Default::default(),
+            heads: vec![crate::spec::Head::classification(
+                "fault",
+                ["no".into(), "yes".into()],
+            )],
             hidden: vec![4],
             init_seed: 7,
         };
@@ -152,7 +151,7 @@ mod tests {
         let id = manifest_of(&spec.init_params(), &spec, &recipe).version;
         assert_eq!(
             hex(&id),
-            "b247302c6bde8c48b22fe005adcece972c8807c5715bb9aa7b0b4f1f738347c3"
+            "ca08ab1746a872ef3bc5529aa5a2ad8c45f28280674b17f51187b93a3b3a23f5"
         );
     }
 }

@@ -229,8 +229,8 @@ fn predict(
     let data = Dataset::from_table(&table, &model.spec)?;
     let device = Device::flex();
     let mlp = Mlp::from_params(&model.spec, &model.params, &device)?;
-    let positive = model
-        .spec
+    let head = &model.spec.heads[data.head()];
+    let positive = head
         .classes
         .iter()
         .position(|c| c == "yes")
@@ -238,11 +238,11 @@ fn predict(
     let indices: Vec<usize> = (0..data.len()).collect();
     let batch = data.batch(&indices);
     let (x, y) = convoy_shared::model::to_tensors(batch, &device);
-    let logits = mlp.forward(x).into_data().convert::<f32>();
+    let logits = mlp.forward(x, data.head()).into_data().convert::<f32>();
     let logits = logits
         .as_slice::<f32>()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let k = model.spec.classes.len();
+    let k = head.classes.len();
     let Targets::Classes(labels) = y else {
         anyhow::bail!("classification expected")
     };
@@ -720,7 +720,10 @@ async fn regression(work: &Path, seeds: &[u64], rounds: u64) -> anyhow::Result<(
                 return vec![];
             };
             v.iter()
-                .map(|t| (*t * central.target.std + central.target.mean) as f64)
+                .map(|t| {
+                    let target = central.primary().target;
+                    (*t * target.std + target.mean) as f64
+                })
                 .collect()
         };
         let (y_train, y_test) = (unscale(&train_data), unscale(&test_data));

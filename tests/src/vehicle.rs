@@ -98,6 +98,7 @@ impl FakeVehicle {
     pub fn whole_update(&self, announce: &Announce, encoded: Vec<u8>) -> Vec<u8> {
         let body = UpdateBody {
             samples: 1,
+            head: 0,
             stats: TrainStats {
                 device: "test".into(),
                 ..Default::default()

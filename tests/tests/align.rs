@@ -106,7 +106,7 @@ async fn vehicles_with_different_columns_and_gaps_align_and_learn() -> anyhow::R
         spec.feature_names(),
         ["distance", "dow", "hour", "local", "month"]
     );
-    assert_eq!(spec.classes, ["no", "yes"]);
+    assert_eq!(spec.primary().classes, ["no", "yes"]);
     use convoy_tests::api::Encoding;
     for f in &spec.features {
         match (f.name.as_str(), &f.encoding) {

@@ -113,6 +113,7 @@ async fn forged_announcements_statuses_and_updates_change_nothing() -> anyhow::R
     // Defect 3: an update on car-0's topic claiming a billion samples.
     let body = postcard::to_allocvec(&UpdateBody {
         samples: 1_000_000_000,
+        head: 0,
         stats: Default::default(),
         codec: "fp32".into(),
         encoded: vec![0; 16],

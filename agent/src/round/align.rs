@@ -76,18 +76,25 @@ impl Agent {
                     Err(e) => self.refuse_alignment(out, &e.to_string()),
                 }
             }
-            AlignStage::Statistics(schema) => match Statistics::collect(&table, &schema) {
-                Ok(stats) => {
-                    tracing::info!(epoch = request.epoch, "sending column statistics");
-                    let report = StatsReport {
-                        client,
-                        epoch: request.epoch,
-                        stats,
-                    };
-                    self.send_signed(out, Kind::StatsReport, self.topics.stats.as_str(), &report);
+            AlignStage::Statistics(schema) => {
+                match Statistics::collect(&table, &schema, &self.config.data.label) {
+                    Ok(stats) => {
+                        tracing::info!(epoch = request.epoch, "sending column statistics");
+                        let report = StatsReport {
+                            client,
+                            epoch: request.epoch,
+                            stats,
+                        };
+                        self.send_signed(
+                            out,
+                            Kind::StatsReport,
+                            self.topics.stats.as_str(),
+                            &report,
+                        );
+                    }
+                    Err(e) => self.refuse_alignment(out, &e.to_string()),
                 }
-                Err(e) => self.refuse_alignment(out, &e.to_string()),
-            },
+            }
         }
         Ok(())
     }

@@ -70,7 +70,7 @@ impl Agent {
         let round = ready.announce.round;
         let spec = &ready.announce.spec;
         if let Some(cap) = self.policy.memory_cap() {
-            let widest = spec.widths().into_iter().max().unwrap_or(1);
+            let widest = spec.widest();
             let need = policy::training_memory(
                 spec.layout().numel(),
                 self.data.rows() * spec.inputs(),
@@ -121,6 +121,7 @@ impl Agent {
             seed,
             chunk_size: ready.announce.chunk_size,
             residual,
+            head: 0,
         };
         let key = ready.announce.manifest.spec_hash;
         let source = match &self.dataset {
@@ -139,11 +140,12 @@ impl Agent {
         let holdout = self.config.data.holdout;
         let personal_steps = self.config.training.personal_steps;
         let holdout_seed = training_seed(&self.config.client_id, 0);
+        let label = self.config.data.label.clone();
         let pause = self.pause.clone();
         let cancel = Arc::new(AtomicBool::new(false));
         let thread_cancel = cancel.clone();
         let work = move || {
-            let set = match data::build(source, &spec, holdout, holdout_seed) {
+            let set = match data::build(source, &spec, &label, holdout, holdout_seed) {
                 Ok(set) => set,
                 Err(e) => {
                     return TrainingDone {
@@ -160,6 +162,10 @@ impl Agent {
                     .map_err(|e| tracing::warn!(error = %e, "held-out rows not scored"))
                     .ok()
             });
+            let encoding = Encoding {
+                head: set.train.head() as u32,
+                ..encoding
+            };
             let job = Job {
                 spec,
                 base,

@@ -364,8 +364,7 @@ impl Aligner {
             .map_err(|e| ServerError::Align(e.to_string()))?;
         tracing::info!(
             vehicles = declarations.len(),
-            label = %schema.label,
-            task = ?schema.task,
+            heads = ?schema.heads.iter().map(|h| format!("{} ({:?})", h.label, h.task)).collect::<Vec<_>>(),
             columns = ?schema.columns.iter().map(|c| format!("{} ({:?})", c.name, c.kind)).collect::<Vec<_>>(),
             "schema round done; asking for statistics"
         );

@@ -99,7 +99,7 @@ fn stats_from(client: &str, epoch: u64, schema: &Schema) -> LinkEvent {
     let report = StatsReport {
         client: convoy_shared::messages::id(client).unwrap(),
         epoch,
-        stats: Statistics::collect(&data(client), schema).unwrap(),
+        stats: Statistics::collect(&data(client), schema, "tip").unwrap(),
     };
     let t = topic(ClientTopic::Stats, client);
     let payload = wire::encode(Kind::StatsReport, &report, &t, &vehicle_key(client)).unwrap();
@@ -157,7 +157,7 @@ fn schemas_then_statistics_make_the_spec() {
         "the request is cleared"
     );
     let spec = rig.aligner.spec().expect("aligned").clone();
-    assert_eq!(spec.classes, ["no", "yes"]);
+    assert_eq!(spec.primary().classes, ["no", "yes"]);
     let Encoding::Numeric { mean, mask, .. } = spec.features[2].encoding else {
         panic!("speed is numeric")
     };
@@ -243,7 +243,7 @@ fn malformed_answers_are_counted_and_alignment_goes_on() {
         panic!("statistics stage")
     };
     // statistics that do not add up to their rows
-    let mut stats = Statistics::collect(&data("car-1"), &schema).unwrap();
+    let mut stats = Statistics::collect(&data("car-1"), &schema, "tip").unwrap();
     stats.rows += 5;
     let report = StatsReport {
         client: convoy_shared::messages::id("car-1").unwrap(),

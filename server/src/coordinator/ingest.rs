@@ -65,6 +65,8 @@ pub enum Rejection {
     NonFiniteStats,
     /// A fetch for a version that is not the current one.
     UnknownVersion,
+    /// The update names a head the model does not have.
+    UnknownHead(u32),
 }
 
 impl Rejection {
@@ -93,6 +95,7 @@ impl Rejection {
             Rejection::ForgedAnnouncement => "forged_announcement",
             Rejection::NonFiniteStats => "non_finite",
             Rejection::UnknownVersion => "unknown_version",
+            Rejection::UnknownHead(_) => "unknown_head",
         }
     }
 }
@@ -125,6 +128,7 @@ impl fmt::Display for Rejection {
             ),
             Rejection::NonFiniteStats => f.write_str("training stats are not finite"),
             Rejection::UnknownVersion => f.write_str("fetch for a version that is not current"),
+            Rejection::UnknownHead(head) => write!(f, "update trained head {head}, which the model does not have"),
         }
     }
 }
@@ -335,10 +339,20 @@ impl Coordinator {
                     accepted.reason = Some(format!("norm {norm:.3e} clipped to {bound:.3e}"));
                 }
                 fill_accepted(&mut accepted, &update, bytes, decode_seconds);
-                accepted.flops_predicted =
-                    cost::training_flops(&self.spec, update.samples, update.stats.epochs);
+                accepted.head = self
+                    .spec
+                    .heads
+                    .get(update.head as usize)
+                    .map(|h| h.label.clone());
+                accepted.flops_predicted = cost::training_flops(
+                    &self.spec,
+                    update.head as usize,
+                    update.samples,
+                    update.stats.epochs,
+                );
                 accepted.bytes_up_predicted = cost::predict(
                     &self.spec,
+                    update.head as usize,
                     &update.codec,
                     update.samples,
                     update.stats.epochs,
@@ -363,7 +377,8 @@ impl Coordinator {
                 }
                 *row = accepted;
                 r.norms.push(norm);
-                r.sum.fold(&self.scratch, update.samples as f64);
+                r.sum
+                    .fold(&self.scratch, update.head as usize, update.samples as f64);
                 r.loss_weighted += update.stats.loss as f64 * update.samples as f64;
                 tracing::info!(
                     client,
@@ -406,6 +421,9 @@ impl Coordinator {
             .map_err(|e| Rejection::decode(e.reason(), e))?;
         if update.samples == 0 {
             return Err(Rejection::BadSamples(update.samples));
+        }
+        if update.head as usize >= self.spec.heads.len() {
+            return Err(Rejection::UnknownHead(update.head));
         }
         let stats = &update.stats;
         let times = [

@@ -144,7 +144,7 @@ impl Coordinator {
         let now = self.clock.instant();
         self.round = Some(OpenRound {
             codec,
-            sum: PartialSum::new(self.spec.layout()),
+            sum: PartialSum::for_spec(&self.spec),
             selected,
             deadline: now
                 .checked_add(deadline)
@@ -200,19 +200,25 @@ impl Coordinator {
         };
         let selected: BTreeSet<String> = announce.selected.iter().map(|c| c.to_string()).collect();
         let mut rows = ledger_rows(round, &selected, &announce.codec);
-        let mut sum = PartialSum::new(self.spec.layout());
+        let mut sum = PartialSum::for_spec(&self.spec);
         let (mut loss_weighted, mut norms) = (0.0, Vec::new());
         for (row, body, scale) in state.updates {
             let decoded = postcard::from_bytes::<convoy_shared::messages::UpdateBody>(&body)
                 .ok()
-                .and_then(|u| codec.decode_into(&u.encoded, &mut self.scratch).ok());
-            if decoded.is_none() || !rows.contains_key(&row.client) {
+                .filter(|u| (u.head as usize) < self.spec.heads.len())
+                .and_then(|u| {
+                    codec
+                        .decode_into(&u.encoded, &mut self.scratch)
+                        .ok()
+                        .map(|()| u.head as usize)
+                });
+            let (Some(head), true) = (decoded, rows.contains_key(&row.client)) else {
                 tracing::error!(round, client = %row.client, "stored update unreadable; left out");
                 continue;
-            }
+            };
             let factor = scale as f32;
             self.scratch.values_mut().for_each(|v| *v *= factor);
-            sum.fold(&self.scratch, row.samples as f64);
+            sum.fold(&self.scratch, head, row.samples as f64);
             loss_weighted += row.loss.unwrap_or(0.0) * row.samples as f64;
             norms.extend(row.update_norm);
             rows.insert(row.client.clone(), row);

@@ -246,6 +246,7 @@ impl Rig {
         let codec = codec::by_name(&a.codec).unwrap();
         let body = UpdateBody {
             samples,
+            head: 0,
             stats: TrainStats {
                 train_seconds: 0.5,
                 steps: 3,

@@ -281,4 +281,51 @@ impl Store {
         let rows = stmt.query_map([round as i64], client_from_sql)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    /// Each task's figures per round, from the ledger's accepted rows: the
+    /// vehicles and samples behind each head, and the round's base model
+    /// on their held-out rows (accuracy weighted by rows, RMSE pooled from
+    /// squared errors). Ordered by round, then head.
+    pub fn task_metrics(&self) -> Result<Vec<TaskMetrics>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT round, head, COUNT(*), SUM(samples), SUM(holdout_samples),
+                SUM(holdout_samples * holdout_accuracy)
+                    / NULLIF(SUM(CASE WHEN holdout_accuracy IS NULL THEN 0 ELSE holdout_samples END), 0),
+                SUM(holdout_samples * holdout_rmse * holdout_rmse)
+                    / NULLIF(SUM(CASE WHEN holdout_rmse IS NULL THEN 0 ELSE holdout_samples END), 0)
+             FROM ledger WHERE status = 'accepted' AND head IS NOT NULL
+             GROUP BY round, head ORDER BY round, head",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TaskMetrics {
+                round: r.get::<_, i64>(0)? as u64,
+                head: r.get(1)?,
+                clients: r.get::<_, i64>(2)? as u64,
+                samples: r.get::<_, i64>(3)? as u64,
+                holdout_samples: r.get::<_, i64>(4)? as u64,
+                holdout_accuracy: r.get(5)?,
+                holdout_rmse: r.get::<_, Option<f64>>(6)?.map(f64::sqrt),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// One task's figures in one round ([`Store::task_metrics`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TaskMetrics {
+    /// Round.
+    pub round: u64,
+    /// The head's label.
+    pub head: String,
+    /// Vehicles whose accepted update trained it.
+    pub clients: u64,
+    /// Their training samples.
+    pub samples: u64,
+    /// Held-out rows they scored the round's base model on.
+    pub holdout_samples: u64,
+    /// Its accuracy there (classification heads).
+    pub holdout_accuracy: Option<f64>,
+    /// Its RMSE there, in the target's units (regression heads).
+    pub holdout_rmse: Option<f64>,
 }

@@ -19,7 +19,7 @@ mod versions;
 #[cfg(test)]
 mod tests;
 
-pub use ledger::OpenRoundState;
+pub use ledger::{OpenRoundState, TaskMetrics};
 pub use rows::{ClientRow, RoundRow};
 pub use status::{ClientStatus, RoundStatus};
 pub use vehicles::VehicleRow;
@@ -83,7 +83,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     encode_seconds REAL NOT NULL DEFAULT 0, decode_seconds REAL NOT NULL DEFAULT 0,
     flops_predicted INTEGER NOT NULL DEFAULT 0,
     holdout_samples INTEGER NOT NULL DEFAULT 0, holdout_accuracy REAL, holdout_rmse REAL,
-    personal_accuracy REAL, personal_rmse REAL,
+    personal_accuracy REAL, personal_rmse REAL, head TEXT,
     PRIMARY KEY (round, client));
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, round INTEGER, client TEXT,
@@ -203,6 +203,9 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             "ALTER TABLE ledger ADD COLUMN personal_accuracy REAL;
              ALTER TABLE ledger ADD COLUMN personal_rmse REAL;",
         )?;
+    }
+    if !has("ledger", "head")? {
+        conn.execute_batch("ALTER TABLE ledger ADD COLUMN head TEXT")?;
     }
     // on-vehicle scores of each round's base model
     for table in ["ledger", "rounds"] {

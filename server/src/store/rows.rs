@@ -145,6 +145,8 @@ pub struct ClientRow {
     pub personal_accuracy: Option<f64>,
     /// The personalised model's RMSE on them.
     pub personal_rmse: Option<f64>,
+    /// Label of the head (task) it trained, when accepted.
+    pub head: Option<String>,
 }
 
 /// The ledger's columns, in the order [`client_from_sql`] and
@@ -152,7 +154,7 @@ pub struct ClientRow {
 pub(super) const LEDGER_COLUMNS: &str = "round, client, status, samples, bytes_up, wire_bytes_up, chunks_up, retries, \
     bytes_down, wire_bytes_down, chunks_down, train_seconds, steps, epochs, loss, flops, bytes_up_predicted, \
     device, codec, update_norm, reason, bytes_up_raw, residual_norm, encode_seconds, decode_seconds, \
-    flops_predicted, holdout_samples, holdout_accuracy, holdout_rmse, personal_accuracy, personal_rmse";
+    flops_predicted, holdout_samples, holdout_accuracy, holdout_rmse, personal_accuracy, personal_rmse, head";
 
 pub(super) fn client_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRow> {
     let count = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
@@ -188,11 +190,12 @@ pub(super) fn client_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientR
         holdout_rmse: r.get(28)?,
         personal_accuracy: r.get(29)?,
         personal_rmse: r.get(30)?,
+        head: r.get(31)?,
     })
 }
 
 pub(super) fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
-    let marks: Vec<String> = (1..=31).map(|i| format!("?{i}")).collect();
+    let marks: Vec<String> = (1..=32).map(|i| format!("?{i}")).collect();
     let sql = format!(
         "INSERT OR REPLACE INTO ledger ({LEDGER_COLUMNS}) VALUES ({})",
         marks.join(", ")
@@ -231,6 +234,7 @@ pub(super) fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), Stor
             c.holdout_rmse,
             c.personal_accuracy,
             c.personal_rmse,
+            c.head,
         ],
     )?;
     Ok(())

@@ -13,7 +13,7 @@ use anyhow::Context;
 use convoy_agent::LocalData;
 use convoy_shared::codec::Pipeline;
 use convoy_shared::dataset::{Dataset, Table};
-use convoy_shared::spec::{Feature, ModelSpec, Recipe, TaskKind};
+use convoy_shared::spec::{Feature, Head, ModelSpec, Recipe, TaskKind};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
@@ -219,15 +219,14 @@ fn load(options: &SimOptions) -> anyhow::Result<(ModelSpec, Dataset, Dataset)> {
             let test_images = idx::read_images(open("t10k-images-idx3-ubyte.gz")?, 100_000)?;
             let test_labels = idx::read_labels(open("t10k-labels-idx1-ubyte.gz")?, 100_000)?;
             let spec = ModelSpec {
-                task: TaskKind::Classification,
                 features: idx::feature_names(images.rows, images.cols)
                     .into_iter()
                     .map(|name| Feature::numeric(name, 0.0, 1.0))
                     .collect(),
-                label: "label".into(),
-                label_aliases: Vec::new(),
-                classes: (0..10).map(|c| c.to_string()).collect(),
-                target: Default::default(),
+                heads: vec![Head::classification(
+                    "label",
+                    (0..10).map(|c| c.to_string()),
+                )],
                 hidden: options.hidden.clone(),
                 init_seed: options.seed,
             };
@@ -394,7 +393,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
                 &id,
                 &url,
                 state.join(&id),
-                fleet::prepared_data_config(&spec.label),
+                fleet::prepared_data_config(&spec.primary().label),
             )?;
             Ok((
                 config,

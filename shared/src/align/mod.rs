@@ -5,7 +5,8 @@
 //!    types, label, task), inferred from its own CSV.
 //! 2. The server [`merge`]s the declarations by name into one [`Schema`]
 //!    (union of columns, configured renames, type conflicts refused with
-//!    the vehicles named).
+//!    the vehicles named). Each label the vehicles declare becomes a head
+//!    of the model, with its own task; no label is ever an input.
 //! 3. Each vehicle sends [`Statistics`] of its columns under that schema
 //!    (counts, exact sums, min/max, missing cells, category counts).
 //! 4. The server [`finish`]es: merged statistics become each feature's
@@ -169,17 +170,38 @@ impl SchemaColumn {
     }
 }
 
+/// One label of the fleet's schema: a head of the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaHead {
+    /// Fleet name of the label column.
+    pub label: String,
+    /// Local names renamed to it.
+    pub aliases: Vec<String>,
+    /// The task every vehicle labelling it trains.
+    pub task: TaskKind,
+}
+
+impl SchemaHead {
+    /// Does a local column called `column` hold this label?
+    pub fn matches(&self, column: &str) -> bool {
+        self.label == column || self.aliases.iter().any(|a| a == column)
+    }
+
+    pub(crate) fn label_kind(&self) -> ColumnKind {
+        match self.task {
+            TaskKind::Classification => ColumnKind::Categorical,
+            TaskKind::Regression => ColumnKind::Numeric,
+        }
+    }
+}
+
 /// The fleet's merged schema, announced for the statistics round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Schema {
     /// Feature columns, sorted by name (so arrival order does not matter).
     pub columns: Vec<SchemaColumn>,
-    /// Label column.
-    pub label: String,
-    /// Local names renamed to the label.
-    pub label_aliases: Vec<String>,
-    /// The fleet's task.
-    pub task: TaskKind,
+    /// Labels, one head each, sorted by name.
+    pub heads: Vec<SchemaHead>,
 }
 
 impl Schema {
@@ -190,12 +212,14 @@ impl Schema {
         *h.finalize().as_bytes()
     }
 
-    /// Index of the table column holding the label.
-    pub fn label_column(&self, table: &Table) -> Option<usize> {
-        table
-            .headers
-            .iter()
-            .position(|h| *h == self.label || self.label_aliases.iter().any(|a| a == h))
+    /// The head of a vehicle whose local label column is `label`.
+    pub fn head_for(&self, label: &str) -> Option<usize> {
+        self.heads.iter().position(|h| h.matches(label))
+    }
+
+    /// Is `column` (a local name) any head's label?
+    pub fn is_label(&self, column: &str) -> bool {
+        self.head_for(column).is_some()
     }
 }
 
@@ -275,47 +299,61 @@ pub fn merge(
         return Err(AlignError::Empty("no vehicle declared a schema".into()));
     }
     let mut conflicts = Vec::new();
-    let side = |pick: &dyn Fn(&LocalSchema) -> String| {
-        let mut by: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-        for (id, s) in declarations {
-            by.entry(pick(s)).or_default().push(id);
-        }
-        by
-    };
-    let labels = side(&|s| settings.canonical(&s.label).to_string());
-    if labels.len() > 1 {
-        conflicts.push(format!(
-            "vehicles label different columns ({}); one fleet trains one task: rename the label with align.renames or split the fleet",
-            describe(&labels)
-        ));
+    let first_id = declarations[0].0;
+    // one head per label the vehicles declare
+    let mut by_label: BTreeMap<String, Vec<(&str, &LocalSchema)>> = BTreeMap::new();
+    for (id, s) in declarations {
+        by_label
+            .entry(settings.canonical(&s.label).to_string())
+            .or_default()
+            .push((id, s));
     }
-    let tasks = side(&|s| format!("{:?}", s.task).to_lowercase());
-    if tasks.len() > 1 {
-        conflicts.push(format!(
-            "vehicles label different tasks ({}); set data.task alike on every vehicle",
-            describe(&tasks)
-        ));
-    }
-    let (first_id, first) = declarations[0];
-    let label = settings.canonical(&first.label).to_string();
-    let label_forced = settings.categorical.contains(&label);
-    let label_kinds = side(&|s| kind_name(s.label_kind).to_string());
-    match first.task {
-        TaskKind::Classification if label_kinds.len() > 1 && !label_forced => {
+    let mut heads = Vec::with_capacity(by_label.len());
+    for (label, group) in &by_label {
+        let side = |pick: &dyn Fn(&LocalSchema) -> String| {
+            let mut by: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+            for (id, s) in group {
+                by.entry(pick(s)).or_default().push(id);
+            }
+            by
+        };
+        let tasks = side(&|s| format!("{:?}", s.task).to_lowercase());
+        if tasks.len() > 1 {
             conflicts.push(format!(
-                "label {label:?} holds numbers on some vehicles and text on others ({}); list it in align.categorical to treat every value as a class",
-                describe(&label_kinds)
+                "vehicles label {label:?} as different tasks ({}); set data.task alike on every vehicle that labels it",
+                describe(&tasks)
             ));
         }
-        TaskKind::Regression => {
-            if let Some(text) = label_kinds.get("categorical") {
+        let task = group[0].1.task;
+        let label_forced = settings.categorical.contains(label);
+        let label_kinds = side(&|s| kind_name(s.label_kind).to_string());
+        match task {
+            TaskKind::Classification if label_kinds.len() > 1 && !label_forced => {
                 conflicts.push(format!(
-                    "regression label {label:?} holds text on {}; a regression target must be numeric",
-                    text.join(", ")
+                    "label {label:?} holds numbers on some vehicles and text on others ({}); list it in align.categorical to treat every value as a class",
+                    describe(&label_kinds)
                 ));
             }
+            TaskKind::Regression => {
+                if let Some(text) = label_kinds.get("categorical") {
+                    conflicts.push(format!(
+                        "regression label {label:?} holds text on {}; a regression target must be numeric",
+                        text.join(", ")
+                    ));
+                }
+            }
+            _ => {}
         }
-        _ => {}
+        let aliases: BTreeSet<String> = group
+            .iter()
+            .map(|(_, s)| s.label.clone())
+            .filter(|l| l != label)
+            .collect();
+        heads.push(SchemaHead {
+            label: label.clone(),
+            aliases: aliases.into_iter().collect(),
+            task,
+        });
     }
     struct Votes<'a> {
         aliases: BTreeSet<String>,
@@ -323,18 +361,12 @@ pub fn merge(
         categorical: Vec<&'a str>,
     }
     let mut columns: BTreeMap<String, Votes<'_>> = BTreeMap::new();
-    let mut label_aliases = BTreeSet::new();
     for (id, schema) in declarations {
-        if schema.label != label {
-            label_aliases.insert(schema.label.clone());
-        }
         for column in &schema.columns {
             let name = settings.canonical(&column.name).to_string();
-            if name == label {
-                conflicts.push(format!(
-                    "{id} logs {:?} as a feature, but it is the fleet's label",
-                    column.name
-                ));
+            // another vehicle's label: never an input, or the model would
+            // read the answer it is asked for
+            if by_label.contains_key(&name) {
                 continue;
             }
             let votes = columns.entry(name.clone()).or_insert_with(|| Votes {
@@ -381,9 +413,7 @@ pub fn merge(
     }
     Ok(Schema {
         columns: merged,
-        label,
-        label_aliases: label_aliases.into_iter().collect(),
-        task: first.task,
+        heads,
     })
 }
 

@@ -4,7 +4,7 @@
 
 use super::{AlignError, AlignSettings, ColumnKind, ExactSum, MAX_LOCAL_CATEGORIES, Schema};
 use crate::dataset::{Cell, Table};
-use crate::spec::{Encoding, Feature, ModelSpec, TargetScale, TaskKind};
+use crate::spec::{Encoding, Feature, Head, ModelSpec, TargetScale, TaskKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -223,14 +223,22 @@ pub struct Statistics {
     pub rows: u64,
     /// One entry per schema column, in schema order.
     pub columns: Vec<ColumnStats>,
-    /// The label column: categories for classification, numbers for regression.
+    /// The schema's head this vehicle labels.
+    pub head: u32,
+    /// Its label column: categories for classification, numbers for regression.
     pub label: ColumnStats,
 }
 
 impl Statistics {
     /// Computes a table's statistics under `schema` (columns matched by name
-    /// or alias).
-    pub fn collect(table: &Table, schema: &Schema) -> Result<Self, AlignError> {
+    /// or alias), for the head of the vehicle's label column `label`.
+    pub fn collect(table: &Table, schema: &Schema, label: &str) -> Result<Self, AlignError> {
+        let no_label = || AlignError::NoLabel {
+            label: label.to_string(),
+            columns: table.headers.clone(),
+        };
+        let head = schema.head_for(label).ok_or_else(no_label)?;
+        let task = &schema.heads[head];
         let columns = schema
             .columns
             .iter()
@@ -239,21 +247,13 @@ impl Statistics {
                 Some(col) => ColumnStats::of_column(table, col, c.kind, &c.name),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let label_col = schema
-            .label_column(table)
-            .ok_or_else(|| AlignError::NoLabel {
-                label: schema.label.clone(),
-                columns: table.headers.clone(),
-            })?;
-        let label_kind = match schema.task {
-            TaskKind::Classification => ColumnKind::Categorical,
-            TaskKind::Regression => ColumnKind::Numeric,
-        };
-        let label = ColumnStats::of_column(table, label_col, label_kind, &schema.label)?;
+        let label_col = table.column(label).ok_or_else(no_label)?;
+        let label = ColumnStats::of_column(table, label_col, task.label_kind(), &task.label)?;
         Ok(Self {
             schema: schema.id(),
             rows: table.len() as u64,
             columns,
+            head: head as u32,
             label,
         })
     }
@@ -281,11 +281,14 @@ impl Statistics {
             stats_bounds(stats, self.rows)
                 .map_err(|m| bad(format!("column {:?}: {m}", column.name)))?;
         }
-        let label_kind = match schema.task {
-            TaskKind::Classification => ColumnKind::Categorical,
-            TaskKind::Regression => ColumnKind::Numeric,
+        let Some(head) = schema.heads.get(self.head as usize) else {
+            return Err(bad(format!(
+                "head {}, the schema has {}",
+                self.head,
+                schema.heads.len()
+            )));
         };
-        if self.label.kind() != Some(label_kind) {
+        if self.label.kind() != Some(head.label_kind()) {
             return Err(bad("label statistics of the wrong type".into()));
         }
         stats_bounds(&self.label, self.rows).map_err(|m| bad(format!("label: {m}")))
@@ -334,14 +337,15 @@ fn stats_bounds(stats: &ColumnStats, rows: u64) -> Result<(), String> {
 }
 
 /// The merged statistics of every report, column by column (what the
-/// pooled data would give: the sums are exact).
+/// pooled data would give: the sums are exact), with each column's count
+/// of vehicles lacking it, and each head's label statistics.
 pub fn merged<'a>(
     schema: &Schema,
     reports: impl IntoIterator<Item = &'a Statistics>,
-) -> (Vec<(ColumnStats, usize)>, ColumnStats) {
+) -> (Vec<(ColumnStats, usize)>, Vec<ColumnStats>) {
     let mut columns: Vec<(ColumnStats, usize)> =
         vec![(ColumnStats::Absent, 0); schema.columns.len()];
-    let mut label = ColumnStats::Absent;
+    let mut labels = vec![ColumnStats::Absent; schema.heads.len()];
     for report in reports {
         for ((merged, absent), stats) in columns.iter_mut().zip(&report.columns) {
             if *stats == ColumnStats::Absent {
@@ -349,9 +353,11 @@ pub fn merged<'a>(
             }
             merged.merge(stats);
         }
-        label.merge(&report.label);
+        if let Some(label) = labels.get_mut(report.head as usize) {
+            label.merge(&report.label);
+        }
     }
-    (columns, label)
+    (columns, labels)
 }
 
 /// Turns the fleet's statistics into the model's spec: each numeric
@@ -366,7 +372,7 @@ pub fn finish<'a>(
     hidden: Vec<u32>,
     init_seed: u64,
 ) -> Result<ModelSpec, AlignError> {
-    let (columns, label) = merged(schema, reports);
+    let (columns, labels) = merged(schema, reports);
     let features = schema
         .columns
         .iter()
@@ -409,7 +415,27 @@ pub fn finish<'a>(
             }
         })
         .collect();
-    let (classes, target) = match (&label, schema.task) {
+    let heads = schema
+        .heads
+        .iter()
+        .zip(&labels)
+        .map(|(head, label)| finish_head(head, label))
+        .collect::<Result<Vec<_>, _>>()?;
+    let spec = ModelSpec {
+        features,
+        heads,
+        hidden,
+        init_seed,
+    };
+    spec.validate()
+        .map_err(|e| AlignError::Empty(e.to_string()))?;
+    Ok(spec)
+}
+
+/// A head from its label's merged statistics: the classes, or the
+/// regression target's scale.
+fn finish_head(head: &super::SchemaHead, label: &ColumnStats) -> Result<Head, AlignError> {
+    let (classes, target) = match (label, head.task) {
         (ColumnStats::Categorical(c), TaskKind::Classification) => {
             let mut classes: Vec<String> = c.counts.keys().cloned().collect();
             classes.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
@@ -419,7 +445,7 @@ pub fn finish<'a>(
             if classes.len() < 2 {
                 return Err(AlignError::Empty(format!(
                     "label {:?} holds {} class(es) across the fleet; classification needs at least two",
-                    schema.label,
+                    head.label,
                     classes.len()
                 )));
             }
@@ -429,29 +455,24 @@ pub fn finish<'a>(
             if n.count == 0 {
                 return Err(AlignError::Empty(format!(
                     "regression label {:?} has no values anywhere in the fleet",
-                    schema.label
+                    head.label
                 )));
             }
             let (mean, std) = n.scale();
             (Vec::new(), TargetScale { mean, std })
         }
         _ => {
-            return Err(AlignError::Empty(
-                "no vehicle reported label statistics".into(),
-            ));
+            return Err(AlignError::Empty(format!(
+                "no vehicle reported statistics of label {:?}",
+                head.label
+            )));
         }
     };
-    let spec = ModelSpec {
-        task: schema.task,
-        features,
-        label: schema.label.clone(),
-        label_aliases: schema.label_aliases.clone(),
+    Ok(Head {
+        label: head.label.clone(),
+        label_aliases: head.aliases.clone(),
+        task: head.task,
         classes,
         target,
-        hidden,
-        init_seed,
-    };
-    spec.validate()
-        .map_err(|e| AlignError::Empty(e.to_string()))?;
-    Ok(spec)
+    })
 }

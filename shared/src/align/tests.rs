@@ -69,14 +69,18 @@ fn conflicts_name_the_vehicles() {
         err.contains("label \"y\"") && err.contains("car-1") && err.contains("car-2"),
         "{err}"
     );
-    let other_label = declare("x,z\n1,no\n2,yes\n", "z");
+    let mut other_task = declare("x,y\n1,3\n2,4\n", "y");
+    other_task.task = TaskKind::Regression;
     let err = merge(
-        &[("car-1", &text_label), ("car-3", &other_label)],
+        &[("car-1", &numeric_label), ("car-3", &other_task)],
         &AlignSettings::default(),
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("\"z\": car-3"), "{err}");
+    assert!(
+        err.contains("different tasks") && err.contains("\"regression\": car-3"),
+        "{err}"
+    );
     let mut regression = declare("x,y\n1,no\n2,yes\n", "y");
     regression.task = TaskKind::Regression;
     let err = merge(&[("car-4", &regression)], &AlignSettings::default())
@@ -120,7 +124,7 @@ fn merged_statistics_equal_the_pooled_statistics_exactly() {
         &AlignSettings::default(),
     )
     .unwrap();
-    let reference = Statistics::collect(&whole, &schema).unwrap();
+    let reference = Statistics::collect(&whole, &schema, "tip").unwrap();
     for cut in [1, 13, 50, 96] {
         // split the rows over three vehicles, the last one lacking `hour`
         let part = |rows: &[&str]| format!("{}\n{}\n", lines[0], rows.join("\n"));
@@ -128,13 +132,13 @@ fn merged_statistics_equal_the_pooled_statistics_exactly() {
         let (second, third) = rest.split_at(rest.len() / 2);
         let mut reports: Vec<Statistics> = [first, second, third]
             .iter()
-            .map(|rows| Statistics::collect(&table(&part(rows)), &schema).unwrap())
+            .map(|rows| Statistics::collect(&table(&part(rows)), &schema, "tip").unwrap())
             .collect();
         let (columns, label) = stats::merged(&schema, &reports);
         for ((merged, _), expected) in columns.iter().zip(&reference.columns) {
             assert_eq!(merged, expected, "cut {cut}");
         }
-        assert_eq!(label, reference.label);
+        assert_eq!(label, [reference.label.clone()]);
         reports.reverse();
         let spec = finish(&schema, &reports, &AlignSettings::default(), vec![4], 1).unwrap();
         let alone = finish(&schema, [&reference], &AlignSettings::default(), vec![4], 1).unwrap();
@@ -204,7 +208,7 @@ fn vocabulary_is_capped_with_an_other_input() {
     };
     let local = LocalSchema::infer(&t, "y", TaskKind::Classification).unwrap();
     let schema = merge(&[("v", &local)], &settings).unwrap();
-    let stats = Statistics::collect(&t, &schema).unwrap();
+    let stats = Statistics::collect(&t, &schema, "y").unwrap();
     let spec = finish(&schema, [&stats], &settings, vec![], 1).unwrap();
     assert_eq!(
         spec.features[0].encoding,
@@ -215,7 +219,7 @@ fn vocabulary_is_capped_with_an_other_input() {
     let data = Dataset::from_table(&t, &spec).unwrap();
     // `c` and `d` share the "other" input
     assert_eq!(data.batch(&[5, 6]).features, [0., 0., 1., 0., 0., 1.]);
-    assert_eq!(spec.classes, ["0", "1"]);
+    assert_eq!(spec.primary().classes, ["0", "1"]);
 }
 
 #[test]
@@ -224,14 +228,14 @@ fn regression_targets_are_standardised() {
     let spec = t
         .derive_spec("delay", TaskKind::Regression, vec![], 1)
         .unwrap();
-    assert_eq!(spec.target.mean, 200.0);
+    assert_eq!(spec.primary().target.mean, 200.0);
     let data = Dataset::from_table(&t, &spec).unwrap();
     assert_eq!(data.skipped_rows, 1, "a row without a target is skipped");
     let Targets::Values(v) = data.targets() else {
         panic!("values")
     };
     assert!((v[0] + v[2]).abs() < 1e-6 && v[1] == 0.0, "{v:?}");
-    assert!((v[2] - 100.0 / spec.target.std).abs() < 1e-6);
+    assert!((v[2] - 100.0 / spec.primary().target.std).abs() < 1e-6);
 }
 
 #[test]
@@ -245,14 +249,14 @@ fn data_that_does_not_fit_the_schema_is_refused_clearly() {
         &AlignSettings::default(),
     )
     .unwrap();
-    let err = Statistics::collect(&table("speed,y\n1,yes\nfast,no\n"), &schema)
+    let err = Statistics::collect(&table("speed,y\n1,yes\nfast,no\n"), &schema, "y")
         .unwrap_err()
         .to_string();
     assert!(
         err.contains("\"speed\"") && err.contains("\"fast\""),
         "{err}"
     );
-    let err = Statistics::collect(&table("speed,label\n1,yes\n"), &schema)
+    let err = Statistics::collect(&table("speed,label\n1,yes\n"), &schema, "y")
         .unwrap_err()
         .to_string();
     assert!(err.contains("label column \"y\" not found"), "{err}");
@@ -269,7 +273,7 @@ fn malformed_statistics_are_refused() {
         &AlignSettings::default(),
     )
     .unwrap();
-    let good = Statistics::collect(&t, &schema).unwrap();
+    let good = Statistics::collect(&t, &schema, "y").unwrap();
     good.check(&schema).unwrap();
     let mut wrong_schema = good.clone();
     wrong_schema.schema[0] ^= 1;
@@ -279,7 +283,9 @@ fn malformed_statistics_are_refused() {
     inflated.rows = 1_000;
     let mut kind = good.clone();
     kind.columns[0] = ColumnStats::Categorical(CategoryStats::default());
-    for bad in [wrong_schema, short, inflated, kind] {
+    let mut no_head = good.clone();
+    no_head.head = 1;
+    for bad in [wrong_schema, short, inflated, kind, no_head] {
         assert!(matches!(
             bad.check(&schema),
             Err(AlignError::Malformed { .. })
@@ -288,4 +294,60 @@ fn malformed_statistics_are_refused() {
     let mut twice = LocalSchema::infer(&t, "y", TaskKind::Classification).unwrap();
     twice.columns.push(twice.columns[0].clone());
     assert!(twice.check().is_err());
+}
+
+#[test]
+fn each_label_becomes_a_head_and_no_label_is_an_input() {
+    // car-a classifies tip and logs distance; car-b regresses distance and
+    // logs tip; car-c classifies tip under another name
+    let a = "distance,hour,tip\n1.5,3,yes\n2.5,4,no\n,5,yes\n";
+    let b = "distance,hour,tip\n10,6,no\n30,7,yes\n";
+    let c = "hour,gratuity\n8,no\n9,yes\n";
+    let settings = AlignSettings {
+        renames: [("gratuity".to_string(), "tip".to_string())].into(),
+        ..Default::default()
+    };
+    let la = declare(a, "tip");
+    let lb = LocalSchema::infer(&table(b), "distance", TaskKind::Regression).unwrap();
+    let lc = declare(c, "gratuity");
+    let schema = merge(&[("car-a", &la), ("car-b", &lb), ("car-c", &lc)], &settings).unwrap();
+    let names: Vec<_> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["hour"], "labels are never inputs");
+    let heads: Vec<_> = schema
+        .heads
+        .iter()
+        .map(|h| (h.label.as_str(), h.task))
+        .collect();
+    assert_eq!(
+        heads,
+        [
+            ("distance", TaskKind::Regression),
+            ("tip", TaskKind::Classification)
+        ]
+    );
+    assert_eq!(schema.heads[1].aliases, ["gratuity"]);
+    let reports = [
+        Statistics::collect(&table(a), &schema, "tip").unwrap(),
+        Statistics::collect(&table(b), &schema, "distance").unwrap(),
+        Statistics::collect(&table(c), &schema, "gratuity").unwrap(),
+    ];
+    assert_eq!(
+        reports.iter().map(|r| r.head).collect::<Vec<_>>(),
+        [1, 0, 1]
+    );
+    for r in &reports {
+        r.check(&schema).unwrap();
+    }
+    let spec = finish(&schema, &reports, &settings, vec![4], 1).unwrap();
+    assert_eq!(spec.heads.len(), 2);
+    assert_eq!(spec.heads[0].target.mean, 20.0, "only car-b's targets");
+    assert_eq!(spec.heads[1].classes, ["no", "yes"]);
+    // car-a's rows train the tip head, even though its CSV has distance too
+    let da = Dataset::from_table_for(&table(a), &spec, spec.head_for("tip")).unwrap();
+    assert_eq!((da.head(), da.len()), (1, 3));
+    let db = Dataset::from_table_for(&table(b), &spec, spec.head_for("distance")).unwrap();
+    assert_eq!(db.head(), 0);
+    assert_eq!(db.targets(), &Targets::Values(vec![-1.0, 1.0]));
+    let dc = Dataset::from_table(&table(c), &spec).unwrap();
+    assert_eq!(dc.head(), 1, "the renamed label finds its head");
 }

@@ -108,6 +108,7 @@ pub enum DataError {
 /// feature, the rows kept (their label is present and, for
 /// classification, one of the spec's classes) and their targets.
 struct Source {
+    head: usize,
     cols: Vec<Option<usize>>,
     kept: Vec<usize>,
     targets: Targets,
@@ -116,15 +117,30 @@ struct Source {
 }
 
 impl Source {
-    fn match_spec(table: &Table, spec: &ModelSpec) -> Result<Self, DataError> {
+    fn match_spec(table: &Table, spec: &ModelSpec, head: Option<usize>) -> Result<Self, DataError> {
+        let no_label = || DataError::NoLabel {
+            label: match head.and_then(|h| spec.heads.get(h)) {
+                Some(h) => h.label.clone(),
+                None => spec
+                    .heads
+                    .iter()
+                    .map(|h| h.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            },
+            columns: table.headers.clone(),
+        };
+        let head = match head {
+            Some(h) if h < spec.heads.len() => h,
+            Some(_) => return Err(no_label()),
+            None => spec.head_in(&table.headers).ok_or_else(no_label)?,
+        };
+        let task = &spec.heads[head];
         let label_col = table
             .headers
             .iter()
-            .position(|h| spec.is_label(h))
-            .ok_or_else(|| DataError::NoLabel {
-                label: spec.label.clone(),
-                columns: table.headers.clone(),
-            })?;
+            .position(|h| task.matches(h))
+            .ok_or_else(no_label)?;
         let cols: Vec<Option<usize>> = spec
             .features
             .iter()
@@ -142,17 +158,17 @@ impl Source {
         let mut values = Vec::new();
         for r in 0..table.len() {
             let cell = table.cell(r, label_col);
-            match (spec.task, cell.number()) {
+            match (task.task, cell.number()) {
                 (_, None) => continue,
                 (TaskKind::Classification, _) => {
                     let label = table.text(r, label_col);
-                    match spec.classes.iter().position(|c| *c == label) {
+                    match task.classes.iter().position(|c| *c == label) {
                         Some(class) => classes.push(class as u32),
                         None => continue,
                     }
                 }
                 (TaskKind::Regression, Some(Ok(v))) => {
-                    values.push((v - spec.target.mean) / spec.target.std)
+                    values.push((v - task.target.mean) / task.target.std)
                 }
                 (TaskKind::Regression, Some(Err(t))) => {
                     return Err(DataError::NotNumeric {
@@ -165,7 +181,7 @@ impl Source {
             kept.push(r);
         }
         let skipped_rows = table.len() - kept.len();
-        let targets = match spec.task {
+        let targets = match task.task {
             TaskKind::Classification => Targets::Classes(classes),
             TaskKind::Regression => Targets::Values(values),
         };
@@ -175,6 +191,7 @@ impl Source {
             });
         }
         Ok(Self {
+            head,
             cols,
             kept,
             targets,
@@ -187,6 +204,7 @@ impl Source {
         Dataset {
             features,
             dims,
+            head: self.head,
             targets: self.targets,
             missing_features: self.missing_features,
             skipped_rows: self.skipped_rows,
@@ -253,6 +271,8 @@ fn encode_cell(
 pub struct Dataset {
     features: Vec<f32>,
     dims: usize,
+    /// The spec's head whose label the targets are.
+    head: usize,
     targets: Targets,
     /// Spec features the source lacked (encoded as missing).
     pub missing_features: Vec<String>,
@@ -261,9 +281,20 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Builds a dataset from a table, matching columns to `spec` by name.
+    /// Builds a dataset from a table, matching columns to `spec` by name;
+    /// the targets are those of the first head whose label the table has.
     pub fn from_table(table: &Table, spec: &ModelSpec) -> Result<Self, DataError> {
-        let source = Source::match_spec(table, spec)?;
+        Self::from_table_for(table, spec, None)
+    }
+
+    /// [`Dataset::from_table`] for head `head` (`None`: the first head whose
+    /// label the table has), for a vehicle that logs several labels.
+    pub fn from_table_for(
+        table: &Table,
+        spec: &ModelSpec,
+        head: Option<usize>,
+    ) -> Result<Self, DataError> {
+        let source = Source::match_spec(table, spec, head)?;
         let dims = spec.inputs();
         let mut features = Vec::with_capacity(source.kept.len() * dims);
         for &r in &source.kept {
@@ -285,8 +316,12 @@ impl Dataset {
     /// features when every feature is a plain numeric column the table
     /// holds as numbers (the usual case for sensor logs), so the data is
     /// never held twice; otherwise it copies.
-    pub fn from_owned_table(table: Table, spec: &ModelSpec) -> Result<Self, DataError> {
-        let source = Source::match_spec(&table, spec)?;
+    pub fn from_owned_table(
+        table: Table,
+        spec: &ModelSpec,
+        head: Option<usize>,
+    ) -> Result<Self, DataError> {
+        let source = Source::match_spec(&table, spec, head)?;
         let dims = spec.inputs();
         let width = table.headers.len();
         let plain: Option<Vec<(usize, f32, f32)>> = spec
@@ -306,7 +341,7 @@ impl Dataset {
             })
             .collect();
         let (Some(plain), true) = (plain, dims <= width) else {
-            return Self::from_table(&table, spec);
+            return Self::from_table_for(&table, spec, Some(source.head));
         };
         let mut cells = table.numbers;
         let mut row = vec![0f32; dims];
@@ -333,6 +368,7 @@ impl Dataset {
             features,
             dims,
             targets,
+            head: 0,
             missing_features: Vec::new(),
             skipped_rows: 0,
         })
@@ -347,6 +383,7 @@ impl Dataset {
         Self {
             features,
             dims: self.dims,
+            head: self.head,
             targets: self.targets.select(indices),
             missing_features: self.missing_features.clone(),
             skipped_rows: 0,
@@ -377,7 +414,19 @@ impl Dataset {
         Self::from_table(&Table::read(reader)?, spec)
     }
 
-    /// Features per row.
+    /// The spec's head the targets belong to.
+    pub fn head(&self) -> usize {
+        self.head
+    }
+
+    /// The same rows as targets of head `head` (prepared data whose
+    /// targets belong to another head than the first).
+    pub fn with_head(mut self, head: usize) -> Self {
+        self.head = head;
+        self
+    }
+
+    /// Input features per row.
     pub fn dims(&self) -> usize {
         self.dims
     }

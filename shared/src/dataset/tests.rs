@@ -11,12 +11,12 @@ fn derives_spec_and_matches_columns_by_name() {
         .derive_spec("y", TaskKind::Classification, vec![4], 1)
         .unwrap();
     assert_eq!(spec.feature_names(), vec!["a", "b"]);
-    assert_eq!(spec.classes, vec!["maybe", "no", "yes"]);
+    assert_eq!(spec.heads[0].classes, vec!["maybe", "no", "yes"]);
     assert!(matches!(
         spec.features[1].encoding,
         crate::spec::Encoding::Numeric { mean, mask: false, .. } if (mean - 4.0).abs() < 1e-6
     ));
-    spec.classes.retain(|c| c != "maybe");
+    spec.heads[0].classes.retain(|c| c != "maybe");
     // reordered columns and an extra one still line up by name
     let other = "extra,a,y,b\n0,25,no,4\n0,25,maybe,4\n";
     let data = Dataset::from_csv(other.as_bytes(), &spec).unwrap();
@@ -42,7 +42,7 @@ fn owned_table_gives_the_same_dataset_without_a_second_copy() {
         .derive_spec("y", TaskKind::Classification, vec![4], 1)
         .unwrap();
     let mut spec = spec;
-    spec.classes.retain(|c| c != "maybe");
+    spec.heads[0].classes.retain(|c| c != "maybe");
     for csv in [
         // reordered, an extra column, a skipped row (in place)
         "extra,a,y,b\n0,25,no,4\n0,25,maybe,4\n9,10,yes,1\n1,30,yes,7\n",
@@ -53,7 +53,7 @@ fn owned_table_gives_the_same_dataset_without_a_second_copy() {
         "a,b,y\n10,1,yes\n20,oops,no\n",
     ] {
         let copied = Dataset::from_table(&Table::read(csv.as_bytes()).unwrap(), &spec);
-        let owned = Dataset::from_owned_table(Table::read(csv.as_bytes()).unwrap(), &spec);
+        let owned = Dataset::from_owned_table(Table::read(csv.as_bytes()).unwrap(), &spec, None);
         match (copied, owned) {
             (Ok(c), Ok(o)) => {
                 assert_eq!(c.features, o.features, "{csv}");
