@@ -216,3 +216,106 @@ async fn unscaled_regression_trains_with_the_default_recipe() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classification_and_regression_vehicles_train_one_trunk() -> anyhow::Result<()> {
+    init_tracing();
+    let builder = Fleet::digits("align_mixed_tasks", 3, 5)?.rounds(3);
+    let test_csv = shared_data("taxi/other.csv")?;
+    let mut builder = builder.server(|s| aligning(s, test_csv));
+    // two vehicles classify tip; the third regresses distance and logs tip
+    // too, which must not become an input
+    let tasks = [
+        (HETEROGENEOUS[0], "tip", TaskKind::Classification),
+        (HETEROGENEOUS[1], "tip", TaskKind::Classification),
+        (HETEROGENEOUS[2], "distance", TaskKind::Regression),
+    ];
+    for (i, (path, label, task)) in tasks.into_iter().enumerate() {
+        let path = shared_data(path)?;
+        builder = builder.agent(i, |a| a.data = DataConfig::new(path, label, task));
+    }
+    let mut fleet = builder.start().await?;
+    let rounds = fleet.next_rounds(3, 120).await?;
+    let summary = fleet.finish().await?;
+    assert!(summary.rejections.is_empty(), "{:?}", summary.rejections);
+    for r in &rounds {
+        assert_eq!(
+            (r.status.as_str(), r.clients_reported, r.clients_failed),
+            ("finished", 3, 0),
+            "{r:#?}"
+        );
+    }
+    let store = fleet.store()?;
+    let spec = store.load_version(&rounds[0].base_version)?.spec;
+    let heads: Vec<(&str, TaskKind)> = spec
+        .heads
+        .iter()
+        .map(|h| (h.label.as_str(), h.task))
+        .collect();
+    assert_eq!(
+        heads,
+        [
+            ("distance", TaskKind::Regression),
+            ("tip", TaskKind::Classification)
+        ]
+    );
+    // no label is an input: distance is learnt, not read
+    assert_eq!(spec.feature_names(), ["dow", "hour", "local", "month"]);
+    // the regression target's scale comes from the one vehicle that has it
+    assert!(spec.heads[0].target.std > 0.5, "{:?}", spec.heads[0].target);
+
+    // each task's metric per round, from the ledger
+    let tasks = store.task_metrics()?;
+    assert_eq!(
+        tasks.len(),
+        6,
+        "two tasks in each of three rounds: {tasks:#?}"
+    );
+    for t in &tasks {
+        match t.head.as_str() {
+            "tip" => {
+                assert_eq!(t.clients, 2);
+                assert!(t.holdout_accuracy.is_some() && t.holdout_rmse.is_none());
+            }
+            "distance" => {
+                assert_eq!(t.clients, 1);
+                assert!(t.holdout_rmse.is_some() && t.holdout_accuracy.is_none());
+            }
+            other => panic!("unexpected task {other}"),
+        }
+    }
+    let metric = |round: u64, head: &str| {
+        tasks
+            .iter()
+            .find(|t| t.round == round && t.head == head)
+            .cloned()
+            .expect("a row per task and round")
+    };
+    assert!(
+        metric(3, "tip").holdout_accuracy.is_some_and(|a| a > 0.8),
+        "{:?}",
+        metric(3, "tip")
+    );
+    let (first, last) = (
+        metric(1, "distance").holdout_rmse.unwrap_or(f64::NAN),
+        metric(3, "distance").holdout_rmse.unwrap_or(f64::NAN),
+    );
+    assert!(
+        last < first,
+        "the regression head learns on the shared trunk: RMSE {first} -> {last}"
+    );
+    let rows = store.clients(2)?;
+    let trained: Vec<(&str, Option<&str>)> = rows
+        .iter()
+        .map(|c| (c.client.as_str(), c.head.as_deref()))
+        .collect();
+    assert_eq!(
+        trained,
+        [
+            ("car-0", Some("tip")),
+            ("car-1", Some("tip")),
+            ("car-2", Some("distance"))
+        ]
+    );
+    Ok(())
+}

@@ -25,6 +25,8 @@ struct Rig {
     clock: Arc<ManualClock>,
     coordinator: Coordinator,
     spec: ModelSpec,
+    /// The head the rig's vehicles say they trained.
+    head: u32,
 }
 
 fn table() -> Table {
@@ -99,6 +101,7 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
         clock,
         coordinator,
         spec,
+        head: 0,
     }
 }
 
@@ -246,7 +249,7 @@ impl Rig {
         let codec = codec::by_name(&a.codec).unwrap();
         let body = UpdateBody {
             samples,
-            head: 0,
+            head: self.head,
             stats: TrainStats {
                 train_seconds: 0.5,
                 steps: 3,
@@ -539,6 +542,24 @@ fn updates_for_another_round_base_or_client_are_rejected_with_their_reason() {
     rig.send(rig.update_body("car-3", &a, &delta, 5));
     assert!(rig.rejected("not_selected") > 0);
     assert!(rig.coordinator.store.rejection_counts().unwrap().len() >= 4);
+}
+
+#[test]
+fn an_update_for_a_head_the_model_lacks_is_refused() {
+    let mut rig = rig();
+    let a = rig.open(&["car-1", "car-2"]);
+    rig.head = 1;
+    let out = rig.send(rig.update("car-1", 0.01, 5));
+    assert!(!acks(&out, "car-1").remove(0).accepted);
+    assert_eq!(rig.rejected("unknown_head"), 1);
+    rig.head = 0;
+    rig.send(rig.update("car-2", 0.01, 10));
+    rig.clock.advance(Duration::from_secs(31));
+    let out = rig.handle(Input::Tick);
+    assert_eq!(closed(&out).unwrap().clients_reported, 1);
+    let ledger = rig.coordinator.store.clients(a.round).unwrap();
+    let heads: Vec<Option<&str>> = ledger.iter().map(|c| c.head.as_deref()).collect();
+    assert_eq!(heads, [None, Some("y")], "the accepted row names its task");
 }
 
 #[test]
