@@ -84,6 +84,11 @@ pub struct DataConfig {
     /// (0: no held-out rows).
     #[serde(default = "default_holdout")]
     pub holdout: f64,
+    /// Model line (a vehicle group, e.g. the car model): the vehicles of a
+    /// line share the fleet's trunk but train an output head of their own.
+    /// Unset: the fleet's head of the label.
+    #[serde(default)]
+    pub line: Option<String>,
 }
 
 fn default_holdout() -> f64 {
@@ -98,6 +103,7 @@ impl DataConfig {
             label: label.to_string(),
             task,
             holdout: default_holdout(),
+            line: None,
         }
     }
 }

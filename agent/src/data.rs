@@ -111,7 +111,7 @@ pub struct TrainingSet {
 pub fn build(
     source: Source,
     spec: &ModelSpec,
-    label: &str,
+    (label, line): (&str, Option<&str>),
     holdout: f64,
     seed: u64,
 ) -> Result<TrainingSet, AgentError> {
@@ -136,15 +136,17 @@ pub fn build(
         Source::Table(table, path) => (table, path),
         Source::File { path, label } => (Arc::new(load_table(&path, &label)?), path),
     };
-    // the head of this vehicle's label (its CSV may log other heads' labels)
-    let Some(head) = spec.head_for(label) else {
+    // the head of this vehicle's label and line (its CSV may log other
+    // heads' labels)
+    let Some(head) = spec.head_of(label, line) else {
+        let line = line.map(|l| format!(" in line {l:?}")).unwrap_or_default();
         return Err(AgentError::Data {
             path: path.display().to_string(),
             message: format!(
-                "label {label:?} is none of the model's heads ({}); set data.label to one of them",
+                "label {label:?}{line} is none of the model's heads ({}); set data.label and data.line to one of them",
                 spec.heads
                     .iter()
-                    .map(|h| h.label.as_str())
+                    .map(|h| h.name())
                     .collect::<Vec<_>>()
                     .join(", ")
             ),

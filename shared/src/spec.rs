@@ -118,9 +118,20 @@ pub struct Head {
     pub classes: Vec<String>,
     /// Regression target standardisation (identity for classification).
     pub target: TargetScale,
+    /// The model line (a vehicle group, e.g. a car model) whose vehicles
+    /// train this head; `None` for the fleet's own head of the label.
+    pub line: Option<String>,
 }
 
 impl Head {
+    /// How reports name the head: its label, and `@line` for a line's.
+    pub fn name(&self) -> String {
+        match &self.line {
+            Some(line) => format!("{}@{line}", self.label),
+            None => self.label.clone(),
+        }
+    }
+
     /// A classification head over `classes`.
     pub fn classification(label: &str, classes: impl IntoIterator<Item = String>) -> Self {
         Self {
@@ -129,6 +140,7 @@ impl Head {
             task: TaskKind::Classification,
             classes: classes.into_iter().collect(),
             target: TargetScale::default(),
+            line: None,
         }
     }
 
@@ -140,6 +152,7 @@ impl Head {
             task: TaskKind::Regression,
             classes: Vec::new(),
             target,
+            line: None,
         }
     }
 
@@ -220,9 +233,17 @@ impl ModelSpec {
         self.heads.iter().any(|h| h.matches(column))
     }
 
-    /// The head whose label column is called `column`.
+    /// The first head whose label column is called `column`.
     pub fn head_for(&self, column: &str) -> Option<usize> {
         self.heads.iter().position(|h| h.matches(column))
+    }
+
+    /// The head a vehicle trains: that of its label column `column` and its
+    /// model line (`None`: the fleet's own head of the label).
+    pub fn head_of(&self, column: &str, line: Option<&str>) -> Option<usize> {
+        self.heads
+            .iter()
+            .position(|h| h.matches(column) && h.line.as_deref() == line)
     }
 
     /// The first head whose label is among `headers` (a CSV's columns).
@@ -263,8 +284,8 @@ impl ModelSpec {
         }
         let mut labels = std::collections::BTreeSet::new();
         for head in &self.heads {
-            if !labels.insert(head.label.as_str()) {
-                return Err(SpecError(format!("two heads label {:?}", head.label)));
+            if !labels.insert((head.label.as_str(), head.line.as_deref())) {
+                return Err(SpecError(format!("two heads are {:?}", head.name())));
             }
             if self.features.iter().any(|f| head.matches(&f.name)) {
                 return Err(SpecError(format!(

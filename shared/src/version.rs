@@ -151,7 +151,7 @@ mod tests {
         let id = manifest_of(&spec.init_params(), &spec, &recipe).version;
         assert_eq!(
             hex(&id),
-            "ca08ab1746a872ef3bc5529aa5a2ad8c45f28280674b17f51187b93a3b3a23f5"
+            "1b9ac6251e3b797e9fba97d7677cb3ff9ae8a978b335beef6fb11757ac1fc4ec"
         );
     }
 }

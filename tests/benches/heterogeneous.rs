@@ -14,6 +14,9 @@
 //!    over the union of columns, (d) one vehicle holding every training row
 //!    (the centralised model, same encoding). Accuracy, balanced accuracy
 //!    and ROC AUC (positive class `yes`, ~92 % of rows), pooled and per company.
+//!    Model lines: (e) one fleet per group, sharing nothing, and (f) one
+//!    fleet whose groups are model lines (`data.line`), sharing the trunk
+//!    with a head per group.
 //! 2. **Missing cells**: the same after blanking 20 % of the feature cells of
 //!    every file at random.
 //! 3. **Mixed tasks** (`taxi/`, 7 companies with every column): four
@@ -137,19 +140,42 @@ async fn train(
     rounds: u64,
     seed: u64,
 ) -> anyhow::Result<(StoredVersion, Vec<RoundRow>)> {
-    let labelled: Vec<(String, PathBuf, String, TaskKind)> = vehicles
+    let labelled: Vec<Vehicle> = vehicles
         .iter()
-        .map(|(id, path)| (id.clone(), path.clone(), label.to_string(), task))
+        .map(|(id, path)| Vehicle::new(id, path.clone(), label, task))
         .collect();
     train_tasks(work, tag, &labelled, rounds, seed).await
 }
 
-/// [`train`] for vehicles (id, CSV, label, task) that may label different
-/// tasks: one trunk, a head per label.
+/// One vehicle of a benchmark fleet.
+#[derive(Clone)]
+struct Vehicle {
+    id: String,
+    path: PathBuf,
+    label: String,
+    task: TaskKind,
+    /// Its model line (a head of its group's own), if any.
+    line: Option<String>,
+}
+
+impl Vehicle {
+    fn new(id: &str, path: PathBuf, label: &str, task: TaskKind) -> Self {
+        Self {
+            id: id.to_string(),
+            path,
+            label: label.to_string(),
+            task,
+            line: None,
+        }
+    }
+}
+
+/// [`train`] for vehicles that may label different tasks or belong to
+/// model lines: one trunk, a head per label and line.
 async fn train_tasks(
     work: &Path,
     tag: &str,
-    vehicles: &[(String, PathBuf, String, TaskKind)],
+    vehicles: &[Vehicle],
     rounds: u64,
     seed: u64,
 ) -> anyhow::Result<(StoredVersion, Vec<RoundRow>)> {
@@ -184,15 +210,16 @@ async fn train_tasks(
     };
     let agents = vehicles
         .iter()
-        .map(|(id, path, label, task)| {
+        .map(|v| {
             // every method trains on all of its rows and is scored on the
             // common test set, so no rows are held out on the vehicles
             let data = DataConfig {
                 holdout: 0.0,
-                ..DataConfig::new(path.clone(), label, *task)
+                line: v.line.clone(),
+                ..DataConfig::new(v.path.clone(), &v.label, v.task)
             };
             Ok((
-                fleet::agent_config("bench", id, &broker.url, dir.join(id), data)?,
+                fleet::agent_config("bench", &v.id, &broker.url, dir.join(&v.id), data)?,
                 None,
             ))
         })
@@ -250,8 +277,19 @@ fn predict(
     rows: &[Vec<String>],
     prior: f64,
 ) -> anyhow::Result<Vec<Prediction>> {
+    predict_with(model, None, header, rows, prior)
+}
+
+/// [`predict`] through head `head` (`None`: the first whose label the rows have).
+fn predict_with(
+    model: &StoredVersion,
+    head: Option<usize>,
+    header: &[String],
+    rows: &[Vec<String>],
+    prior: f64,
+) -> anyhow::Result<Vec<Prediction>> {
     let table = Table::read(csv_text(header, rows).as_bytes())?;
-    let data = Dataset::from_table(&table, &model.spec)?;
+    let data = Dataset::from_table_for(&table, &model.spec, head)?;
     let device = Device::flex();
     let mlp = Mlp::from_params(&model.spec, &model.params, &device)?;
     let head = &model.spec.heads[data.head()];
@@ -382,6 +420,7 @@ async fn classification(
         "(c) convoy, aligned",
         "(d) centralised",
         "(e) one fleet per group",
+        "(f) shared trunk, a head per group",
     ];
     let mut tallies: Vec<Tally> = (0..methods.len()).map(|_| Tally::default()).collect();
     let started = Instant::now();
@@ -429,18 +468,19 @@ async fn classification(
         // each company's test rows scored by its model, except for (a),
         // where every company's model is scored on all test rows and the
         // scores averaged.
-        let mut evaluate = |method: usize,
-                            models: &[StoredVersion],
-                            priors: &[f64],
-                            owner: &dyn Fn(usize) -> usize,
-                            rows: &[RoundRow]|
+        let mut evaluate_heads = |method: usize,
+                                  models: &[StoredVersion],
+                                  priors: &[f64],
+                                  owner: &dyn Fn(usize) -> usize,
+                                  head: &dyn Fn(usize) -> Option<usize>,
+                                  rows: &[RoundRow]|
          -> anyhow::Result<()> {
             let t = &mut tallies[method];
             let mut per = Vec::new();
             let mut served = Vec::new();
             for (i, c) in clients.iter().enumerate() {
                 let m = owner(i);
-                let p = predict(&models[m], &c.header, &c.test, priors[m])?;
+                let p = predict_with(&models[m], head(i), &c.header, &c.test, priors[m])?;
                 per.push(metrics(&p));
                 served.extend(p);
             }
@@ -463,6 +503,14 @@ async fn classification(
             t.per_client.push(per);
             t.bytes_per_round.push(bytes_per_round(rows));
             Ok(())
+        };
+        let mut evaluate = |method: usize,
+                            models: &[StoredVersion],
+                            priors: &[f64],
+                            owner: &dyn Fn(usize) -> usize,
+                            rows: &[RoundRow]|
+         -> anyhow::Result<()> {
+            evaluate_heads(method, models, priors, owner, &|_| None, rows)
         };
         // (a) alone
         let alone = vehicles(None, "alone")?;
@@ -569,6 +617,23 @@ async fn classification(
             groups.iter().position(|x| *x == g).unwrap_or(0)
         };
         evaluate(4, &line_models, &line_priors, &owner, &line_rows)?;
+        // (f) one fleet whose groups are model lines: the trunk is shared,
+        // each group trains an output head of its own
+        let lined: Vec<Vehicle> = fleet
+            .iter()
+            .zip(&clients)
+            .map(|((id, path), c)| Vehicle {
+                line: Some(group_of(&c.name)),
+                ..Vehicle::new(id, path.clone(), "tip", TaskKind::Classification)
+            })
+            .collect();
+        let (m, rows) = train_tasks(&dir, "lines", &lined, rounds, seed).await?;
+        anyhow::ensure!(m.spec.heads.len() == groups.len(), "a head per group");
+        let head_of = |i: usize| m.spec.head_of("tip", Some(&group_of(&clients[i].name)));
+        let priors: Vec<f64> = (0..clients.len()).map(|i| line_priors[owner(i)]).collect();
+        // one "model" per company so each is scored with its group's prior
+        let models: Vec<StoredVersion> = (0..clients.len()).map(|_| m.clone()).collect();
+        evaluate_heads(5, &models, &priors, &|i| i, &head_of, &rows)?;
         eprintln!(
             "seed {seed} done ({:.0} s)",
             started.elapsed().as_secs_f64()
@@ -592,7 +657,7 @@ async fn classification(
         );
     }
     println!(
-        "\nPer company, balanced accuracy % (ROC AUC), mean over seeds; (a) is the company's own model, (e) its group's\n"
+        "\nPer company, balanced accuracy % (ROC AUC), mean over seeds; (a) is the company's own model, (e) and (f) its group's\n"
     );
     println!("| company | test rows | {} |", methods.join(" | "));
     println!("|---|---:|{}", "---:|".repeat(methods.len()));
@@ -796,13 +861,21 @@ async fn regression(work: &Path, seeds: &[u64], rounds: u64) -> anyhow::Result<(
 /// RMSE of `model` on `rows` (the head whose label `header` holds), in the
 /// target's units.
 fn rmse_on(model: &StoredVersion, header: &[String], rows: &[Vec<String>]) -> anyhow::Result<f64> {
-    let test = Dataset::from_table(&Table::read(csv_text(header, rows).as_bytes())?, &model.spec)?;
+    let test = Dataset::from_table(
+        &Table::read(csv_text(header, rows).as_bytes())?,
+        &model.spec,
+    )?;
     let eval = convoy_shared::eval::evaluate(&model.spec, &model.params, &test, &Device::flex())?;
     eval.rmse.context("a regression head")
 }
 
 async fn mixed(work: &Path, seeds: &[u64], rounds: u64) -> anyhow::Result<()> {
-    const TIP: [&str; 4] = ["taxi_affiliation_services", "flash_cab", "other", "sun_taxi"];
+    const TIP: [&str; 4] = [
+        "taxi_affiliation_services",
+        "flash_cab",
+        "other",
+        "sun_taxi",
+    ];
     const DISTANCE: [&str; 3] = [
         "chicago_independents",
         "city_service",
@@ -810,7 +883,11 @@ async fn mixed(work: &Path, seeds: &[u64], rounds: u64) -> anyhow::Result<()> {
     ];
     let inputs = ["local", "dow", "month", "hour"];
     let with = |label: &str| -> Vec<String> {
-        inputs.iter().chain([&label]).map(|c| c.to_string()).collect()
+        inputs
+            .iter()
+            .chain([&label])
+            .map(|c| c.to_string())
+            .collect()
     };
     let (tip_header, distance_header) = (with("tip"), with("distance"));
     #[derive(Default)]
@@ -838,11 +915,11 @@ async fn mixed(work: &Path, seeds: &[u64], rounds: u64) -> anyhow::Result<()> {
                 let train = project(&header, &c.train, &tip_header);
                 tip_train.extend(train.clone());
                 let path = write(&dir.join("data"), name, &tip_header, &train)?;
-                tip_vehicles.push((id, path, "tip".to_string(), TaskKind::Classification));
+                tip_vehicles.push(Vehicle::new(&id, path, "tip", TaskKind::Classification));
             } else {
                 let train = project(&header, &c.train, &distance_header);
                 let path = write(&dir.join("data"), name, &distance_header, &train)?;
-                distance_vehicles.push((id, path, "distance".to_string(), TaskKind::Regression));
+                distance_vehicles.push(Vehicle::new(&id, path, "distance", TaskKind::Regression));
             }
         }
         let prior = yes_share(&tip_train);
@@ -855,7 +932,9 @@ async fn mixed(work: &Path, seeds: &[u64], rounds: u64) -> anyhow::Result<()> {
         alone.tip_bytes.push(bytes_per_round(&tip_rows));
         let (distance_model, distance_rows) =
             train_tasks(&dir, "distance-alone", &distance_vehicles, rounds, seed).await?;
-        alone.rmse.push(rmse_on(&distance_model, &distance_header, &distance_test)?);
+        alone
+            .rmse
+            .push(rmse_on(&distance_model, &distance_header, &distance_test)?);
         alone.distance_bytes.push(bytes_per_round(&distance_rows));
         let everyone: Vec<_> = tip_vehicles
             .iter()
@@ -865,7 +944,9 @@ async fn mixed(work: &Path, seeds: &[u64], rounds: u64) -> anyhow::Result<()> {
         let (model, rows) = train_tasks(&dir, "mixed", &everyone, rounds, seed).await?;
         anyhow::ensure!(model.spec.heads.len() == 2, "one head per task");
         shared.tip.push(score_tip(&model)?);
-        shared.rmse.push(rmse_on(&model, &distance_header, &distance_test)?);
+        shared
+            .rmse
+            .push(rmse_on(&model, &distance_header, &distance_test)?);
         shared.tip_bytes.push(bytes_per_round(&rows));
         let targets: Vec<f64> = distance_test
             .iter()

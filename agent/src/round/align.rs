@@ -53,7 +53,14 @@ impl Agent {
         let client = messages::id(&self.config.client_id).unwrap_or_default();
         match request.stage {
             AlignStage::Schema => {
-                match LocalSchema::infer(&table, &self.config.data.label, self.config.data.task) {
+                let declared =
+                    LocalSchema::infer(&table, &self.config.data.label, self.config.data.task)
+                        .map(|schema| LocalSchema {
+                            line: self.config.data.line.clone(),
+                            ..schema
+                        })
+                        .and_then(|schema| schema.check().map(|()| schema));
+                match declared {
                     Ok(schema) => {
                         tracing::info!(
                             epoch = request.epoch,
@@ -77,7 +84,12 @@ impl Agent {
                 }
             }
             AlignStage::Statistics(schema) => {
-                match Statistics::collect(&table, &schema, &self.config.data.label) {
+                match Statistics::collect(
+                    &table,
+                    &schema,
+                    &self.config.data.label,
+                    self.config.data.line.as_deref(),
+                ) {
                     Ok(stats) => {
                         tracing::info!(epoch = request.epoch, "sending column statistics");
                         let report = StatsReport {

@@ -140,12 +140,21 @@ impl Agent {
         let holdout = self.config.data.holdout;
         let personal_steps = self.config.training.personal_steps;
         let holdout_seed = training_seed(&self.config.client_id, 0);
-        let label = self.config.data.label.clone();
+        let (label, line) = (
+            self.config.data.label.clone(),
+            self.config.data.line.clone(),
+        );
         let pause = self.pause.clone();
         let cancel = Arc::new(AtomicBool::new(false));
         let thread_cancel = cancel.clone();
         let work = move || {
-            let set = match data::build(source, &spec, &label, holdout, holdout_seed) {
+            let set = match data::build(
+                source,
+                &spec,
+                (&label, line.as_deref()),
+                holdout,
+                holdout_seed,
+            ) {
                 Ok(set) => set,
                 Err(e) => {
                     return TrainingDone {

@@ -99,7 +99,7 @@ fn stats_from(client: &str, epoch: u64, schema: &Schema) -> LinkEvent {
     let report = StatsReport {
         client: convoy_shared::messages::id(client).unwrap(),
         epoch,
-        stats: Statistics::collect(&data(client), schema, "tip").unwrap(),
+        stats: Statistics::collect(&data(client), schema, "tip", None).unwrap(),
     };
     let t = topic(ClientTopic::Stats, client);
     let payload = wire::encode(Kind::StatsReport, &report, &t, &vehicle_key(client)).unwrap();
@@ -243,7 +243,7 @@ fn malformed_answers_are_counted_and_alignment_goes_on() {
         panic!("statistics stage")
     };
     // statistics that do not add up to their rows
-    let mut stats = Statistics::collect(&data("car-1"), &schema, "tip").unwrap();
+    let mut stats = Statistics::collect(&data("car-1"), &schema, "tip", None).unwrap();
     stats.rows += 5;
     let report = StatsReport {
         client: convoy_shared::messages::id("car-1").unwrap(),

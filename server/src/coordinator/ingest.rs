@@ -339,11 +339,7 @@ impl Coordinator {
                     accepted.reason = Some(format!("norm {norm:.3e} clipped to {bound:.3e}"));
                 }
                 fill_accepted(&mut accepted, &update, bytes, decode_seconds);
-                accepted.head = self
-                    .spec
-                    .heads
-                    .get(update.head as usize)
-                    .map(|h| h.label.clone());
+                accepted.head = self.spec.heads.get(update.head as usize).map(|h| h.name());
                 accepted.flops_predicted = cost::training_flops(
                     &self.spec,
                     update.head as usize,

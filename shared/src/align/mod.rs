@@ -68,6 +68,8 @@ pub struct LocalSchema {
     pub label_kind: ColumnKind,
     /// The task this vehicle labels.
     pub task: TaskKind,
+    /// Its model line (`data.line`), if it trains a head of its group's.
+    pub line: Option<String>,
     /// Data rows.
     pub rows: u64,
 }
@@ -179,6 +181,8 @@ pub struct SchemaHead {
     pub aliases: Vec<String>,
     /// The task every vehicle labelling it trains.
     pub task: TaskKind,
+    /// The model line whose vehicles train it (`None`: the whole fleet's).
+    pub line: Option<String>,
 }
 
 impl SchemaHead {
@@ -212,14 +216,17 @@ impl Schema {
         *h.finalize().as_bytes()
     }
 
-    /// The head of a vehicle whose local label column is `label`.
-    pub fn head_for(&self, label: &str) -> Option<usize> {
-        self.heads.iter().position(|h| h.matches(label))
+    /// The head of a vehicle whose local label column is `label`, in
+    /// model line `line`.
+    pub fn head_for(&self, label: &str, line: Option<&str>) -> Option<usize> {
+        self.heads
+            .iter()
+            .position(|h| h.matches(label) && h.line.as_deref() == line)
     }
 
     /// Is `column` (a local name) any head's label?
     pub fn is_label(&self, column: &str) -> bool {
-        self.head_for(column).is_some()
+        self.heads.iter().any(|h| h.matches(column))
     }
 }
 
@@ -256,6 +263,7 @@ impl LocalSchema {
             label: label.to_string(),
             label_kind: kind_of(label_col),
             task,
+            line: None,
             rows: table.len() as u64,
         };
         schema.check()?;
@@ -275,6 +283,13 @@ impl LocalSchema {
             )));
         }
         let mut seen = BTreeSet::new();
+        if let Some(line) = &self.line
+            && (line.is_empty() || line.len() > MAX_NAME)
+        {
+            return Err(bad(format!(
+                "model line {line:?} must be 1 to {MAX_NAME} bytes"
+            )));
+        }
         for name in self.columns.iter().map(|c| &c.name).chain([&self.label]) {
             if name.is_empty() || name.len() > MAX_NAME {
                 return Err(bad(format!(
@@ -300,15 +315,21 @@ pub fn merge(
     }
     let mut conflicts = Vec::new();
     let first_id = declarations[0].0;
-    // one head per label the vehicles declare
-    let mut by_label: BTreeMap<String, Vec<(&str, &LocalSchema)>> = BTreeMap::new();
+    // one head per label the vehicles declare, and per model line
+    let mut by_head: BTreeMap<(String, Option<String>), Vec<(&str, &LocalSchema)>> =
+        BTreeMap::new();
     for (id, s) in declarations {
-        by_label
-            .entry(settings.canonical(&s.label).to_string())
+        by_head
+            .entry((settings.canonical(&s.label).to_string(), s.line.clone()))
             .or_default()
             .push((id, s));
     }
-    let mut heads = Vec::with_capacity(by_label.len());
+    let labels: BTreeSet<&str> = by_head.keys().map(|(l, _)| l.as_str()).collect();
+    // a label's task and type must agree across its lines
+    let mut by_label: BTreeMap<&str, Vec<(&str, &LocalSchema)>> = BTreeMap::new();
+    for ((label, _), group) in &by_head {
+        by_label.entry(label).or_default().extend(group);
+    }
     for (label, group) in &by_label {
         let side = |pick: &dyn Fn(&LocalSchema) -> String| {
             let mut by: BTreeMap<String, Vec<&str>> = BTreeMap::new();
@@ -325,7 +346,7 @@ pub fn merge(
             ));
         }
         let task = group[0].1.task;
-        let label_forced = settings.categorical.contains(label);
+        let label_forced = settings.categorical.iter().any(|c| c == label);
         let label_kinds = side(&|s| kind_name(s.label_kind).to_string());
         match task {
             TaskKind::Classification if label_kinds.len() > 1 && !label_forced => {
@@ -344,6 +365,9 @@ pub fn merge(
             }
             _ => {}
         }
+    }
+    let mut heads = Vec::with_capacity(by_head.len());
+    for ((label, line), group) in &by_head {
         let aliases: BTreeSet<String> = group
             .iter()
             .map(|(_, s)| s.label.clone())
@@ -352,7 +376,8 @@ pub fn merge(
         heads.push(SchemaHead {
             label: label.clone(),
             aliases: aliases.into_iter().collect(),
-            task,
+            task: group[0].1.task,
+            line: line.clone(),
         });
     }
     struct Votes<'a> {
@@ -366,7 +391,7 @@ pub fn merge(
             let name = settings.canonical(&column.name).to_string();
             // another vehicle's label: never an input, or the model would
             // read the answer it is asked for
-            if by_label.contains_key(&name) {
+            if labels.contains(name.as_str()) {
                 continue;
             }
             let votes = columns.entry(name.clone()).or_insert_with(|| Votes {

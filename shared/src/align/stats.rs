@@ -231,13 +231,19 @@ pub struct Statistics {
 
 impl Statistics {
     /// Computes a table's statistics under `schema` (columns matched by name
-    /// or alias), for the head of the vehicle's label column `label`.
-    pub fn collect(table: &Table, schema: &Schema, label: &str) -> Result<Self, AlignError> {
+    /// or alias), for the head of the vehicle's label column `label` in its
+    /// model line `line`.
+    pub fn collect(
+        table: &Table,
+        schema: &Schema,
+        label: &str,
+        line: Option<&str>,
+    ) -> Result<Self, AlignError> {
         let no_label = || AlignError::NoLabel {
             label: label.to_string(),
             columns: table.headers.clone(),
         };
-        let head = schema.head_for(label).ok_or_else(no_label)?;
+        let head = schema.head_for(label, line).ok_or_else(no_label)?;
         let task = &schema.heads[head];
         let columns = schema
             .columns
@@ -474,5 +480,6 @@ fn finish_head(head: &super::SchemaHead, label: &ColumnStats) -> Result<Head, Al
         task: head.task,
         classes,
         target,
+        line: head.line.clone(),
     })
 }

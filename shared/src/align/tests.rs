@@ -124,7 +124,7 @@ fn merged_statistics_equal_the_pooled_statistics_exactly() {
         &AlignSettings::default(),
     )
     .unwrap();
-    let reference = Statistics::collect(&whole, &schema, "tip").unwrap();
+    let reference = Statistics::collect(&whole, &schema, "tip", None).unwrap();
     for cut in [1, 13, 50, 96] {
         // split the rows over three vehicles, the last one lacking `hour`
         let part = |rows: &[&str]| format!("{}\n{}\n", lines[0], rows.join("\n"));
@@ -132,7 +132,7 @@ fn merged_statistics_equal_the_pooled_statistics_exactly() {
         let (second, third) = rest.split_at(rest.len() / 2);
         let mut reports: Vec<Statistics> = [first, second, third]
             .iter()
-            .map(|rows| Statistics::collect(&table(&part(rows)), &schema, "tip").unwrap())
+            .map(|rows| Statistics::collect(&table(&part(rows)), &schema, "tip", None).unwrap())
             .collect();
         let (columns, label) = stats::merged(&schema, &reports);
         for ((merged, _), expected) in columns.iter().zip(&reference.columns) {
@@ -208,7 +208,7 @@ fn vocabulary_is_capped_with_an_other_input() {
     };
     let local = LocalSchema::infer(&t, "y", TaskKind::Classification).unwrap();
     let schema = merge(&[("v", &local)], &settings).unwrap();
-    let stats = Statistics::collect(&t, &schema, "y").unwrap();
+    let stats = Statistics::collect(&t, &schema, "y", None).unwrap();
     let spec = finish(&schema, [&stats], &settings, vec![], 1).unwrap();
     assert_eq!(
         spec.features[0].encoding,
@@ -249,14 +249,14 @@ fn data_that_does_not_fit_the_schema_is_refused_clearly() {
         &AlignSettings::default(),
     )
     .unwrap();
-    let err = Statistics::collect(&table("speed,y\n1,yes\nfast,no\n"), &schema, "y")
+    let err = Statistics::collect(&table("speed,y\n1,yes\nfast,no\n"), &schema, "y", None)
         .unwrap_err()
         .to_string();
     assert!(
         err.contains("\"speed\"") && err.contains("\"fast\""),
         "{err}"
     );
-    let err = Statistics::collect(&table("speed,label\n1,yes\n"), &schema, "y")
+    let err = Statistics::collect(&table("speed,label\n1,yes\n"), &schema, "y", None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("label column \"y\" not found"), "{err}");
@@ -273,7 +273,7 @@ fn malformed_statistics_are_refused() {
         &AlignSettings::default(),
     )
     .unwrap();
-    let good = Statistics::collect(&t, &schema, "y").unwrap();
+    let good = Statistics::collect(&t, &schema, "y", None).unwrap();
     good.check(&schema).unwrap();
     let mut wrong_schema = good.clone();
     wrong_schema.schema[0] ^= 1;
@@ -327,9 +327,9 @@ fn each_label_becomes_a_head_and_no_label_is_an_input() {
     );
     assert_eq!(schema.heads[1].aliases, ["gratuity"]);
     let reports = [
-        Statistics::collect(&table(a), &schema, "tip").unwrap(),
-        Statistics::collect(&table(b), &schema, "distance").unwrap(),
-        Statistics::collect(&table(c), &schema, "gratuity").unwrap(),
+        Statistics::collect(&table(a), &schema, "tip", None).unwrap(),
+        Statistics::collect(&table(b), &schema, "distance", None).unwrap(),
+        Statistics::collect(&table(c), &schema, "gratuity", None).unwrap(),
     ];
     assert_eq!(
         reports.iter().map(|r| r.head).collect::<Vec<_>>(),
@@ -350,4 +350,40 @@ fn each_label_becomes_a_head_and_no_label_is_an_input() {
     assert_eq!(db.targets(), &Targets::Values(vec![-1.0, 1.0]));
     let dc = Dataset::from_table(&table(c), &spec).unwrap();
     assert_eq!(dc.head(), 1, "the renamed label finds its head");
+}
+
+#[test]
+fn model_lines_get_heads_of_their_own_on_the_shared_trunk() {
+    let a = "hour,tip\n1,yes\n2,no\n";
+    let b = "hour,tip\n3,no\n4,yes\n5,maybe\n";
+    let mut la = declare(a, "tip");
+    la.line = Some("sedan".into());
+    let mut lb = declare(b, "tip");
+    lb.line = Some("van".into());
+    let lc = declare(a, "tip");
+    let schema = merge(
+        &[("car-a", &la), ("car-b", &lb), ("car-c", &lc)],
+        &Default::default(),
+    )
+    .unwrap();
+    let lines: Vec<Option<&str>> = schema.heads.iter().map(|h| h.line.as_deref()).collect();
+    assert_eq!(lines, [None, Some("sedan"), Some("van")]);
+    let reports = [
+        Statistics::collect(&table(a), &schema, "tip", Some("sedan")).unwrap(),
+        Statistics::collect(&table(b), &schema, "tip", Some("van")).unwrap(),
+        Statistics::collect(&table(a), &schema, "tip", None).unwrap(),
+    ];
+    let spec = finish(&schema, &reports, &Default::default(), vec![4], 1).unwrap();
+    assert_eq!(
+        spec.heads[2].classes,
+        ["maybe", "no", "yes"],
+        "each line's own classes"
+    );
+    assert_eq!(spec.heads[1].classes, ["no", "yes"]);
+    assert_eq!(spec.head_of("tip", Some("van")), Some(2));
+    assert_eq!(spec.head_of("tip", None), Some(0));
+    assert_eq!(spec.heads[2].name(), "tip@van");
+    let mut odd = declare(a, "tip");
+    odd.line = Some(String::new());
+    assert!(odd.check().is_err(), "an empty line name is refused");
 }

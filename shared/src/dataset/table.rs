@@ -186,8 +186,8 @@ impl Table {
             crate::align::LocalSchema::infer(self, label, task).map_err(DataError::Align)?;
         let schema =
             crate::align::merge(&[("local", &local)], &settings).map_err(DataError::Align)?;
-        let stats =
-            crate::align::Statistics::collect(self, &schema, label).map_err(DataError::Align)?;
+        let stats = crate::align::Statistics::collect(self, &schema, label, None)
+            .map_err(DataError::Align)?;
         crate::align::finish(&schema, [&stats], &settings, hidden, init_seed)
             .map_err(DataError::Align)
     }
