@@ -319,3 +319,55 @@ async fn classification_and_regression_vehicles_train_one_trunk() -> anyhow::Res
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_lines_train_heads_of_their_own_on_the_shared_trunk() -> anyhow::Result<()> {
+    init_tracing();
+    let builder = Fleet::digits("align_lines", 3, 5)?.rounds(2);
+    let test_csv = shared_data("taxi/other.csv")?;
+    let mut builder = builder.server(|s| aligning(s, test_csv));
+    let lines = [Some("cab"), Some("cab"), Some("van")];
+    for (i, (path, line)) in HETEROGENEOUS.iter().zip(lines).enumerate() {
+        let path = shared_data(path)?;
+        builder = builder.agent(i, |a| {
+            a.data = DataConfig {
+                line: line.map(String::from),
+                ..DataConfig::new(path, "tip", TaskKind::Classification)
+            }
+        });
+    }
+    let mut fleet = builder.start().await?;
+    let rounds = fleet.next_rounds(2, 120).await?;
+    let summary = fleet.finish().await?;
+    assert!(summary.rejections.is_empty(), "{:?}", summary.rejections);
+    assert!(
+        rounds.iter().all(|r| r.clients_reported == 3),
+        "{rounds:#?}"
+    );
+    let store = fleet.store()?;
+    let first = store.load_version(&rounds[0].base_version)?;
+    let last = store.load_version(rounds[1].model_version.as_deref().unwrap_or_default())?;
+    let names: Vec<String> = first.spec.heads.iter().map(|h| h.name()).collect();
+    assert_eq!(names, ["tip@cab", "tip@van"]);
+    // every group moved the trunk and its own head
+    let moved = |i: usize| first.params.tensors[i] != last.params.tensors[i];
+    assert!(moved(0), "the shared trunk is trained");
+    assert!(moved(2) && moved(4), "each line's head is trained");
+    let heads: Vec<Option<String>> = store.clients(1)?.into_iter().map(|c| c.head).collect();
+    assert_eq!(
+        heads,
+        [
+            Some("tip@cab".into()),
+            Some("tip@cab".into()),
+            Some("tip@van".into())
+        ]
+    );
+    let per_line: Vec<(String, u64)> = store
+        .task_metrics()?
+        .into_iter()
+        .filter(|t| t.round == 1)
+        .map(|t| (t.head, t.clients))
+        .collect();
+    assert_eq!(per_line, [("tip@cab".into(), 2), ("tip@van".into(), 1)]);
+    Ok(())
+}
