@@ -38,3 +38,51 @@ fn rounds_are_never_reused_and_late_counts_once() {
     assert_eq!(rounds[0].status, "abandoned");
     assert_eq!(store.clients(2).unwrap().len(), 2);
 }
+
+#[test]
+fn each_tasks_metric_is_pooled_from_its_own_vehicles() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("t.db")).unwrap();
+    store.open_round(1, "aa", "fp32", 4, 0).unwrap();
+    let row = |client: &str, head: &str, n: u64, acc: Option<f64>, rmse: Option<f64>| ClientRow {
+        round: 1,
+        client: client.into(),
+        status: ClientStatus::Accepted,
+        samples: 10 * n,
+        holdout_samples: n,
+        holdout_accuracy: acc,
+        holdout_rmse: rmse,
+        head: Some(head.into()),
+        ..Default::default()
+    };
+    let refused = ClientRow {
+        status: ClientStatus::Rejected,
+        ..row("d", "tip", 100, Some(0.0), None)
+    };
+    let clients = [
+        row("a", "tip", 10, Some(0.9), None),
+        row("b", "tip", 30, Some(0.5), None),
+        row("c", "distance", 20, None, Some(3.0)),
+        row("e", "distance", 80, None, Some(1.0)),
+        refused,
+    ];
+    let round = RoundRow {
+        round: 1,
+        status: RoundStatus::Finished,
+        ..Default::default()
+    };
+    store.finish_round(&round, &clients, 5).unwrap();
+    let tasks = store.task_metrics().unwrap();
+    assert_eq!(tasks.len(), 2);
+    let (distance, tip) = (&tasks[0], &tasks[1]);
+    assert_eq!(
+        (tip.head.as_str(), tip.clients, tip.samples),
+        ("tip", 2, 400)
+    );
+    // (10 * 0.9 + 30 * 0.5) / 40; the refused row does not count
+    assert!((tip.holdout_accuracy.unwrap() - 0.6).abs() < 1e-12);
+    assert_eq!(tip.holdout_rmse, None);
+    // sqrt((20 * 9 + 80 * 1) / 100)
+    assert!((distance.holdout_rmse.unwrap() - 2.6f64.sqrt()).abs() < 1e-12);
+    assert_eq!((distance.clients, distance.holdout_samples), (2, 100));
+}
