@@ -29,6 +29,7 @@ pub mod coordinator;
 pub mod deploy;
 pub mod error;
 pub mod identity;
+pub mod models;
 pub mod report;
 pub mod run;
 pub mod store;

@@ -74,6 +74,50 @@ enum Command {
         #[arg(long, conflicts_with = "clients")]
         tasks: bool,
     },
+    /// The stored model versions: list, show, verify, diff, export, import.
+    Models {
+        /// Database written by `run` or `demo`.
+        #[arg(long, env = "CONVOY_DB")]
+        db: PathBuf,
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsAction {
+    /// Every stored version, oldest first.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// One version: spec, recipe, lineage, metrics, storage, contributors.
+    Show {
+        /// Version id or a unique prefix of 4+ hex digits.
+        id: String,
+    },
+    /// Recompute every stored version's Merkle root; exits 1 on a mismatch.
+    Verify,
+    /// Spec differences, changed chunks and per-tensor change between two versions.
+    Diff {
+        /// From this version.
+        a: String,
+        /// To this one.
+        b: String,
+    },
+    /// Write a version as a self-contained bundle (weights + spec + recipe).
+    Export {
+        /// Version id or prefix.
+        id: String,
+        /// Bundle file to write.
+        file: PathBuf,
+    },
+    /// Add a bundle's version to the database under its own id.
+    Import {
+        /// Bundle written by `models export`.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -189,6 +233,32 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 _ if tasks => convoy_server::report::tasks(&db, format)?,
                 (true, Some(round)) => convoy_server::report::clients(&db, round, format)?,
                 _ => convoy_server::report::rounds(&db, format)?,
+            };
+            print!("{text}");
+            Ok(())
+        }
+        Command::Models { db, action } => {
+            use convoy_server::models;
+            let text = match action {
+                ModelsAction::List { format } => models::list(&db, format)?,
+                ModelsAction::Show { id } => models::show(&db, &id)?,
+                ModelsAction::Diff { a, b } => models::diff(&db, &a, &b)?,
+                ModelsAction::Export { id, file } => models::export(&db, &id, &file)?,
+                ModelsAction::Import { file } => models::import(&db, &file)?,
+                ModelsAction::Verify => {
+                    let found = models::verify(&db)?;
+                    for p in &found.problems {
+                        eprintln!("MISMATCH {p}");
+                    }
+                    if !found.problems.is_empty() {
+                        anyhow::bail!(
+                            "{} of {} stored versions do not verify",
+                            found.problems.len(),
+                            found.checked
+                        );
+                    }
+                    format!("{} stored versions verify\n", found.checked)
+                }
             };
             print!("{text}");
             Ok(())

@@ -79,7 +79,7 @@ fn report_error(e: impl std::fmt::Display) -> StoreError {
     }
 }
 
-fn to_csv<T: Serialize>(rows: &[T]) -> Result<String, StoreError> {
+pub(crate) fn to_csv<T: Serialize>(rows: &[T]) -> Result<String, StoreError> {
     let mut w = csv::Writer::from_writer(Vec::new());
     for row in rows {
         w.serialize(row).map_err(report_error)?;
@@ -88,7 +88,7 @@ fn to_csv<T: Serialize>(rows: &[T]) -> Result<String, StoreError> {
     String::from_utf8(bytes).map_err(report_error)
 }
 
-fn to_json<T: Serialize>(rows: &[T]) -> Result<String, StoreError> {
+pub(crate) fn to_json<T: Serialize>(rows: &[T]) -> Result<String, StoreError> {
     serde_json::to_string_pretty(rows).map_err(report_error)
 }
 

@@ -23,7 +23,7 @@ pub use ledger::{OpenRoundState, TaskMetrics};
 pub use rows::{ClientRow, RoundRow};
 pub use status::{ClientStatus, RoundStatus};
 pub use vehicles::VehicleRow;
-pub use versions::StoredVersion;
+pub use versions::{StoredVersion, VersionRow};
 
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};

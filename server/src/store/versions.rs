@@ -9,6 +9,29 @@ use convoy_shared::version::{self, Manifest, VersionId};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+/// One row of the versions table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRow {
+    /// Hex version id.
+    pub version: String,
+    /// Round that produced it (0: the initial model).
+    pub round: u64,
+    /// Hex id of the version it was aggregated from.
+    pub parent: Option<String>,
+    /// ISO-8601 UTC.
+    pub created_at: String,
+    /// Canonical parameter bytes.
+    pub bytes: u64,
+    /// Blob file name in the model folder.
+    pub blob: String,
+    /// Server-side test loss, when evaluated.
+    pub eval_loss: Option<f64>,
+    /// Server-side test accuracy.
+    pub accuracy: Option<f64>,
+    /// Server-side test RMSE.
+    pub rmse: Option<f64>,
+}
+
 /// A published model: weights plus everything needed to use them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredVersion {
@@ -82,6 +105,62 @@ impl Store {
             return Err(corrupt("blob does not hash to its version id".into()));
         }
         Ok(v)
+    }
+
+    /// Every stored version's row, oldest first.
+    pub fn versions(&self) -> Result<Vec<VersionRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT version, round, parent, created_ms, bytes, blob, eval_loss, accuracy, rmse
+             FROM versions ORDER BY round, created_ms",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(VersionRow {
+                version: r.get(0)?,
+                round: r.get::<_, i64>(1)? as u64,
+                parent: r.get(2)?,
+                created_at: super::iso8601(r.get::<_, i64>(3)? as u64),
+                bytes: r.get::<_, i64>(4)? as u64,
+                blob: r.get(5)?,
+                eval_loss: r.get(6)?,
+                accuracy: r.get(7)?,
+                rmse: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The one stored version whose hex id starts with `prefix` (at least
+    /// 4 characters), or an error saying why not.
+    pub fn resolve_version(&self, prefix: &str) -> Result<String, StoreError> {
+        let prefix = prefix.to_ascii_lowercase();
+        let bad = |message: String| StoreError::Blob {
+            path: self.blobs.clone(),
+            message,
+        };
+        if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad(format!(
+                "{prefix:?} is not a version id: give 4 or more of its hex digits (models list shows them)"
+            )));
+        }
+        let matches: Vec<String> = self
+            .versions()?
+            .into_iter()
+            .map(|v| v.version)
+            .filter(|v| v.starts_with(&prefix))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(bad(format!("no stored version starts with {prefix}"))),
+            many => Err(bad(format!(
+                "{prefix} names {} versions; give more digits",
+                many.len()
+            ))),
+        }
+    }
+
+    /// Where a version row's blob lives.
+    pub fn blob_path(&self, row: &VersionRow) -> std::path::PathBuf {
+        self.blobs.join(&row.blob)
     }
 
     /// Newest version (highest round), if any.

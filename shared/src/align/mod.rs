@@ -316,8 +316,8 @@ pub fn merge(
     let mut conflicts = Vec::new();
     let first_id = declarations[0].0;
     // one head per label the vehicles declare, and per model line
-    let mut by_head: BTreeMap<(String, Option<String>), Vec<(&str, &LocalSchema)>> =
-        BTreeMap::new();
+    type Declared<'a> = Vec<(&'a str, &'a LocalSchema)>;
+    let mut by_head: BTreeMap<(String, Option<String>), Declared<'_>> = BTreeMap::new();
     for (id, s) in declarations {
         by_head
             .entry((settings.canonical(&s.label).to_string(), s.line.clone()))

@@ -138,7 +138,7 @@ fn merged_statistics_equal_the_pooled_statistics_exactly() {
         for ((merged, _), expected) in columns.iter().zip(&reference.columns) {
             assert_eq!(merged, expected, "cut {cut}");
         }
-        assert_eq!(label, [reference.label.clone()]);
+        assert_eq!(label, std::slice::from_ref(&reference.label));
         reports.reverse();
         let spec = finish(&schema, &reports, &AlignSettings::default(), vec![4], 1).unwrap();
         let alone = finish(&schema, [&reference], &AlignSettings::default(), vec![4], 1).unwrap();
