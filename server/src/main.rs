@@ -118,6 +118,11 @@ enum ModelsAction {
         /// Bundle written by `models export`.
         file: PathBuf,
     },
+    /// Make an older version the fleet's current model (from the server's next start).
+    Rollback {
+        /// Version id or prefix.
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -245,6 +250,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 ModelsAction::Diff { a, b } => models::diff(&db, &a, &b)?,
                 ModelsAction::Export { id, file } => models::export(&db, &id, &file)?,
                 ModelsAction::Import { file } => models::import(&db, &file)?,
+                ModelsAction::Rollback { id } => models::rollback(&db, &id)?,
                 ModelsAction::Verify => {
                     let found = models::verify(&db)?;
                     for p in &found.problems {

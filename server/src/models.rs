@@ -361,6 +361,25 @@ pub fn diff(db: &Path, a: &str, b: &str) -> Result<String, StoreError> {
     Ok(out)
 }
 
+/// Makes version `id` the fleet's current model: the server announces it
+/// when it next starts, every vehicle fetches it, and later rounds build on
+/// it (the rollback is recorded; no version is deleted).
+pub fn rollback(db: &Path, id: &str) -> Result<String, StoreError> {
+    let store = Store::open(db)?;
+    let hex = store.resolve_version(id)?;
+    let v = store.load_version(&hex)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let before = store.current_version()?;
+    store.rollback_to(&hex, now)?;
+    Ok(format!(
+        "the fleet's current model is now {hex} (round {}; was {}); a running server switches when it next starts (systemctl restart convoy-server)\n",
+        v.round,
+        before.as_deref().map_or("none", |b| &b[..12.min(b.len())])
+    ))
+}
+
 /// A version as a self-contained, checksummed bundle.
 pub fn bundle(v: &StoredVersion) -> Result<Vec<u8>, String> {
     let mut out = BUNDLE_MAGIC.to_vec();

@@ -135,7 +135,7 @@ pub async fn run_prepared(
     let Prepared { spec, test } = prepared;
     let store = Store::open(&config.db)?;
     let task = config.training.clone();
-    let stored = match store.latest_version()? {
+    let stored = match store.current_version()? {
         Some(hex) => {
             let v = store.load_version(&hex)?;
             if spec.as_ref().is_some_and(|s| *s != v.spec) || v.task != task {

@@ -10,7 +10,7 @@ pub use convoy_server::store::{ClientRow, RoundRow, Store};
 pub use convoy_server::tools::demo::DEFAULT_CODEC;
 pub use convoy_server::tools::idx;
 pub use convoy_server::tools::{partition, simulate};
-pub use convoy_server::{RunSummary, ServerError, deploy, report};
+pub use convoy_server::{RunSummary, ServerError, deploy, models, report};
 pub use convoy_shared::chunk::ChunkPos;
 pub use convoy_shared::codec::Pipeline;
 pub use convoy_shared::dataset::Targets;
@@ -20,4 +20,5 @@ pub use convoy_shared::messages::{
 pub use convoy_shared::params::ParamSet;
 pub use convoy_shared::spec::{Encoding, TaskKind};
 pub use convoy_shared::topics::{self, ClientTopic};
+pub use convoy_shared::version;
 pub use convoy_shared::wire::{self, Kind};

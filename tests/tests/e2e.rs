@@ -1,6 +1,6 @@
 //! End-to-end: real embedded broker, real server, real agents, loopback.
 
-use convoy_tests::api::{AgentError, ClientTopic, UpdateBody, report};
+use convoy_tests::api::{AgentError, ClientTopic, UpdateBody, models, report};
 use convoy_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,6 +125,47 @@ async fn killed_server_resumes_without_reusing_rounds() -> anyhow::Result<()> {
             .iter()
             .filter(|r| r.round > 2 && r.round < r3.round)
             .all(|r| r.status == "abandoned")
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_republishes_an_older_model_and_the_fleet_trains_on_it() -> anyhow::Result<()> {
+    init_tracing();
+    let mut fleet = Fleet::digits("rollback", 2, 14)?.rounds(2).start().await?;
+    let r1 = fleet.next_round(60).await?;
+    let r2 = fleet.next_round(60).await?;
+    fleet.server_finished().await?;
+    let v1 = r1.model_version.clone().expect("published");
+    let v2 = r2.model_version.clone().expect("published");
+    let said = models::rollback(fleet.db(), &v1[..10])?;
+    assert!(said.contains(&v1) && said.contains(&v2[..12]), "{said}");
+    assert_eq!(fleet.store()?.current_version()?, Some(v1.clone()));
+
+    // the agents kept running: they fetch the older model and train on it
+    fleet.server_config.rounds.total = 1;
+    fleet.start_server();
+    let r3 = fleet.next_round(60).await?;
+    fleet.finish().await?;
+    assert_eq!(
+        r3.base_version, v1,
+        "the next round builds on the rolled-back model"
+    );
+    assert_eq!(
+        (r3.status.as_str(), r3.clients_reported),
+        ("finished", 2),
+        "both vehicles switched to it (their updates are relative to it): {r3:#?}"
+    );
+    let store = fleet.store()?;
+    let v3 = store.load_version(r3.model_version.as_deref().expect("published"))?;
+    assert_eq!(
+        v3.parent.map(|p| convoy_tests::api::version::hex(&p)),
+        Some(v1)
+    );
+    assert_eq!(
+        store.current_version()?,
+        r3.model_version,
+        "a version trained after the rollback is current again"
     );
     Ok(())
 }

@@ -99,6 +99,10 @@ CREATE TABLE IF NOT EXISTS round_updates (
     scale REAL NOT NULL DEFAULT 1, PRIMARY KEY (round, client));
 -- provisioned vehicles: their public key (verifies what they sign) and
 -- the BLAKE3 hash of their broker password (a random 256-bit token)
+-- `models rollback`: each time an operator made an older version the
+-- fleet's current model, kept as an audit trail
+CREATE TABLE IF NOT EXISTS rollbacks (
+    id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, version TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vehicles (
     client TEXT PRIMARY KEY, public_key TEXT NOT NULL, password_hash TEXT NOT NULL,
     created_ms INTEGER NOT NULL);

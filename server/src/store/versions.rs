@@ -163,6 +163,42 @@ impl Store {
         self.blobs.join(&row.blob)
     }
 
+    /// Makes stored version `hex` the fleet's current model from now on: a
+    /// server starting after this announces it as the base of its next
+    /// round (and the rounds after build on it).
+    pub fn rollback_to(&self, hex: &str, now_ms: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO rollbacks (at_ms, version) VALUES (?1, ?2)",
+            params![now_ms as i64, hex],
+        )?;
+        Ok(())
+    }
+
+    /// The fleet's current model: the version of the newest rollback when
+    /// no version was stored after it, else the newest version.
+    pub fn current_version(&self) -> Result<Option<String>, StoreError> {
+        let newest: Option<(String, i64)> = self
+            .conn
+            .query_row(
+                "SELECT version, created_ms FROM versions ORDER BY round DESC, created_ms DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let rollback: Option<(String, i64)> = self
+            .conn
+            .query_row(
+                "SELECT version, at_ms FROM rollbacks ORDER BY at_ms DESC, id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(match (newest, rollback) {
+            (Some((_, created)), Some((back, at))) if at >= created => Some(back),
+            (newest, _) => newest.map(|(v, _)| v),
+        })
+    }
+
     /// Newest version (highest round), if any.
     pub fn latest_version(&self) -> Result<Option<String>, StoreError> {
         Ok(self
