@@ -14,6 +14,7 @@ pub fn status(
     samples: usize,
     detail: &str,
     (session, seq): (u64, u64),
+    model: convoy_shared::version::VersionId,
 ) -> Status {
     // Ids were validated with the config, so they always fit.
     Status {
@@ -27,6 +28,7 @@ pub fn status(
         samples: samples as u64,
         detail: messages::detail(detail),
         version: heapless::String::try_from(env!("CARGO_PKG_VERSION")).unwrap_or_default(),
+        model,
         deployment: config
             .deployment
             .as_deref()

@@ -118,6 +118,12 @@ enum ModelsAction {
         /// Bundle written by `models export`.
         file: PathBuf,
     },
+    /// Which model every vehicle holds, and how far behind the fleet it is.
+    Fleet {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Make an older version the fleet's current model (from the server's next start).
     Rollback {
         /// Version id or prefix.
@@ -251,6 +257,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 ModelsAction::Export { id, file } => models::export(&db, &id, &file)?,
                 ModelsAction::Import { file } => models::import(&db, &file)?,
                 ModelsAction::Rollback { id } => models::rollback(&db, &id)?,
+                ModelsAction::Fleet { format } => models::fleet(&db, format)?,
                 ModelsAction::Verify => {
                     let found = models::verify(&db)?;
                     for p in &found.problems {

@@ -380,6 +380,85 @@ pub fn rollback(db: &Path, id: &str) -> Result<String, StoreError> {
     ))
 }
 
+/// One vehicle in the fleet inventory.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Holding {
+    /// Vehicle id.
+    pub client: String,
+    /// Model version it holds (hex).
+    pub version: String,
+    /// Round that produced that version, if the store has it.
+    pub round: Option<u64>,
+    /// How many versions behind the fleet's current model it is, along
+    /// the current model's lineage; none when its version is not an
+    /// ancestor of the current one (after a rollback, say).
+    pub behind: Option<u64>,
+    /// Since when it holds it (ISO-8601 UTC).
+    pub since: String,
+    /// When it last said so.
+    pub last_seen: String,
+}
+
+/// Which model every vehicle runs, from their statuses.
+pub fn fleet(db: &Path, format: Format) -> Result<String, StoreError> {
+    let store = Store::open_existing(db)?;
+    let rows = store.versions()?;
+    // the current model's lineage, newest first
+    let mut chain = Vec::new();
+    let mut at = store.current_version()?;
+    while let Some(v) = at.take() {
+        if chain.contains(&v) {
+            break;
+        }
+        at = rows
+            .iter()
+            .find(|r| r.version == v)
+            .and_then(|r| r.parent.clone());
+        chain.push(v);
+    }
+    let holdings: Vec<Holding> = store
+        .inventory()?
+        .into_iter()
+        .map(|(client, version, since, seen)| Holding {
+            round: rows.iter().find(|r| r.version == version).map(|r| r.round),
+            behind: chain.iter().position(|v| *v == version).map(|p| p as u64),
+            client,
+            version,
+            since: crate::store::iso8601(since),
+            last_seen: crate::store::iso8601(seen),
+        })
+        .collect();
+    Ok(match format {
+        Format::Json => crate::report::to_json(&holdings)?,
+        Format::Csv => crate::report::to_csv(&holdings)?,
+        Format::Table => {
+            let mut out = format!(
+                "{:<20} {:<12} {:>5} {:>7}  {:<24}  last seen\n",
+                "vehicle", "version", "round", "behind", "since"
+            );
+            for h in &holdings {
+                let _ = writeln!(
+                    out,
+                    "{:<20} {:<12} {:>5} {:>7}  {:<24}  {}",
+                    h.client,
+                    &h.version[..12.min(h.version.len())],
+                    h.round.map_or("?".into(), |r| r.to_string()),
+                    h.behind.map_or("-".into(), |b| b.to_string()),
+                    h.since,
+                    h.last_seen
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{} vehicles; current model {}",
+                holdings.len(),
+                chain.first().map_or("none", |c| &c[..12.min(c.len())])
+            );
+            out
+        }
+    })
+}
+
 /// A version as a self-contained, checksummed bundle.
 pub fn bundle(v: &StoredVersion) -> Result<Vec<u8>, String> {
     let mut out = BUNDLE_MAGIC.to_vec();

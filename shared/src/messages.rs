@@ -193,6 +193,9 @@ pub struct Status {
     pub detail: HString<96>,
     /// Agent release (crate version).
     pub version: HString<16>,
+    /// Model version the vehicle holds (all zeros: none yet): the fleet's
+    /// inventory (`convoy-server models fleet`).
+    pub model: VersionId,
     /// Deployment label from the agent's config (set by `convoy-server
     /// deploy` so it can tell the new process from the old one); empty if unset.
     pub deployment: Id,

@@ -41,6 +41,7 @@ impl FakeVehicle {
             samples: 1,
             detail: messages::detail("played by the test"),
             version: heapless::String::new(),
+            model: [0; 32],
             deployment: heapless::String::new(),
             session: rand::random(),
             seq: 1,

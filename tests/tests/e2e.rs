@@ -160,13 +160,35 @@ async fn rollback_republishes_an_older_model_and_the_fleet_trains_on_it() -> any
     let v3 = store.load_version(r3.model_version.as_deref().expect("published"))?;
     assert_eq!(
         v3.parent.map(|p| convoy_tests::api::version::hex(&p)),
-        Some(v1)
+        Some(v1.clone())
     );
     assert_eq!(
         store.current_version()?,
         r3.model_version,
         "a version trained after the rollback is current again"
     );
+    // the inventory: each vehicle reported the rolled-back model it trained on
+    let inventory: serde_json::Value =
+        serde_json::from_str(&models::fleet(fleet.db(), report::Format::Json)?)?;
+    let held: Vec<(String, Option<u64>)> = inventory
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|h| {
+            (
+                h["version"].as_str().unwrap_or("").to_string(),
+                h["behind"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(held.len(), 2, "{inventory}");
+    let v3 = r3.model_version.clone().unwrap_or_default();
+    for (version, behind) in held {
+        assert!(
+            (version == v1 && behind == Some(1)) || (version == v3 && behind == Some(0)),
+            "{inventory}"
+        );
+    }
     Ok(())
 }
 

@@ -146,6 +146,7 @@ impl Agent {
             params,
         };
         self.state.save_model(&model)?;
+        self.held.set(model.manifest.version);
         let ready = Ready {
             announce,
             codec,

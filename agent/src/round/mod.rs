@@ -190,6 +190,9 @@ pub struct Agent {
     session: u64,
     /// The last status sequence number used.
     seq: Cell<u64>,
+    /// The model version held in the state directory (zeros: none), as
+    /// reported in every status.
+    held: Cell<convoy_shared::version::VersionId>,
     /// The last status sent and when: repeated as a heartbeat, since the
     /// server counts a vehicle silent for `offline_after_secs` as offline.
     last_status: std::cell::RefCell<Option<(AgentState, u64, String)>>,
@@ -234,11 +237,18 @@ impl Agent {
             stats: topics::client(fleet, ClientTopic::Stats, me),
         };
         let policy = Policy::new(config.policy.clone(), clock.instant());
+        // an unreadable model is handled when a round needs it
+        let held = state
+            .model()
+            .ok()
+            .flatten()
+            .map_or([0; 32], |m| m.manifest.version);
         Self {
             config,
             keys,
             session: rand::random(),
             seq: Cell::new(0),
+            held: Cell::new(held),
             last_status: std::cell::RefCell::new(None),
             status_at: Cell::new(None),
             clock,
@@ -288,6 +298,7 @@ impl Agent {
             self.data.rows(),
             detail,
             (self.session, seq),
+            self.held.get(),
         );
         let mut message = self.seal(Kind::Status, self.topics.status.as_str(), &status)?;
         message.retain = true;

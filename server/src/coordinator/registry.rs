@@ -165,6 +165,15 @@ impl Coordinator {
             Verdict::Duplicate => self.reject(None, Some(client), &Rejection::DuplicateIdentity),
         }
         let online = status.state != AgentState::Offline;
+        if online && status.model != [0; 32] {
+            let held = convoy_shared::version::hex(&status.model);
+            if let Err(e) = self
+                .store
+                .record_holding(client, &held, self.clock.now_ms())
+            {
+                tracing::warn!(client, error = %e, "fleet inventory not updated");
+            }
+        }
         if online != was_online {
             tracing::info!(client, online, state = ?status.state, "client status");
         }
@@ -185,6 +194,7 @@ mod tests {
             samples: 10,
             detail: messages::detail(""),
             version: messages::detail(""),
+            model: [0; 32],
             deployment: Default::default(),
             session,
             seq,

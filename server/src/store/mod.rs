@@ -103,6 +103,11 @@ CREATE TABLE IF NOT EXISTS round_updates (
 -- fleet's current model, kept as an audit trail
 CREATE TABLE IF NOT EXISTS rollbacks (
     id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, version TEXT NOT NULL);
+-- the fleet inventory: the model version each vehicle last said it holds,
+-- since when, and when it last said so
+CREATE TABLE IF NOT EXISTS inventory (
+    client TEXT PRIMARY KEY, version TEXT NOT NULL, since_ms INTEGER NOT NULL,
+    seen_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS vehicles (
     client TEXT PRIMARY KEY, public_key TEXT NOT NULL, password_hash TEXT NOT NULL,
     created_ms INTEGER NOT NULL);

@@ -199,6 +199,39 @@ impl Store {
         })
     }
 
+    /// Records that `client` holds model `version` (from its status).
+    pub fn record_holding(
+        &self,
+        client: &str,
+        version: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO inventory (client, version, since_ms, seen_ms) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT (client) DO UPDATE SET
+                since_ms = CASE WHEN version = excluded.version THEN since_ms ELSE excluded.since_ms END,
+                version = excluded.version, seen_ms = excluded.seen_ms",
+            params![client, version, now_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The fleet inventory: (client, version held, since ms, last seen ms).
+    pub fn inventory(&self) -> Result<Vec<(String, String, u64, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT client, version, since_ms, seen_ms FROM inventory ORDER BY client")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Newest version (highest round), if any.
     pub fn latest_version(&self) -> Result<Option<String>, StoreError> {
         Ok(self
