@@ -118,6 +118,14 @@ enum ModelsAction {
         /// Bundle written by `models export`.
         file: PathBuf,
     },
+    /// Score a version on a CSV through its own pipeline, per head the CSV labels.
+    Eval {
+        /// Version id or prefix.
+        id: String,
+        /// CSV with a header row.
+        #[arg(long)]
+        csv: PathBuf,
+    },
     /// Which model every vehicle holds, and how far behind the fleet it is.
     Fleet {
         /// Output format.
@@ -258,6 +266,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 ModelsAction::Import { file } => models::import(&db, &file)?,
                 ModelsAction::Rollback { id } => models::rollback(&db, &id)?,
                 ModelsAction::Fleet { format } => models::fleet(&db, format)?,
+                ModelsAction::Eval { id, csv } => models::eval(&db, &id, &csv)?,
                 ModelsAction::Verify => {
                     let found = models::verify(&db)?;
                     for p in &found.problems {

@@ -70,6 +70,21 @@ fn list_show_and_diff_say_what_changed() {
         d.contains("layers.0.weight") && d.contains("5.0000e-1"),
         "{d}"
     );
+    let csv = dir.path().join("t.csv");
+    std::fs::write(&csv, "b,y,extra\n1,0,x\n2,1,y\n0,1,z\n").unwrap();
+    let scored = eval(&db, &b, &csv).unwrap();
+    assert!(
+        scored.contains("y                        3 rows: accuracy")
+            && scored.contains("encoded as missing: a"),
+        "{scored}"
+    );
+    std::fs::write(&csv, "a,b\n1,2\n").unwrap();
+    assert!(
+        eval(&db, &b, &csv)
+            .unwrap_err()
+            .to_string()
+            .contains("no label")
+    );
     assert!(show(&db, "zz").is_err(), "not hex");
     assert!(show(&db, "0000").is_err(), "no such version");
 }
