@@ -2,7 +2,7 @@
 //! and text categories align one model through the schema and statistics
 //! rounds, with a server that is given no data at all.
 
-use convoy_tests::api::{DataConfig, ServerConfig, TaskKind};
+use convoy_tests::api::{DataConfig, RoundRow, ServerConfig, TaskKind};
 use convoy_tests::*;
 use std::path::{Path, PathBuf};
 
@@ -48,6 +48,22 @@ fn aligning(server: &mut ServerConfig, test_csv: PathBuf) {
     server.eval.test_csv = Some(test_csv);
 }
 
+/// Runs `n` rounds of `fleet` to the end: every one finished with all of
+/// `vehicles` reporting, none failing, and no message rejected.
+async fn clean_rounds(fleet: &mut Fleet, n: usize, vehicles: u64) -> anyhow::Result<Vec<RoundRow>> {
+    let rounds = fleet.next_rounds(n, 120).await?;
+    let summary = fleet.finish().await?;
+    assert!(summary.rejections.is_empty(), "{:?}", summary.rejections);
+    for r in &rounds {
+        assert_eq!(
+            (r.status.as_str(), r.clients_reported, r.clients_failed),
+            ("finished", vehicles, 0),
+            "{r:#?}"
+        );
+    }
+    Ok(rounds)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vehicles_with_different_columns_and_gaps_align_and_learn() -> anyhow::Result<()> {
     init_tracing();
@@ -72,15 +88,8 @@ async fn vehicles_with_different_columns_and_gaps_align_and_learn() -> anyhow::R
         });
     }
     let mut fleet = builder.start().await?;
-    let rounds = fleet.next_rounds(3, 120).await?;
-    let summary = fleet.finish().await?;
-    assert!(summary.rejections.is_empty(), "{:?}", summary.rejections);
+    let rounds = clean_rounds(&mut fleet, 3, 3).await?;
     for r in &rounds {
-        assert_eq!(
-            (r.status.as_str(), r.clients_reported, r.clients_failed),
-            ("finished", 3, 0),
-            "{r:#?}"
-        );
         assert!(r.accuracy.is_some_and(|a| a > 0.8), "{r:#?}");
         // every vehicle scored the round's base model on its own held-out
         // rows; round 1's base is the untrained initial model
@@ -235,16 +244,7 @@ async fn classification_and_regression_vehicles_train_one_trunk() -> anyhow::Res
         builder = builder.agent(i, |a| a.data = DataConfig::new(path, label, task));
     }
     let mut fleet = builder.start().await?;
-    let rounds = fleet.next_rounds(3, 120).await?;
-    let summary = fleet.finish().await?;
-    assert!(summary.rejections.is_empty(), "{:?}", summary.rejections);
-    for r in &rounds {
-        assert_eq!(
-            (r.status.as_str(), r.clients_reported, r.clients_failed),
-            ("finished", 3, 0),
-            "{r:#?}"
-        );
-    }
+    let rounds = clean_rounds(&mut fleet, 3, 3).await?;
     let store = fleet.store()?;
     let spec = store.load_version(&rounds[0].base_version)?.spec;
     let heads: Vec<(&str, TaskKind)> = spec
@@ -337,13 +337,7 @@ async fn model_lines_train_heads_of_their_own_on_the_shared_trunk() -> anyhow::R
         });
     }
     let mut fleet = builder.start().await?;
-    let rounds = fleet.next_rounds(2, 120).await?;
-    let summary = fleet.finish().await?;
-    assert!(summary.rejections.is_empty(), "{:?}", summary.rejections);
-    assert!(
-        rounds.iter().all(|r| r.clients_reported == 3),
-        "{rounds:#?}"
-    );
+    let rounds = clean_rounds(&mut fleet, 2, 3).await?;
     let store = fleet.store()?;
     let first = store.load_version(&rounds[0].base_version)?;
     let last = store.load_version(rounds[1].model_version.as_deref().unwrap_or_default())?;
