@@ -99,6 +99,7 @@ async fn forged_announcements_statuses_and_updates_change_nothing() -> anyhow::R
         samples: 0,
         detail: convoy_shared::messages::detail("forged"),
         version: Default::default(),
+        model: [0; 32],
         deployment: Default::default(),
         session: 7,
         seq: u64::MAX,
