@@ -585,7 +585,12 @@ fn a_non_finite_update_is_refused_and_never_folded() {
 fn garbage_is_counted_and_changes_nothing() {
     let mut rig = rig();
     rig.open(&["car-1", "car-2"]);
-    for kind in [ClientTopic::Update, ClientTopic::Fetch, ClientTopic::Status] {
+    for kind in [
+        ClientTopic::Update,
+        ClientTopic::Fetch,
+        ClientTopic::Status,
+        ClientTopic::Failure,
+    ] {
         let topic = topics::client(FLEET, kind, "car-1");
         assert!(
             rig.handle(message(topic.as_str(), vec![1, 2, 3]))
@@ -593,8 +598,19 @@ fn garbage_is_counted_and_changes_nothing() {
         );
     }
     let counted: u64 = rig.coordinator.rejections().values().sum();
-    assert_eq!(counted, 3);
+    assert_eq!(counted, 4);
+    // a failure report car-2 signed, on car-1's topic, fails nobody
+    let topic = topics::client(FLEET, ClientTopic::Failure, "car-1");
+    if let Input::Link(LinkEvent::Message { payload, .. }) = failure("car-2", 1, "data") {
+        rig.handle(message(topic.as_str(), payload.to_vec()));
+    }
+    assert_eq!(rig.coordinator.rejections().values().sum::<u64>(), 5);
     assert!(rig.coordinator.open_round().is_some());
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.send(rig.update("car-2", 0.01, 10));
+    let out = rig.handle(Input::Tick);
+    let row = closed(&out).expect("closed once both reported");
+    assert_eq!((row.clients_reported, row.clients_failed), (2, 0));
 }
 
 #[test]
