@@ -6,7 +6,7 @@
 //! self-contained bundle (weights + spec + recipe, checksummed) that
 //! `import` takes back under the same id.
 
-use crate::report::{Format, human_bytes};
+use crate::report::{Format, human_bytes, table};
 use crate::store::{Store, StoreError, StoredVersion, VersionRow};
 use convoy_shared::spec::{Encoding, ModelSpec};
 use convoy_shared::version::{self, MODEL_CHUNK_SIZE};
@@ -25,6 +25,11 @@ fn blob_error(path: &Path, message: impl Into<String>) -> StoreError {
     }
 }
 
+/// The first 12 hex digits of an id, as tables show it.
+fn short(hex: &str) -> &str {
+    &hex[..12.min(hex.len())]
+}
+
 fn metric(row: &VersionRow) -> String {
     match (row.accuracy, row.rmse) {
         (Some(a), _) => format!("{:.2}%", a * 100.0),
@@ -41,22 +46,24 @@ pub fn list(db: &Path, format: Format) -> Result<String, StoreError> {
         Format::Json => crate::report::to_json(&rows)?,
         Format::Csv => crate::report::to_csv(&rows)?,
         Format::Table => {
-            let mut out = format!(
-                "{:<12}  {:>5}  {:<12}  {:>10}  {:>10}  created\n",
-                "version", "round", "parent", "bytes", "test"
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        short(&r.version).to_string(),
+                        r.round.to_string(),
+                        r.parent.as_deref().map_or("-", short).to_string(),
+                        human_bytes(r.bytes),
+                        metric(r),
+                        r.created_at.clone(),
+                    ]
+                })
+                .collect();
+            let mut out = table(
+                &["version", "round", "parent", "bytes", "test", "created"],
+                &["version", "parent", "created"],
+                &cells,
             );
-            for r in &rows {
-                let _ = writeln!(
-                    out,
-                    "{:<12}  {:>5}  {:<12}  {:>10}  {:>10}  {}",
-                    &r.version[..12.min(r.version.len())],
-                    r.round,
-                    r.parent.as_deref().map_or("-", |p| &p[..12.min(p.len())]),
-                    human_bytes(r.bytes),
-                    metric(r),
-                    r.created_at
-                );
-            }
             let _ = writeln!(out, "{} versions", rows.len());
             out
         }
@@ -131,7 +138,7 @@ pub fn show(db: &Path, id: &str) -> Result<String, StoreError> {
         let up = rows.iter().find(|r| r.version == p);
         lineage.push(format!(
             "{} (round {})",
-            &p[..12.min(p.len())],
+            short(&p),
             up.map_or("?".into(), |r| r.round.to_string())
         ));
         parent = up.and_then(|r| r.parent.clone());
@@ -268,7 +275,7 @@ pub fn diff(db: &Path, a: &str, b: &str) -> Result<String, StoreError> {
     let store = Store::open_existing(db)?;
     let (ha, hb) = (store.resolve_version(a)?, store.resolve_version(b)?);
     let (va, vb) = (store.load_version(&ha)?, store.load_version(&hb)?);
-    let mut out = format!("{} -> {}\n", &ha[..12], &hb[..12]);
+    let mut out = format!("{} -> {}\n", short(&ha), short(&hb));
     let mut spec = Vec::new();
     let features =
         |s: &ModelSpec| -> Vec<String> { s.features.iter().map(|f| f.name.clone()).collect() };
@@ -368,15 +375,13 @@ pub fn rollback(db: &Path, id: &str) -> Result<String, StoreError> {
     let store = Store::open(db)?;
     let hex = store.resolve_version(id)?;
     let v = store.load_version(&hex)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = convoy_runtime::clock::now_ms();
     let before = store.current_version()?;
     store.rollback_to(&hex, now)?;
     Ok(format!(
         "the fleet's current model is now {hex} (round {}; was {}); a running server switches when it next starts (systemctl restart convoy-server)\n",
         v.round,
-        before.as_deref().map_or("none", |b| &b[..12.min(b.len())])
+        before.as_deref().map_or("none", short)
     ))
 }
 
@@ -432,27 +437,36 @@ pub fn fleet(db: &Path, format: Format) -> Result<String, StoreError> {
         Format::Json => crate::report::to_json(&holdings)?,
         Format::Csv => crate::report::to_csv(&holdings)?,
         Format::Table => {
-            let mut out = format!(
-                "{:<20} {:<12} {:>5} {:>7}  {:<24}  last seen\n",
-                "vehicle", "version", "round", "behind", "since"
+            let cells: Vec<Vec<String>> = holdings
+                .iter()
+                .map(|h| {
+                    vec![
+                        h.client.clone(),
+                        short(&h.version).to_string(),
+                        h.round.map_or("?".into(), |r| r.to_string()),
+                        h.behind.map_or("-".into(), |b| b.to_string()),
+                        h.since.clone(),
+                        h.last_seen.clone(),
+                    ]
+                })
+                .collect();
+            let mut out = table(
+                &[
+                    "vehicle",
+                    "version",
+                    "round",
+                    "behind",
+                    "since",
+                    "last_seen",
+                ],
+                &["vehicle", "version", "since", "last_seen"],
+                &cells,
             );
-            for h in &holdings {
-                let _ = writeln!(
-                    out,
-                    "{:<20} {:<12} {:>5} {:>7}  {:<24}  {}",
-                    h.client,
-                    &h.version[..12.min(h.version.len())],
-                    h.round.map_or("?".into(), |r| r.to_string()),
-                    h.behind.map_or("-".into(), |b| b.to_string()),
-                    h.since,
-                    h.last_seen
-                );
-            }
             let _ = writeln!(
                 out,
                 "{} vehicles; current model {}",
                 holdings.len(),
-                chain.first().map_or("none", |c| &c[..12.min(c.len())])
+                chain.first().map_or("none", |c| short(c))
             );
             out
         }
@@ -469,7 +483,7 @@ pub fn eval(db: &Path, id: &str, csv: &Path) -> Result<String, StoreError> {
     let file = std::fs::File::open(csv).map_err(|e| blob_error(csv, e.to_string()))?;
     let table = convoy_shared::dataset::Table::read(std::io::BufReader::new(file))
         .map_err(|e| blob_error(csv, e.to_string()))?;
-    let mut out = format!("version {} on {}\n", &hex[..12], csv.display());
+    let mut out = format!("version {} on {}\n", short(&hex), csv.display());
     let mut scored = 0;
     for (k, head) in v.spec.heads.iter().enumerate() {
         if !table.headers.iter().any(|h| head.matches(h)) {
@@ -589,9 +603,7 @@ pub fn import(db: &Path, file: &Path) -> Result<String, StoreError> {
     let hex = version::hex(&v.manifest.version);
     let known = store.versions()?.iter().any(|r| r.version == hex);
     if !known {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = convoy_runtime::clock::now_ms();
         store.save_version(&v, None, now)?;
     }
     Ok(format!(

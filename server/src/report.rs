@@ -95,7 +95,7 @@ pub(crate) fn to_json<T: Serialize>(rows: &[T]) -> Result<String, StoreError> {
 /// Aligned columns: every header sits over its values because both are
 /// laid out from the same widths. Text columns (`left`) are left-aligned;
 /// the last column is free text and not padded.
-fn table(headers: &[&str], left: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], left: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -185,6 +185,10 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
+        // a database from before rollbacks existed, opened read-only, has none
+        if !self.has_table("rollbacks")? {
+            return Ok(newest.map(|(v, _)| v));
+        }
         let rollback: Option<(String, i64)> = self
             .conn
             .query_row(
@@ -218,6 +222,9 @@ impl Store {
 
     /// The fleet inventory: (client, version held, since ms, last seen ms).
     pub fn inventory(&self) -> Result<Vec<(String, String, u64, u64)>, StoreError> {
+        if !self.has_table("inventory")? {
+            return Ok(Vec::new());
+        }
         let mut stmt = self
             .conn
             .prepare("SELECT client, version, since_ms, seen_ms FROM inventory ORDER BY client")?;
@@ -230,6 +237,19 @@ impl Store {
             ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether the database has `table` (one opened read-only may predate it).
+    fn has_table(&self, table: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [table],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     }
 
     /// Newest version (highest round), if any.
