@@ -1,6 +1,6 @@
 //! Heterogeneous fleets on the taxi data: what federated alignment buys.
 //!
-//!   cargo bench -p convoy-tests --bench heterogeneous -- [--seeds 42,1,2] [--rounds 20] [--only columns|missing|mixed|regression]
+//!   cargo bench -p convoy-tests --bench heterogeneous -- [--seeds 42,1,2] [--rounds 20] [--server-lr 1] [--only columns|missing|mixed|regression]
 //!
 //! Every model here is trained by the real server and real agents (the
 //! in-process broker, same topics and payloads as MQTT), the server given
@@ -61,6 +61,8 @@ const COMPANIES: [&str; 7] = [
     "group_c_taxicab_insurance_agency_llc",
 ];
 const HIDDEN: u32 = 32;
+/// `--server-lr`: the server's step on the averaged update, for every fleet.
+static SERVER_LR: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
 
 /// One company's rows, split.
 #[derive(Clone)]
@@ -196,6 +198,7 @@ async fn train_tasks(
             deadline_secs: 600,
             codec: Pipeline::FP32,
             seed,
+            server_lr: SERVER_LR.get().copied().unwrap_or(1.0),
             ..Default::default()
         },
         model: convoy_server::config::ModelConfig {
@@ -1015,9 +1018,13 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(20);
     let only = value("--only");
+    if let Some(lr) = value("--server-lr") {
+        let _ = SERVER_LR.set(lr.parse()?);
+    }
     let work = tempfile::tempdir()?;
     println!(
-        "convoy heterogeneous-fleet benchmark: taxi data, {rounds} rounds of 1 epoch, MLP hidden {HIDDEN}, SGD lr 0.05, batch 32, fp32 codec, seeds {seeds:?}"
+        "convoy heterogeneous-fleet benchmark: taxi data, {rounds} rounds of 1 epoch, MLP hidden {HIDDEN}, SGD lr 0.05, batch 32, fp32 codec, server lr {}, seeds {seeds:?}",
+        SERVER_LR.get().copied().unwrap_or(1.0)
     );
     let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if wants("columns") {
