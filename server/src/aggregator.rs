@@ -71,7 +71,7 @@ impl PartialSum {
             at += n;
         }
         self.weights[0] += weight;
-        if let Some(w) = self.weights.get_mut(own).filter(|_| own > 0) {
+        if let Some(w) = self.weights.get_mut(own) {
             *w += weight;
         }
         self.updates += 1;
