@@ -126,6 +126,12 @@ enum ModelsAction {
         #[arg(long)]
         csv: PathBuf,
     },
+    /// Remove model files no stored version refers to (older than 10 minutes).
+    Gc {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Which model every vehicle holds, and how far behind the fleet it is.
     Fleet {
         /// Output format.
@@ -266,6 +272,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 ModelsAction::Import { file } => models::import(&db, &file)?,
                 ModelsAction::Rollback { id } => models::rollback(&db, &id)?,
                 ModelsAction::Fleet { format } => models::fleet(&db, format)?,
+                ModelsAction::Gc { dry_run } => models::gc(&db, dry_run)?,
                 ModelsAction::Eval { id, csv } => models::eval(&db, &id, &csv)?,
                 ModelsAction::Verify => {
                     let found = models::verify(&db)?;

@@ -543,6 +543,59 @@ pub fn eval(db: &Path, id: &str, csv: &Path) -> Result<String, StoreError> {
     Ok(out)
 }
 
+/// Files younger than this are never collected: a running server writes a
+/// version's blob just before its row.
+pub const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes files in the model folder that no stored version refers to
+/// (blobs of versions whose rows are gone, temp files a crash left) and
+/// that are older than [`GC_GRACE`]; every version's blob is kept.
+pub fn gc(db: &Path, dry_run: bool) -> Result<String, StoreError> {
+    let store = Store::open_existing(db)?;
+    let keep: std::collections::BTreeSet<String> =
+        store.versions()?.into_iter().map(|r| r.blob).collect();
+    let dir = store.blob_dir();
+    let entries = std::fs::read_dir(dir).map_err(|e| blob_error(dir, e.to_string()))?;
+    let (mut removed, mut bytes, mut young) = (Vec::new(), 0u64, 0usize);
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() || keep.contains(&name) {
+            continue;
+        }
+        let age = meta.modified().ok().and_then(|t| t.elapsed().ok());
+        if age.is_none_or(|a| a < GC_GRACE) {
+            young += 1;
+            continue;
+        }
+        if !dry_run {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| blob_error(&entry.path(), e.to_string()))?;
+        }
+        bytes += meta.len();
+        removed.push(name);
+    }
+    let mut out = format!(
+        "{} {} unreferenced file(s), {}; {} version blob(s) kept",
+        if dry_run { "would remove" } else { "removed" },
+        removed.len(),
+        human_bytes(bytes),
+        keep.len()
+    );
+    if young > 0 {
+        let _ = write!(
+            out,
+            "; {young} unreferenced file(s) younger than {} min left (a server may be writing them)",
+            GC_GRACE.as_secs() / 60
+        );
+    }
+    out.push('\n');
+    for name in removed {
+        let _ = writeln!(out, "  {name}");
+    }
+    Ok(out)
+}
+
 /// A version as a self-contained, checksummed bundle.
 pub fn bundle(v: &StoredVersion) -> Result<Vec<u8>, String> {
     let mut out = BUNDLE_MAGIC.to_vec();

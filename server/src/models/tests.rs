@@ -169,3 +169,47 @@ fn export_and_import_keep_the_id_and_refuse_a_damaged_bundle() {
         assert!(read_bundle(&damage).is_err());
     }
 }
+
+#[test]
+fn gc_removes_only_old_unreferenced_files_and_every_version_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _, _) = two_versions(dir.path());
+    let store = Store::open_existing(&db).unwrap();
+    let folder = store.blob_dir().to_path_buf();
+    let old = folder.join("0123abcd.bin.tmp");
+    let fresh = folder.join("4567cdef.bin.tmp");
+    std::fs::write(&old, b"left by a crash").unwrap();
+    std::fs::write(&fresh, b"being written").unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    // a version blob just as old is still needed
+    for row in store.versions().unwrap() {
+        std::fs::File::options()
+            .write(true)
+            .open(store.blob_path(&row))
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+    }
+    let said = gc(&db, true).unwrap();
+    assert!(said.starts_with("would remove 1 unreferenced"), "{said}");
+    assert!(old.exists(), "a dry run removes nothing");
+    let said = gc(&db, false).unwrap();
+    assert!(
+        said.contains("0123abcd.bin.tmp") && said.contains("1 unreferenced file(s) younger"),
+        "{said}"
+    );
+    assert!(!old.exists() && fresh.exists());
+    let found = verify(&db).unwrap();
+    assert_eq!(
+        (found.checked, found.problems.len()),
+        (2, 0),
+        "{:?}",
+        found.problems
+    );
+}

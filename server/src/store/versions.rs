@@ -158,6 +158,11 @@ impl Store {
         }
     }
 
+    /// The folder the version blobs live in.
+    pub fn blob_dir(&self) -> &std::path::Path {
+        &self.blobs
+    }
+
     /// Where a version row's blob lives.
     pub fn blob_path(&self, row: &VersionRow) -> std::path::PathBuf {
         self.blobs.join(&row.blob)
