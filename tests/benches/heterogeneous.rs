@@ -897,7 +897,10 @@ async fn mixed(work: &Path, seeds: &[u64], rounds: u64) -> anyhow::Result<()> {
     struct Method {
         tip: Vec<Scores>,
         rmse: Vec<f64>,
+        /// Bytes per round of the fleet that trains tip (the whole mixed
+        /// fleet for the shared method).
         tip_bytes: Vec<f64>,
+        /// Bytes per round of the distance fleet (none when shared).
         distance_bytes: Vec<f64>,
     }
     let (mut alone, mut shared) = (Method::default(), Method::default());
@@ -950,6 +953,7 @@ async fn mixed(work: &Path, seeds: &[u64], rounds: u64) -> anyhow::Result<()> {
         shared
             .rmse
             .push(rmse_on(&model, &distance_header, &distance_test)?);
+        // one fleet trains both tasks: its bytes are all of them
         shared.tip_bytes.push(bytes_per_round(&rows));
         let targets: Vec<f64> = distance_test
             .iter()
