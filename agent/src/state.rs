@@ -207,8 +207,10 @@ impl StateDir {
         let Some(model) = self.read::<StoredModel>("model.bin")? else {
             return Ok(None);
         };
-        let manifest = convoy_shared::version::manifest_of(&model.params, &model.spec, &model.task);
-        if manifest != model.manifest {
+        if !model
+            .manifest
+            .verifies(&model.params, &model.spec, &model.task)
+        {
             let path = self.path("model.bin");
             move_aside(&path);
             return Err(StateError::Corrupt {
@@ -380,7 +382,12 @@ mod tests {
         let task = Recipe::default();
         let params = spec.init_params();
         let mut model = StoredModel {
-            manifest: convoy_shared::version::manifest_of(&params, &spec, &task),
+            manifest: convoy_shared::version::manifest_of(
+                &params,
+                &spec,
+                &task,
+                &Default::default(),
+            ),
             spec,
             task,
             params,

@@ -6,6 +6,7 @@ use convoy_runtime::link::{BrokerConfig, BrokerUrl};
 use convoy_shared::codec::Pipeline;
 use convoy_shared::spec::{Recipe, TaskKind};
 use convoy_shared::topics::TopicId;
+pub use crate::store::StorePolicy;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,9 @@ pub struct ServerConfig {
     /// The server's key pair.
     #[serde(default)]
     pub identity: ServerIdentity,
+    /// How model versions are kept (keyframes, deltas, replay).
+    #[serde(default)]
+    pub store: StorePolicy,
 }
 
 /// Where the server's signing key lives.
@@ -306,6 +310,7 @@ impl ServerConfig {
             .settings()
             .validate()
             .map_err(ConfigError::Invalid)?;
+        self.store.validate().map_err(ConfigError::Invalid)?;
         if !(1..=86_400).contains(&self.align.deadline_secs) || self.align.settle_secs > 3_600 {
             return bad(
                 "align.deadline_secs must be 1 to 86400 and align.settle_secs at most 3600".into(),

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use convoy_server::report::Format;
+use convoy_server::store::Route;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -97,7 +98,8 @@ enum ModelsAction {
         /// Version id or a unique prefix of 4+ hex digits.
         id: String,
     },
-    /// Recompute every stored version's Merkle root; exits 1 on a mismatch.
+    /// Rebuild every stored version and recompute its Merkle root; exits 1
+    /// on a mismatch, naming the chunk.
     Verify,
     /// Spec differences, changed chunks and per-tensor change between two versions.
     Diff {
@@ -126,12 +128,36 @@ enum ModelsAction {
         #[arg(long)]
         csv: PathBuf,
     },
-    /// Remove model files no stored version refers to (older than 10 minutes).
+    /// Drop what no retained version needs: unreferenced chunks, deltas
+    /// and kept updates, and with --keep the versions older than the newest
+    /// N (never the current model, one a vehicle holds, or one a kept
+    /// version is rebuilt from).
     Gc {
-        /// Only say what would be removed.
+        /// Keep only the newest N versions (and what they need).
+        #[arg(long)]
+        keep: Option<usize>,
+        /// Only say what would be dropped.
         #[arg(long)]
         dry_run: bool,
     },
+    /// Rebuild a version by a recoverability route, timed, and check its id.
+    Rebuild {
+        /// Version id or prefix.
+        id: String,
+        /// stored (however it is kept), weights (a), deltas (b) or replay (c).
+        #[arg(long, value_enum, default_value_t = Route::Stored)]
+        route: Route,
+    },
+    /// Bytes of each way to move a vehicle between two versions.
+    Transfer {
+        /// The version the vehicle holds.
+        from: String,
+        /// The version it should get (default: the fleet's current model).
+        to: Option<String>,
+    },
+    /// What the store holds, and what keeping every version by each
+    /// recoverability route would take.
+    Storage,
     /// Which model every vehicle holds, and how far behind the fleet it is.
     Fleet {
         /// Output format.
@@ -272,7 +298,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 ModelsAction::Import { file } => models::import(&db, &file)?,
                 ModelsAction::Rollback { id } => models::rollback(&db, &id)?,
                 ModelsAction::Fleet { format } => models::fleet(&db, format)?,
-                ModelsAction::Gc { dry_run } => models::gc(&db, dry_run)?,
+                ModelsAction::Gc { keep, dry_run } => models::gc(&db, keep, dry_run)?,
+                ModelsAction::Rebuild { id, route } => models::rebuild(&db, &id, route)?,
+                ModelsAction::Transfer { from, to } => {
+                    models::transfer(&db, &from, to.as_deref())?
+                }
+                ModelsAction::Storage => models::storage(&db)?,
                 ModelsAction::Eval { id, csv } => models::eval(&db, &id, &csv)?,
                 ModelsAction::Verify => {
                     let found = models::verify(&db)?;

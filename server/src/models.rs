@@ -7,7 +7,7 @@
 //! `import` takes back under the same id.
 
 use crate::report::{Format, human_bytes, table};
-use crate::store::{Store, StoreError, StoredVersion, VersionRow};
+use crate::store::{Publication, Route, Store, StoreError, StoredVersion, VersionRow};
 use convoy_shared::spec::{Encoding, ModelSpec};
 use convoy_shared::version::{self, MODEL_CHUNK_SIZE};
 use std::fmt::Write as _;
@@ -16,7 +16,7 @@ use std::path::Path;
 /// First bytes of an exported bundle.
 pub const BUNDLE_MAGIC: &[u8; 12] = b"convoy-model";
 /// Bundle layout version, after the magic.
-const BUNDLE_VERSION: u8 = 1;
+const BUNDLE_VERSION: u8 = 2;
 
 fn blob_error(path: &Path, message: impl Into<String>) -> StoreError {
     StoreError::Blob {
@@ -165,35 +165,41 @@ pub fn show(db: &Path, id: &str) -> Result<String, StoreError> {
         metric(row),
         row.eval_loss.map_or("-".into(), |l| format!("{l:.4}"))
     );
-    let on_disk = std::fs::metadata(store.blob_path(row)).map_or(0, |m| m.len());
+    let p = &v.manifest.provenance;
     let _ = writeln!(
         out,
-        "storage    keyframe: weights + spec in one blob, {} on disk ({} parameter bytes, {} chunks of {})",
-        human_bytes(on_disk),
+        "made by    {}, update codec {}, published as {}",
+        p.strategy, p.codec, p.downlink_codec
+    );
+    let _ = writeln!(
+        out,
+        "storage    {}: {} added to the store ({} parameter bytes, {} chunks of {}), depth {} from a keyframe, rebuilt in ~{:.3} s",
+        row.kind.as_str(),
+        human_bytes(row.stored_bytes),
         human_bytes(row.bytes),
         v.manifest.chunks.len(),
-        human_bytes(MODEL_CHUNK_SIZE as u64)
+        human_bytes(MODEL_CHUNK_SIZE as u64),
+        row.depth,
+        row.rebuild_secs
     );
-    if row.round > 0 {
-        let contributors: Vec<String> = store
-            .clients(row.round)?
-            .into_iter()
-            .filter(|c| c.status == crate::store::ClientStatus::Accepted)
-            .map(|c| {
-                format!(
-                    "{} ({} samples{})",
-                    c.client,
-                    c.samples,
-                    c.head.map(|h| format!(", {h}")).unwrap_or_default()
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "trained by {} vehicle(s): {}",
-            contributors.len(),
-            contributors.join(", ")
-        );
+    let contributors = store.lineage(&hex)?;
+    if !contributors.is_empty() {
+        let _ = writeln!(out, "trained by {} vehicle(s):", contributors.len());
+        for c in contributors {
+            let _ = writeln!(
+                out,
+                "  {:<20} {:>8} samples  {:<16} update {}{}",
+                c.client,
+                c.samples,
+                c.head.unwrap_or_else(|| "-".into()),
+                &c.update_hash[..16],
+                if c.scale == 1.0 {
+                    String::new()
+                } else {
+                    format!("  (scaled by {:.3})", c.scale)
+                }
+            );
+        }
     }
     Ok(out)
 }
@@ -207,60 +213,16 @@ pub struct Verification {
     pub problems: Vec<String>,
 }
 
-/// Checks one stored version: its blob reads, decodes and hashes to its
-/// id; otherwise says which chunk (or the spec) no longer matches.
-fn verify_one(store: &Store, row: &VersionRow) -> Result<(), String> {
-    let path = store.blob_path(row);
-    let bytes = std::fs::read(&path).map_err(|e| format!("blob {}: {e}", path.display()))?;
-    let v: StoredVersion = postcard::from_bytes(&bytes)
-        .map_err(|e| format!("blob {} does not decode: {e}", path.display()))?;
-    let recomputed = version::manifest_of(&v.params, &v.spec, &v.task);
-    if version::hex(&recomputed.version) == row.version {
-        return Ok(());
-    }
-    let recorded = &v.manifest;
-    if version::hex(&recorded.version) != row.version {
-        return Err(format!(
-            "the blob's manifest is version {}, not this one",
-            version::short(&recorded.version)
-        ));
-    }
-    if recomputed.total_len != recorded.total_len {
-        return Err(format!(
-            "parameters are {} bytes, the manifest says {}",
-            recomputed.total_len, recorded.total_len
-        ));
-    }
-    let bad: Vec<String> = recomputed
-        .chunks
-        .iter()
-        .zip(&recorded.chunks)
-        .enumerate()
-        .filter(|(_, (a, b))| a != b)
-        .map(|(i, _)| {
-            let start = i * MODEL_CHUNK_SIZE;
-            let end = (start + MODEL_CHUNK_SIZE).min(recorded.total_len as usize);
-            format!("chunk {i} (bytes {start}..{end})")
-        })
-        .collect();
-    if !bad.is_empty() {
-        return Err(format!(
-            "{} of {} chunks do not match their hash: {}",
-            bad.len(),
-            recorded.chunks.len(),
-            bad.join(", ")
-        ));
-    }
-    Err("the spec or recipe differs from the one the id was made under".into())
-}
-
-/// Recomputes every stored version's root.
+/// Rebuilds every stored version (oldest first, each from its stored
+/// keyframe, deltas or replayed updates) and checks it hashes to its id;
+/// a mismatch names the chunk.
 pub fn verify(db: &Path) -> Result<Verification, StoreError> {
     let store = Store::open_existing(db)?;
     let mut found = Verification::default();
+    let mut cache = std::collections::HashMap::new();
     for row in store.versions()? {
         found.checked += 1;
-        if let Err(why) = verify_one(&store, &row) {
+        if let Err(why) = store.rebuild_cached(&row.version, Route::Stored, &mut cache) {
             found
                 .problems
                 .push(format!("{} (round {}): {why}", row.version, row.round));
@@ -543,24 +505,69 @@ pub fn eval(db: &Path, id: &str, csv: &Path) -> Result<String, StoreError> {
     Ok(out)
 }
 
-/// Files younger than this are never collected: a running server writes a
-/// version's blob just before its row.
+/// Files younger than this are never collected from the folder older
+/// releases kept model files in.
 pub const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Removes files in the model folder that no stored version refers to
-/// (blobs of versions whose rows are gone, temp files a crash left) and
-/// that are older than [`GC_GRACE`]; every version's blob is kept.
-pub fn gc(db: &Path, dry_run: bool) -> Result<String, StoreError> {
-    let store = Store::open_existing(db)?;
-    let keep: std::collections::BTreeSet<String> =
-        store.versions()?.into_iter().map(|r| r.blob).collect();
-    let dir = store.blob_dir();
-    let entries = std::fs::read_dir(dir).map_err(|e| blob_error(dir, e.to_string()))?;
-    let (mut removed, mut bytes, mut young) = (Vec::new(), 0u64, 0usize);
+/// Drops what no retained version needs (see [`Store::collect_garbage`]),
+/// and the files older releases left in the model folder.
+pub fn gc(db: &Path, keep: Option<usize>, dry_run: bool) -> Result<String, StoreError> {
+    let store = Store::open(db)?;
+    let report = store.collect_garbage(keep, dry_run)?;
+    let verb = if dry_run { "would drop" } else { "dropped" };
+    let mut out = format!(
+        "{verb} {} version(s), {} chunk(s) and {} round(s) of kept updates; {} version(s) kept\n",
+        report.versions_dropped.len(),
+        report.chunks_dropped,
+        report.update_rounds_dropped,
+        report.versions_kept
+    );
+    let (b, a) = (report.before, report.after);
+    let _ = writeln!(
+        out,
+        "storage    {} -> {} (chunks {} -> {}, deltas {} -> {}, kept updates {} -> {})",
+        human_bytes(b.versions() + b.update_bytes),
+        human_bytes(a.versions() + a.update_bytes),
+        human_bytes(b.chunk_bytes),
+        human_bytes(a.chunk_bytes),
+        human_bytes(b.delta_bytes),
+        human_bytes(a.delta_bytes),
+        human_bytes(b.update_bytes),
+        human_bytes(a.update_bytes)
+    );
+    for v in &report.versions_dropped {
+        let _ = writeln!(out, "  {v}");
+    }
+    let (files, bytes, young) = old_model_files(store.blob_dir(), dry_run)?;
+    if files > 0 {
+        let _ = writeln!(
+            out,
+            "{} {files} file(s) an older release left in {}, {}",
+            if dry_run { "would remove" } else { "removed" },
+            store.blob_dir().display(),
+            human_bytes(bytes)
+        );
+    }
+    if young > 0 {
+        let _ = writeln!(
+            out,
+            "{young} file(s) younger than {} min left in the model folder",
+            GC_GRACE.as_secs() / 60
+        );
+    }
+    Ok(out)
+}
+
+/// Removes files older than [`GC_GRACE`] from `dir` (nothing there is read
+/// any more): (removed, bytes, left because young).
+fn old_model_files(dir: &Path, dry_run: bool) -> Result<(usize, u64, usize), StoreError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok((0, 0, 0));
+    };
+    let (mut removed, mut bytes, mut young) = (0, 0u64, 0);
     for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
         let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() || keep.contains(&name) {
+        if !meta.is_file() {
             continue;
         }
         let age = meta.modified().ok().and_then(|t| t.elapsed().ok());
@@ -573,26 +580,232 @@ pub fn gc(db: &Path, dry_run: bool) -> Result<String, StoreError> {
                 .map_err(|e| blob_error(&entry.path(), e.to_string()))?;
         }
         bytes += meta.len();
-        removed.push(name);
+        removed += 1;
     }
+    Ok((removed, bytes, young))
+}
+
+/// Rebuilds version `id` by `route`, timed, and checks it hashes to its id.
+pub fn rebuild(db: &Path, id: &str, route: Route) -> Result<String, StoreError> {
+    let store = Store::open_existing(db)?;
+    let hex = store.resolve_version(id)?;
+    let row = store
+        .version_row(&hex)?
+        .ok_or_else(|| blob_error(db, format!("version {hex} has no row")))?;
+    let started = std::time::Instant::now();
+    let v = store.rebuild(&hex, route)?;
+    let secs = started.elapsed().as_secs_f64();
+    let steps = match route {
+        Route::Weights => 0,
+        Route::Replay => v.round,
+        Route::Stored | Route::Deltas => row.depth as u64,
+    };
+    Ok(format!(
+        "rebuilt {hex} (round {}) by route {} in {secs:.4} s ({steps} step(s)): it hashes to its id\n",
+        v.round,
+        route_name(route)
+    ))
+}
+
+fn route_name(route: Route) -> &'static str {
+    match route {
+        Route::Stored => "stored",
+        Route::Weights => "weights",
+        Route::Deltas => "deltas",
+        Route::Replay => "replay",
+    }
+}
+
+/// Bytes of each way to bring a vehicle from version `from` to `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TransferCost {
+    /// Versions between them along the lineage (`None`: not an ancestor).
+    pub behind: Option<usize>,
+    /// The whole model.
+    pub full: u64,
+    /// The chunks of `to` whose content `from` lacks.
+    pub missing_chunks: u64,
+    /// The chain of stored deltas, when every step has one.
+    pub delta_chain: Option<u64>,
+    /// What the server sends: the fewest of the above.
+    pub cheapest: u64,
+    /// What it sent before chains: a one-step delta, else the missing chunks.
+    pub one_step_or_chunks: u64,
+}
+
+/// What moving a vehicle from `from` to `to` costs by each route, as the
+/// server's planner counts it (model payload bytes).
+pub fn transfer_cost(store: &Store, from: &str, to: &str) -> Result<TransferCost, StoreError> {
+    let a = store.load_version(from)?;
+    let b = store.load_version(to)?;
+    let held: std::collections::HashSet<[u8; 32]> = a.manifest.chunks.iter().copied().collect();
+    let missing_chunks: u64 = b
+        .manifest
+        .chunks
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| !held.contains(*h))
+        .map(|(i, _)| {
+            let start = i * MODEL_CHUNK_SIZE;
+            ((start + MODEL_CHUNK_SIZE).min(b.manifest.total_len as usize) - start) as u64
+        })
+        .sum();
+    let chain = store.delta_chain(from, to, 10_000)?;
+    let behind = match &chain {
+        Some(c) => Some(c.len()),
+        None => lineage_distance(store, from, to)?,
+    };
+    let delta_chain = chain
+        .as_ref()
+        .and_then(|c| postcard::to_allocvec(c).ok())
+        .map(|b| b.len() as u64);
+    let cheapest = delta_chain.map_or(missing_chunks, |d| d.min(missing_chunks));
+    let one_step_or_chunks = match (behind, delta_chain) {
+        (Some(1), Some(d)) => d,
+        _ => missing_chunks,
+    };
+    Ok(TransferCost {
+        behind,
+        full: b.manifest.total_len as u64,
+        missing_chunks,
+        delta_chain,
+        cheapest,
+        one_step_or_chunks,
+    })
+}
+
+fn lineage_distance(store: &Store, from: &str, to: &str) -> Result<Option<usize>, StoreError> {
+    let mut at = Some(to.to_string());
+    let mut steps = 0;
+    while let Some(v) = at {
+        if v == from {
+            return Ok(Some(steps));
+        }
+        at = store.version_row(&v)?.and_then(|r| r.parent);
+        steps += 1;
+    }
+    Ok(None)
+}
+
+/// `models transfer FROM [TO]`: the bytes of each route from one version
+/// to another (default: the fleet's current model).
+pub fn transfer(db: &Path, from: &str, to: Option<&str>) -> Result<String, StoreError> {
+    let store = Store::open_existing(db)?;
+    let from = store.resolve_version(from)?;
+    let to = match to {
+        Some(t) => store.resolve_version(t)?,
+        None => store
+            .current_version()?
+            .ok_or_else(|| blob_error(db, "the database holds no version"))?,
+    };
+    let c = transfer_cost(&store, &from, &to)?;
     let mut out = format!(
-        "{} {} unreferenced file(s), {}; {} version blob(s) kept",
-        if dry_run { "would remove" } else { "removed" },
-        removed.len(),
-        human_bytes(bytes),
-        keep.len()
+        "{} -> {} ({})\n",
+        short(&from),
+        short(&to),
+        c.behind
+            .map_or("not on its lineage".to_string(), |n| format!("{n} version(s) behind"))
     );
-    if young > 0 {
-        let _ = write!(
-            out,
-            "; {young} unreferenced file(s) younger than {} min left (a server may be writing them)",
-            GC_GRACE.as_secs() / 60
-        );
+    let _ = writeln!(out, "  full model       {}", human_bytes(c.full));
+    let _ = writeln!(out, "  missing chunks   {}", human_bytes(c.missing_chunks));
+    let _ = writeln!(
+        out,
+        "  delta chain      {}",
+        c.delta_chain
+            .map_or("- (a step has no stored delta)".into(), human_bytes)
+    );
+    let _ = writeln!(out, "  sent             {} (the fewest)", human_bytes(c.cheapest));
+    Ok(out)
+}
+
+/// What keeping every version by each recoverability route costs, bytes.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct RouteStorage {
+    /// Versions.
+    pub versions: usize,
+    /// (a) Every version's weights (unique chunks) and description.
+    pub weights: u64,
+    /// (b) Each line's first keyframe, every delta, every description
+    /// (`None` when a version lacks a delta).
+    pub deltas: Option<u64>,
+    /// (c) Every description and every round's kept updates (`None` when
+    /// a round's updates were not kept).
+    pub replay: Option<u64>,
+    /// What the store actually holds for versions under its policy.
+    pub stored: u64,
+    /// Kept updates (audit; route c).
+    pub kept_updates: u64,
+}
+
+/// Storage of each recoverability route for the versions in `store`.
+pub fn route_storage(store: &Store) -> Result<RouteStorage, StoreError> {
+    let rows = store.versions()?;
+    let totals = store.storage()?;
+    let mut unique = std::collections::HashMap::new();
+    let (mut deltas, mut missing_delta, mut missing_updates) = (0u64, false, false);
+    let mut roots = 0u64;
+    for row in &rows {
+        let v = store.load_version(&row.version)?;
+        for (i, h) in v.manifest.chunks.iter().enumerate() {
+            let start = i * MODEL_CHUNK_SIZE;
+            let len = (start + MODEL_CHUNK_SIZE).min(v.manifest.total_len as usize) - start;
+            unique.insert(*h, len as u64);
+        }
+        match (&row.parent, store.delta(&row.version)?) {
+            (None, _) => roots += row.bytes,
+            (Some(_), Some(d)) => deltas += d.bytes.len() as u64,
+            (Some(_), None) => missing_delta = true,
+        }
+        if row.parent.is_some() && store.lineage(&row.version)?.is_empty() {
+            missing_updates = true;
+        }
     }
-    out.push('\n');
-    for name in removed {
-        let _ = writeln!(out, "  {name}");
-    }
+    let meta = totals.meta_bytes;
+    let replay_ok = !missing_updates && totals.update_bytes > 0;
+    Ok(RouteStorage {
+        versions: rows.len(),
+        weights: unique.values().sum::<u64>() + meta,
+        deltas: (!missing_delta).then_some(roots + deltas + meta),
+        replay: replay_ok.then_some(totals.update_bytes + meta),
+        stored: totals.versions(),
+        kept_updates: totals.update_bytes,
+    })
+}
+
+/// `models storage`: what the store holds and what each route would take.
+pub fn storage(db: &Path) -> Result<String, StoreError> {
+    let store = Store::open_existing(db)?;
+    let r = route_storage(&store)?;
+    let t = store.storage()?;
+    let kinds = store.versions()?.into_iter().fold([0usize; 3], |mut k, row| {
+        k[row.kind as usize] += 1;
+        k
+    });
+    let opt = |v: Option<u64>, why: &str| v.map_or(format!("- ({why})"), human_bytes);
+    let mut out = format!(
+        "{} version(s): {} keyframe(s), {} delta(s), {} replay(s)\n",
+        r.versions, kinds[0], kinds[1], kinds[2]
+    );
+    let _ = writeln!(
+        out,
+        "stored     {} (chunks {}, deltas {}, descriptions {}) + kept updates {}",
+        human_bytes(r.stored),
+        human_bytes(t.chunk_bytes),
+        human_bytes(t.delta_bytes),
+        human_bytes(t.meta_bytes),
+        human_bytes(r.kept_updates)
+    );
+    let _ = writeln!(out, "route (a)  weights + spec of every version:     {}", human_bytes(r.weights));
+    let _ = writeln!(
+        out,
+        "route (b)  first keyframe + every delta:        {}",
+        opt(r.deltas, "a version has no stored delta")
+    );
+    let _ = writeln!(
+        out,
+        "route (c)  recipe + every round's updates:      {}",
+        opt(r.replay, "updates not kept: store.keep_updates")
+    );
     Ok(out)
 }
 
@@ -625,8 +838,7 @@ pub fn read_bundle(bytes: &[u8]) -> Result<StoredVersion, String> {
     }
     let v: StoredVersion =
         postcard::from_bytes(&body[head..]).map_err(|e| format!("bundle does not decode: {e}"))?;
-    let recomputed = version::manifest_of(&v.params, &v.spec, &v.task);
-    if recomputed.version != v.manifest.version {
+    if !v.manifest.verifies(&v.params, &v.spec, &v.task) {
         return Err("the bundle's weights and spec do not hash to its version id".into());
     }
     v.spec.validate().map_err(|e| e.to_string())?;
@@ -654,10 +866,11 @@ pub fn import(db: &Path, file: &Path) -> Result<String, StoreError> {
     let v = read_bundle(&bytes).map_err(|e| blob_error(file, e))?;
     let store = Store::open(db)?;
     let hex = version::hex(&v.manifest.version);
-    let known = store.versions()?.iter().any(|r| r.version == hex);
+    let known = store.version_row(&hex)?.is_some();
     if !known {
         let now = convoy_runtime::clock::now_ms();
-        store.save_version(&v, None, now)?;
+        // stored whole: nothing of its line need be here
+        store.save_version(&Publication::root(&v), None, now)?;
     }
     Ok(format!(
         "{} {hex} (round {}, {} parameters)\n",

@@ -15,7 +15,7 @@ use convoy_runtime::link::{self, LinkClient, Session};
 use convoy_runtime::process::Systemd;
 use convoy_shared::dataset::{Dataset, Table};
 use convoy_shared::spec::ModelSpec;
-use convoy_shared::version;
+use convoy_shared::version::{self, Provenance};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,7 +133,8 @@ pub async fn run_prepared(
 ) -> Result<RunSummary, ServerError> {
     config.validate()?;
     let Prepared { spec, test } = prepared;
-    let store = Store::open(&config.db)?;
+    let mut store = Store::open(&config.db)?;
+    store.set_policy(config.store.clone());
     let task = config.training.clone();
     let stored = match store.current_version()? {
         Some(hex) => {
@@ -220,7 +221,15 @@ pub async fn run_prepared(
     let test = test.build(&spec)?;
     let current = match stored {
         Some(v) => v,
-        None => initial_version(&store, spec.clone(), &task, test.as_deref())?,
+        None => {
+            let provenance = Provenance {
+                parent: None,
+                strategy: crate::coordinator::strategy_name(config.rounds.server_lr),
+                codec: config.rounds.codec.name(),
+                downlink_codec: config.rounds.downlink_codec.name(),
+            };
+            initial_version(&store, spec.clone(), &task, &provenance, test.as_deref())?
+        }
     };
     let mut coordinator = Coordinator::new(config, key, store, clock, spec, test, current)?;
     systemd.ready("coordinating rounds");
@@ -322,13 +331,14 @@ fn initial_version(
     store: &Store,
     spec: ModelSpec,
     task: &convoy_shared::spec::Recipe,
+    provenance: &Provenance,
     test: Option<&Dataset>,
 ) -> Result<StoredVersion, ServerError> {
     let params = spec.init_params();
     let v = StoredVersion {
         round: 0,
         parent: None,
-        manifest: version::manifest_of(&params, &spec, task),
+        manifest: version::manifest_of(&params, &spec, task, provenance),
         spec: spec.clone(),
         task: task.clone(),
         params,
@@ -336,7 +346,11 @@ fn initial_version(
     let eval = test.and_then(|t| {
         convoy_shared::eval::evaluate(&spec, &v.params, t, &burn::prelude::Device::flex()).ok()
     });
-    store.save_version(&v, eval.as_ref(), convoy_runtime::clock::now_ms())?;
+    store.save_version(
+        &crate::store::Publication::root(&v),
+        eval.as_ref(),
+        convoy_runtime::clock::now_ms(),
+    )?;
     tracing::info!(version = %version::short(&v.manifest.version), params = v.params.numel(), inputs = spec.inputs(), "initial model stored");
     Ok(v)
 }

@@ -68,7 +68,9 @@ pub enum ModelPart {
         /// Index into the manifest's chunk list.
         index: u32,
     },
-    /// A piece of the downlink-codec delta from version `from`.
+    /// A piece of the delta chain from version `from`: the postcard
+    /// encoding of `Vec<Delta>`, one published delta per version after
+    /// `from`, oldest first.
     Delta {
         /// Version the delta applies to.
         from: VersionId,
@@ -86,6 +88,16 @@ pub struct ModelChunk {
     pub part: ModelPart,
     /// Bytes; a full chunk's BLAKE3 must match the manifest.
     pub data: Vec<u8>,
+}
+
+/// One published delta: what turns a version's parent into it, in the
+/// codec it was published with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// Canonical codec spec of `bytes`.
+    pub codec: String,
+    /// The encoded delta.
+    pub bytes: Vec<u8>,
 }
 
 /// One chunk of an update, on `update/<client>`.

@@ -26,6 +26,31 @@ pub struct Manifest {
     pub total_len: u32,
     /// BLAKE3 of each [`MODEL_CHUNK_SIZE`] chunk, in order.
     pub chunks: Vec<[u8; 32]>,
+    /// How the weights came to be: parent, strategy, codecs.
+    pub provenance: Provenance,
+}
+
+impl Manifest {
+    /// True when `params` under `spec` and `recipe` give exactly this
+    /// manifest (with its own provenance).
+    pub fn verifies(&self, params: &ParamSet, spec: &ModelSpec, recipe: &Recipe) -> bool {
+        manifest_of(params, spec, recipe, &self.provenance) == *self
+    }
+}
+
+/// The part of a version's identity that is neither weights nor model
+/// spec: where it came from and how it was made. Two runs that reach the
+/// same weights by different strategies or codecs are different versions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The version it was aggregated from; `None` for an initial model.
+    pub parent: Option<VersionId>,
+    /// Aggregation strategy and its parameters, e.g. `fedavg:lr=1`.
+    pub strategy: String,
+    /// Update codec of the round that made it.
+    pub codec: String,
+    /// Codec of the published delta from its parent.
+    pub downlink_codec: String,
 }
 
 /// Hash of everything besides the weights that defines a model.
@@ -71,27 +96,34 @@ pub fn chunk_hash(bytes: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// Builds the manifest of `params` under `spec_hash`.
-pub fn manifest(params_bytes: &[u8], spec_hash: [u8; 32]) -> Manifest {
+/// Builds the manifest of `params_bytes` under `spec_hash` and `provenance`.
+pub fn manifest(params_bytes: &[u8], spec_hash: [u8; 32], provenance: &Provenance) -> Manifest {
     let chunks: Vec<[u8; 32]> = params_bytes
         .chunks(MODEL_CHUNK_SIZE)
         .map(chunk_hash)
         .collect();
     let mut h = blake3::Hasher::new();
-    h.update(b"convoy-version-v1");
+    h.update(b"convoy-version-v2");
     h.update(&spec_hash);
+    h.update(&postcard::to_allocvec(provenance).unwrap_or_default());
     h.update(&merkle_root(&chunks));
     Manifest {
         version: *h.finalize().as_bytes(),
         spec_hash,
         total_len: params_bytes.len() as u32,
         chunks,
+        provenance: provenance.clone(),
     }
 }
 
-/// Convenience: manifest of a parameter set under a spec and recipe.
-pub fn manifest_of(params: &ParamSet, spec: &ModelSpec, recipe: &Recipe) -> Manifest {
-    manifest(&params.canonical_bytes(), spec_hash(spec, recipe))
+/// Manifest of a parameter set under a spec, recipe and provenance.
+pub fn manifest_of(
+    params: &ParamSet,
+    spec: &ModelSpec,
+    recipe: &Recipe,
+    provenance: &Provenance,
+) -> Manifest {
+    manifest(&params.canonical_bytes(), spec_hash(spec, recipe), provenance)
 }
 
 /// Lower-case hex of a version id.
@@ -111,13 +143,22 @@ mod tests {
     #[test]
     fn version_changes_with_weights_and_spec() {
         let bytes = vec![7u8; MODEL_CHUNK_SIZE * 2 + 5];
-        let a = manifest(&bytes, [0; 32]);
+        let p = Provenance::default();
+        let a = manifest(&bytes, [0; 32], &p);
         assert_eq!(a.chunks.len(), 3);
-        assert_eq!(a, manifest(&bytes, [0; 32]));
-        assert_ne!(a.version, manifest(&bytes, [1; 32]).version);
+        assert_eq!(a, manifest(&bytes, [0; 32], &p));
+        assert_ne!(a.version, manifest(&bytes, [1; 32], &p).version);
+        for other in [
+            Provenance { parent: Some([3; 32]), ..p.clone() },
+            Provenance { strategy: "fedavg:lr=2".into(), ..p.clone() },
+            Provenance { codec: "q8".into(), ..p.clone() },
+            Provenance { downlink_codec: "q8".into(), ..p.clone() },
+        ] {
+            assert_ne!(a.version, manifest(&bytes, [0; 32], &other).version);
+        }
         let mut changed = bytes.clone();
         changed[MODEL_CHUNK_SIZE * 2] ^= 1;
-        let b = manifest(&changed, [0; 32]);
+        let b = manifest(&changed, [0; 32], &p);
         assert_ne!(a.version, b.version);
         // only the touched chunk differs: the rest can be reused
         assert_eq!(a.chunks[..2], b.chunks[..2]);
@@ -125,8 +166,8 @@ mod tests {
     }
 
     /// Ids stored in ledgers and announced on the wire must stay the same
-    /// across refactors: this one was computed when heads were introduced
-    /// (spec v3: a shared trunk and one head per label).
+    /// across refactors: this one was computed when provenance joined the id
+    /// (spec v3: a shared trunk and one head per label; version v2).
     #[test]
     fn version_id_is_stable() {
         let spec = ModelSpec {
@@ -148,7 +189,13 @@ mod tests {
             batch_size: 16,
             clip_norm: 10.0,
         };
-        let id = manifest_of(&spec.init_params(), &spec, &recipe).version;
+        let provenance = Provenance {
+            parent: None,
+            strategy: "fedavg:lr=1".into(),
+            codec: "fp32".into(),
+            downlink_codec: "fp32".into(),
+        };
+        let id = manifest_of(&spec.init_params(), &spec, &recipe, &provenance).version;
         assert_eq!(
             hex(&id),
             "1b9ac6251e3b797e9fba97d7677cb3ff9ae8a978b335beef6fb11757ac1fc4ec"

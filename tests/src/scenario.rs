@@ -101,6 +101,7 @@ impl Scenario {
                 test_csv: Some(self.test_csv.clone()),
             },
             identity: Default::default(),
+            store: Default::default(),
         }
     }
 

@@ -113,8 +113,9 @@ impl Agent {
                 // A fleet's first model is a pure function of its spec:
                 // rebuild it locally instead of downloading it.
                 let initial = announce.spec.init_params();
-                if version::manifest_of(&initial, &announce.spec, &announce.task)
-                    == announce.manifest
+                if announce
+                    .manifest
+                    .verifies(&initial, &announce.spec, &announce.task)
                 {
                     tracing::info!(
                         round,

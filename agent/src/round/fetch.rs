@@ -1,14 +1,15 @@
 //! Downloading a round's base model: only the content-addressed chunks the
-//! vehicle lacks, or a compressed delta from the version it holds; either
-//! way the result must hash to the announced version before it is used.
+//! vehicle lacks, or the chain of published deltas from the version it
+//! holds (whichever the server finds fewer bytes); either way the result
+//! must hash to the announced version before it is used.
 
 use super::{Action, Agent, Round};
 use crate::error::AgentError;
 use crate::state::StoredModel;
 use convoy_shared::chunk::{self, Reassembler};
 use convoy_shared::codec::{self, Pipeline};
-use convoy_shared::messages::{Announce, FetchRequest, ModelChunk, ModelPart};
-use convoy_shared::params::ParamSet;
+use convoy_shared::messages::{Announce, Delta, FetchRequest, ModelChunk, ModelPart};
+use convoy_shared::params::{Layout, ParamSet};
 use convoy_shared::version::{self, MODEL_CHUNK_SIZE, VersionId};
 use convoy_shared::wire::Kind;
 use tokio::time::Instant;
@@ -159,7 +160,7 @@ impl Agent {
         }
     }
 
-    /// Applies a complete model delta to the held model; falls back to a
+    /// Applies a complete delta chain to the held model; falls back to a
     /// full download if the result is not exactly the announced version.
     fn apply_delta(&mut self, out: &mut Vec<Action>) -> Result<(), AgentError> {
         let Round::Fetching(fetch) = &mut self.round else {
@@ -171,18 +172,12 @@ impl Agent {
             return Ok(());
         };
         let announce = &fetch.announce;
-        let decoded = codec::by_name(&announce.downlink_codec)
-            .and_then(|c| c.decode(&bytes, &announce.spec.layout()));
-        let params = decoded.ok().and_then(|d| {
-            let mut params = held;
-            // the server published exactly `previous + decoded`, in f32
-            params.add_scaled(&d, 1.0).ok()?;
-            Some(params)
-        });
+        let params = apply_chain(held, &bytes, &announce.spec.layout());
         match params {
             Some(params)
-                if version::manifest_of(&params, &announce.spec, &announce.task)
-                    == announce.manifest =>
+                if announce
+                    .manifest
+                    .verifies(&params, &announce.spec, &announce.task) =>
             {
                 let Round::Fetching(fetch) = std::mem::take(&mut self.round) else {
                     return Ok(());
@@ -229,7 +224,7 @@ impl Agent {
             .decode(&bytes, &announce.spec.layout())
             .ok()
             .filter(|p| {
-                version::manifest_of(p, &announce.spec, &announce.task) == announce.manifest
+                announce.manifest.verifies(p, &announce.spec, &announce.task)
             });
         let Some(params) = params else {
             tracing::warn!("fetched model does not hash to the announced version; refetching");
@@ -245,4 +240,23 @@ impl Agent {
         );
         self.install_model(announce, codec, params, out)
     }
+}
+
+/// Applies each published delta of the chain `bytes` in turn to `params`:
+/// the server published exactly `parent + decoded` at every step, in f32,
+/// so the result is bit-identical to the announced version or the chain is
+/// bad (`None`, or a manifest mismatch the caller catches).
+fn apply_chain(mut params: ParamSet, bytes: &[u8], layout: &Layout) -> Option<ParamSet> {
+    let links: Vec<Delta> = postcard::from_bytes(bytes).ok()?;
+    if links.is_empty() {
+        return None;
+    }
+    for link in links {
+        let decoded = codec::by_name(&link.codec)
+            .ok()?
+            .decode(&link.bytes, layout)
+            .ok()?;
+        params.add_scaled(&decoded, 1.0).ok()?;
+    }
+    Some(params)
 }

@@ -134,7 +134,7 @@ impl Rig {
     fn announce(&self, round: u64, params: &ParamSet, codec: &str, selected: &[&str]) -> Input {
         let announce = Announce {
             round,
-            manifest: version::manifest_of(params, &self.spec, &self.task),
+            manifest: version::manifest_of(params, &self.spec, &self.task, &Default::default()),
             spec: self.spec.clone(),
             task: self.task.clone(),
             codec: codec.into(),
@@ -306,7 +306,7 @@ fn announce_train_upload_ack_runs_the_whole_round() {
 fn a_model_it_lacks_is_fetched_chunk_by_chunk_then_trained() {
     let mut rig = rig();
     let target = rig.trained_elsewhere();
-    let manifest = version::manifest_of(&target, &rig.spec, &rig.task);
+    let manifest = version::manifest_of(&target, &rig.spec, &rig.task, &Default::default());
     let actions = rig.handle(rig.announce(1, &target, "fp32", &[]));
     assert_eq!(rig.agent.round().name(), "fetching");
     let requests = fetch_requests(&actions);
@@ -327,7 +327,7 @@ fn a_model_it_lacks_is_fetched_chunk_by_chunk_then_trained() {
 fn a_chunk_whose_hash_does_not_match_is_ignored() {
     let mut rig = rig();
     let target = rig.trained_elsewhere();
-    let manifest = version::manifest_of(&target, &rig.spec, &rig.task);
+    let manifest = version::manifest_of(&target, &rig.spec, &rig.task, &Default::default());
     rig.handle(rig.announce(1, &target, "fp32", &[]));
     let mut forged = target.canonical_bytes();
     forged[0] ^= 0xff;
@@ -348,13 +348,13 @@ fn a_delta_that_does_not_verify_falls_back_to_the_full_model() {
     rig.handle(rig.ack(1, true));
     // ... round 2 needs another version; it offers its own as a delta base.
     let target = rig.trained_elsewhere();
-    let manifest = version::manifest_of(&target, &rig.spec, &rig.task);
-    let held = version::manifest_of(&initial, &rig.spec, &rig.task).version;
+    let manifest = version::manifest_of(&target, &rig.spec, &rig.task, &Default::default());
+    let held = version::manifest_of(&initial, &rig.spec, &rig.task, &Default::default()).version;
     let actions = rig.handle(rig.announce(2, &target, "fp32", &[]));
     assert_eq!(fetch_requests(&actions)[0].have, Some(held));
     // A delta that decodes but does not give the announced version:
     let wrong = ParamSet::zeros(&rig.spec.layout());
-    let bytes = convoy_shared::codec::Pipeline::FP32.encode(&wrong, 0);
+    let bytes = chain(&[&wrong]);
     let pos = ChunkPos {
         index: 0,
         count: 1,
@@ -369,6 +369,47 @@ fn a_delta_that_does_not_verify_falls_back_to_the_full_model() {
     assert_eq!(retry.len(), 1, "asks again");
     assert_eq!(retry[0].have, None, "for the full model this time");
     assert!(!trains(&actions));
+}
+
+/// A delta chain as the server sends it: each step fp32-encoded.
+fn chain(steps: &[&ParamSet]) -> Vec<u8> {
+    let links: Vec<convoy_shared::messages::Delta> = steps
+        .iter()
+        .map(|d| convoy_shared::messages::Delta {
+            codec: "fp32".into(),
+            bytes: convoy_shared::codec::Pipeline::FP32.encode(d, 0),
+        })
+        .collect();
+    postcard::to_allocvec(&links).unwrap()
+}
+
+#[test]
+fn a_chain_of_deltas_from_an_older_version_is_applied_and_verified() {
+    let mut rig = rig();
+    let initial = rig.initial();
+    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
+    rig.train(actions);
+    rig.handle(rig.ack(1, true));
+    // two versions later: the server sends both published deltas at once
+    let mut first = ParamSet::zeros(&rig.spec.layout());
+    first.tensors[0].data[0] = 0.25;
+    let mut second = ParamSet::zeros(&rig.spec.layout());
+    second.tensors[0].data[1] = -0.5;
+    let mut target = initial.clone();
+    target.add_scaled(&first, 1.0).unwrap();
+    target.add_scaled(&second, 1.0).unwrap();
+    let manifest = version::manifest_of(&target, &rig.spec, &rig.task, &Default::default());
+    let held = version::manifest_of(&initial, &rig.spec, &rig.task, &Default::default()).version;
+    rig.handle(rig.announce(3, &target, "fp32", &[]));
+    let bytes = chain(&[&first, &second]);
+    let pos = ChunkPos {
+        index: 0,
+        count: 1,
+        total_len: bytes.len() as u32,
+    };
+    let actions = rig.handle(rig.chunk(manifest.version, ModelPart::Delta { from: held, pos }, bytes));
+    assert!(fetch_requests(&actions).is_empty(), "nothing more to fetch");
+    assert!(trains(&actions), "the rebuilt model verified and is trained on");
 }
 
 #[test]
@@ -635,7 +676,7 @@ fn unsigned_or_foreign_announcements_and_receipts_are_ignored_without_a_reply() 
     let initial = rig.initial();
     let announce = Announce {
         round: 1,
-        manifest: version::manifest_of(&initial, &rig.spec, &rig.task),
+        manifest: version::manifest_of(&initial, &rig.spec, &rig.task, &Default::default()),
         spec: rig.spec.clone(),
         task: rig.task.clone(),
         codec: "fp32".into(),

@@ -42,6 +42,7 @@ fn rig(tweak: impl FnOnce(&mut ServerConfig)) -> Rig {
         training: Default::default(),
         eval: Default::default(),
         identity: Default::default(),
+        store: Default::default(),
     };
     tweak(&mut config);
     let store = Store::open(&config.db).unwrap();

@@ -21,6 +21,7 @@ mod serve;
 mod tests;
 
 pub use ingest::Rejection;
+pub use serve::strategy_name;
 
 use crate::config::ServerConfig;
 use crate::error::ServerError;
@@ -41,7 +42,7 @@ use convoy_shared::wire::{self, Kind, WireError, mqtt_publish_wire_len};
 use registry::Registry;
 use rounds::{Closing, OpenRound};
 use serde::{Serialize, de::DeserializeOwned};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Counts of rejected messages by reason, since start.
@@ -120,8 +121,14 @@ pub struct Coordinator {
     /// The configured update codec (a round may differ during warm-up).
     base_codec: Pipeline,
     downlink: Pipeline,
-    downlink_residual: ParamSet,
-    last_delta: Option<(VersionId, Vec<u8>)>,
+    /// What the downlink codec has not yet delivered of the fleet's
+    /// updates (error feedback), and the version it was made on.
+    residual: ParamSet,
+    residual_base: Option<VersionId>,
+    /// Delta chains to the current model, by the version a fetcher holds.
+    transfers: HashMap<VersionId, Option<(Arc<Vec<u8>>, usize)>>,
+    /// The store's `data_version` when a rollback was last looked for.
+    data_version: Option<i64>,
     /// Decode buffer for one update, reused.
     scratch: ParamSet,
     registry: Registry,
@@ -191,8 +198,10 @@ impl Coordinator {
         let mut coordinator = Self {
             base_codec,
             downlink,
-            downlink_residual: ParamSet::zeros(&spec.layout()),
-            last_delta: None,
+            residual: ParamSet::zeros(&spec.layout()),
+            residual_base: None,
+            transfers: HashMap::new(),
+            data_version: None,
             model_bytes: current.params.canonical_bytes(),
             scratch: ParamSet::zeros(&spec.layout()),
             config,

@@ -6,7 +6,10 @@
 use super::{Coordinator, EvalRequest, Output};
 use crate::aggregator::PartialSum;
 use crate::error::ServerError;
-use crate::store::{ClientRow, ClientStatus, OpenRoundState, RoundRow, RoundStatus, StoredVersion};
+use crate::publish::Delta;
+use crate::store::{
+    ClientRow, ClientStatus, OpenRoundState, Publication, RoundRow, RoundStatus, StoredVersion,
+};
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk::Reassembler;
 use convoy_shared::codec::{Pipeline, Sparsify};
@@ -15,7 +18,7 @@ use convoy_shared::messages::{self, Announce};
 use std::str::FromStr;
 
 use convoy_shared::topics;
-use convoy_shared::version;
+use convoy_shared::version::{self, Provenance};
 use convoy_shared::wire::{Kind, WireError};
 use rand::seq::IndexedRandom;
 use rand::{SeedableRng, rngs::StdRng};
@@ -51,7 +54,10 @@ pub(super) struct Closing {
     row: RoundRow,
     clients: Vec<ClientRow>,
     next: StoredVersion,
-    delta: Option<Vec<u8>>,
+    delta: Delta,
+    exact: bool,
+    clean: bool,
+    replay_secs: f64,
 }
 
 impl Coordinator {
@@ -98,6 +104,7 @@ impl Coordinator {
     }
 
     fn maybe_open_round(&mut self, out: &mut Vec<Output>) -> Result<(), ServerError> {
+        self.pick_up_rollback()?;
         let codec = self.round_codec(self.rounds_run);
         let codec_name = codec.name();
         // Never ask a vehicle for a codec stage it does not have.
@@ -164,6 +171,39 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Switches to the fleet's current model when `models rollback` made
+    /// another version current while the server was running; the next
+    /// round is announced on it.
+    fn pick_up_rollback(&mut self) -> Result<(), ServerError> {
+        // only another connection's commit (`models rollback`) can change it
+        let seen = self.store.data_version()?;
+        if self.data_version.replace(seen) == Some(seen) {
+            return Ok(());
+        }
+        let Some(current) = self.store.current_version()? else {
+            return Ok(());
+        };
+        if current == version::hex(&self.current.manifest.version) {
+            return Ok(());
+        }
+        let v = match self.store.load_version(&current) {
+            Ok(v) if v.spec == self.spec => v,
+            Ok(_) => {
+                tracing::error!(version = %current, "the rolled-back version has another model spec; staying on the current model");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(version = %current, error = %e, "cannot load the rolled-back version; staying on the current model");
+                return Ok(());
+            }
+        };
+        tracing::info!(from = %version::short(&self.current.manifest.version), to = %version::short(&v.manifest.version), "rollback: the fleet's current model changed");
+        self.model_bytes = v.params.canonical_bytes();
+        self.transfers.clear();
+        self.current = v;
+        Ok(())
+    }
+
     /// After a restart: takes up the newest open round again with every
     /// update it acknowledged (each folded in exactly once, as before), and
     /// marks any other round left open as abandoned.
@@ -216,9 +256,7 @@ impl Coordinator {
                 tracing::error!(round, client = %row.client, "stored update unreadable; left out");
                 continue;
             };
-            let factor = scale as f32;
-            self.scratch.values_mut().for_each(|v| *v *= factor);
-            sum.fold(&self.scratch, head, row.samples as f64);
+            crate::store::fold_scaled(&mut sum, &mut self.scratch, head, row.samples, scale);
             loss_weighted += row.loss.unwrap_or(0.0) * row.samples as f64;
             norms.extend(row.update_norm);
             rows.insert(row.client.clone(), row);
@@ -273,15 +311,26 @@ impl Coordinator {
             row.status = RoundStatus::Failed;
             return self.finish(row, clients, out);
         };
-        let (params, delta) = self.publishable(round, target);
+        let Some(publication) = self.publishable(round, &target) else {
+            row.status = RoundStatus::Failed;
+            return self.finish(row, clients, out);
+        };
+        let provenance = Provenance {
+            parent: Some(self.current.manifest.version),
+            strategy: self.strategy(),
+            codec: r.codec.name(),
+            downlink_codec: publication.delta.codec.clone(),
+        };
+        let params = publication.published;
         let next = StoredVersion {
             round,
             parent: Some(self.current.manifest.version),
-            manifest: version::manifest_of(&params, &self.spec, &self.current.task),
+            manifest: version::manifest_of(&params, &self.spec, &self.current.task, &provenance),
             spec: self.spec.clone(),
             task: self.current.task.clone(),
             params,
         };
+        let replay_secs = clients.iter().map(|c| c.decode_seconds).sum::<f64>();
         let request = self.test.clone().map(|test| EvalRequest {
             spec: self.spec.clone(),
             params: next.params.clone(),
@@ -291,7 +340,10 @@ impl Coordinator {
             row,
             clients,
             next,
-            delta,
+            delta: publication.delta,
+            exact: publication.exact,
+            clean: publication.clean,
+            replay_secs,
         });
         match request {
             Some(request) => {
@@ -313,19 +365,34 @@ impl Coordinator {
             clients,
             next,
             delta,
+            exact,
+            clean,
+            replay_secs,
         }) = self.closing.take()
         else {
             return Ok(());
         };
-        self.store
-            .save_version(&next, eval.as_ref(), self.now_ms())?;
+        let kind = self.store.save_version(
+            &Publication {
+                version: &next,
+                delta: Some(&delta),
+                server_lr: self.config.rounds.server_lr,
+                exact,
+                clean,
+                replay_secs,
+            },
+            eval.as_ref(),
+            self.now_ms(),
+        )?;
+        tracing::debug!(round = next.round, kind = kind.as_str(), "version stored");
         row.status = RoundStatus::Finished;
         row.model_version = Some(version::hex(&next.manifest.version));
         row.eval_loss = eval.map(|e| e.loss);
         row.accuracy = eval.and_then(|e| e.accuracy);
         row.rmse = eval.and_then(|e| e.rmse);
-        self.last_delta = delta.map(|d| (self.current.manifest.version, d));
+        self.residual_base = Some(next.manifest.version);
         self.model_bytes = next.params.canonical_bytes();
+        self.transfers.clear();
         self.current = next;
         self.finish(row, clients, out)
     }

@@ -1,6 +1,7 @@
-//! Serving models to fetching vehicles: the compressed delta to a vehicle one
-//! version behind, the missing chunks of the full model to anyone else; and
-//! what the fleet will hold after a round (the downlink codec's rendering).
+//! Serving models to fetching vehicles: whichever is fewer bytes of the
+//! chunks they lack and the chain of stored deltas from the version they
+//! hold; and what the fleet will hold after a round (the downlink codec's
+//! rendering).
 
 use super::{Coordinator, Output, Rejection};
 use crate::store::ClientRow;
@@ -9,7 +10,9 @@ use convoy_shared::chunk;
 use convoy_shared::messages::{FetchRequest, ModelChunk, ModelPart};
 use convoy_shared::params::ParamSet;
 use convoy_shared::topics::{self, ClientTopic};
-use convoy_shared::version::MODEL_CHUNK_SIZE;
+use crate::publish::{self, Delta};
+use convoy_shared::version::{self, MODEL_CHUNK_SIZE, VersionId};
+use std::sync::Arc;
 use convoy_shared::wire::{Kind, mqtt_publish_wire_len};
 use std::collections::BTreeSet;
 
@@ -43,7 +46,8 @@ impl Coordinator {
             self.reject(current, Some(client), &Rejection::UnknownVersion);
             return;
         }
-        let messages = self.model_chunks(&request);
+        let transfer = self.plan_transfer(&request);
+        let messages = self.model_chunks(&transfer);
         let topic = topics::client(&self.config.fleet, ClientTopic::Model, client);
         let (mut bytes, mut wire_bytes, mut chunks) = (0u64, 0u64, 0u64);
         for message in messages {
@@ -70,85 +74,166 @@ impl Coordinator {
             None => &mut r.unselected_down,
         };
         add_down(row, bytes, wire_bytes, chunks);
+        row.transfer = Some(transfer.label());
         if r.served.insert(client.to_string()) {
             r.bytes_down_raw += raw;
         }
     }
 
-    fn model_chunks(&self, request: &FetchRequest) -> Vec<ModelChunk> {
+    /// The cheapest way to bring `request`'s sender to the current model:
+    /// the chunks it lacks, or the chain of stored deltas from the version
+    /// it holds, whichever is fewer bytes.
+    fn plan_transfer(&mut self, request: &FetchRequest) -> Transfer {
+        let count = self.current.manifest.chunks.len() as u32;
+        let wanted: BTreeSet<u32> = if request.chunks.is_empty() {
+            (0..count).collect()
+        } else {
+            request
+                .chunks
+                .iter()
+                .copied()
+                .filter(|i| *i < count)
+                .collect()
+        };
+        let chunk_bytes: usize = wanted
+            .iter()
+            .map(|i| self.chunk_range(*i).len())
+            .sum();
+        let target = self.current.manifest.version;
+        if let Some(have) = request.have.filter(|h| *h != target) {
+            if self.transfers.len() >= MAX_CACHED_CHAINS && !self.transfers.contains_key(&have) {
+                self.transfers.clear();
+            }
+            let store = &self.store;
+            let chain = self.transfers.entry(have).or_insert_with(|| {
+                let links = store
+                    .delta_chain(&version::hex(&have), &version::hex(&target), MAX_CHAIN_STEPS)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "stored deltas unreadable; serving chunks");
+                        None
+                    })?;
+                let steps = links.len();
+                postcard::to_allocvec(&links)
+                    .ok()
+                    .map(|bytes| (Arc::new(bytes), steps))
+            });
+            if let Some((bytes, steps)) = chain {
+                if bytes.len() < chunk_bytes {
+                    return Transfer::Chain {
+                        from: have,
+                        bytes: bytes.clone(),
+                        steps: *steps,
+                    };
+                }
+            }
+        }
+        Transfer::Chunks(wanted)
+    }
+
+    fn chunk_range(&self, index: u32) -> std::ops::Range<usize> {
+        let start = (index as usize * MODEL_CHUNK_SIZE).min(self.model_bytes.len());
+        start..(start + MODEL_CHUNK_SIZE).min(self.model_bytes.len())
+    }
+
+    fn model_chunks(&self, transfer: &Transfer) -> Vec<ModelChunk> {
         let version = self.current.manifest.version;
-        match &self.last_delta {
-            // An agent one version behind gets the compressed delta.
-            Some((from, delta)) if request.have == Some(*from) => {
-                chunk::split(delta, MODEL_CHUNK_SIZE)
-                    .map(|(pos, data)| ModelChunk {
-                        version,
-                        part: ModelPart::Delta { from: *from, pos },
-                        data: data.to_vec(),
-                    })
-                    .collect()
-            }
-            // Anyone else gets the chunks it lacks of the full model (a keyframe).
-            _ => {
-                let count = self.current.manifest.chunks.len() as u32;
-                let wanted: BTreeSet<u32> = if request.chunks.is_empty() {
-                    (0..count).collect()
-                } else {
-                    request
-                        .chunks
-                        .iter()
-                        .copied()
-                        .filter(|i| *i < count)
-                        .collect()
-                };
-                wanted
-                    .into_iter()
-                    .map(|index| {
-                        let start = index as usize * MODEL_CHUNK_SIZE;
-                        let end = (start + MODEL_CHUNK_SIZE).min(self.model_bytes.len());
-                        ModelChunk {
-                            version,
-                            part: ModelPart::Full { index },
-                            data: self.model_bytes[start..end].to_vec(),
-                        }
-                    })
-                    .collect()
-            }
+        match transfer {
+            Transfer::Chain { from, bytes, .. } => chunk::split(bytes, MODEL_CHUNK_SIZE)
+                .map(|(pos, data)| ModelChunk {
+                    version,
+                    part: ModelPart::Delta { from: *from, pos },
+                    data: data.to_vec(),
+                })
+                .collect(),
+            Transfer::Chunks(wanted) => wanted
+                .iter()
+                .map(|index| ModelChunk {
+                    version,
+                    part: ModelPart::Full { index: *index },
+                    data: self.model_bytes[self.chunk_range(*index)].to_vec(),
+                })
+                .collect(),
         }
     }
 
-    /// What the fleet will hold after this round: `target` itself on a
-    /// keyframe, otherwise the previous model plus the downlink codec's
-    /// rendering of the delta (with the server's own error feedback), so
-    /// server and agents hold bit-identical models.
-    pub(super) fn publishable(
-        &mut self,
-        round: u64,
-        target: ParamSet,
-    ) -> (ParamSet, Option<Vec<u8>>) {
+    /// The aggregation strategy as it enters version ids.
+    pub(super) fn strategy(&self) -> String {
+        strategy_name(self.config.rounds.server_lr)
+    }
+
+    /// Publishes `target` on the current model through the downlink codec
+    /// (exactly on a keyframe round or with a lossless downlink), carrying
+    /// the codec's error to the next round. The residual belongs to the
+    /// version it was made on: after a restart or a rollback it starts at
+    /// zero, and the version records that (`clean`), so a replay can too.
+    pub(super) fn publishable(&mut self, round: u64, target: &ParamSet) -> Option<Publishing> {
         let every = self.config.rounds.keyframe_every;
-        if self.downlink.is_lossless() || (every > 0 && round.is_multiple_of(every)) {
-            self.downlink_residual = ParamSet::zeros(&self.spec.layout());
-            return (target, None);
+        let exact = self.downlink.is_lossless() || (every > 0 && round.is_multiple_of(every));
+        if self.residual_base != Some(self.current.manifest.version) {
+            self.residual = ParamSet::zeros(&self.spec.layout());
         }
-        let Ok(mut delta) = target.sub(&self.current.params) else {
-            return (target, None);
-        };
-        if delta.add_scaled(&self.downlink_residual, 1.0).is_err() {
-            return (target, None);
-        }
-        let (bytes, decoded) = self
-            .downlink
-            .round_trip(&delta, round.wrapping_mul(0x5851_f42d_4c95_7f2d));
-        let mut published = self.current.params.clone();
-        match (published.add_scaled(&decoded, 1.0), delta.sub(&decoded)) {
-            (Ok(()), Ok(residual)) => {
-                self.downlink_residual = residual;
-                (published, Some(bytes))
+        let clean = self.residual.values().all(|v| v == 0.0);
+        match publish::publish(
+            &self.current.params,
+            target,
+            &mut self.residual,
+            &self.downlink,
+            exact,
+            round,
+        ) {
+            Ok(p) => Some(Publishing {
+                published: p.params,
+                delta: p.delta,
+                exact,
+                clean,
+            }),
+            Err(e) => {
+                tracing::error!(round, error = %e, "cannot publish the round's model");
+                None
             }
-            _ => (target, None),
         }
     }
+}
+
+/// `fedavg:lr=<server lr>`: the strategy string in a version's provenance.
+pub fn strategy_name(server_lr: f64) -> String {
+    format!("fedavg:lr={server_lr}")
+}
+
+/// Most delta steps a chain transfer may take.
+const MAX_CHAIN_STEPS: usize = 1000;
+/// Chains (per version held) cached for the current model.
+const MAX_CACHED_CHAINS: usize = 64;
+
+/// How one fetch is answered.
+#[derive(Debug)]
+enum Transfer {
+    /// These chunks of the full model.
+    Chunks(BTreeSet<u32>),
+    /// The chain of stored deltas from `from`.
+    Chain {
+        from: VersionId,
+        bytes: Arc<Vec<u8>>,
+        steps: usize,
+    },
+}
+
+impl Transfer {
+    fn label(&self) -> String {
+        match self {
+            Self::Chunks(c) => format!("chunks:{}", c.len()),
+            Self::Chain { steps, .. } => format!("delta:{steps}"),
+        }
+    }
+}
+
+/// A round's new model before it is stored.
+#[derive(Debug)]
+pub(super) struct Publishing {
+    pub(super) published: ParamSet,
+    pub(super) delta: Delta,
+    pub(super) exact: bool,
+    pub(super) clean: bool,
 }
 
 fn add_down(row: &mut ClientRow, bytes: u64, wire_bytes: u64, chunks: u64) {

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::{ModelConfig, RoundConfig, ServerConfig};
-use crate::store::ClientStatus;
+use crate::store::{ClientStatus, Publication};
 use convoy_runtime::clock::{Clock, ManualClock};
 use convoy_shared::chunk;
 use convoy_shared::codec;
@@ -57,6 +57,7 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
         training: Default::default(),
         eval: Default::default(),
         identity: Default::default(),
+        store: Default::default(),
     };
     tweak(&mut config);
     let table = table();
@@ -78,13 +79,25 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
     let current = StoredVersion {
         round: 0,
         parent: None,
-        manifest: version::manifest_of(&params, &spec, &task),
+        manifest: version::manifest_of(
+            &params,
+            &spec,
+            &task,
+            &version::Provenance {
+                parent: None,
+                strategy: crate::coordinator::strategy_name(config.rounds.server_lr),
+                codec: config.rounds.codec.name(),
+                downlink_codec: config.rounds.downlink_codec.name(),
+            },
+        ),
         spec: spec.clone(),
         task,
         params,
     };
     let clock = ManualClock::new(START_MS);
-    store.save_version(&current, None, clock.now_ms()).unwrap();
+    store
+        .save_version(&Publication::root(&current), None, clock.now_ms())
+        .unwrap();
     let test = test.then(|| Arc::new(Dataset::from_table(&table, &spec).unwrap()));
     let coordinator = Coordinator::new(
         config,

@@ -3,13 +3,11 @@
 
 use super::*;
 use convoy_shared::dataset::Table;
+use convoy_shared::params::ParamSet;
 use convoy_shared::spec::{Recipe, TaskKind};
+use convoy_shared::version::{Provenance, VersionId};
 
-/// A store holding an initial model and one later version whose first
-/// tensor moved; returns the store's path and both ids.
-fn two_versions(dir: &Path) -> (std::path::PathBuf, String, String) {
-    let db = dir.join("m.db");
-    let store = Store::open(&db).unwrap();
+fn spec_and_task() -> (ModelSpec, Recipe) {
     let mut text = String::from("a,b,y\n");
     for i in 0..20 {
         text.push_str(&format!("{},{},{}\n", i, i % 3, i % 2));
@@ -18,28 +16,85 @@ fn two_versions(dir: &Path) -> (std::path::PathBuf, String, String) {
         .unwrap()
         .derive_spec("y", TaskKind::Classification, vec![200, 100], 1)
         .unwrap();
-    let task = Recipe::default();
+    (spec, Recipe::default())
+}
+
+fn provenance(parent: Option<VersionId>, downlink: &str) -> Provenance {
+    Provenance {
+        parent,
+        strategy: "fedavg:lr=1".into(),
+        codec: "fp32".into(),
+        downlink_codec: downlink.into(),
+    }
+}
+
+/// Publishes a child of `parent` whose tensors `touch` moved, through
+/// `downlink`, and stores it; returns it.
+fn child(
+    store: &Store,
+    parent: &StoredVersion,
+    touch: &[usize],
+    downlink: &str,
+    round: u64,
+) -> StoredVersion {
+    let mut target = parent.params.clone();
+    for (k, t) in touch.iter().enumerate() {
+        target.tensors[*t].data[3 + k] += 0.5;
+    }
+    let codec = convoy_shared::codec::Pipeline::parse(downlink).unwrap();
+    let mut residual = ParamSet::zeros(&target.layout());
+    let p = crate::publish::publish(&parent.params, &target, &mut residual, &codec, false, round)
+        .unwrap();
+    let prov = provenance(Some(parent.manifest.version), &p.delta.codec);
+    let v = StoredVersion {
+        round,
+        parent: Some(parent.manifest.version),
+        manifest: version::manifest_of(&p.params, &parent.spec, &parent.task, &prov),
+        spec: parent.spec.clone(),
+        task: parent.task.clone(),
+        params: p.params,
+    };
+    store
+        .save_version(
+            &Publication {
+                version: &v,
+                delta: Some(&p.delta),
+                server_lr: 1.0,
+                exact: false,
+                clean: true,
+                replay_secs: 0.0,
+            },
+            None,
+            round + 1,
+        )
+        .unwrap();
+    v
+}
+
+fn initial(store: &Store) -> StoredVersion {
+    let (spec, task) = spec_and_task();
     let params = spec.init_params();
     let first = StoredVersion {
         round: 0,
         parent: None,
-        manifest: version::manifest_of(&params, &spec, &task),
-        spec: spec.clone(),
-        task: task.clone(),
-        params,
-    };
-    store.save_version(&first, None, 1).unwrap();
-    let mut params = first.params.clone();
-    params.tensors[0].data[3] += 0.5;
-    let second = StoredVersion {
-        round: 1,
-        parent: Some(first.manifest.version),
-        manifest: version::manifest_of(&params, &spec, &task),
+        manifest: version::manifest_of(&params, &spec, &task, &provenance(None, "fp32")),
         spec,
         task,
         params,
     };
-    store.save_version(&second, None, 2).unwrap();
+    store
+        .save_version(&Publication::root(&first), None, 1)
+        .unwrap();
+    first
+}
+
+/// A store holding an initial model and one later version whose first
+/// tensor moved; returns the store's path and both ids.
+fn two_versions(dir: &Path) -> (std::path::PathBuf, String, String) {
+    let db = dir.join("m.db");
+    let store = Store::open(&db).unwrap();
+    let first = initial(&store);
+    let second = child(&store, &first, &[0], "fp32", 1);
     (
         db,
         version::hex(&first.manifest.version),
@@ -92,51 +147,53 @@ fn list_show_and_diff_say_what_changed() {
 #[test]
 fn verify_names_the_chunk_a_flipped_byte_broke() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, _, b) = two_versions(dir.path());
-    assert!(verify(&db).unwrap().problems.is_empty());
-    let store = Store::open_existing(&db).unwrap();
-    let row = store
-        .versions()
+    let (db, a, b) = two_versions(dir.path());
+    assert_eq!(verify(&db).unwrap().problems, Vec::<String>::new());
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let hashes: Vec<Vec<u8>> = conn
+        .prepare("SELECT hash FROM version_chunks WHERE version = ?1 ORDER BY idx")
         .unwrap()
-        .into_iter()
-        .find(|r| r.version == b)
+        .query_map([&a], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
         .unwrap();
-    let path = store.blob_path(&row);
-    let clean = std::fs::read(&path).unwrap();
-    // the model spans several chunks; flip a byte inside each of them in turn
-    let v: StoredVersion = postcard::from_bytes(&clean).unwrap();
-    let chunks = v.manifest.chunks.len();
-    assert!(chunks >= 3, "{chunks} chunks");
-    let data_end = clean.len() - 64;
-    let mut broken = std::collections::BTreeSet::new();
-    for k in 0..chunks {
+    assert!(hashes.len() >= 3, "{} chunks", hashes.len());
+    for (k, hash) in hashes.iter().enumerate() {
+        let clean: Vec<u8> = conn
+            .query_row("SELECT bytes FROM chunks WHERE hash = ?1", [hash], |r| r.get(0))
+            .unwrap();
         let mut bytes = clean.clone();
-        // a byte late in the blob's weights, walking backwards by chunk
-        let at = data_end - k * MODEL_CHUNK_SIZE - 7;
-        bytes[at] ^= 0x10;
-        std::fs::write(&path, &bytes).unwrap();
+        bytes[clean.len() / 2] ^= 0x10;
+        conn.execute("UPDATE chunks SET bytes = ?1 WHERE hash = ?2", rusqlite::params![bytes, hash])
+            .unwrap();
         let found = verify(&db).unwrap();
         assert_eq!(found.checked, 2);
-        assert_eq!(
-            found.problems.len(),
-            1,
-            "flip at {at}: {:?}",
+        // the keyframe, and the delta version rebuilt from it
+        assert_eq!(found.problems.len(), 2, "{:?}", found.problems);
+        assert!(found.problems[0].starts_with(&a), "{:?}", found.problems);
+        assert!(
+            found.problems.iter().all(|p| p.contains(&format!("chunk {k} "))),
+            "flip in chunk {k}: {:?}",
             found.problems
         );
-        assert!(found.problems[0].starts_with(&b), "{:?}", found.problems);
-        let chunk = found.problems[0]
-            .split("chunk ")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|n| n.parse::<usize>().ok());
-        broken.insert(chunk.expect("the problem names a chunk"));
+        conn.execute("UPDATE chunks SET bytes = ?1 WHERE hash = ?2", rusqlite::params![clean, hash])
+            .unwrap();
     }
-    assert_eq!(
-        broken.len(),
-        chunks,
-        "each flip is found in its own chunk: {broken:?}"
-    );
-    std::fs::write(&path, &clean).unwrap();
+    // a flipped byte in the stored delta breaks only the version it makes
+    let clean: Vec<u8> = conn
+        .query_row("SELECT bytes FROM deltas WHERE version = ?1", [&b], |r| r.get(0))
+        .unwrap();
+    let mut bytes = clean.clone();
+    // (four bytes: a lone low bit of a zero delta would vanish in the sum)
+    let at = clean.len() / 3;
+    bytes[at..at + 4].iter_mut().for_each(|b| *b ^= 0x5a);
+    conn.execute("UPDATE deltas SET bytes = ?1 WHERE version = ?2", rusqlite::params![bytes, b])
+        .unwrap();
+    let found = verify(&db).unwrap();
+    assert_eq!(found.problems.len(), 1, "{:?}", found.problems);
+    assert!(found.problems[0].starts_with(&b) && found.problems[0].contains("chunk"));
+    conn.execute("UPDATE deltas SET bytes = ?1 WHERE version = ?2", rusqlite::params![clean, b])
+        .unwrap();
     assert!(verify(&db).unwrap().problems.is_empty());
 }
 
@@ -170,15 +227,104 @@ fn export_and_import_keep_the_id_and_refuse_a_damaged_bundle() {
     }
 }
 
+/// v0 keyframe, v1 v2 deltas, v3 a keyframe (depth limit 2), v4 a delta.
+fn chain(dir: &Path) -> (std::path::PathBuf, Vec<StoredVersion>) {
+    let db = dir.join("c.db");
+    let mut store = Store::open(&db).unwrap();
+    store.set_policy(crate::store::StorePolicy {
+        max_chain_depth: 2,
+        ..Default::default()
+    });
+    let mut line = vec![initial(&store)];
+    for round in 1..=4 {
+        // round r moves the first tensor only: the other chunks stay shared
+        let next = child(&store, line.last().unwrap(), &[0], "q8+zstd", round);
+        line.push(next);
+    }
+    (db, line)
+}
+
 #[test]
-fn gc_removes_only_old_unreferenced_files_and_every_version_still_verifies() {
+fn the_policy_stores_keyframes_every_max_chain_depth_and_chunks_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, line) = chain(dir.path());
+    let store = Store::open_existing(&db).unwrap();
+    let kinds: Vec<_> = store.versions().unwrap().iter().map(|r| (r.kind, r.depth)).collect();
+    use crate::store::StorageKind::{Delta, Keyframe};
+    assert_eq!(
+        kinds,
+        vec![(Keyframe, 0), (Delta, 1), (Delta, 2), (Keyframe, 0), (Delta, 1)]
+    );
+    // v3's unchanged chunks are v0's: stored once
+    let rows = store.versions().unwrap();
+    assert!(rows[3].stored_bytes < rows[0].stored_bytes / 2, "{rows:?}");
+    for v in &line {
+        let hex = version::hex(&v.manifest.version);
+        assert_eq!(store.load_version(&hex).unwrap().params, v.params);
+    }
+}
+
+#[test]
+fn a_vehicle_several_versions_behind_gets_the_delta_chain_not_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, line) = chain(dir.path());
+    let store = Store::open_existing(&db).unwrap();
+    let hex = |i: usize| version::hex(&line[i].manifest.version);
+    let cost = transfer_cost(&store, &hex(0), &hex(4)).unwrap();
+    assert_eq!(cost.behind, Some(4));
+    let chain = cost.delta_chain.expect("every step has a delta (v3's is small)");
+    assert!(chain * 20 < cost.full, "{cost:?}");
+    assert_eq!(cost.cheapest, chain);
+    // only the first tensor's chunk changed: the chunks route moves only it
+    assert!(cost.missing_chunks <= MODEL_CHUNK_SIZE as u64, "{cost:?}");
+    assert!(cost.missing_chunks < cost.full);
+    // what the chain carries rebuilds exactly the target
+    let links = store.delta_chain(&hex(1), &hex(4), 10).unwrap().unwrap();
+    assert_eq!(links.len(), 3);
+    let mut params = line[1].params.clone();
+    for link in &links {
+        params = crate::publish::apply(&params, link).unwrap();
+    }
+    assert_eq!(params, line[4].params);
+    assert!(store.delta_chain(&hex(4), &hex(1), 10).unwrap().is_none(), "not an ancestor");
+}
+
+#[test]
+fn gc_never_drops_a_chunk_or_parent_a_kept_version_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, line) = chain(dir.path());
+    let hex = |i: usize| version::hex(&line[i].manifest.version);
+    {
+        let store = Store::open(&db).unwrap();
+        // a vehicle still runs v1: it and the keyframe it is rebuilt from stay
+        store.record_holding("car-1", &hex(1), 5).unwrap();
+    }
+    let said = gc(&db, Some(1), true).unwrap();
+    assert!(said.starts_with("would drop 1 version(s)"), "{said}");
+    assert_eq!(verify(&db).unwrap().checked, 5, "a dry run drops nothing");
+    let said = gc(&db, Some(1), false).unwrap();
+    assert!(said.contains(&hex(2)), "{said}");
+    let store = Store::open_existing(&db).unwrap();
+    let left: Vec<String> = store.versions().unwrap().into_iter().map(|r| r.version).collect();
+    assert_eq!(left, vec![hex(0), hex(1), hex(3), hex(4)]);
+    let found = verify(&db).unwrap();
+    assert_eq!((found.checked, found.problems.len()), (4, 0), "{:?}", found.problems);
+    // with nobody holding v1, v0 and v1 go; v3's chunks (shared with v0) stay
+    Store::open(&db).unwrap().record_holding("car-1", &hex(4), 6).unwrap();
+    gc(&db, Some(1), false).unwrap();
+    let found = verify(&db).unwrap();
+    assert_eq!((found.checked, found.problems.len()), (2, 0), "{:?}", found.problems);
+}
+
+#[test]
+fn gc_removes_only_old_files_older_releases_left() {
     let dir = tempfile::tempdir().unwrap();
     let (db, _, _) = two_versions(dir.path());
     let store = Store::open_existing(&db).unwrap();
     let folder = store.blob_dir().to_path_buf();
-    let old = folder.join("0123abcd.bin.tmp");
+    let old = folder.join("0123abcd.bin");
     let fresh = folder.join("4567cdef.bin.tmp");
-    std::fs::write(&old, b"left by a crash").unwrap();
+    std::fs::write(&old, b"a model file of an older release").unwrap();
     std::fs::write(&fresh, b"being written").unwrap();
     let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     std::fs::File::options()
@@ -187,29 +333,12 @@ fn gc_removes_only_old_unreferenced_files_and_every_version_still_verifies() {
         .unwrap()
         .set_modified(an_hour_ago)
         .unwrap();
-    // a version blob just as old is still needed
-    for row in store.versions().unwrap() {
-        std::fs::File::options()
-            .write(true)
-            .open(store.blob_path(&row))
-            .unwrap()
-            .set_modified(an_hour_ago)
-            .unwrap();
-    }
-    let said = gc(&db, true).unwrap();
-    assert!(said.starts_with("would remove 1 unreferenced"), "{said}");
+    let said = gc(&db, None, true).unwrap();
+    assert!(said.contains("would remove 1 file(s)"), "{said}");
     assert!(old.exists(), "a dry run removes nothing");
-    let said = gc(&db, false).unwrap();
-    assert!(
-        said.contains("0123abcd.bin.tmp") && said.contains("1 unreferenced file(s) younger"),
-        "{said}"
-    );
+    let said = gc(&db, None, false).unwrap();
+    assert!(said.contains("removed 1 file(s)") && said.contains("1 file(s) younger"), "{said}");
     assert!(!old.exists() && fresh.exists());
     let found = verify(&db).unwrap();
-    assert_eq!(
-        (found.checked, found.problems.len()),
-        (2, 0),
-        "{:?}",
-        found.problems
-    );
+    assert_eq!((found.checked, found.problems.len()), (2, 0), "{:?}", found.problems);
 }

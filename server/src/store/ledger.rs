@@ -88,7 +88,7 @@ impl Store {
         let mut bodies = std::collections::HashMap::new();
         let mut stmt = self
             .conn
-            .prepare("SELECT client, body, scale FROM round_updates WHERE round = ?1")?;
+            .prepare("SELECT client, body, scale FROM round_updates WHERE round = ?1 ORDER BY rowid")?;
         let rows = stmt.query_map([round], |r| {
             Ok((
                 r.get::<_, String>(0)?,

@@ -1,10 +1,10 @@
-//! The server's state: SQLite for rounds, the per-client ledger, versions
-//! and rejections; model blobs as content-named files beside the database.
+//! The server's state, all in one SQLite database: rounds, the per-client
+//! ledger, versions with their chunks, deltas and lineage, and rejections.
 
 //!
 //! | file | holds |
 //! |---|---|
-//! | `versions.rs` | published models: the blob files and their table |
+//! | `versions.rs` | published models: chunks, deltas, lineage, rebuild routes |
 //! | `ledger.rs` | rounds, the per-vehicle ledger, rejections |
 //! | `rows.rs` | the row types and the one place each meets its columns |
 //! | `status.rs` | round and ledger statuses |
@@ -23,9 +23,13 @@ pub use ledger::{OpenRoundState, TaskMetrics};
 pub use rows::{ClientRow, RoundRow};
 pub use status::{ClientStatus, RoundStatus};
 pub use vehicles::VehicleRow;
-pub use versions::{StoredVersion, VersionRow};
+pub(crate) use versions::fold_scaled;
+pub use versions::{
+    GcReport, LineageRow, Publication, Route, StorageKind, StorageTotals, StorePolicy, StoredVersion,
+    VersionRow,
+};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -50,13 +54,35 @@ pub enum StoreError {
 pub struct Store {
     conn: Connection,
     blobs: PathBuf,
+    policy: StorePolicy,
 }
 
 const SCHEMA: &str = "
+-- every published version: how it is kept (keyframe, delta, replay), what
+-- it added to the store, its depth from a keyframe and estimated rebuild
+-- time, and its description (manifest, spec, recipe) as postcard
 CREATE TABLE IF NOT EXISTS versions (
     version TEXT PRIMARY KEY, round INTEGER NOT NULL, parent TEXT,
-    created_ms INTEGER NOT NULL, bytes INTEGER NOT NULL, blob TEXT NOT NULL,
-    eval_loss REAL, accuracy REAL, rmse REAL);
+    created_ms INTEGER NOT NULL, bytes INTEGER NOT NULL, kind TEXT NOT NULL,
+    stored_bytes INTEGER NOT NULL, depth INTEGER NOT NULL, rebuild_secs REAL NOT NULL,
+    eval_loss REAL, accuracy REAL, rmse REAL, meta BLOB NOT NULL);
+-- content-addressed parameter chunks, shared by every keyframe holding one
+CREATE TABLE IF NOT EXISTS chunks (hash BLOB PRIMARY KEY, bytes BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS version_chunks (
+    version TEXT NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+    PRIMARY KEY (version, idx));
+CREATE INDEX IF NOT EXISTS version_chunks_hash ON version_chunks (hash);
+-- the published delta from a version's parent
+CREATE TABLE IF NOT EXISTS deltas (
+    version TEXT PRIMARY KEY, parent TEXT NOT NULL, codec TEXT NOT NULL, bytes BLOB NOT NULL);
+-- who contributed to each version: samples, task, hash of the update sent
+CREATE TABLE IF NOT EXISTS lineage (
+    version TEXT NOT NULL, client TEXT NOT NULL, samples INTEGER NOT NULL, head TEXT,
+    update_hash TEXT NOT NULL, scale REAL NOT NULL, PRIMARY KEY (version, client));
+-- every accepted update of finished rounds, in fold order (store.keep_updates)
+CREATE TABLE IF NOT EXISTS kept_updates (
+    round INTEGER NOT NULL, seq INTEGER NOT NULL, client TEXT NOT NULL, body BLOB NOT NULL,
+    scale REAL NOT NULL, PRIMARY KEY (round, seq));
 CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY, status TEXT NOT NULL, base_version TEXT NOT NULL,
     model_version TEXT, codec TEXT NOT NULL,
@@ -84,6 +110,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     flops_predicted INTEGER NOT NULL DEFAULT 0,
     holdout_samples INTEGER NOT NULL DEFAULT 0, holdout_accuracy REAL, holdout_rmse REAL,
     personal_accuracy REAL, personal_rmse REAL, head TEXT,
+    transfer TEXT, train_seconds_predicted REAL, bytes_down_predicted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (round, client));
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, round INTEGER, client TEXT,
@@ -153,6 +180,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        refuse_old_versions(&conn, path)?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         let blobs = PathBuf::from(format!("{}.models", path.display()));
@@ -160,7 +188,11 @@ impl Store {
             path: blobs.clone(),
             message: e.to_string(),
         })?;
-        Ok(Self { conn, blobs })
+        Ok(Self {
+            conn,
+            blobs,
+            policy: StorePolicy::default(),
+        })
     }
 
     /// Opens an existing database read-only (for `report`).
@@ -173,7 +205,11 @@ impl Store {
         }
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let blobs = PathBuf::from(format!("{}.models", path.display()));
-        Ok(Self { conn, blobs })
+        Ok(Self {
+            conn,
+            blobs,
+            policy: StorePolicy::default(),
+        })
     }
 
     /// SQLite's `data_version`: it changes when another connection has
@@ -183,6 +219,27 @@ impl Store {
             .conn
             .pragma_query_value(None, "data_version", |r| r.get(0))?)
     }
+}
+
+/// A database whose versions were one file each, under ids that did not
+/// cover their provenance, cannot be carried over: say so rather than
+/// serve ids no agent can verify.
+fn refuse_old_versions(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let old = conn
+        .query_row(
+            "SELECT 1 FROM pragma_table_info('versions') WHERE name = 'blob'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if old {
+        return Err(StoreError::Blob {
+            path: path.to_path_buf(),
+            message: "this database was written by a convoy release whose version ids did not cover codec, strategy and parent; start a new database (export a model with that release's `models export` first)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Columns added after the first release, for databases created before them.
@@ -215,6 +272,13 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     }
     if !has("ledger", "head")? {
         conn.execute_batch("ALTER TABLE ledger ADD COLUMN head TEXT")?;
+    }
+    if !has("ledger", "transfer")? {
+        conn.execute_batch(
+            "ALTER TABLE ledger ADD COLUMN transfer TEXT;
+             ALTER TABLE ledger ADD COLUMN train_seconds_predicted REAL;
+             ALTER TABLE ledger ADD COLUMN bytes_down_predicted INTEGER NOT NULL DEFAULT 0;",
+        )?;
     }
     // on-vehicle scores of each round's base model
     for table in ["ledger", "rounds"] {

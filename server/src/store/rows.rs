@@ -147,6 +147,13 @@ pub struct ClientRow {
     pub personal_rmse: Option<f64>,
     /// Label of the head (task) it trained, when accepted.
     pub head: Option<String>,
+    /// How its model download was served: `chunks:N` (N content chunks of
+    /// the full model) or `delta:K` (a chain of K stored deltas).
+    pub transfer: Option<String>,
+    /// Training seconds the cost model predicted for it.
+    pub train_seconds_predicted: Option<f64>,
+    /// Download bytes the cost model predicted for it.
+    pub bytes_down_predicted: u64,
 }
 
 /// The ledger's columns, in the order [`client_from_sql`] and
@@ -154,7 +161,8 @@ pub struct ClientRow {
 pub(super) const LEDGER_COLUMNS: &str = "round, client, status, samples, bytes_up, wire_bytes_up, chunks_up, retries, \
     bytes_down, wire_bytes_down, chunks_down, train_seconds, steps, epochs, loss, flops, bytes_up_predicted, \
     device, codec, update_norm, reason, bytes_up_raw, residual_norm, encode_seconds, decode_seconds, \
-    flops_predicted, holdout_samples, holdout_accuracy, holdout_rmse, personal_accuracy, personal_rmse, head";
+    flops_predicted, holdout_samples, holdout_accuracy, holdout_rmse, personal_accuracy, personal_rmse, head, \
+    transfer, train_seconds_predicted, bytes_down_predicted";
 
 pub(super) fn client_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRow> {
     let count = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
@@ -191,11 +199,14 @@ pub(super) fn client_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientR
         personal_accuracy: r.get(29)?,
         personal_rmse: r.get(30)?,
         head: r.get(31)?,
+        transfer: r.get(32)?,
+        train_seconds_predicted: r.get(33)?,
+        bytes_down_predicted: count(34)?,
     })
 }
 
 pub(super) fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
-    let marks: Vec<String> = (1..=32).map(|i| format!("?{i}")).collect();
+    let marks: Vec<String> = (1..=35).map(|i| format!("?{i}")).collect();
     let sql = format!(
         "INSERT OR REPLACE INTO ledger ({LEDGER_COLUMNS}) VALUES ({})",
         marks.join(", ")
@@ -235,6 +246,9 @@ pub(super) fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), Stor
             c.personal_accuracy,
             c.personal_rmse,
             c.head,
+            c.transfer,
+            c.train_seconds_predicted,
+            c.bytes_down_predicted as i64,
         ],
     )?;
     Ok(())

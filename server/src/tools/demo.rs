@@ -178,6 +178,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             ..Default::default()
         },
         identity: Default::default(),
+        store: Default::default(),
         eval: EvalConfig {
             test_csv: Some(test_path.clone()),
         },

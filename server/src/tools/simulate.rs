@@ -104,6 +104,15 @@ pub struct SimOptions {
     /// The real embedded MQTT broker, or in-process channels (same bytes).
     #[arg(long, value_enum, default_value_t = Transport::Mqtt)]
     pub transport: Transport,
+    /// Keep every round's client updates in the database (`store.keep_updates`).
+    #[arg(long)]
+    pub keep_updates: bool,
+    /// `store.max_chain_depth`: deltas after a keyframe before the next.
+    #[arg(long, default_value_t = 20)]
+    pub max_chain_depth: u32,
+    /// `store.max_rebuild_secs`: longest estimated rebuild of a version.
+    #[arg(long, default_value_t = 5.0)]
+    pub max_rebuild_secs: f64,
 }
 
 /// One round in the simulator's output.
@@ -381,6 +390,12 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         },
         identity: Default::default(),
         eval: Default::default(),
+        store: crate::config::StorePolicy {
+            keep_updates: options.keep_updates,
+            max_chain_depth: options.max_chain_depth,
+            max_rebuild_secs: options.max_rebuild_secs,
+            ..Default::default()
+        },
     };
     server.validate()?;
     let agents = parts
