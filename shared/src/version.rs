@@ -198,7 +198,7 @@ mod tests {
         let id = manifest_of(&spec.init_params(), &spec, &recipe, &provenance).version;
         assert_eq!(
             hex(&id),
-            "1b9ac6251e3b797e9fba97d7677cb3ff9ae8a978b335beef6fb11757ac1fc4ec"
+            "9d49ef8b61e8a176f7a52f49360a059bf9f9f4242dc3179fc7aa69403f4b31db"
         );
     }
 }
