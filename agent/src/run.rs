@@ -90,6 +90,14 @@ pub async fn run_with_data(
     let tracker = TaskTracker::new();
     let watch_stop = CancellationToken::new();
     let mut agent = Agent::new(config.clone(), keys, state, data, clock);
+    // a fraction of a second of synthetic training: the cost model's
+    // measure of this device, sent with every status
+    let limits = config.training.clone();
+    if let Ok(throughput) =
+        tokio::task::spawn_blocking(move || crate::trainer::calibrate(&limits)).await
+    {
+        agent.set_throughput(throughput);
+    }
     let offline = agent.offline_status();
     let session = Session {
         client_id: config.client_id.to_string(),
@@ -130,6 +138,7 @@ pub async fn run_with_data(
                             result: Err(TrainError::Thread("training thread died".into())),
                             dataset: None,
                             personal: None,
+                            measured: None,
                         }))
                     }
                 }
@@ -157,6 +166,7 @@ pub async fn run_with_data(
                             result: Err(e),
                             dataset: None,
                             personal: None,
+                            measured: None,
                         }));
                         rx
                     }));

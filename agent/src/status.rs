@@ -6,7 +6,8 @@ use crate::config::AgentConfig;
 use convoy_shared::codec;
 use convoy_shared::messages::{self, AgentState, Status};
 
-/// A status message; `session` and `seq` come from the agent.
+/// A status message; `session` and `seq` come from the agent, as do the
+/// model it holds and its measured training speed.
 pub fn status(
     config: &AgentConfig,
     state: AgentState,
@@ -14,7 +15,10 @@ pub fn status(
     samples: usize,
     detail: &str,
     (session, seq): (u64, u64),
-    model: convoy_shared::version::VersionId,
+    (model, throughput): (
+        convoy_shared::version::VersionId,
+        convoy_shared::cost::Throughput,
+    ),
 ) -> Status {
     // Ids were validated with the config, so they always fit.
     Status {
@@ -29,6 +33,7 @@ pub fn status(
         detail: messages::detail(detail),
         version: heapless::String::try_from(env!("CARGO_PKG_VERSION")).unwrap_or_default(),
         model,
+        throughput,
         deployment: config
             .deployment
             .as_deref()

@@ -1,12 +1,12 @@
 //! The server's TOML configuration, with documented defaults.
 
+pub use crate::store::StorePolicy;
 pub use convoy_runtime::ConfigError;
 use convoy_runtime::config::{env_override, load_toml, resolve};
 use convoy_runtime::link::{BrokerConfig, BrokerUrl};
 use convoy_shared::codec::Pipeline;
 use convoy_shared::spec::{Recipe, TaskKind};
 use convoy_shared::topics::TopicId;
-pub use crate::store::StorePolicy;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

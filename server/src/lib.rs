@@ -30,6 +30,7 @@ pub mod deploy;
 pub mod error;
 pub mod identity;
 pub mod models;
+pub mod plan;
 pub mod publish;
 pub mod report;
 pub mod run;

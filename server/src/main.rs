@@ -74,7 +74,22 @@ enum Command {
         /// for fleets that train several labels.
         #[arg(long, conflicts_with = "clients")]
         tasks: bool,
+        /// The cost model's predictions beside what each round measured
+        /// (bytes up and down, training time), their errors, and money at
+        /// the given prices.
+        #[arg(long, conflicts_with_all = ["clients", "tasks"])]
+        costs: bool,
+        /// With --costs: price per MB of cellular data.
+        #[arg(long, default_value_t = 0.0)]
+        price_mb: f64,
+        /// With --costs: price per device-hour of training.
+        #[arg(long, default_value_t = 0.0)]
+        price_device_hour: f64,
     },
+    /// What the next rounds will cost before they run: training time,
+    /// bytes up and down, store growth and money, from the cost model and
+    /// what the fleet's database measured.
+    Plan(convoy_server::plan::PlanOptions),
     /// The stored model versions: list, show, verify, diff, export, import.
     Models {
         /// Database written by `run` or `demo`.
@@ -279,13 +294,25 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             clients,
             round,
             tasks,
+            costs,
+            price_mb,
+            price_device_hour,
         } => {
+            let prices = convoy_shared::cost::Prices {
+                per_mb: price_mb,
+                per_device_hour: price_device_hour,
+            };
             let text = match (clients, round) {
                 _ if tasks => convoy_server::report::tasks(&db, format)?,
+                _ if costs => convoy_server::report::costs(&db, format, &prices)?,
                 (true, Some(round)) => convoy_server::report::clients(&db, round, format)?,
                 _ => convoy_server::report::rounds(&db, format)?,
             };
             print!("{text}");
+            Ok(())
+        }
+        Command::Plan(options) => {
+            print!("{}", convoy_server::plan::plan(&options)?);
             Ok(())
         }
         Command::Models { db, action } => {
@@ -300,9 +327,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 ModelsAction::Fleet { format } => models::fleet(&db, format)?,
                 ModelsAction::Gc { keep, dry_run } => models::gc(&db, keep, dry_run)?,
                 ModelsAction::Rebuild { id, route } => models::rebuild(&db, &id, route)?,
-                ModelsAction::Transfer { from, to } => {
-                    models::transfer(&db, &from, to.as_deref())?
-                }
+                ModelsAction::Transfer { from, to } => models::transfer(&db, &from, to.as_deref())?,
                 ModelsAction::Storage => models::storage(&db)?,
                 ModelsAction::Eval { id, csv } => models::eval(&db, &id, &csv)?,
                 ModelsAction::Verify => {

@@ -704,7 +704,9 @@ pub fn transfer(db: &Path, from: &str, to: Option<&str>) -> Result<String, Store
         short(&from),
         short(&to),
         c.behind
-            .map_or("not on its lineage".to_string(), |n| format!("{n} version(s) behind"))
+            .map_or("not on its lineage".to_string(), |n| format!(
+                "{n} version(s) behind"
+            ))
     );
     let _ = writeln!(out, "  full model       {}", human_bytes(c.full));
     let _ = writeln!(out, "  missing chunks   {}", human_bytes(c.missing_chunks));
@@ -714,7 +716,11 @@ pub fn transfer(db: &Path, from: &str, to: Option<&str>) -> Result<String, Store
         c.delta_chain
             .map_or("- (a step has no stored delta)".into(), human_bytes)
     );
-    let _ = writeln!(out, "  sent             {} (the fewest)", human_bytes(c.cheapest));
+    let _ = writeln!(
+        out,
+        "  sent             {} (the fewest)",
+        human_bytes(c.cheapest)
+    );
     Ok(out)
 }
 
@@ -777,10 +783,13 @@ pub fn storage(db: &Path) -> Result<String, StoreError> {
     let store = Store::open_existing(db)?;
     let r = route_storage(&store)?;
     let t = store.storage()?;
-    let kinds = store.versions()?.into_iter().fold([0usize; 3], |mut k, row| {
-        k[row.kind as usize] += 1;
-        k
-    });
+    let kinds = store
+        .versions()?
+        .into_iter()
+        .fold([0usize; 3], |mut k, row| {
+            k[row.kind as usize] += 1;
+            k
+        });
     let opt = |v: Option<u64>, why: &str| v.map_or(format!("- ({why})"), human_bytes);
     let mut out = format!(
         "{} version(s): {} keyframe(s), {} delta(s), {} replay(s)\n",
@@ -795,7 +804,11 @@ pub fn storage(db: &Path) -> Result<String, StoreError> {
         human_bytes(t.meta_bytes),
         human_bytes(r.kept_updates)
     );
-    let _ = writeln!(out, "route (a)  weights + spec of every version:     {}", human_bytes(r.weights));
+    let _ = writeln!(
+        out,
+        "route (a)  weights + spec of every version:     {}",
+        human_bytes(r.weights)
+    );
     let _ = writeln!(
         out,
         "route (b)  first keyframe + every delta:        {}",

@@ -116,12 +116,21 @@ mod tests {
     fn applying_the_published_delta_gives_the_published_weights() {
         let parent = set(&[0.1, -0.2, 0.3, 0.25, 1e-3, 7.0, -3.5, 0.0]);
         let target = set(&[0.15, -0.1, 0.31, 0.2, 2e-3, 7.5, -3.0, 0.01]);
-        for (codec, exact) in [("fp32", false), ("q8", false), ("q4+zstd", true), ("topk:0.25+q8", false)] {
+        for (codec, exact) in [
+            ("fp32", false),
+            ("q8", false),
+            ("q4+zstd", true),
+            ("topk:0.25+q8", false),
+        ] {
             let downlink = Pipeline::parse(codec).unwrap();
             let mut residual = ParamSet::zeros(&parent.layout());
             let p = publish(&parent, &target, &mut residual, &downlink, exact, 3).unwrap();
             let applied = apply(&parent, &p.delta).unwrap();
-            assert_eq!(applied.canonical_bytes(), p.params.canonical_bytes(), "{codec}");
+            assert_eq!(
+                applied.canonical_bytes(),
+                p.params.canonical_bytes(),
+                "{codec}"
+            );
             // the residual is what the fleet did not get of the target
             let mut back = p.params.clone();
             back.add_scaled(&residual, 1.0).unwrap();

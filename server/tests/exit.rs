@@ -71,6 +71,7 @@ fn run_exits_non_zero_when_every_round_failed() {
         detail: messages::detail("idle, and it will stay so"),
         version: Default::default(),
         model: [0; 32],
+        throughput: Default::default(),
         deployment: Default::default(),
         session: 1,
         seq: 1,

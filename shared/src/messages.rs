@@ -208,6 +208,9 @@ pub struct Status {
     /// Model version the vehicle holds (all zeros: none yet): the fleet's
     /// inventory (`convoy-server models fleet`).
     pub model: VersionId,
+    /// How fast it trains: calibrated at start-up, refined by every round
+    /// (zeros: not measured). The server's cost model predicts from it.
+    pub throughput: crate::cost::Throughput,
     /// Deployment label from the agent's config (set by `convoy-server
     /// deploy` so it can tell the new process from the old one); empty if unset.
     pub deployment: Id,

@@ -123,7 +123,11 @@ pub fn manifest_of(
     recipe: &Recipe,
     provenance: &Provenance,
 ) -> Manifest {
-    manifest(&params.canonical_bytes(), spec_hash(spec, recipe), provenance)
+    manifest(
+        &params.canonical_bytes(),
+        spec_hash(spec, recipe),
+        provenance,
+    )
 }
 
 /// Lower-case hex of a version id.
@@ -149,10 +153,22 @@ mod tests {
         assert_eq!(a, manifest(&bytes, [0; 32], &p));
         assert_ne!(a.version, manifest(&bytes, [1; 32], &p).version);
         for other in [
-            Provenance { parent: Some([3; 32]), ..p.clone() },
-            Provenance { strategy: "fedavg:lr=2".into(), ..p.clone() },
-            Provenance { codec: "q8".into(), ..p.clone() },
-            Provenance { downlink_codec: "q8".into(), ..p.clone() },
+            Provenance {
+                parent: Some([3; 32]),
+                ..p.clone()
+            },
+            Provenance {
+                strategy: "fedavg:lr=2".into(),
+                ..p.clone()
+            },
+            Provenance {
+                codec: "q8".into(),
+                ..p.clone()
+            },
+            Provenance {
+                downlink_codec: "q8".into(),
+                ..p.clone()
+            },
         ] {
             assert_ne!(a.version, manifest(&bytes, [0; 32], &other).version);
         }

@@ -210,6 +210,7 @@ async fn train_tasks(
         training: Default::default(),
         eval: Default::default(),
         identity: Default::default(),
+        store: Default::default(),
     };
     let agents = vehicles
         .iter()

@@ -42,6 +42,7 @@ impl FakeVehicle {
             detail: messages::detail("played by the test"),
             version: heapless::String::new(),
             model: [0; 32],
+            throughput: Default::default(),
             deployment: heapless::String::new(),
             session: rand::random(),
             seq: 1,

@@ -100,6 +100,7 @@ async fn forged_announcements_statuses_and_updates_change_nothing() -> anyhow::R
         detail: convoy_shared::messages::detail("forged"),
         version: Default::default(),
         model: [0; 32],
+        throughput: Default::default(),
         deployment: Default::default(),
         session: 7,
         seq: u64::MAX,

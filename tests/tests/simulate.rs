@@ -49,28 +49,43 @@ async fn every_version_rebuilds_to_its_id_by_each_route() -> anyhow::Result<()> 
     let rows = store.versions()?;
     assert_eq!(rows.len(), 6, "the initial model and one per round");
     let kinds: Vec<StorageKind> = rows.iter().map(|r| r.kind).collect();
-    assert!(kinds.contains(&StorageKind::Delta) && kinds[3] == StorageKind::Keyframe, "{kinds:?}");
+    assert!(
+        kinds.contains(&StorageKind::Delta) && kinds[3] == StorageKind::Keyframe,
+        "{kinds:?}"
+    );
     for row in &rows {
         let stored = store.rebuild(&row.version, Route::Stored)?;
         let mut routes = vec![Route::Deltas, Route::Replay];
         if row.kind == StorageKind::Keyframe {
             routes.push(Route::Weights);
         } else {
-            assert!(store.rebuild(&row.version, Route::Weights).is_err(), "not stored whole");
+            assert!(
+                store.rebuild(&row.version, Route::Weights).is_err(),
+                "not stored whole"
+            );
         }
         for route in routes {
             let v = store.rebuild(&row.version, route)?;
-            assert_eq!(convoy_tests::api::version::hex(&v.manifest.version), row.version, "{route:?}");
+            assert_eq!(
+                convoy_tests::api::version::hex(&v.manifest.version),
+                row.version,
+                "{route:?}"
+            );
             assert_eq!(v.params, stored.params, "round {} by {route:?}", row.round);
         }
         if row.round > 0 {
             let lineage = store.lineage(&row.version)?;
             assert_eq!(lineage.len(), 4, "every vehicle's update is in its lineage");
-            assert!(lineage.iter().all(|l| l.samples > 0 && l.update_hash.len() == 64));
+            assert!(
+                lineage
+                    .iter()
+                    .all(|l| l.samples > 0 && l.update_hash.len() == 64)
+            );
         }
     }
     // a vehicle two versions behind gets the chain (two q8 deltas), not the model
-    let cost = convoy_tests::api::models::transfer_cost(&store, &rows[3].version, &rows[5].version)?;
+    let cost =
+        convoy_tests::api::models::transfer_cost(&store, &rows[3].version, &rows[5].version)?;
     assert_eq!(cost.behind, Some(2));
     assert_eq!(Some(cost.cheapest), cost.delta_chain, "{cost:?}");
     assert!(cost.cheapest < cost.full, "{cost:?}");

@@ -224,7 +224,9 @@ impl Agent {
             .decode(&bytes, &announce.spec.layout())
             .ok()
             .filter(|p| {
-                announce.manifest.verifies(p, &announce.spec, &announce.task)
+                announce
+                    .manifest
+                    .verifies(p, &announce.spec, &announce.task)
             });
         let Some(params) = params else {
             tracing::warn!("fetched model does not hash to the announced version; refetching");

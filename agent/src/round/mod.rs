@@ -193,6 +193,8 @@ pub struct Agent {
     /// The model version held in the state directory (zeros: none), as
     /// reported in every status.
     held: Cell<convoy_shared::version::VersionId>,
+    /// This device's measured training speed, reported in every status.
+    throughput: Cell<convoy_shared::cost::Throughput>,
     /// The last status sent and when: repeated as a heartbeat, since the
     /// server counts a vehicle silent for `offline_after_secs` as offline.
     last_status: std::cell::RefCell<Option<(AgentState, u64, String)>>,
@@ -249,6 +251,7 @@ impl Agent {
             session: rand::random(),
             seq: Cell::new(0),
             held: Cell::new(held),
+            throughput: Cell::new(Default::default()),
             last_status: std::cell::RefCell::new(None),
             status_at: Cell::new(None),
             clock,
@@ -298,11 +301,17 @@ impl Agent {
             self.data.rows(),
             detail,
             (self.session, seq),
-            self.held.get(),
+            (self.held.get(), self.throughput.get()),
         );
         let mut message = self.seal(Kind::Status, self.topics.status.as_str(), &status)?;
         message.retain = true;
         Some(message)
+    }
+
+    /// Sets this device's measured training speed (from
+    /// [`crate::trainer::calibrate`]); rounds refine it.
+    pub fn set_throughput(&self, throughput: convoy_shared::cost::Throughput) {
+        self.throughput.set(throughput);
     }
 
     /// Where the round in hand stands.

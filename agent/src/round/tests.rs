@@ -407,9 +407,16 @@ fn a_chain_of_deltas_from_an_older_version_is_applied_and_verified() {
         count: 1,
         total_len: bytes.len() as u32,
     };
-    let actions = rig.handle(rig.chunk(manifest.version, ModelPart::Delta { from: held, pos }, bytes));
+    let actions = rig.handle(rig.chunk(
+        manifest.version,
+        ModelPart::Delta { from: held, pos },
+        bytes,
+    ));
     assert!(fetch_requests(&actions).is_empty(), "nothing more to fetch");
-    assert!(trains(&actions), "the rebuilt model verified and is trained on");
+    assert!(
+        trains(&actions),
+        "the rebuilt model verified and is trained on"
+    );
 }
 
 #[test]

@@ -36,6 +36,8 @@ pub struct TrainingDone {
     pub dataset: Option<([u8; 32], TrainingSet)>,
     /// The personalised model tuned from this round's base, if any.
     pub personal: Option<ParamSet>,
+    /// Steps, FLOPs and seconds of a finished training run.
+    pub measured: Option<(u64, u64, f64)>,
 }
 
 /// A training job for the I/O loop to run on its own thread.
@@ -162,6 +164,7 @@ impl Agent {
                         result: Err(TrainError::Data(e.to_string())),
                         dataset: None,
                         personal: None,
+                        measured: None,
                     };
                 }
             };
@@ -184,6 +187,7 @@ impl Agent {
             };
             let should_pause = |_: u64| pause.load(Ordering::Relaxed);
             let mut personal = None;
+            let mut measured = None;
             let result = trainer::train(
                 &job,
                 &limits,
@@ -193,6 +197,8 @@ impl Agent {
             )
             .and_then(|progress| match progress {
                 trainer::Progress::Done(mut trained) => {
+                    let s = &trained.stats;
+                    measured = Some((s.steps, s.flops, s.train_seconds));
                     trained.stats.holdout = scored;
                     if personal_steps > 0 {
                         // the fleet's model with a head of this vehicle's own
@@ -227,6 +233,7 @@ impl Agent {
                 result,
                 dataset: Some((key, set)),
                 personal,
+                measured,
             }
         };
         out.push(Action::Train(TrainOrder {
@@ -251,7 +258,12 @@ impl Agent {
             result,
             dataset,
             personal,
+            measured,
         } = done;
+        if let Some((steps, flops, seconds)) = measured {
+            let t = self.throughput.get().refined(steps, flops, seconds);
+            self.throughput.set(t);
+        }
         let ready = match std::mem::take(&mut self.round) {
             Round::Training { ready, .. } if ready.announce.round == round => ready,
             other => {

@@ -133,6 +133,9 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// (vehicle, codec) byte calibrations kept before the table starts afresh.
+const MAX_BYTE_RATIOS: usize = 100_000;
+
 impl Coordinator {
     fn ack(&self, client: &str, round: u64, accepted: bool, reason: &str, out: &mut Vec<Output>) {
         let ack = UpdateAck {
@@ -346,7 +349,10 @@ impl Coordinator {
                     update.samples,
                     update.stats.epochs,
                 );
-                accepted.bytes_up_predicted = cost::predict(
+                // predicted from what was known before this update came:
+                // the vehicle's speed when the round opened, the byte ratio
+                // its last update under this codec showed
+                let modelled = cost::predict(
                     &self.spec,
                     update.head as usize,
                     &update.codec,
@@ -354,6 +360,24 @@ impl Coordinator {
                     update.stats.epochs,
                 )
                 .bytes_up;
+                let steps = cost::training_steps(
+                    update.samples,
+                    update.stats.epochs,
+                    r.announce.task.batch_size,
+                );
+                accepted.train_seconds_predicted = r
+                    .throughput
+                    .get(client)
+                    .and_then(|t| t.seconds(steps, accepted.flops_predicted));
+                if self.byte_ratios.len() >= MAX_BYTE_RATIOS {
+                    self.byte_ratios.clear();
+                }
+                let ratio = self
+                    .byte_ratios
+                    .entry((client.to_string(), update.codec.clone()))
+                    .or_default();
+                accepted.bytes_up_predicted = ratio.predict(modelled);
+                ratio.observe(modelled, bytes);
                 accepted.update_norm = Some(norm);
                 accepted.bytes_up_raw = self.scratch.numel() as u64 * 4;
                 // Durable before acknowledged: a server killed after the

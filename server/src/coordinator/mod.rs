@@ -30,6 +30,7 @@ use crate::store::{RoundRow, Store, StoredVersion};
 use convoy_runtime::clock::SharedClock;
 use convoy_runtime::link::{LinkEvent, Outgoing};
 use convoy_shared::codec::Pipeline;
+use convoy_shared::cost::Calibrated;
 use convoy_shared::dataset::Dataset;
 use convoy_shared::eval::Evaluation;
 use convoy_shared::identity::SecretKey;
@@ -126,9 +127,14 @@ pub struct Coordinator {
     residual: ParamSet,
     residual_base: Option<VersionId>,
     /// Delta chains to the current model, by the version a fetcher holds.
-    transfers: HashMap<VersionId, Option<(Arc<Vec<u8>>, usize)>>,
+    transfers: HashMap<VersionId, Option<serve::Chain>>,
     /// The store's `data_version` when a rollback was last looked for.
     data_version: Option<i64>,
+    /// The cost model's byte calibration: per (vehicle, codec) for updates,
+    /// fleet-wide for one-step deltas and for whole models.
+    byte_ratios: HashMap<(String, String), Calibrated>,
+    delta_ratio: Calibrated,
+    full_ratio: Calibrated,
     /// Decode buffer for one update, reused.
     scratch: ParamSet,
     registry: Registry,
@@ -202,6 +208,9 @@ impl Coordinator {
             residual_base: None,
             transfers: HashMap::new(),
             data_version: None,
+            byte_ratios: HashMap::new(),
+            delta_ratio: Calibrated::default(),
+            full_ratio: Calibrated::default(),
             model_bytes: current.params.canonical_bytes(),
             scratch: ParamSet::zeros(&spec.layout()),
             config,

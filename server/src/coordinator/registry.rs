@@ -34,6 +34,10 @@ pub(super) struct ClientInfo {
     previous: Option<(u64, u64)>,
     /// Any signed message from it.
     last_heard: Instant,
+    /// Its measured training speed (unknown when it sent nonsense).
+    pub(super) throughput: convoy_shared::cost::Throughput,
+    /// The model it holds (zeros: none).
+    pub(super) model: convoy_shared::version::VersionId,
 }
 
 /// The clients seen, by id.
@@ -131,6 +135,12 @@ impl ClientInfo {
             session: (status.session, status.seq),
             previous: None,
             last_heard: now,
+            throughput: if status.throughput.is_known() && status.throughput.step_secs.is_finite() {
+                status.throughput
+            } else {
+                Default::default()
+            },
+            model: status.model,
         }
     }
 }
@@ -195,6 +205,7 @@ mod tests {
             detail: messages::detail(""),
             version: messages::detail(""),
             model: [0; 32],
+            throughput: Default::default(),
             deployment: Default::default(),
             session,
             seq,

@@ -13,6 +13,7 @@ use crate::store::{
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk::Reassembler;
 use convoy_shared::codec::{Pipeline, Sparsify};
+use convoy_shared::cost::{self, Throughput};
 use convoy_shared::eval::Evaluation;
 use convoy_shared::messages::{self, Announce};
 use std::str::FromStr;
@@ -46,6 +47,9 @@ pub(super) struct OpenRound {
     pub(super) bytes_down_raw: u64,
     /// L2 norms of the accepted updates, before clipping.
     pub(super) norms: Vec<f64>,
+    /// Each selected vehicle's training speed as the round opened: what
+    /// its training time is predicted from.
+    pub(super) throughput: HashMap<String, Throughput>,
 }
 
 /// A round whose new model waits for its evaluation.
@@ -144,7 +148,15 @@ impl Coordinator {
         let kept =
             postcard::to_allocvec(&announce).map_err(|e| WireError::Encode(e.to_string()))?;
         self.store.save_open_round(round, &kept)?;
-        let rows = ledger_rows(round, &selected, &codec_name);
+        let mut rows = ledger_rows(round, &selected, &codec_name);
+        let throughput = selected
+            .iter()
+            .filter_map(|c| Some((c.clone(), self.registry.get(c)?.throughput)))
+            .filter(|(_, t)| t.is_known())
+            .collect();
+        for row in rows.values_mut() {
+            row.bytes_down_predicted = self.predicted_download(&row.client);
+        }
         tracing::info!(round, selected = selected.len(), eligible = eligible.len(), base = %version::short(&announce.base_version()), "round opened");
         let topic = topics::round(&self.config.fleet);
         let payload = self.seal(Kind::Announce, &topic, &announce)?;
@@ -164,11 +176,36 @@ impl Coordinator {
             served: BTreeSet::new(),
             bytes_down_raw: 0,
             norms: Vec::new(),
+            throughput,
             announce,
         });
         self.next_round = round + 1;
         out.push(Output::Publish(Outgoing::retained(topic.as_str(), payload)));
         Ok(())
+    }
+
+    /// Download bytes the cost model expects for `client` this round: none
+    /// when it holds the model, a one-step delta when it holds the parent,
+    /// else the whole model (each scaled by what the last such download
+    /// measured).
+    fn predicted_download(&self, client: &str) -> u64 {
+        let held = self.registry.get(client).map(|c| c.model);
+        let full = self.model_bytes.len() as u64;
+        if held == Some(self.current.manifest.version) {
+            0
+        } else if held.is_some() && held == self.current.parent {
+            self.delta_ratio.predict(self.modelled_delta().min(full))
+        } else {
+            self.full_ratio.predict(full)
+        }
+    }
+
+    /// The cost model's size of a one-step delta under the downlink codec.
+    pub(super) fn modelled_delta(&self) -> u64 {
+        let codec = &self.current.manifest.provenance.downlink_codec;
+        Pipeline::from_str(codec)
+            .map(|c| cost::update_bytes(&self.spec, &c))
+            .unwrap_or(self.model_bytes.len() as u64)
     }
 
     /// Switches to the fleet's current model when `models rollback` made
@@ -282,6 +319,7 @@ impl Coordinator {
             served: BTreeSet::new(),
             bytes_down_raw: 0,
             norms,
+            throughput: HashMap::new(),
             announce,
         });
         Ok(Some(round))

@@ -4,17 +4,17 @@
 //! rendering).
 
 use super::{Coordinator, Output, Rejection};
+use crate::publish::{self, Delta};
 use crate::store::ClientRow;
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk;
 use convoy_shared::messages::{FetchRequest, ModelChunk, ModelPart};
 use convoy_shared::params::ParamSet;
 use convoy_shared::topics::{self, ClientTopic};
-use crate::publish::{self, Delta};
 use convoy_shared::version::{self, MODEL_CHUNK_SIZE, VersionId};
-use std::sync::Arc;
 use convoy_shared::wire::{Kind, mqtt_publish_wire_len};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// Largest fetch request decoded.
 const MAX_FETCH: usize = 64 * 1024;
@@ -64,6 +64,18 @@ impl Coordinator {
             out.push(Output::Publish(Outgoing::new(topic.as_str(), payload)));
         }
         let raw = self.model_bytes.len() as u64;
+        // the cost model learns what a one-step delta and a whole model
+        // really take on the wire
+        match &transfer {
+            Transfer::Chain { steps: 1, .. } => {
+                let modelled = self.modelled_delta().min(raw);
+                self.delta_ratio.observe(modelled, bytes);
+            }
+            Transfer::Chunks(c) if c.len() == self.current.manifest.chunks.len() => {
+                self.full_ratio.observe(raw, bytes);
+            }
+            _ => {}
+        }
         let Some(r) = self.round.as_mut() else {
             return;
         };
@@ -95,10 +107,7 @@ impl Coordinator {
                 .filter(|i| *i < count)
                 .collect()
         };
-        let chunk_bytes: usize = wanted
-            .iter()
-            .map(|i| self.chunk_range(*i).len())
-            .sum();
+        let chunk_bytes: usize = wanted.iter().map(|i| self.chunk_range(*i).len()).sum();
         let target = self.current.manifest.version;
         if let Some(have) = request.have.filter(|h| *h != target) {
             if self.transfers.len() >= MAX_CACHED_CHAINS && !self.transfers.contains_key(&have) {
@@ -107,7 +116,11 @@ impl Coordinator {
             let store = &self.store;
             let chain = self.transfers.entry(have).or_insert_with(|| {
                 let links = store
-                    .delta_chain(&version::hex(&have), &version::hex(&target), MAX_CHAIN_STEPS)
+                    .delta_chain(
+                        &version::hex(&have),
+                        &version::hex(&target),
+                        MAX_CHAIN_STEPS,
+                    )
                     .unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "stored deltas unreadable; serving chunks");
                         None
@@ -117,14 +130,14 @@ impl Coordinator {
                     .ok()
                     .map(|bytes| (Arc::new(bytes), steps))
             });
-            if let Some((bytes, steps)) = chain {
-                if bytes.len() < chunk_bytes {
-                    return Transfer::Chain {
-                        from: have,
-                        bytes: bytes.clone(),
-                        steps: *steps,
-                    };
-                }
+            if let Some((bytes, steps)) = chain
+                && bytes.len() < chunk_bytes
+            {
+                return Transfer::Chain {
+                    from: have,
+                    bytes: bytes.clone(),
+                    steps: *steps,
+                };
             }
         }
         Transfer::Chunks(wanted)
@@ -199,6 +212,9 @@ impl Coordinator {
 pub fn strategy_name(server_lr: f64) -> String {
     format!("fedavg:lr={server_lr}")
 }
+
+/// An encoded delta chain to the current model and its step count.
+pub(super) type Chain = (Arc<Vec<u8>>, usize);
 
 /// Most delta steps a chain transfer may take.
 const MAX_CHAIN_STEPS: usize = 1000;

@@ -175,6 +175,7 @@ fn status(client: &str, state: AgentState, codecs: &[&str]) -> Input {
         detail: messages::detail("idle"),
         version: heapless::String::try_from("0.1.0").unwrap(),
         model: [0; 32],
+        throughput: Default::default(),
         deployment: Default::default(),
         session: 1,
         seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),

@@ -160,40 +160,59 @@ fn verify_names_the_chunk_a_flipped_byte_broke() {
     assert!(hashes.len() >= 3, "{} chunks", hashes.len());
     for (k, hash) in hashes.iter().enumerate() {
         let clean: Vec<u8> = conn
-            .query_row("SELECT bytes FROM chunks WHERE hash = ?1", [hash], |r| r.get(0))
+            .query_row("SELECT bytes FROM chunks WHERE hash = ?1", [hash], |r| {
+                r.get(0)
+            })
             .unwrap();
         let mut bytes = clean.clone();
         bytes[clean.len() / 2] ^= 0x10;
-        conn.execute("UPDATE chunks SET bytes = ?1 WHERE hash = ?2", rusqlite::params![bytes, hash])
-            .unwrap();
+        conn.execute(
+            "UPDATE chunks SET bytes = ?1 WHERE hash = ?2",
+            rusqlite::params![bytes, hash],
+        )
+        .unwrap();
         let found = verify(&db).unwrap();
         assert_eq!(found.checked, 2);
         // the keyframe, and the delta version rebuilt from it
         assert_eq!(found.problems.len(), 2, "{:?}", found.problems);
         assert!(found.problems[0].starts_with(&a), "{:?}", found.problems);
         assert!(
-            found.problems.iter().all(|p| p.contains(&format!("chunk {k} "))),
+            found
+                .problems
+                .iter()
+                .all(|p| p.contains(&format!("chunk {k} "))),
             "flip in chunk {k}: {:?}",
             found.problems
         );
-        conn.execute("UPDATE chunks SET bytes = ?1 WHERE hash = ?2", rusqlite::params![clean, hash])
-            .unwrap();
+        conn.execute(
+            "UPDATE chunks SET bytes = ?1 WHERE hash = ?2",
+            rusqlite::params![clean, hash],
+        )
+        .unwrap();
     }
     // a flipped byte in the stored delta breaks only the version it makes
     let clean: Vec<u8> = conn
-        .query_row("SELECT bytes FROM deltas WHERE version = ?1", [&b], |r| r.get(0))
+        .query_row("SELECT bytes FROM deltas WHERE version = ?1", [&b], |r| {
+            r.get(0)
+        })
         .unwrap();
     let mut bytes = clean.clone();
     // (four bytes: a lone low bit of a zero delta would vanish in the sum)
     let at = clean.len() / 3;
     bytes[at..at + 4].iter_mut().for_each(|b| *b ^= 0x5a);
-    conn.execute("UPDATE deltas SET bytes = ?1 WHERE version = ?2", rusqlite::params![bytes, b])
-        .unwrap();
+    conn.execute(
+        "UPDATE deltas SET bytes = ?1 WHERE version = ?2",
+        rusqlite::params![bytes, b],
+    )
+    .unwrap();
     let found = verify(&db).unwrap();
     assert_eq!(found.problems.len(), 1, "{:?}", found.problems);
     assert!(found.problems[0].starts_with(&b) && found.problems[0].contains("chunk"));
-    conn.execute("UPDATE deltas SET bytes = ?1 WHERE version = ?2", rusqlite::params![clean, b])
-        .unwrap();
+    conn.execute(
+        "UPDATE deltas SET bytes = ?1 WHERE version = ?2",
+        rusqlite::params![clean, b],
+    )
+    .unwrap();
     assert!(verify(&db).unwrap().problems.is_empty());
 }
 
@@ -249,11 +268,22 @@ fn the_policy_stores_keyframes_every_max_chain_depth_and_chunks_once() {
     let dir = tempfile::tempdir().unwrap();
     let (db, line) = chain(dir.path());
     let store = Store::open_existing(&db).unwrap();
-    let kinds: Vec<_> = store.versions().unwrap().iter().map(|r| (r.kind, r.depth)).collect();
+    let kinds: Vec<_> = store
+        .versions()
+        .unwrap()
+        .iter()
+        .map(|r| (r.kind, r.depth))
+        .collect();
     use crate::store::StorageKind::{Delta, Keyframe};
     assert_eq!(
         kinds,
-        vec![(Keyframe, 0), (Delta, 1), (Delta, 2), (Keyframe, 0), (Delta, 1)]
+        vec![
+            (Keyframe, 0),
+            (Delta, 1),
+            (Delta, 2),
+            (Keyframe, 0),
+            (Delta, 1)
+        ]
     );
     // v3's unchanged chunks are v0's: stored once
     let rows = store.versions().unwrap();
@@ -272,7 +302,9 @@ fn a_vehicle_several_versions_behind_gets_the_delta_chain_not_the_model() {
     let hex = |i: usize| version::hex(&line[i].manifest.version);
     let cost = transfer_cost(&store, &hex(0), &hex(4)).unwrap();
     assert_eq!(cost.behind, Some(4));
-    let chain = cost.delta_chain.expect("every step has a delta (v3's is small)");
+    let chain = cost
+        .delta_chain
+        .expect("every step has a delta (v3's is small)");
     assert!(chain * 20 < cost.full, "{cost:?}");
     assert_eq!(cost.cheapest, chain);
     // only the first tensor's chunk changed: the chunks route moves only it
@@ -286,7 +318,10 @@ fn a_vehicle_several_versions_behind_gets_the_delta_chain_not_the_model() {
         params = crate::publish::apply(&params, link).unwrap();
     }
     assert_eq!(params, line[4].params);
-    assert!(store.delta_chain(&hex(4), &hex(1), 10).unwrap().is_none(), "not an ancestor");
+    assert!(
+        store.delta_chain(&hex(4), &hex(1), 10).unwrap().is_none(),
+        "not an ancestor"
+    );
 }
 
 #[test]
@@ -305,15 +340,33 @@ fn gc_never_drops_a_chunk_or_parent_a_kept_version_needs() {
     let said = gc(&db, Some(1), false).unwrap();
     assert!(said.contains(&hex(2)), "{said}");
     let store = Store::open_existing(&db).unwrap();
-    let left: Vec<String> = store.versions().unwrap().into_iter().map(|r| r.version).collect();
+    let left: Vec<String> = store
+        .versions()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.version)
+        .collect();
     assert_eq!(left, vec![hex(0), hex(1), hex(3), hex(4)]);
     let found = verify(&db).unwrap();
-    assert_eq!((found.checked, found.problems.len()), (4, 0), "{:?}", found.problems);
+    assert_eq!(
+        (found.checked, found.problems.len()),
+        (4, 0),
+        "{:?}",
+        found.problems
+    );
     // with nobody holding v1, v0 and v1 go; v3's chunks (shared with v0) stay
-    Store::open(&db).unwrap().record_holding("car-1", &hex(4), 6).unwrap();
+    Store::open(&db)
+        .unwrap()
+        .record_holding("car-1", &hex(4), 6)
+        .unwrap();
     gc(&db, Some(1), false).unwrap();
     let found = verify(&db).unwrap();
-    assert_eq!((found.checked, found.problems.len()), (2, 0), "{:?}", found.problems);
+    assert_eq!(
+        (found.checked, found.problems.len()),
+        (2, 0),
+        "{:?}",
+        found.problems
+    );
 }
 
 #[test]
@@ -337,8 +390,16 @@ fn gc_removes_only_old_files_older_releases_left() {
     assert!(said.contains("would remove 1 file(s)"), "{said}");
     assert!(old.exists(), "a dry run removes nothing");
     let said = gc(&db, None, false).unwrap();
-    assert!(said.contains("removed 1 file(s)") && said.contains("1 file(s) younger"), "{said}");
+    assert!(
+        said.contains("removed 1 file(s)") && said.contains("1 file(s) younger"),
+        "{said}"
+    );
     assert!(!old.exists() && fresh.exists());
     let found = verify(&db).unwrap();
-    assert_eq!((found.checked, found.problems.len()), (2, 0), "{:?}", found.problems);
+    assert_eq!(
+        (found.checked, found.problems.len()),
+        (2, 0),
+        "{:?}",
+        found.problems
+    );
 }

@@ -86,9 +86,9 @@ impl Store {
             return Ok(None);
         };
         let mut bodies = std::collections::HashMap::new();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT client, body, scale FROM round_updates WHERE round = ?1 ORDER BY rowid")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT client, body, scale FROM round_updates WHERE round = ?1 ORDER BY rowid",
+        )?;
         let rows = stmt.query_map([round], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -279,6 +279,16 @@ impl Store {
         let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE round = ?1 ORDER BY client");
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map([round as i64], client_from_sql)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every accepted ledger row, by round then client.
+    pub fn accepted_rows(&self) -> Result<Vec<ClientRow>, StoreError> {
+        let sql = format!(
+            "SELECT {LEDGER_COLUMNS} FROM ledger WHERE status = 'accepted' ORDER BY round, client"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([], client_from_sql)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -25,8 +25,8 @@ pub use status::{ClientStatus, RoundStatus};
 pub use vehicles::VehicleRow;
 pub(crate) use versions::fold_scaled;
 pub use versions::{
-    GcReport, LineageRow, Publication, Route, StorageKind, StorageTotals, StorePolicy, StoredVersion,
-    VersionRow,
+    GcReport, LineageRow, Publication, Route, StorageKind, StorageTotals, StorePolicy,
+    StoredVersion, VersionRow,
 };
 
 use rusqlite::{Connection, OptionalExtension};

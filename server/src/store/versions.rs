@@ -394,7 +394,9 @@ impl Store {
         }
         let (depth, rebuild_secs) = match (kind, &parent) {
             (StorageKind::Keyframe, _) | (_, None) => (0, 0.0),
-            (StorageKind::Delta, Some(parent)) => (parent.depth + 1, parent.rebuild_secs + link_secs),
+            (StorageKind::Delta, Some(parent)) => {
+                (parent.depth + 1, parent.rebuild_secs + link_secs)
+            }
             (StorageKind::Replay, Some(parent)) => {
                 (parent.depth + 1, parent.rebuild_secs + p.replay_secs)
             }
@@ -575,7 +577,8 @@ impl Store {
             _ => self.materialise(hex, route, cache)?,
         };
         if !meta.manifest.verifies(&params, &meta.spec, &meta.task) {
-            let got = version::manifest_of(&params, &meta.spec, &meta.task, &meta.manifest.provenance);
+            let got =
+                version::manifest_of(&params, &meta.spec, &meta.task, &meta.manifest.provenance);
             let chunk = got
                 .chunks
                 .iter()
@@ -629,7 +632,10 @@ impl Store {
         if count != meta.manifest.chunks.len() {
             return Err(self.corrupt(
                 hex,
-                format!("{count} of {} chunks are stored", meta.manifest.chunks.len()),
+                format!(
+                    "{count} of {} chunks are stored",
+                    meta.manifest.chunks.len()
+                ),
             ));
         }
         Pipeline::FP32
@@ -648,7 +654,10 @@ impl Store {
         let mut path = Vec::new();
         let mut at = hex.to_string();
         let mut start = loop {
-            if let Some(p) = cache.get(&at).filter(|_| at != hex || route != Route::Weights) {
+            if let Some(p) = cache
+                .get(&at)
+                .filter(|_| at != hex || route != Route::Weights)
+            {
                 break p.clone();
             }
             let row = self
@@ -664,7 +673,10 @@ impl Store {
                 ));
             }
             let parent = row.parent.clone().ok_or_else(|| {
-                self.corrupt(&at, "not a keyframe and has no parent: nothing to rebuild it from")
+                self.corrupt(
+                    &at,
+                    "not a keyframe and has no parent: nothing to rebuild it from",
+                )
             })?;
             path.push(row);
             at = parent;
@@ -764,7 +776,13 @@ impl Store {
             codec
                 .decode_into(&update.encoded, &mut scratch)
                 .map_err(|e| err(format!("a kept update does not decode: {e}")))?;
-            fold_scaled(&mut sum, &mut scratch, update.head as usize, update.samples, scale);
+            fold_scaled(
+                &mut sum,
+                &mut scratch,
+                update.head as usize,
+                update.samples,
+                scale,
+            );
         }
         let target = sum
             .apply(parent, meta.server_lr)
@@ -772,8 +790,9 @@ impl Store {
         if meta.clean {
             *residual = ParamSet::zeros(&parent.layout());
         }
-        let published = publish::publish(parent, &target, residual, &downlink, meta.exact, meta.round)
-            .map_err(|e| err(e.to_string()))?;
+        let published =
+            publish::publish(parent, &target, residual, &downlink, meta.exact, meta.round)
+                .map_err(|e| err(e.to_string()))?;
         Ok(published.params)
     }
 
@@ -815,10 +834,10 @@ impl Store {
             if row.kind == StorageKind::Keyframe {
                 continue;
             }
-            if let Some(p) = &row.parent {
-                if retained.insert(p.clone()) {
-                    stack.push(p.clone());
-                }
+            if let Some(p) = &row.parent
+                && retained.insert(p.clone())
+            {
+                stack.push(p.clone());
             }
         }
         // rounds whose kept updates a retained version's line replays
@@ -837,11 +856,17 @@ impl Store {
         let mut dropped = Vec::new();
         for row in rows.iter().filter(|r| !retained.contains(&r.version)) {
             for table in ["versions", "version_chunks", "deltas", "lineage"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE version = ?1"), [&row.version])?;
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE version = ?1"),
+                    [&row.version],
+                )?;
             }
             dropped.push(row.version.clone());
         }
-        tx.execute("DELETE FROM deltas WHERE parent NOT IN (SELECT version FROM versions)", [])?;
+        tx.execute(
+            "DELETE FROM deltas WHERE parent NOT IN (SELECT version FROM versions)",
+            [],
+        )?;
         let chunks = tx.execute(
             "DELETE FROM chunks WHERE hash NOT IN (SELECT hash FROM version_chunks)",
             [],
