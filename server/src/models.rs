@@ -721,6 +721,11 @@ pub fn transfer(db: &Path, from: &str, to: Option<&str>) -> Result<String, Store
         "  sent             {} (the fewest)",
         human_bytes(c.cheapest)
     );
+    let _ = writeln!(
+        out,
+        "  without chains   {} (a one-step delta, else the missing chunks)",
+        human_bytes(c.one_step_or_chunks)
+    );
     Ok(out)
 }
 
