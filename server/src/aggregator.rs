@@ -131,16 +131,9 @@ impl PartialSum {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use convoy_shared::params::Tensor;
 
     fn set(values: &[f32]) -> ParamSet {
-        ParamSet {
-            tensors: vec![Tensor {
-                name: "w".into(),
-                shape: vec![values.len() as u32],
-                data: values.to_vec(),
-            }],
-        }
+        ParamSet::vector(values)
     }
 
     #[test]

@@ -100,16 +100,9 @@ pub fn apply(parent: &ParamSet, delta: &Delta) -> Result<ParamSet, PublishError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use convoy_shared::params::Tensor;
 
     fn set(values: &[f32]) -> ParamSet {
-        ParamSet {
-            tensors: vec![Tensor {
-                name: "w".into(),
-                shape: vec![values.len() as u32],
-                data: values.to_vec(),
-            }],
-        }
+        ParamSet::vector(values)
     }
 
     #[test]

@@ -75,6 +75,17 @@ fn numel(shape: &[u32]) -> usize {
 
 impl ParamSet {
     /// A zero-filled set with the given layout.
+    /// One tensor `w` of shape `[n]` holding `values` (tests, examples).
+    pub fn vector(values: &[f32]) -> Self {
+        Self {
+            tensors: vec![Tensor {
+                name: "w".into(),
+                shape: vec![values.len() as u32],
+                data: values.to_vec(),
+            }],
+        }
+    }
+
     pub fn zeros(layout: &Layout) -> Self {
         Self {
             tensors: layout
@@ -199,13 +210,7 @@ mod tests {
     use super::*;
 
     fn set(values: &[f32]) -> ParamSet {
-        ParamSet {
-            tensors: vec![Tensor {
-                name: "w".into(),
-                shape: vec![values.len() as u32],
-                data: values.to_vec(),
-            }],
-        }
+        ParamSet::vector(values)
     }
 
     #[test]

@@ -541,15 +541,7 @@ impl Store {
 
     /// Bytes held, by purpose.
     pub fn storage(&self) -> Result<StorageTotals, StoreError> {
-        let sum = |sql: &str| -> Result<u64, StoreError> {
-            Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
-        };
-        Ok(StorageTotals {
-            chunk_bytes: sum("SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM chunks")?,
-            delta_bytes: sum("SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM deltas")?,
-            meta_bytes: sum("SELECT COALESCE(SUM(LENGTH(meta)), 0) FROM versions")?,
-            update_bytes: sum("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM kept_updates")?,
-        })
+        storage_totals(&self.conn)
     }
 
     /// Loads a version by hex id, however it is stored, checking it
@@ -883,17 +875,7 @@ impl Store {
                 update_rounds += 1;
             }
         }
-        let after = {
-            let sum = |sql: &str| -> Result<u64, StoreError> {
-                Ok(tx.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
-            };
-            StorageTotals {
-                chunk_bytes: sum("SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM chunks")?,
-                delta_bytes: sum("SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM deltas")?,
-                meta_bytes: sum("SELECT COALESCE(SUM(LENGTH(meta)), 0) FROM versions")?,
-                update_bytes: sum("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM kept_updates")?,
-            }
-        };
+        let after = storage_totals(&tx)?;
         if dry_run {
             tx.rollback()?;
         } else {
@@ -1110,4 +1092,17 @@ fn lineage_of(
         ));
     }
     Ok(out)
+}
+
+/// Bytes held, by purpose, as `conn` (or a transaction on it) sees them.
+fn storage_totals(conn: &rusqlite::Connection) -> Result<StorageTotals, StoreError> {
+    let sum = |sql: &str| -> Result<u64, StoreError> {
+        Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+    };
+    Ok(StorageTotals {
+        chunk_bytes: sum("SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM chunks")?,
+        delta_bytes: sum("SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM deltas")?,
+        meta_bytes: sum("SELECT COALESCE(SUM(LENGTH(meta)), 0) FROM versions")?,
+        update_bytes: sum("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM kept_updates")?,
+    })
 }
