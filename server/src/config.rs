@@ -51,6 +51,60 @@ pub struct ServerConfig {
     /// How model versions are kept (keyframes, deltas, replay).
     #[serde(default)]
     pub store: StorePolicy,
+    /// The HTTP side: Prometheus metrics, the JSON API, health and the dashboard.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Per-vehicle cellular data budgets.
+    #[serde(default)]
+    pub budget: BudgetConfig,
+}
+
+/// The HTTP server (`/metrics`, `/api/v1/*`, `/healthz`, `/readyz`, the
+/// dashboard at `/`). Off unless `listen` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to serve on, e.g. `127.0.0.1:9464` (port 0: any free port);
+    /// empty: no HTTP server.
+    pub listen: String,
+    /// Most vehicles given series of their own in `/metrics` (those with
+    /// the most bytes); the rest are summed under `vehicle="_other"`
+    /// (0 to 10000).
+    pub vehicle_series_cap: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            vehicle_series_cap: 100,
+        }
+    }
+}
+
+/// Caps on the MQTT bytes (up plus down, framing included) one vehicle
+/// may use per UTC day and per calendar month; 0 is no cap. A vehicle
+/// whose use so far plus the round's predicted cost would pass a cap is
+/// not selected, and its ledger row for that round says so.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// MB (10^6 bytes) per vehicle per UTC day.
+    pub daily_mb: f64,
+    /// MB per vehicle per calendar month (UTC).
+    pub monthly_mb: f64,
+}
+
+impl BudgetConfig {
+    /// The daily cap in bytes, if any.
+    pub fn daily_bytes(&self) -> Option<u64> {
+        (self.daily_mb > 0.0).then_some((self.daily_mb * 1e6) as u64)
+    }
+
+    /// The monthly cap in bytes, if any.
+    pub fn monthly_bytes(&self) -> Option<u64> {
+        (self.monthly_mb > 0.0).then_some((self.monthly_mb * 1e6) as u64)
+    }
 }
 
 /// Where the server's signing key lives.
@@ -411,6 +465,30 @@ impl ServerConfig {
                 t.epochs, t.batch_size, t.lr
             ));
         }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad(format!(
+                "http.listen {:?} is not an address like 127.0.0.1:9464 (empty: no HTTP server)",
+                self.http.listen
+            ));
+        }
+        if self.http.vehicle_series_cap > 10_000 {
+            return bad(format!(
+                "http.vehicle_series_cap {} must be 0 to 10000",
+                self.http.vehicle_series_cap
+            ));
+        }
+        let b = &self.budget;
+        if !(b.daily_mb.is_finite()
+            && b.daily_mb >= 0.0
+            && b.monthly_mb.is_finite()
+            && b.monthly_mb >= 0.0)
+        {
+            return bad(format!(
+                "budget.daily_mb {} and budget.monthly_mb {} must be 0 (no cap) or above",
+                b.daily_mb, b.monthly_mb
+            ));
+        }
         if self.broker.link.url.is_none()
             && self.broker.listen.parse::<std::net::SocketAddr>().is_err()
         {
@@ -477,6 +555,8 @@ mod tests {
         assert_eq!(c.training, Recipe::default());
         assert_eq!(c.model, ModelConfig::default());
         assert_eq!(c.align, AlignConfig::default());
+        assert_eq!(c.http, HttpConfig::default());
+        assert_eq!(c.budget, BudgetConfig::default());
         c.validate().unwrap();
     }
 

@@ -13,6 +13,7 @@
 //! | [`store`] | SQLite ledger and model versions |
 //! | [`broker`] | the embedded MQTT broker, authenticated |
 //! | [`identity`] | key pairs, the vehicle keyring, `provision` |
+//! | [`http`] | `/metrics`, the JSON API, health, the dashboard |
 //! | [`report`] | the `report` command |
 //! | [`config`] | the TOML config |
 //! | `tools` | demo, simulator, local fleets (feature `tools`) |
@@ -28,6 +29,7 @@ pub mod coordinator;
 #[cfg(feature = "tools")]
 pub mod deploy;
 pub mod error;
+pub mod http;
 pub mod identity;
 pub mod models;
 pub mod plan;
@@ -40,4 +42,4 @@ pub mod tools;
 
 pub use coordinator::RejectionCounts;
 pub use error::ServerError;
-pub use run::{Prepared, RunSummary, run, run_observed, run_prepared, spec_from_config};
+pub use run::{Hooks, Prepared, RunSummary, run, run_observed, run_prepared, spec_from_config};

@@ -85,6 +85,20 @@ enum Command {
         /// With --costs: price per device-hour of training.
         #[arg(long, default_value_t = 0.0)]
         price_device_hour: f64,
+        /// Only rounds started since then: a UTC date (2026-12-01), time
+        /// (2026-12-01T08:30:00Z) or age (90m, 6h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the newest N rounds.
+        #[arg(long, value_name = "N")]
+        last: Option<u64>,
+        /// One row per vehicle: totals, data used today and this month
+        /// against the [budget] caps of --config, the model it holds.
+        #[arg(long, conflicts_with_all = ["clients", "tasks", "costs"])]
+        vehicles: bool,
+        /// The server's config, for its [budget] caps (with --vehicles).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// What the next rounds will cost before they run: training time,
     /// bytes up and down, store growth and money, from the cost model and
@@ -297,16 +311,37 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             costs,
             price_mb,
             price_device_hour,
+            since,
+            last,
+            vehicles,
+            config,
         } => {
+            use convoy_server::report;
             let prices = convoy_shared::cost::Prices {
                 per_mb: price_mb,
                 per_device_hour: price_device_hour,
             };
+            let now = convoy_runtime::clock::now_ms();
+            let window = report::Window {
+                since_ms: since
+                    .map(|s| report::parse_since(&s, now))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                last,
+            };
+            let caps = match config {
+                Some(path) => {
+                    let budget = convoy_server::config::ServerConfig::load(&path)?.budget;
+                    (budget.daily_bytes(), budget.monthly_bytes())
+                }
+                None => (None, None),
+            };
             let text = match (clients, round) {
-                _ if tasks => convoy_server::report::tasks(&db, format)?,
-                _ if costs => convoy_server::report::costs(&db, format, &prices)?,
-                (true, Some(round)) => convoy_server::report::clients(&db, round, format)?,
-                _ => convoy_server::report::rounds(&db, format)?,
+                _ if tasks => report::tasks(&db, format)?,
+                _ if costs => report::costs(&db, format, &prices)?,
+                _ if vehicles => report::vehicles(&db, format, caps)?,
+                (true, Some(round)) => report::clients(&db, round, format)?,
+                _ => report::rounds(&db, format, &window)?,
             };
             print!("{text}");
             Ok(())

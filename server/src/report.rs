@@ -129,9 +129,9 @@ pub(crate) fn table(headers: &[&str], left: &[&str], rows: &[Vec<String>]) -> St
 }
 
 /// The per-round report of the database at `db`.
-pub fn rounds(db: &Path, format: Format) -> Result<String, StoreError> {
+pub fn rounds(db: &Path, format: Format, window: &Window) -> Result<String, StoreError> {
     let store = Store::open_existing(db)?;
-    let rows = store.rounds()?;
+    let rows = store.rounds_window(window.since_ms, window.last)?;
     Ok(match format {
         Format::Json => to_json(&rows)?,
         Format::Csv => to_csv(&rows)?,
@@ -214,6 +214,107 @@ pub fn rounds(db: &Path, format: Format) -> Result<String, StoreError> {
                 );
             }
             out
+        }
+    })
+}
+
+/// Which rounds a report covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Only rounds that started at or after this (Unix ms).
+    pub since_ms: Option<u64>,
+    /// Only the newest this many of them.
+    pub last: Option<u64>,
+}
+
+/// Unix ms of a `--since` value: a UTC date (`2026-12-01`), a UTC time
+/// (`2026-12-01T08:30:00Z`), or an age before `now_ms` (`90s`, `45m`,
+/// `6h`, `7d`).
+pub fn parse_since(text: &str, now_ms: u64) -> Result<u64, String> {
+    let t = text.trim();
+    let units = [
+        ('s', 1_000u64),
+        ('m', 60_000),
+        ('h', 3_600_000),
+        ('d', 86_400_000),
+    ];
+    if let Some((_, ms)) = units.iter().find(|(u, _)| t.ends_with(*u))
+        && let Ok(n) = t[..t.len() - 1].parse::<u64>()
+    {
+        return Ok(now_ms.saturating_sub(n.saturating_mul(*ms)));
+    }
+    let full = match t.len() {
+        10 => format!("{t}T00:00:00.000Z"),
+        20 if t.ends_with('Z') => format!("{}.000Z", &t[..19]),
+        _ => t.to_string(),
+    };
+    crate::http::metrics::parse_iso_ms(&full).ok_or_else(|| {
+        format!("--since {text:?}: give a UTC date (2026-12-01), a time (2026-12-01T08:30:00Z) or an age (90m, 6h, 7d)")
+    })
+}
+
+/// Every vehicle's totals and its data use against the `caps` (daily,
+/// monthly bytes) of the server's `[budget]`.
+pub fn vehicles(
+    db: &Path,
+    format: Format,
+    caps: (Option<u64>, Option<u64>),
+) -> Result<String, StoreError> {
+    let store = Store::open_existing(db)?;
+    let rows = store.vehicle_summaries(convoy_runtime::clock::now_ms(), caps)?;
+    Ok(match format {
+        Format::Json => to_json(&rows)?,
+        Format::Csv => to_csv(&rows)?,
+        Format::Table => {
+            if rows.is_empty() {
+                return Ok("(no vehicles yet)\n".into());
+            }
+            let headers = [
+                "vehicle",
+                "accepted",
+                "rounds",
+                "skipped",
+                "bytes_up",
+                "bytes_down",
+                "wire_total",
+                "train_s",
+                "rejections",
+                "today",
+                "day_cap",
+                "month",
+                "month_cap",
+                "budget",
+                "model",
+                "last_seen",
+            ];
+            let cap = |c: Option<u64>| c.map_or("-".to_string(), human_bytes);
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.client.clone(),
+                        v.accepted.to_string(),
+                        v.rounds.to_string(),
+                        v.skipped.to_string(),
+                        v.bytes_up.to_string(),
+                        v.bytes_down.to_string(),
+                        (v.wire_bytes_up + v.wire_bytes_down).to_string(),
+                        format!("{:.2}", v.train_seconds),
+                        v.rejections.to_string(),
+                        human_bytes(v.bytes_today),
+                        cap(v.daily_cap),
+                        human_bytes(v.bytes_this_month),
+                        cap(v.monthly_cap),
+                        v.budget_used
+                            .map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
+                        v.model_version
+                            .as_deref()
+                            .map_or("-".into(), |m| m[..12.min(m.len())].to_string()),
+                        v.last_seen.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            table(&headers, &["vehicle", "model", "last_seen"], &cells)
         }
     })
 }
@@ -517,6 +618,19 @@ mod tests {
     }
 
     #[test]
+    fn since_takes_dates_times_and_ages() {
+        let now = 1_796_224_854_000; // 2026-12-02T15:20:54Z
+        assert_eq!(parse_since("90m", now), Ok(now - 90 * 60_000));
+        assert_eq!(parse_since("7d", now), Ok(now - 7 * 86_400_000));
+        let day = parse_since("2026-12-01", now).unwrap();
+        assert_eq!(crate::store::iso8601(day), "2026-12-01T00:00:00.000Z");
+        let time = parse_since("2026-12-01T08:30:00Z", now).unwrap();
+        assert_eq!(crate::store::iso8601(time), "2026-12-01T08:30:00.000Z");
+        let err = parse_since("last tuesday", now).unwrap_err();
+        assert!(err.contains("90m"), "{err}");
+    }
+
+    #[test]
     fn every_round_column_has_its_header() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("r.db");
@@ -543,7 +657,7 @@ mod tests {
             store.open_round(r.round, "00", &r.codec, 3, 0).unwrap();
             store.finish_round(r, &[], 1).unwrap();
         }
-        let text = rounds(&db, Format::Table).unwrap();
+        let text = rounds(&db, Format::Table, &Window::default()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         let header = lines[0];
         for line in &lines[1..3] {

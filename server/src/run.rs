@@ -8,6 +8,7 @@ use crate::config::ServerConfig;
 use crate::coordinator::RejectionCounts;
 use crate::coordinator::{Coordinator, Input, Output};
 use crate::error::ServerError;
+use crate::http::{Live, Phase, Settings};
 use crate::identity;
 use crate::store::{RoundRow, Store, StoredVersion};
 use convoy_runtime::clock::{SharedClock, SystemClock};
@@ -78,13 +79,34 @@ pub async fn run_observed(
     shutdown: CancellationToken,
     observer: Option<mpsc::UnboundedSender<RoundRow>>,
 ) -> Result<RunSummary, ServerError> {
+    let prepared = prepare(&config)?;
+    let hooks = Hooks {
+        rounds: observer,
+        live: None,
+    };
+    run_prepared(config, prepared, shutdown, hooks).await
+}
+
+/// The spec and test set a config names (its `schema_csv` and `test_csv`).
+pub fn prepare(config: &ServerConfig) -> Result<Prepared, ServerError> {
     config.validate()?;
-    let spec = spec_from_config(&config)?;
+    let spec = spec_from_config(config)?;
     let test = match &config.eval.test_csv {
         Some(path) => TestSet::Table(Box::new(read_table(path)?), path.display().to_string()),
         None => TestSet::None,
     };
-    run_prepared(config, Prepared { spec, test }, shutdown, observer).await
+    Ok(Prepared { spec, test })
+}
+
+/// What a caller may watch a run through.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// Each closed round's row, as it closes (the demo prints them).
+    pub rounds: Option<mpsc::UnboundedSender<RoundRow>>,
+    /// The live state for an HTTP server the caller runs itself (one that
+    /// outlives the run); with `None`, the run serves `[http]` itself
+    /// while it runs.
+    pub live: Option<Live>,
 }
 
 /// The server's own evaluation set.
@@ -129,9 +151,37 @@ pub async fn run_prepared(
     config: ServerConfig,
     prepared: Prepared,
     shutdown: CancellationToken,
-    observer: Option<mpsc::UnboundedSender<RoundRow>>,
+    hooks: Hooks,
 ) -> Result<RunSummary, ServerError> {
     config.validate()?;
+    // the database first, so the HTTP server finds one
+    drop(Store::open(&config.db)?);
+    let (live, http) = match hooks.live {
+        Some(live) => (live, None),
+        None if !config.http.listen.is_empty() => {
+            let live = Live::default();
+            let server =
+                crate::http::serve(&config.http.listen, Settings::of(&config), live.clone())
+                    .await?;
+            (live, Some(server))
+        }
+        None => (Live::default(), None),
+    };
+    let result = run_serving(config, prepared, shutdown, hooks.rounds, &live).await;
+    live.set_phase(Phase::Stopped);
+    if let Some(server) = http {
+        server.stop().await;
+    }
+    result
+}
+
+async fn run_serving(
+    config: ServerConfig,
+    prepared: Prepared,
+    shutdown: CancellationToken,
+    observer: Option<mpsc::UnboundedSender<RoundRow>>,
+    live: &Live,
+) -> Result<RunSummary, ServerError> {
     let Prepared { spec, test } = prepared;
     let mut store = Store::open(&config.db)?;
     store.set_policy(config.store.clone());
@@ -188,6 +238,7 @@ pub async fn run_prepared(
         will: None,
     };
     let mut link = link::open(&broker, session);
+    live.set_broker(link.connection());
     let mut systemd = Systemd::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut align_rejections = RejectionCounts::new();
@@ -200,6 +251,7 @@ pub async fn run_prepared(
         (None, Some(spec)) => (store, None, spec),
         (None, None) => {
             systemd.ready("aligning the fleet's schema");
+            live.set_phase(Phase::Aligning);
             let aligner = Aligner::new(config.clone(), key.clone(), store, clock.clone())?;
             let aligned =
                 match align_fleet(aligner, &mut link, &mut tick, &mut systemd, &shutdown).await {
@@ -233,14 +285,13 @@ pub async fn run_prepared(
     };
     let mut coordinator = Coordinator::new(config, key, store, clock, spec, test, current)?;
     systemd.ready("coordinating rounds");
+    live.set_phase(Phase::Coordinating);
+    let watch = Watch {
+        observer: observer.as_ref(),
+        live,
+    };
     for status in seen_statuses {
-        carry_out(
-            &mut coordinator,
-            Input::from(status),
-            &link.client,
-            observer.as_ref(),
-        )
-        .await?;
+        carry_out(&mut coordinator, Input::from(status), &link.client, &watch).await?;
     }
     let result = loop {
         let input = tokio::select! {
@@ -254,7 +305,7 @@ pub async fn run_prepared(
                 Input::Tick
             }
         };
-        if let Err(e) = carry_out(&mut coordinator, input, &link.client, observer.as_ref()).await {
+        if let Err(e) = carry_out(&mut coordinator, input, &link.client, &watch).await {
             break Err(e);
         }
         if coordinator.done() {
@@ -263,7 +314,9 @@ pub async fn run_prepared(
         }
     };
     systemd.stopping();
+    let connection = link.connection();
     link.close().await;
+    connection.store(false, std::sync::atomic::Ordering::Relaxed);
     let (rounds_finished, rounds_failed) = coordinator.outcomes();
     if rounds_failed > 0 && rounds_finished == 0 {
         tracing::error!(rounds_failed, rejections = ?coordinator.rejections(), "every round failed");
@@ -355,6 +408,24 @@ fn initial_version(
     Ok(v)
 }
 
+/// Who watches the loop: the caller's round observer and the HTTP side.
+struct Watch<'a> {
+    observer: Option<&'a mpsc::UnboundedSender<RoundRow>>,
+    live: &'a Live,
+}
+
+/// The coordinator's answer to `input`, its time counted as aggregation.
+fn handle_timed(
+    coordinator: &mut Coordinator,
+    input: Input,
+    live: &Live,
+) -> Result<Vec<Output>, ServerError> {
+    let started = std::time::Instant::now();
+    let out = coordinator.handle(input);
+    live.add_aggregation(started.elapsed().as_secs_f64());
+    out
+}
+
 /// Feeds `input` to the coordinator and carries out what it returns; an
 /// evaluation runs off the async runtime and its result is fed back before
 /// anything else, as the round waits on it.
@@ -362,21 +433,28 @@ async fn carry_out(
     coordinator: &mut Coordinator,
     input: Input,
     client: &LinkClient,
-    observer: Option<&mpsc::UnboundedSender<RoundRow>>,
+    watch: &Watch<'_>,
 ) -> Result<(), ServerError> {
-    let mut pending = std::collections::VecDeque::from(coordinator.handle(input)?);
+    let mut pending =
+        std::collections::VecDeque::from(handle_timed(coordinator, input, watch.live)?);
     while let Some(output) = pending.pop_front() {
         match output {
             Output::Publish(message) => client.publish_all([message]).await,
             Output::Evaluate(request) => {
+                let started = std::time::Instant::now();
                 let eval = tokio::task::spawn_blocking(move || request.run())
                     .await
                     .ok()
                     .flatten();
-                pending.extend(coordinator.handle(Input::Evaluated(eval))?);
+                watch.live.add_evaluation(started.elapsed().as_secs_f64());
+                pending.extend(handle_timed(
+                    coordinator,
+                    Input::Evaluated(eval),
+                    watch.live,
+                )?);
             }
             Output::RoundClosed(row) => {
-                if let Some(observer) = observer {
+                if let Some(observer) = watch.observer {
                     let _ = observer.send(*row);
                 }
             }

@@ -211,6 +211,8 @@ async fn train_tasks(
         eval: Default::default(),
         identity: Default::default(),
         store: Default::default(),
+        http: Default::default(),
+        budget: Default::default(),
     };
     let agents = vehicles
         .iter()
@@ -229,7 +231,7 @@ async fn train_tasks(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (rows, summary) =
-        fleet::run(server, None, agents, CancellationToken::new(), |_| {}).await?;
+        fleet::run(server, None, agents, CancellationToken::new(), None, |_| {}).await?;
     anyhow::ensure!(
         rows.iter().all(|r| r.status == "finished") && rows.len() as u64 == rounds,
         "{tag}: not every round finished: {:?}",

@@ -9,7 +9,7 @@ pub use convoy_server::config::ServerConfig;
 pub use convoy_server::store::{ClientRow, RoundRow, Store};
 pub use convoy_server::tools::demo::DEFAULT_CODEC;
 pub use convoy_server::tools::idx;
-pub use convoy_server::tools::{partition, simulate};
+pub use convoy_server::tools::{fleet, partition, simulate};
 pub use convoy_server::{RunSummary, ServerError, deploy, models, report};
 pub use convoy_shared::chunk::ChunkPos;
 pub use convoy_shared::codec::Pipeline;

@@ -18,6 +18,7 @@
 pub mod api;
 mod broker;
 mod fleet;
+pub mod http;
 mod scenario;
 mod vehicle;
 mod wire;

@@ -102,6 +102,8 @@ impl Scenario {
             },
             identity: Default::default(),
             store: Default::default(),
+            http: Default::default(),
+            budget: Default::default(),
         }
     }
 

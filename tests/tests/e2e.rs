@@ -60,8 +60,11 @@ async fn fleet_learns_and_ledger_matches_the_wire() -> anyhow::Result<()> {
     }
 
     // The machine-readable report carries the documented fields.
-    let json: serde_json::Value =
-        serde_json::from_str(&report::rounds(fleet.db(), report::Format::Json)?)?;
+    let json: serde_json::Value = serde_json::from_str(&report::rounds(
+        fleet.db(),
+        report::Format::Json,
+        &Default::default(),
+    )?)?;
     let first_row = &json[0];
     for key in [
         "round",

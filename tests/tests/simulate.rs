@@ -29,6 +29,7 @@ fn options(out: &std::path::Path, codec: &str, downlink: &str) -> SimOptions {
         keep_updates: false,
         max_chain_depth: 20,
         max_rebuild_secs: 5.0,
+        serve: convoy_tests::api::fleet::ServeOptions::off(),
     }
 }
 
@@ -262,6 +263,7 @@ async fn a_local_fleet_whose_vehicles_all_stop_says_why() -> anyhow::Result<()> 
             None,
             vec![(agent, None)],
             CancellationToken::new(),
+            None,
             |_| {},
         ),
     )

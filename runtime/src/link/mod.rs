@@ -15,6 +15,8 @@ pub use config::{BadUrl, BrokerConfig, BrokerUrl, MIN_PACKET_SIZE};
 
 use bytes::Bytes;
 use rumqttc::QoS;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -88,11 +90,18 @@ pub struct Link {
     pub client: LinkClient,
     /// Incoming events.
     pub events: Events,
+    connected: Arc<AtomicBool>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Link {
+    /// Whether the link holds a broker connection now (updated as it
+    /// connects and drops; the in-memory broker is always connected).
+    pub fn connection(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
+    }
+
     /// Disconnects cleanly (no last will) and waits for the pump to end,
     /// after a short grace period in which queued publishes still leave.
     pub async fn close(self) {
@@ -209,15 +218,26 @@ pub fn open(config: &BrokerConfig, session: Session) -> Link {
             Link {
                 client: LinkClient::Memory(client),
                 events: Events::Memory(events),
+                connected: Arc::new(AtomicBool::new(true)),
                 stop,
                 tasks,
             }
         }
         BrokerUrl::Tcp { host, port } => {
-            let (client, events) = mqtt::open(config, &host, port, session, &tasks, stop.clone());
+            let connected = Arc::new(AtomicBool::new(false));
+            let (client, events) = mqtt::open(
+                config,
+                &host,
+                port,
+                session,
+                &tasks,
+                stop.clone(),
+                connected.clone(),
+            );
             Link {
                 client,
                 events,
+                connected,
                 stop,
                 tasks,
             }

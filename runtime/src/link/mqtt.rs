@@ -11,6 +11,8 @@
 
 use super::{BrokerConfig, Events, LinkClient, LinkEvent, Outgoing, QOS, Session};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,7 @@ pub(super) fn open(
     session: Session,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
+    connected: Arc<AtomicBool>,
 ) -> (LinkClient, Events) {
     let mut opts = MqttOptions::new(session.client_id.clone(), host, port);
     opts.set_keep_alive(config.keep_alive());
@@ -44,6 +47,7 @@ pub(super) fn open(
         session.subscriptions,
         tx,
         shutdown.clone(),
+        connected,
     ));
     tracker.spawn(writer(client.clone(), outgoing, shutdown));
     (
@@ -95,6 +99,7 @@ async fn pump(
     subscriptions: Vec<String>,
     tx: mpsc::Sender<LinkEvent>,
     shutdown: CancellationToken,
+    connected: Arc<AtomicBool>,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -105,6 +110,7 @@ async fn pump(
         let event = match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(200);
+                connected.store(true, Ordering::Relaxed);
                 tracing::debug!("connected to broker");
                 // A clean session forgets subscriptions: renew them all.
                 // try_subscribe never waits on this task's own poller.
@@ -122,6 +128,7 @@ async fn pump(
             },
             Ok(_) => continue,
             Err(e) => {
+                connected.store(false, Ordering::Relaxed);
                 if tx.is_closed() {
                     break; // nobody listens any more: do not reconnect
                 }

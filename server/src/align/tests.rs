@@ -43,6 +43,8 @@ fn rig(tweak: impl FnOnce(&mut ServerConfig)) -> Rig {
         eval: Default::default(),
         identity: Default::default(),
         store: Default::default(),
+        http: Default::default(),
+        budget: Default::default(),
     };
     tweak(&mut config);
     let store = Store::open(&config.db).unwrap();

@@ -7,6 +7,7 @@ use super::{Coordinator, EvalRequest, Output};
 use crate::aggregator::PartialSum;
 use crate::error::ServerError;
 use crate::publish::Delta;
+use crate::report::human_bytes;
 use crate::store::{
     ClientRow, ClientStatus, OpenRoundState, Publication, RoundRow, RoundStatus, StoredVersion,
 };
@@ -116,11 +117,12 @@ impl Coordinator {
         let eligible = self
             .registry
             .eligible(&codec.stages(), self.clock.instant(), offline_after);
+        let round = self.next_round;
+        let (eligible, skipped) = self.within_budget(eligible, round, &codec)?;
         let rules = &self.config.rounds;
         if eligible.len() < rules.min_clients {
             return Ok(());
         }
-        let round = self.next_round;
         let wanted = ((eligible.len() as f64 * rules.sample_fraction).ceil() as usize)
             .max(rules.min_clients)
             .min(eligible.len());
@@ -148,6 +150,14 @@ impl Coordinator {
         let kept =
             postcard::to_allocvec(&announce).map_err(|e| WireError::Encode(e.to_string()))?;
         self.store.save_open_round(round, &kept)?;
+        if !skipped.is_empty() {
+            tracing::info!(
+                round,
+                skipped = skipped.len(),
+                "vehicles at their data budget sit the round out"
+            );
+            self.store.record_skipped(&skipped)?;
+        }
         let mut rows = ledger_rows(round, &selected, &codec_name);
         let throughput = selected
             .iter()
@@ -182,6 +192,59 @@ impl Coordinator {
         self.next_round = round + 1;
         out.push(Output::Publish(Outgoing::retained(topic.as_str(), payload)));
         Ok(())
+    }
+
+    /// Splits `eligible` into the vehicles whose data use so far today and
+    /// this month plus what the round is predicted to cost them (model
+    /// download and update upload) stays within `[budget]`, and a
+    /// `skipped` ledger row, saying which cap, for each of the rest.
+    fn within_budget(
+        &self,
+        eligible: Vec<String>,
+        round: u64,
+        codec: &Pipeline,
+    ) -> Result<(Vec<String>, Vec<ClientRow>), ServerError> {
+        let budget = &self.config.budget;
+        let (daily, monthly) = (budget.daily_bytes(), budget.monthly_bytes());
+        if daily.is_none() && monthly.is_none() {
+            return Ok((eligible, Vec::new()));
+        }
+        let usage = self.store.usage(self.now_ms())?;
+        let modelled_up = cost::update_bytes(&self.spec, codec);
+        let mut within = Vec::with_capacity(eligible.len());
+        let mut skipped = Vec::new();
+        for client in eligible {
+            let used = usage.get(&client).copied().unwrap_or_default();
+            let up = self
+                .byte_ratios
+                .get(&(client.clone(), codec.name()))
+                .map_or(modelled_up, |r| r.predict(modelled_up));
+            let round_cost = up + self.predicted_download(&client);
+            let over = |used: u64, cap: Option<u64>, period: &str| {
+                cap.filter(|cap| used + round_cost > *cap).map(|cap| {
+                    format!(
+                        "budget: {period} use {} + this round's predicted {} would pass the {period} cap of {}",
+                        human_bytes(used),
+                        human_bytes(round_cost),
+                        human_bytes(cap)
+                    )
+                })
+            };
+            match over(used.today, daily, "daily").or_else(|| over(used.month, monthly, "monthly"))
+            {
+                Some(reason) => skipped.push(ClientRow {
+                    round,
+                    client,
+                    status: ClientStatus::Skipped,
+                    codec: codec.name(),
+                    reason: Some(reason),
+                    bytes_up_predicted: up,
+                    ..Default::default()
+                }),
+                None => within.push(client),
+            }
+        }
+        Ok((within, skipped))
     }
 
     /// Download bytes the cost model expects for `client` this round: none

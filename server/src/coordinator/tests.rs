@@ -58,6 +58,8 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
         eval: Default::default(),
         identity: Default::default(),
         store: Default::default(),
+        http: Default::default(),
+        budget: Default::default(),
     };
     tweak(&mut config);
     let table = table();
@@ -1047,4 +1049,63 @@ fn vehicles_scores_of_the_base_model_are_kept_per_vehicle_and_pooled() {
         (car2.holdout_samples, car2.holdout_accuracy),
         (30, Some(0.8))
     );
+}
+
+#[test]
+fn a_vehicle_at_its_data_budget_sits_the_round_out_and_the_ledger_says_why() {
+    let mut rig = rig();
+    rig.open(&["car-1", "car-2"]);
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.send(rig.update("car-2", 0.01, 10));
+    assert!(closed(&rig.handle(Input::Tick)).is_some());
+    // car-1 has used 5 MB today (its round-1 row, as if it had fetched a lot)
+    let mut heavy = rig.coordinator.store.clients(1).unwrap().remove(0);
+    assert_eq!(heavy.client, "car-1");
+    heavy.wire_bytes_down = 5_000_000;
+    rig.coordinator.store.record_skipped(&[heavy]).unwrap();
+    rig.coordinator.config.budget.daily_mb = 1.0;
+    rig.coordinator.config.rounds.min_clients = 1;
+    let a = announces(&rig.handle(Input::Tick)).remove(0);
+    let selected: Vec<&str> = a.selected.iter().map(|c| c.as_str()).collect();
+    assert_eq!(selected, ["car-2"], "car-1 is over its daily cap");
+    let ledger = rig.coordinator.store.clients(a.round).unwrap();
+    let car1 = ledger
+        .iter()
+        .find(|c| c.client == "car-1")
+        .expect("a row says why");
+    assert_eq!(car1.status, ClientStatus::Skipped);
+    let why = car1.reason.as_deref().unwrap();
+    assert!(why.contains("daily cap of 976.6 KiB"), "{why}");
+    let summary = rig
+        .coordinator
+        .store
+        .vehicle_summaries(rig.clock.now_ms(), (Some(1_000_000), None))
+        .unwrap();
+    let car1 = summary.iter().find(|v| v.client == "car-1").unwrap();
+    assert_eq!(car1.skipped, 1);
+    assert!(car1.budget_used.unwrap() > 5.0, "{:?}", car1.budget_used);
+    // the round closes; a day later the daily cap has room again, but a
+    // monthly cap still holds car-1 back
+    rig.send(rig.update("car-2", 0.01, 10));
+    assert!(closed(&rig.handle(Input::Tick)).is_some());
+    rig.clock.advance(Duration::from_secs(86_400));
+    rig.online(&["car-1", "car-2"]);
+    let a = announces(&rig.handle(Input::Tick)).remove(0);
+    assert_eq!(a.selected.len(), 2, "a new UTC day");
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.send(rig.update("car-2", 0.01, 10));
+    assert!(closed(&rig.handle(Input::Tick)).is_some());
+    rig.coordinator.config.budget.monthly_mb = 2.0;
+    let a = announces(&rig.handle(Input::Tick)).remove(0);
+    let selected: Vec<&str> = a.selected.iter().map(|c| c.as_str()).collect();
+    assert_eq!(selected, ["car-2"]);
+    let ledger = rig.coordinator.store.clients(a.round).unwrap();
+    let why = ledger
+        .iter()
+        .find(|c| c.client == "car-1")
+        .unwrap()
+        .reason
+        .clone()
+        .unwrap();
+    assert!(why.contains("monthly cap"), "{why}");
 }

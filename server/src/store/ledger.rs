@@ -132,6 +132,17 @@ impl Store {
         Ok(())
     }
 
+    /// Ledger rows of vehicles that sit a round out (their budget), in one
+    /// transaction.
+    pub fn record_skipped(&mut self, rows: &[ClientRow]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for row in rows {
+            insert_client(&tx, row)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Closes a round: its totals and all its ledger rows, in one transaction.
     pub fn finish_round(
         &mut self,

@@ -8,11 +8,13 @@
 //! | `ledger.rs` | rounds, the per-vehicle ledger, rejections |
 //! | `rows.rs` | the row types and the one place each meets its columns |
 //! | `status.rs` | round and ledger statuses |
+//! | `usage.rs` | per-vehicle figures, data used per day and month |
 //! | `vehicles.rs` | provisioned vehicles: public keys and broker credentials |
 
 mod ledger;
 mod rows;
 mod status;
+mod usage;
 mod vehicles;
 mod versions;
 
@@ -22,6 +24,8 @@ mod tests;
 pub use ledger::{OpenRoundState, TaskMetrics};
 pub use rows::{ClientRow, RoundRow};
 pub use status::{ClientStatus, RoundStatus};
+pub(crate) use usage::days_from_civil;
+pub use usage::{Usage, VehicleSummary, budget_share, day_start_ms, month_start_ms};
 pub use vehicles::VehicleRow;
 pub(crate) use versions::fold_scaled;
 pub use versions::{
@@ -112,6 +116,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     personal_accuracy REAL, personal_rmse REAL, head TEXT,
     transfer TEXT, train_seconds_predicted REAL, bytes_down_predicted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (round, client));
+CREATE INDEX IF NOT EXISTS ledger_client ON ledger (client);
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, round INTEGER, client TEXT,
     reason TEXT NOT NULL, detail TEXT NOT NULL);
@@ -148,16 +153,7 @@ CREATE TABLE IF NOT EXISTS rejection_counts (
 pub fn iso8601(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // civil-from-days (H. Hinnant)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = usage::civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3600,

@@ -93,6 +93,8 @@ status_enum! {
         Late = "late",
         /// It reported that it cannot serve the round (reason in the row).
         Failed = "failed",
+        /// Not selected: the round would pass its data budget (reason in the row).
+        Skipped = "skipped",
     }
 }
 

@@ -71,6 +71,9 @@ pub struct DemoOptions {
     /// Hidden layer widths, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "32")]
     pub hidden: Vec<u32>,
+    /// The dashboard and metrics while the demo runs.
+    #[command(flatten)]
+    pub serve: fleet::ServeOptions,
     /// Print per-round lines.
     #[arg(skip = true)]
     pub verbose: bool,
@@ -179,6 +182,9 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         },
         identity: Default::default(),
         store: Default::default(),
+        // served by the demo itself (below), so it can outlive the run
+        http: Default::default(),
+        budget: Default::default(),
         eval: EvalConfig {
             test_csv: Some(test_path.clone()),
         },
@@ -211,14 +217,23 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         println!("vehicle rows: {client_rows:?}");
     }
 
+    let dashboard = fleet::Dashboard::start(&options.serve, &server_config).await?;
+    if let Some(d) = &dashboard {
+        // flushed at once: scripts read the URL while the demo runs
+        println!("dashboard: {}", d.url());
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    }
     let started = Instant::now();
     let verbose = options.verbose;
-    let (rounds, summary) = fleet::run(server_config, None, agents, shutdown, |row| {
-        if verbose {
-            println!("{}", round_line(row));
-        }
-    })
-    .await?;
+    let live = dashboard.as_ref().map(|d| d.live.clone());
+    let (rounds, summary) =
+        fleet::run(server_config, None, agents, shutdown.clone(), live, |row| {
+            if verbose {
+                println!("{}", round_line(row));
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            }
+        })
+        .await?;
     let elapsed = started.elapsed();
     // the aligned initial model, scored on the held-out rows
     let initial_accuracy = match rounds.first() {
@@ -273,6 +288,10 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             &summary.final_version[..12]
         );
         println!("ledger: convoy-server report --db {}", options.db.display());
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    }
+    if let Some(d) = dashboard {
+        d.finish(&shutdown).await;
     }
     Ok(DemoReport {
         rounds,

@@ -3,6 +3,7 @@
 
 use crate::broker::{Access, Credentials};
 use crate::config::{ServerBroker, ServerConfig};
+use crate::http::Live;
 use crate::identity;
 use crate::run::{Prepared, RunSummary};
 use crate::store::{RoundRow, Store};
@@ -144,11 +145,14 @@ pub fn prepared_data_config(label: &str) -> DataConfig {
 /// Provisions the agents ([`provision`]), then runs `server` (with
 /// `prepared`, or from its own config) and the agents until the server has
 /// run its configured rounds; `on_round` sees each closed round as it closes.
+/// `live` is the state of an HTTP server the caller runs (else the server
+/// serves its own `[http]`).
 pub async fn run(
     server: ServerConfig,
     prepared: Option<Prepared>,
     agents: Vec<(AgentConfig, Option<LocalData>)>,
     shutdown: CancellationToken,
+    live: Option<Live>,
     mut on_round: impl FnMut(&RoundRow),
 ) -> anyhow::Result<(Vec<RoundRow>, RunSummary)> {
     let (mut configs, data): (Vec<AgentConfig>, Vec<Option<LocalData>>) =
@@ -157,10 +161,15 @@ pub async fn run(
     let agents: Vec<_> = configs.into_iter().zip(data).collect();
     let stop = shutdown.child_token();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let server = match prepared {
-        Some(p) => tokio::spawn(crate::run_prepared(server, p, stop.clone(), Some(tx))),
-        None => tokio::spawn(crate::run_observed(server, stop.clone(), Some(tx))),
+    let hooks = crate::Hooks {
+        rounds: Some(tx),
+        live,
     };
+    let prepared = match prepared {
+        Some(p) => p,
+        None => crate::run::prepare(&server)?,
+    };
+    let server = tokio::spawn(crate::run_prepared(server, prepared, stop.clone(), hooks));
     let agent_stop = stop.child_token();
     let agent_tasks: Vec<_> = agents
         .into_iter()
@@ -211,4 +220,80 @@ pub async fn run(
         }
     }
     Ok((rounds, summary))
+}
+
+/// The HTTP side of a local fleet (`demo`, `simulate`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeOptions {
+    /// Serve the dashboard, /metrics and /api/v1 on this address (port 0:
+    /// any free port; "off": no HTTP server).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub http: String,
+    /// Keep serving this many seconds after the last round (Ctrl-C stops sooner).
+    #[arg(long, default_value_t = 0)]
+    pub serve_secs: u64,
+}
+
+impl ServeOptions {
+    /// No HTTP server.
+    pub fn off() -> Self {
+        Self {
+            http: "off".into(),
+            serve_secs: 0,
+        }
+    }
+}
+
+/// The HTTP server of a local fleet, started before its run so that it
+/// can outlive it.
+#[derive(Debug)]
+pub struct Dashboard {
+    /// The state the run updates.
+    pub live: Live,
+    server: crate::http::HttpServer,
+    linger: std::time::Duration,
+}
+
+impl Dashboard {
+    /// Starts serving `config`'s database as `options` say (`None`: off).
+    pub async fn start(
+        options: &ServeOptions,
+        config: &ServerConfig,
+    ) -> anyhow::Result<Option<Self>> {
+        if options.http == "off" || options.http.is_empty() {
+            return Ok(None);
+        }
+        // the database first, so the first request finds one
+        drop(Store::open(&config.db)?);
+        let live = Live::default();
+        let settings = crate::http::Settings::of(config);
+        let server = crate::http::serve(&options.http, settings, live.clone()).await?;
+        Ok(Some(Self {
+            live,
+            server,
+            linger: std::time::Duration::from_secs(options.serve_secs),
+        }))
+    }
+
+    /// The dashboard's URL.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Serves on for the configured time after the run (or until
+    /// `shutdown`), then stops.
+    pub async fn finish(self, shutdown: &CancellationToken) {
+        if !self.linger.is_zero() {
+            eprintln!(
+                "dashboard: {} (serving {} s more; Ctrl-C stops)",
+                self.server.url(),
+                self.linger.as_secs()
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(self.linger) => {}
+            }
+        }
+        self.server.stop().await;
+    }
 }

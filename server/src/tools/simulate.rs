@@ -113,6 +113,9 @@ pub struct SimOptions {
     /// `store.max_rebuild_secs`: longest estimated rebuild of a version.
     #[arg(long, default_value_t = 5.0)]
     pub max_rebuild_secs: f64,
+    /// The dashboard and metrics while the simulation runs.
+    #[command(flatten)]
+    pub serve: fleet::ServeOptions,
 }
 
 /// One round in the simulator's output.
@@ -396,6 +399,9 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             max_rebuild_secs: options.max_rebuild_secs,
             ..Default::default()
         },
+        // served below, so it can outlive the run
+        http: Default::default(),
+        budget: Default::default(),
     };
     server.validate()?;
     let agents = parts
@@ -423,20 +429,35 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     let started = Instant::now();
     let (mut up, mut down) = (0u64, 0u64);
     let (progress, total) = (options.progress, options.rounds);
+    let dashboard = fleet::Dashboard::start(&options.serve, &server).await?;
+    if let Some(d) = &dashboard {
+        eprintln!("dashboard: {}", d.url());
+    }
     let ticker = progress.then(|| tokio::spawn(show_waiting(db_path.clone(), total)));
-    let (rows, _) = fleet::run(server, Some(prepared), agents, shutdown, |row| {
-        up += row.bytes_up;
-        down += row.bytes_down;
-        if progress {
-            progress_bar(row.round.min(total), total, row, up, down);
-        }
-    })
+    let live = dashboard.as_ref().map(|d| d.live.clone());
+    let (rows, _) = fleet::run(
+        server,
+        Some(prepared),
+        agents,
+        shutdown.clone(),
+        live,
+        |row| {
+            up += row.bytes_up;
+            down += row.bytes_down;
+            if progress {
+                progress_bar(row.round.min(total), total, row, up, down);
+            }
+        },
+    )
     .await?;
     if let Some(ticker) = ticker {
         ticker.abort();
     }
     if progress {
         eprintln!();
+    }
+    if let Some(d) = dashboard {
+        d.finish(&shutdown).await;
     }
     let rounds: Vec<SimRound> = rows.iter().map(SimRound::from).collect();
     let accuracies: Vec<f64> = rounds.iter().filter_map(|r| r.accuracy).collect();

@@ -1,0 +1,550 @@
+//! The dashboard: one server-rendered HTML page with SVG charts, no script
+//! or style from anywhere else, so it works offline on a laptop or a
+//! phone. A few lines of inline script sort the vehicle table and, while
+//! a run goes on, poll `/api/v1/status` and swap in `/dashboard/live` (the
+//! charts and table) when a round closes.
+//!
+//! Each chart is a `<figure class="chart" data-metric=...>` whose SVG holds
+//! one `<g class="pt" data-round=N>` per closed round; each vehicle is one
+//! `<tr>` of `table#vehicles`.
+
+use super::{LiveState, Settings};
+use crate::report::human_bytes;
+use crate::store::{RoundRow, RoundStatus, Store, StoreError, VehicleSummary};
+use std::fmt::Write as _;
+
+/// Text for HTML element content and attribute values.
+pub fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// How a series is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Draw {
+    /// Bars, stacked on the chart's other bar series.
+    Bar,
+    /// A line with a dot per round.
+    Line,
+}
+
+#[derive(Debug)]
+struct Series {
+    name: &'static str,
+    color: &'static str,
+    draw: Draw,
+    values: Vec<Option<f64>>,
+}
+
+#[derive(Debug)]
+struct Chart {
+    metric: &'static str,
+    title: String,
+    log: bool,
+    format: fn(f64) -> String,
+    series: Vec<Series>,
+}
+
+const W: f64 = 600.0;
+const H: f64 = 220.0;
+const LEFT: f64 = 64.0;
+const RIGHT: f64 = 10.0;
+const TOP: f64 = 10.0;
+const BOTTOM: f64 = 26.0;
+
+fn bytes(v: f64) -> String {
+    human_bytes(v.max(0.0) as u64)
+}
+
+fn plain(v: f64) -> String {
+    if v.abs() >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn ratio(v: f64) -> String {
+    format!("{v:.1}x")
+}
+
+fn seconds(v: f64) -> String {
+    format!("{v:.2}s")
+}
+
+fn percent(v: f64) -> String {
+    format!("{:.1}%", v * 100.0)
+}
+
+impl Chart {
+    /// The value axis: maps a value to a y coordinate.
+    fn scale(&self) -> Box<dyn Fn(f64) -> f64> {
+        let rounds = self.series.first().map_or(0, |s| s.values.len());
+        let mut max: f64 = 0.0;
+        let mut min_pos = f64::INFINITY;
+        for i in 0..rounds {
+            let stack: f64 = self
+                .series
+                .iter()
+                .filter(|s| s.draw == Draw::Bar)
+                .filter_map(|s| s.values[i])
+                .sum();
+            max = max.max(stack);
+            for s in &self.series {
+                if let Some(v) = s.values[i] {
+                    max = max.max(v);
+                    if v > 0.0 {
+                        min_pos = min_pos.min(v);
+                    }
+                }
+            }
+        }
+        let max = if max > 0.0 { max * 1.05 } else { 1.0 };
+        let plot = H - TOP - BOTTOM;
+        if self.log && min_pos.is_finite() {
+            let lo = (min_pos / 2.0).log10();
+            let hi = max.log10().max(lo + 1e-9);
+            Box::new(move |v: f64| {
+                let l = v.max(min_pos / 2.0).log10();
+                TOP + plot * (1.0 - (l - lo) / (hi - lo))
+            })
+        } else {
+            Box::new(move |v: f64| TOP + plot * (1.0 - v.max(0.0) / max))
+        }
+    }
+
+    fn top_value(&self) -> f64 {
+        let rounds = self.series.first().map_or(0, |s| s.values.len());
+        (0..rounds)
+            .map(|i| {
+                let stack: f64 = self
+                    .series
+                    .iter()
+                    .filter(|s| s.draw == Draw::Bar)
+                    .filter_map(|s| s.values[i])
+                    .sum();
+                self.series
+                    .iter()
+                    .filter_map(|s| s.values[i])
+                    .fold(stack, f64::max)
+            })
+            .fold(0.0, f64::max)
+    }
+
+    fn render(&self, rounds: &[u64]) -> String {
+        let y = self.scale();
+        let n = rounds.len().max(1) as f64;
+        let step = (W - LEFT - RIGHT) / n;
+        let x = |i: usize| LEFT + step * (i as f64 + 0.5);
+        let base = H - BOTTOM;
+        let mut svg = String::new();
+        let _ = write!(
+            svg,
+            "<figure class=\"chart\" data-metric=\"{}\"><figcaption>{}</figcaption>\
+             <svg viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{}\">",
+            self.metric,
+            esc(&self.title),
+            esc(&self.title)
+        );
+        // axes and two value labels
+        let top = self.top_value();
+        let _ = write!(
+            svg,
+            "<line class=\"axis\" x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{base}\"/>\
+             <line class=\"axis\" x1=\"{LEFT}\" y1=\"{base}\" x2=\"{}\" y2=\"{base}\"/>\
+             <text class=\"tick\" x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\
+             <text class=\"tick\" x=\"{}\" y=\"{base}\" text-anchor=\"end\">{}</text>",
+            W - RIGHT,
+            LEFT - 4.0,
+            y(top) + 4.0,
+            esc(&(self.format)(top)),
+            LEFT - 4.0,
+            if self.log { "" } else { "0" },
+        );
+        if let (Some(first), Some(last)) = (rounds.first(), rounds.last()) {
+            let _ = write!(
+                svg,
+                "<text class=\"tick\" x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">round {first}</text>",
+                x(0),
+                H - 8.0
+            );
+            if rounds.len() > 1 {
+                let _ = write!(
+                    svg,
+                    "<text class=\"tick\" x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{last}</text>",
+                    x(rounds.len() - 1),
+                    H - 8.0
+                );
+            }
+        }
+        for s in self.series.iter().filter(|s| s.draw == Draw::Line) {
+            let points: Vec<String> = s
+                .values
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| v.map(|v| format!("{:.1},{:.1}", x(i), y(v))))
+                .collect();
+            let _ = write!(
+                svg,
+                "<polyline class=\"line\" fill=\"none\" stroke=\"{}\" points=\"{}\"/>",
+                s.color,
+                points.join(" ")
+            );
+        }
+        let bar_w = (step * 0.7).max(1.0);
+        for (i, round) in rounds.iter().enumerate() {
+            let mut tip = format!("round {round}");
+            let _ = write!(svg, "<g class=\"pt\" data-round=\"{round}\">");
+            let mut stacked = 0.0;
+            for s in &self.series {
+                let Some(v) = s.values[i] else { continue };
+                let _ = write!(tip, "\n{}: {}", s.name, (self.format)(v));
+                match s.draw {
+                    Draw::Bar => {
+                        let (y0, y1) = (y(stacked), y(stacked + v));
+                        stacked += v;
+                        let _ = write!(
+                            svg,
+                            "<rect x=\"{:.1}\" y=\"{y1:.1}\" width=\"{bar_w:.1}\" height=\"{:.1}\" fill=\"{}\"/>",
+                            x(i) - bar_w / 2.0,
+                            (y0 - y1).max(0.0),
+                            s.color
+                        );
+                    }
+                    Draw::Line => {
+                        let _ = write!(
+                            svg,
+                            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"/>",
+                            x(i),
+                            y(v),
+                            s.color
+                        );
+                    }
+                }
+            }
+            let _ = write!(svg, "<title>{}</title></g>", esc(&tip));
+        }
+        svg.push_str("</svg><div class=\"legend\">");
+        for s in &self.series {
+            let _ = write!(
+                svg,
+                "<span><i style=\"background:{}\"></i>{}</span>",
+                s.color,
+                esc(s.name)
+            );
+        }
+        svg.push_str("</div></figure>");
+        svg
+    }
+}
+
+fn series(
+    name: &'static str,
+    color: &'static str,
+    draw: Draw,
+    rounds: &[&RoundRow],
+    f: impl Fn(&RoundRow) -> Option<f64>,
+) -> Series {
+    Series {
+        name,
+        color,
+        draw,
+        values: rounds.iter().map(|r| f(r)).collect(),
+    }
+}
+
+const BLUE: &str = "#2b6cb0";
+const ORANGE: &str = "#dd6b20";
+const GREY: &str = "#a0aec0";
+const GREEN: &str = "#2f855a";
+const RED: &str = "#c53030";
+const PURPLE: &str = "#6b46c1";
+
+fn charts(rounds: &[&RoundRow]) -> Vec<Chart> {
+    let overhead = |wire: u64, payload: u64| Some(wire.saturating_sub(payload) as f64);
+    let ratio_of = |raw: u64, sent: u64| (sent > 0).then(|| raw as f64 / sent as f64);
+    let regression =
+        rounds.iter().all(|r| r.accuracy.is_none()) && rounds.iter().any(|r| r.rmse.is_some());
+    let quality = if regression {
+        Chart {
+            metric: "rmse",
+            title: "Test RMSE".into(),
+            log: false,
+            format: plain,
+            series: vec![series("RMSE", PURPLE, Draw::Line, rounds, |r| r.rmse)],
+        }
+    } else {
+        Chart {
+            metric: "accuracy",
+            title: "Test accuracy".into(),
+            log: false,
+            format: percent,
+            series: vec![series("accuracy", PURPLE, Draw::Line, rounds, |r| {
+                r.accuracy
+            })],
+        }
+    };
+    vec![
+        Chart {
+            metric: "bytes_up",
+            title: "Uplink bytes per round".into(),
+            log: false,
+            format: bytes,
+            series: vec![
+                series("payload", BLUE, Draw::Bar, rounds, |r| {
+                    Some(r.bytes_up as f64)
+                }),
+                series("MQTT overhead", GREY, Draw::Bar, rounds, |r| {
+                    overhead(r.wire_bytes_up, r.bytes_up)
+                }),
+            ],
+        },
+        Chart {
+            metric: "bytes_down",
+            title: "Downlink bytes per round".into(),
+            log: false,
+            format: bytes,
+            series: vec![
+                series("payload", ORANGE, Draw::Bar, rounds, |r| {
+                    Some(r.bytes_down as f64)
+                }),
+                series("MQTT overhead", GREY, Draw::Bar, rounds, |r| {
+                    overhead(r.wire_bytes_down, r.bytes_down)
+                }),
+            ],
+        },
+        Chart {
+            metric: "fp32_bytes",
+            title: "Sent vs what dense fp32 would have cost (log scale)".into(),
+            log: true,
+            format: bytes,
+            series: vec![
+                series("fp32 up + down", RED, Draw::Line, rounds, |r| {
+                    Some((r.bytes_up_raw + r.bytes_down_raw) as f64)
+                }),
+                series("sent (wire) up + down", BLUE, Draw::Line, rounds, |r| {
+                    Some((r.wire_bytes_up + r.wire_bytes_down) as f64)
+                }),
+            ],
+        },
+        Chart {
+            metric: "compression_ratio",
+            title: "Compression ratio (fp32 / payload)".into(),
+            log: false,
+            format: ratio,
+            series: vec![
+                series("uplink", BLUE, Draw::Line, rounds, |r| {
+                    ratio_of(r.bytes_up_raw, r.bytes_up)
+                }),
+                series("downlink", ORANGE, Draw::Line, rounds, |r| {
+                    ratio_of(r.bytes_down_raw, r.bytes_down)
+                }),
+            ],
+        },
+        Chart {
+            metric: "train_seconds",
+            title: "Retraining seconds".into(),
+            log: false,
+            format: seconds,
+            series: vec![
+                series("sum over vehicles", GREEN, Draw::Bar, rounds, |r| {
+                    Some(r.train_seconds_sum)
+                }),
+                series("slowest vehicle", RED, Draw::Line, rounds, |r| {
+                    Some(r.train_seconds_max)
+                }),
+            ],
+        },
+        Chart {
+            metric: "vehicles",
+            title: "Vehicles per round".into(),
+            log: false,
+            format: plain,
+            series: vec![
+                series("reported", GREEN, Draw::Bar, rounds, |r| {
+                    Some(r.clients_reported as f64)
+                }),
+                series("late", ORANGE, Draw::Bar, rounds, |r| {
+                    Some(r.clients_late as f64)
+                }),
+                series("failed", RED, Draw::Bar, rounds, |r| {
+                    Some(r.clients_failed as f64)
+                }),
+                series("selected", GREY, Draw::Line, rounds, |r| {
+                    Some(r.clients_selected as f64)
+                }),
+            ],
+        },
+        quality,
+    ]
+}
+
+fn vehicle_table(vehicles: &[VehicleSummary], current: Option<&str>) -> String {
+    let mut out = String::from(
+        "<table id=\"vehicles\"><thead><tr>\
+         <th data-type=\"text\">vehicle</th><th>accepted</th><th>rounds</th><th>bytes up</th>\
+         <th>bytes down</th><th>MQTT bytes</th><th>train s</th><th data-type=\"text\">last seen</th>\
+         <th data-type=\"text\">device</th><th data-type=\"text\">model</th><th>rejections</th>\
+         <th>budget used</th></tr></thead><tbody>",
+    );
+    for v in vehicles {
+        let model = match (&v.model_version, current) {
+            (Some(m), Some(c)) if m == c => format!("{} (current)", &m[..m.len().min(12)]),
+            (Some(m), _) => m[..m.len().min(12)].to_string(),
+            (None, _) => "-".into(),
+        };
+        let budget = v
+            .budget_used
+            .map_or("-".to_string(), |b| format!("{:.0}%", b * 100.0));
+        let wire = v.wire_bytes_up + v.wire_bytes_down;
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td data-v=\"{}\">{}</td><td data-v=\"{}\">{}</td>\
+             <td data-v=\"{}\">{}</td><td data-v=\"{}\">{}</td><td data-v=\"{wire}\">{}</td>\
+             <td data-v=\"{:.3}\">{:.2}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td data-v=\"{}\">{}</td><td data-v=\"{}\">{budget}</td></tr>",
+            esc(&v.client),
+            v.accepted,
+            v.accepted,
+            v.rounds,
+            v.rounds,
+            v.bytes_up,
+            human_bytes(v.bytes_up),
+            v.bytes_down,
+            human_bytes(v.bytes_down),
+            human_bytes(wire),
+            v.train_seconds,
+            v.train_seconds,
+            esc(v.last_seen.as_deref().unwrap_or("-")),
+            esc(v.device.as_deref().unwrap_or("-")),
+            esc(&model),
+            v.rejections,
+            v.rejections,
+            v.budget_used.unwrap_or(-1.0),
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// The part of the page that changes as rounds close: summary, charts,
+/// vehicle table (`/dashboard/live`).
+pub fn live_part(
+    store: &Store,
+    settings: &Settings,
+    live: &LiveState,
+    now_ms: u64,
+) -> Result<String, StoreError> {
+    let all = store.rounds()?;
+    let rounds: Vec<&RoundRow> = all
+        .iter()
+        .filter(|r| r.status != RoundStatus::Open)
+        .collect();
+    let numbers: Vec<u64> = rounds.iter().map(|r| r.round).collect();
+    let vehicles = store.vehicle_summaries(now_ms, settings.caps())?;
+    let current = store.current_version()?;
+    let up: u64 = rounds.iter().map(|r| r.wire_bytes_up).sum();
+    let down: u64 = rounds.iter().map(|r| r.wire_bytes_down).sum();
+    let raw: u64 = rounds
+        .iter()
+        .map(|r| r.bytes_up_raw + r.bytes_down_raw)
+        .sum();
+    let open = all.iter().rev().find(|r| r.status == RoundStatus::Open);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<p class=\"summary\" data-closed=\"{}\">{} closed rounds{}; sent {} up, {} down (MQTT), \
+         dense fp32 would have been {}; model {}; broker {}; {}</p>",
+        rounds.len(),
+        rounds.len(),
+        open.map(|r| format!(", round {} open", r.round))
+            .unwrap_or_default(),
+        human_bytes(up),
+        human_bytes(down),
+        human_bytes(raw),
+        esc(current.as_deref().map_or("-", |c| &c[..c.len().min(12)])),
+        if live.broker_connected() {
+            "connected"
+        } else {
+            "not connected"
+        },
+        esc(&format!("{:?}", live.phase).to_lowercase()),
+    );
+    out.push_str("<section class=\"charts\">");
+    for chart in charts(&rounds) {
+        out.push_str(&chart.render(&numbers));
+    }
+    out.push_str("</section><h2>Vehicles</h2>");
+    out.push_str("<div class=\"wrap\">");
+    out.push_str(&vehicle_table(&vehicles, current.as_deref()));
+    out.push_str("</div>");
+    Ok(out)
+}
+
+const STYLE: &str = "
+body{font:14px/1.4 system-ui,sans-serif;margin:0;padding:12px;color:#1a202c;background:#f7fafc}
+h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:18px 0 6px}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:12px}
+figure{margin:0;background:#fff;border:1px solid #e2e8f0;border-radius:6px;padding:8px}
+figcaption{font-weight:600;margin-bottom:4px}svg{width:100%;height:auto}
+.axis{stroke:#718096;stroke-width:1}.tick{font-size:11px;fill:#4a5568}.line{stroke-width:2}
+.legend span{margin-right:10px;font-size:12px;white-space:nowrap}
+.legend i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
+.pt:hover rect,.pt:hover circle{opacity:.7}
+.wrap{overflow-x:auto}table{border-collapse:collapse;background:#fff;min-width:100%}
+th,td{padding:4px 8px;border-bottom:1px solid #e2e8f0;text-align:right;white-space:nowrap}
+th:first-child,td:first-child{text-align:left}th{cursor:pointer;user-select:none;background:#edf2f7}
+th.asc::after{content:' \\25B2'}th.desc::after{content:' \\25BC'}
+.summary{color:#2d3748}
+";
+
+const SCRIPT: &str = "
+let sortCol=-1,sortDir=1;
+function applySort(){const t=document.getElementById('vehicles');if(!t||sortCol<0)return;
+const hs=t.tHead.rows[0].cells,text=hs[sortCol].dataset.type==='text';
+for(const h of hs)h.className='';hs[sortCol].className=sortDir>0?'asc':'desc';
+const rows=[...t.tBodies[0].rows];rows.sort((a,b)=>{const x=a.cells[sortCol],y=b.cells[sortCol];
+const r=text?x.textContent.localeCompare(y.textContent):(parseFloat(x.dataset.v)-parseFloat(y.dataset.v));
+return r*sortDir;});for(const r of rows)t.tBodies[0].appendChild(r);}
+document.addEventListener('click',e=>{const h=e.target.closest('#vehicles th');if(!h)return;
+const i=h.cellIndex;sortDir=(i===sortCol)?-sortDir:1;sortCol=i;applySort();});
+let seen=null;
+async function poll(){try{const s=await (await fetch('api/v1/status',{cache:'no-store'})).json();
+const key=s.closed_rounds+'/'+s.rounds+'/'+s.phase+'/'+s.broker_connected;
+if(seen!==null&&key!==seen){const html=await (await fetch('dashboard/live',{cache:'no-store'})).text();
+document.getElementById('live').innerHTML=html;applySort();}
+seen=key;document.getElementById('updated').textContent='updated '+new Date().toLocaleTimeString();}
+catch(e){document.getElementById('updated').textContent='server unreachable; retrying';}}
+setInterval(poll,2000);poll();
+";
+
+/// The whole dashboard page.
+pub fn page(
+    store: &Store,
+    settings: &Settings,
+    live: &LiveState,
+    now_ms: u64,
+) -> Result<String, StoreError> {
+    let body = live_part(store, settings, live, now_ms)?;
+    Ok(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>convoy: fleet {fleet}</title><style>{STYLE}</style></head><body>\
+         <h1>convoy: fleet {fleet}</h1>\
+         <p><a href=\"metrics\">/metrics</a> · <a href=\"api/v1/rounds\">/api/v1/rounds</a> · \
+         <a href=\"api/v1/vehicles\">/api/v1/vehicles</a> · <a href=\"api/v1/models\">/api/v1/models</a> · \
+         <span id=\"updated\"></span></p>\
+         <div id=\"live\">{body}</div><script>{SCRIPT}</script></body></html>",
+        fleet = esc(&settings.fleet),
+    ))
+}

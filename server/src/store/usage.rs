@@ -1,0 +1,300 @@
+//! Per-vehicle figures across the ledger and the data each vehicle used
+//! per UTC day and month: what the dashboard, the HTTP API, `report
+//! --vehicles` and the data budgets read.
+
+use super::rows::{LEDGER_COLUMNS, ROUND_COLUMNS, client_from_sql, round_from_sql};
+use super::{ClientRow, RoundRow, Store, StoreError, iso8601};
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+
+const DAY_MS: u64 = 86_400_000;
+
+/// Start (Unix ms) of the UTC day holding `ms`.
+pub fn day_start_ms(ms: u64) -> u64 {
+    ms - ms % DAY_MS
+}
+
+/// Start (Unix ms) of the UTC calendar month holding `ms`.
+pub fn month_start_ms(ms: u64) -> u64 {
+    let (year, month, _) = civil_from_days((ms / DAY_MS) as i64);
+    days_from_civil(year, month, 1) as u64 * DAY_MS
+}
+
+/// (year, month 1-12, day 1-31) of days since 1970-01-01 (H. Hinnant).
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// Days since 1970-01-01 of a civil date (H. Hinnant).
+pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// One vehicle across the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct VehicleSummary {
+    /// Client id.
+    pub client: String,
+    /// Rounds it has a ledger row in (selected, or skipped for its budget).
+    pub rounds: u64,
+    /// Updates folded in.
+    pub accepted: u64,
+    /// Updates refused.
+    pub rejected: u64,
+    /// Updates that came after their round closed.
+    pub late: u64,
+    /// Rounds it reported it could not serve.
+    pub failed: u64,
+    /// Selected rounds it sent nothing for.
+    pub dropped: u64,
+    /// Rounds it sat out for its data budget.
+    pub skipped: u64,
+    /// Accepted update payload bytes.
+    pub bytes_up: u64,
+    /// Model payload bytes sent to it.
+    pub bytes_down: u64,
+    /// MQTT bytes it sent, framing and re-sends included.
+    pub wire_bytes_up: u64,
+    /// MQTT bytes sent to it.
+    pub wire_bytes_down: u64,
+    /// Training seconds it reported.
+    pub train_seconds: f64,
+    /// Its newest round in the ledger.
+    pub last_round: Option<u64>,
+    /// When it last sent a status (ISO-8601 UTC).
+    pub last_seen: Option<String>,
+    /// Training device and backend of its newest update.
+    pub device: Option<String>,
+    /// Model version it last said it holds (hex).
+    pub model_version: Option<String>,
+    /// Messages of its the server rejected (any reason).
+    pub rejections: u64,
+    /// MQTT bytes (up + down) in the current UTC day.
+    pub bytes_today: u64,
+    /// MQTT bytes (up + down) in the current UTC month.
+    pub bytes_this_month: u64,
+    /// The daily cap, bytes (none: no cap).
+    pub daily_cap: Option<u64>,
+    /// The monthly cap, bytes.
+    pub monthly_cap: Option<u64>,
+    /// The larger of today's and this month's use over its cap (none: no caps).
+    pub budget_used: Option<f64>,
+}
+
+/// Data one vehicle used in the current day and month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// MQTT bytes up + down since the UTC day began.
+    pub today: u64,
+    /// MQTT bytes up + down since the UTC month began.
+    pub month: u64,
+}
+
+impl Store {
+    /// MQTT bytes (up + down) each vehicle used in rounds that started at
+    /// or after `day_start_ms(now)` and `month_start_ms(now)`.
+    pub fn usage(
+        &self,
+        now_ms: u64,
+    ) -> Result<std::collections::HashMap<String, Usage>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT l.client,
+                SUM(CASE WHEN r.started_ms >= ?1 THEN l.wire_bytes_up + l.wire_bytes_down ELSE 0 END),
+                SUM(l.wire_bytes_up + l.wire_bytes_down)
+             FROM ledger l JOIN rounds r ON r.round = l.round
+             WHERE r.started_ms >= ?2 GROUP BY l.client",
+        )?;
+        let rows = stmt.query_map(
+            params![day_start_ms(now_ms) as i64, month_start_ms(now_ms) as i64],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Usage {
+                        today: r.get::<_, i64>(1)? as u64,
+                        month: r.get::<_, i64>(2)? as u64,
+                    },
+                ))
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every vehicle the ledger, the inventory or the provisioning table
+    /// knows, by id, with its budget use against `caps` (daily, monthly).
+    pub fn vehicle_summaries(
+        &self,
+        now_ms: u64,
+        caps: (Option<u64>, Option<u64>),
+    ) -> Result<Vec<VehicleSummary>, StoreError> {
+        let mut by_id: std::collections::BTreeMap<String, VehicleSummary> = Default::default();
+        let mut stmt = self.conn.prepare(
+            "SELECT client, COUNT(*),
+                SUM(status = 'accepted'), SUM(status = 'rejected'), SUM(status = 'late'),
+                SUM(status = 'failed'), SUM(status = 'dropped'), SUM(status = 'skipped'),
+                SUM(bytes_up), SUM(bytes_down), SUM(wire_bytes_up), SUM(wire_bytes_down),
+                SUM(train_seconds), MAX(round),
+                (SELECT device FROM ledger d WHERE d.client = l.client AND d.device != ''
+                 ORDER BY d.round DESC LIMIT 1)
+             FROM ledger l GROUP BY client",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let n = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+            Ok(VehicleSummary {
+                client: r.get(0)?,
+                rounds: n(1)?,
+                accepted: n(2)?,
+                rejected: n(3)?,
+                late: n(4)?,
+                failed: n(5)?,
+                dropped: n(6)?,
+                skipped: n(7)?,
+                bytes_up: n(8)?,
+                bytes_down: n(9)?,
+                wire_bytes_up: n(10)?,
+                wire_bytes_down: n(11)?,
+                train_seconds: r.get(12)?,
+                last_round: r.get::<_, Option<i64>>(13)?.map(|v| v as u64),
+                device: r.get(14)?,
+                ..Default::default()
+            })
+        })?;
+        for row in rows {
+            let row = row?;
+            by_id.insert(row.client.clone(), row);
+        }
+        let named = |by_id: &mut std::collections::BTreeMap<String, VehicleSummary>, id: &str| {
+            by_id.entry(id.to_string()).or_default();
+        };
+        for v in self.vehicles()? {
+            named(&mut by_id, &v.client);
+        }
+        for (client, version, _since, seen) in self.inventory()? {
+            named(&mut by_id, &client);
+            if let Some(s) = by_id.get_mut(&client) {
+                s.model_version = Some(version);
+                s.last_seen = Some(iso8601(seen));
+            }
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT client, SUM(count) FROM rejection_counts WHERE client != '' GROUP BY client",
+        )?;
+        let rejected = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
+        for row in rejected {
+            let (client, n) = row?;
+            if let Some(s) = by_id.get_mut(&client) {
+                s.rejections = n;
+            }
+        }
+        let usage = self.usage(now_ms)?;
+        let (daily, monthly) = caps;
+        Ok(by_id
+            .into_iter()
+            .map(|(id, mut s)| {
+                s.client = id;
+                let used = usage.get(&s.client).copied().unwrap_or_default();
+                s.bytes_today = used.today;
+                s.bytes_this_month = used.month;
+                s.daily_cap = daily;
+                s.monthly_cap = monthly;
+                s.budget_used = budget_share(used, caps);
+                s
+            })
+            .collect())
+    }
+
+    /// One vehicle's ledger rows, oldest round first.
+    pub fn vehicle_rows(&self, client: &str) -> Result<Vec<ClientRow>, StoreError> {
+        let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE client = ?1 ORDER BY round");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([client], client_from_sql)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Rounds that started at or after `since_ms`, oldest first; only the
+    /// newest `last` of them when given.
+    pub fn rounds_window(
+        &self,
+        since_ms: Option<u64>,
+        last: Option<u64>,
+    ) -> Result<Vec<RoundRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ROUND_COLUMNS} FROM (SELECT * FROM rounds WHERE started_ms >= ?1
+             ORDER BY round DESC LIMIT ?2) ORDER BY round"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let limit = last.map_or(-1, |n| n.min(i64::MAX as u64) as i64);
+        let rows = stmt.query_map(
+            params![since_ms.unwrap_or(0).min(i64::MAX as u64) as i64, limit],
+            round_from_sql,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One round, if it exists.
+    pub fn round(&self, round: u64) -> Result<Option<RoundRow>, StoreError> {
+        use rusqlite::OptionalExtension;
+        let sql = format!("SELECT {ROUND_COLUMNS} FROM rounds WHERE round = ?1");
+        Ok(self
+            .conn
+            .query_row(&sql, [round as i64], round_from_sql)
+            .optional()?)
+    }
+}
+
+/// The larger of the day's and the month's use over their caps.
+pub fn budget_share(used: Usage, (daily, monthly): (Option<u64>, Option<u64>)) -> Option<f64> {
+    let share = |used: u64, cap: Option<u64>| cap.map(|c| used as f64 / c.max(1) as f64);
+    match (share(used.today, daily), share(used.month, monthly)) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar_boundaries_are_utc_days_and_months() {
+        // 2026-12-02T15:20:54Z
+        let ms = 1_796_224_854_000;
+        assert_eq!(iso8601(day_start_ms(ms)), "2026-12-02T00:00:00.000Z");
+        assert_eq!(iso8601(month_start_ms(ms)), "2026-12-01T00:00:00.000Z");
+        // 2024-02-29 (leap day) is in February
+        let leap = days_from_civil(2024, 2, 29) as u64 * DAY_MS + 5;
+        assert_eq!(iso8601(month_start_ms(leap)), "2024-02-01T00:00:00.000Z");
+        assert_eq!(iso8601(month_start_ms(0)), "1970-01-01T00:00:00.000Z");
+        for days in [0, 59, 365, 10_957, 20_789] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    #[test]
+    fn budget_share_takes_the_tighter_cap() {
+        let used = Usage {
+            today: 50,
+            month: 300,
+        };
+        assert_eq!(budget_share(used, (None, None)), None);
+        assert_eq!(budget_share(used, (Some(100), None)), Some(0.5));
+        assert_eq!(budget_share(used, (Some(100), Some(1000))), Some(0.5));
+        assert_eq!(budget_share(used, (Some(100), Some(200))), Some(1.5));
+    }
+}
