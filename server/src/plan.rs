@@ -83,12 +83,6 @@ pub struct PlanOptions {
 #[derive(Debug, Default)]
 struct Sources(Vec<String>);
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
-    v.sort_by(f64::total_cmp);
-    (!v.is_empty()).then(|| v[v.len() / 2])
-}
-
 /// What the database measured: rows per vehicle, FLOP rate and the update
 /// byte ratio under `codec` (last round that had accepted updates).
 fn measured(
@@ -100,19 +94,27 @@ fn measured(
         return (None, None, None);
     };
     let last_round: Vec<&ClientRow> = rows.iter().filter(|r| r.round == last).collect();
-    let samples = median(last_round.iter().map(|r| r.samples as f64).collect()).map(|s| s as u64);
-    let rate = median(
-        rows.iter()
+    let samples = cost::median(
+        &last_round
+            .iter()
+            .map(|r| r.samples as f64)
+            .collect::<Vec<_>>(),
+    )
+    .map(|s| s as u64);
+    let rate = cost::median(
+        &rows
+            .iter()
             .filter(|r| r.train_seconds > 0.0 && r.flops > 0)
             .map(|r| r.flops as f64 / r.train_seconds)
-            .collect(),
+            .collect::<Vec<_>>(),
     );
     let modelled = cost::update_bytes(spec, codec) as f64;
-    let ratio = median(
-        rows.iter()
+    let ratio = cost::median(
+        &rows
+            .iter()
             .filter(|r| r.codec == codec.name() && r.bytes_up > 0)
             .map(|r| r.bytes_up as f64 / modelled)
-            .collect(),
+            .collect::<Vec<_>>(),
     );
     (samples, rate, ratio)
 }

@@ -1,6 +1,7 @@
 //! `convoy-server report`: the ledger as a table, CSV or JSON.
 
 use crate::store::{ClientRow, RoundRow, Store, StoreError};
+use convoy_shared::cost::median;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -458,37 +459,27 @@ pub struct CostErrors {
     pub samples: usize,
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
 /// The cost model's median absolute errors over `rows` (accepted ledger rows).
 pub fn cost_errors(rows: &[ClientRow]) -> CostErrors {
     let rel = |p: f64, m: f64| (m > 0.0).then(|| (p - m).abs() / m);
     CostErrors {
         bytes_up: median(
-            rows.iter()
+            &rows
+                .iter()
                 .filter_map(|c| rel(c.bytes_up_predicted as f64, c.bytes_up as f64))
-                .collect(),
+                .collect::<Vec<_>>(),
         ),
         bytes_down: median(
-            rows.iter()
+            &rows
+                .iter()
                 .filter_map(|c| rel(c.bytes_down_predicted as f64, c.bytes_down as f64))
-                .collect(),
+                .collect::<Vec<_>>(),
         ),
         train_seconds: median(
-            rows.iter()
+            &rows
+                .iter()
                 .filter_map(|c| rel(c.train_seconds_predicted?, c.train_seconds))
-                .collect(),
+                .collect::<Vec<_>>(),
         ),
         samples: rows.len(),
     }

@@ -410,3 +410,30 @@ mod tests {
         assert!((c.cost - money).abs() < 1e-9);
     }
 }
+
+/// The median of the finite `values` (the mean of the middle two for an
+/// even count); `None` when there are none.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return None;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    Some(if sorted.len().is_multiple_of(2) {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    })
+}
+
+#[cfg(test)]
+mod median_tests {
+    #[test]
+    fn median_of_odd_even_empty_and_non_finite() {
+        assert_eq!(super::median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(super::median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(super::median(&[]), None);
+        assert_eq!(super::median(&[f64::NAN, 5.0]), Some(5.0));
+    }
+}

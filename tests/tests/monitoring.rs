@@ -195,6 +195,27 @@ async fn metrics_api_and_dashboard_agree_with_the_ledger() -> anyhow::Result<()>
     );
     let count = value(&scrape, "convoy_round_duration_seconds_count", &[]);
     assert_eq!(count, Some(3.0));
+    // every metric the shipped Grafana dashboard queries is exported
+    let grafana: serde_json::Value =
+        serde_json::from_str(include_str!("../../monitoring/grafana-dashboard.json"))?;
+    let mut queried = 0;
+    for panel in grafana["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("convoy_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                queried += 1;
+                assert!(
+                    metrics.contains(&format!("# TYPE {} ", name.trim_end_matches("_bucket"))),
+                    "Grafana queries {name}, which /metrics lacks"
+                );
+            }
+        }
+    }
+    assert!(queried > 15);
 
     // the JSON API is the ledger
     let [all, page, round2, vehicles, one, models, openapi] =

@@ -482,7 +482,9 @@ impl Coordinator {
         }
         let median = self.reference_norm.or_else(|| {
             let norms = &self.round.as_ref()?.norms;
-            (norms.len() >= NORM_QUORUM).then(|| median(norms))
+            (norms.len() >= NORM_QUORUM)
+                .then(|| cost::median(norms))
+                .flatten()
         })?;
         let bound = k * median;
         (bound > 0.0 && norm > bound).then_some(bound)
@@ -519,18 +521,6 @@ impl Coordinator {
         row.status = ClientStatus::Failed;
         row.reason = Some(format!("{}: {}", report.reason, report.detail));
         tracing::warn!(client, round = report.round, reason = %report.reason, detail = %report.detail, "vehicle cannot serve the round");
-    }
-}
-
-/// The median of `values` (not empty).
-pub(super) fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len().is_multiple_of(2) {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    } else {
-        sorted[mid]
     }
 }
 

@@ -7,7 +7,6 @@ use super::{Coordinator, EvalRequest, Output};
 use crate::aggregator::PartialSum;
 use crate::error::ServerError;
 use crate::publish::Delta;
-use crate::report::human_bytes;
 use crate::store::{
     ClientRow, ClientStatus, OpenRoundState, Publication, RoundRow, RoundStatus, StoredVersion,
 };
@@ -222,11 +221,12 @@ impl Coordinator {
             let round_cost = up + self.predicted_download(&client);
             let over = |used: u64, cap: Option<u64>, period: &str| {
                 cap.filter(|cap| used + round_cost > *cap).map(|cap| {
+                    let mb = |b: u64| b as f64 / 1e6;
                     format!(
-                        "budget: {period} use {} + this round's predicted {} would pass the {period} cap of {}",
-                        human_bytes(used),
-                        human_bytes(round_cost),
-                        human_bytes(cap)
+                        "budget: {period} use {:.3} MB + this round's predicted {:.3} MB would pass the {period} cap of {:.3} MB",
+                        mb(used),
+                        mb(round_cost),
+                        mb(cap)
                     )
                 })
             };
@@ -393,8 +393,8 @@ impl Coordinator {
             return Ok(());
         };
         let round = r.announce.round;
-        if !r.norms.is_empty() {
-            self.reference_norm = Some(super::ingest::median(&r.norms));
+        if let Some(m) = cost::median(&r.norms) {
+            self.reference_norm = Some(m);
         }
         let mut row = round_totals(&r, &self.downlink.name());
         let enough = row.clients_reported as usize >= self.config.rounds.min_reports;

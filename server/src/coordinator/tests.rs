@@ -1075,7 +1075,10 @@ fn a_vehicle_at_its_data_budget_sits_the_round_out_and_the_ledger_says_why() {
         .expect("a row says why");
     assert_eq!(car1.status, ClientStatus::Skipped);
     let why = car1.reason.as_deref().unwrap();
-    assert!(why.contains("daily cap of 976.6 KiB"), "{why}");
+    assert!(
+        why.contains("daily use 5.0") && why.contains("daily cap of 1.000 MB"),
+        "{why}"
+    );
     let summary = rig
         .coordinator
         .store
