@@ -53,3 +53,34 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// Simulator settings for a small digits fleet writing to `out`: 4
+/// vehicles, 4 rounds, Dirichlet(0.5), the MQTT broker, no HTTP side.
+pub fn digits_sim(out: &std::path::Path, codec: &str, downlink: &str) -> api::simulate::SimOptions {
+    api::simulate::SimOptions {
+        dataset: api::simulate::SimDataset::Digits,
+        data_dir: out.to_path_buf(),
+        clients: 4,
+        rounds: 4,
+        partition: api::partition::Partition::Dirichlet,
+        alpha: 0.5,
+        seed: 5,
+        codec: codec.parse().expect("a valid codec"),
+        downlink_codec: downlink.parse().expect("a valid codec"),
+        keyframe_every: 0,
+        warmup_rounds: 0,
+        server_lr: 1.0,
+        epochs: 1,
+        lr: 0.05,
+        batch_size: 16,
+        hidden: vec![32],
+        out: out.to_path_buf(),
+        label: None,
+        progress: false,
+        transport: api::simulate::Transport::Mqtt,
+        keep_updates: false,
+        max_chain_depth: 20,
+        max_rebuild_secs: 5.0,
+        serve: api::fleet::ServeOptions::off(),
+    }
+}

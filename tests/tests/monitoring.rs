@@ -5,38 +5,19 @@
 
 use convoy_server::http::{self, Live, Settings};
 use convoy_server::store::{RoundStatus, Store};
-use convoy_tests::api::partition::Partition;
-use convoy_tests::api::simulate::{self, SimDataset, SimOptions, Transport};
+use convoy_tests::api::simulate::{self, SimOptions, Transport};
 use convoy_tests::http::get;
 use prometheus_parse::{Scrape, Value};
 use tokio_util::sync::CancellationToken;
 
 fn options(out: &std::path::Path) -> SimOptions {
     SimOptions {
-        dataset: SimDataset::Digits,
-        data_dir: out.to_path_buf(),
         clients: 5,
         rounds: 3,
-        partition: Partition::Dirichlet,
-        alpha: 0.5,
         seed: 3,
-        codec: "topk:0.2+q8".parse().expect("a valid codec"),
-        downlink_codec: "q8".parse().expect("a valid codec"),
-        keyframe_every: 0,
-        warmup_rounds: 0,
-        server_lr: 1.0,
-        epochs: 1,
-        lr: 0.05,
-        batch_size: 16,
         hidden: vec![16],
-        out: out.to_path_buf(),
-        label: None,
-        progress: false,
         transport: Transport::Memory,
-        keep_updates: false,
-        max_chain_depth: 20,
-        max_rebuild_secs: 5.0,
-        serve: convoy_tests::api::fleet::ServeOptions::off(),
+        ..convoy_tests::digits_sim(out, "topk:0.2+q8", "q8")
     }
 }
 
@@ -281,5 +262,42 @@ async fn metrics_api_and_dashboard_agree_with_the_ledger() -> anyhow::Result<()>
     let table = html.split("<tbody>").nth(1).unwrap_or_default();
     assert_eq!(table.matches("<tr>").count(), 5);
     server.stop().await;
+    Ok(())
+}
+
+/// `convoy-server run` with `[http] listen`: ready while it coordinates
+/// rounds over a connected broker, and gone once the run ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_serves_its_http_side_while_it_runs() -> anyhow::Result<()> {
+    convoy_tests::init_tracing();
+    let port = convoy_tests::free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let listen = addr.clone();
+    let mut fleet = convoy_tests::Fleet::digits("http_side", 2, 7)?
+        .rounds(3)
+        .server(move |c| c.http.listen = listen)
+        .start()
+        .await?;
+    fleet.next_round(60).await?;
+    let a = addr.clone();
+    let (ready, metrics, health) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        Ok((
+            get(&a, "/readyz")?,
+            get(&a, "/metrics")?,
+            get(&a, "/healthz")?,
+        ))
+    })
+    .await??;
+    assert_eq!((ready.status, ready.body.trim()), (200, "ready"));
+    assert_eq!(health.status, 200);
+    let scrape = Scrape::parse(metrics.body.lines().map(|l| Ok(l.to_string())))?;
+    assert_eq!(value(&scrape, "convoy_broker_connected", &[]), Some(1.0));
+    assert_eq!(value(&scrape, "convoy_ready", &[]), Some(1.0));
+    assert!(value(&scrape, "convoy_aggregation_seconds_total", &[]).unwrap() > 0.0);
+    fleet.finish().await?;
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "the HTTP server stops with the run"
+    );
     Ok(())
 }

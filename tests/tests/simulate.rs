@@ -1,36 +1,11 @@
 //! The fleet simulator and the compressed paths both ways, end to end.
 
 use convoy_tests::api::partition::{self, Partition};
-use convoy_tests::api::simulate::{SimDataset, SimOptions, Transport, run};
+use convoy_tests::api::simulate::{SimOptions, Transport, run};
 use tokio_util::sync::CancellationToken;
 
 fn options(out: &std::path::Path, codec: &str, downlink: &str) -> SimOptions {
-    SimOptions {
-        dataset: SimDataset::Digits,
-        data_dir: out.to_path_buf(),
-        clients: 4,
-        rounds: 4,
-        partition: Partition::Dirichlet,
-        alpha: 0.5,
-        seed: 5,
-        codec: codec.parse().expect("a valid codec"),
-        downlink_codec: downlink.parse().expect("a valid codec"),
-        keyframe_every: 0,
-        warmup_rounds: 0,
-        server_lr: 1.0,
-        epochs: 1,
-        lr: 0.05,
-        batch_size: 16,
-        hidden: vec![32],
-        out: out.to_path_buf(),
-        label: None,
-        progress: false,
-        transport: Transport::Mqtt,
-        keep_updates: false,
-        max_chain_depth: 20,
-        max_rebuild_secs: 5.0,
-        serve: convoy_tests::api::fleet::ServeOptions::off(),
-    }
+    convoy_tests::digits_sim(out, codec, downlink)
 }
 
 /// Recoverability: every version of a run with a lossy, error-fed downlink

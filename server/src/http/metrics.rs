@@ -420,7 +420,7 @@ fn vehicle_series(
         rest.len() as f64,
     );
     type Pick = fn(&crate::store::VehicleSummary) -> f64;
-    let families: [(&str, &str, &str, Pick); 5] = [
+    let families: [(&str, &str, &str, Pick); 6] = [
         (
             "convoy_vehicle_bytes_up_total",
             "counter",
@@ -451,6 +451,12 @@ fn vehicle_series(
             "Messages of each vehicle rejected.",
             |v| v.rejections as f64,
         ),
+        (
+            "convoy_vehicle_accepted_total",
+            "counter",
+            "Each vehicle's accepted updates.",
+            |v| v.accepted as f64,
+        ),
     ];
     for (name, kind, help, pick) in families {
         out.family(name, kind, help);
@@ -460,25 +466,6 @@ fn vehicle_series(
         if !rest.is_empty() {
             out.sample(name, &[("vehicle", "_other")], rest.iter().map(pick).sum());
         }
-    }
-    out.family(
-        "convoy_vehicle_accepted_total",
-        "counter",
-        "Each vehicle's accepted updates.",
-    );
-    for v in named {
-        out.sample(
-            "convoy_vehicle_accepted_total",
-            &[("vehicle", &v.client)],
-            v.accepted as f64,
-        );
-    }
-    if !rest.is_empty() {
-        out.sample(
-            "convoy_vehicle_accepted_total",
-            &[("vehicle", "_other")],
-            rest.iter().map(|v| v.accepted as f64).sum(),
-        );
     }
     out.family(
         "convoy_vehicle_budget_used_ratio",

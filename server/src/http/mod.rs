@@ -227,59 +227,40 @@ async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> R
     }
 }
 
-async fn metrics_text(
-    axum::extract::State(state): axum::extract::State<AppState>,
-) -> Result<Response, HttpError> {
+/// A page rendered from the database and the live state.
+type Render = fn(&Store, &Settings, &LiveState, u64) -> Result<String, StoreError>;
+
+async fn rendered(state: &AppState, render: Render) -> Result<String, HttpError> {
     let live = state.live.snapshot();
-    let text = with_store(&state.settings, move |store, settings| {
-        Ok(metrics::render(
+    with_store(&state.settings, move |store, settings| {
+        Ok(render(
             store,
             settings,
             &live,
             convoy_runtime::clock::now_ms(),
         )?)
     })
-    .await?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
+    .await
+}
+
+async fn metrics_text(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<Response, HttpError> {
+    let text = rendered(&state, metrics::render).await?;
+    let kind = "text/plain; version=0.0.4; charset=utf-8";
+    Ok(([(header::CONTENT_TYPE, kind)], text).into_response())
 }
 
 async fn dashboard_page(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<Response, HttpError> {
-    let live = state.live.snapshot();
-    let html = with_store(&state.settings, move |store, settings| {
-        Ok(dashboard::page(
-            store,
-            settings,
-            &live,
-            convoy_runtime::clock::now_ms(),
-        )?)
-    })
-    .await?;
-    Ok(html_response(html))
+    Ok(html_response(rendered(&state, dashboard::page).await?))
 }
 
 async fn dashboard_fragment(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<Response, HttpError> {
-    let live = state.live.snapshot();
-    let html = with_store(&state.settings, move |store, settings| {
-        Ok(dashboard::live_part(
-            store,
-            settings,
-            &live,
-            convoy_runtime::clock::now_ms(),
-        )?)
-    })
-    .await?;
-    Ok(html_response(html))
+    Ok(html_response(rendered(&state, dashboard::live_part).await?))
 }
 
 fn html_response(html: String) -> Response {
