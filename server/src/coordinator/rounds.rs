@@ -116,6 +116,10 @@ impl Coordinator {
         let eligible = self
             .registry
             .eligible(&codec.stages(), self.clock.instant(), offline_after);
+        // budgets only shrink the set: no ledger read while too few are online
+        if eligible.len() < self.config.rounds.min_clients {
+            return Ok(());
+        }
         let round = self.next_round;
         let (eligible, skipped) = self.within_budget(eligible, round, &codec)?;
         let rules = &self.config.rounds;

@@ -263,6 +263,9 @@ fn series(
     }
 }
 
+/// Closed rounds the charts show (the newest).
+pub const CHART_ROUNDS: u64 = 200;
+
 const BLUE: &str = "#2b6cb0";
 const ORANGE: &str = "#dd6b20";
 const GREY: &str = "#a0aec0";
@@ -445,29 +448,36 @@ pub fn live_part(
     live: &LiveState,
     now_ms: u64,
 ) -> Result<String, StoreError> {
-    let all = store.rounds()?;
-    let rounds: Vec<&RoundRow> = all
-        .iter()
-        .filter(|r| r.status != RoundStatus::Open)
-        .collect();
+    let closed = store.newest_closed_rounds(CHART_ROUNDS)?;
+    let rounds: Vec<&RoundRow> = closed.iter().collect();
     let numbers: Vec<u64> = rounds.iter().map(|r| r.round).collect();
     let vehicles = store.vehicle_summaries(now_ms, settings.caps())?;
     let current = store.current_version()?;
-    let up: u64 = rounds.iter().map(|r| r.wire_bytes_up).sum();
-    let down: u64 = rounds.iter().map(|r| r.wire_bytes_down).sum();
-    let raw: u64 = rounds
-        .iter()
-        .map(|r| r.bytes_up_raw + r.bytes_down_raw)
-        .sum();
-    let open = all.iter().rev().find(|r| r.status == RoundStatus::Open);
+    let totals = store.ledger_totals(&[])?;
+    let sums = &totals.sums;
+    let (up, down) = (sums.wire_bytes_up, sums.wire_bytes_down);
+    let raw = sums.bytes_up_raw + sums.bytes_down_raw;
+    let count = |open: bool| -> u64 {
+        totals
+            .by_status
+            .iter()
+            .filter(|(s, _)| (*s == RoundStatus::Open) == open)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let closed_count = count(false);
+    let open = (count(true) > 0).then_some(totals.newest_round).flatten();
+    let shown = if closed_count > rounds.len() as u64 {
+        format!(" (charts: the newest {})", rounds.len())
+    } else {
+        String::new()
+    };
     let mut out = String::new();
     let _ = write!(
         out,
-        "<p class=\"summary\" data-closed=\"{}\">{} closed rounds{}; sent {} up, {} down (MQTT), \
+        "<p class=\"summary\" data-closed=\"{closed_count}\">{closed_count} closed rounds{shown}{}; sent {} up, {} down (MQTT), \
          dense fp32 would have been {}; model {}; broker {}; {}</p>",
-        rounds.len(),
-        rounds.len(),
-        open.map(|r| format!(", round {} open", r.round))
+        open.map(|r| format!(", round {r} open"))
             .unwrap_or_default(),
         human_bytes(up),
         human_bytes(down),

@@ -69,17 +69,6 @@ fn number(v: f64) -> String {
     }
 }
 
-fn closed(r: &RoundRow) -> bool {
-    r.status != RoundStatus::Open
-}
-
-/// Seconds from a round's start to its close, from the ledger's ISO times.
-fn duration_secs(r: &RoundRow) -> Option<f64> {
-    let start = parse_iso_ms(&r.started_at)?;
-    let end = parse_iso_ms(r.finished_at.as_deref()?)?;
-    Some(end.saturating_sub(start) as f64 / 1000.0)
-}
-
 /// Unix ms of the ledger's `YYYY-MM-DDTHH:MM:SS.mmmZ` text.
 pub(crate) fn parse_iso_ms(text: &str) -> Option<u64> {
     let b = text.as_bytes();
@@ -105,7 +94,8 @@ pub fn render(
     live: &LiveState,
     now_ms: u64,
 ) -> Result<String, StoreError> {
-    let rounds = store.rounds()?;
+    let totals = store.ledger_totals(&DURATION_BUCKETS)?;
+    let sums = &totals.sums;
     let mut out = Exposition::default();
 
     out.family(
@@ -119,7 +109,11 @@ pub fn render(
         RoundStatus::Failed,
         RoundStatus::Abandoned,
     ] {
-        let n = rounds.iter().filter(|r| r.status == status).count();
+        let n = totals
+            .by_status
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n);
         out.sample(
             "convoy_rounds_total",
             &[("status", status.as_str())],
@@ -130,10 +124,10 @@ pub fn render(
         "convoy_round",
         "gauge",
         "Number of the newest round (0: none yet).",
-        rounds.last().map_or(0.0, |r| r.round as f64),
+        totals.newest_round.map_or(0.0, |r| r as f64),
     );
 
-    let sum = |f: fn(&RoundRow) -> u64| rounds.iter().map(f).sum::<u64>() as f64;
+    let sum = |f: fn(&RoundRow) -> u64| f(sums) as f64;
     out.family(
         "convoy_vehicles_total",
         "counter",
@@ -194,13 +188,13 @@ pub fn render(
         "convoy_training_seconds_total",
         "counter",
         "Training seconds the vehicles reported, summed.",
-        rounds.iter().map(|r| r.train_seconds_sum).sum(),
+        sums.train_seconds_sum,
     );
     out.single(
         "convoy_decode_seconds_total",
         "counter",
         "Server seconds decoding accepted updates.",
-        rounds.iter().map(|r| r.decode_seconds).sum(),
+        sums.decode_seconds,
     );
     out.single(
         "convoy_aggregation_seconds_total",
@@ -222,7 +216,7 @@ pub fn render(
     );
 
     // the newest closed round
-    let last = rounds.iter().rev().find(|r| closed(r));
+    let last = totals.last_closed.as_ref();
     out.family(
         "convoy_round_vehicles",
         "gauge",
@@ -301,42 +295,32 @@ pub fn render(
         "histogram",
         "Seconds from a round's announcement to its close.",
     );
-    let durations: Vec<f64> = rounds
-        .iter()
-        .filter(|r| closed(r))
-        .filter_map(duration_secs)
-        .collect();
-    for bound in DURATION_BUCKETS {
-        let n = durations.iter().filter(|d| **d <= bound).count();
+    for (bound, n) in DURATION_BUCKETS.iter().zip(&totals.duration_buckets) {
         out.sample(
             "convoy_round_duration_seconds_bucket",
-            &[("le", &number(bound))],
-            n as f64,
+            &[("le", &number(*bound))],
+            *n as f64,
         );
     }
+    let count = totals.duration_count as f64;
     out.sample(
         "convoy_round_duration_seconds_bucket",
         &[("le", "+Inf")],
-        durations.len() as f64,
+        count,
     );
     out.sample(
         "convoy_round_duration_seconds_sum",
         &[],
-        durations.iter().sum(),
+        totals.duration_sum,
     );
-    out.sample(
-        "convoy_round_duration_seconds_count",
-        &[],
-        durations.len() as f64,
-    );
+    out.sample("convoy_round_duration_seconds_count", &[], count);
 
     let current = store.current_version()?;
-    let versions = store.versions()?;
     out.single(
         "convoy_model_versions",
         "gauge",
         "Model versions stored.",
-        versions.len() as f64,
+        totals.versions as f64,
     );
     out.family(
         "convoy_model_info",
@@ -346,9 +330,10 @@ pub fn render(
     if let Some(hex) = &current {
         out.sample("convoy_model_info", &[("version", hex)], 1.0);
     }
-    let current_row = current
-        .as_ref()
-        .and_then(|hex| versions.iter().find(|v| &v.version == hex));
+    let current_row = match &current {
+        Some(hex) => store.version_row(hex)?,
+        None => None,
+    };
     out.single(
         "convoy_model_round",
         "gauge",
@@ -360,7 +345,7 @@ pub fn render(
         "gauge",
         "Server-side test accuracy of the newest evaluated round (0 to 1).",
     );
-    if let Some(a) = rounds.iter().rev().find_map(|r| r.accuracy) {
+    if let Some(a) = totals.accuracy {
         out.sample("convoy_model_accuracy", &[], a);
     }
     out.family(
@@ -368,7 +353,7 @@ pub fn render(
         "gauge",
         "Server-side test RMSE of the newest evaluated round.",
     );
-    if let Some(e) = rounds.iter().rev().find_map(|r| r.rmse) {
+    if let Some(e) = totals.rmse {
         out.sample("convoy_model_rmse", &[], e);
     }
     out.single(

@@ -25,7 +25,7 @@ pub use ledger::{OpenRoundState, TaskMetrics};
 pub use rows::{ClientRow, RoundRow};
 pub use status::{ClientStatus, RoundStatus};
 pub(crate) use usage::days_from_civil;
-pub use usage::{Usage, VehicleSummary, budget_share, day_start_ms, month_start_ms};
+pub use usage::{LedgerTotals, Usage, VehicleSummary, budget_share, day_start_ms, month_start_ms};
 pub use vehicles::VehicleRow;
 pub(crate) use versions::fold_scaled;
 pub use versions::{

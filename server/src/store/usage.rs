@@ -3,7 +3,7 @@
 //! --vehicles` and the data budgets read.
 
 use super::rows::{LEDGER_COLUMNS, ROUND_COLUMNS, client_from_sql, round_from_sql};
-use super::{ClientRow, RoundRow, Store, StoreError, iso8601};
+use super::{ClientRow, RoundRow, RoundStatus, Store, StoreError, iso8601};
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
@@ -254,6 +254,127 @@ impl Store {
             .conn
             .query_row(&sql, [round as i64], round_from_sql)
             .optional()?)
+    }
+}
+
+/// Sums over every round in the ledger, in SQL (what `/metrics` exports as
+/// counters, at any ledger size).
+#[derive(Debug, Clone, Default)]
+pub struct LedgerTotals {
+    /// Rounds per status.
+    pub by_status: Vec<(RoundStatus, u64)>,
+    /// The newest round's number.
+    pub newest_round: Option<u64>,
+    /// Every count, byte and second column summed (other fields default).
+    pub sums: RoundRow,
+    /// The newest closed round.
+    pub last_closed: Option<RoundRow>,
+    /// The newest server-side accuracy and RMSE.
+    pub accuracy: Option<f64>,
+    /// See `accuracy`.
+    pub rmse: Option<f64>,
+    /// Closed rounds lasting at most each bound (seconds), cumulative.
+    pub duration_buckets: Vec<u64>,
+    /// Summed duration of closed rounds, seconds.
+    pub duration_sum: f64,
+    /// Closed rounds with a duration.
+    pub duration_count: u64,
+    /// Versions stored.
+    pub versions: u64,
+}
+
+impl Store {
+    /// [`LedgerTotals`], with a duration histogram over `bounds` (seconds).
+    pub fn ledger_totals(&self, bounds: &[f64]) -> Result<LedgerTotals, StoreError> {
+        let mut totals = LedgerTotals::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT status, COUNT(*) FROM rounds GROUP BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        totals.by_status = rows.collect::<Result<_, _>>()?;
+        totals.sums = self.conn.query_row(
+            "SELECT MAX(round), COALESCE(SUM(clients_selected), 0), COALESCE(SUM(clients_reported), 0),
+                COALESCE(SUM(clients_late), 0), COALESCE(SUM(clients_failed), 0),
+                COALESCE(SUM(bytes_up), 0), COALESCE(SUM(bytes_down), 0),
+                COALESCE(SUM(wire_bytes_up), 0), COALESCE(SUM(wire_bytes_down), 0),
+                COALESCE(SUM(bytes_up_raw), 0), COALESCE(SUM(bytes_down_raw), 0),
+                COALESCE(SUM(train_seconds_sum), 0), COALESCE(SUM(decode_seconds), 0)
+             FROM rounds",
+            [],
+            |r| {
+                let n = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+                Ok(RoundRow {
+                    round: r.get::<_, Option<i64>>(0)?.unwrap_or(0) as u64,
+                    clients_selected: n(1)?,
+                    clients_reported: n(2)?,
+                    clients_late: n(3)?,
+                    clients_failed: n(4)?,
+                    bytes_up: n(5)?,
+                    bytes_down: n(6)?,
+                    wire_bytes_up: n(7)?,
+                    wire_bytes_down: n(8)?,
+                    bytes_up_raw: n(9)?,
+                    bytes_down_raw: n(10)?,
+                    train_seconds_sum: r.get(11)?,
+                    decode_seconds: r.get(12)?,
+                    ..Default::default()
+                })
+            },
+        )?;
+        totals.newest_round = (totals.sums.round > 0).then_some(totals.sums.round);
+        use rusqlite::OptionalExtension;
+        let sql = format!(
+            "SELECT {ROUND_COLUMNS} FROM rounds WHERE status != 'open' ORDER BY round DESC LIMIT 1"
+        );
+        totals.last_closed = self.conn.query_row(&sql, [], round_from_sql).optional()?;
+        let newest = |column: &str| -> Result<Option<f64>, StoreError> {
+            Ok(self
+                .conn
+                .query_row(
+                    &format!(
+                        "SELECT {column} FROM rounds WHERE {column} IS NOT NULL ORDER BY round DESC LIMIT 1"
+                    ),
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        };
+        totals.accuracy = newest("accuracy")?;
+        totals.rmse = newest("rmse")?;
+        let buckets: Vec<String> = bounds
+            .iter()
+            .map(|b| format!("COALESCE(SUM(d <= {}), 0)", (b * 1000.0) as i64))
+            .collect();
+        let sql = format!(
+            "SELECT COUNT(d), COALESCE(SUM(d), 0){}{} FROM (SELECT finished_ms - started_ms AS d
+             FROM rounds WHERE status != 'open' AND finished_ms IS NOT NULL)",
+            if buckets.is_empty() { "" } else { ", " },
+            buckets.join(", ")
+        );
+        self.conn.query_row(&sql, [], |r| {
+            totals.duration_count = r.get::<_, i64>(0)? as u64;
+            totals.duration_sum = r.get::<_, i64>(1)? as f64 / 1000.0;
+            totals.duration_buckets = (0..bounds.len())
+                .map(|i| r.get::<_, i64>(i + 2).map(|v| v as u64))
+                .collect::<Result<_, _>>()?;
+            Ok(())
+        })?;
+        totals.versions = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM versions", [], |r| r.get::<_, i64>(0))?
+            as u64;
+        Ok(totals)
+    }
+
+    /// The newest `n` closed rounds, oldest first (the dashboard's charts).
+    pub fn newest_closed_rounds(&self, n: u64) -> Result<Vec<RoundRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ROUND_COLUMNS} FROM (SELECT * FROM rounds WHERE status != 'open'
+             ORDER BY round DESC LIMIT ?1) ORDER BY round"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([n.min(i64::MAX as u64) as i64], round_from_sql)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
