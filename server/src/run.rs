@@ -154,8 +154,6 @@ pub async fn run_prepared(
     hooks: Hooks,
 ) -> Result<RunSummary, ServerError> {
     config.validate()?;
-    // the database first, so the HTTP server finds one
-    drop(Store::open(&config.db)?);
     let (live, http) = match hooks.live {
         Some(live) => (live, None),
         None if !config.http.listen.is_empty() => {

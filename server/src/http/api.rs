@@ -106,9 +106,9 @@ pub struct Status {
     /// Whether the broker link is up.
     pub broker_connected: bool,
     /// Rounds in the ledger.
-    pub rounds: usize,
+    pub rounds: u64,
     /// Closed rounds.
-    pub closed_rounds: usize,
+    pub closed_rounds: u64,
     /// The newest round, if any.
     pub last_round: Option<u64>,
     /// The fleet's current model (hex).
@@ -129,20 +129,14 @@ pub(super) fn routes() -> Router<AppState> {
 async fn status(State(state): State<AppState>) -> Result<Json<Status>, HttpError> {
     let live = state.live.snapshot();
     with_store(&state.settings, move |store, settings| {
-        let rounds = store.rounds()?;
+        let totals = store.ledger_totals(&[])?;
         Ok(Json(Status {
             fleet: settings.fleet.clone(),
-            phase: serde_json::to_value(live.phase)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            phase: live.phase.as_str().to_string(),
             broker_connected: live.broker_connected(),
-            rounds: rounds.len(),
-            closed_rounds: rounds
-                .iter()
-                .filter(|r| r.status != crate::store::RoundStatus::Open)
-                .count(),
-            last_round: rounds.last().map(|r| r.round),
+            rounds: totals.rounds(),
+            closed_rounds: totals.closed(),
+            last_round: totals.newest_round,
             current_version: store.current_version()?,
         }))
     })
@@ -155,7 +149,13 @@ async fn rounds(
 ) -> Result<Json<Page<RoundRow>>, HttpError> {
     let q = q.check()?;
     with_store(&state.settings, move |store, _| {
-        Ok(Json(q.page(store.rounds()?)))
+        let (total, items) = store.rounds_page(q.offset as u64, q.limit as u64)?;
+        Ok(Json(Page {
+            total: total as usize,
+            offset: q.offset,
+            limit: q.limit,
+            items,
+        }))
     })
     .await
 }

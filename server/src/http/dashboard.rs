@@ -457,16 +457,10 @@ pub fn live_part(
     let sums = &totals.sums;
     let (up, down) = (sums.wire_bytes_up, sums.wire_bytes_down);
     let raw = sums.bytes_up_raw + sums.bytes_down_raw;
-    let count = |open: bool| -> u64 {
-        totals
-            .by_status
-            .iter()
-            .filter(|(s, _)| (*s == RoundStatus::Open) == open)
-            .map(|(_, n)| n)
-            .sum()
-    };
-    let closed_count = count(false);
-    let open = (count(true) > 0).then_some(totals.newest_round).flatten();
+    let closed_count = totals.closed();
+    let open = (totals.count(RoundStatus::Open) > 0)
+        .then_some(totals.newest_round)
+        .flatten();
     let shown = if closed_count > rounds.len() as u64 {
         format!(" (charts: the newest {})", rounds.len())
     } else {
@@ -488,7 +482,7 @@ pub fn live_part(
         } else {
             "not connected"
         },
-        esc(&format!("{:?}", live.phase).to_lowercase()),
+        live.phase.as_str(),
     );
     out.push_str("<section class=\"charts\">");
     for chart in charts(&rounds) {

@@ -109,11 +109,7 @@ pub fn render(
         RoundStatus::Failed,
         RoundStatus::Abandoned,
     ] {
-        let n = totals
-            .by_status
-            .iter()
-            .find(|(s, _)| *s == status)
-            .map_or(0, |(_, n)| *n);
+        let n = totals.count(status);
         out.sample(
             "convoy_rounds_total",
             &[("status", status.as_str())],

@@ -34,8 +34,7 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 /// Where the server stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Phase {
     /// Opening the database, starting the broker.
     #[default]
@@ -69,6 +68,18 @@ pub struct LiveState {
     pub evaluation_seconds: f64,
     /// Evaluations run.
     pub evaluations: u64,
+}
+
+impl Phase {
+    /// The word `/api/v1/status` and the dashboard show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Aligning => "aligning",
+            Phase::Coordinating => "coordinating",
+            Phase::Stopped => "stopped",
+        }
+    }
 }
 
 impl LiveState {
@@ -215,7 +226,7 @@ async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> R
     let why = match (live.phase, live.broker_connected()) {
         (Phase::Coordinating, true) => None,
         (Phase::Coordinating, false) => Some("broker not connected".to_string()),
-        (phase, _) => Some(format!("phase {phase:?}")),
+        (phase, _) => Some(phase.as_str().to_string()),
     };
     match why {
         None => (StatusCode::OK, "ready\n").into_response(),

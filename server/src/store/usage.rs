@@ -283,7 +283,41 @@ pub struct LedgerTotals {
     pub versions: u64,
 }
 
+impl LedgerTotals {
+    /// Rounds with `status`.
+    pub fn count(&self, status: RoundStatus) -> u64 {
+        self.by_status
+            .iter()
+            .filter(|(s, _)| *s == status)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Rounds of any status.
+    pub fn rounds(&self) -> u64 {
+        self.by_status.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Rounds no longer open.
+    pub fn closed(&self) -> u64 {
+        self.rounds() - self.count(RoundStatus::Open)
+    }
+}
+
 impl Store {
+    /// `limit` rounds from the `offset`-th, oldest first, and how many
+    /// rounds there are.
+    pub fn rounds_page(&self, offset: u64, limit: u64) -> Result<(u64, Vec<RoundRow>), StoreError> {
+        let total: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM rounds", [], |r| r.get(0))?;
+        let sql = format!("SELECT {ROUND_COLUMNS} FROM rounds ORDER BY round LIMIT ?1 OFFSET ?2");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let cap = |v: u64| v.min(i64::MAX as u64) as i64;
+        let rows = stmt.query_map(params![cap(limit), cap(offset)], round_from_sql)?;
+        Ok((total as u64, rows.collect::<Result<_, _>>()?))
+    }
+
     /// [`LedgerTotals`], with a duration histogram over `bounds` (seconds).
     pub fn ledger_totals(&self, bounds: &[f64]) -> Result<LedgerTotals, StoreError> {
         let mut totals = LedgerTotals::default();

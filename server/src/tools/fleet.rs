@@ -263,8 +263,6 @@ impl Dashboard {
         if options.http == "off" || options.http.is_empty() {
             return Ok(None);
         }
-        // the database first, so the first request finds one
-        drop(Store::open(&config.db)?);
         let live = Live::default();
         let settings = crate::http::Settings::of(config);
         let server = crate::http::serve(&options.http, settings, live.clone()).await?;
