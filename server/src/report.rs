@@ -249,7 +249,7 @@ pub fn parse_since(text: &str, now_ms: u64) -> Result<u64, String> {
         20 if t.ends_with('Z') => format!("{}.000Z", &t[..19]),
         _ => t.to_string(),
     };
-    crate::http::metrics::parse_iso_ms(&full).ok_or_else(|| {
+    crate::store::parse_iso_ms(&full).ok_or_else(|| {
         format!("--since {text:?}: give a UTC date (2026-12-01), a time (2026-12-01T08:30:00Z) or an age (90m, 6h, 7d)")
     })
 }

@@ -69,24 +69,6 @@ fn number(v: f64) -> String {
     }
 }
 
-/// Unix ms of the ledger's `YYYY-MM-DDTHH:MM:SS.mmmZ` text.
-pub(crate) fn parse_iso_ms(text: &str) -> Option<u64> {
-    let b = text.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
-        return None;
-    }
-    let n = |from: usize, to: usize| text.get(from..to)?.parse::<u32>().ok();
-    let days = crate::store::days_from_civil(i64::from(n(0, 4)?), n(5, 7)?, n(8, 10)?);
-    let secs = n(11, 13)? * 3600 + n(14, 16)? * 60 + n(17, 19)?;
-    let ms = if b.get(19) == Some(&b'.') {
-        n(20, 23).unwrap_or(0)
-    } else {
-        0
-    };
-    let total = days * 86_400_000 + i64::from(secs) * 1000 + i64::from(ms);
-    u64::try_from(total).ok()
-}
-
 /// The whole exposition for the database behind `store`.
 pub fn render(
     store: &Store,
@@ -478,13 +460,5 @@ mod tests {
         let mut e = Exposition::default();
         e.sample("x_total", &[("reason", "bad \"sig\"")], 2.0);
         assert_eq!(e.0, "x_total{reason=\"bad \\\"sig\\\"\"} 2\n");
-    }
-
-    #[test]
-    fn ledger_times_parse_back() {
-        for ms in [0, 1_796_224_854_123, 951_782_400_000] {
-            assert_eq!(parse_iso_ms(&crate::store::iso8601(ms)), Some(ms));
-        }
-        assert_eq!(parse_iso_ms("yesterday"), None);
     }
 }

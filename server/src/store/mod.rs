@@ -24,7 +24,6 @@ mod tests;
 pub use ledger::{OpenRoundState, TaskMetrics};
 pub use rows::{ClientRow, RoundRow};
 pub use status::{ClientStatus, RoundStatus};
-pub(crate) use usage::days_from_civil;
 pub use usage::{LedgerTotals, Usage, VehicleSummary, budget_share, day_start_ms, month_start_ms};
 pub use vehicles::VehicleRow;
 pub(crate) use versions::fold_scaled;
@@ -161,6 +160,24 @@ pub fn iso8601(ms: u64) -> String {
         rem % 60,
         ms % 1000
     )
+}
+
+/// Unix ms of the ledger's `YYYY-MM-DDTHH:MM:SS.mmmZ` text.
+pub fn parse_iso_ms(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let n = |from: usize, to: usize| text.get(from..to)?.parse::<u32>().ok();
+    let days = usage::days_from_civil(i64::from(n(0, 4)?), n(5, 7)?, n(8, 10)?);
+    let secs = n(11, 13)? * 3600 + n(14, 16)? * 60 + n(17, 19)?;
+    let ms = if b.get(19) == Some(&b'.') {
+        n(20, 23).unwrap_or(0)
+    } else {
+        0
+    };
+    let total = days * 86_400_000 + i64::from(secs) * 1000 + i64::from(ms);
+    u64::try_from(total).ok()
 }
 
 impl Store {

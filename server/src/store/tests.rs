@@ -86,3 +86,11 @@ fn each_tasks_metric_is_pooled_from_its_own_vehicles() {
     assert!((distance.holdout_rmse.unwrap() - 2.6f64.sqrt()).abs() < 1e-12);
     assert_eq!((distance.clients, distance.holdout_samples), (2, 100));
 }
+
+#[test]
+fn ledger_times_parse_back() {
+    for ms in [0, 1_796_224_854_123, 951_782_400_000] {
+        assert_eq!(super::parse_iso_ms(&super::iso8601(ms)), Some(ms));
+    }
+    assert_eq!(super::parse_iso_ms("yesterday"), None);
+}
