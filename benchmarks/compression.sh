@@ -2,10 +2,11 @@
 # Compression benchmark: Fashion-MNIST, MLP 784-128-10, SGD lr 0.05, batch 32,
 # 1 local epoch, 20 clients all participating, 30 rounds, Dirichlet alpha 0.5
 # and 0.1, seed 42, over the real embedded MQTT broker. Writes every run's
-# rounds.json/csv under benchmarks/compression/runs/, then RESULTS.md and the
-# accuracy-vs-bytes plots.
+# rounds.json/csv under benchmarks/compression/runs/, then RESULTS.md, the
+# accuracy-vs-bytes plots, and cost-model.txt: each run's median absolute
+# error of the cost model's byte and training-time predictions.
 #
-#   bash benchmarks/compression.sh
+#   bash benchmarks/compression.sh      (OUT=dir to write elsewhere)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +17,10 @@ fi
 
 cargo build --release -p convoy-server
 bin="${CARGO_TARGET_DIR:-target}/release/convoy-server"
-out=benchmarks/compression
+out=${OUT:-benchmarks/compression}
 rm -rf "$out/runs"
+mkdir -p "$out"
+: > "$out/cost-model.txt"
 
 run() {
   local alpha=$1 label=$2
@@ -26,6 +29,9 @@ run() {
   "$bin" simulate --dataset fashion-mnist --clients 20 --rounds 30 --partition dirichlet \
     --alpha "$alpha" --seed 42 --epochs 1 --lr 0.05 --batch-size 32 --hidden 128 \
     --out "$out/runs/alpha$alpha/$label" --label "$label" --quiet "$@"
+  printf 'alpha %s %-16s ' "$alpha" "$label" >> "$out/cost-model.txt"
+  "$bin" report --db "$out/runs/alpha$alpha/$label/sim.db" --costs \
+    | grep '^median absolute error' >> "$out/cost-model.txt"
 }
 
 for alpha in 0.5 0.1; do
@@ -46,3 +52,4 @@ done
 python3 benchmarks/plot.py "$out"/runs/*/*/rounds.json \
   --markdown "$out/RESULTS.md" --svg-prefix "$out/accuracy_vs_bytes"
 echo "wrote $out/RESULTS.md" >&2
+cat "$out/cost-model.txt"
