@@ -15,6 +15,8 @@
 //! | [`encode`] | update encoding with the error-feedback residual |
 //! | [`data`] | the vehicle's CSV and how it becomes a training set |
 //! | [`trainer`] | the training loop (burn) with pause and resume |
+//! | [`calibrate`] | this device's training speed, measured at start-up |
+//! | [`cpu_time`] | training seconds as the CPU time training threads ran |
 //! | [`limits`] | the largest model a vehicle will build |
 //! | [`policy`] | when the vehicle allows training |
 //! | [`state`] | the state directory that survives power loss |
@@ -26,7 +28,9 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod calibrate;
 pub mod config;
+pub mod cpu_time;
 pub mod data;
 pub mod encode;
 pub mod error;

@@ -94,7 +94,7 @@ pub async fn run_with_data(
     // measure of this device, sent with every status
     let limits = config.training.clone();
     if let Ok(throughput) =
-        tokio::task::spawn_blocking(move || crate::trainer::calibrate(&limits)).await
+        tokio::task::spawn_blocking(move || crate::calibrate::calibrate(&limits)).await
     {
         agent.set_throughput(throughput);
     }

@@ -11,7 +11,6 @@ use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 use thiserror::Error;
 
 /// Why training produced nothing.
@@ -143,7 +142,17 @@ pub fn train(
         .thread_name(|i| format!("convoy-train-{i}"))
         .build()
         .map_err(|e| TrainError::Threads(e.to_string()))?;
-    pool.install(|| train_in_pool(job, limits, cancel, should_pause, resume))
+    let compute = crate::backend::select(limits.backend);
+    let on_cpu = compute.name == crate::backend::CPU_NAME;
+    let watch = crate::cpu_time::Stopwatch::start(&pool, on_cpu);
+    let mut progress =
+        pool.install(|| train_in_pool(job, &compute, limits, cancel, should_pause, resume))?;
+    let seconds = resume.map_or(0.0, |c| c.train_seconds) + watch.seconds(&pool);
+    match &mut progress {
+        Progress::Done(trained) => trained.stats.train_seconds = seconds,
+        Progress::Paused(checkpoint) => checkpoint.train_seconds = seconds,
+    }
+    Ok(progress)
 }
 
 fn cap(asked: u32, limit: u32) -> u32 {
@@ -160,16 +169,16 @@ fn epoch_order(len: usize, seed: u64, epoch: u32) -> Vec<usize> {
     order
 }
 
+/// The training loop; [`train`] times it.
 fn train_in_pool(
     job: &Job,
+    compute: &crate::backend::Compute,
     limits: &TrainingConfig,
     cancel: &AtomicBool,
     should_pause: &(dyn Fn(u64) -> bool + Sync),
     resume: Option<&Checkpoint>,
 ) -> Result<Progress, TrainError> {
-    let started = Instant::now();
-    let compute = crate::backend::select(limits.backend);
-    let device = compute.device.autodiff();
+    let device = compute.device.clone().autodiff();
     let start_params = resume.map_or(&job.base, |c| &c.params);
     let mut model = Mlp::from_params(&job.spec, start_params, &device)?;
     // Clipping each gradient's norm keeps one bad batch (an outlier row, an
@@ -180,7 +189,6 @@ fn train_in_pool(
     let epochs = cap(job.task.epochs.max(1), limits.max_epochs);
     let batch = cap(job.task.batch_size.max(1), limits.max_batch) as usize;
     let lr = job.task.lr as f64;
-    let earlier_seconds = resume.map_or(0.0, |c| c.train_seconds);
     let (mut steps, mut last_epoch_loss) =
         resume.map_or((0, 0.0), |c| (c.steps, c.last_epoch_loss));
     let first_epoch = resume.map_or(0, |c| c.epoch);
@@ -202,7 +210,8 @@ fn train_in_pool(
                     loss_sum,
                     batches,
                     last_epoch_loss,
-                    train_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
+                    // set by `train`, which times the loop
+                    train_seconds: 0.0,
                 }));
             }
             let (x, y) = to_tensors(job.data.batch(indices), &device);
@@ -223,12 +232,13 @@ fn train_in_pool(
     Ok(Progress::Done(Trained {
         params: model.to_params(),
         stats: TrainStats {
-            train_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
+            // set by `train`, which times the loop
+            train_seconds: 0.0,
             steps,
             epochs,
             loss: last_epoch_loss,
             flops: convoy_shared::cost::training_flops(&job.spec, job.data.head(), samples, epochs),
-            device: compute.name,
+            device: compute.name.clone(),
             ..Default::default()
         },
     }))
@@ -272,90 +282,6 @@ pub fn fine_tune_head(
         epoch += 1;
     }
     Ok(model.to_params())
-}
-
-/// Rows of each synthetic calibration model's data set (one epoch).
-const CALIBRATION_ROWS: usize = 1024;
-
-/// This device's training [`Throughput`], measured once per process and
-/// backend: one epoch each of two synthetic models (a tiny one, whose time
-/// is almost all per-step cost, and a 256-256-10 one, mostly FLOPs), fitted
-/// to a per-step cost plus a FLOP rate. Takes a fraction of a second;
-/// agents sharing a process (a simulated fleet) share the measurement.
-pub fn calibrate(limits: &TrainingConfig) -> convoy_shared::cost::Throughput {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static DONE: OnceLock<Mutex<HashMap<String, convoy_shared::cost::Throughput>>> =
-        OnceLock::new();
-    let key = format!("{:?}/{}", limits.backend, limits.threads);
-    let cache = DONE.get_or_init(Default::default);
-    // holding the lock while measuring: concurrent callers wait for it
-    // rather than measure a machine their siblings are loading
-    let mut known = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(t) = known.get(&key) {
-        return *t;
-    }
-    let measured = measure(limits).unwrap_or_default();
-    known.insert(key, measured);
-    measured
-}
-
-fn measure(limits: &TrainingConfig) -> Option<convoy_shared::cost::Throughput> {
-    let run = |inputs: usize, hidden: u32, classes: usize| -> Option<(u64, u64, f64)> {
-        let features = (0..inputs)
-            .map(|i| convoy_shared::spec::Feature::numeric(format!("x{i}"), 0.0, 1.0))
-            .collect();
-        let names: Vec<String> = (0..classes).map(|c| c.to_string()).collect();
-        let spec = ModelSpec {
-            features,
-            heads: vec![convoy_shared::spec::Head::classification("y", names)],
-            hidden: vec![hidden],
-            init_seed: 1,
-        };
-        let mut csv = (0..inputs).map(|i| format!("x{i},")).collect::<String>() + "y\n";
-        let mut rng = StdRng::seed_from_u64(7);
-        for r in 0..CALIBRATION_ROWS {
-            for _ in 0..inputs {
-                csv.push_str(&format!("{:.3},", rand::Rng::random::<f32>(&mut rng)));
-            }
-            csv.push_str(&format!("{}\n", r % classes));
-        }
-        let table = convoy_shared::dataset::Table::read(csv.as_bytes()).ok()?;
-        let data = Dataset::from_table(&table, &spec).ok()?;
-        let job = Job {
-            base: spec.init_params(),
-            spec,
-            task: Recipe {
-                epochs: 1,
-                lr: 0.01,
-                batch_size: 32,
-                clip_norm: 0.0,
-            },
-            data: Arc::new(data),
-            seed: 1,
-        };
-        let never = AtomicBool::new(false);
-        let unbounded = TrainingConfig {
-            max_epochs: 0,
-            max_batch: 0,
-            ..limits.clone()
-        };
-        match train(&job, &unbounded, &never, &|_| false, None).ok()? {
-            Progress::Done(t) => Some((t.stats.steps, t.stats.flops, t.stats.train_seconds)),
-            Progress::Paused(_) => None,
-        }
-    };
-    // a first pass warms caches and the allocator; it is not counted
-    run(8, 8, 2)?;
-    let small = run(8, 8, 2)?;
-    let large = run(256, 256, 10)?;
-    let fit = convoy_shared::cost::Throughput::fit(small, large);
-    tracing::info!(
-        flops_per_sec = fit.map(|t| t.flops_per_sec),
-        step_secs = fit.map(|t| t.step_secs),
-        "training throughput calibrated"
-    );
-    fit
 }
 
 #[cfg(test)]

@@ -118,7 +118,8 @@ pub struct UpdateChunk {
 /// What an agent measured while training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct TrainStats {
-    /// Wall seconds spent training.
+    /// Seconds training took: the CPU time of the training threads on a
+    /// CPU, wall time on a GPU (see `convoy_agent::cpu_time`).
     pub train_seconds: f64,
     /// Optimiser steps taken.
     pub steps: u64,

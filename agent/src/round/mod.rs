@@ -309,7 +309,7 @@ impl Agent {
     }
 
     /// Sets this device's measured training speed (from
-    /// [`crate::trainer::calibrate`]); rounds refine it.
+    /// [`crate::calibrate::calibrate`]); rounds refine it.
     pub fn set_throughput(&self, throughput: convoy_shared::cost::Throughput) {
         self.throughput.set(throughput);
     }
