@@ -88,6 +88,17 @@ fn initial(store: &Store) -> StoredVersion {
     first
 }
 
+/// `verify` checks `versions` versions and finds nothing wrong.
+fn assert_sound(db: &Path, versions: usize) {
+    let found = verify(db).unwrap();
+    assert_eq!(
+        (found.checked, found.problems.len()),
+        (versions, 0),
+        "{:?}",
+        found.problems
+    );
+}
+
 /// A store holding an initial model and one later version whose first
 /// tensor moved; returns the store's path and both ids.
 fn two_versions(dir: &Path) -> (std::path::PathBuf, String, String) {
@@ -347,26 +358,14 @@ fn gc_never_drops_a_chunk_or_parent_a_kept_version_needs() {
         .map(|r| r.version)
         .collect();
     assert_eq!(left, vec![hex(0), hex(1), hex(3), hex(4)]);
-    let found = verify(&db).unwrap();
-    assert_eq!(
-        (found.checked, found.problems.len()),
-        (4, 0),
-        "{:?}",
-        found.problems
-    );
+    assert_sound(&db, 4);
     // with nobody holding v1, v0 and v1 go; v3's chunks (shared with v0) stay
     Store::open(&db)
         .unwrap()
         .record_holding("car-1", &hex(4), 6)
         .unwrap();
     gc(&db, Some(1), false).unwrap();
-    let found = verify(&db).unwrap();
-    assert_eq!(
-        (found.checked, found.problems.len()),
-        (2, 0),
-        "{:?}",
-        found.problems
-    );
+    assert_sound(&db, 2);
 }
 
 #[test]
@@ -395,10 +394,74 @@ fn gc_removes_only_old_files_older_releases_left() {
         "{said}"
     );
     assert!(!old.exists() && fresh.exists());
-    let found = verify(&db).unwrap();
+    assert_sound(&db, 2);
+}
+
+#[test]
+fn a_line_stores_its_spec_once_and_older_rows_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, line) = chain(dir.path());
+    let hex = |i: usize| version::hex(&line[i].manifest.version);
+    let spec_len = postcard::to_allocvec(&line[0].spec).unwrap().len() as u64;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
     assert_eq!(
-        (found.checked, found.problems.len()),
-        (2, 0),
+        count("SELECT COUNT(*) FROM specs"),
+        1,
+        "five versions, one spec"
+    );
+    let totals = Store::open_existing(&db).unwrap().storage().unwrap();
+    assert!(
+        totals.meta_bytes < spec_len + 5 * 400,
+        "descriptions {} for a {spec_len}-byte spec",
+        totals.meta_bytes
+    );
+    // a row as releases before the shared specs wrote it: the whole
+    // description (spec included) in meta, no spec hash
+    #[derive(serde::Serialize)]
+    struct Before<'a> {
+        round: u64,
+        manifest: &'a version::Manifest,
+        spec: &'a ModelSpec,
+        task: &'a Recipe,
+        server_lr: f64,
+        exact: bool,
+        clean: bool,
+    }
+    let v = &line[2];
+    let before = postcard::to_allocvec(&Before {
+        round: v.round,
+        manifest: &v.manifest,
+        spec: &v.spec,
+        task: &v.task,
+        server_lr: 1.0,
+        exact: false,
+        clean: true,
+    })
+    .unwrap();
+    conn.execute(
+        "UPDATE versions SET meta = ?1, spec = NULL WHERE version = ?2",
+        rusqlite::params![before, hex(2)],
+    )
+    .unwrap();
+    assert_sound(&db, 5);
+    let store = Store::open_existing(&db).unwrap();
+    assert_eq!(store.load_version(&hex(2)).unwrap().params, v.params);
+    // v2 no longer names the spec; the others still need it: gc keeps it
+    drop(store);
+    gc(&db, None, false).unwrap();
+    assert_eq!(count("SELECT COUNT(*) FROM specs"), 1);
+    // a damaged spec breaks every version that names it, and v2 (whose
+    // chain starts at v0) with them, and says so
+    conn.execute("UPDATE specs SET spec = substr(spec, 1, 20)", [])
+        .unwrap();
+    let found = verify(&db).unwrap();
+    assert_eq!(found.problems.len(), 5, "{:?}", found.problems);
+    assert!(
+        found
+            .problems
+            .iter()
+            .all(|p| p.contains("spec does not match")),
         "{:?}",
         found.problems
     );

@@ -63,12 +63,15 @@ pub struct Store {
 const SCHEMA: &str = "
 -- every published version: how it is kept (keyframe, delta, replay), what
 -- it added to the store, its depth from a keyframe and estimated rebuild
--- time, and its description (manifest, spec, recipe) as postcard
+-- time, and its description (manifest, recipe; the spec by hash) as postcard
 CREATE TABLE IF NOT EXISTS versions (
     version TEXT PRIMARY KEY, round INTEGER NOT NULL, parent TEXT,
     created_ms INTEGER NOT NULL, bytes INTEGER NOT NULL, kind TEXT NOT NULL,
     stored_bytes INTEGER NOT NULL, depth INTEGER NOT NULL, rebuild_secs REAL NOT NULL,
-    eval_loss REAL, accuracy REAL, rmse REAL, meta BLOB NOT NULL);
+    eval_loss REAL, accuracy REAL, rmse REAL, meta BLOB NOT NULL, spec BLOB);
+-- model specs (features, statistics, heads), each stored once under the
+-- BLAKE3 hash of its postcard encoding; versions.spec names one
+CREATE TABLE IF NOT EXISTS specs (hash BLOB PRIMARY KEY, spec BLOB NOT NULL);
 -- content-addressed parameter chunks, shared by every keyframe holding one
 CREATE TABLE IF NOT EXISTS chunks (hash BLOB PRIMARY KEY, bytes BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS version_chunks (
@@ -282,6 +285,10 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             "ALTER TABLE ledger ADD COLUMN personal_accuracy REAL;
              ALTER TABLE ledger ADD COLUMN personal_rmse REAL;",
         )?;
+    }
+    // versions from before the shared specs keep a whole description in meta
+    if !has("versions", "spec")? {
+        conn.execute_batch("ALTER TABLE versions ADD COLUMN spec BLOB")?;
     }
     if !has("ledger", "head")? {
         conn.execute_batch("ALTER TABLE ledger ADD COLUMN head TEXT")?;

@@ -161,12 +161,23 @@ pub struct StoredVersion {
     pub params: ParamSet,
 }
 
-/// What a version needs besides its weights, stored with its row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a version needs besides its weights.
+#[derive(Debug, Clone, PartialEq)]
 struct VersionMeta {
+    /// What its row stores.
+    row: RowMeta,
+    /// Its model spec (features with their statistics, heads): the bulk of
+    /// a description, and the same for every version of a run, so it is
+    /// kept once in `specs`, under the BLAKE3 hash of its postcard
+    /// encoding, and the row names it in `versions.spec`.
+    spec: ModelSpec,
+}
+
+/// A version's description as its row stores it (postcard, in `meta`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RowMeta {
     round: u64,
     manifest: Manifest,
-    spec: ModelSpec,
     task: Recipe,
     /// The server learning rate its round applied.
     server_lr: f64,
@@ -174,6 +185,33 @@ struct VersionMeta {
     exact: bool,
     /// No downlink residual entered its round.
     clean: bool,
+}
+
+/// A description as rows written before the shared specs hold it: the
+/// spec inside, and no hash in `versions.spec`.
+#[derive(Deserialize)]
+struct LegacyMeta {
+    round: u64,
+    manifest: Manifest,
+    spec: ModelSpec,
+    task: Recipe,
+    server_lr: f64,
+    exact: bool,
+    clean: bool,
+}
+
+impl From<LegacyMeta> for VersionMeta {
+    fn from(m: LegacyMeta) -> Self {
+        let row = RowMeta {
+            round: m.round,
+            manifest: m.manifest,
+            task: m.task,
+            server_lr: m.server_lr,
+            exact: m.exact,
+            clean: m.clean,
+        };
+        VersionMeta { row, spec: m.spec }
+    }
 }
 
 /// A round's outcome, as the store is given it.
@@ -323,16 +361,19 @@ impl Store {
             Some(id) => self.version_row(&version::hex(id))?,
             None => None,
         };
-        let meta = postcard::to_allocvec(&VersionMeta {
+        let row_meta = RowMeta {
             round: v.round,
             manifest: v.manifest.clone(),
-            spec: v.spec.clone(),
             task: v.task.clone(),
             server_lr: p.server_lr,
             exact: p.exact,
             clean: p.clean,
-        })
-        .map_err(|e| self.corrupt(&hex, format!("cannot serialise the version: {e}")))?;
+        };
+        let encode =
+            |e: postcard::Error| self.corrupt(&hex, format!("cannot serialise the version: {e}"));
+        let meta = postcard::to_allocvec(&row_meta).map_err(encode)?;
+        let spec = postcard::to_allocvec(&v.spec).map_err(encode)?;
+        let spec_hash = blake3::hash(&spec);
         // What applying the delta costs, measured (on the child: same work).
         let link_secs = match p.delta {
             Some(d) => {
@@ -401,7 +442,11 @@ impl Store {
                 (parent.depth + 1, parent.rebuild_secs + p.replay_secs)
             }
         };
-        let mut stored = meta.len() as u64;
+        let spec_added = tx.execute(
+            "INSERT OR IGNORE INTO specs (hash, spec) VALUES (?1, ?2)",
+            params![spec_hash.as_bytes(), spec],
+        )?;
+        let mut stored = (meta.len() + spec_added * spec.len()) as u64;
         if kind == StorageKind::Keyframe {
             let bytes = v.params.canonical_bytes();
             for (i, piece) in bytes.chunks(MODEL_CHUNK_SIZE).enumerate() {
@@ -431,7 +476,7 @@ impl Store {
         }
         tx.execute(
             &format!(
-                "INSERT INTO versions ({ROW_COLUMNS}, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                "INSERT INTO versions ({ROW_COLUMNS}, meta, spec) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
             ),
             params![
                 hex,
@@ -447,6 +492,7 @@ impl Store {
                 eval.and_then(|e| e.accuracy),
                 eval.and_then(|e| e.rmse),
                 meta,
+                spec_hash.as_bytes(),
             ],
         )?;
         tx.commit()?;
@@ -466,15 +512,35 @@ impl Store {
     }
 
     fn meta(&self, hex: &str) -> Result<VersionMeta, StoreError> {
-        let bytes: Vec<u8> = self
+        // a database opened read-only may predate the shared specs
+        let sql = if self.has_table("specs")? {
+            "SELECT v.meta, v.spec, s.spec FROM versions v LEFT JOIN specs s ON s.hash = v.spec
+             WHERE v.version = ?1"
+        } else {
+            "SELECT meta, NULL, NULL FROM versions WHERE version = ?1"
+        };
+        let (bytes, spec_hash, spec): (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>) = self
             .conn
-            .query_row("SELECT meta FROM versions WHERE version = ?1", [hex], |r| {
-                r.get(0)
-            })
+            .query_row(sql, [hex], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?
             .ok_or_else(|| self.corrupt(hex, "no such version"))?;
-        postcard::from_bytes(&bytes)
-            .map_err(|e| self.corrupt(hex, format!("version description does not decode: {e}")))
+        let undecodable = |e: postcard::Error| {
+            self.corrupt(hex, format!("version description does not decode: {e}"))
+        };
+        let Some(spec_hash) = spec_hash else {
+            return postcard::from_bytes::<LegacyMeta>(&bytes)
+                .map(VersionMeta::from)
+                .map_err(undecodable);
+        };
+        let spec =
+            spec.ok_or_else(|| self.corrupt(hex, "its model spec is missing from the store"))?;
+        if blake3::hash(&spec).as_bytes()[..] != spec_hash[..] {
+            return Err(self.corrupt(hex, "its stored model spec does not match its hash"));
+        }
+        Ok(VersionMeta {
+            row: postcard::from_bytes(&bytes).map_err(undecodable)?,
+            spec: postcard::from_bytes(&spec).map_err(undecodable)?,
+        })
     }
 
     /// The contributors to a version, in the order they were folded.
@@ -568,13 +634,21 @@ impl Store {
             Route::Replay => self.replay_line(hex, cache)?,
             _ => self.materialise(hex, route, cache)?,
         };
-        if !meta.manifest.verifies(&params, &meta.spec, &meta.task) {
-            let got =
-                version::manifest_of(&params, &meta.spec, &meta.task, &meta.manifest.provenance);
+        if !meta
+            .row
+            .manifest
+            .verifies(&params, &meta.spec, &meta.row.task)
+        {
+            let got = version::manifest_of(
+                &params,
+                &meta.spec,
+                &meta.row.task,
+                &meta.row.manifest.provenance,
+            );
             let chunk = got
                 .chunks
                 .iter()
-                .zip(&meta.manifest.chunks)
+                .zip(&meta.row.manifest.chunks)
                 .position(|(a, b)| a != b);
             return Err(self.corrupt(
                 hex,
@@ -586,11 +660,11 @@ impl Store {
         }
         cache.insert(hex.to_string(), params.clone());
         Ok(StoredVersion {
-            round: meta.round,
-            parent: meta.manifest.provenance.parent,
-            manifest: meta.manifest,
+            round: meta.row.round,
+            parent: meta.row.manifest.provenance.parent,
+            manifest: meta.row.manifest,
             spec: meta.spec,
-            task: meta.task,
+            task: meta.row.task,
             params,
         })
     }
@@ -608,25 +682,25 @@ impl Store {
                 r.get::<_, Option<Vec<u8>>>(2)?,
             ))
         })?;
-        let mut bytes = Vec::with_capacity(meta.manifest.total_len as usize);
+        let mut bytes = Vec::with_capacity(meta.row.manifest.total_len as usize);
         let mut count = 0;
         for row in rows {
             let (idx, hash, data) = row?;
             let data = data.ok_or_else(|| self.corrupt(hex, format!("chunk {idx} is missing")))?;
             if version::chunk_hash(&data)[..] != hash[..]
-                || meta.manifest.chunks.get(idx as usize).map(|h| &h[..]) != Some(&hash[..])
+                || meta.row.manifest.chunks.get(idx as usize).map(|h| &h[..]) != Some(&hash[..])
             {
                 return Err(self.corrupt(hex, format!("chunk {idx} does not match its hash")));
             }
             bytes.extend_from_slice(&data);
             count += 1;
         }
-        if count != meta.manifest.chunks.len() {
+        if count != meta.row.manifest.chunks.len() {
             return Err(self.corrupt(
                 hex,
                 format!(
                     "{count} of {} chunks are stored",
-                    meta.manifest.chunks.len()
+                    meta.row.manifest.chunks.len()
                 ),
             ));
         }
@@ -685,7 +759,7 @@ impl Store {
                 }
                 (None, _) => {
                     let meta = self.meta(&row.version)?;
-                    if !meta.clean {
+                    if !meta.row.clean {
                         return Err(self.corrupt(
                             &row.version,
                             "a downlink residual entered its round: rebuild it by --route replay",
@@ -712,12 +786,22 @@ impl Store {
         let mut at = Some(hex.to_string());
         while let Some(h) = at {
             let meta = self.meta(&h)?;
-            at = meta.manifest.provenance.parent.as_ref().map(version::hex);
+            at = meta
+                .row
+                .manifest
+                .provenance
+                .parent
+                .as_ref()
+                .map(version::hex);
             line.push((h, meta));
         }
         let (root_hex, root) = line.pop().ok_or_else(|| self.corrupt(hex, "empty line"))?;
         let mut params = root.spec.init_params();
-        if !root.manifest.verifies(&params, &root.spec, &root.task) {
+        if !root
+            .row
+            .manifest
+            .verifies(&params, &root.spec, &root.row.task)
+        {
             return Err(self.corrupt(
                 &root_hex,
                 "the line's first version is not its spec's seeded initial model (imported?): route replay cannot start there",
@@ -740,9 +824,9 @@ impl Store {
         meta: &VersionMeta,
         residual: &mut ParamSet,
     ) -> Result<ParamSet, StoreError> {
-        let hex = version::hex(&meta.manifest.version);
+        let hex = version::hex(&meta.row.manifest.version);
         let err = |m: String| self.corrupt(&hex, m);
-        let provenance = &meta.manifest.provenance;
+        let provenance = &meta.row.manifest.provenance;
         let codec = Pipeline::parse(&provenance.codec).map_err(|e| err(e.to_string()))?;
         let downlink =
             Pipeline::parse(&provenance.downlink_codec).map_err(|e| err(e.to_string()))?;
@@ -750,14 +834,14 @@ impl Store {
             .conn
             .prepare("SELECT body, scale FROM kept_updates WHERE round = ?1 ORDER BY seq")?;
         let updates = stmt
-            .query_map([meta.round as i64], |r| {
+            .query_map([meta.row.round as i64], |r| {
                 Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, f64>(1)?))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         if updates.is_empty() {
             return Err(err(format!(
                 "round {}'s client updates were not kept (turn on store.keep_updates)",
-                meta.round
+                meta.row.round
             )));
         }
         let mut sum = PartialSum::for_spec(&meta.spec);
@@ -777,14 +861,20 @@ impl Store {
             );
         }
         let target = sum
-            .apply(parent, meta.server_lr)
+            .apply(parent, meta.row.server_lr)
             .ok_or_else(|| err("its kept updates carry no weight".into()))?;
-        if meta.clean {
+        if meta.row.clean {
             *residual = ParamSet::zeros(&parent.layout());
         }
-        let published =
-            publish::publish(parent, &target, residual, &downlink, meta.exact, meta.round)
-                .map_err(|e| err(e.to_string()))?;
+        let published = publish::publish(
+            parent,
+            &target,
+            residual,
+            &downlink,
+            meta.row.exact,
+            meta.row.round,
+        )
+        .map_err(|e| err(e.to_string()))?;
         Ok(published.params)
     }
 
@@ -861,6 +951,10 @@ impl Store {
         )?;
         let chunks = tx.execute(
             "DELETE FROM chunks WHERE hash NOT IN (SELECT hash FROM version_chunks)",
+            [],
+        )?;
+        tx.execute(
+            "DELETE FROM specs WHERE hash NOT IN (SELECT spec FROM versions WHERE spec IS NOT NULL)",
             [],
         )?;
         let mut stmt = tx.prepare("SELECT DISTINCT round FROM kept_updates")?;
@@ -1099,10 +1193,18 @@ fn storage_totals(conn: &rusqlite::Connection) -> Result<StorageTotals, StoreErr
     let sum = |sql: &str| -> Result<u64, StoreError> {
         Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
     };
+    // a database opened read-only may predate the shared specs
+    let has_specs =
+        sum("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'specs'")? > 0;
     Ok(StorageTotals {
         chunk_bytes: sum("SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM chunks")?,
         delta_bytes: sum("SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM deltas")?,
-        meta_bytes: sum("SELECT COALESCE(SUM(LENGTH(meta)), 0) FROM versions")?,
+        meta_bytes: sum("SELECT COALESCE(SUM(LENGTH(meta)), 0) FROM versions")?
+            + if has_specs {
+                sum("SELECT COALESCE(SUM(LENGTH(spec)), 0) FROM specs")?
+            } else {
+                0
+            },
         update_bytes: sum("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM kept_updates")?,
     })
 }
