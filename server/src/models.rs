@@ -6,7 +6,7 @@
 //! self-contained bundle (weights + spec + recipe, checksummed) that
 //! `import` takes back under the same id.
 
-use crate::report::{Format, human_bytes, table};
+use crate::report::{Format, aligned_lines, human_bytes, table};
 use crate::store::{Publication, Route, Store, StoreError, StoredVersion, VersionRow};
 use convoy_shared::spec::{Encoding, ModelSpec};
 use convoy_shared::version::{self, MODEL_CHUNK_SIZE};
@@ -708,23 +708,25 @@ pub fn transfer(db: &Path, from: &str, to: Option<&str>) -> Result<String, Store
                 "{n} version(s) behind"
             ))
     );
-    let _ = writeln!(out, "  full model       {}", human_bytes(c.full));
-    let _ = writeln!(out, "  missing chunks   {}", human_bytes(c.missing_chunks));
-    let _ = writeln!(
-        out,
-        "  delta chain      {}",
-        c.delta_chain
-            .map_or("- (a step has no stored delta)".into(), human_bytes)
-    );
-    let _ = writeln!(
-        out,
-        "  sent             {} (the fewest)",
-        human_bytes(c.cheapest)
-    );
-    let _ = writeln!(
-        out,
-        "  without chains   {} (a one-step delta, else the missing chunks)",
-        human_bytes(c.one_step_or_chunks)
+    aligned_lines(
+        &mut out,
+        &[
+            ("full model", human_bytes(c.full)),
+            ("missing chunks", human_bytes(c.missing_chunks)),
+            (
+                "delta chain",
+                c.delta_chain
+                    .map_or("- (a step has no stored delta)".into(), human_bytes),
+            ),
+            ("sent", format!("{} (the fewest)", human_bytes(c.cheapest))),
+            (
+                "without chains",
+                format!(
+                    "{} (a one-step delta, else the missing chunks)",
+                    human_bytes(c.one_step_or_chunks)
+                ),
+            ),
+        ],
     );
     Ok(out)
 }

@@ -2,7 +2,7 @@
 //! from the cost model in `convoy_shared::cost` and what the fleet's own
 //! database measured (device speed, byte ratios, rows per vehicle).
 
-use crate::report::human_bytes;
+use crate::report::{aligned_lines, human_bytes};
 use crate::store::{ClientRow, Store, StoreError};
 use convoy_shared::codec::Pipeline;
 use convoy_shared::cost::{self, Plan, PlanCost, Prices, Throughput};
@@ -83,17 +83,36 @@ pub struct PlanOptions {
 #[derive(Debug, Default)]
 struct Sources(Vec<String>);
 
-/// What the database measured: rows per vehicle, FLOP rate and the update
-/// byte ratio under `codec` (last round that had accepted updates).
-fn measured(
-    rows: &[ClientRow],
-    spec: &ModelSpec,
-    codec: &Pipeline,
-) -> (Option<u64>, Option<f64>, Option<f64>) {
+/// What the database measured (rows per vehicle and the head mix from the
+/// last round that had accepted updates; FLOP rate and the update byte
+/// ratio under the plan's codec from every round).
+#[derive(Debug, Default)]
+struct Measured {
+    samples: Option<u64>,
+    rate: Option<f64>,
+    ratio: Option<f64>,
+    heads: Vec<(usize, f64)>,
+}
+
+fn measured(rows: &[ClientRow], spec: &ModelSpec, codec: &Pipeline) -> Measured {
     let Some(last) = rows.iter().map(|r| r.round).max() else {
-        return (None, None, None);
+        return Measured::default();
     };
     let last_round: Vec<&ClientRow> = rows.iter().filter(|r| r.round == last).collect();
+    let mut heads: Vec<(usize, f64)> = Vec::new();
+    for r in &last_round {
+        // rows from before heads were recorded trained the first head
+        let head = r
+            .head
+            .as_deref()
+            .and_then(|name| spec.heads.iter().position(|h| h.name() == name))
+            .unwrap_or(0);
+        match heads.iter_mut().find(|(h, _)| *h == head) {
+            Some((_, n)) => *n += 1.0,
+            None => heads.push((head, 1.0)),
+        }
+    }
+    heads.sort_by_key(|(h, _)| *h);
     let samples = cost::median(
         &last_round
             .iter()
@@ -116,7 +135,12 @@ fn measured(
             .map(|r| r.bytes_up as f64 / modelled)
             .collect::<Vec<_>>(),
     );
-    (samples, rate, ratio)
+    Measured {
+        samples,
+        rate,
+        ratio,
+        heads,
+    }
 }
 
 /// Answers `plan`.
@@ -172,7 +196,22 @@ pub fn plan(o: &PlanOptions) -> Result<String, StoreError> {
             (spec, None)
         }
     };
-    let (db_samples, db_rate, db_ratio) = from_db.unwrap_or((None, None, None));
+    let Measured {
+        samples: db_samples,
+        rate: db_rate,
+        ratio: db_ratio,
+        heads,
+    } = from_db.unwrap_or_default();
+    if heads.len() > 1 {
+        let mix: Vec<String> = heads
+            .iter()
+            .map(|(h, n)| format!("{} {n}", spec.heads[*h].name()))
+            .collect();
+        sources.0.push(format!(
+            "heads: vehicles per head in the last round ({})",
+            mix.join(", ")
+        ));
+    }
     let samples = match (o.samples, db_samples) {
         (Some(s), _) => s,
         (None, Some(s)) => {
@@ -227,6 +266,7 @@ pub fn plan(o: &PlanOptions) -> Result<String, StoreError> {
         vehicles: o.vehicles,
         participation: o.participation,
         samples,
+        heads,
         recipe: Recipe {
             epochs: o.epochs,
             batch_size: o.batch_size,
@@ -266,38 +306,35 @@ fn describe(
     );
     let secs = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.3} s"));
     let _ = writeln!(out, "per round");
-    let _ = writeln!(out, "  training per vehicle   {}", secs(c.train_seconds));
-    let _ = writeln!(
-        out,
-        "  uplink                 {}",
-        human_bytes(c.bytes_up_round)
-    );
-    let _ = writeln!(
-        out,
-        "  downlink               {}",
-        human_bytes(c.bytes_down_round)
+    aligned_lines(
+        &mut out,
+        &[
+            ("training per vehicle", secs(c.train_seconds)),
+            ("uplink", human_bytes(c.bytes_up_round)),
+            ("downlink", human_bytes(c.bytes_down_round)),
+        ],
     );
     let _ = writeln!(out, "whole run");
-    let _ = writeln!(
-        out,
-        "  device time            {}",
-        c.device_seconds
-            .map_or("-".into(), |s| format!("{:.4} device-hours", s / 3600.0))
-    );
-    let _ = writeln!(out, "  uplink                 {}", human_bytes(c.bytes_up));
-    let _ = writeln!(
-        out,
-        "  downlink               {}",
-        human_bytes(c.bytes_down)
-    );
-    let _ = writeln!(out, "  model store grows by   {}", human_bytes(c.storage));
+    let mut run = vec![
+        (
+            "device time",
+            c.device_seconds
+                .map_or("-".into(), |s| format!("{:.4} device-hours", s / 3600.0)),
+        ),
+        ("uplink", human_bytes(c.bytes_up)),
+        ("downlink", human_bytes(c.bytes_down)),
+        ("model store grows by", human_bytes(c.storage)),
+    ];
     if prices.per_mb > 0.0 || prices.per_device_hour > 0.0 {
-        let _ = writeln!(
-            out,
-            "  cost                   {:.4} ({} per MB, {} per device-hour)",
-            c.cost, prices.per_mb, prices.per_device_hour
-        );
+        run.push((
+            "cost",
+            format!(
+                "{:.4} ({} per MB, {} per device-hour)",
+                c.cost, prices.per_mb, prices.per_device_hour
+            ),
+        ));
     }
+    aligned_lines(&mut out, &run);
     let _ = writeln!(out, "from");
     for s in &sources.0 {
         let _ = writeln!(out, "  {s}");
@@ -308,7 +345,7 @@ fn describe(
 /// This machine's training speed, when the build has the trainer.
 #[cfg(feature = "tools")]
 fn calibrate_here(sources: &mut Sources) -> Option<Throughput> {
-    let t = convoy_agent::trainer::calibrate(&Default::default());
+    let t = convoy_agent::calibrate::calibrate(&Default::default());
     sources.0.push(format!(
         "device: calibrated on this machine now ({:.3e} FLOP/s + {:.2e} s/step)",
         t.flops_per_sec, t.step_secs
@@ -319,4 +356,46 @@ fn calibrate_here(sources: &mut Sources) -> Option<Throughput> {
 #[cfg(not(feature = "tools"))]
 fn calibrate_here(_: &mut Sources) -> Option<Throughput> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_mix_and_rows_come_from_the_last_round() {
+        let mut spec = ModelSpec {
+            features: vec![Feature::numeric("x", 0.0, 1.0)],
+            heads: vec![Head::classification("tip", ["0".into(), "1".into()])],
+            hidden: vec![4],
+            init_seed: 1,
+        };
+        spec.heads
+            .push(Head::classification("fare", (0..5).map(|c| c.to_string())));
+        let row = |round: u64, head: Option<&str>, samples: u64| ClientRow {
+            round,
+            head: head.map(str::to_string),
+            samples,
+            codec: "fp32".into(),
+            bytes_up: 100,
+            flops: 1000,
+            train_seconds: 0.5,
+            ..Default::default()
+        };
+        let rows = vec![
+            row(1, Some("fare"), 10),
+            row(2, Some("tip"), 30),
+            row(2, Some("fare"), 50),
+            row(2, Some("fare"), 70),
+            // an older row without a head trained the first one
+            row(2, None, 90),
+        ];
+        let m = measured(&rows, &spec, &Pipeline::FP32);
+        assert_eq!(m.heads, vec![(0, 2.0), (1, 2.0)]);
+        assert_eq!(m.samples, Some(60), "median of the last round's rows");
+        assert_eq!(m.rate, Some(2000.0));
+        let modelled = cost::update_bytes(&spec, &Pipeline::FP32) as f64;
+        assert_eq!(m.ratio, Some(100.0 / modelled));
+        assert!(measured(&[], &spec, &Pipeline::FP32).heads.is_empty());
+    }
 }

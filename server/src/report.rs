@@ -18,6 +18,19 @@ pub enum Format {
     Json,
 }
 
+/// Appends one `label  value` line per pair, indented two spaces, the
+/// values in one column (the answers of `plan` and `models transfer`).
+pub fn aligned_lines(out: &mut String, lines: &[(&str, String)]) {
+    let width = lines
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (label, value) in lines {
+        let _ = writeln!(out, "  {label:<width$}  {value}");
+    }
+}
+
 /// Human-readable byte count.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -598,6 +611,16 @@ pub fn costs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aligned_lines_share_one_value_column() {
+        let mut out = String::new();
+        aligned_lines(
+            &mut out,
+            &[("sent", "1 B".into()), ("full model", "2 B".into())],
+        );
+        assert_eq!(out, "  sent        1 B\n  full model  2 B\n");
+    }
     use crate::store::RoundStatus;
 
     /// The cell of `line` under header `name`: columns are found by where

@@ -201,6 +201,9 @@ pub struct Plan {
     pub participation: f64,
     /// Training rows per vehicle.
     pub samples: u64,
+    /// Share of the participants training each head, as (head index,
+    /// share); empty: every vehicle trains the first head.
+    pub heads: Vec<(usize, f64)>,
     /// Local recipe (epochs, batch).
     pub recipe: Recipe,
     /// Update codec.
@@ -241,12 +244,25 @@ pub struct PlanCost {
     pub cost: f64,
 }
 
-/// Costs `plan` for `spec` (training the first head).
+/// Costs `plan` for `spec`. A vehicle trains the trunk and its own head,
+/// so its FLOPs are those of the plan's head mix (the shares' weighted
+/// mean); its update and download cover the whole model either way.
 pub fn plan(spec: &ModelSpec, plan: &Plan, prices: &Prices) -> PlanCost {
     let participants = ((plan.vehicles as f64 * plan.participation).ceil() as u64)
         .clamp(plan.vehicles.min(1), plan.vehicles);
     let steps = training_steps(plan.samples, plan.recipe.epochs, plan.recipe.batch_size);
-    let flops = training_flops(spec, 0, plan.samples, plan.recipe.epochs);
+    let head_flops = |head: usize| training_flops(spec, head, plan.samples, plan.recipe.epochs);
+    let total_share: f64 = plan.heads.iter().map(|(_, s)| s.max(0.0)).sum();
+    let flops = if total_share > 0.0 {
+        let mixed: f64 = plan
+            .heads
+            .iter()
+            .map(|(h, s)| s.max(0.0) * head_flops(*h) as f64)
+            .sum();
+        (mixed / total_share).round() as u64
+    } else {
+        head_flops(0)
+    };
     let train_seconds = plan.device.seconds(steps, flops);
     let device_seconds = train_seconds.map(|t| t * (participants * plan.rounds) as f64);
     let scale = |bytes: u64, ratio: f64| {
@@ -376,6 +392,7 @@ mod tests {
             vehicles: 20,
             participation: 0.5,
             samples: 320,
+            heads: Vec::new(),
             recipe: Recipe {
                 epochs: 1,
                 batch_size: 32,
@@ -408,6 +425,25 @@ mod tests {
         assert_eq!(c.storage, q8 * 8 + 58 * 4 * 2);
         let money = (c.bytes_up + c.bytes_down) as f64 / 1e6 * 2.0 + t * 100.0 / 3600.0 * 36.0;
         assert!((c.cost - money).abs() < 1e-9);
+
+        // a second head of 6 classes: 8*6 = 48 more MACs for its vehicles;
+        // a fleet split 3:1 trains 4*8 + 0.75*8*2 + 0.25*8*6 = 56 MACs a row
+        let mut two = s.clone();
+        two.heads
+            .push(Head::classification("z", (0..6).map(|c| c.to_string())));
+        assert_eq!(two.forward_macs(1), 4 * 8 + 8 * 6);
+        let mixed = plan(
+            &two,
+            &Plan {
+                heads: vec![(0, 3.0), (1, 1.0)],
+                ..p.clone()
+            },
+            &prices,
+        );
+        let t = 0.1 + 6.0 * 56.0 * 320.0 / 1e6;
+        assert!((mixed.train_seconds.unwrap() - t).abs() < 1e-9, "{mixed:?}");
+        let first = plan(&two, &p, &prices);
+        assert!((first.train_seconds.unwrap() - (0.1 + 0.092_16)).abs() < 1e-9);
     }
 }
 
