@@ -19,7 +19,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 sim() {
   "$BIN" simulate --dataset digits --clients 10 --rounds 100 --transport memory \
-    --codec topk:0.1+q8+zstd --downlink-codec topk:0.25+q8+zstd --keep-updates --quiet "$@"
+    --codec topk:0.1+q8+zstd --downlink-codec topk:0.25+q8+zstd --keep-updates --quiet --http off "$@"
 }
 {
   echo "# every version kept as a delta (max chain depth 100)"
