@@ -99,7 +99,7 @@ fn measured(rows: &[ClientRow], spec: &ModelSpec, codec: &Pipeline) -> Measured 
         return Measured::default();
     };
     let last_round: Vec<&ClientRow> = rows.iter().filter(|r| r.round == last).collect();
-    let mut heads: Vec<(usize, f64)> = Vec::new();
+    let mut heads = std::collections::BTreeMap::new();
     for r in &last_round {
         // rows from before heads were recorded trained the first head
         let head = r
@@ -107,12 +107,8 @@ fn measured(rows: &[ClientRow], spec: &ModelSpec, codec: &Pipeline) -> Measured 
             .as_deref()
             .and_then(|name| spec.heads.iter().position(|h| h.name() == name))
             .unwrap_or(0);
-        match heads.iter_mut().find(|(h, _)| *h == head) {
-            Some((_, n)) => *n += 1.0,
-            None => heads.push((head, 1.0)),
-        }
+        *heads.entry(head).or_insert(0.0) += 1.0;
     }
-    heads.sort_by_key(|(h, _)| *h);
     let samples = cost::median(
         &last_round
             .iter()
@@ -139,7 +135,7 @@ fn measured(rows: &[ClientRow], spec: &ModelSpec, codec: &Pipeline) -> Measured 
         samples,
         rate,
         ratio,
-        heads,
+        heads: heads.into_iter().collect(),
     }
 }
 

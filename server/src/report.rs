@@ -611,6 +611,7 @@ pub fn costs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::RoundStatus;
 
     #[test]
     fn aligned_lines_share_one_value_column() {
@@ -621,7 +622,6 @@ mod tests {
         );
         assert_eq!(out, "  sent        1 B\n  full model  2 B\n");
     }
-    use crate::store::RoundStatus;
 
     /// The cell of `line` under header `name`: columns are found by where
     /// each header starts and ends in the header line.
