@@ -382,8 +382,12 @@ impl Coordinator {
         let message = self
             .keyring
             .decode(&self.store, client, topic, payload, (kind, max))?;
-        let now = self.clock.instant();
-        self.registry.heard(client, now);
+        // a status counts as news only once the registry has found it newer
+        // (`Registry::take`): a replayed one must not keep a vehicle alive
+        if kind != Kind::Status {
+            let now = self.clock.instant();
+            self.registry.heard(client, now);
+        }
         Ok(message)
     }
 

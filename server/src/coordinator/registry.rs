@@ -5,7 +5,10 @@
 //!
 //! Every agent process signs its statuses with a random session number and
 //! a sequence number that only grows. A status older than the last one of
-//! its session is a replay. A last will (`Offline`) counts only for the
+//! its session is a replay. The last one again is not: MQTT delivers at
+//! least once, so a status may arrive twice (a retained copy and the live
+//! one, or a redelivery after a reconnect); it changes nothing and is
+//! dropped without a rejection. A last will (`Offline`) counts only for the
 //! session that is current, so an old will replayed cannot take a vehicle
 //! off the fleet. Two processes that share one vehicle's identity show up
 //! as two sessions taking turns, which is reported.
@@ -51,7 +54,10 @@ pub(super) struct Registry {
 enum Verdict {
     /// Taken.
     Fresh,
-    /// Not newer than the last one of its session.
+    /// The last one of its session again (MQTT's at-least-once delivery):
+    /// changes nothing, not even when the client was last heard.
+    Repeat,
+    /// Older than the last one of its session.
     Replayed,
     /// An older session spoke again after a newer one: two processes share
     /// the identity.
@@ -103,7 +109,10 @@ impl Registry {
         };
         // What the session bookkeeping becomes; the rest is the status's own.
         let (verdict, previous) = if status.session == info.session.0 {
-            if status.seq <= info.session.1 {
+            if status.seq == info.session.1 {
+                return Verdict::Repeat;
+            }
+            if status.seq < info.session.1 {
                 return Verdict::Replayed;
             }
             (Verdict::Fresh, info.previous)
@@ -111,7 +120,10 @@ impl Registry {
             // A will of another session: the current one is not gone.
             return Verdict::StaleWill;
         } else if let Some(previous) = info.previous.filter(|p| p.0 == status.session) {
-            if status.seq <= previous.1 {
+            if status.seq == previous.1 {
+                return Verdict::Repeat;
+            }
+            if status.seq < previous.1 {
                 return Verdict::Replayed;
             }
             (Verdict::Duplicate, Some(info.session))
@@ -167,6 +179,10 @@ impl Coordinator {
         let was_online = self.registry.get(client).is_some_and(|i| i.online);
         match self.registry.take(client, &status, self.clock.instant()) {
             Verdict::Fresh => {}
+            Verdict::Repeat => {
+                tracing::debug!(client, seq = status.seq, "status delivered again; ignored");
+                return;
+            }
             Verdict::Replayed => return self.reject(None, Some(client), &Rejection::Replayed),
             Verdict::StaleWill => {
                 tracing::debug!(client, "last will of an ended session ignored");
@@ -220,13 +236,21 @@ mod tests {
             r.take("car", &status(1, 10, AgentState::Idle), now),
             Verdict::Fresh
         );
+        // delivered twice (at least once): dropped, and it is not news
+        let later = now + Duration::from_secs(60);
         assert_eq!(
-            r.take("car", &status(1, 10, AgentState::Idle), now),
-            Verdict::Replayed
+            r.take("car", &status(1, 10, AgentState::Idle), later),
+            Verdict::Repeat
         );
+        assert_eq!(r.get("car").unwrap().last_heard, now);
         assert_eq!(
             r.take("car", &status(1, 11, AgentState::Training), now),
             Verdict::Fresh
+        );
+        // an older one is a replay
+        assert_eq!(
+            r.take("car", &status(1, 10, AgentState::Idle), now),
+            Verdict::Replayed
         );
         // a restart: new session; the old one's will arrives late and is ignored
         assert_eq!(

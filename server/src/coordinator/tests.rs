@@ -914,18 +914,30 @@ fn every_selected_vehicle_failing_fails_the_round_at_once() {
 
 #[test]
 fn replayed_statuses_are_refused_and_silent_vehicles_drop_out() {
-    let mut rig = rig();
-    let first = status("car-1", AgentState::Idle, STAGES);
-    let again = match &first {
+    let copy = |input: &Input| match input {
         Input::Link(LinkEvent::Message { topic, payload, .. }) => message(topic, payload.to_vec()),
         _ => unreachable!(),
     };
+    let mut rig = rig();
+    let first = status("car-1", AgentState::Idle, STAGES);
+    let old = copy(&first);
     rig.handle(first);
+    let latest = status("car-1", AgentState::Idle, STAGES);
+    let again = copy(&latest);
+    rig.handle(latest);
+    // the latest delivered twice (MQTT is at least once): dropped quietly
     rig.handle(again);
-    assert_eq!(rig.rejected("replayed"), 1);
+    assert_eq!(rig.rejected("replayed"), 0);
+    let first = status("car-2", AgentState::Idle, STAGES);
+    let old_2 = copy(&first);
+    rig.handle(first);
     rig.handle(status("car-2", AgentState::Idle, STAGES));
-    // both silent past rounds.offline_after_secs: no round opens
+    // both silent past rounds.offline_after_secs; older statuses replayed
+    // are refused and keep neither on the fleet: no round opens
     rig.clock.advance(Duration::from_secs(121));
+    rig.handle(old);
+    rig.handle(old_2);
+    assert_eq!(rig.rejected("replayed"), 2);
     assert!(announces(&rig.handle(Input::Tick)).is_empty());
     rig.online(&["car-1", "car-2"]);
     assert_eq!(announces(&rig.handle(Input::Tick)).len(), 1);
