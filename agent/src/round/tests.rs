@@ -193,6 +193,33 @@ impl Rig {
         )
     }
 
+    /// The version id of `params` under the rig's spec and task.
+    fn version_of(&self, params: &ParamSet) -> [u8; 32] {
+        version::manifest_of(params, &self.spec, &self.task, &Default::default()).version
+    }
+
+    /// Round 1 trained on the initial model and acknowledged: the vehicle
+    /// holds it. Returns it and its id.
+    fn holding_initial(&mut self) -> (ParamSet, [u8; 32]) {
+        let initial = self.initial();
+        let actions = self.handle(self.announce(1, &initial, "fp32", &[]));
+        self.train(actions);
+        self.handle(self.ack(1, true));
+        let held = self.version_of(&initial);
+        (initial, held)
+    }
+
+    /// `steps` sent as one chunk of a delta chain from `from` to `version`.
+    fn delta_chain(&self, version: [u8; 32], from: [u8; 32], steps: &[&ParamSet]) -> Input {
+        let bytes = chain(steps);
+        let pos = ChunkPos {
+            index: 0,
+            count: 1,
+            total_len: bytes.len() as u32,
+        };
+        self.chunk(version, ModelPart::Delta { from, pos }, bytes)
+    }
+
     fn chunk(&self, version: [u8; 32], part: ModelPart, data: Vec<u8>) -> Input {
         let chunk = ModelChunk {
             version,
@@ -306,18 +333,18 @@ fn announce_train_upload_ack_runs_the_whole_round() {
 fn a_model_it_lacks_is_fetched_chunk_by_chunk_then_trained() {
     let mut rig = rig();
     let target = rig.trained_elsewhere();
-    let manifest = version::manifest_of(&target, &rig.spec, &rig.task, &Default::default());
+    let target_id = rig.version_of(&target);
     let actions = rig.handle(rig.announce(1, &target, "fp32", &[]));
     assert_eq!(rig.agent.round().name(), "fetching");
     let requests = fetch_requests(&actions);
     assert_eq!(requests.len(), 1);
-    assert_eq!(requests[0].version, manifest.version);
+    assert_eq!(requests[0].version, target_id);
     assert!(!requests[0].chunks.is_empty());
     let bytes = target.canonical_bytes();
     let mut last = Vec::new();
     for (i, piece) in bytes.chunks(MODEL_CHUNK_SIZE).enumerate() {
         let part = ModelPart::Full { index: i as u32 };
-        last = rig.handle(rig.chunk(manifest.version, part, piece.to_vec()));
+        last = rig.handle(rig.chunk(target_id, part, piece.to_vec()));
     }
     assert!(trains(&last), "verified model is trained on");
     assert_eq!(rig.state().model().unwrap().unwrap().params, target);
@@ -327,12 +354,12 @@ fn a_model_it_lacks_is_fetched_chunk_by_chunk_then_trained() {
 fn a_chunk_whose_hash_does_not_match_is_ignored() {
     let mut rig = rig();
     let target = rig.trained_elsewhere();
-    let manifest = version::manifest_of(&target, &rig.spec, &rig.task, &Default::default());
+    let target_id = rig.version_of(&target);
     rig.handle(rig.announce(1, &target, "fp32", &[]));
     let mut forged = target.canonical_bytes();
     forged[0] ^= 0xff;
     let part = ModelPart::Full { index: 0 };
-    let actions = rig.handle(rig.chunk(manifest.version, part, forged));
+    let actions = rig.handle(rig.chunk(target_id, part, forged));
     assert!(!trains(&actions));
     assert_eq!(rig.agent.round().name(), "fetching");
     assert_eq!(rig.state().model().unwrap(), None, "nothing installed");
@@ -341,30 +368,15 @@ fn a_chunk_whose_hash_does_not_match_is_ignored() {
 #[test]
 fn a_delta_that_does_not_verify_falls_back_to_the_full_model() {
     let mut rig = rig();
-    // The vehicle holds the initial model (round 1 trained on it) ...
-    let initial = rig.initial();
-    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
-    rig.train(actions);
-    rig.handle(rig.ack(1, true));
-    // ... round 2 needs another version; it offers its own as a delta base.
+    // The vehicle holds the initial model; round 2 needs another version,
+    // so it offers its own as a delta base.
+    let (_, held) = rig.holding_initial();
     let target = rig.trained_elsewhere();
-    let manifest = version::manifest_of(&target, &rig.spec, &rig.task, &Default::default());
-    let held = version::manifest_of(&initial, &rig.spec, &rig.task, &Default::default()).version;
     let actions = rig.handle(rig.announce(2, &target, "fp32", &[]));
     assert_eq!(fetch_requests(&actions)[0].have, Some(held));
     // A delta that decodes but does not give the announced version:
     let wrong = ParamSet::zeros(&rig.spec.layout());
-    let bytes = chain(&[&wrong]);
-    let pos = ChunkPos {
-        index: 0,
-        count: 1,
-        total_len: bytes.len() as u32,
-    };
-    let actions = rig.handle(rig.chunk(
-        manifest.version,
-        ModelPart::Delta { from: held, pos },
-        bytes,
-    ));
+    let actions = rig.handle(rig.delta_chain(rig.version_of(&target), held, &[&wrong]));
     let retry = fetch_requests(&actions);
     assert_eq!(retry.len(), 1, "asks again");
     assert_eq!(retry[0].have, None, "for the full model this time");
@@ -386,10 +398,7 @@ fn chain(steps: &[&ParamSet]) -> Vec<u8> {
 #[test]
 fn a_chain_of_deltas_from_an_older_version_is_applied_and_verified() {
     let mut rig = rig();
-    let initial = rig.initial();
-    let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
-    rig.train(actions);
-    rig.handle(rig.ack(1, true));
+    let (initial, held) = rig.holding_initial();
     // two versions later: the server sends both published deltas at once
     let mut first = ParamSet::zeros(&rig.spec.layout());
     first.tensors[0].data[0] = 0.25;
@@ -398,20 +407,8 @@ fn a_chain_of_deltas_from_an_older_version_is_applied_and_verified() {
     let mut target = initial.clone();
     target.add_scaled(&first, 1.0).unwrap();
     target.add_scaled(&second, 1.0).unwrap();
-    let manifest = version::manifest_of(&target, &rig.spec, &rig.task, &Default::default());
-    let held = version::manifest_of(&initial, &rig.spec, &rig.task, &Default::default()).version;
     rig.handle(rig.announce(3, &target, "fp32", &[]));
-    let bytes = chain(&[&first, &second]);
-    let pos = ChunkPos {
-        index: 0,
-        count: 1,
-        total_len: bytes.len() as u32,
-    };
-    let actions = rig.handle(rig.chunk(
-        manifest.version,
-        ModelPart::Delta { from: held, pos },
-        bytes,
-    ));
+    let actions = rig.handle(rig.delta_chain(rig.version_of(&target), held, &[&first, &second]));
     assert!(fetch_requests(&actions).is_empty(), "nothing more to fetch");
     assert!(
         trains(&actions),
