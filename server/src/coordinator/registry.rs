@@ -230,52 +230,30 @@ mod tests {
 
     #[test]
     fn sessions_replays_wills_and_twins() {
+        use AgentState::{Idle, Offline, Training};
+        use Verdict::*;
         let now = Instant::now();
-        let mut r = Registry::default();
-        assert_eq!(
-            r.take("car", &status(1, 10, AgentState::Idle), now),
-            Verdict::Fresh
-        );
-        // delivered twice (at least once): dropped, and it is not news
         let later = now + Duration::from_secs(60);
-        assert_eq!(
-            r.take("car", &status(1, 10, AgentState::Idle), later),
-            Verdict::Repeat
-        );
+        let r = &mut Registry::default();
+        let take = |r: &mut Registry, session, seq, state, at| {
+            r.take("car", &status(session, seq, state), at)
+        };
+        assert_eq!(take(r, 1, 10, Idle, now), Fresh);
+        // delivered twice (at least once): dropped, and it is not news
+        assert_eq!(take(r, 1, 10, Idle, later), Repeat);
         assert_eq!(r.get("car").unwrap().last_heard, now);
-        assert_eq!(
-            r.take("car", &status(1, 11, AgentState::Training), now),
-            Verdict::Fresh
-        );
+        assert_eq!(take(r, 1, 11, Training, now), Fresh);
         // an older one is a replay
-        assert_eq!(
-            r.take("car", &status(1, 10, AgentState::Idle), now),
-            Verdict::Replayed
-        );
+        assert_eq!(take(r, 1, 10, Idle, now), Replayed);
         // a restart: new session; the old one's will arrives late and is ignored
-        assert_eq!(
-            r.take("car", &status(2, 20, AgentState::Idle), now),
-            Verdict::Fresh
-        );
-        assert_eq!(
-            r.take("car", &status(1, 12, AgentState::Offline), now),
-            Verdict::StaleWill
-        );
+        assert_eq!(take(r, 2, 20, Idle, now), Fresh);
+        assert_eq!(take(r, 1, 12, Offline, now), StaleWill);
         assert!(r.get("car").unwrap().online);
         // the old session speaks again: a twin
-        assert_eq!(
-            r.take("car", &status(1, 13, AgentState::Idle), now),
-            Verdict::Duplicate
-        );
-        assert_eq!(
-            r.take("car", &status(2, 21, AgentState::Idle), now),
-            Verdict::Duplicate
-        );
+        assert_eq!(take(r, 1, 13, Idle, now), Duplicate);
+        assert_eq!(take(r, 2, 21, Idle, now), Duplicate);
         // the current session's own will takes it offline
-        assert_eq!(
-            r.take("car", &status(2, 22, AgentState::Offline), now),
-            Verdict::Fresh
-        );
+        assert_eq!(take(r, 2, 22, Offline, now), Fresh);
         assert!(!r.get("car").unwrap().online);
     }
 
