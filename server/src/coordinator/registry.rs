@@ -109,22 +109,16 @@ impl Registry {
         };
         // What the session bookkeeping becomes; the rest is the status's own.
         let (verdict, previous) = if status.session == info.session.0 {
-            if status.seq == info.session.1 {
-                return Verdict::Repeat;
-            }
-            if status.seq < info.session.1 {
-                return Verdict::Replayed;
+            if let Some(stale) = not_newer(status.seq, info.session.1) {
+                return stale;
             }
             (Verdict::Fresh, info.previous)
         } else if status.state == AgentState::Offline {
             // A will of another session: the current one is not gone.
             return Verdict::StaleWill;
         } else if let Some(previous) = info.previous.filter(|p| p.0 == status.session) {
-            if status.seq == previous.1 {
-                return Verdict::Repeat;
-            }
-            if status.seq < previous.1 {
-                return Verdict::Replayed;
+            if let Some(stale) = not_newer(status.seq, previous.1) {
+                return stale;
             }
             (Verdict::Duplicate, Some(info.session))
         } else {
@@ -135,6 +129,16 @@ impl Registry {
             ..ClientInfo::from_status(status, now)
         };
         verdict
+    }
+}
+
+/// A status whose `seq` is not past the last one `last` of its session: the
+/// same one again, or an older one.
+fn not_newer(seq: u64, last: u64) -> Option<Verdict> {
+    match seq.cmp(&last) {
+        std::cmp::Ordering::Equal => Some(Verdict::Repeat),
+        std::cmp::Ordering::Less => Some(Verdict::Replayed),
+        std::cmp::Ordering::Greater => None,
     }
 }
 
