@@ -15,7 +15,7 @@ if [ ! -f "$data/train-images-idx3-ubyte.gz" ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
 fi
 
-cargo build --release -p convoy-server
+cargo build --release -p convoy-cli
 bin="${CARGO_TARGET_DIR:-target}/release/convoy-server"
 out=${OUT:-benchmarks/compression}
 rm -rf "$out/runs"

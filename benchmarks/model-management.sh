@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${BIN:-}" ]; then
-  cargo build --release -p convoy-server
+  cargo build --release -p convoy-cli
   BIN="${CARGO_TARGET_DIR:-target}/release/convoy-server"
 fi
 out=benchmarks/model-management

@@ -12,6 +12,8 @@
 //! |---|---|
 //! | [`run`](mod@run) | the I/O loop: link, ticks, training threads |
 //! | [`round`] | the round state machine (no I/O): announce, fetch, train, upload, receipt |
+//! | [`inbound`] | every message from the server decoded once: topic, size, signature |
+//! | [`rejection`] | what the vehicle refuses: counted, rate-limited warnings |
 //! | [`encode`] | update encoding with the error-feedback residual |
 //! | [`data`] | the vehicle's CSV and how it becomes a training set |
 //! | [`trainer`] | the training loop (burn) with pause and resume |
@@ -34,9 +36,11 @@ pub mod cpu_time;
 pub mod data;
 pub mod encode;
 pub mod error;
+pub mod inbound;
 pub mod keys;
 pub mod limits;
 pub mod policy;
+pub mod rejection;
 pub mod round;
 pub mod run;
 pub mod state;

@@ -3,7 +3,6 @@
 //! (deployment, version).
 
 use crate::config::AgentConfig;
-use convoy_shared::codec;
 use convoy_shared::messages::{self, AgentState, Status};
 
 /// A status message; `session` and `seq` come from the agent, as do the
@@ -21,17 +20,11 @@ pub fn status(
     ),
 ) -> Status {
     // Ids were validated with the config, so they always fit.
+    let client = messages::id(&config.client_id).unwrap_or_default();
     Status {
-        client: messages::id(&config.client_id).unwrap_or_default(),
-        state,
         round,
-        codecs: codec::STAGES
-            .iter()
-            .filter_map(|c| heapless::String::try_from(*c).ok())
-            .collect(),
         samples: samples as u64,
         detail: messages::detail(detail),
-        version: heapless::String::try_from(env!("CARGO_PKG_VERSION")).unwrap_or_default(),
         model,
         throughput,
         deployment: config
@@ -39,7 +32,6 @@ pub fn status(
             .as_deref()
             .and_then(messages::id)
             .unwrap_or_default(),
-        session,
-        seq,
+        ..Status::new(client, state, (session, seq))
     }
 }

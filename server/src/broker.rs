@@ -7,8 +7,8 @@
 //! can take the server's id or another vehicle's, and nobody without
 //! credentials reads or publishes anything.
 
-use crate::identity::{password_hash, same_digest};
-use crate::store::Store;
+use crate::credentials::{password_hash, same_digest};
+use convoy_store::Store;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! Why the server stopped.
 
-use crate::{broker, config, store};
+use crate::{broker, config};
+use convoy_store as store;
 use thiserror::Error;
 
 /// Why the server stopped.

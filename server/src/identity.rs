@@ -5,10 +5,11 @@
 //! A vehicle's broker password is a random 256-bit token, so the store
 //! keeps its plain BLAKE3 hash (no slow KDF is needed against guessing).
 
+pub use crate::credentials::{new_password, password_hash, same_digest};
 use crate::error::ServerError;
-use crate::store::{Store, VehicleRow};
 use convoy_shared::identity::{KeyError, PublicKey, SecretKey};
 use convoy_shared::topics::TopicId;
+use convoy_store::{Store, VehicleRow};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -39,26 +40,6 @@ pub fn server_key(path: &Path) -> Result<SecretKey, ServerError> {
     key.public().write(&path.with_file_name(SERVER_PUB))?;
     tracing::info!(key = %path.display(), public = %key.public(), "server key pair created");
     Ok(key)
-}
-
-/// A random 256-bit token, hex.
-pub fn new_password() -> String {
-    let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// What the store keeps of a password.
-pub fn password_hash(password: &str) -> String {
-    blake3::hash(password.as_bytes()).to_hex().to_string()
-}
-
-/// Constant-time comparison of two hex digests.
-pub fn same_digest(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// Is `payload` on `topic` empty (a cleared retained message) or a `T`
@@ -160,8 +141,8 @@ impl Keyring {
         topic: &str,
         payload: &[u8],
         (kind, max): (convoy_shared::wire::Kind, usize),
-    ) -> Result<T, crate::coordinator::Rejection> {
-        use crate::coordinator::Rejection;
+    ) -> Result<T, crate::rejection::Rejection> {
+        use crate::rejection::Rejection;
         let key = self.get(client, store).ok_or(Rejection::UnknownVehicle)?;
         convoy_shared::wire::decode(payload, kind, max, topic, &key, client)
             .map_err(|e| Rejection::decode(e.reason(), e))

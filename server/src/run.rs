@@ -5,18 +5,18 @@
 use crate::align::Aligner;
 use crate::broker::{self, Access, Credentials};
 use crate::config::ServerConfig;
-use crate::coordinator::RejectionCounts;
 use crate::coordinator::{Coordinator, Input, Output};
 use crate::error::ServerError;
 use crate::http::{Live, Phase, Settings};
 use crate::identity;
-use crate::store::{RoundRow, Store, StoredVersion};
+use crate::rejection::RejectionCounts;
 use convoy_runtime::clock::{SharedClock, SystemClock};
 use convoy_runtime::link::{self, LinkClient, Session};
 use convoy_runtime::process::Systemd;
 use convoy_shared::dataset::{Dataset, Table};
 use convoy_shared::spec::ModelSpec;
 use convoy_shared::version::{self, Provenance};
+use convoy_store::{RoundRow, Store, StoredVersion};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -398,7 +398,7 @@ fn initial_version(
         convoy_shared::eval::evaluate(&spec, &v.params, t, &burn::prelude::Device::flex()).ok()
     });
     store.save_version(
-        &crate::store::Publication::root(&v),
+        &convoy_store::Publication::root(&v),
         eval.as_ref(),
         convoy_runtime::clock::now_ms(),
     )?;

@@ -17,7 +17,9 @@ pub mod messages;
 pub mod model;
 pub mod params;
 pub mod spec;
+pub mod strategy;
 pub mod topics;
+pub mod units;
 pub mod version;
 pub mod wire;
 

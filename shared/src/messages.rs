@@ -224,6 +224,31 @@ pub struct Status {
     pub seq: u64,
 }
 
+impl Status {
+    /// A status of `client` in `state`, number `seq` of `session`: every
+    /// codec stage this build can encode, this build's version, no model
+    /// held, no rows, no speed measured, no detail. Set the rest by name.
+    pub fn new(client: Id, state: AgentState, (session, seq): (u64, u64)) -> Self {
+        Self {
+            client,
+            state,
+            round: 0,
+            codecs: crate::codec::STAGES
+                .iter()
+                .filter_map(|c| HString::try_from(*c).ok())
+                .collect(),
+            samples: 0,
+            detail: HString::new(),
+            version: HString::try_from(env!("CARGO_PKG_VERSION")).unwrap_or_default(),
+            model: [0; 32],
+            throughput: Default::default(),
+            deployment: HString::new(),
+            session,
+            seq,
+        }
+    }
+}
+
 /// A vehicle cannot serve a round, on `failure/<client>`: the server counts
 /// it in the ledger and stops waiting for this vehicle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

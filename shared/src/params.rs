@@ -186,6 +186,22 @@ impl ParamSet {
             .sqrt()
     }
 
+    /// The set [`canonical_bytes`](Self::canonical_bytes) wrote for
+    /// `layout`: how a stored or fetched model is read back.
+    pub fn from_canonical_bytes(layout: &Layout, bytes: &[u8]) -> Result<Self, ParamError> {
+        let mut set = ParamSet::zeros(layout);
+        if bytes.len() != set.numel() * 4 {
+            return Err(ParamError::Shape {
+                expected: summarise(layout),
+                got: format!("{} bytes of weights", bytes.len()),
+            });
+        }
+        for (v, b) in set.values_mut().zip(bytes.chunks_exact(4)) {
+            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        Ok(set)
+    }
+
     /// Canonical little-endian bytes: what versions are hashed over.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.numel() * 4);
@@ -211,6 +227,17 @@ mod tests {
 
     fn set(values: &[f32]) -> ParamSet {
         ParamSet::vector(values)
+    }
+
+    #[test]
+    fn canonical_bytes_read_back_and_a_wrong_length_is_refused() {
+        let set = ParamSet::vector(&[1.5, -2.0, f32::MIN_POSITIVE]);
+        let bytes = set.canonical_bytes();
+        assert_eq!(
+            ParamSet::from_canonical_bytes(&set.layout(), &bytes),
+            Ok(set.clone())
+        );
+        assert!(ParamSet::from_canonical_bytes(&set.layout(), &bytes[1..]).is_err());
     }
 
     #[test]

@@ -37,14 +37,14 @@
 use anyhow::Context;
 use burn::prelude::*;
 use convoy_server::config::{RoundConfig, ServerConfig};
-use convoy_server::store::{RoundRow, Store, StoredVersion};
-use convoy_server::tools::fleet;
 use convoy_shared::codec::Pipeline;
 use convoy_shared::dataset::{Dataset, Table, Targets};
 use convoy_shared::model::Mlp;
 use convoy_shared::spec::TaskKind;
+use convoy_store::{RoundRow, Store, StoredVersion};
 use convoy_tests::api::DataConfig;
 use convoy_tests::shared_data;
+use convoy_tools::fleet;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::path::{Path, PathBuf};
@@ -206,13 +206,7 @@ async fn train_tasks(
             init_seed: seed,
             ..Default::default()
         },
-        align: Default::default(),
-        training: Default::default(),
-        eval: Default::default(),
-        identity: Default::default(),
-        store: Default::default(),
-        http: Default::default(),
-        budget: Default::default(),
+        ..Default::default()
     };
     let agents = vehicles
         .iter()

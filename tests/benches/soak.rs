@@ -12,7 +12,7 @@
 
 use anyhow::Context;
 use convoy_server::config::ServerConfig;
-use convoy_server::store::Store;
+use convoy_store::Store;
 use convoy_tests::{Scenario, free_port};
 use std::time::{Duration, Instant};
 
@@ -105,7 +105,7 @@ async fn soak(rounds: u64, flood_mb: u64) -> anyhow::Result<()> {
     let mut agents: Vec<_> = (0..3)
         .map(|i| scenario.agent_config(&url, fleet, i))
         .collect();
-    convoy_server::tools::fleet::provision(&server, &mut agents)?;
+    convoy_tools::fleet::provision(&server, &mut agents)?;
     let flooder = {
         let key = convoy_server::identity::server_key(&server.key_file())?;
         let store = Store::open(&server.db)?;

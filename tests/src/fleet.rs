@@ -114,7 +114,7 @@ impl FleetBuilder {
     /// Provisions the vehicles (as `convoy-server provision` does), subscribes
     /// the tap, then starts the server and the agents not held.
     pub async fn start(mut self) -> anyhow::Result<Fleet> {
-        convoy_server::tools::fleet::provision(&self.server, &mut self.agents)?;
+        convoy_tools::fleet::provision(&self.server, &mut self.agents)?;
         let url = self.broker.url();
         let mut tap = Wire::connect(&url, &self.name, &format!("{}-tap", self.name)).await?;
         tap.subscribe(&topics::all_clients(&self.name, ClientTopic::Update))

@@ -33,21 +33,20 @@ impl Scenario {
         use rand::SeedableRng;
         use rand::seq::SliceRandom;
         let dir = tempfile::tempdir()?;
-        let table = Table::read(convoy_server::tools::digits::DIGITS_CSV.as_bytes())?;
+        let table = Table::read(convoy_tools::digits::DIGITS_CSV.as_bytes())?;
         let mut order: Vec<usize> = (0..table.len()).collect();
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
         let (test, train) = order.split_at(table.len() / 5);
         let test_csv = dir.path().join("test.csv");
-        convoy_server::tools::csv_file::write_rows(&test_csv, &table, test)?;
+        convoy_tools::csv_file::write_rows(&test_csv, &table, test)?;
         let label = table.column("digit").context("digit column")?;
         let labels: Vec<String> = train.iter().map(|i| table.text(*i, label)).collect();
-        let parts =
-            convoy_server::tools::partition::dirichlet_split(&labels, clients, 0.5, seed, 20);
+        let parts = convoy_tools::partition::dirichlet_split(&labels, clients, 0.5, seed, 20);
         let mut client_csvs = Vec::new();
         for (i, part) in parts.iter().enumerate() {
             let path = dir.path().join(format!("client-{i}.csv"));
             let rows: Vec<usize> = part.iter().map(|p| train[*p]).collect();
-            convoy_server::tools::csv_file::write_rows(&path, &table, &rows)?;
+            convoy_tools::csv_file::write_rows(&path, &table, &rows)?;
             client_csvs.push(path);
         }
         Ok(Self {
@@ -90,7 +89,6 @@ impl Scenario {
                 hidden: vec![32],
                 init_seed: 7,
             },
-            align: Default::default(),
             training: Recipe {
                 epochs: 1,
                 lr: 0.05,
@@ -100,10 +98,7 @@ impl Scenario {
             eval: EvalConfig {
                 test_csv: Some(self.test_csv.clone()),
             },
-            identity: Default::default(),
-            store: Default::default(),
-            http: Default::default(),
-            budget: Default::default(),
+            ..Default::default()
         }
     }
 

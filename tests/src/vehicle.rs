@@ -31,21 +31,17 @@ impl FakeVehicle {
         let mut link = fleet.wire(id).await?;
         link.subscribe(&fleet.round_topic()).await?;
         let status = Status {
-            client: messages::id(id).expect("valid id"),
-            state: AgentState::Idle,
-            round: 0,
             codecs: codecs
                 .iter()
                 .map(|c| heapless::String::try_from(*c).expect("fits"))
                 .collect(),
             samples: 1,
             detail: messages::detail("played by the test"),
-            version: heapless::String::new(),
-            model: [0; 32],
-            throughput: Default::default(),
-            deployment: heapless::String::new(),
-            session: rand::random(),
-            seq: 1,
+            ..Status::new(
+                messages::id(id).expect("valid id"),
+                AgentState::Idle,
+                (rand::random(), 1),
+            )
         };
         let status_topic = fleet.topic(ClientTopic::Status, id);
         link.publish(

@@ -156,7 +156,7 @@ async fn deploy_installs_verifies_and_rolls_back_over_real_ssh() -> anyhow::Resu
     template.state_dir = "/var/lib/convoy-agent".into();
     // The vehicles' keys, as `convoy-server provision car-0 car-1` writes them.
     let server = convoy_server::identity::server_key(&fleet.server.key_file())?;
-    let store = convoy_server::store::Store::open(&fleet.server.db)?;
+    let store = convoy_store::Store::open(&fleet.server.db)?;
     let ids: Vec<convoy_shared::topics::TopicId> = vec![
         "car-0".parse().map_err(anyhow::Error::msg)?,
         "car-1".parse().map_err(anyhow::Error::msg)?,

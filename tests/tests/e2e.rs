@@ -1,6 +1,6 @@
 //! End-to-end: real embedded broker, real server, real agents, loopback.
 
-use convoy_tests::api::{AgentError, ClientTopic, UpdateBody, models, report};
+use convoy_tests::api::{AgentError, ClientTopic, Format, UpdateBody, models, report};
 use convoy_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +62,7 @@ async fn fleet_learns_and_ledger_matches_the_wire() -> anyhow::Result<()> {
     // The machine-readable report carries the documented fields.
     let json: serde_json::Value = serde_json::from_str(&report::rounds(
         fleet.db(),
-        report::Format::Json,
+        Format::Json,
         &Default::default(),
     )?)?;
     let first_row = &json[0];
@@ -172,7 +172,7 @@ async fn rollback_republishes_an_older_model_and_the_fleet_trains_on_it() -> any
     );
     // the inventory: each vehicle reported the rolled-back model it trained on
     let inventory: serde_json::Value =
-        serde_json::from_str(&models::fleet(fleet.db(), report::Format::Json)?)?;
+        serde_json::from_str(&models::fleet(fleet.db(), Format::Json)?)?;
     let held: Vec<(String, Option<u64>)> = inventory
         .as_array()
         .expect("an array")

@@ -4,7 +4,7 @@
 //! the store holds.
 
 use convoy_server::http::{self, Live, Settings};
-use convoy_server::store::{RoundStatus, Store};
+use convoy_store::{RoundStatus, Store};
 use convoy_tests::api::simulate::{self, SimOptions, Transport};
 use convoy_tests::http::get;
 use prometheus_parse::{Scrape, Value};
@@ -94,8 +94,7 @@ async fn metrics_api_and_dashboard_agree_with_the_ledger() -> anyhow::Result<()>
 
     // /metrics, parsed as Prometheus parses it, adds up to the ledger
     let scrape = Scrape::parse(metrics.lines().map(|l| Ok(l.to_string())))?;
-    let sum =
-        |f: fn(&convoy_server::store::RoundRow) -> u64| rounds.iter().map(f).sum::<u64>() as f64;
+    let sum = |f: fn(&convoy_store::RoundRow) -> u64| rounds.iter().map(f).sum::<u64>() as f64;
     for (name, want) in [
         ("convoy_bytes_up_total", sum(|r| r.bytes_up)),
         ("convoy_bytes_down_total", sum(|r| r.bytes_down)),

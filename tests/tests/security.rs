@@ -92,18 +92,13 @@ async fn forged_announcements_statuses_and_updates_change_nothing() -> anyhow::R
     // Defect 4: a retained Offline status for car-0.
     let status_topic = fleet.topic(ClientTopic::Status, "car-0");
     let offline = Status {
-        client: convoy_shared::messages::id("car-0").expect("id"),
-        state: AgentState::Offline,
-        round: 0,
         codecs: vec![],
-        samples: 0,
         detail: convoy_shared::messages::detail("forged"),
-        version: Default::default(),
-        model: [0; 32],
-        throughput: Default::default(),
-        deployment: Default::default(),
-        session: 7,
-        seq: u64::MAX,
+        ..Status::new(
+            convoy_shared::messages::id("car-0").expect("id"),
+            AgentState::Offline,
+            (7, u64::MAX),
+        )
     };
     wire_
         .publish(

@@ -14,7 +14,7 @@ fn options(out: &std::path::Path, codec: &str, downlink: &str) -> SimOptions {
 /// initial model plus every round's client updates re-aggregated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_version_rebuilds_to_its_id_by_each_route() -> anyhow::Result<()> {
-    use convoy_server::store::{Route, StorageKind};
+    use convoy_store::{Route, StorageKind};
     convoy_tests::init_tracing();
     let dir = tempfile::tempdir()?;
     let mut o = options(dir.path(), "topk:0.2+q8", "q8");
@@ -215,8 +215,8 @@ async fn clients_without_rows_are_left_out_and_the_round_does_not_wait_for_them(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_fleet_whose_vehicles_all_stop_says_why() -> anyhow::Result<()> {
-    use convoy_server::tools::fleet;
     use convoy_tests::api::{DataConfig, ServerConfig, TaskKind};
+    use convoy_tools::fleet;
     let dir = tempfile::tempdir()?;
     let broker = fleet::LocalBroker::memory(convoy_tests::fleet_name("all_stop"));
     let mut server: ServerConfig = toml::from_str("")?;

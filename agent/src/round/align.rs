@@ -12,24 +12,11 @@ use convoy_shared::wire::Kind;
 use std::sync::Arc;
 
 impl Agent {
-    pub(super) fn on_align_payload(
+    pub(super) fn on_align(
         &mut self,
-        topic: &str,
-        payload: &[u8],
+        request: AlignRequest,
         out: &mut Vec<Action>,
     ) -> Result<(), AgentError> {
-        if payload.is_empty() {
-            return Ok(()); // alignment finished and the request was cleared
-        }
-        let max = self.config.broker.max_packet_size;
-        let request =
-            match self.signed_by_server::<AlignRequest>(payload, Kind::AlignRequest, max, topic) {
-                Ok(request) => request,
-                Err(e) => {
-                    tracing::warn!(reason = e.reason(), error = %e, "ignoring alignment request");
-                    return Ok(());
-                }
-            };
         if request.epoch < self.align_epoch || request.deadline_ms <= self.now_ms() {
             return Ok(()); // replayed or expired
         }

@@ -7,31 +7,15 @@ use crate::state::StoredModel;
 use convoy_shared::codec;
 use convoy_shared::messages::{AgentState, Announce};
 use convoy_shared::version;
-use convoy_shared::wire::Kind;
+
 use std::sync::atomic::Ordering;
 
 impl Agent {
-    pub(super) fn on_announce_payload(
+    pub(super) fn on_announce(
         &mut self,
-        topic: &str,
-        payload: &[u8],
+        announce: Announce,
         out: &mut Vec<Action>,
     ) -> Result<(), AgentError> {
-        if payload.is_empty() {
-            return Ok(()); // the retained announcement was cleared
-        }
-        let max = self.config.broker.max_packet_size;
-        match self.signed_by_server::<Announce>(payload, Kind::Announce, max, topic) {
-            Ok(announce) => self.on_announce(announce, out),
-            Err(e) => {
-                // Nothing unsigned is acted on: not even a status in reply.
-                tracing::warn!(reason = e.reason(), error = %e, "ignoring round announcement");
-                Ok(())
-            }
-        }
-    }
-
-    fn on_announce(&mut self, announce: Announce, out: &mut Vec<Action>) -> Result<(), AgentError> {
         let round = announce.round;
         // Nothing of an announcement is used before its spec is in bounds.
         let in_hand = self.round.number() == Some(round);

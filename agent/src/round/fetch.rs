@@ -7,9 +7,10 @@ use super::{Action, Agent, Round};
 use crate::error::AgentError;
 use crate::state::StoredModel;
 use convoy_shared::chunk::{self, Reassembler};
-use convoy_shared::codec::{self, Pipeline};
+use convoy_shared::codec::Pipeline;
 use convoy_shared::messages::{Announce, Delta, FetchRequest, ModelChunk, ModelPart};
-use convoy_shared::params::{Layout, ParamSet};
+use convoy_shared::params::ParamSet;
+use convoy_shared::strategy::publish;
 use convoy_shared::version::{self, MODEL_CHUNK_SIZE, VersionId};
 use convoy_shared::wire::Kind;
 use tokio::time::Instant;
@@ -99,19 +100,9 @@ impl Agent {
 
     pub(super) fn on_model_chunk(
         &mut self,
-        topic: &str,
-        payload: &[u8],
+        chunk: ModelChunk,
         out: &mut Vec<Action>,
     ) -> Result<(), AgentError> {
-        let max = self.config.broker.max_packet_size;
-        let chunk = match self.signed_by_server::<ModelChunk>(payload, Kind::ModelChunk, max, topic)
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(reason = e.reason(), error = %e, "ignoring model chunk");
-                return Ok(());
-            }
-        };
         let now = self.clock.instant();
         let Round::Fetching(fetch) = &mut self.round else {
             return Ok(());
@@ -172,7 +163,7 @@ impl Agent {
             return Ok(());
         };
         let announce = &fetch.announce;
-        let params = apply_chain(held, &bytes, &announce.spec.layout());
+        let params = apply_chain(held, &bytes);
         match params {
             Some(params)
                 if announce
@@ -220,8 +211,7 @@ impl Agent {
             ..
         } = *fetch;
         let bytes: Vec<u8> = chunks.into_iter().flatten().flatten().collect();
-        let params = Pipeline::FP32
-            .decode(&bytes, &announce.spec.layout())
+        let params = ParamSet::from_canonical_bytes(&announce.spec.layout(), &bytes)
             .ok()
             .filter(|p| {
                 announce
@@ -248,17 +238,13 @@ impl Agent {
 /// the server published exactly `parent + decoded` at every step, in f32,
 /// so the result is bit-identical to the announced version or the chain is
 /// bad (`None`, or a manifest mismatch the caller catches).
-fn apply_chain(mut params: ParamSet, bytes: &[u8], layout: &Layout) -> Option<ParamSet> {
+fn apply_chain(mut params: ParamSet, bytes: &[u8]) -> Option<ParamSet> {
     let links: Vec<Delta> = postcard::from_bytes(bytes).ok()?;
     if links.is_empty() {
         return None;
     }
     for link in links {
-        let decoded = codec::by_name(&link.codec)
-            .ok()?
-            .decode(&link.bytes, layout)
-            .ok()?;
-        params.add_scaled(&decoded, 1.0).ok()?;
+        params = publish::apply(&params, &link).ok()?;
     }
     Some(params)
 }

@@ -14,6 +14,7 @@
 mod align;
 mod announce;
 mod fetch;
+mod outgoing;
 mod train;
 mod upload;
 
@@ -23,17 +24,16 @@ mod tests;
 use crate::config::AgentConfig;
 use crate::data::LocalData;
 use crate::error::AgentError;
+use crate::inbound::{Inbound, Inbox};
 use crate::keys::Keys;
 use crate::policy::Policy;
+use crate::rejection::Rejections;
 use crate::state::{StateDir, StoredModel};
-use crate::status;
 use convoy_runtime::clock::SharedClock;
 use convoy_runtime::link::{LinkEvent, Outgoing};
 use convoy_shared::codec::Pipeline;
-use convoy_shared::messages::{self, AgentState, Announce, FailureReport};
+use convoy_shared::messages::{AgentState, Announce};
 use convoy_shared::topics::{self, ClientTopic, Topic};
-use convoy_shared::wire::{self, Kind, WireError};
-use serde::{Serialize, de::DeserializeOwned};
 use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
@@ -42,7 +42,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use fetch::Fetch;
-pub use train::{Finished, TrainOrder, TrainingDone};
+pub use outgoing::HEARTBEAT;
+pub use train::{Finished, Measured, TrainOrder, TrainingDone};
 
 /// What the machine reacts to.
 #[derive(Debug)]
@@ -137,28 +138,6 @@ impl Round {
     }
 }
 
-/// An encoded message, or `None` with the reason logged: serialising plain
-/// data cannot fail, so this is a bug report, never a silent empty payload.
-fn encoded(payload: Result<Vec<u8>, WireError>) -> Option<Vec<u8>> {
-    payload
-        .map_err(|e| tracing::error!(error = %e, "message not sent"))
-        .ok()
-}
-
-/// `message` signed by `key` for `topic`, ready to publish.
-fn sealed<T: Serialize>(
-    key: &convoy_shared::identity::SecretKey,
-    kind: Kind,
-    topic: &str,
-    message: &T,
-) -> Option<Outgoing> {
-    let payload = encoded(wire::encode(kind, message, topic, key))?;
-    Some(Outgoing::new(topic, payload))
-}
-
-/// How often an agent repeats its status when nothing else happens.
-pub const HEARTBEAT: Duration = Duration::from_secs(30);
-
 /// An update sent and awaiting the server's receipt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outbox {
@@ -171,12 +150,10 @@ pub struct Outbox {
 /// The topics one vehicle uses.
 #[derive(Debug, Clone)]
 struct Topics {
-    round: Topic,
     update: Topic,
     fetch: Topic,
     status: Topic,
     failure: Topic,
-    align: Topic,
     schema: Topic,
     stats: Topic,
 }
@@ -203,6 +180,9 @@ pub struct Agent {
     state: StateDir,
     data: LocalData,
     topics: Topics,
+    /// Decodes every message from the server once.
+    inbox: Inbox,
+    rejections: Rejections,
     /// The newest announcement seen.
     announce: Option<Announce>,
     /// The newest alignment request answered (older ones are replays).
@@ -229,15 +209,14 @@ impl Agent {
         let fleet = &config.fleet;
         let me = &config.client_id;
         let topics = Topics {
-            round: topics::round(fleet),
             update: topics::client(fleet, ClientTopic::Update, me),
             fetch: topics::client(fleet, ClientTopic::Fetch, me),
             status: topics::client(fleet, ClientTopic::Status, me),
             failure: topics::client(fleet, ClientTopic::Failure, me),
-            align: topics::align(fleet),
             schema: topics::client(fleet, ClientTopic::Schema, me),
             stats: topics::client(fleet, ClientTopic::Stats, me),
         };
+        let inbox = Inbox::new(fleet, me, keys.server, config.broker.max_packet_size);
         let policy = Policy::new(config.policy.clone(), clock.instant());
         // an unreadable model is handled when a round needs it
         let held = state
@@ -258,6 +237,8 @@ impl Agent {
             state,
             data,
             topics,
+            inbox,
+            rejections: Rejections::default(),
             announce: None,
             align_epoch: 0,
             round: Round::Idle,
@@ -270,42 +251,12 @@ impl Agent {
 
     /// The topic filters the link must hold.
     pub fn subscriptions(&self) -> Vec<String> {
-        let fleet = &self.config.fleet;
-        let me = &self.config.client_id;
-        vec![
-            topics::round(fleet).as_str().to_string(),
-            topics::align(fleet).as_str().to_string(),
-            topics::client(fleet, ClientTopic::Model, me)
-                .as_str()
-                .to_string(),
-            topics::client(fleet, ClientTopic::Ack, me)
-                .as_str()
-                .to_string(),
-        ]
+        self.inbox.subscriptions()
     }
 
-    /// The status the broker publishes if this agent vanishes, and the one
-    /// it publishes itself when it stops.
-    pub fn offline_status(&self) -> Option<Outgoing> {
-        self.status_message(AgentState::Offline, 0, "offline")
-    }
-
-    /// A signed status message, retained.
-    fn status_message(&self, state: AgentState, round: u64, detail: &str) -> Option<Outgoing> {
-        let seq = self.seq.get().saturating_add(1).max(self.clock.now_ms());
-        self.seq.set(seq);
-        let status = status::status(
-            &self.config,
-            state,
-            round,
-            self.data.rows(),
-            detail,
-            (self.session, seq),
-            (self.held.get(), self.throughput.get()),
-        );
-        let mut message = self.seal(Kind::Status, self.topics.status.as_str(), &status)?;
-        message.retain = true;
-        Some(message)
+    /// Messages refused so far (forged, replayed across topics, oversized).
+    pub fn rejections(&self) -> &Rejections {
+        &self.rejections
     }
 
     /// Sets this device's measured training speed (from
@@ -387,87 +338,19 @@ impl Agent {
         payload: &[u8],
         out: &mut Vec<Action>,
     ) -> Result<(), AgentError> {
-        if topic == self.topics.round.as_str() {
-            return self.on_announce_payload(topic, payload, out);
-        }
-        if topic == self.topics.align.as_str() {
-            return self.on_align_payload(topic, payload, out);
-        }
-        match topics::parse_client(&self.config.fleet, topic) {
-            Some((ClientTopic::Model, me)) if me == self.config.client_id.as_str() => {
-                self.on_model_chunk(topic, payload, out)
+        match self.inbox.decode(topic, payload) {
+            Ok(Some(Inbound::Announce(announce))) => self.on_announce(*announce, out),
+            Ok(Some(Inbound::Align(request))) => self.on_align(request, out),
+            Ok(Some(Inbound::ModelChunk(chunk))) => self.on_model_chunk(chunk, out),
+            Ok(Some(Inbound::Ack(ack))) => self.on_ack(ack, out),
+            Ok(None) => Ok(()),
+            Err(refused) => {
+                // a forged receipt must never make the vehicle drop its update
+                let now_ms = self.clock.now_ms();
+                self.rejections.refuse(&refused, now_ms);
+                Ok(())
             }
-            Some((ClientTopic::Ack, me)) if me == self.config.client_id.as_str() => {
-                self.on_ack(topic, payload, out)
-            }
-            _ => Ok(()),
         }
-    }
-
-    fn publish(&self, out: &mut Vec<Action>, message: Outgoing) {
-        out.push(Action::Publish(message));
-    }
-
-    fn status(&self, out: &mut Vec<Action>, state: AgentState, round: u64, detail: &str) {
-        if let Some(message) = self.status_message(state, round, detail) {
-            self.publish(out, message);
-            *self.last_status.borrow_mut() = Some((state, round, detail.to_string()));
-            self.status_at.set(Some(self.clock.instant()));
-        }
-    }
-
-    /// Repeats the last status once it is [`HEARTBEAT`] old.
-    fn heartbeat(&self, out: &mut Vec<Action>) {
-        let due = self
-            .status_at
-            .get()
-            .is_some_and(|at| self.clock.instant().saturating_duration_since(at) >= HEARTBEAT);
-        let last = self.last_status.borrow().clone();
-        if let (true, Some((state, round, detail))) = (due, last) {
-            self.status(out, state, round, &detail);
-        }
-    }
-
-    /// This vehicle cannot serve `round`: says so in its status and in a
-    /// signed failure report, so the server stops waiting for it.
-    fn fail(&self, out: &mut Vec<Action>, round: u64, reason: &str, detail: &str) {
-        self.status(out, AgentState::Skipped, round, detail);
-        let report = FailureReport {
-            client: messages::id(&self.config.client_id).unwrap_or_default(),
-            round,
-            reason: messages::detail(reason),
-            detail: messages::detail(detail),
-        };
-        self.send_signed(out, Kind::Failure, self.topics.failure.as_str(), &report);
-    }
-
-    /// Publishes `message`, signed by this vehicle for `topic`.
-    fn send_signed<T: Serialize>(
-        &self,
-        out: &mut Vec<Action>,
-        kind: Kind,
-        topic: &str,
-        message: &T,
-    ) {
-        if let Some(m) = self.seal(kind, topic, message) {
-            self.publish(out, m);
-        }
-    }
-
-    /// `message` signed by this vehicle for `topic`.
-    fn seal<T: Serialize>(&self, kind: Kind, topic: &str, message: &T) -> Option<Outgoing> {
-        sealed(&self.keys.vehicle, kind, topic, message)
-    }
-
-    /// Decodes a message the server must have signed for `topic`.
-    fn signed_by_server<T: DeserializeOwned>(
-        &self,
-        payload: &[u8],
-        kind: Kind,
-        max: usize,
-        topic: &str,
-    ) -> Result<T, WireError> {
-        wire::decode(payload, kind, max, topic, &self.keys.server, "the server")
     }
 
     fn now_ms(&self) -> u64 {

@@ -20,7 +20,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Debug)]
 pub enum Finished {
     /// Trained and encoded.
-    Update(PendingUpdate, f64),
+    Update {
+        /// The update, ready to persist and send.
+        update: PendingUpdate,
+        /// Seconds the encoding took.
+        encode_seconds: f64,
+    },
     /// Paused at a batch boundary.
     Paused(Checkpoint),
 }
@@ -36,8 +41,19 @@ pub struct TrainingDone {
     pub dataset: Option<([u8; 32], TrainingSet)>,
     /// The personalised model tuned from this round's base, if any.
     pub personal: Option<ParamSet>,
-    /// Steps, FLOPs and seconds of a finished training run.
-    pub measured: Option<(u64, u64, f64)>,
+    /// What a finished training run measured (refines the device's speed).
+    pub measured: Option<Measured>,
+}
+
+/// What one finished training run measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measured {
+    /// Optimiser steps taken.
+    pub steps: u64,
+    /// FLOPs they cost, by the cost model.
+    pub flops: u64,
+    /// Training seconds (CPU time of the training threads; wall on a GPU).
+    pub seconds: f64,
 }
 
 /// A training job for the I/O loop to run on its own thread.
@@ -198,7 +214,11 @@ impl Agent {
             .and_then(|progress| match progress {
                 trainer::Progress::Done(mut trained) => {
                     let s = &trained.stats;
-                    measured = Some((s.steps, s.flops, s.train_seconds));
+                    measured = Some(Measured {
+                        steps: s.steps,
+                        flops: s.flops,
+                        seconds: s.train_seconds,
+                    });
                     trained.stats.holdout = scored;
                     if personal_steps > 0 {
                         // the fleet's model with a head of this vehicle's own
@@ -222,9 +242,12 @@ impl Agent {
                         });
                         personal = Some(tuned);
                     }
-                    let (pending, secs) =
+                    let (update, encode_seconds) =
                         encode::encode(trained, &job.base, job.data.len() as u64, &encoding)?;
-                    Ok(Finished::Update(pending, secs))
+                    Ok(Finished::Update {
+                        update,
+                        encode_seconds,
+                    })
                 }
                 trainer::Progress::Paused(checkpoint) => Ok(Finished::Paused(checkpoint)),
             });
@@ -260,8 +283,8 @@ impl Agent {
             personal,
             measured,
         } = done;
-        if let Some((steps, flops, seconds)) = measured {
-            let t = self.throughput.get().refined(steps, flops, seconds);
+        if let Some(m) = measured {
+            let t = self.throughput.get().refined(m.steps, m.flops, m.seconds);
             self.throughput.set(t);
         }
         let ready = match std::mem::take(&mut self.round) {
@@ -276,9 +299,12 @@ impl Agent {
             self.dataset = dataset;
         }
         let (pending, encode_seconds) = match result {
-            Ok(Finished::Update(pending, seconds)) => {
+            Ok(Finished::Update {
+                update,
+                encode_seconds,
+            }) => {
                 self.state.clear_checkpoint()?;
-                (pending, seconds)
+                (update, encode_seconds)
             }
             Ok(Finished::Paused(checkpoint)) => {
                 let stored = StoredCheckpoint {

@@ -9,9 +9,6 @@ use convoy_shared::identity::SecretKey;
 use convoy_shared::messages::{self, AgentState, UpdateAck, UpdateChunk};
 use convoy_shared::wire::Kind;
 
-/// Largest receipt decoded.
-const MAX_ACK: usize = 4096;
-
 /// The messages that carry `pending` from `client` on `topic`, signed by `key`.
 pub fn update_messages(
     pending: &PendingUpdate,
@@ -30,7 +27,7 @@ pub fn update_messages(
                 pos,
                 data: data.to_vec(),
             };
-            super::sealed(key, Kind::UpdateChunk, topic, &message)
+            super::outgoing::sealed(key, Kind::UpdateChunk, topic, &message)
         })
         .collect()
 }
@@ -64,19 +61,9 @@ impl Agent {
 
     pub(super) fn on_ack(
         &mut self,
-        topic: &str,
-        payload: &[u8],
+        ack: UpdateAck,
         out: &mut Vec<Action>,
     ) -> Result<(), AgentError> {
-        let ack = match self.signed_by_server::<UpdateAck>(payload, Kind::UpdateAck, MAX_ACK, topic)
-        {
-            Ok(a) => a,
-            Err(e) => {
-                // A forged receipt must never make the vehicle drop its update.
-                tracing::warn!(reason = e.reason(), error = %e, "ignoring receipt");
-                return Ok(());
-            }
-        };
         let Some(pending) = self.state.pending()? else {
             return Ok(());
         };

@@ -6,19 +6,18 @@
 //! counts, exact sums, min/max and category counts.
 
 use crate::config::ServerConfig;
-use crate::coordinator::RejectionCounts;
 use crate::error::ServerError;
-use crate::identity::Keyring;
-use crate::store::Store;
+use crate::inbound::{Inbound, Inbox};
+use crate::rejection::{Rejection, RejectionCounts, Rejections};
 use convoy_runtime::clock::SharedClock;
 use convoy_runtime::link::{LinkEvent, Outgoing};
 use convoy_shared::align::{self, LocalSchema, Schema, Statistics};
 use convoy_shared::identity::SecretKey;
-use convoy_shared::messages::{AlignRequest, AlignStage, FailureReport, SchemaReport, StatsReport};
+use convoy_shared::messages::{AlignRequest, AlignStage, SchemaReport, StatsReport};
 use convoy_shared::spec::ModelSpec;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::wire::{self, Kind};
-use serde::de::DeserializeOwned;
+use convoy_store::Store;
 use std::collections::BTreeMap;
 
 /// Where an alignment stands.
@@ -35,7 +34,7 @@ enum Stage {
 pub struct Aligner {
     config: ServerConfig,
     key: SecretKey,
-    keyring: Keyring,
+    inbox: Inbox,
     store: Store,
     clock: SharedClock,
     epoch: u64,
@@ -47,7 +46,7 @@ pub struct Aligner {
     stats: BTreeMap<String, Statistics>,
     /// Vehicles that reported they cannot align, with why.
     failed: BTreeMap<String, String>,
-    rejections: RejectionCounts,
+    rejections: Rejections,
     spec: Option<ModelSpec>,
     /// The newest status message of each vehicle, handed to the coordinator
     /// afterwards so it knows who is online without waiting for heartbeats.
@@ -65,11 +64,16 @@ impl Aligner {
         store: Store,
         clock: SharedClock,
     ) -> Result<Self, ServerError> {
-        let keyring = Keyring::load(&store)?;
+        let inbox = Inbox::new(
+            &config.fleet,
+            key.clone(),
+            &store,
+            config.broker.link.max_packet_size,
+        )?;
         Ok(Self {
             config,
             key,
-            keyring,
+            inbox,
             store,
             clock,
             epoch: 0,
@@ -79,7 +83,7 @@ impl Aligner {
             schemas: BTreeMap::new(),
             stats: BTreeMap::new(),
             failed: BTreeMap::new(),
-            rejections: RejectionCounts::new(),
+            rejections: Rejections::default(),
             spec: None,
             statuses: BTreeMap::new(),
         })
@@ -137,7 +141,7 @@ impl Aligner {
     pub fn into_parts(self) -> (Store, RejectionCounts, Vec<LinkEvent>) {
         (
             self.store,
-            self.rejections,
+            self.rejections.counts().clone(),
             self.statuses.into_values().collect(),
         )
     }
@@ -184,56 +188,45 @@ impl Aligner {
         if self.spec.is_some() {
             return Ok(Vec::new());
         }
-        if topic == topics::align(&self.config.fleet).as_str() {
-            // anything there that the server did not sign is replaced
-            if crate::identity::own_or_empty::<AlignRequest>(
-                &self.key,
-                Kind::AlignRequest,
-                topic,
-                payload,
-            ) {
+        let inbound = match self.inbox.decode(&self.store, topic, payload) {
+            Ok(Some(inbound)) => inbound,
+            Ok(None) => return Ok(Vec::new()),
+            Err(refused) => {
+                self.reject(Some(&refused.client), &refused.why);
                 return Ok(Vec::new());
             }
-            self.reject(
-                None,
-                "forged_announcement",
-                "someone else published on the align topic",
-            );
-            return Ok(vec![self.request()?]);
-        }
-        let Some((kind, client)) = topics::parse_client(&self.config.fleet, topic) else {
-            return Ok(Vec::new());
         };
-        let max = self.config.broker.link.max_packet_size;
-        match kind {
-            ClientTopic::Schema => {
-                if let Some(report) =
-                    self.signed::<SchemaReport>(client, topic, payload, Kind::SchemaReport, max)
-                {
-                    self.on_schema(client, report);
-                }
+        match inbound {
+            // anything there that the server did not sign is replaced
+            Inbound::ForeignOnAlign => {
+                self.reject(None, &Rejection::ForgedAnnouncement);
+                return Ok(vec![self.request()?]);
             }
-            ClientTopic::Stats => {
-                if let Some(report) =
-                    self.signed::<StatsReport>(client, topic, payload, Kind::StatsReport, max)
-                {
-                    self.on_stats(client, report);
-                }
+            Inbound::Schema { client, report } if self.answers(&client, report.epoch) => {
+                self.on_schema(&client, report)
             }
-            ClientTopic::Failure => {
-                if let Some(report) =
-                    self.signed::<FailureReport>(client, topic, payload, Kind::Failure, 4096)
-                    && report.round == 0
-                {
-                    tracing::warn!(client, reason = %report.reason, detail = %report.detail, "vehicle cannot align");
-                    self.failed
-                        .insert(client.to_string(), report.detail.to_string());
-                    self.last_answer_ms = self.clock.now_ms();
-                }
+            Inbound::Stats { client, report } if self.answers(&client, report.epoch) => {
+                self.on_stats(&client, report)
+            }
+            Inbound::Failure { client, report } if report.round == 0 => {
+                tracing::warn!(client, reason = %report.reason, detail = %report.detail, "vehicle cannot align");
+                self.failed.insert(client, report.detail.to_string());
+                self.last_answer_ms = self.clock.now_ms();
             }
             _ => {}
         }
         Ok(Vec::new())
+    }
+
+    /// Does a schema or statistics message answer this alignment? One that
+    /// answers another is a counted rejection.
+    fn answers(&mut self, client: &str, epoch: u64) -> bool {
+        if epoch == self.epoch {
+            return true;
+        }
+        let why = Rejection::invalid("wrong_epoch", "answers another alignment request");
+        self.reject(Some(client), &why);
+        false
     }
 
     fn on_schema(&mut self, client: &str, report: SchemaReport) {
@@ -241,7 +234,7 @@ impl Aligner {
             return; // late: the schema is fixed for this alignment
         }
         if let Err(e) = report.schema.check() {
-            self.reject(Some(client), "bad_schema", &e.to_string());
+            self.reject(Some(client), &Rejection::invalid("bad_schema", e));
             return;
         }
         self.failed.remove(client);
@@ -255,15 +248,15 @@ impl Aligner {
             return;
         };
         if !self.schemas.contains_key(client) {
-            self.reject(
-                Some(client),
+            let why = Rejection::invalid(
                 "not_aligned",
                 "statistics from a vehicle that declared no schema in this alignment",
             );
+            self.reject(Some(client), &why);
             return;
         }
         if let Err(e) = report.stats.check(schema) {
-            self.reject(Some(client), "bad_statistics", &e.to_string());
+            self.reject(Some(client), &Rejection::invalid("bad_statistics", e));
             return;
         }
         self.stats.insert(client.to_string(), report.stats);
@@ -271,48 +264,9 @@ impl Aligner {
         tracing::info!(client, reported = self.stats.len(), "statistics received");
     }
 
-    /// Decodes a message `client` must have signed for `topic`, answering
-    /// this alignment; anything else is a counted rejection.
-    fn signed<T: DeserializeOwned + Answer>(
-        &mut self,
-        client: &str,
-        topic: &str,
-        payload: &[u8],
-        kind: Kind,
-        max: usize,
-    ) -> Option<T> {
-        let decoded = self
-            .keyring
-            .decode(&self.store, client, topic, payload, (kind, max));
-        let message: T = match decoded {
-            Ok(m) => m,
-            Err(e) => {
-                self.reject(Some(client), e.reason(), &e.to_string());
-                return None;
-            }
-        };
-        if message.client() != client {
-            self.reject(
-                Some(client),
-                "client_mismatch",
-                "the message names another vehicle than its topic",
-            );
-            return None;
-        }
-        if message.epoch().is_some_and(|e| e != self.epoch) {
-            self.reject(
-                Some(client),
-                "wrong_epoch",
-                "answers another alignment request",
-            );
-            return None;
-        }
-        Some(message)
-    }
-
     /// Every provisioned vehicle has answered this stage, or said it cannot.
     fn everyone_answered(&self, answered: usize) -> bool {
-        answered + self.failed.len() >= self.keyring.len().max(1)
+        answered + self.failed.len() >= self.inbox.vehicles().max(1)
     }
 
     /// Finishes a stage once enough vehicles answered and the rest are
@@ -398,50 +352,13 @@ impl Aligner {
         )])
     }
 
-    fn reject(&mut self, client: Option<&str>, reason: &'static str, detail: &str) {
-        *self.rejections.entry(reason.to_string()).or_default() += 1;
-        tracing::warn!(client, reason, detail, "alignment message rejected");
-        if let Err(e) =
-            self.store
-                .record_rejection(None, client, reason, detail, self.clock.now_ms())
-        {
-            tracing::error!(error = %e, "cannot record rejection");
-        }
+    fn reject(&mut self, client: Option<&str>, why: &Rejection) {
+        let now_ms = self.clock.now_ms();
+        self.rejections
+            .reject(&self.store, now_ms, None, client, why);
     }
 }
 
 /// What every alignment answer carries.
-trait Answer {
-    fn client(&self) -> &str;
-    fn epoch(&self) -> Option<u64>;
-}
-
-impl Answer for SchemaReport {
-    fn client(&self) -> &str {
-        &self.client
-    }
-    fn epoch(&self) -> Option<u64> {
-        Some(self.epoch)
-    }
-}
-
-impl Answer for StatsReport {
-    fn client(&self) -> &str {
-        &self.client
-    }
-    fn epoch(&self) -> Option<u64> {
-        Some(self.epoch)
-    }
-}
-
-impl Answer for FailureReport {
-    fn client(&self) -> &str {
-        &self.client
-    }
-    fn epoch(&self) -> Option<u64> {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests;

@@ -3,10 +3,10 @@
 
 use super::*;
 use crate::config::RoundConfig;
-use crate::store::VehicleRow;
 use convoy_runtime::clock::ManualClock;
 use convoy_shared::dataset::Table;
 use convoy_shared::spec::{Encoding, TaskKind};
+use convoy_store::VehicleRow;
 use std::sync::Arc;
 
 const FLEET: &str = "unit";
@@ -32,19 +32,11 @@ fn rig(tweak: impl FnOnce(&mut ServerConfig)) -> Rig {
     let mut config = ServerConfig {
         fleet: FLEET.parse().unwrap(),
         db: dir.path().join("unit.db"),
-        broker: Default::default(),
         rounds: RoundConfig {
             min_clients: 2,
             ..Default::default()
         },
-        model: Default::default(),
-        align: Default::default(),
-        training: Default::default(),
-        eval: Default::default(),
-        identity: Default::default(),
-        store: Default::default(),
-        http: Default::default(),
-        budget: Default::default(),
+        ..Default::default()
     };
     tweak(&mut config);
     let store = Store::open(&config.db).unwrap();
@@ -298,7 +290,7 @@ fn a_vehicle_that_cannot_align_is_not_waited_for() {
     rig.aligner
         .on_event(stats_from("car-1", epoch, &schema))
         .unwrap();
-    let failure = FailureReport {
+    let failure = convoy_shared::messages::FailureReport {
         client: convoy_shared::messages::id("car-2").unwrap(),
         round: 0,
         reason: convoy_shared::messages::detail("data"),

@@ -3,135 +3,18 @@
 
 use super::{Coordinator, Output};
 use crate::error::ServerError;
-use crate::store::{ClientRow, ClientStatus};
+use crate::rejection::Rejection;
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk::{Progress, Reassembler};
 use convoy_shared::cost;
 use convoy_shared::messages::{FailureReport, UpdateAck, UpdateBody, UpdateChunk};
+use convoy_shared::strategy::fold::fold_update;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::wire::Kind;
-use std::fmt;
-
-/// Largest failure report decoded.
-const MAX_FAILURE: usize = 4096;
+use convoy_store::{ClientRow, ClientStatus};
 
 /// Updates that set the median before the previous round's median exists.
 const NORM_QUORUM: usize = 3;
-
-/// Why a message was refused.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Rejection {
-    /// It did not decode: envelope, chunk, codec or parameter error, with
-    /// that layer's own reason.
-    Decode {
-        /// Stable reason, e.g. `bad_crc`.
-        reason: &'static str,
-        /// What was wrong.
-        detail: String,
-    },
-    /// It names another client than its topic.
-    ClientMismatch(&'static str),
-    /// The update is relative to another model version.
-    WrongBase,
-    /// The client was not selected this round.
-    NotSelected,
-    /// A round that has not started.
-    WrongRound(u64),
-    /// The update uses another codec than the round asked for.
-    WrongCodec {
-        /// Codec of the update.
-        got: String,
-        /// Codec of the round.
-        want: String,
-    },
-    /// The claimed sample count is 0 or absurd.
-    BadSamples(u64),
-    /// More samples than the vehicle declared, or than `rounds.max_samples`.
-    TooManySamples {
-        /// claimed
-        claimed: u64,
-        /// the bound
-        bound: u64,
-    },
-    /// From a client id no vehicle was provisioned with.
-    UnknownVehicle,
-    /// A status not newer than the last one of its session.
-    Replayed,
-    /// Two live processes share one vehicle's identity.
-    DuplicateIdentity,
-    /// Someone else published on the round topic.
-    ForgedAnnouncement,
-    /// Training statistics are NaN, infinite or negative.
-    NonFiniteStats,
-    /// A fetch for a version that is not the current one.
-    UnknownVersion,
-    /// The update names a head the model does not have.
-    UnknownHead(u32),
-}
-
-impl Rejection {
-    /// A decode failure with its layer's reason.
-    pub fn decode(reason: &'static str, detail: impl fmt::Display) -> Self {
-        Rejection::Decode {
-            reason,
-            detail: detail.to_string(),
-        }
-    }
-
-    /// The stable reason recorded and counted.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Rejection::Decode { reason, .. } => reason,
-            Rejection::ClientMismatch(_) => "client_mismatch",
-            Rejection::WrongBase => "wrong_base",
-            Rejection::NotSelected => "not_selected",
-            Rejection::WrongRound(_) => "wrong_round",
-            Rejection::WrongCodec { .. } => "wrong_codec",
-            Rejection::BadSamples(_) => "bad_samples",
-            Rejection::TooManySamples { .. } => "too_many_samples",
-            Rejection::UnknownVehicle => "unknown_vehicle",
-            Rejection::Replayed => "replayed",
-            Rejection::DuplicateIdentity => "duplicate_identity",
-            Rejection::ForgedAnnouncement => "forged_announcement",
-            Rejection::NonFiniteStats => "non_finite",
-            Rejection::UnknownVersion => "unknown_version",
-            Rejection::UnknownHead(_) => "unknown_head",
-        }
-    }
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Rejection::Decode { detail, .. } => f.write_str(detail),
-            Rejection::ClientMismatch(what) => f.write_str(what),
-            Rejection::WrongBase => f.write_str("update is relative to another model version"),
-            Rejection::NotSelected => f.write_str("client was not selected this round"),
-            Rejection::WrongRound(round) => write!(f, "round {round} has not started"),
-            Rejection::WrongCodec { got, want } => {
-                write!(f, "update uses {got}, the round asked for {want}")
-            }
-            Rejection::BadSamples(n) => write!(f, "sample count {n} out of range"),
-            Rejection::TooManySamples { claimed, bound } => write!(
-                f,
-                "claims {claimed} samples, more than the {bound} its vehicle declared or rounds.max_samples allows"
-            ),
-            Rejection::UnknownVehicle => f.write_str(
-                "no vehicle with this id is provisioned (convoy-server provision); message ignored",
-            ),
-            Rejection::Replayed => f.write_str("status is not newer than one already seen (replayed)"),
-            Rejection::DuplicateIdentity => f.write_str(
-                "two agent processes are using this vehicle's identity; give each vehicle its own client_id and keys",
-            ),
-            Rejection::ForgedAnnouncement => f.write_str(
-                "a message on the round topic that the server did not publish; replaced",
-            ),
-            Rejection::NonFiniteStats => f.write_str("training stats are not finite"),
-            Rejection::UnknownVersion => f.write_str("fetch for a version that is not current"),
-            Rejection::UnknownHead(head) => write!(f, "update trained head {head}, which the model does not have"),
-        }
-    }
-}
 
 /// (vehicle, codec) byte calibrations kept before the table starts afresh.
 const MAX_BYTE_RATIOS: usize = 100_000;
@@ -150,39 +33,23 @@ impl Coordinator {
         }
     }
 
-    pub(super) fn on_update(
-        &mut self,
-        client: &str,
-        topic: &str,
-        payload: &[u8],
-        wire_len: u64,
-        out: &mut Vec<Output>,
-    ) -> Result<(), ServerError> {
-        let current = self.round.as_ref().map(|r| r.announce.round);
-        // Wire bytes count whatever arrives from a participant, valid or not.
+    /// Wire bytes count whatever arrives from a participant, valid or not.
+    pub(super) fn count_wire_up(&mut self, client: &str, wire_len: u64) {
         if let Some(row) = self.round.as_mut().and_then(|r| r.rows.get_mut(client)) {
             row.wire_bytes_up += wire_len;
             row.chunks_up += 1;
         }
-        let max = self.config.broker.link.max_packet_size;
-        let chunk = match self.signed_by_vehicle::<UpdateChunk>(
-            client,
-            topic,
-            payload,
-            Kind::UpdateChunk,
-            max,
-        ) {
-            Ok(c) => c,
-            Err(why) => {
-                self.reject(current, Some(client), &why);
-                return Ok(());
-            }
-        };
-        if chunk.client.as_str() != client {
-            let why = Rejection::ClientMismatch("chunk names another client than its topic");
-            self.reject(current, Some(client), &why);
-            return Ok(());
-        }
+    }
+
+    pub(super) fn on_update(
+        &mut self,
+        client: &str,
+        chunk: UpdateChunk,
+        payload_len: u64,
+        wire_len: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ServerError> {
+        let current = self.round.as_ref().map(|r| r.announce.round);
         if current != Some(chunk.round) {
             return self.on_other_round(client, &chunk, current, wire_len, out);
         }
@@ -236,11 +103,11 @@ impl Coordinator {
                 r.inbox.insert(client.to_string(), (reassembler, bytes));
             }
             Ok(Progress::Partial) => {
-                bytes += payload.len() as u64;
+                bytes += payload_len;
                 r.inbox.insert(client.to_string(), (reassembler, bytes));
             }
             Ok(Progress::Complete) => {
-                bytes += payload.len() as u64;
+                bytes += payload_len;
                 match reassembler.finish() {
                     Some(body) => self.accept_update(client, chunk.round, &body, bytes, out),
                     None => {
@@ -325,10 +192,6 @@ impl Coordinator {
             Ok(_) => self.norm_clip(norm),
             Err(_) => None,
         };
-        if let Some(bound) = clip {
-            let factor = (bound / norm) as f32;
-            self.scratch.values_mut().for_each(|v| *v *= factor);
-        }
         let Some(r) = self.round.as_mut() else {
             return;
         };
@@ -397,8 +260,13 @@ impl Coordinator {
                 }
                 *row = accepted;
                 r.norms.push(norm);
-                r.sum
-                    .fold(&self.scratch, update.head as usize, update.samples as f64);
+                fold_update(
+                    &mut r.sum,
+                    &mut self.scratch,
+                    update.head as usize,
+                    update.samples,
+                    scale,
+                );
                 r.loss_weighted += update.stats.loss as f64 * update.samples as f64;
                 tracing::info!(
                     client,
@@ -492,22 +360,8 @@ impl Coordinator {
 
     /// A vehicle says it cannot serve a round: recorded, and the round
     /// stops waiting for it.
-    pub(super) fn on_failure(&mut self, client: &str, topic: &str, payload: &[u8]) {
+    pub(super) fn on_failure(&mut self, client: &str, report: FailureReport) {
         let current = self.round.as_ref().map(|r| r.announce.round);
-        let report = match self.signed_by_vehicle::<FailureReport>(
-            client,
-            topic,
-            payload,
-            Kind::Failure,
-            MAX_FAILURE,
-        ) {
-            Ok(r) => r,
-            Err(why) => return self.reject(current, Some(client), &why),
-        };
-        if report.client.as_str() != client {
-            let why = Rejection::ClientMismatch("failure report names another client");
-            return self.reject(current, Some(client), &why);
-        }
         if current != Some(report.round) {
             tracing::info!(client, round = report.round, reason = %report.reason, "failure report for a round not open; ignored");
             return;

@@ -8,25 +8,29 @@
 //! | file | idea |
 //! |---|---|
 //! | `registry.rs` | which vehicles are online and what codecs they run |
-//! | `ingest.rs` | update chunks: reassembly, validation, typed rejections, receipts |
+//! | `ingest.rs` | update chunks: reassembly, validation, the fold, receipts |
 //! | `serve.rs` | model chunks and downlink deltas for fetching vehicles |
 //! | `rounds.rs` | opening rounds (selection, warm-up) and closing them |
+//! | `resume.rs` | taking up an open round after a restart; rollbacks |
+//! | `totals.rs` | a round's ledger rows as it opens and its totals as it closes |
 
 mod ingest;
 mod registry;
+mod resume;
 mod rounds;
 mod serve;
+mod totals;
 
 #[cfg(test)]
 mod tests;
 
-pub use ingest::Rejection;
+pub use crate::rejection::{Rejection, RejectionCounts};
 pub use serve::strategy_name;
 
 use crate::config::ServerConfig;
 use crate::error::ServerError;
-use crate::identity::Keyring;
-use crate::store::{RoundRow, Store, StoredVersion};
+use crate::inbound::{Inbound, Inbox};
+use crate::rejection::Rejections;
 use convoy_runtime::clock::SharedClock;
 use convoy_runtime::link::{LinkEvent, Outgoing};
 use convoy_shared::codec::Pipeline;
@@ -40,14 +44,12 @@ use convoy_shared::spec::ModelSpec;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::version::VersionId;
 use convoy_shared::wire::{self, Kind, WireError, mqtt_publish_wire_len};
+use convoy_store::{RoundRow, Store, StoredVersion};
 use registry::Registry;
 use rounds::{Closing, OpenRound};
-use serde::{Serialize, de::DeserializeOwned};
-use std::collections::{BTreeMap, HashMap};
+use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::Arc;
-
-/// Counts of rejected messages by reason, since start.
-pub type RejectionCounts = BTreeMap<String, u64>;
 
 /// What the coordinator reacts to.
 #[derive(Debug)]
@@ -110,8 +112,8 @@ pub struct Coordinator {
     config: ServerConfig,
     /// Signs everything the server publishes.
     key: SecretKey,
-    /// Verifies what vehicles sign.
-    keyring: Keyring,
+    /// Decodes and checks every inbound message once.
+    inbox: Inbox,
     store: Store,
     clock: SharedClock,
     spec: ModelSpec,
@@ -143,41 +145,9 @@ pub struct Coordinator {
     next_round: u64,
     rounds_run: u64,
     rounds_failed: u64,
-    rejections: RejectionCounts,
-    warnings: WarningLimiter,
+    rejections: Rejections,
     /// Median update norm of the last round that had updates.
     reference_norm: Option<f64>,
-}
-
-/// One warning per (client, reason) a minute, however many messages are
-/// rejected; the next warning says how many were not logged.
-#[derive(Debug, Default)]
-struct WarningLimiter {
-    /// Per (client, reason): the minute of its last warning and the
-    /// rejections since.
-    seen: std::collections::HashMap<(String, &'static str), (u64, u64)>,
-}
-
-impl WarningLimiter {
-    /// Keys kept before the table starts afresh (bounds memory under a
-    /// flood of made-up client ids).
-    const MAX_KEYS: usize = 10_000;
-
-    /// `Some(suppressed since the last warning)` when this one is logged.
-    fn admit(&mut self, client: &str, reason: &'static str, minute: u64) -> Option<u64> {
-        let key = (client.to_string(), reason);
-        if self.seen.len() >= Self::MAX_KEYS && !self.seen.contains_key(&key) {
-            self.seen.clear();
-        }
-        let entry = self.seen.entry(key).or_insert((u64::MAX, 0));
-        if entry.0 == minute {
-            entry.1 += 1;
-            return None;
-        }
-        let suppressed = std::mem::take(&mut entry.1);
-        entry.0 = minute;
-        Some(suppressed)
-    }
 }
 
 impl Coordinator {
@@ -193,8 +163,13 @@ impl Coordinator {
         current: StoredVersion,
     ) -> Result<Self, ServerError> {
         let next_round = store.next_round()?;
-        let keyring = Keyring::load(&store)?;
-        if keyring.is_empty() {
+        let inbox = Inbox::new(
+            &config.fleet,
+            key.clone(),
+            &store,
+            config.broker.link.max_packet_size,
+        )?;
+        if inbox.vehicles() == 0 {
             tracing::warn!(
                 "no vehicle is provisioned: run `convoy-server provision <client_id>...` for each vehicle"
             );
@@ -215,7 +190,7 @@ impl Coordinator {
             scratch: ParamSet::zeros(&spec.layout()),
             config,
             key,
-            keyring,
+            inbox,
             store,
             clock,
             spec,
@@ -227,8 +202,7 @@ impl Coordinator {
             next_round,
             rounds_run: 0,
             rounds_failed: 0,
-            rejections: RejectionCounts::new(),
-            warnings: WarningLimiter::default(),
+            rejections: Rejections::default(),
             reference_norm: None,
         };
         coordinator.resume()?;
@@ -270,7 +244,7 @@ impl Coordinator {
 
     /// Rejection counts by reason since start.
     pub fn rejections(&self) -> &RejectionCounts {
-        &self.rejections
+        self.rejections.counts()
     }
 
     /// The fleet's current model.
@@ -304,35 +278,53 @@ impl Coordinator {
         Ok(out)
     }
 
+    /// Decodes a message once (the [`Inbox`] gate) and hands it to its
+    /// handler; what the gate refuses is counted here.
     fn on_message(
         &mut self,
         topic: &str,
         payload: &[u8],
         out: &mut Vec<Output>,
     ) -> Result<(), ServerError> {
-        if topic == topics::round(&self.config.fleet).as_str() {
-            return self.on_round_topic(topic, payload, out);
-        }
-        let Some((kind, client)) = topics::parse_client(&self.config.fleet, topic) else {
-            return Ok(());
-        };
         let wire_len = mqtt_publish_wire_len(topic.len(), payload.len(), 1);
-        match kind {
-            ClientTopic::Update => self.on_update(client, topic, payload, wire_len, out),
-            ClientTopic::Fetch => {
-                self.on_fetch(client, topic, payload, out);
-                Ok(())
+        let current = self.round.as_ref().map(|r| r.announce.round);
+        let inbound = match self.inbox.decode(&self.store, topic, payload) {
+            Ok(Some(inbound)) => inbound,
+            Ok(None) => return Ok(()),
+            Err(refused) => {
+                let round = match refused.kind {
+                    ClientTopic::Status => None,
+                    ClientTopic::Update => {
+                        self.count_wire_up(&refused.client, wire_len);
+                        current
+                    }
+                    _ => current,
+                };
+                self.reject(round, Some(&refused.client), &refused.why);
+                return Ok(());
             }
-            ClientTopic::Status => {
-                self.on_status(client, topic, payload);
-                Ok(())
-            }
-            ClientTopic::Failure => {
-                self.on_failure(client, topic, payload);
-                Ok(())
-            }
-            _ => Ok(()),
+        };
+        // a status counts as news only once the registry has found it newer
+        // (`Registry::take`): a replayed one must not keep a vehicle alive
+        if let Some(client) = inbound.client()
+            && !matches!(inbound, Inbound::Status { .. })
+        {
+            let now = self.clock.instant();
+            self.registry.heard(client, now);
         }
+        match inbound {
+            Inbound::ForeignOnRound => self.on_foreign_announcement(topic, out)?,
+            Inbound::Update { client, chunk } => {
+                self.count_wire_up(&client, wire_len);
+                self.on_update(&client, chunk, payload.len() as u64, wire_len, out)?
+            }
+            Inbound::Fetch { client, request } => self.on_fetch(&client, request, out),
+            Inbound::Status { client, status } => self.on_status(&client, status),
+            Inbound::Failure { client, report } => self.on_failure(&client, report),
+            // alignment's messages, after alignment
+            Inbound::ForeignOnAlign | Inbound::Schema { .. } | Inbound::Stats { .. } => {}
+        }
+        Ok(())
     }
 
     /// Whatever is on the round topic must be the server's own. Its own
@@ -340,15 +332,11 @@ impl Coordinator {
     /// after a newer was sent; the broker keeps the newer). Anything else is
     /// replaced with the open round's announcement, or cleared with an empty
     /// retained message when no round is open.
-    fn on_round_topic(
+    fn on_foreign_announcement(
         &mut self,
         topic: &str,
-        payload: &[u8],
         out: &mut Vec<Output>,
     ) -> Result<(), ServerError> {
-        if crate::identity::own_or_empty::<Announce>(&self.key, Kind::Announce, topic, payload) {
-            return Ok(());
-        }
         let genuine = match &self.round {
             Some(r) => self.seal(Kind::Announce, topic, &r.announce)?,
             None => Vec::new(),
@@ -369,49 +357,10 @@ impl Coordinator {
         wire::encode(kind, message, topic, &self.key)
     }
 
-    /// Decodes what `client` must have signed for `topic`; a vehicle that was
-    /// never provisioned is refused before its bytes are looked at further.
-    fn signed_by_vehicle<T: DeserializeOwned>(
-        &mut self,
-        client: &str,
-        topic: &str,
-        payload: &[u8],
-        kind: Kind,
-        max: usize,
-    ) -> Result<T, Rejection> {
-        let message = self
-            .keyring
-            .decode(&self.store, client, topic, payload, (kind, max))?;
-        // a status counts as news only once the registry has found it newer
-        // (`Registry::take`): a replayed one must not keep a vehicle alive
-        if kind != Kind::Status {
-            let now = self.clock.instant();
-            self.registry.heard(client, now);
-        }
-        Ok(message)
-    }
-
     fn reject(&mut self, round: Option<u64>, client: Option<&str>, why: &Rejection) {
-        let reason = why.reason();
-        *self.rejections.entry(reason.to_string()).or_default() += 1;
-        let detail = why.to_string();
-        let minute = self.clock.now_ms() / 60_000;
-        if let Some(suppressed) = self.warnings.admit(client.unwrap_or(""), reason, minute) {
-            tracing::warn!(
-                ?round,
-                client,
-                reason,
-                detail,
-                suppressed,
-                "message rejected"
-            );
-        }
-        if let Err(e) =
-            self.store
-                .record_rejection(round, client, reason, &detail, self.clock.now_ms())
-        {
-            tracing::error!(error = %e, "cannot record rejection");
-        }
+        let now_ms = self.clock.now_ms();
+        self.rejections
+            .reject(&self.store, now_ms, round, client, why);
     }
 
     fn now_ms(&self) -> u64 {

@@ -15,13 +15,9 @@
 
 use super::{Coordinator, Rejection};
 use convoy_shared::messages::{AgentState, Status};
-use convoy_shared::wire::Kind;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// Largest status message decoded.
-const MAX_STATUS: usize = 4096;
 
 /// What the coordinator knows of a client from its status messages.
 #[derive(Debug, Clone)]
@@ -162,24 +158,7 @@ impl ClientInfo {
 }
 
 impl Coordinator {
-    pub(super) fn on_status(&mut self, client: &str, topic: &str, payload: &[u8]) {
-        if payload.is_empty() {
-            return; // a retained status cleared: nobody's word takes a vehicle off
-        }
-        let status = match self.signed_by_vehicle::<Status>(
-            client,
-            topic,
-            payload,
-            Kind::Status,
-            MAX_STATUS,
-        ) {
-            Ok(status) => status,
-            Err(why) => return self.reject(None, Some(client), &why),
-        };
-        if status.client.as_str() != client {
-            let why = Rejection::ClientMismatch("status names another client");
-            return self.reject(None, Some(client), &why);
-        }
+    pub(super) fn on_status(&mut self, client: &str, status: Status) {
         let was_online = self.registry.get(client).is_some_and(|i| i.online);
         match self.registry.take(client, &status, self.clock.instant()) {
             Verdict::Fresh => {}
@@ -217,18 +196,9 @@ mod tests {
 
     fn status(session: u64, seq: u64, state: AgentState) -> Status {
         Status {
-            client: messages::id("car").unwrap(),
-            state,
-            round: 0,
             codecs: vec![],
             samples: 10,
-            detail: messages::detail(""),
-            version: messages::detail(""),
-            model: [0; 32],
-            throughput: Default::default(),
-            deployment: Default::default(),
-            session,
-            seq,
+            ..Status::new(messages::id("car").unwrap(), state, (session, seq))
         }
     }
 

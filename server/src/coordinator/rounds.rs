@@ -3,19 +3,18 @@
 //! the server evaluates: the model is built, the loop evaluates it off the
 //! async runtime, then the version and the ledger are written together.
 
+use super::totals::{ledger_rows, round_totals};
 use super::{Coordinator, EvalRequest, Output};
-use crate::aggregator::PartialSum;
 use crate::error::ServerError;
-use crate::publish::Delta;
-use crate::store::{
-    ClientRow, ClientStatus, OpenRoundState, Publication, RoundRow, RoundStatus, StoredVersion,
-};
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk::Reassembler;
 use convoy_shared::codec::{Pipeline, Sparsify};
 use convoy_shared::cost::{self, Throughput};
 use convoy_shared::eval::Evaluation;
 use convoy_shared::messages::{self, Announce};
+use convoy_shared::strategy::publish::Delta;
+use convoy_shared::strategy::sum::PartialSum;
+use convoy_store::{ClientRow, ClientStatus, Publication, RoundRow, RoundStatus, StoredVersion};
 use std::str::FromStr;
 
 use convoy_shared::topics;
@@ -34,7 +33,7 @@ pub(super) struct OpenRound {
     /// The round's update codec (differs from the configured one during warm-up).
     pub(super) codec: Pipeline,
     pub(super) selected: BTreeSet<String>,
-    deadline: Instant,
+    pub(super) deadline: Instant,
     pub(super) sum: PartialSum,
     pub(super) inbox: HashMap<String, (Reassembler, u64)>,
     /// One ledger row per selected vehicle.
@@ -42,7 +41,7 @@ pub(super) struct OpenRound {
     /// Downloads by vehicles that were not selected (totals only).
     pub(super) unselected_down: ClientRow,
     pub(super) loss_weighted: f64,
-    started_ms: u64,
+    pub(super) started_ms: u64,
     pub(super) served: BTreeSet<String>,
     pub(super) bytes_down_raw: u64,
     /// L2 norms of the accepted updates, before clipping.
@@ -275,123 +274,6 @@ impl Coordinator {
             .unwrap_or(self.model_bytes.len() as u64)
     }
 
-    /// Switches to the fleet's current model when `models rollback` made
-    /// another version current while the server was running; the next
-    /// round is announced on it.
-    fn pick_up_rollback(&mut self) -> Result<(), ServerError> {
-        // only another connection's commit (`models rollback`) can change it
-        let seen = self.store.data_version()?;
-        if self.data_version.replace(seen) == Some(seen) {
-            return Ok(());
-        }
-        let Some(current) = self.store.current_version()? else {
-            return Ok(());
-        };
-        if current == version::hex(&self.current.manifest.version) {
-            return Ok(());
-        }
-        let v = match self.store.load_version(&current) {
-            Ok(v) if v.spec == self.spec => v,
-            Ok(_) => {
-                tracing::error!(version = %current, "the rolled-back version has another model spec; staying on the current model");
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::error!(version = %current, error = %e, "cannot load the rolled-back version; staying on the current model");
-                return Ok(());
-            }
-        };
-        tracing::info!(from = %version::short(&self.current.manifest.version), to = %version::short(&v.manifest.version), "rollback: the fleet's current model changed");
-        self.model_bytes = v.params.canonical_bytes();
-        self.transfers.clear();
-        self.current = v;
-        Ok(())
-    }
-
-    /// After a restart: takes up the newest open round again with every
-    /// update it acknowledged (each folded in exactly once, as before), and
-    /// marks any other round left open as abandoned.
-    pub(super) fn resume(&mut self) -> Result<(), ServerError> {
-        let kept = match self.store.open_round_state()? {
-            Some(state) => self.resume_round(state)?,
-            None => None,
-        };
-        let abandoned = self.store.abandon_open_rounds(self.now_ms(), kept)?;
-        if abandoned > 0 {
-            tracing::warn!(
-                abandoned,
-                "rounds left open by an earlier run marked abandoned"
-            );
-        }
-        Ok(())
-    }
-
-    fn resume_round(&mut self, state: OpenRoundState) -> Result<Option<u64>, ServerError> {
-        let round = state.round;
-        let Ok(announce) = postcard::from_bytes::<Announce>(&state.announce) else {
-            tracing::warn!(
-                round,
-                "stored announcement unreadable; the round cannot resume"
-            );
-            return Ok(None);
-        };
-        let codec = match Pipeline::from_str(&announce.codec) {
-            Ok(c) if announce.base_version() == self.current.manifest.version => c,
-            _ => {
-                tracing::warn!(round, "open round is not on the current model; not resumed");
-                return Ok(None);
-            }
-        };
-        let selected: BTreeSet<String> = announce.selected.iter().map(|c| c.to_string()).collect();
-        let mut rows = ledger_rows(round, &selected, &announce.codec);
-        let mut sum = PartialSum::for_spec(&self.spec);
-        let (mut loss_weighted, mut norms) = (0.0, Vec::new());
-        for (row, body, scale) in state.updates {
-            let decoded = postcard::from_bytes::<convoy_shared::messages::UpdateBody>(&body)
-                .ok()
-                .filter(|u| (u.head as usize) < self.spec.heads.len())
-                .and_then(|u| {
-                    codec
-                        .decode_into(&u.encoded, &mut self.scratch)
-                        .ok()
-                        .map(|()| u.head as usize)
-                });
-            let (Some(head), true) = (decoded, rows.contains_key(&row.client)) else {
-                tracing::error!(round, client = %row.client, "stored update unreadable; left out");
-                continue;
-            };
-            crate::store::fold_scaled(&mut sum, &mut self.scratch, head, row.samples, scale);
-            loss_weighted += row.loss.unwrap_or(0.0) * row.samples as f64;
-            norms.extend(row.update_norm);
-            rows.insert(row.client.clone(), row);
-        }
-        let now_ms = self.now_ms();
-        let left = Duration::from_millis(announce.deadline_ms.saturating_sub(now_ms));
-        tracing::info!(
-            round,
-            acknowledged = norms.len(),
-            left_secs = left.as_secs(),
-            "resuming the open round with the updates it acknowledged"
-        );
-        self.round = Some(OpenRound {
-            codec,
-            sum,
-            selected,
-            deadline: self.clock.instant() + left,
-            inbox: HashMap::new(),
-            rows,
-            unselected_down: ClientRow::default(),
-            loss_weighted,
-            started_ms: now_ms,
-            served: BTreeSet::new(),
-            bytes_down_raw: 0,
-            norms,
-            throughput: HashMap::new(),
-            announce,
-        });
-        Ok(Some(round))
-    }
-
     fn close_round(&mut self, out: &mut Vec<Output>) -> Result<(), ServerError> {
         let Some(r) = self.round.take() else {
             return Ok(());
@@ -509,7 +391,7 @@ impl Coordinator {
         out: &mut Vec<Output>,
     ) -> Result<(), ServerError> {
         let finished = self.now_ms();
-        row.finished_at = Some(crate::store::iso8601(finished));
+        row.finished_at = Some(convoy_store::iso8601(finished));
         row.compression_up =
             (row.bytes_up > 0).then(|| row.bytes_up_raw as f64 / row.bytes_up as f64);
         self.store.finish_round(&row, &clients, finished)?;
@@ -528,88 +410,5 @@ impl Coordinator {
         }
         out.push(Output::RoundClosed(Box::new(row)));
         Ok(())
-    }
-}
-
-/// One `dropped` ledger row per selected vehicle: what stands until it reports.
-fn ledger_rows(
-    round: u64,
-    selected: &BTreeSet<String>,
-    codec: &str,
-) -> BTreeMap<String, ClientRow> {
-    selected
-        .iter()
-        .map(|c| {
-            let row = ClientRow {
-                round,
-                client: c.clone(),
-                status: ClientStatus::Dropped,
-                codec: codec.to_string(),
-                ..Default::default()
-            };
-            (c.clone(), row)
-        })
-        .collect()
-}
-
-/// The round's ledger row from its vehicles' rows.
-fn round_totals(r: &OpenRound, downlink_codec: &str) -> RoundRow {
-    let accepted: Vec<&ClientRow> = r
-        .rows
-        .values()
-        .filter(|c| c.status == ClientStatus::Accepted)
-        .collect();
-    let samples: u64 = accepted.iter().map(|c| c.samples).sum();
-    let all = || r.rows.values().chain(std::iter::once(&r.unselected_down));
-    RoundRow {
-        round: r.announce.round,
-        status: RoundStatus::Failed,
-        base_version: version::hex(&r.announce.base_version()),
-        codec: r.announce.codec.clone(),
-        clients_selected: r.selected.len() as u64,
-        clients_reported: accepted.len() as u64,
-        clients_failed: r
-            .rows
-            .values()
-            .filter(|c| c.status == ClientStatus::Failed)
-            .count() as u64,
-        bytes_up: accepted.iter().map(|c| c.bytes_up).sum(),
-        bytes_down: all().map(|c| c.bytes_down).sum(),
-        wire_bytes_up: r.rows.values().map(|c| c.wire_bytes_up).sum(),
-        wire_bytes_down: all().map(|c| c.wire_bytes_down).sum(),
-        bytes_up_predicted: accepted.iter().map(|c| c.bytes_up_predicted).sum(),
-        train_seconds_sum: accepted.iter().map(|c| c.train_seconds).sum(),
-        train_seconds_max: accepted.iter().map(|c| c.train_seconds).fold(0.0, f64::max),
-        samples,
-        steps: accepted.iter().map(|c| c.steps).sum(),
-        flops: accepted.iter().map(|c| c.flops).sum(),
-        loss: (samples > 0).then(|| r.loss_weighted / samples as f64),
-        bytes_down_raw: r.bytes_down_raw,
-        downlink_codec: downlink_codec.to_string(),
-        encode_seconds: accepted.iter().map(|c| c.encode_seconds).sum(),
-        decode_seconds: accepted.iter().map(|c| c.decode_seconds).sum(),
-        bytes_up_raw: accepted.iter().map(|c| c.bytes_up_raw).sum(),
-        started_at: crate::store::iso8601(r.started_ms),
-        ..holdout_totals(&accepted)
-    }
-}
-
-/// The base model's scores on the vehicles' held-out rows, pooled:
-/// accuracy weighted by rows, RMSE from the summed squared errors.
-fn holdout_totals(accepted: &[&ClientRow]) -> RoundRow {
-    let scored = |f: fn(&ClientRow) -> Option<f64>| -> Option<f64> {
-        let with: Vec<(f64, f64)> = accepted
-            .iter()
-            .filter_map(|c| f(c).map(|v| (c.holdout_samples as f64, v)))
-            .filter(|(n, _)| *n > 0.0)
-            .collect();
-        let n: f64 = with.iter().map(|(n, _)| n).sum();
-        (n > 0.0).then(|| with.iter().map(|(k, v)| k * v).sum::<f64>() / n)
-    };
-    RoundRow {
-        holdout_samples: accepted.iter().map(|c| c.holdout_samples).sum(),
-        holdout_accuracy: scored(|c| c.holdout_accuracy),
-        holdout_rmse: scored(|c| c.holdout_rmse.map(|r| r * r)).map(f64::sqrt),
-        ..Default::default()
     }
 }

@@ -4,43 +4,21 @@
 //! rendering).
 
 use super::{Coordinator, Output, Rejection};
-use crate::publish::{self, Delta};
-use crate::store::ClientRow;
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk;
 use convoy_shared::messages::{FetchRequest, ModelChunk, ModelPart};
 use convoy_shared::params::ParamSet;
+use convoy_shared::strategy::publish::{self, Delta};
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::version::{self, MODEL_CHUNK_SIZE, VersionId};
 use convoy_shared::wire::{Kind, mqtt_publish_wire_len};
+use convoy_store::ClientRow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-/// Largest fetch request decoded.
-const MAX_FETCH: usize = 64 * 1024;
-
 impl Coordinator {
-    pub(super) fn on_fetch(
-        &mut self,
-        client: &str,
-        topic: &str,
-        payload: &[u8],
-        out: &mut Vec<Output>,
-    ) {
+    pub(super) fn on_fetch(&mut self, client: &str, request: FetchRequest, out: &mut Vec<Output>) {
         let current = self.round.as_ref().map(|r| r.announce.round);
-        let request = match self.signed_by_vehicle::<FetchRequest>(
-            client,
-            topic,
-            payload,
-            Kind::FetchRequest,
-            MAX_FETCH,
-        ) {
-            Ok(r) => r,
-            Err(why) => {
-                self.reject(current, Some(client), &why);
-                return;
-            }
-        };
         let version = self.current.manifest.version;
         if request.version != version {
             self.reject(current, Some(client), &Rejection::UnknownVersion);

@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::config::{ModelConfig, RoundConfig, ServerConfig};
-use crate::store::{ClientStatus, Publication};
 use convoy_runtime::clock::{Clock, ManualClock};
 use convoy_shared::chunk;
 use convoy_shared::codec;
@@ -15,6 +14,7 @@ use convoy_shared::messages::{
 };
 use convoy_shared::spec::{ModelSpec, TaskKind};
 use convoy_shared::version;
+use convoy_store::{ClientStatus, Publication};
 use std::time::Duration;
 
 const FLEET: &str = "unit";
@@ -42,7 +42,6 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
     let mut config = ServerConfig {
         fleet: FLEET.parse().unwrap(),
         db: dir.path().join("unit.db"),
-        broker: Default::default(),
         rounds: RoundConfig {
             min_clients: 2,
             deadline_secs: 30,
@@ -53,13 +52,7 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
             init_seed: 1,
             ..Default::default()
         },
-        align: Default::default(),
-        training: Default::default(),
-        eval: Default::default(),
-        identity: Default::default(),
-        store: Default::default(),
-        http: Default::default(),
-        budget: Default::default(),
+        ..Default::default()
     };
     tweak(&mut config);
     let table = table();
@@ -68,7 +61,7 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
         .unwrap();
     let store = Store::open(&config.db).unwrap();
     for client in VEHICLES {
-        let row = crate::store::VehicleRow {
+        let row = convoy_store::VehicleRow {
             client: client.to_string(),
             public_key: vehicle_key(client).public().to_string(),
             password_hash: String::new(),
@@ -166,21 +159,17 @@ fn message(topic: &str, payload: Vec<u8>) -> Input {
 
 fn status(client: &str, state: AgentState, codecs: &[&str]) -> Input {
     let status = Status {
-        client: messages::id(client).unwrap(),
-        state,
-        round: 0,
         codecs: codecs
             .iter()
             .map(|c| heapless::String::try_from(*c).unwrap())
             .collect(),
         samples: 100,
         detail: messages::detail("idle"),
-        version: heapless::String::try_from("0.1.0").unwrap(),
-        model: [0; 32],
-        throughput: Default::default(),
-        deployment: Default::default(),
-        session: 1,
-        seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ..Status::new(
+            messages::id(client).unwrap(),
+            state,
+            (1, SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+        )
     };
     let topic = topics::client(FLEET, ClientTopic::Status, client);
     message(
@@ -770,12 +759,6 @@ fn a_flood_of_junk_adds_counts_not_rows_and_one_warning_a_minute() {
     rig.clock.advance(Duration::from_secs(60));
     rig.handle(message(topic.as_str(), vec![0xff; 16]));
     assert_eq!(rig.coordinator.store.rejection_rows().unwrap(), 2);
-    let mut limiter = WarningLimiter::default();
-    assert_eq!(limiter.admit("car-1", "bad_crc", 7), Some(0));
-    assert_eq!(limiter.admit("car-1", "bad_crc", 7), None);
-    assert_eq!(limiter.admit("car-1", "bad_crc", 7), None);
-    assert_eq!(limiter.admit("car-2", "bad_crc", 7), Some(0));
-    assert_eq!(limiter.admit("car-1", "bad_crc", 8), Some(2));
 }
 
 fn failure(client: &str, round: u64, reason: &str) -> Input {

@@ -7,11 +7,11 @@
 //! OpenAPI 3 description.
 
 use super::{AppState, HttpError, with_store};
-use crate::store::{ClientRow, RoundRow, VehicleSummary, VersionRow};
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
+use convoy_store::{ClientRow, RoundRow, VehicleSummary, VersionRow};
 use serde::{Deserialize, Serialize};
 
 /// Largest page.
@@ -327,7 +327,7 @@ fn example_version() -> VersionRow {
         parent: Some(String::new()),
         created_at: String::new(),
         bytes: 0,
-        kind: crate::store::StorageKind::Keyframe,
+        kind: convoy_store::StorageKind::Keyframe,
         stored_bytes: 0,
         depth: 0,
         rebuild_secs: 0.5,

@@ -11,7 +11,7 @@
 //! adds at most cap + 1 series per metric.
 
 use super::{LiveState, Settings};
-use crate::store::{RoundRow, RoundStatus, Store, StoreError};
+use convoy_store::{RoundRow, RoundStatus, Store, StoreError};
 use std::fmt::Write as _;
 
 /// Upper bounds of the round-duration histogram, seconds.
@@ -382,7 +382,7 @@ fn vehicle_series(
         "Vehicles summed under vehicle=\"_other\" (past http.vehicle_series_cap).",
         rest.len() as f64,
     );
-    type Pick = fn(&crate::store::VehicleSummary) -> f64;
+    type Pick = fn(&convoy_store::VehicleSummary) -> f64;
     let families: [(&str, &str, &str, Pick); 6] = [
         (
             "convoy_vehicle_bytes_up_total",

@@ -19,14 +19,15 @@
 pub mod api;
 pub mod dashboard;
 pub mod metrics;
+mod svg;
 
 use crate::config::{BudgetConfig, ServerConfig};
 use crate::error::ServerError;
-use crate::store::{Store, StoreError};
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use convoy_store::{Store, StoreError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -13,6 +13,7 @@
 //!    standardisation, presence input and categorical vocabulary, which is
 //!    the model's input pipeline, part of its spec and version id.
 
+mod derive;
 mod exact;
 mod stats;
 

@@ -93,9 +93,6 @@ pub enum DataError {
     /// Two columns share a name, so matching by name would be ambiguous.
     #[error("column {0:?} appears more than once in the header")]
     DuplicateColumn(String),
-    /// The data does not fit the fleet's schema, or alignment failed.
-    #[error("{0}")]
-    Align(#[from] crate::align::AlignError),
     /// No usable rows.
     #[error("no usable rows ({skipped} skipped for missing or unknown labels)")]
     Empty {

@@ -2,7 +2,7 @@
 //! that are not all numbers, and missing cells known as missing.
 
 use super::DataError;
-use crate::spec::{ModelSpec, TaskKind};
+
 use std::io::Read;
 
 /// Is this cell text a missing value: empty, `NA`, `N/A`, `NaN` or `null`
@@ -169,26 +169,5 @@ impl Table {
     /// A whole row as text cells (for writing CSVs).
     pub fn row(&self, row: usize) -> Vec<String> {
         (0..self.headers.len()).map(|c| self.text(row, c)).collect()
-    }
-
-    /// Derives a spec from this table alone, the way a fleet of one vehicle
-    /// would align: numeric columns standardised (with a presence input when
-    /// a cell is missing), text columns one-hot, classes sorted.
-    pub fn derive_spec(
-        &self,
-        label: &str,
-        task: TaskKind,
-        hidden: Vec<u32>,
-        init_seed: u64,
-    ) -> Result<ModelSpec, DataError> {
-        let settings = crate::align::AlignSettings::default();
-        let local =
-            crate::align::LocalSchema::infer(self, label, task).map_err(DataError::Align)?;
-        let schema =
-            crate::align::merge(&[("local", &local)], &settings).map_err(DataError::Align)?;
-        let stats = crate::align::Statistics::collect(self, &schema, label, None)
-            .map_err(DataError::Align)?;
-        crate::align::finish(&schema, [&stats], &settings, hidden, init_seed)
-            .map_err(DataError::Align)
     }
 }

@@ -1,0 +1,47 @@
+//! `convoy-server provision`: each vehicle's broker password and key pair.
+
+use super::DbArgs;
+use convoy_shared::topics::TopicId;
+use convoy_store::Store;
+use std::path::PathBuf;
+
+/// `provision`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    store: DbArgs,
+    /// Folder to write one sub-folder per vehicle into.
+    #[arg(long, default_value = "provisioned")]
+    out: PathBuf,
+    /// Re-key vehicles already provisioned (their old key and password stop working).
+    #[arg(long)]
+    replace: bool,
+    /// Client ids to provision.
+    #[arg(required = true, value_name = "VEHICLE")]
+    vehicles: Vec<TopicId>,
+}
+
+/// Provisions the vehicles and prints where each one's files are.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = args.store.require_config("provision")?;
+    if let Some(db) = args.store.db {
+        config.db = db;
+    }
+    let key = convoy_server::identity::server_key(&config.key_file())?;
+    let store = Store::open(&config.db)?;
+    let made = convoy_server::identity::provision(
+        &store,
+        &key.public(),
+        &args.vehicles,
+        &args.out,
+        args.replace,
+    )?;
+    println!("server public key {}", key.public());
+    for v in &made {
+        println!("{:<24} {}  {}", v.client, v.public_key, v.dir.display());
+    }
+    println!(
+        "install each folder's vehicle.key, server.pub and broker-password on its vehicle (see [identity] and broker.password_file in agent.toml)"
+    );
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! After a restart or a rollback: the open round taken up again with every
+//! update it acknowledged, and the fleet's current model picked up.
+
+use super::Coordinator;
+use super::rounds::OpenRound;
+use super::totals::ledger_rows;
+use crate::error::ServerError;
+use convoy_shared::codec::Pipeline;
+use convoy_shared::messages::Announce;
+use convoy_shared::strategy::fold::{decode_kept, fold_update};
+use convoy_shared::strategy::sum::PartialSum;
+use convoy_store::{ClientRow, OpenRoundState};
+use std::str::FromStr;
+
+use convoy_shared::version::{self};
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+impl Coordinator {
+    /// Switches to the fleet's current model when `models rollback` made
+    /// another version current while the server was running; the next
+    /// round is announced on it.
+    pub(super) fn pick_up_rollback(&mut self) -> Result<(), ServerError> {
+        // only another connection's commit (`models rollback`) can change it
+        let seen = self.store.data_version()?;
+        if self.data_version.replace(seen) == Some(seen) {
+            return Ok(());
+        }
+        let Some(current) = self.store.current_version()? else {
+            return Ok(());
+        };
+        if current == version::hex(&self.current.manifest.version) {
+            return Ok(());
+        }
+        let v = match self.store.load_version(&current) {
+            Ok(v) if v.spec == self.spec => v,
+            Ok(_) => {
+                tracing::error!(version = %current, "the rolled-back version has another model spec; staying on the current model");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(version = %current, error = %e, "cannot load the rolled-back version; staying on the current model");
+                return Ok(());
+            }
+        };
+        tracing::info!(from = %version::short(&self.current.manifest.version), to = %version::short(&v.manifest.version), "rollback: the fleet's current model changed");
+        self.model_bytes = v.params.canonical_bytes();
+        self.transfers.clear();
+        self.current = v;
+        Ok(())
+    }
+
+    /// After a restart: takes up the newest open round again with every
+    /// update it acknowledged (each folded in exactly once, as before), and
+    /// marks any other round left open as abandoned.
+    pub(super) fn resume(&mut self) -> Result<(), ServerError> {
+        let kept = match self.store.open_round_state()? {
+            Some(state) => self.resume_round(state)?,
+            None => None,
+        };
+        let abandoned = self.store.abandon_open_rounds(self.now_ms(), kept)?;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "rounds left open by an earlier run marked abandoned"
+            );
+        }
+        Ok(())
+    }
+
+    fn resume_round(&mut self, state: OpenRoundState) -> Result<Option<u64>, ServerError> {
+        let round = state.round;
+        let Ok(announce) = postcard::from_bytes::<Announce>(&state.announce) else {
+            tracing::warn!(
+                round,
+                "stored announcement unreadable; the round cannot resume"
+            );
+            return Ok(None);
+        };
+        let codec = match Pipeline::from_str(&announce.codec) {
+            Ok(c) if announce.base_version() == self.current.manifest.version => c,
+            _ => {
+                tracing::warn!(round, "open round is not on the current model; not resumed");
+                return Ok(None);
+            }
+        };
+        let selected: BTreeSet<String> = announce.selected.iter().map(|c| c.to_string()).collect();
+        let mut rows = ledger_rows(round, &selected, &announce.codec);
+        let mut sum = PartialSum::for_spec(&self.spec);
+        let (mut loss_weighted, mut norms) = (0.0, Vec::new());
+        for (row, body, scale) in state.updates {
+            let heads = self.spec.heads.len();
+            let decoded = decode_kept(&body, &codec, heads, &mut self.scratch);
+            let (Ok(update), true) = (decoded, rows.contains_key(&row.client)) else {
+                tracing::error!(round, client = %row.client, "stored update unreadable; left out");
+                continue;
+            };
+            fold_update(
+                &mut sum,
+                &mut self.scratch,
+                update.head as usize,
+                row.samples,
+                scale,
+            );
+            loss_weighted += row.loss.unwrap_or(0.0) * row.samples as f64;
+            norms.extend(row.update_norm);
+            rows.insert(row.client.clone(), row);
+        }
+        let now_ms = self.now_ms();
+        let left = Duration::from_millis(announce.deadline_ms.saturating_sub(now_ms));
+        tracing::info!(
+            round,
+            acknowledged = norms.len(),
+            left_secs = left.as_secs(),
+            "resuming the open round with the updates it acknowledged"
+        );
+        self.round = Some(OpenRound {
+            codec,
+            sum,
+            selected,
+            deadline: self.clock.instant() + left,
+            inbox: HashMap::new(),
+            rows,
+            unselected_down: ClientRow::default(),
+            loss_weighted,
+            started_ms: now_ms,
+            served: BTreeSet::new(),
+            bytes_down_raw: 0,
+            norms,
+            throughput: HashMap::new(),
+            announce,
+        });
+        Ok(Some(round))
+    }
+}
