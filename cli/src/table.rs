@@ -38,6 +38,7 @@ pub fn report_error(e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// Rows as CSV with a header row.
 pub fn to_csv<T: Serialize>(rows: &[T]) -> Result<String, StoreError> {
     let mut w = csv::Writer::from_writer(Vec::new());
     for row in rows {
@@ -47,6 +48,7 @@ pub fn to_csv<T: Serialize>(rows: &[T]) -> Result<String, StoreError> {
     String::from_utf8(bytes).map_err(report_error)
 }
 
+/// Rows as a pretty-printed JSON array of objects.
 pub fn to_json<T: Serialize>(rows: &[T]) -> Result<String, StoreError> {
     serde_json::to_string_pretty(rows).map_err(report_error)
 }

@@ -74,7 +74,6 @@ fn numel(shape: &[u32]) -> usize {
 }
 
 impl ParamSet {
-    /// A zero-filled set with the given layout.
     /// One tensor `w` of shape `[n]` holding `values` (tests, examples).
     pub fn vector(values: &[f32]) -> Self {
         Self {
@@ -86,6 +85,7 @@ impl ParamSet {
         }
     }
 
+    /// A zero-filled set with the given layout.
     pub fn zeros(layout: &Layout) -> Self {
         Self {
             tensors: layout

@@ -27,7 +27,7 @@ pub struct DbArgs {
     #[arg(long, env = "CONVOY_DB", global = true)]
     pub db: Option<PathBuf>,
     /// The server's TOML config (see systemd/server.example.toml): its
-    /// database when --db is not given, its keys and its [budget] caps.
+    /// database when --db is not given, its keys and its `[budget]` caps.
     #[arg(long, short, env = "CONVOY_SERVER_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 }
