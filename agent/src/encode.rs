@@ -56,7 +56,7 @@ pub fn encode(
         samples,
         head: encoding.head,
         stats,
-        codec: codec.name(),
+        codec,
         encoded,
     };
     let body = postcard::to_allocvec(&body).map_err(|e| TrainError::Encode(e.to_string()))?;
@@ -101,8 +101,7 @@ mod tests {
 
     fn decoded(pending: &PendingUpdate, layout_of: &ParamSet) -> ParamSet {
         let body: UpdateBody = postcard::from_bytes(&pending.body).unwrap();
-        codec::by_name(&body.codec)
-            .unwrap()
+        body.codec
             .decode(&body.encoded, &layout_of.layout())
             .unwrap()
     }

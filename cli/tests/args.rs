@@ -48,7 +48,10 @@ fn db_and_config_go_before_or_after_the_subcommand() {
         &["models", "list", "--config", config_arg, "--format", "json"],
         None,
     ));
-    let from_env = stdout(&convoy_server(&["models", "list", "--format", "json"], Some(&db)));
+    let from_env = stdout(&convoy_server(
+        &["models", "list", "--format", "json"],
+        Some(&db),
+    ));
     assert_eq!(after.trim(), "[]", "an empty store lists no version");
     assert_eq!(before, after);
     assert_eq!(from_config, after);
@@ -57,10 +60,16 @@ fn db_and_config_go_before_or_after_the_subcommand() {
     let report = stdout(&convoy_server(&["report", "--db", db_arg], None));
     let report_config = stdout(&convoy_server(&["report", "-c", config_arg], None));
     assert_eq!(report, report_config);
-    let fleet = stdout(&convoy_server(&["models", "fleet", "--config", config_arg], None));
+    let fleet = stdout(&convoy_server(
+        &["models", "fleet", "--config", config_arg],
+        None,
+    ));
     assert_eq!(
         fleet,
-        stdout(&convoy_server(&["models", "--config", config_arg, "fleet"], None))
+        stdout(&convoy_server(
+            &["models", "--config", config_arg, "fleet"],
+            None
+        ))
     );
 }
 

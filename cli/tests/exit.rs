@@ -53,7 +53,19 @@ fn run_exits_non_zero_when_every_round_failed() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    // the embedded broker is up once its port answers
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the server's broker never listened"
+        );
+        assert!(
+            server.try_wait().unwrap().is_none(),
+            "the server exited early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut options = MqttOptions::new("car", "127.0.0.1", port);
     options.set_credentials("car", car.password.as_str());
     options.set_keep_alive(Duration::from_secs(30));

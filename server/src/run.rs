@@ -82,7 +82,7 @@ pub async fn run_observed(
     let prepared = prepare(&config)?;
     let hooks = Hooks {
         rounds: observer,
-        live: None,
+        ..Default::default()
     };
     run_prepared(config, prepared, shutdown, hooks).await
 }
@@ -107,6 +107,9 @@ pub struct Hooks {
     /// outlives the run); with `None`, the run serves `[http]` itself
     /// while it runs.
     pub live: Option<Live>,
+    /// Where the run's own `[http]` listens once it is bound: the port the
+    /// system chose when `listen` asked for port 0.
+    pub http_bound: Option<mpsc::UnboundedSender<std::net::SocketAddr>>,
 }
 
 /// The server's own evaluation set.
@@ -161,6 +164,9 @@ pub async fn run_prepared(
             let server =
                 crate::http::serve(&config.http.listen, Settings::of(&config), live.clone())
                     .await?;
+            if let Some(bound) = &hooks.http_bound {
+                let _ = bound.send(server.addr);
+            }
             (live, Some(server))
         }
         None => (Live::default(), None),
@@ -275,8 +281,8 @@ async fn run_serving(
             let provenance = Provenance {
                 parent: None,
                 strategy: crate::coordinator::strategy_name(config.rounds.server_lr),
-                codec: config.rounds.codec.name(),
-                downlink_codec: config.rounds.downlink_codec.name(),
+                codec: config.rounds.codec,
+                downlink_codec: config.rounds.downlink_codec,
             };
             initial_version(&store, spec.clone(), &task, &provenance, test.as_deref())?
         }

@@ -71,13 +71,12 @@ pub struct Prediction {
 pub fn predict(
     spec: &ModelSpec,
     head: usize,
-    codec: &str,
+    codec: &Pipeline,
     samples: u64,
     epochs: u32,
 ) -> Prediction {
-    let pipeline = crate::codec::by_name(codec).unwrap_or(crate::codec::Pipeline::FP32);
     Prediction {
-        bytes_up: update_bytes(spec, &pipeline),
+        bytes_up: update_bytes(spec, codec),
         flops: training_flops(spec, head, samples, epochs),
     }
 }

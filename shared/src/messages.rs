@@ -2,6 +2,7 @@
 
 use crate::align::{LocalSchema, Schema, Statistics};
 use crate::chunk::ChunkPos;
+use crate::codec::Pipeline;
 use crate::spec::{ModelSpec, Recipe};
 use crate::version::{Manifest, VersionId};
 use heapless::String as HString;
@@ -30,9 +31,9 @@ pub struct Announce {
     /// Local training recipe.
     pub task: Recipe,
     /// Codec for updates this round.
-    pub codec: String,
+    pub codec: Pipeline,
     /// Codec of the model delta agents holding the previous version can fetch.
-    pub downlink_codec: String,
+    pub downlink_codec: Pipeline,
     /// Unix milliseconds after which updates are late.
     pub deadline_ms: u64,
     /// Clients asked to train; the rest sit this round out.
@@ -94,8 +95,8 @@ pub struct ModelChunk {
 /// codec it was published with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Delta {
-    /// Canonical codec spec of `bytes`.
-    pub codec: String,
+    /// Codec of `bytes` (its canonical spec on the wire).
+    pub codec: Pipeline,
     /// The encoded delta.
     pub bytes: Vec<u8>,
 }
@@ -156,7 +157,7 @@ pub struct UpdateBody {
     /// Training measurements.
     pub stats: TrainStats,
     /// Codec of `encoded`.
-    pub codec: String,
+    pub codec: Pipeline,
     /// Codec output for `local - base`.
     pub encoded: Vec<u8>,
 }

@@ -5,6 +5,7 @@
 //! commits to both, and an agent that fetched every chunk can check it holds
 //! exactly the announced model.
 
+use crate::codec::Pipeline;
 use crate::params::ParamSet;
 use crate::spec::{ModelSpec, Recipe};
 use serde::{Deserialize, Serialize};
@@ -48,9 +49,9 @@ pub struct Provenance {
     /// Aggregation strategy and its parameters, e.g. `fedavg:lr=1`.
     pub strategy: String,
     /// Update codec of the round that made it.
-    pub codec: String,
+    pub codec: Pipeline,
     /// Codec of the published delta from its parent.
-    pub downlink_codec: String,
+    pub downlink_codec: Pipeline,
 }
 
 /// Hash of everything besides the weights that defines a model.
@@ -162,11 +163,11 @@ mod tests {
                 ..p.clone()
             },
             Provenance {
-                codec: "q8".into(),
+                codec: "q8".parse().unwrap(),
                 ..p.clone()
             },
             Provenance {
-                downlink_codec: "q8".into(),
+                downlink_codec: "q8".parse().unwrap(),
                 ..p.clone()
             },
         ] {
@@ -208,8 +209,8 @@ mod tests {
         let provenance = Provenance {
             parent: None,
             strategy: "fedavg:lr=1".into(),
-            codec: "fp32".into(),
-            downlink_codec: "fp32".into(),
+            codec: Pipeline::FP32,
+            downlink_codec: Pipeline::FP32,
         };
         let id = manifest_of(&spec.init_params(), &spec, &recipe, &provenance).version;
         assert_eq!(

@@ -327,6 +327,8 @@ pub struct ServerRun {
     pub rounds: mpsc::UnboundedReceiver<RoundRow>,
     /// The task.
     pub task: JoinHandle<Result<RunSummary, crate::api::ServerError>>,
+    /// Where its own `[http]` listens, once bound.
+    http_bound: mpsc::UnboundedReceiver<std::net::SocketAddr>,
 }
 
 impl ServerRun {
@@ -334,8 +336,32 @@ impl ServerRun {
     pub fn spawn(config: ServerConfig) -> Self {
         let stop = CancellationToken::new();
         let (tx, rounds) = mpsc::unbounded_channel();
-        let task = tokio::spawn(convoy_server::run_observed(config, stop.clone(), Some(tx)));
-        Self { stop, rounds, task }
+        let (bound, http_bound) = mpsc::unbounded_channel();
+        let hooks = convoy_server::Hooks {
+            rounds: Some(tx),
+            http_bound: Some(bound),
+            ..Default::default()
+        };
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let prepared = convoy_server::run::prepare(&config)?;
+            convoy_server::run_prepared(config, prepared, token, hooks).await
+        });
+        Self {
+            stop,
+            rounds,
+            task,
+            http_bound,
+        }
+    }
+
+    /// The address its own `[http]` bound (`listen` may ask for port 0),
+    /// failing after `secs`.
+    pub async fn http_addr(&mut self, secs: u64) -> anyhow::Result<std::net::SocketAddr> {
+        tokio::time::timeout(Duration::from_secs(secs), self.http_bound.recv())
+            .await
+            .context("timed out waiting for the HTTP server to bind")?
+            .context("server stopped before its HTTP server bound")
     }
 
     /// Waits for the next closed round, failing after `secs`.

@@ -101,7 +101,7 @@ impl FakeVehicle {
                 device: "test".into(),
                 ..Default::default()
             },
-            codec: "fp32".into(),
+            codec: convoy_shared::codec::Pipeline::FP32,
             encoded,
         };
         let body = postcard::to_allocvec(&body).expect("serialisable");

@@ -277,7 +277,10 @@ verify_timeout_secs = {verify_secs}
     );
     let config = std::fs::read_to_string(roots[0].join("etc/convoy-agent/agent.toml"))?;
     assert!(config.contains("release-1"), "previous config restored");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restarted = std::time::Instant::now();
+    while !pid_alive(&roots[0]) && restarted.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(pid_alive(&roots[0]), "previous agent running again");
 
     for root in &roots {

@@ -133,7 +133,7 @@ async fn vehicles_lacking_a_codec_stage_are_never_selected() -> anyhow::Result<(
         vec!["car-0", "car-1"],
         "the fp32-only vehicle is left out"
     );
-    assert_eq!(announce.codec, "topk:0.2+q8+zstd");
+    assert_eq!(announce.codec.name(), "topk:0.2+q8+zstd");
     assert_eq!((round.clients_selected, round.clients_reported), (2, 2));
     Ok(())
 }

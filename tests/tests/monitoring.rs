@@ -269,14 +269,14 @@ async fn metrics_api_and_dashboard_agree_with_the_ledger() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_server_serves_its_http_side_while_it_runs() -> anyhow::Result<()> {
     convoy_tests::init_tracing();
-    let port = convoy_tests::free_port()?;
-    let addr = format!("127.0.0.1:{port}");
-    let listen = addr.clone();
     let mut fleet = convoy_tests::Fleet::digits("http_side", 2, 7)?
         .rounds(3)
-        .server(move |c| c.http.listen = listen)
+        .server(|c| c.http.listen = "127.0.0.1:0".into())
         .start()
         .await?;
+    // port 0: the system picks one, and the run says which
+    let addr = fleet.server().http_addr(30).await?.to_string();
+    assert!(!addr.ends_with(":0"), "{addr}");
     fleet.next_round(60).await?;
     let a = addr.clone();
     let (ready, metrics, health) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {

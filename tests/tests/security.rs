@@ -112,7 +112,7 @@ async fn forged_announcements_statuses_and_updates_change_nothing() -> anyhow::R
         samples: 1_000_000_000,
         head: 0,
         stats: Default::default(),
-        codec: "fp32".into(),
+        codec: convoy_shared::codec::Pipeline::FP32,
         encoded: vec![0; 16],
     })?;
     let update_topic = fleet.topic(ClientTopic::Update, "car-0");

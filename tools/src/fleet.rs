@@ -164,6 +164,7 @@ pub async fn run(
     let hooks = convoy_server::Hooks {
         rounds: Some(tx),
         live,
+        ..Default::default()
     };
     let prepared = match prepared {
         Some(p) => p,

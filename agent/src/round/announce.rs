@@ -77,13 +77,7 @@ impl Agent {
             self.status(out, AgentState::Skipped, round, "deadline already passed");
             return Ok(());
         }
-        let codec = match codec::by_name(&announce.codec) {
-            Ok(c) => c,
-            Err(e) => {
-                self.fail(out, round, "codec", &e.to_string());
-                return Ok(());
-            }
-        };
+        let codec = announce.codec;
         match self.state.model()? {
             Some(model) if model.manifest.version == announce.base_version() => {
                 let ready = Ready {

@@ -137,8 +137,8 @@ impl Rig {
             manifest: version::manifest_of(params, &self.spec, &self.task, &Default::default()),
             spec: self.spec.clone(),
             task: self.task.clone(),
-            codec: codec.into(),
-            downlink_codec: "fp32".into(),
+            codec: codec.parse().unwrap(),
+            downlink_codec: Pipeline::FP32,
             deadline_ms: self.clock.now_ms() + 60_000,
             selected: selected.iter().filter_map(|c| messages::id(c)).collect(),
             chunk_size: 1024,
@@ -388,7 +388,7 @@ fn chain(steps: &[&ParamSet]) -> Vec<u8> {
     let links: Vec<convoy_shared::messages::Delta> = steps
         .iter()
         .map(|d| convoy_shared::messages::Delta {
-            codec: "fp32".into(),
+            codec: Pipeline::FP32,
             bytes: convoy_shared::codec::Pipeline::FP32.encode(d, 0),
         })
         .collect();
@@ -492,7 +492,7 @@ fn a_vehicle_not_selected_sits_the_round_out() {
 }
 
 #[test]
-fn a_round_past_its_deadline_or_with_an_unknown_codec_is_skipped() {
+fn a_round_past_its_deadline_is_skipped_and_an_unknown_codec_refused() {
     let mut rig = rig();
     let initial = rig.initial();
     let announce = rig.announce(1, &initial, "fp32", &[]);
@@ -500,9 +500,34 @@ fn a_round_past_its_deadline_or_with_an_unknown_codec_is_skipped() {
     let actions = rig.handle(announce);
     assert!(!trains(&actions));
     assert_eq!(statuses(&actions)[0].0, AgentState::Skipped);
-    let actions = rig.handle(rig.announce(2, &initial, "gzip", &[]));
-    assert!(!trains(&actions));
-    assert_eq!(statuses(&actions)[0].0, AgentState::Skipped);
+    // A codec this build does not know (a newer server's, signed and all)
+    // does not decode: the announcement is refused at the gate, counted,
+    // and nothing is trained or sent.
+    let mut announce = Announce {
+        round: 2,
+        manifest: version::manifest_of(&initial, &rig.spec, &rig.task, &Default::default()),
+        spec: rig.spec.clone(),
+        task: rig.task.clone(),
+        codec: Pipeline::FP32,
+        downlink_codec: Pipeline::FP32,
+        deadline_ms: rig.clock.now_ms() + 60_000,
+        selected: Vec::new(),
+        chunk_size: 1024,
+    };
+    announce.downlink_codec = "q8".parse().unwrap();
+    let mut body = postcard::to_allocvec(&announce).unwrap();
+    // the update codec's spec is the first length-prefixed "fp32"
+    let at = body
+        .windows(5)
+        .position(|w| w == b"\x04fp32")
+        .expect("the codec's spec is in the body");
+    body[at + 1..at + 5].copy_from_slice(b"gzip");
+    let topic = topics::round(FLEET);
+    let payload = wire::seal(Kind::Announce, &body, topic.as_str(), &server_key());
+    let refused_before = rig.agent.rejections().total();
+    let actions = rig.handle(message(topic.as_str(), payload));
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(rig.agent.rejections().total(), refused_before + 1);
 }
 
 #[test]
@@ -683,8 +708,8 @@ fn unsigned_or_foreign_announcements_and_receipts_are_ignored_without_a_reply() 
         manifest: version::manifest_of(&initial, &rig.spec, &rig.task, &Default::default()),
         spec: rig.spec.clone(),
         task: rig.task.clone(),
-        codec: "fp32".into(),
-        downlink_codec: "fp32".into(),
+        codec: Pipeline::FP32,
+        downlink_codec: Pipeline::FP32,
         deadline_ms: rig.clock.now_ms() + 60_000,
         selected: vec![],
         chunk_size: 1024,

@@ -237,7 +237,7 @@ impl Coordinator {
                 }
                 let ratio = self
                     .byte_ratios
-                    .entry((client.to_string(), update.codec.clone()))
+                    .entry((client.to_string(), update.codec.name()))
                     .or_default();
                 accepted.bytes_up_predicted = ratio.predict(modelled);
                 ratio.observe(modelled, bytes);
@@ -293,9 +293,9 @@ impl Coordinator {
         let Some(codec) = self.round.as_ref().map(|r| r.codec) else {
             return Err(Rejection::WrongRound(0));
         };
-        if update.codec != codec.name() {
+        if update.codec != codec {
             return Err(Rejection::WrongCodec {
-                got: update.codec,
+                got: update.codec.name(),
                 want: codec.name(),
             });
         }
@@ -390,7 +390,7 @@ fn fill_accepted(row: &mut ClientRow, update: &UpdateBody, bytes: u64, decode_se
     // What the vehicle measured; the cost model's figure sits beside it.
     row.flops = update.stats.flops;
     row.device = update.stats.device.clone();
-    row.codec = update.codec.clone();
+    row.codec = update.codec.name();
     row.residual_norm = Some(update.stats.residual_norm);
     if let Some(h) = &update.stats.holdout {
         row.holdout_samples = h.samples;

@@ -5,12 +5,10 @@ use super::Coordinator;
 use super::rounds::OpenRound;
 use super::totals::ledger_rows;
 use crate::error::ServerError;
-use convoy_shared::codec::Pipeline;
 use convoy_shared::messages::Announce;
 use convoy_shared::strategy::fold::{decode_kept, fold_update};
 use convoy_shared::strategy::sum::PartialSum;
 use convoy_store::{ClientRow, OpenRoundState};
-use std::str::FromStr;
 
 use convoy_shared::version::{self};
 use std::collections::{BTreeSet, HashMap};
@@ -77,15 +75,13 @@ impl Coordinator {
             );
             return Ok(None);
         };
-        let codec = match Pipeline::from_str(&announce.codec) {
-            Ok(c) if announce.base_version() == self.current.manifest.version => c,
-            _ => {
-                tracing::warn!(round, "open round is not on the current model; not resumed");
-                return Ok(None);
-            }
-        };
+        if announce.base_version() != self.current.manifest.version {
+            tracing::warn!(round, "open round is not on the current model; not resumed");
+            return Ok(None);
+        }
+        let codec = announce.codec;
         let selected: BTreeSet<String> = announce.selected.iter().map(|c| c.to_string()).collect();
-        let mut rows = ledger_rows(round, &selected, &announce.codec);
+        let mut rows = ledger_rows(round, &selected, &announce.codec.name());
         let mut sum = PartialSum::for_spec(&self.spec);
         let (mut loss_weighted, mut norms) = (0.0, Vec::new());
         for (row, body, scale) in state.updates {

@@ -15,7 +15,6 @@ use convoy_shared::messages::{self, Announce};
 use convoy_shared::strategy::publish::Delta;
 use convoy_shared::strategy::sum::PartialSum;
 use convoy_store::{ClientRow, ClientStatus, Publication, RoundRow, RoundStatus, StoredVersion};
-use std::str::FromStr;
 
 use convoy_shared::topics;
 use convoy_shared::version::{self, Provenance};
@@ -140,8 +139,8 @@ impl Coordinator {
             manifest: self.current.manifest.clone(),
             spec: self.spec.clone(),
             task: self.config.training.clone(),
-            codec: codec_name.clone(),
-            downlink_codec: self.downlink.name(),
+            codec,
+            downlink_codec: self.downlink,
             deadline_ms: now_ms.saturating_add(deadline.as_millis() as u64),
             selected: selected.iter().filter_map(|c| messages::id(c)).collect(),
             chunk_size: rules.chunk_size as u32,
@@ -269,9 +268,7 @@ impl Coordinator {
     /// The cost model's size of a one-step delta under the downlink codec.
     pub(super) fn modelled_delta(&self) -> u64 {
         let codec = &self.current.manifest.provenance.downlink_codec;
-        Pipeline::from_str(codec)
-            .map(|c| cost::update_bytes(&self.spec, &c))
-            .unwrap_or(self.model_bytes.len() as u64)
+        cost::update_bytes(&self.spec, codec)
     }
 
     fn close_round(&mut self, out: &mut Vec<Output>) -> Result<(), ServerError> {
@@ -305,8 +302,8 @@ impl Coordinator {
         let provenance = Provenance {
             parent: Some(self.current.manifest.version),
             strategy: self.strategy(),
-            codec: r.codec.name(),
-            downlink_codec: publication.delta.codec.clone(),
+            codec: r.codec,
+            downlink_codec: publication.delta.codec,
         };
         let params = publication.published;
         let next = StoredVersion {

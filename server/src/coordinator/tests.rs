@@ -81,8 +81,8 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
             &version::Provenance {
                 parent: None,
                 strategy: crate::coordinator::strategy_name(config.rounds.server_lr),
-                codec: config.rounds.codec.name(),
-                downlink_codec: config.rounds.downlink_codec.name(),
+                codec: config.rounds.codec,
+                downlink_codec: config.rounds.downlink_codec,
             },
         ),
         spec: spec.clone(),
@@ -252,7 +252,7 @@ impl Rig {
         samples: u64,
         [holdout, personal]: [Option<Evaluation>; 2],
     ) -> Vec<Input> {
-        let codec = codec::by_name(&a.codec).unwrap();
+        let codec = a.codec;
         let body = UpdateBody {
             samples,
             head: self.head,
@@ -267,7 +267,7 @@ impl Rig {
                 personal,
                 ..Default::default()
             },
-            codec: codec.name(),
+            codec,
             encoded: codec.encode(delta, 0),
         };
         let bytes = postcard::to_allocvec(&body).unwrap();
@@ -720,7 +720,7 @@ fn the_next_round_opens_after_the_last_one_closed_and_warm_up_narrows_the_codec(
         false,
     );
     let first = rig.open(&["car-1", "car-2"]);
-    let kept = |a: &Announce| codec::by_name(&a.codec).unwrap().sparsify;
+    let kept = |a: &Announce| a.codec.sparsify;
     assert_eq!(kept(&first), codec::Sparsify::TopK(0.25));
     rig.send(rig.update("car-1", 0.01, 10));
     rig.send(rig.update("car-2", 0.01, 10));

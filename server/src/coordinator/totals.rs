@@ -41,7 +41,7 @@ pub(super) fn round_totals(r: &OpenRound, downlink_codec: &str) -> RoundRow {
         round: r.announce.round,
         status: RoundStatus::Failed,
         base_version: version::hex(&r.announce.base_version()),
-        codec: r.announce.codec.clone(),
+        codec: r.announce.codec.name(),
         clients_selected: r.selected.len() as u64,
         clients_reported: accepted.len() as u64,
         clients_failed: r

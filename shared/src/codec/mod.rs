@@ -95,6 +95,17 @@ pub struct Pipeline {
     pub entropy: Entropy,
 }
 
+// `parse` refuses fractions outside (0, 1], NaN included, so equality is
+// reflexive and a pipeline can sit in types that derive `Eq`.
+impl Eq for Pipeline {}
+
+/// Dense fp32: what a model travels as when nothing else is said.
+impl Default for Pipeline {
+    fn default() -> Self {
+        Pipeline::FP32
+    }
+}
+
 impl std::str::FromStr for Pipeline {
     type Err = CodecError;
 
@@ -109,7 +120,8 @@ impl std::fmt::Display for Pipeline {
     }
 }
 
-// Configs name pipelines by their spec, parsed once when the config loads.
+// Configs and messages name pipelines by their spec (the same bytes as the
+// spec string on the wire), parsed once where they are read.
 impl serde::Serialize for Pipeline {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.name())

@@ -74,7 +74,7 @@ mod tests {
             samples: 7,
             head,
             stats: TrainStats::default(),
-            codec: "fp32".into(),
+            codec: Pipeline::FP32,
             encoded,
         };
         (postcard::to_allocvec(&update).unwrap(), set.layout())

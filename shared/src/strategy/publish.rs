@@ -81,17 +81,13 @@ pub fn publish(
     params.add_scaled(&decoded, 1.0)?;
     Ok(Published {
         params,
-        delta: Delta {
-            codec: codec.name(),
-            bytes,
-        },
+        delta: Delta { codec, bytes },
     })
 }
 
 /// Applies a stored delta to its parent, as an agent does.
 pub fn apply(parent: &ParamSet, delta: &Delta) -> Result<ParamSet, PublishError> {
-    let codec = Pipeline::parse(&delta.codec)?;
-    let decoded = codec.decode(&delta.bytes, &parent.layout())?;
+    let decoded = delta.codec.decode(&delta.bytes, &parent.layout())?;
     let mut params = parent.clone();
     params.add_scaled(&decoded, 1.0)?;
     Ok(params)

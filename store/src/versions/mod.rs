@@ -10,7 +10,6 @@
 //! sample count and the BLAKE3 hash of the update it sent.
 
 use super::{Store, StoreError};
-use convoy_shared::codec::Pipeline;
 use convoy_shared::eval::Evaluation;
 use convoy_shared::messages::UpdateBody;
 use convoy_shared::params::ParamSet;

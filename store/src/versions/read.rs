@@ -73,8 +73,16 @@ impl Store {
                 "SELECT codec, bytes FROM deltas WHERE version = ?1",
                 [hex],
                 |r| {
+                    let codec: String = r.get(0)?;
+                    let codec = codec.parse().map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            0,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?;
                     Ok(Delta {
-                        codec: r.get(0)?,
+                        codec,
                         bytes: r.get(1)?,
                     })
                 },

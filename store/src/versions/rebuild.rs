@@ -219,9 +219,7 @@ impl Store {
         let hex = version::hex(&meta.row.manifest.version);
         let err = |m: String| self.corrupt(&hex, m);
         let provenance = &meta.row.manifest.provenance;
-        let codec = Pipeline::parse(&provenance.codec).map_err(|e| err(e.to_string()))?;
-        let downlink =
-            Pipeline::parse(&provenance.downlink_codec).map_err(|e| err(e.to_string()))?;
+        let (codec, downlink) = (provenance.codec, provenance.downlink_codec);
         let mut stmt = self
             .conn
             .prepare("SELECT body, scale FROM kept_updates WHERE round = ?1 ORDER BY seq")?;

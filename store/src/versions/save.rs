@@ -131,7 +131,7 @@ impl Store {
             if kind == StorageKind::Delta || (kind == StorageKind::Keyframe && small) {
                 tx.execute(
                     "INSERT OR REPLACE INTO deltas (version, parent, codec, bytes) VALUES (?1, ?2, ?3, ?4)",
-                    params![hex, version::hex(parent), delta.codec, delta.bytes],
+                    params![hex, version::hex(parent), delta.codec.name(), delta.bytes],
                 )?;
                 stored += delta.bytes.len() as u64;
             }

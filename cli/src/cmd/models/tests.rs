@@ -2,6 +2,7 @@
 //! the other.
 
 use super::*;
+use convoy_shared::codec::Pipeline;
 use convoy_shared::dataset::Table;
 use convoy_shared::params::ParamSet;
 use convoy_shared::spec::{Recipe, TaskKind};
@@ -23,8 +24,8 @@ fn provenance(parent: Option<VersionId>, downlink: &str) -> Provenance {
     Provenance {
         parent,
         strategy: "fedavg:lr=1".into(),
-        codec: "fp32".into(),
-        downlink_codec: downlink.into(),
+        codec: Pipeline::FP32,
+        downlink_codec: downlink.parse().unwrap(),
     }
 }
 
@@ -52,7 +53,7 @@ fn child(
         round,
     )
     .unwrap();
-    let prov = provenance(Some(parent.manifest.version), &p.delta.codec);
+    let prov = provenance(Some(parent.manifest.version), &p.delta.codec.name());
     let v = StoredVersion {
         round,
         parent: Some(parent.manifest.version),
