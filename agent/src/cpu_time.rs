@@ -84,6 +84,10 @@ mod tests {
     fn sleeping_costs_no_cpu_and_every_thread_that_works_counts() {
         let one = pool(1);
         let watch = Stopwatch::start(&one, true);
+        if std::path::Path::new("/proc/thread-self/schedstat").exists() {
+            // where the statistics are there, they must be the ones read
+            assert!(watch.counts_cpu(), "schedstat exists but was not used");
+        }
         if !watch.counts_cpu() {
             // not Linux, or no scheduler statistics: the wall clock it is
             one.install(|| std::thread::sleep(Duration::from_millis(50)));

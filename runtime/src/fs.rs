@@ -73,5 +73,16 @@ mod tests {
         let path = dir.path().join("missing-dir").join("f.bin");
         let err = write_atomic(&path, b"x").unwrap_err();
         assert!(err.to_string().contains("f.bin"));
+        // the temp file is written, then the rename fails (a folder with
+        // something in it sits where the file goes): the temp file goes
+        let path = dir.path().join("g.bin");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("occupied"), b"").unwrap();
+        let err = write_atomic(&path, b"x").unwrap_err();
+        assert!(err.to_string().contains("g.bin"), "{err}");
+        assert!(
+            !dir.path().join("g.bin.tmp").exists(),
+            "temp file left behind"
+        );
     }
 }

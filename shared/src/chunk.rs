@@ -82,14 +82,15 @@ pub enum Progress {
     Complete,
 }
 
-/// Collects the chunks of one payload.
+/// Collects the chunks of one payload. Memory grows with what arrived:
+/// a sender that declares a large payload and sends one chunk costs that
+/// chunk, not the declared total.
 #[derive(Debug)]
 pub struct Reassembler {
     pos: ChunkPos,
     chunk_size: usize,
-    buffer: Vec<u8>,
-    received: Vec<bool>,
-    missing: u32,
+    /// The chunks so far, by index.
+    received: std::collections::BTreeMap<u32, Vec<u8>>,
 }
 
 impl Reassembler {
@@ -131,9 +132,7 @@ impl Reassembler {
         Ok(Self {
             pos,
             chunk_size,
-            buffer: vec![0; total],
-            received: vec![false; pos.count as usize],
-            missing: pos.count,
+            received: std::collections::BTreeMap::new(),
         })
     }
 
@@ -152,7 +151,7 @@ impl Reassembler {
             )));
         }
         let start = pos.index as usize * self.chunk_size;
-        let end = (start + self.chunk_size).min(self.buffer.len());
+        let end = (start + self.chunk_size).min(self.pos.total_len as usize);
         if start > end || bytes.len() != end - start {
             return Err(ChunkError::Inconsistent(format!(
                 "chunk {} has {} bytes, expected {}",
@@ -161,18 +160,15 @@ impl Reassembler {
                 end.saturating_sub(start)
             )));
         }
-        let slot = &mut self.buffer[start..end];
-        if self.received[pos.index as usize] {
-            return if slot == bytes {
+        if let Some(held) = self.received.get(&pos.index) {
+            return if held.as_slice() == bytes {
                 Ok(Progress::Duplicate)
             } else {
                 Err(ChunkError::Conflict(pos.index))
             };
         }
-        slot.copy_from_slice(bytes);
-        self.received[pos.index as usize] = true;
-        self.missing -= 1;
-        Ok(if self.missing == 0 {
+        self.received.insert(pos.index, bytes.to_vec());
+        Ok(if self.received.len() == self.pos.count as usize {
             Progress::Complete
         } else {
             Progress::Partial
@@ -182,13 +178,25 @@ impl Reassembler {
     /// Indices still missing.
     pub fn missing(&self) -> Vec<u32> {
         (0..self.pos.count)
-            .filter(|i| !self.received[*i as usize])
+            .filter(|i| !self.received.contains_key(i))
             .collect()
+    }
+
+    /// Bytes held so far.
+    pub fn held(&self) -> usize {
+        self.received.values().map(Vec::len).sum()
     }
 
     /// The whole payload, once complete.
     pub fn finish(self) -> Option<Vec<u8>> {
-        (self.missing == 0).then_some(self.buffer)
+        if self.received.len() != self.pos.count as usize {
+            return None;
+        }
+        let mut out = Vec::with_capacity(self.pos.total_len as usize);
+        for chunk in self.received.into_values() {
+            out.extend_from_slice(&chunk);
+        }
+        Some(out)
     }
 }
 
@@ -196,6 +204,20 @@ impl Reassembler {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_large_declared_payload_costs_only_what_arrived() {
+        let limit = 64 << 20;
+        let pos = ChunkPos {
+            index: 0,
+            count: 64 << 10,
+            total_len: (64 << 20) as u32,
+        };
+        let mut r = Reassembler::new(pos, 1024, limit).unwrap();
+        assert_eq!(r.insert(pos, &[7; 1024]).unwrap(), Progress::Partial);
+        assert_eq!(r.held(), 1024);
+        assert_eq!(r.missing().len(), (64 << 10) - 1);
+    }
 
     proptest! {
         #[test]

@@ -346,7 +346,10 @@ mod tests {
         // -> 1 varint byte each) lose to the 4-byte bitmap, + 2 header bytes
         let top = Pipeline::parse("topk:0.5").unwrap();
         let first = 4 + 2 + 16 * 4;
-        assert!(update_bytes(&s, &top) > first as u64);
+        // then bias 8 -> 4 kept (1 + 2 + 16), 8x2 -> 8 kept (2 + 2 + 32),
+        // bias 2 -> 1 kept (1 + 2 + 4)
+        assert_eq!(update_bytes(&s, &top), first + 19 + 36 + 7);
+        assert!(update_bytes(&s, &top) < update_bytes(&s, &Pipeline::FP32));
     }
 
     #[test]

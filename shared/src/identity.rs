@@ -78,6 +78,9 @@ fn unhex32(text: &str, what: &str) -> Result<[u8; 32], KeyError> {
         what: what.to_string(),
         detail,
     };
+    if !text.is_ascii() {
+        return Err(err("found a character that is not hex".into()));
+    }
     if text.len() != 64 {
         return Err(err(format!("got {} characters", text.len())));
     }
@@ -246,6 +249,13 @@ mod tests {
         assert_eq!(public, key.public());
         assert!(PublicKey::from_hex("abc", "p").is_err());
         assert!(PublicKey::from_hex(&"zz".repeat(32), "p").is_err());
+        // 64 bytes whose second character is two bytes long: an error
+        // naming the cause, not a slice off a character boundary
+        let accented = format!("a\u{e9}{}", "0".repeat(61));
+        assert_eq!(accented.len(), 64);
+        let e = PublicKey::from_hex(&accented, "p").unwrap_err().to_string();
+        assert!(e.contains("not hex"), "{e}");
+        assert!(SecretKey::from_hex(&accented, "k").is_err());
     }
 
     #[test]

@@ -222,6 +222,7 @@ verify_timeout_secs = {verify_secs}
     // 1. Dry run: every step listed, nothing touched.
     let results = deploy::run(&opts("release-1", true, vec![])).await?;
     println!("{}", deploy::table(&results));
+    assert_eq!(results.len(), 2, "{results:?}");
     assert!(results.iter().all(|r| r.outcome == Outcome::DryRun));
     assert!(results.iter().all(|r| r.steps >= 8), "{results:?}");
     assert!(!roots[0].join("usr/bin/convoy-agent").exists());
@@ -229,6 +230,7 @@ verify_timeout_secs = {verify_secs}
     // 2. Both boards: installed, started, seen on the broker.
     let results = deploy::run(&opts("release-1", false, vec![])).await?;
     println!("{}", deploy::table(&results));
+    assert_eq!(results.len(), 2, "{results:?}");
     for r in &results {
         assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
         assert!(r.detail.contains("release-1"), "{r:?}");

@@ -173,7 +173,7 @@ async fn a_vehicle_that_cannot_train_is_counted_and_not_waited_for() -> anyhow::
         .start()
         .await?;
     let started = Instant::now();
-    let row = fleet.next_round(120).await?;
+    let row = fleet.next_round(600).await?;
     assert!(
         started.elapsed() < Duration::from_secs(120),
         "closed without waiting for the 600 s deadline"

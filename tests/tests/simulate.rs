@@ -150,6 +150,8 @@ async fn in_memory_transport_counts_the_same_bytes_as_the_broker() -> anyhow::Re
     let memory = run(memory_options, CancellationToken::new()).await?;
     // Same seeds, same code path: the same models, bytes and accuracy.
     assert_eq!(memory.transport, "memory");
+    assert!(!mqtt.rounds.is_empty());
+    assert_eq!(mqtt.rounds.len(), memory.rounds.len());
     for (a, b) in mqtt.rounds.iter().zip(&memory.rounds) {
         assert_eq!(
             (a.bytes_up, a.bytes_down),

@@ -171,6 +171,13 @@ impl ServerConfig {
         if self.rounds.min_reports == 0 {
             return bad("rounds.min_reports must be at least 1".into());
         }
+        if self.rounds.min_reports > self.rounds.min_clients {
+            // a round may select as few as min_clients: it could never close
+            return bad(format!(
+                "rounds.min_reports {} is more than rounds.min_clients {}: a round that selects {} vehicles could never publish; lower min_reports or raise min_clients",
+                self.rounds.min_reports, self.rounds.min_clients, self.rounds.min_clients
+            ));
+        }
         if !(self.rounds.sample_fraction > 0.0 && self.rounds.sample_fraction <= 1.0) {
             return bad(format!(
                 "rounds.sample_fraction {} must be in (0, 1]",

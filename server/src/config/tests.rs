@@ -94,3 +94,17 @@ fn bad_values_are_explained() {
     assert!(err.contains("broker.listen_on"), "{err}");
     assert!(toml::from_str::<ServerConfig>("[model]\nlabel = 3").is_err());
 }
+
+#[test]
+fn min_reports_above_min_clients_is_refused() {
+    let mut c = minimal();
+    c.rounds.min_clients = 3;
+    c.rounds.min_reports = 3;
+    assert!(c.validate().is_ok());
+    c.rounds.min_reports = 4;
+    let e = c.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("min_reports 4") && e.contains("min_clients 3"),
+        "{e}"
+    );
+}

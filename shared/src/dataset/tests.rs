@@ -43,17 +43,21 @@ fn owned_table_gives_the_same_dataset_without_a_second_copy() {
         .unwrap();
     let mut spec = spec;
     spec.heads[0].classes.retain(|c| c != "maybe");
-    for csv in [
+    for (csv, builds) in [
         // reordered, an extra column, a skipped row (in place)
-        "extra,a,y,b\n0,25,no,4\n0,25,maybe,4\n9,10,yes,1\n1,30,yes,7\n",
+        (
+            "extra,a,y,b\n0,25,no,4\n0,25,maybe,4\n9,10,yes,1\n1,30,yes,7\n",
+            true,
+        ),
         // a feature missing (copies)
-        "a,y\n20,no\n30,yes\n",
+        ("a,y\n20,no\n30,yes\n", true),
         // a text column that is not a feature, and one that is (copies, then errors)
-        "note,a,b,y\nx,10,1,yes\ny,20,3,no\n",
-        "a,b,y\n10,1,yes\n20,oops,no\n",
+        ("note,a,b,y\nx,10,1,yes\ny,20,3,no\n", true),
+        ("a,b,y\n10,1,yes\n20,oops,no\n", false),
     ] {
         let copied = Dataset::from_table(&Table::read(csv.as_bytes()).unwrap(), &spec);
         let owned = Dataset::from_owned_table(Table::read(csv.as_bytes()).unwrap(), &spec, None);
+        assert_eq!(copied.is_ok(), builds, "{csv}");
         match (copied, owned) {
             (Ok(c), Ok(o)) => {
                 assert_eq!(c.features, o.features, "{csv}");

@@ -170,6 +170,11 @@ impl Head {
     }
 }
 
+/// The most parameters a model may have: 64 Mi (256 MiB as f32). A server
+/// holds several copies (the model, its residual, the running sum), so a
+/// config asking for more is refused before anything is allocated.
+pub const MAX_PARAMS: u64 = 1 << 26;
+
 /// Everything needed to rebuild a model from its parameters: the "spec" half
 /// of a recoverable version. It is the model's whole pipeline: the aligned
 /// feature schema with its statistics and vocabularies, the heads with
@@ -320,7 +325,24 @@ impl ModelSpec {
         if self.hidden.contains(&0) {
             return Err(SpecError("hidden layer widths must be positive".into()));
         }
+        let params = self.param_count();
+        if params > MAX_PARAMS as u128 {
+            return Err(SpecError(format!(
+                "the model would have {params} parameters ({} MiB as f32), more than the {MAX_PARAMS} convoy builds; use fewer or narrower hidden layers",
+                (params * 4) >> 20
+            )));
+        }
         Ok(())
+    }
+
+    /// Parameters of the whole model (trunk and every head), counted
+    /// without overflow whatever the widths say.
+    pub fn param_count(&self) -> u128 {
+        self.layout()
+            .tensors
+            .iter()
+            .map(|(_, shape)| shape.iter().map(|d| u128::from(*d)).product::<u128>())
+            .sum()
     }
 
     /// Layer widths from input to the output of head `head`.

@@ -69,3 +69,14 @@ fn init_is_deterministic_and_seeded() {
     assert_ne!(spec.init_params(), other.init_params());
     assert!(spec.validate().is_ok());
 }
+
+#[test]
+fn a_model_too_large_to_hold_is_refused_before_it_is_built() {
+    let mut s = spec();
+    assert!(s.validate().is_ok());
+    s.hidden = vec![u32::MAX];
+    let e = s.validate().unwrap_err().to_string();
+    assert!(e.contains("parameters") && e.contains("hidden"), "{e}");
+    s.hidden = vec![u32::MAX, u32::MAX, u32::MAX];
+    assert!(s.validate().is_err(), "no overflow on the way to the count");
+}

@@ -106,7 +106,7 @@ impl StorageKind {
 }
 
 /// A way to rebuild a version (the recoverability routes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// However it is stored: the nearest keyframe, then deltas or replays.
     Stored,
@@ -117,6 +117,31 @@ pub enum Route {
     /// (c) The seeded initial model of its line's first version plus every
     /// round's kept client updates, re-aggregated (needs `store.keep_updates`).
     Replay,
+}
+
+impl Route {
+    /// Every route, by its name on the command line.
+    pub const ALL: [(&'static str, Route); 4] = [
+        ("stored", Route::Stored),
+        ("weights", Route::Weights),
+        ("deltas", Route::Deltas),
+        ("replay", Route::Replay),
+    ];
+}
+
+impl std::str::FromStr for Route {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        Route::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, r)| *r)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Route::ALL.iter().map(|(n, _)| *n).collect();
+                format!("no route {name:?}; one of {}", names.join(", "))
+            })
+    }
 }
 
 /// One row of the versions table.

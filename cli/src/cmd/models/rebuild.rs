@@ -8,13 +8,21 @@ pub struct Args {
     /// Version id or prefix.
     pub id: String,
     /// stored (however it is kept), weights (a), deltas (b) or replay (c).
-    #[arg(long, value_enum, default_value_t = Route::Stored)]
-    pub route: Route,
+    #[arg(
+        long,
+        default_value = "stored",
+        value_parser = clap::builder::PossibleValuesParser::new(Route::ALL.map(|(name, _)| name))
+    )]
+    pub route: String,
 }
 
 /// Runs `models rebuild` against the database at `db`; the text to print.
 pub fn run(db: &Path, args: Args) -> anyhow::Result<String> {
-    Ok(rebuild(db, &args.id, args.route)?)
+    Ok(rebuild(
+        db,
+        &args.id,
+        args.route.parse().map_err(anyhow::Error::msg)?,
+    )?)
 }
 
 /// Rebuilds version `id` by `route`, timed, and checks it hashes to its id.
