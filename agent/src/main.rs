@@ -4,7 +4,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tokio_util::sync::CancellationToken;
 
 /// convoy vehicle agent: trains on this vehicle's data and syncs model
 /// updates with the fleet server over MQTT.
@@ -74,16 +73,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { config } => {
             let config = convoy_agent::config::AgentConfig::load(&config)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            runtime.block_on(async {
-                let shutdown = CancellationToken::new();
-                tokio::spawn(convoy_runtime::process::cancel_on_signal(shutdown.clone()));
-                convoy_agent::run(config, shutdown).await
-            })?;
+            // one worker: training has threads of its own
+            convoy_runtime::process::block_until_signal(Some(1), |shutdown| {
+                convoy_agent::run(config, shutdown)
+            })
+            .context("starting the async runtime")??;
             Ok(())
         }
     }

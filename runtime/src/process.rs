@@ -26,6 +26,25 @@ pub async fn cancel_on_signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// Runs `job` to its end on a fresh multi-threaded runtime (`workers`
+/// threads, or one per core), handing it a shutdown token that SIGINT and
+/// SIGTERM cancel: every binary's `main` starts its library this way.
+pub fn block_until_signal<F: std::future::Future>(
+    workers: Option<usize>,
+    job: impl FnOnce(CancellationToken) -> F,
+) -> std::io::Result<F::Output> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    let runtime = builder.enable_all().build()?;
+    Ok(runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        job(shutdown).await
+    }))
+}
+
 /// Sets up `tracing` to stderr; `RUST_LOG` sets the filter, else `default`
 /// (e.g. `info`). Unless `RUST_LOG` names them, the embedded broker's own
 /// logs stay off, and so do wgpu's GL-backend errors, which its adapter probe

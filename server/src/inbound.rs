@@ -4,6 +4,7 @@
 //! topic) and hands the aligner and the coordinator a typed [`Inbound`]
 //! or a [`Refused`] with its [`Rejection`]; no handler decodes bytes.
 
+use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::identity::{Keyring, own_or_empty};
 use crate::rejection::Rejection;
@@ -118,20 +119,21 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    /// A gate for `fleet`, trusting the vehicles provisioned in `store`.
+    /// The gate for `config`'s fleet and packet size, trusting the
+    /// vehicles provisioned in `store`; `server` signs the server's own.
     pub fn new(
-        fleet: &TopicId,
-        server: SecretKey,
+        config: &ServerConfig,
+        server: &SecretKey,
         store: &Store,
-        max_packet: usize,
     ) -> Result<Self, ServerError> {
+        let fleet = &config.fleet;
         Ok(Self {
             fleet: fleet.clone(),
             round_topic: topics::round(fleet).as_str().to_string(),
             align_topic: topics::align(fleet).as_str().to_string(),
-            server,
+            server: server.clone(),
             keyring: Keyring::load(store)?,
-            max_packet,
+            max_packet: config.broker.link.max_packet_size,
         })
     }
 

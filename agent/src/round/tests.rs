@@ -131,8 +131,16 @@ fn restart(config: &AgentConfig, clock: &Arc<ManualClock>, table: &Table) -> Age
 }
 
 impl Rig {
-    fn announce(&self, round: u64, params: &ParamSet, codec: &str, selected: &[&str]) -> Input {
-        let announce = Announce {
+    /// Round `round` on `params`, open for a minute, asking `selected`
+    /// (everyone when empty) for updates in `codec`.
+    fn announcement(
+        &self,
+        round: u64,
+        params: &ParamSet,
+        codec: &str,
+        selected: &[&str],
+    ) -> Announce {
+        Announce {
             round,
             manifest: version::manifest_of(params, &self.spec, &self.task, &Default::default()),
             spec: self.spec.clone(),
@@ -142,7 +150,12 @@ impl Rig {
             deadline_ms: self.clock.now_ms() + 60_000,
             selected: selected.iter().filter_map(|c| messages::id(c)).collect(),
             chunk_size: 1024,
-        };
+        }
+    }
+
+    /// [`Rig::announcement`], signed by the server and delivered.
+    fn announce(&self, round: u64, params: &ParamSet, codec: &str, selected: &[&str]) -> Input {
+        let announce = self.announcement(round, params, codec, selected);
         from_server(Kind::Announce, topics::round(FLEET).as_str(), &announce)
     }
 
@@ -503,17 +516,7 @@ fn a_round_past_its_deadline_is_skipped_and_an_unknown_codec_refused() {
     // A codec this build does not know (a newer server's, signed and all)
     // does not decode: the announcement is refused at the gate, counted,
     // and nothing is trained or sent.
-    let mut announce = Announce {
-        round: 2,
-        manifest: version::manifest_of(&initial, &rig.spec, &rig.task, &Default::default()),
-        spec: rig.spec.clone(),
-        task: rig.task.clone(),
-        codec: Pipeline::FP32,
-        downlink_codec: Pipeline::FP32,
-        deadline_ms: rig.clock.now_ms() + 60_000,
-        selected: Vec::new(),
-        chunk_size: 1024,
-    };
+    let mut announce = rig.announcement(2, &initial, "fp32", &[]);
     announce.downlink_codec = "q8".parse().unwrap();
     let mut body = postcard::to_allocvec(&announce).unwrap();
     // postcard writes the fields in order: the update codec's spec follows
@@ -709,17 +712,7 @@ fn an_idle_agent_repeats_its_status_as_a_heartbeat_with_a_growing_sequence() {
 fn unsigned_or_foreign_announcements_and_receipts_are_ignored_without_a_reply() {
     let mut rig = rig();
     let initial = rig.initial();
-    let announce = Announce {
-        round: 1,
-        manifest: version::manifest_of(&initial, &rig.spec, &rig.task, &Default::default()),
-        spec: rig.spec.clone(),
-        task: rig.task.clone(),
-        codec: Pipeline::FP32,
-        downlink_codec: Pipeline::FP32,
-        deadline_ms: rig.clock.now_ms() + 60_000,
-        selected: vec![],
-        chunk_size: 1024,
-    };
+    let announce = rig.announcement(1, &initial, "fp32", &[]);
     let topic = topics::round(FLEET);
     let mallory = SecretKey::from_seed([66; 32]);
     let forged = wire::encode(Kind::Announce, &announce, &topic, &mallory).unwrap();

@@ -71,13 +71,6 @@ where
     F: std::future::Future<Output = Result<T, E>>,
     anyhow::Error: From<E>,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(convoy_runtime::process::cancel_on_signal(shutdown.clone()));
-        Ok(job(shutdown).await?)
-    })
+    Ok(convoy_runtime::process::block_until_signal(None, job)
+        .context("starting the async runtime")??)
 }

@@ -249,6 +249,13 @@ impl BrokerConfig {
                 self.keep_alive_secs
             )));
         }
+        if self.username.is_none() && (self.password.is_some() || self.password_file.is_some()) {
+            // MQTT sends a password only with a user name: the broker
+            // would see an anonymous login and close the connection
+            return Err(ConfigError::Invalid(
+                "broker has a password (password, password_file, CONVOY_BROKER_PASSWORD or the broker-password credential) but no username, so it would never be sent; set broker.username (a provisioned vehicle logs in with its client_id)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -261,6 +268,24 @@ impl BrokerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_without_a_username_is_refused_naming_the_fix() {
+        let mut c = BrokerConfig {
+            password_file: Some("broker-password".into()),
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("no username") && e.contains("broker.username"),
+            "{e}"
+        );
+        c.password_file = None;
+        c.password = Some("secret".into());
+        assert!(c.validate().is_err());
+        c.username = Some("truck-0017".into());
+        assert!(c.validate().is_ok());
+    }
 
     #[test]
     fn parses_urls() {

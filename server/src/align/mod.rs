@@ -64,12 +64,7 @@ impl Aligner {
         store: Store,
         clock: SharedClock,
     ) -> Result<Self, ServerError> {
-        let inbox = Inbox::new(
-            &config.fleet,
-            key.clone(),
-            &store,
-            config.broker.link.max_packet_size,
-        )?;
+        let inbox = Inbox::new(&config, &key, &store)?;
         Ok(Self {
             config,
             key,

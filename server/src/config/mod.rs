@@ -4,7 +4,7 @@ pub use convoy_runtime::ConfigError;
 use convoy_runtime::config::{env_override, load_toml, resolve};
 use convoy_runtime::link::{BrokerConfig, BrokerUrl};
 use convoy_shared::codec::Pipeline;
-use convoy_shared::spec::{Recipe, TaskKind};
+use convoy_shared::spec::{MAX_PARAMS, Recipe, TaskKind};
 use convoy_shared::topics::TopicId;
 pub use convoy_store::StorePolicy;
 use serde::{Deserialize, Serialize};
@@ -143,6 +143,18 @@ impl ServerConfig {
         }
         if self.model.schema_csv.is_some() && self.model.label.is_none() {
             return bad("model.schema_csv needs model.label, the label column of that CSV".into());
+        }
+        // the hidden layers alone, with one input and one output, bound the
+        // model from below: refuse here what could never be allocated
+        let mut widths = vec![1u128];
+        widths.extend(self.model.hidden.iter().map(|w| u128::from(*w)));
+        widths.push(1);
+        let at_least: u128 = widths.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
+        if at_least > u128::from(MAX_PARAMS) {
+            return bad(format!(
+                "model.hidden {:?} makes at least {at_least} parameters, more than the {MAX_PARAMS} a model may have; use fewer or narrower layers",
+                self.model.hidden
+            ));
         }
         if !(self.training.clip_norm.is_finite() && self.training.clip_norm >= 0.0) {
             return bad(format!(

@@ -108,3 +108,16 @@ fn min_reports_above_min_clients_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn hidden_layers_too_wide_to_allocate_are_refused_at_load() {
+    let mut c = minimal();
+    c.model.hidden = vec![4_294_967_295];
+    let e = c.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("model.hidden") && e.contains("parameters"),
+        "{e}"
+    );
+    c.model.hidden = vec![4096, 4096];
+    assert!(c.validate().is_ok(), "17 M parameters are allowed");
+}

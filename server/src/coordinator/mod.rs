@@ -163,12 +163,7 @@ impl Coordinator {
         current: StoredVersion,
     ) -> Result<Self, ServerError> {
         let next_round = store.next_round()?;
-        let inbox = Inbox::new(
-            &config.fleet,
-            key.clone(),
-            &store,
-            config.broker.link.max_packet_size,
-        )?;
+        let inbox = Inbox::new(&config, &key, &store)?;
         if inbox.vehicles() == 0 {
             tracing::warn!(
                 "no vehicle is provisioned: run `convoy-server provision <client_id>...` for each vehicle"
