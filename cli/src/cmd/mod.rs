@@ -59,7 +59,16 @@ impl DbArgs {
 
     /// The database, which this command cannot do without.
     pub fn db(&self) -> anyhow::Result<PathBuf> {
-        self.db_if_any()?.context(
+        match &self.db {
+            Some(_) => self.db_of(None),
+            None => self.db_of(self.server_config()?.as_ref()),
+        }
+    }
+
+    /// The database: --db, else the `db` of `config` (the config --config
+    /// named, for a command that reads it anyway and loads it once).
+    pub fn db_of(&self, config: Option<&ServerConfig>) -> anyhow::Result<PathBuf> {
+        self.db.clone().or_else(|| config.map(|c| c.db.clone())).context(
             "which database? pass --db FILE (or set CONVOY_DB), or --config with the server's config",
         )
     }

@@ -72,7 +72,8 @@ pub struct Args {
 
 /// Prints the report `args` ask for.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let db = args.store.db()?;
+    let config = args.store.server_config()?;
+    let db = args.store.db_of(config.as_ref())?;
     let prices = convoy_shared::cost::Prices {
         per_mb: args.price_mb,
         per_device_hour: args.price_device_hour,
@@ -86,7 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?,
         last: args.last,
     };
-    let caps = match args.store.server_config()? {
+    let caps = match config {
         Some(config) => (config.budget.daily_bytes(), config.budget.monthly_bytes()),
         None => (None, None),
     };
