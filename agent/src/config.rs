@@ -157,8 +157,9 @@ impl Default for TrainingConfig {
     }
 }
 
-/// Deterministic faults for crash-recovery tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// Deterministic faults for crash-recovery tests, and the dishonest
+/// vehicles of the robustness benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// Stop right after the update is persisted, before any chunk is sent,
@@ -167,6 +168,118 @@ pub struct Faults {
     /// Hold a persisted update this many milliseconds before sending it,
     /// as a slow link would.
     pub delay_upload_ms: u64,
+    /// Send a dishonest update, correctly signed, as a vehicle whose key
+    /// is in the wrong hands would (benchmarks/robustness).
+    pub attack: Option<Attack>,
+}
+
+/// What a dishonest vehicle does to the update it trained.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Attack {
+    /// Every value of the update set to `value`.
+    Huge {
+        /// The value (1e6 in the benchmark).
+        value: f32,
+    },
+    /// The update negated and scaled to `scale` times its own norm.
+    SignFlip {
+        /// Multiple of the honest norm.
+        scale: f32,
+    },
+    /// A sign flip of `scale`, claiming `rows` rows in its status and update.
+    Inflate {
+        /// Multiple of the honest norm.
+        scale: f32,
+        /// Rows claimed.
+        rows: u64,
+    },
+    /// The honest update plus the same fixed direction every round, of
+    /// `share` times the honest norm: a slow drift that stays close to
+    /// the honest updates, as a backdoor would.
+    Drift {
+        /// Size of the push relative to the honest update.
+        share: f32,
+    },
+}
+
+impl Attack {
+    /// Turns an honest `update` into the attack's.
+    pub fn apply(&self, update: &mut convoy_shared::params::ParamSet) {
+        let norm = update.l2_norm() as f32;
+        match *self {
+            Attack::Huge { value } => update.values_mut().for_each(|v| *v = value),
+            Attack::SignFlip { scale } | Attack::Inflate { scale, .. } => {
+                update.values_mut().for_each(|v| *v *= -scale)
+            }
+            Attack::Drift { share } => {
+                // a fixed pseudo-random sign per coordinate, the same each round
+                let n = update.numel().max(1) as f32;
+                let step = share * norm / n.sqrt();
+                for (i, v) in update.values_mut().enumerate() {
+                    let bit = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63;
+                    *v += if bit == 1 { step } else { -step };
+                }
+            }
+        }
+    }
+
+    /// The rows it claims, having `honest` rows.
+    pub fn rows(&self, honest: u64) -> u64 {
+        match *self {
+            Attack::Inflate { rows, .. } => rows,
+            _ => honest,
+        }
+    }
+}
+
+impl std::fmt::Display for Attack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attack::Huge { value } => write!(f, "huge:{value}"),
+            Attack::SignFlip { scale } => write!(f, "sign_flip:{scale}"),
+            Attack::Inflate { scale, rows } => write!(f, "inflate:{scale}:{rows}"),
+            Attack::Drift { share } => write!(f, "drift:{share}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Attack {
+    type Err = String;
+
+    /// `huge[:VALUE]`, `sign_flip:SCALE`, `inflate:SCALE:ROWS`, `drift:SHARE`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let num = |i: usize, default: Option<f64>| -> Result<f64, String> {
+            match parts.get(i) {
+                Some(p) => p
+                    .parse()
+                    .map_err(|_| format!("{p:?} in {s:?} is not a number")),
+                None => default.ok_or_else(|| format!("{s:?} needs a value after ':'")),
+            }
+        };
+        let attack = match parts[0] {
+            "huge" => Attack::Huge {
+                value: num(1, Some(1e6))? as f32,
+            },
+            "sign_flip" => Attack::SignFlip {
+                scale: num(1, None)? as f32,
+            },
+            "inflate" => Attack::Inflate {
+                scale: num(1, Some(4.5))? as f32,
+                rows: num(2, Some(1e6))? as u64,
+            },
+            "drift" => Attack::Drift {
+                share: num(1, Some(0.5))? as f32,
+            },
+            _ => {
+                return Err(format!(
+                    "unknown attack {s:?}: use huge[:VALUE], sign_flip:SCALE, inflate[:SCALE[:ROWS]] or drift[:SHARE]"
+                ));
+            }
+        };
+        Ok(attack)
+    }
 }
 
 fn default_fleet() -> TopicId {

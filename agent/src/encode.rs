@@ -28,6 +28,8 @@ pub struct Encoding {
     pub residual: Option<ParamSet>,
     /// The spec's head the vehicle trained.
     pub head: u32,
+    /// A dishonest vehicle's attack (fault injection).
+    pub attack: Option<crate::config::Attack>,
 }
 
 /// Encodes `trained` (from `base`, on `samples` rows) into the update to
@@ -41,6 +43,11 @@ pub fn encode(
 ) -> Result<(PendingUpdate, f64), TrainError> {
     let started = Instant::now();
     let mut update = trained.params.sub(base)?;
+    let mut samples = samples;
+    if let Some(attack) = &encoding.attack {
+        attack.apply(&mut update);
+        samples = attack.rows(samples);
+    }
     if let Some(residual) = &encoding.residual {
         update.add_scaled(residual, 1.0)?;
     }
@@ -96,6 +103,7 @@ mod tests {
             chunk_size: 1024,
             residual,
             head: 0,
+            attack: None,
         }
     }
 

@@ -98,11 +98,10 @@ pub async fn run_with_data(
     {
         agent.set_throughput(throughput);
     }
-    let offline = agent.offline_status();
     let session = Session {
         client_id: config.client_id.to_string(),
         subscriptions: agent.subscriptions(),
-        will: offline.clone(),
+        will: agent.offline_status(),
     };
     let mut link = link::open(&config.broker, session);
     let (condition_tx, mut conditions) = mpsc::channel(4);
@@ -177,8 +176,9 @@ pub async fn run_with_data(
     };
     systemd.stopping();
     agent.cancel_training();
-    // A clean goodbye replaces the retained status; the will covers crashes.
-    link.client.publish_all(offline).await;
+    // A clean goodbye replaces the retained status (newer than anything
+    // this session sent, so the server takes it); the will covers crashes.
+    link.client.publish_all(agent.offline_status()).await;
     link.close().await;
     watch_stop.cancel();
     tracker.close();

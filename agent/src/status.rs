@@ -23,7 +23,11 @@ pub fn status(
     let client = messages::id(&config.client_id).unwrap_or_default();
     Status {
         round,
-        samples: samples as u64,
+        // a dishonest vehicle (fault injection) declares what it will claim
+        samples: config
+            .faults
+            .attack
+            .map_or(samples as u64, |a| a.rows(samples as u64)),
         detail: messages::detail(detail),
         model,
         throughput,

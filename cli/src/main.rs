@@ -43,6 +43,8 @@ enum Command {
     Plan(cmd::plan::Args),
     /// The stored model versions: list, show, verify, diff, export, import.
     Models(cmd::models::Args),
+    /// The provisioned vehicles and their suspected updates; block a vehicle.
+    Vehicles(cmd::vehicles::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Report(args) => cmd::report::run(args),
         Command::Plan(args) => cmd::plan::run(args),
         Command::Models(args) => cmd::models::run(args),
+        Command::Vehicles(args) => cmd::vehicles::run(args),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,

@@ -61,7 +61,9 @@ fn refusal(
     match db.vehicle_password_hash(client) {
         Ok(Some(hash)) if same_digest(&password_hash(pass), &hash) => None,
         Ok(Some(_)) => Some("wrong password"),
-        Ok(None) => Some("not provisioned (convoy-server provision)"),
+        Ok(None) => Some(
+            "not provisioned (convoy-server provision), or blocked (convoy-server vehicles list)",
+        ),
         Err(e) => {
             tracing::error!(error = %e, "cannot read vehicle credentials");
             *store = None;

@@ -90,9 +90,16 @@ impl Keyring {
 
     fn reload(&mut self, store: &Store) -> Result<(), ServerError> {
         let version = store.data_version()?;
+        // a blocked vehicle's key verifies nothing from the moment it is blocked
+        let blocked: std::collections::HashSet<String> = store
+            .blocked_vehicles()?
+            .into_iter()
+            .map(|(client, ..)| client)
+            .collect();
         self.keys = store
             .vehicles()?
             .into_iter()
+            .filter(|v| !blocked.contains(&v.client))
             .filter_map(|v| {
                 PublicKey::from_hex(&v.public_key, &v.client)
                     .map_err(|e| tracing::error!(client = %v.client, error = %e, "stored key unreadable"))
@@ -156,6 +163,13 @@ impl Keyring {
     /// Vehicles known.
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// The trusted vehicles' ids, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.keys.keys().cloned().collect();
+        ids.sort();
+        ids
     }
 }
 

@@ -31,6 +31,8 @@ pub enum Inbound {
     /// Something on the round topic that the server did not sign (its own
     /// announcements and cleared messages are not reported).
     ForeignOnRound,
+    /// The round topic's retained message cleared (an empty payload).
+    RoundCleared,
     /// The same on the align topic.
     ForeignOnAlign,
     /// One chunk of a vehicle's update.
@@ -81,7 +83,7 @@ impl Inbound {
     /// The vehicle a message came from, if it came from one.
     pub fn client(&self) -> Option<&str> {
         match self {
-            Inbound::ForeignOnRound | Inbound::ForeignOnAlign => None,
+            Inbound::ForeignOnRound | Inbound::RoundCleared | Inbound::ForeignOnAlign => None,
             Inbound::Update { client, .. }
             | Inbound::Fetch { client, .. }
             | Inbound::Status { client, .. }
@@ -137,6 +139,16 @@ impl Inbox {
         })
     }
 
+    /// True when `client`'s key is trusted now: provisioned, not blocked.
+    pub fn trusts(&mut self, client: &str, store: &Store) -> bool {
+        self.keyring.get(client, store).is_some()
+    }
+
+    /// The trusted vehicles' ids (when the keyring was last loaded).
+    pub fn vehicle_ids(&self) -> Vec<String> {
+        self.keyring.ids()
+    }
+
     /// Vehicles provisioned (when the keyring was last loaded).
     pub fn vehicles(&self) -> usize {
         self.keyring.len()
@@ -151,6 +163,9 @@ impl Inbox {
         payload: &[u8],
     ) -> Result<Option<Inbound>, Refused> {
         if topic == self.round_topic {
+            if payload.is_empty() {
+                return Ok(Some(Inbound::RoundCleared));
+            }
             let own = own_or_empty::<Announce>(&self.server, Kind::Announce, topic, payload);
             return Ok((!own).then_some(Inbound::ForeignOnRound));
         }

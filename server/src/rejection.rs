@@ -45,6 +45,8 @@ pub enum Rejection {
         /// the bound
         bound: u64,
     },
+    /// The same encoded update another vehicle already sent this round.
+    Copied(String),
     /// From a client id no vehicle was provisioned with.
     UnknownVehicle,
     /// A status not newer than the last one of its session.
@@ -97,6 +99,7 @@ impl Rejection {
             Rejection::WrongCodec { .. } => "wrong_codec",
             Rejection::BadSamples(_) => "bad_samples",
             Rejection::TooManySamples { .. } => "too_many_samples",
+            Rejection::Copied(_) => "copied",
             Rejection::UnknownVehicle => "unknown_vehicle",
             Rejection::Replayed => "replayed",
             Rejection::DuplicateIdentity => "duplicate_identity",
@@ -125,6 +128,10 @@ impl fmt::Display for Rejection {
             Rejection::TooManySamples { claimed, bound } => write!(
                 f,
                 "claims {claimed} samples, more than the {bound} its vehicle declared or rounds.max_samples allows"
+            ),
+            Rejection::Copied(of) => write!(
+                f,
+                "the same update {of} sent this round: a copy earns no weight"
             ),
             Rejection::UnknownVehicle => f.write_str(
                 "no vehicle with this id is provisioned (convoy-server provision); message ignored",

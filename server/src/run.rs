@@ -280,7 +280,7 @@ async fn run_serving(
         None => {
             let provenance = Provenance {
                 parent: None,
-                strategy: crate::coordinator::strategy_name(config.rounds.server_lr),
+                strategy: config.aggregation.rule.strategy(config.rounds.server_lr),
                 codec: config.rounds.codec,
                 downlink_codec: config.rounds.downlink_codec,
             };

@@ -6,6 +6,18 @@ use super::rows::{
 use super::status::ClientStatus;
 use super::{ClientRow, RoundRow, Store, StoreError};
 use rusqlite::{OptionalExtension, params};
+use std::collections::HashMap;
+
+/// A vehicle's suspected updates.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Suspicion {
+    /// How many of its ledger rows are suspected.
+    pub count: u64,
+    /// The latest such round.
+    pub round: u64,
+    /// Why it was suspected then.
+    pub reason: String,
+}
 
 /// What a restarted server needs to resume a round.
 #[derive(Debug, Clone)]
@@ -63,11 +75,102 @@ impl Store {
         let tx = self.conn.transaction()?;
         insert_client(&tx, row)?;
         tx.execute(
-            "INSERT OR REPLACE INTO round_updates (round, client, body, scale) VALUES (?1, ?2, ?3, ?4)",
-            params![row.round as i64, row.client, body, scale],
+            "INSERT OR REPLACE INTO round_updates (round, client, body, scale, weight) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![row.round as i64, row.client, body, scale, row.weight],
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records what the closing round's rule settled for each acknowledged
+    /// update, `(client, weight, scale)`: what the lineage and a replay use.
+    pub fn settle_updates(
+        &mut self,
+        round: u64,
+        settled: &[(String, f64, f64)],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for (client, weight, scale) in settled {
+            tx.execute(
+                "UPDATE round_updates SET weight = ?3, scale = ?4 WHERE round = ?1 AND client = ?2",
+                params![round as i64, client, weight, scale],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// One acknowledged update's body in the open round `round`.
+    pub fn round_update_body(
+        &self,
+        round: u64,
+        client: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT body FROM round_updates WHERE round = ?1 AND client = ?2",
+                params![round as i64, client],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The accepted ledger rows of the newest finished round that had any:
+    /// the fleet's reference for update norms and claims.
+    pub fn reference_rows(&self) -> Result<Vec<ClientRow>, StoreError> {
+        let round: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT MAX(l.round) FROM ledger l JOIN rounds r ON r.round = l.round
+                 WHERE r.status = 'finished' AND l.status = 'accepted'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        match round {
+            Some(round) => Ok(self
+                .clients(round as u64)?
+                .into_iter()
+                .filter(|c| c.status == ClientStatus::Accepted)
+                .collect()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Each vehicle's suspected updates: how many, and the latest one's
+    /// round and reason.
+    pub fn suspicions(&self) -> Result<HashMap<String, Suspicion>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT client, COUNT(*), MAX(round),
+                (SELECT s.suspect FROM ledger s WHERE s.client = l.client AND s.suspect IS NOT NULL
+                 ORDER BY s.round DESC LIMIT 1)
+             FROM ledger l WHERE suspect IS NOT NULL GROUP BY client",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                Suspicion {
+                    count: r.get::<_, i64>(1)? as u64,
+                    round: r.get::<_, i64>(2)? as u64,
+                    reason: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Each vehicle's largest weight in a finished round (its claimed rows
+    /// where no weight was recorded).
+    pub fn weight_history(&self) -> Result<HashMap<String, f64>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT l.client, MAX(COALESCE(l.weight, l.samples)) FROM ledger l
+             JOIN rounds r ON r.round = l.round
+             WHERE r.status = 'finished' AND l.status = 'accepted' GROUP BY l.client",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The newest round still open with its stored announcement, and the

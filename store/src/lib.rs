@@ -23,7 +23,7 @@ mod versions;
 #[cfg(test)]
 mod tests;
 
-pub use ledger::{OpenRoundState, TaskMetrics};
+pub use ledger::{OpenRoundState, Suspicion, TaskMetrics};
 pub use rows::{ClientRow, RoundRow};
 pub use schema::SCHEMA_VERSION;
 pub use status::{ClientStatus, RoundStatus};

@@ -154,6 +154,12 @@ pub struct ClientRow {
     pub train_seconds_predicted: Option<f64>,
     /// Download bytes the cost model predicted for it.
     pub bytes_down_predicted: u64,
+    /// The weight its update counted with (its claimed rows, capped; 1
+    /// under equal weights), once the round settled it.
+    pub weight: Option<f64>,
+    /// Why the server suspects this update (clipped, capped, far from the
+    /// round's aggregate, left out by the rule, a copy), if it does.
+    pub suspect: Option<String>,
 }
 
 /// The ledger's columns, in the order [`client_from_sql`] and
@@ -162,7 +168,7 @@ pub(super) const LEDGER_COLUMNS: &str = "round, client, status, samples, bytes_u
     bytes_down, wire_bytes_down, chunks_down, train_seconds, steps, epochs, loss, flops, bytes_up_predicted, \
     device, codec, update_norm, reason, bytes_up_raw, residual_norm, encode_seconds, decode_seconds, \
     flops_predicted, holdout_samples, holdout_accuracy, holdout_rmse, personal_accuracy, personal_rmse, head, \
-    transfer, train_seconds_predicted, bytes_down_predicted";
+    transfer, train_seconds_predicted, bytes_down_predicted, weight, suspect";
 
 pub(super) fn client_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRow> {
     let count = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
@@ -202,11 +208,13 @@ pub(super) fn client_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientR
         transfer: r.get(32)?,
         train_seconds_predicted: r.get(33)?,
         bytes_down_predicted: count(34)?,
+        weight: r.get(35)?,
+        suspect: r.get(36)?,
     })
 }
 
 pub(super) fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
-    let marks: Vec<String> = (1..=35).map(|i| format!("?{i}")).collect();
+    let marks: Vec<String> = (1..=37).map(|i| format!("?{i}")).collect();
     let sql = format!(
         "INSERT OR REPLACE INTO ledger ({LEDGER_COLUMNS}) VALUES ({})",
         marks.join(", ")
@@ -249,6 +257,8 @@ pub(super) fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), Stor
             c.transfer,
             c.train_seconds_predicted,
             c.bytes_down_predicted as i64,
+            c.weight,
+            c.suspect,
         ],
     )?;
     Ok(())

@@ -191,6 +191,20 @@ const MIGRATIONS: &[Migration] = &[
             Ok(())
         },
     },
+    Migration {
+        what: "robust aggregation: each update's weight, suspected vehicles, blocked vehicles",
+        apply: |c| {
+            c.execute_batch(
+                "ALTER TABLE ledger ADD COLUMN weight REAL;
+                 ALTER TABLE ledger ADD COLUMN suspect TEXT;
+                 ALTER TABLE round_updates ADD COLUMN weight REAL;
+                 ALTER TABLE kept_updates ADD COLUMN weight REAL;
+                 ALTER TABLE lineage ADD COLUMN weight REAL;
+                 ALTER TABLE vehicles ADD COLUMN blocked_ms INTEGER;
+                 ALTER TABLE vehicles ADD COLUMN blocked_reason TEXT;",
+            )
+        },
+    },
 ];
 
 /// The schema version a database is at once opened by this release.

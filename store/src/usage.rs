@@ -83,6 +83,11 @@ pub struct VehicleSummary {
     pub model_version: Option<String>,
     /// Messages of its the server rejected (any reason).
     pub rejections: u64,
+    /// Its ledger rows the server flagged as suspected (clipped, capped,
+    /// far from the round's aggregate, a copy).
+    pub suspected: u64,
+    /// Blocked by the operator (`convoy-server vehicles block`).
+    pub blocked: bool,
     /// MQTT bytes (up + down) in the current UTC day.
     pub bytes_today: u64,
     /// MQTT bytes (up + down) in the current UTC month.
@@ -148,7 +153,8 @@ impl Store {
                 SUM(bytes_up), SUM(bytes_down), SUM(wire_bytes_up), SUM(wire_bytes_down),
                 SUM(train_seconds), MAX(round),
                 (SELECT device FROM ledger d WHERE d.client = l.client AND d.device != ''
-                 ORDER BY d.round DESC LIMIT 1)
+                 ORDER BY d.round DESC LIMIT 1),
+                SUM(suspect IS NOT NULL)
              FROM ledger l GROUP BY client",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -169,6 +175,7 @@ impl Store {
                 train_seconds: r.get(12)?,
                 last_round: r.get::<_, Option<i64>>(13)?.map(|v| v as u64),
                 device: r.get(14)?,
+                suspected: n(15)?,
                 ..Default::default()
             })
         })?;
@@ -181,6 +188,11 @@ impl Store {
         };
         for v in self.vehicles()? {
             named(&mut by_id, &v.client);
+        }
+        for (client, ..) in self.blocked_vehicles()? {
+            if let Some(s) = by_id.get_mut(&client) {
+                s.blocked = true;
+            }
         }
         for (client, version, _since, seen) in self.inventory()? {
             named(&mut by_id, &client);

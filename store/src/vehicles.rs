@@ -53,15 +53,52 @@ impl Store {
         Ok(rows)
     }
 
-    /// The password hash of one vehicle.
+    /// The password hash of one vehicle; `None` also for a blocked one.
     pub fn vehicle_password_hash(&self, client: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
             .query_row(
-                "SELECT password_hash FROM vehicles WHERE client = ?1",
+                "SELECT password_hash FROM vehicles WHERE client = ?1 AND blocked_ms IS NULL",
                 [client],
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// Blocks a provisioned vehicle: its key and broker login stop
+    /// working (`false`: no such vehicle). Provisioning it again with
+    /// `--replace` gives it new credentials and lifts the block.
+    pub fn block_vehicle(
+        &self,
+        client: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE vehicles SET blocked_ms = ?2, blocked_reason = ?3 WHERE client = ?1",
+            params![client, now_ms as i64, reason],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Lifts a block (`false`: no such vehicle).
+    pub fn unblock_vehicle(&self, client: &str) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE vehicles SET blocked_ms = NULL, blocked_reason = NULL WHERE client = ?1",
+            [client],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Blocked vehicles: id, when (Unix ms) and why.
+    pub fn blocked_vehicles(&self) -> Result<Vec<(String, u64, String)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT client, blocked_ms, COALESCE(blocked_reason, '') FROM vehicles
+             WHERE blocked_ms IS NOT NULL ORDER BY client",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }

@@ -197,3 +197,25 @@ async fn a_vehicle_that_cannot_train_is_counted_and_not_waited_for() -> anyhow::
     );
     Ok(())
 }
+
+/// A vehicle stopped cleanly (SIGINT/SIGTERM cancel the same token) leaves
+/// a retained `Offline` status on the broker, so the server stops selecting
+/// it at once instead of waiting out every round's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_stopped_cleanly_leaves_an_offline_status() -> anyhow::Result<()> {
+    init_tracing();
+    let mut fleet = Fleet::digits("goodbye", 2, 23)?.rounds(1).start().await?;
+    fleet.next_round(120).await?;
+    fleet.finish().await?;
+    let mut tap = fleet.wire("goodbye-tap").await?;
+    tap.subscribe(&format!("convoy/v1/{}/status/+", fleet.name()))
+        .await?;
+    for _ in 0..2 {
+        let m = tap.next(10).await?;
+        assert!(m.retain, "a retained status");
+        let envelope = wire::open(&m.payload, 1 << 20)?;
+        let status: Status = postcard::from_bytes(envelope.body)?;
+        assert_eq!(status.state, AgentState::Offline, "{}", m.topic);
+    }
+    Ok(())
+}

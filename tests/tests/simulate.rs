@@ -11,17 +11,27 @@ fn options(out: &std::path::Path, codec: &str, downlink: &str) -> SimOptions {
 /// Recoverability: every version of a run with a lossy, error-fed downlink
 /// and a keyframe round rebuilds to its own id by every route: its stored
 /// weights (keyframes), the nearest keyframe plus deltas, and the seeded
-/// initial model plus every round's client updates re-aggregated.
+/// initial model plus every round's client updates re-aggregated, under
+/// each aggregation rule (FedAvg streams from round 2; the others hold a
+/// round's updates and combine them at close).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_version_rebuilds_to_its_id_by_each_route() -> anyhow::Result<()> {
-    use convoy_store::{Route, StorageKind};
     convoy_tests::init_tracing();
-    let dir = tempfile::tempdir()?;
-    let mut o = options(dir.path(), "topk:0.2+q8", "q8");
-    (o.rounds, o.transport, o.keep_updates) = (5, Transport::Memory, true);
-    (o.keyframe_every, o.max_chain_depth) = (3, 2);
-    run(o, CancellationToken::new()).await?;
-    let store = convoy_tests::api::Store::open_existing(&dir.path().join("sim.db"))?;
+    for rule in ["trimmed_mean:0.25", "fedavg", "median", "krum:1"] {
+        let dir = tempfile::tempdir()?;
+        let mut o = options(dir.path(), "topk:0.2+q8", "q8");
+        (o.rounds, o.transport, o.keep_updates) = (5, Transport::Memory, true);
+        (o.keyframe_every, o.max_chain_depth) = (3, 2);
+        o.rule = rule.parse().map_err(anyhow::Error::msg)?;
+        run(o, CancellationToken::new()).await?;
+        check_routes(dir.path(), rule)?;
+    }
+    Ok(())
+}
+
+fn check_routes(dir: &std::path::Path, rule: &str) -> anyhow::Result<()> {
+    use convoy_store::{Route, StorageKind};
+    let store = convoy_tests::api::Store::open_existing(&dir.join("sim.db"))?;
     let rows = store.versions()?;
     assert_eq!(rows.len(), 6, "the initial model and one per round");
     let kinds: Vec<StorageKind> = rows.iter().map(|r| r.kind).collect();
@@ -47,7 +57,11 @@ async fn every_version_rebuilds_to_its_id_by_each_route() -> anyhow::Result<()> 
                 row.version,
                 "{route:?}"
             );
-            assert_eq!(v.params, stored.params, "round {} by {route:?}", row.round);
+            assert_eq!(
+                v.params, stored.params,
+                "{rule}: round {} by {route:?}",
+                row.round
+            );
         }
         if row.round > 0 {
             let lineage = store.lineage(&row.version)?;

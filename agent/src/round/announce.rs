@@ -36,7 +36,7 @@ impl Agent {
             self.fail(out, round, "model_refused", &detail);
             return Ok(());
         }
-        tracing::info!(round, base = %version::short(&announce.base_version()), codec = %announce.codec, "round announced");
+        tracing::debug!(round, base = %version::short(&announce.base_version()), codec = %announce.codec, "round announced");
         self.announce = Some(announce.clone());
         match &self.round {
             Round::Training { cancel, .. } if self.round.number() < Some(round) => {

@@ -173,7 +173,7 @@ impl Agent {
                 let Round::Fetching(fetch) = std::mem::take(&mut self.round) else {
                     return Ok(());
                 };
-                tracing::info!(
+                tracing::debug!(
                     round = fetch.announce.round,
                     bytes = bytes.len(),
                     "model delta applied and verified"
@@ -225,7 +225,7 @@ impl Agent {
             self.request_missing(out);
             return Ok(());
         };
-        tracing::info!(
+        tracing::debug!(
             round = announce.round,
             bytes = bytes.len(),
             "model fetched and verified"

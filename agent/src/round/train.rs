@@ -140,6 +140,7 @@ impl Agent {
             chunk_size: ready.announce.chunk_size,
             residual,
             head: 0,
+            attack: self.config.faults.attack,
         };
         let key = ready.announce.manifest.spec_hash;
         let source = match &self.dataset {
@@ -344,7 +345,7 @@ impl Agent {
                 params,
             })?;
         }
-        tracing::info!(
+        tracing::debug!(
             round,
             bytes = pending.body.len(),
             encode_seconds,

@@ -41,7 +41,7 @@ impl Agent {
             self.topics.update.as_str(),
             &self.keys.vehicle,
         );
-        tracing::info!(
+        tracing::debug!(
             round = pending.round,
             chunks = messages.len(),
             "update sent"

@@ -92,6 +92,9 @@ pub struct Link {
     pub events: Events,
     connected: Arc<AtomicBool>,
     stop: CancellationToken,
+    /// Cancelled once every publish queued before a disconnect went to
+    /// the MQTT client (at once for the in-memory broker).
+    flushed: CancellationToken,
     tasks: TaskTracker,
 }
 
@@ -102,10 +105,13 @@ impl Link {
         self.connected.clone()
     }
 
-    /// Disconnects cleanly (no last will) and waits for the pump to end,
-    /// after a short grace period in which queued publishes still leave.
+    /// Disconnects cleanly (no last will) after every publish queued so far
+    /// (a vehicle's goodbye status among them), and waits for the pump to
+    /// end, after a short grace period in which they still leave.
     pub async fn close(self) {
         let _ = self.client.disconnect().await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), self.flushed.cancelled()).await;
         self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
@@ -128,11 +134,10 @@ pub enum LinkClient {
     Memory(memory::MemoryClient),
 }
 
-/// The rumqttc client and the queue its writer task drains.
+/// The queue the writer task drains into the rumqttc client.
 #[derive(Debug, Clone)]
 pub struct MqttClient {
-    client: rumqttc::AsyncClient,
-    queue: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    queue: tokio::sync::mpsc::UnboundedSender<mqtt::Request>,
 }
 
 /// The client could not queue a request (the link is shutting down).
@@ -147,7 +152,7 @@ impl LinkClient {
         match self {
             LinkClient::Mqtt(c) => c
                 .queue
-                .send(message)
+                .send(mqtt::Request::Publish(message))
                 .map_err(|_| RequestError("the link is closed".into())),
             LinkClient::Memory(c) => {
                 c.publish(&message.topic, message.retain, message.payload);
@@ -168,14 +173,13 @@ impl LinkClient {
         }
     }
 
-    /// Disconnects cleanly (no last will).
+    /// Disconnects cleanly (no last will), after every publish queued before.
     pub async fn disconnect(&self) -> Result<(), RequestError> {
         match self {
             LinkClient::Mqtt(c) => c
-                .client
-                .disconnect()
-                .await
-                .map_err(|e| RequestError(e.to_string())),
+                .queue
+                .send(mqtt::Request::Disconnect)
+                .map_err(|_| RequestError("the link is closed".into())),
             LinkClient::Memory(c) => {
                 c.disconnect();
                 Ok(())
@@ -215,17 +219,20 @@ pub fn open(config: &BrokerConfig, session: Session) -> Link {
             for filter in &session.subscriptions {
                 client.subscribe(filter);
             }
+            let flushed = CancellationToken::new();
+            flushed.cancel();
             Link {
                 client: LinkClient::Memory(client),
                 events: Events::Memory(events),
                 connected: Arc::new(AtomicBool::new(true)),
                 stop,
+                flushed,
                 tasks,
             }
         }
         BrokerUrl::Tcp { host, port } => {
             let connected = Arc::new(AtomicBool::new(false));
-            let (client, events) = mqtt::open(
+            let (client, events, flushed) = mqtt::open(
                 config,
                 &host,
                 port,
@@ -239,6 +246,7 @@ pub fn open(config: &BrokerConfig, session: Session) -> Link {
                 events,
                 connected,
                 stop,
+                flushed,
                 tasks,
             }
         }

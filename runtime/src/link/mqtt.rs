@@ -26,7 +26,7 @@ pub(super) fn open(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
     connected: Arc<AtomicBool>,
-) -> (LinkClient, Events) {
+) -> (LinkClient, Events, CancellationToken) {
     let mut opts = MqttOptions::new(session.client_id.clone(), host, port);
     opts.set_keep_alive(config.keep_alive());
     opts.set_max_packet_size(config.max_packet_size, config.max_packet_size);
@@ -41,6 +41,7 @@ pub(super) fn open(
     let (client, eventloop) = AsyncClient::new(opts, 1024);
     let (tx, events) = mpsc::channel(1024);
     let (queue, outgoing) = mpsc::unbounded_channel();
+    let flushed = CancellationToken::new();
     tracker.spawn(pump(
         eventloop,
         client.clone(),
@@ -49,25 +50,42 @@ pub(super) fn open(
         shutdown.clone(),
         connected,
     ));
-    tracker.spawn(writer(client.clone(), outgoing, shutdown));
+    tracker.spawn(writer(client.clone(), outgoing, shutdown, flushed.clone()));
     (
-        LinkClient::Mqtt(super::MqttClient { client, queue }),
+        LinkClient::Mqtt(super::MqttClient { queue }),
         Events::Mqtt(events),
+        flushed,
     )
 }
 
+/// What the writer hands to rumqttc, in the order it was asked.
+#[derive(Debug)]
+pub(super) enum Request {
+    /// A QoS 1 publish.
+    Publish(Outgoing),
+    /// A clean DISCONNECT, after every publish queued before it.
+    Disconnect,
+}
+
 /// Hands queued publishes to rumqttc in order; on shutdown, queues what is
-/// left without waiting (the pump's grace period sends it).
+/// left without waiting (the pump's grace period sends it). A disconnect
+/// ends it, after what was queued before; `flushed` is cancelled as it ends.
 async fn writer(
     client: AsyncClient,
-    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    mut outgoing: mpsc::UnboundedReceiver<Request>,
     shutdown: CancellationToken,
+    flushed: CancellationToken,
 ) {
+    let _flushed = flushed.drop_guard();
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
             m = outgoing.recv() => match m {
-                Some(m) => m,
+                Some(Request::Publish(m)) => m,
+                Some(Request::Disconnect) => {
+                    let _ = client.disconnect().await;
+                    return;
+                }
                 None => return,
             },
         };
@@ -88,8 +106,15 @@ async fn writer(
             return;
         }
     }
-    while let Ok(m) = outgoing.try_recv() {
-        let _ = client.try_publish(m.topic, QOS, m.retain, m.payload);
+    while let Ok(request) = outgoing.try_recv() {
+        match request {
+            Request::Publish(m) => {
+                let _ = client.try_publish(m.topic, QOS, m.retain, m.payload);
+            }
+            Request::Disconnect => {
+                let _ = client.try_disconnect();
+            }
+        }
     }
 }
 

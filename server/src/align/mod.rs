@@ -295,15 +295,47 @@ impl Aligner {
             }
         }
         if late {
+            let awaited = self.awaited();
             tracing::warn!(
-                stage = ?std::mem::discriminant(&self.stage),
+                stage = self.stage_name(),
                 answered = self.schemas.len().max(self.stats.len()),
                 min,
+                deadline_secs = self.config.align.deadline_secs,
+                awaited = %names(&awaited),
                 "alignment deadline passed with too few vehicles; asking again"
             );
             return self.start();
         }
         Ok(Vec::new())
+    }
+
+    /// `schema` or `statistics`.
+    fn stage_name(&self) -> &'static str {
+        match self.stage {
+            Stage::Schema => "schema",
+            Stage::Statistics(_) => "statistics",
+        }
+    }
+
+    /// The vehicles the current stage still waits for: every trusted
+    /// vehicle without an answer (the statistics stage: every vehicle that
+    /// declared a schema), less those that said they cannot.
+    pub fn awaited(&self) -> Vec<String> {
+        let open = |c: &String| !self.failed.contains_key(c);
+        match &self.stage {
+            Stage::Schema => self
+                .inbox
+                .vehicle_ids()
+                .into_iter()
+                .filter(|c| !self.schemas.contains_key(c) && open(c))
+                .collect(),
+            Stage::Statistics(_) => self
+                .schemas
+                .keys()
+                .filter(|c| !self.stats.contains_key(*c) && open(c))
+                .cloned()
+                .collect(),
+        }
     }
 
     fn fix_schema(&mut self) -> Result<Vec<Outgoing>, ServerError> {
@@ -357,3 +389,21 @@ impl Aligner {
 /// What every alignment answer carries.
 #[cfg(test)]
 mod tests;
+
+/// Up to ten ids, then how many more.
+fn names(ids: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut out = ids
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() > SHOWN {
+        out.push_str(&format!(" and {} more", ids.len() - SHOWN));
+    }
+    if out.is_empty() {
+        out.push_str("none");
+    }
+    out
+}

@@ -315,6 +315,7 @@ fn too_few_vehicles_by_the_deadline_asks_again() {
     let mut rig = rig(|c| c.align.deadline_secs = 10);
     let first = request(&rig.aligner.start().unwrap()).epoch;
     rig.aligner.on_event(schema_from("car-1", first)).unwrap();
+    assert_eq!(rig.aligner.awaited(), ["car-2"], "named, not counted");
     rig.clock.advance(std::time::Duration::from_secs(6));
     assert!(
         rig.aligner.tick().unwrap().is_empty(),

@@ -5,6 +5,7 @@ use convoy_runtime::config::{env_override, load_toml, resolve};
 use convoy_runtime::link::{BrokerConfig, BrokerUrl};
 use convoy_shared::codec::Pipeline;
 use convoy_shared::spec::{MAX_PARAMS, Recipe, TaskKind};
+use convoy_shared::strategy::robust::{Rule, Weighting};
 use convoy_shared::topics::TopicId;
 pub use convoy_store::StorePolicy;
 use serde::{Deserialize, Serialize};
@@ -13,8 +14,8 @@ use std::path::{Path, PathBuf};
 mod sections;
 
 pub use sections::{
-    AlignConfig, BudgetConfig, EvalConfig, HttpConfig, ModelConfig, RoundConfig, ServerBroker,
-    ServerIdentity,
+    AggregationConfig, AlignConfig, BudgetConfig, EvalConfig, HttpConfig, ModelConfig, RoundConfig,
+    ServerBroker, ServerIdentity, Weights,
 };
 
 /// Longest round deadline accepted: a week.
@@ -40,6 +41,9 @@ pub struct ServerConfig {
     /// Round rules.
     #[serde(default)]
     pub rounds: RoundConfig,
+    /// How updates are combined and weighed.
+    #[serde(default)]
+    pub aggregation: AggregationConfig,
     /// Model architecture (and an optional schema override).
     #[serde(default)]
     pub model: ModelConfig,
@@ -95,6 +99,7 @@ impl Default for ServerConfig {
             store: Default::default(),
             http: Default::default(),
             budget: Default::default(),
+            aggregation: Default::default(),
         }
     }
 }
@@ -136,6 +141,9 @@ impl ServerConfig {
             .validate()
             .map_err(ConfigError::Invalid)?;
         self.store.validate().map_err(ConfigError::Invalid)?;
+        if let Some(problem) = self.aggregation.problem() {
+            return bad(problem);
+        }
         if !(1..=86_400).contains(&self.align.deadline_secs) || self.align.settle_secs > 3_600 {
             return bad(
                 "align.deadline_secs must be 1 to 86400 and align.settle_secs at most 3600".into(),

@@ -1,6 +1,6 @@
 //! The sections of the server config other than its top level: `[http]`,
-//! `[budget]`, `[identity]`, `[broker]`, `[rounds]`, `[model]`, `[align]`
-//! and `[eval]`, each with its defaults.
+//! `[budget]`, `[identity]`, `[broker]`, `[rounds]`, `[aggregation]`,
+//! `[model]`, `[align]` and `[eval]`, each with its defaults.
 
 use super::*;
 
@@ -172,6 +172,96 @@ impl Default for RoundConfig {
             norm_bound: 5.0,
             offline_after_secs: 120,
         }
+    }
+}
+
+/// How a round's accepted updates become the next model, and how far the
+/// server trusts what each vehicle says (see docs/security.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AggregationConfig {
+    /// `fedavg` (streamed, O(model) memory), `trimmed_mean[:SHARE]`
+    /// (per parameter, drop SHARE of the lowest and of the highest values),
+    /// `median`, or `krum[:F]` (multi-Krum assuming F dishonest vehicles).
+    pub rule: Rule,
+    /// `samples`: an update weighs the rows its vehicle claims, capped as
+    /// below; `equal`: every update weighs the same.
+    pub weights: Weights,
+    /// An update weighs at most this multiple of the round's median claim
+    /// (0: no cap; otherwise 1 to 1000).
+    pub median_cap: f64,
+    /// An update weighs at most this multiple of its vehicle's largest
+    /// weight in earlier rounds (0: no cap; otherwise 1 to 1000).
+    pub growth_cap: f64,
+    /// Most memory the robust rules hold updates in, MiB (1 to 65536);
+    /// beyond it they work through the parameters in blocks, reading the
+    /// round's updates back from the database for each block.
+    pub memory_mb: u64,
+    /// Flag a vehicle as suspected when its update's cosine with the
+    /// round's aggregate is below this (-1 to 1).
+    pub suspect_cosine: f64,
+}
+
+/// How updates are weighted against each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weights {
+    /// By the rows each vehicle claims, capped.
+    Samples,
+    /// One each.
+    Equal,
+}
+
+impl Default for AggregationConfig {
+    fn default() -> Self {
+        Self {
+            rule: Rule::TrimmedMean { trim: 0.25 },
+            weights: Weights::Samples,
+            median_cap: 3.0,
+            growth_cap: 4.0,
+            memory_mb: 256,
+            suspect_cosine: 0.0,
+        }
+    }
+}
+
+impl AggregationConfig {
+    /// The weighting rules the pure aggregation code applies.
+    pub fn weighting(&self) -> Weighting {
+        Weighting {
+            equal: self.weights == Weights::Equal,
+            median_cap: self.median_cap,
+            growth_cap: self.growth_cap,
+        }
+    }
+
+    /// `memory_mb` in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        (self.memory_mb as usize) << 20
+    }
+
+    /// `None` when every value is in range, else what is wrong.
+    pub fn problem(&self) -> Option<String> {
+        let cap = |v: f64| v == 0.0 || (1.0..=1000.0).contains(&v);
+        if !cap(self.median_cap) || !cap(self.growth_cap) {
+            return Some(format!(
+                "aggregation.median_cap {} and aggregation.growth_cap {} must each be 0 (no cap) or 1 to 1000",
+                self.median_cap, self.growth_cap
+            ));
+        }
+        if !(1..=65_536).contains(&self.memory_mb) {
+            return Some(format!(
+                "aggregation.memory_mb {} must be 1 to 65536",
+                self.memory_mb
+            ));
+        }
+        if !(-1.0..=1.0).contains(&self.suspect_cosine) {
+            return Some(format!(
+                "aggregation.suspect_cosine {} must be -1 to 1",
+                self.suspect_cosine
+            ));
+        }
+        None
     }
 }
 

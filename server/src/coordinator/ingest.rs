@@ -1,6 +1,7 @@
 //! Update chunks arriving: reassembly, validation, the fold into the round's
 //! running sum, receipts, and a typed reason for everything refused.
 
+use super::aggregate::Held;
 use super::{Coordinator, Output};
 use crate::error::ServerError;
 use crate::rejection::Rejection;
@@ -12,9 +13,6 @@ use convoy_shared::strategy::fold::fold_update;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::wire::Kind;
 use convoy_store::{ClientRow, ClientStatus};
-
-/// Updates that set the median before the previous round's median exists.
-const NORM_QUORUM: usize = 3;
 
 /// (vehicle, codec) byte calibrations kept before the table starts afresh.
 const MAX_BYTE_RATIOS: usize = 100_000;
@@ -185,12 +183,17 @@ impl Coordinator {
                     bound,
                 });
             }
-            Ok((update, secs))
+            let digest = *blake3::hash(&update.encoded).as_bytes();
+            let copied = self.round.as_ref().and_then(|r| r.digests.get(&digest));
+            if let Some(of) = copied {
+                return Err(Rejection::Copied(of.clone()));
+            }
+            Ok((update, secs, digest))
         });
         let norm = self.scratch.l2_norm();
-        let clip = match &verdict {
-            Ok(_) => self.norm_clip(norm),
-            Err(_) => None,
+        let admission = match (&verdict, &self.round) {
+            (Ok((update, ..)), Some(r)) => Some(self.admit(r, client, update, norm)),
+            _ => None,
         };
         let Some(r) = self.round.as_mut() else {
             return;
@@ -198,13 +201,12 @@ impl Coordinator {
         let Some(row) = r.rows.get_mut(client) else {
             return;
         };
-        match verdict {
-            Ok((update, decode_seconds)) => {
+        match (verdict, admission) {
+            (Ok((update, decode_seconds, digest)), Some(admission)) => {
                 let mut accepted = row.clone();
-                if let Some(bound) = clip {
-                    accepted.reason = Some(format!("norm {norm:.3e} clipped to {bound:.3e}"));
-                }
                 fill_accepted(&mut accepted, &update, bytes, decode_seconds);
+                accepted.weight = Some(admission.weight);
+                super::aggregate::note(&mut accepted, admission.notes);
                 accepted.head = self.spec.heads.get(update.head as usize).map(|h| h.name());
                 accepted.flops_predicted = cost::training_flops(
                     &self.spec,
@@ -245,30 +247,38 @@ impl Coordinator {
                 accepted.bytes_up_raw = self.scratch.numel() as u64 * 4;
                 // Durable before acknowledged: a server killed after the
                 // receipt resumes the round with this update in it.
-                let scale = clip.map_or(1.0, |bound| bound / norm);
-                if let Err(e) = self.store.accept_update(&accepted, body, scale) {
+                if let Err(e) = self.store.accept_update(&accepted, body, admission.scale) {
                     tracing::error!(client, round, error = %e, "update not stored; no receipt, the vehicle will re-send");
                     return;
                 }
-                if clip.is_some() {
-                    tracing::warn!(
-                        client,
-                        round,
-                        norm,
-                        "update norm clipped to the fleet's bound"
+                *row = accepted;
+                r.digests.insert(digest, client.to_string());
+                let held = r.held_bytes + body.len() <= self.config.aggregation.memory_bytes();
+                let keep = !r.streaming && held;
+                if keep {
+                    r.held_bytes += body.len();
+                }
+                r.members.push(Held {
+                    client: client.to_string(),
+                    head: update.head as usize,
+                    claimed: update.samples,
+                    norm,
+                    recipe_scale: admission.recipe_scale,
+                    body: keep.then(|| body.to_vec()),
+                    weight: admission.weight,
+                    scale: admission.scale,
+                });
+                if r.streaming {
+                    fold_update(
+                        &mut r.sum,
+                        &mut self.scratch,
+                        update.head as usize,
+                        admission.weight,
+                        admission.scale,
                     );
                 }
-                *row = accepted;
-                r.norms.push(norm);
-                fold_update(
-                    &mut r.sum,
-                    &mut self.scratch,
-                    update.head as usize,
-                    update.samples,
-                    scale,
-                );
                 r.loss_weighted += update.stats.loss as f64 * update.samples as f64;
-                tracing::info!(
+                tracing::debug!(
                     client,
                     round,
                     samples = update.samples,
@@ -277,12 +287,16 @@ impl Coordinator {
                 );
                 self.ack(client, round, true, "", out);
             }
-            Err(why) => {
+            (Err(why), _) => {
                 row.status = ClientStatus::Rejected;
                 row.reason = Some(why.reason().to_string());
+                if let Rejection::Copied(of) = &why {
+                    row.suspect = Some(format!("sent a copy of {of}'s update"));
+                }
                 self.reject(Some(round), Some(client), &why);
                 self.ack(client, round, false, &why.to_string(), out);
             }
+            (Ok(_), None) => {}
         }
     }
 
@@ -340,24 +354,6 @@ impl Coordinator {
 }
 
 impl Coordinator {
-    /// The norm `norm` is clipped to, if it is over the round's bound:
-    /// `rounds.norm_bound` times the previous round's median norm, or this
-    /// round's once a few updates are in.
-    fn norm_clip(&self, norm: f64) -> Option<f64> {
-        let k = self.config.rounds.norm_bound;
-        if k <= 0.0 {
-            return None;
-        }
-        let median = self.reference_norm.or_else(|| {
-            let norms = &self.round.as_ref()?.norms;
-            (norms.len() >= NORM_QUORUM)
-                .then(|| cost::median(norms))
-                .flatten()
-        })?;
-        let bound = k * median;
-        (bound > 0.0 && norm > bound).then_some(bound)
-    }
-
     /// A vehicle says it cannot serve a round: recorded, and the round
     /// stops waiting for it.
     pub(super) fn on_failure(&mut self, client: &str, report: FailureReport) {

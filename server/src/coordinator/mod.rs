@@ -9,11 +9,13 @@
 //! |---|---|
 //! | `registry.rs` | which vehicles are online and what codecs they run |
 //! | `ingest.rs` | update chunks: reassembly, validation, the fold, receipts |
+//! | `aggregate.rs` | each update's weight and norm bound, the round's rule, suspects |
 //! | `serve.rs` | model chunks and downlink deltas for fetching vehicles |
 //! | `rounds.rs` | opening rounds (selection, warm-up) and closing them |
 //! | `resume.rs` | taking up an open round after a restart; rollbacks |
 //! | `totals.rs` | a round's ledger rows as it opens and its totals as it closes |
 
+mod aggregate;
 mod ingest;
 mod registry;
 mod resume;
@@ -25,7 +27,6 @@ mod totals;
 mod tests;
 
 pub use crate::rejection::{Rejection, RejectionCounts};
-pub use serve::strategy_name;
 
 use crate::config::ServerConfig;
 use crate::error::ServerError;
@@ -146,9 +147,19 @@ pub struct Coordinator {
     rounds_run: u64,
     rounds_failed: u64,
     rejections: Rejections,
-    /// Median update norm of the last round that had updates.
-    reference_norm: Option<f64>,
+    /// Median update norm and claim of the last round that had updates.
+    references: aggregate::References,
+    /// Each vehicle's largest weight in a finished round.
+    history: HashMap<String, f64>,
+    /// The round topic needs its genuine message back.
+    restore_due: bool,
+    /// When the server last put it back.
+    last_restore: Option<tokio::time::Instant>,
 }
+
+/// Most often the server re-publishes the round topic's retained message
+/// after someone else replaced or cleared it.
+const RESTORE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Coordinator {
     /// A coordinator resuming from `current`, the store's latest version,
@@ -171,6 +182,9 @@ impl Coordinator {
         }
         let base_codec = config.rounds.codec;
         let downlink = config.rounds.downlink_codec;
+        // after a restart the bounds come back from the store
+        let references = aggregate::References::of_rows(&store.reference_rows()?);
+        let history = store.weight_history()?;
         let mut coordinator = Self {
             base_codec,
             downlink,
@@ -198,7 +212,10 @@ impl Coordinator {
             rounds_run: 0,
             rounds_failed: 0,
             rejections: Rejections::default(),
-            reference_norm: None,
+            references,
+            history,
+            restore_due: false,
+            last_restore: None,
         };
         coordinator.resume()?;
         Ok(coordinator)
@@ -308,7 +325,13 @@ impl Coordinator {
             self.registry.heard(client, now);
         }
         match inbound {
-            Inbound::ForeignOnRound => self.on_foreign_announcement(topic, out)?,
+            Inbound::ForeignOnRound => self.on_foreign_announcement(out)?,
+            Inbound::RoundCleared if self.round.is_some() => {
+                // whoever cleared it, the open round's announcement goes back
+                self.restore_due = true;
+                self.restore_round_topic(out)?
+            }
+            Inbound::RoundCleared => {}
             Inbound::Update { client, chunk } => {
                 self.count_wire_up(&client, wire_len);
                 self.on_update(&client, chunk, payload.len() as u64, wire_len, out)?
@@ -325,20 +348,37 @@ impl Coordinator {
     /// Whatever is on the round topic must be the server's own. Its own
     /// announcements coming back are left alone (an older one may arrive
     /// after a newer was sent; the broker keeps the newer). Anything else is
-    /// replaced with the open round's announcement, or cleared with an empty
-    /// retained message when no round is open.
-    fn on_foreign_announcement(
-        &mut self,
-        topic: &str,
-        out: &mut Vec<Output>,
-    ) -> Result<(), ServerError> {
-        let genuine = match &self.round {
-            Some(r) => self.seal(Kind::Announce, topic, &r.announce)?,
-            None => Vec::new(),
-        };
+    /// counted and replaced with the open round's announcement, or cleared
+    /// with an empty retained message when no round is open.
+    fn on_foreign_announcement(&mut self, out: &mut Vec<Output>) -> Result<(), ServerError> {
         let why = Rejection::ForgedAnnouncement;
         self.reject(self.round.as_ref().map(|r| r.announce.round), None, &why);
-        out.push(Output::Publish(Outgoing::retained(topic, genuine)));
+        self.restore_due = true;
+        self.restore_round_topic(out)
+    }
+
+    /// Puts the genuine message back on the round topic when something
+    /// replaced or cleared it, at most once per [`RESTORE_EVERY`]: a flood
+    /// of junk costs the fleet one re-announcement a second, not one per
+    /// junk message; what comes during the pause is fixed on the next tick.
+    pub(super) fn restore_round_topic(&mut self, out: &mut Vec<Output>) -> Result<(), ServerError> {
+        if !self.restore_due {
+            return Ok(());
+        }
+        let now = self.clock.instant();
+        if self
+            .last_restore
+            .is_some_and(|t| now.saturating_duration_since(t) < RESTORE_EVERY)
+        {
+            return Ok(());
+        }
+        (self.restore_due, self.last_restore) = (false, Some(now));
+        let topic = topics::round(&self.config.fleet);
+        let genuine = match &self.round {
+            Some(r) => self.seal(Kind::Announce, &topic, &r.announce)?,
+            None => Vec::new(),
+        };
+        out.push(Output::Publish(Outgoing::retained(topic.as_str(), genuine)));
         Ok(())
     }
 

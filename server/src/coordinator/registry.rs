@@ -60,6 +60,9 @@ enum Verdict {
     Duplicate,
     /// A last will of a session that is no longer current.
     StaleWill,
+    /// The current session's last will, set when it connected (so older
+    /// than what it sent since): the vehicle is gone.
+    Gone,
 }
 
 impl Registry {
@@ -105,6 +108,10 @@ impl Registry {
         };
         // What the session bookkeeping becomes; the rest is the status's own.
         let (verdict, previous) = if status.session == info.session.0 {
+            if status.state == AgentState::Offline && status.seq < info.session.1 {
+                info.online = false;
+                return Verdict::Gone;
+            }
             if let Some(stale) = not_newer(status.seq, info.session.1) {
                 return stale;
             }
@@ -171,6 +178,10 @@ impl Coordinator {
                 tracing::debug!(client, "last will of an ended session ignored");
                 return;
             }
+            Verdict::Gone => {
+                tracing::info!(client, online = false, "client status: its last will");
+                return;
+            }
             Verdict::Duplicate => self.reject(None, Some(client), &Rejection::DuplicateIdentity),
         }
         let online = status.state != AgentState::Offline;
@@ -228,6 +239,12 @@ mod tests {
         assert_eq!(take(r, 2, 21, Idle, now), Duplicate);
         // the current session's own will takes it offline
         assert_eq!(take(r, 2, 22, Offline, now), Fresh);
+        assert!(!r.get("car").unwrap().online);
+        // a will is made when the session connects, so it is older than
+        // what the session sent since: gone, not a replay
+        assert_eq!(take(r, 3, 30, Idle, now), Fresh);
+        assert_eq!(take(r, 3, 31, Training, now), Fresh);
+        assert_eq!(take(r, 3, 29, Offline, now), Gone);
         assert!(!r.get("car").unwrap().online);
     }
 

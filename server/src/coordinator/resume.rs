@@ -2,6 +2,7 @@
 //! update it acknowledged, and the fleet's current model picked up.
 
 use super::Coordinator;
+use super::aggregate::Held;
 use super::rounds::OpenRound;
 use super::totals::ledger_rows;
 use crate::error::ServerError;
@@ -83,7 +84,12 @@ impl Coordinator {
         let selected: BTreeSet<String> = announce.selected.iter().map(|c| c.to_string()).collect();
         let mut rows = ledger_rows(round, &selected, &announce.codec.name());
         let mut sum = PartialSum::for_spec(&self.spec);
-        let (mut loss_weighted, mut norms) = (0.0, Vec::new());
+        // the same mode the round opened in: the references it used are
+        // the store's, as they were then
+        let streaming = self.streams();
+        let mut members = Vec::new();
+        let (mut held_bytes, mut digests) = (0, HashMap::new());
+        let mut loss_weighted = 0.0;
         for (row, body, scale) in state.updates {
             let heads = self.spec.heads.len();
             let decoded = decode_kept(&body, &codec, heads, &mut self.scratch);
@@ -91,26 +97,52 @@ impl Coordinator {
                 tracing::error!(round, client = %row.client, "stored update unreadable; left out");
                 continue;
             };
-            fold_update(
-                &mut sum,
-                &mut self.scratch,
-                update.head as usize,
-                row.samples,
-                scale,
+            let weight = row.weight.unwrap_or(row.samples as f64);
+            if streaming {
+                fold_update(
+                    &mut sum,
+                    &mut self.scratch,
+                    update.head as usize,
+                    weight,
+                    scale,
+                );
+            }
+            digests.insert(
+                *blake3::hash(&update.encoded).as_bytes(),
+                row.client.clone(),
             );
+            let keep =
+                !streaming && held_bytes + body.len() <= self.config.aggregation.memory_bytes();
+            if keep {
+                held_bytes += body.len();
+            }
+            members.push(Held {
+                client: row.client.clone(),
+                head: update.head as usize,
+                claimed: row.samples,
+                norm: row.update_norm.unwrap_or(0.0),
+                // a held round stored only its recipe's bound so far
+                recipe_scale: scale,
+                body: keep.then_some(body),
+                weight,
+                scale,
+            });
             loss_weighted += row.loss.unwrap_or(0.0) * row.samples as f64;
-            norms.extend(row.update_norm);
             rows.insert(row.client.clone(), row);
         }
         let now_ms = self.now_ms();
         let left = Duration::from_millis(announce.deadline_ms.saturating_sub(now_ms));
         tracing::info!(
             round,
-            acknowledged = norms.len(),
+            acknowledged = members.len(),
             left_secs = left.as_secs(),
             "resuming the open round with the updates it acknowledged"
         );
         self.round = Some(OpenRound {
+            streaming,
+            members,
+            held_bytes,
+            digests,
             codec,
             sum,
             selected,
@@ -122,7 +154,6 @@ impl Coordinator {
             started_ms: now_ms,
             served: BTreeSet::new(),
             bytes_down_raw: 0,
-            norms,
             throughput: HashMap::new(),
             announce,
         });

@@ -3,6 +3,7 @@
 //! the server evaluates: the model is built, the loop evaluates it off the
 //! async runtime, then the version and the ledger are written together.
 
+use super::aggregate::Held;
 use super::totals::{ledger_rows, round_totals};
 use super::{Coordinator, EvalRequest, Output};
 use crate::error::ServerError;
@@ -43,8 +44,15 @@ pub(super) struct OpenRound {
     pub(super) started_ms: u64,
     pub(super) served: BTreeSet<String>,
     pub(super) bytes_down_raw: u64,
-    /// L2 norms of the accepted updates, before clipping.
-    pub(super) norms: Vec<f64>,
+    /// True when updates are folded into `sum` as they arrive (FedAvg with
+    /// known references); otherwise the rule runs over `members` at close.
+    pub(super) streaming: bool,
+    /// Every accepted update, in the order it was acknowledged.
+    pub(super) members: Vec<Held>,
+    /// Bytes of update bodies held in `members`.
+    pub(super) held_bytes: usize,
+    /// Hash of each accepted update's encoded weights, and whose it is.
+    pub(super) digests: HashMap<[u8; 32], String>,
     /// Each selected vehicle's training speed as the round opened: what
     /// its training time is predicted from.
     pub(super) throughput: HashMap<String, Throughput>,
@@ -65,6 +73,7 @@ pub(super) struct Closing {
 impl Coordinator {
     /// Opens or closes rounds as their conditions are met.
     pub(super) fn tick(&mut self, out: &mut Vec<Output>) -> Result<(), ServerError> {
+        self.restore_round_topic(out)?;
         if self.closing.is_some() {
             return Ok(()); // waiting for the evaluation
         }
@@ -114,6 +123,9 @@ impl Coordinator {
         let eligible = self
             .registry
             .eligible(&codec.stages(), self.clock.instant(), offline_after);
+        // a vehicle blocked while it was online is never asked again
+        let mut eligible = eligible;
+        eligible.retain(|c| self.inbox.trusts(c, &self.store));
         // budgets only shrink the set: no ledger read while too few are online
         if eligible.len() < self.config.rounds.min_clients {
             return Ok(());
@@ -168,11 +180,16 @@ impl Coordinator {
         for row in rows.values_mut() {
             row.bytes_down_predicted = self.predicted_download(&row.client);
         }
-        tracing::info!(round, selected = selected.len(), eligible = eligible.len(), base = %version::short(&announce.base_version()), "round opened");
+        tracing::debug!(round, selected = selected.len(), eligible = eligible.len(), base = %version::short(&announce.base_version()), "round opened");
         let topic = topics::round(&self.config.fleet);
         let payload = self.seal(Kind::Announce, &topic, &announce)?;
         let now = self.clock.instant();
+        let streaming = self.streams();
         self.round = Some(OpenRound {
+            streaming,
+            members: Vec::new(),
+            held_bytes: 0,
+            digests: HashMap::new(),
             codec,
             sum: PartialSum::for_spec(&self.spec),
             selected,
@@ -186,7 +203,6 @@ impl Coordinator {
             started_ms: now_ms,
             served: BTreeSet::new(),
             bytes_down_raw: 0,
-            norms: Vec::new(),
             throughput,
             announce,
         });
@@ -272,18 +288,20 @@ impl Coordinator {
     }
 
     fn close_round(&mut self, out: &mut Vec<Output>) -> Result<(), ServerError> {
-        let Some(r) = self.round.take() else {
+        let Some(mut r) = self.round.take() else {
             return Ok(());
         };
         let round = r.announce.round;
-        if let Some(m) = cost::median(&r.norms) {
-            self.reference_norm = Some(m);
-        }
         let mut row = round_totals(&r, &self.downlink.name());
         let enough = row.clients_reported as usize >= self.config.rounds.min_reports;
-        let target = r
-            .sum
-            .apply(&self.current.params, self.config.rounds.server_lr);
+        let target = match (enough, r.streaming) {
+            (false, _) => None,
+            (true, true) => r
+                .sum
+                .apply(&self.current.params, self.config.rounds.server_lr),
+            (true, false) => self.settle(&mut r),
+        };
+        self.remember(&r.members);
         let clients: Vec<ClientRow> = r.rows.into_values().collect();
         let (true, Some(target)) = (enough, target) else {
             tracing::warn!(
@@ -301,7 +319,11 @@ impl Coordinator {
         };
         let provenance = Provenance {
             parent: Some(self.current.manifest.version),
-            strategy: self.strategy(),
+            strategy: self
+                .config
+                .aggregation
+                .rule
+                .strategy(self.config.rounds.server_lr),
             codec: r.codec,
             downlink_codec: publication.delta.codec,
         };

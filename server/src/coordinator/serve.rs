@@ -147,11 +147,6 @@ impl Coordinator {
         }
     }
 
-    /// The aggregation strategy as it enters version ids.
-    pub(super) fn strategy(&self) -> String {
-        strategy_name(self.config.rounds.server_lr)
-    }
-
     /// Publishes `target` on the current model through the downlink codec
     /// (exactly on a keyframe round or with a lossless downlink), carrying
     /// the codec's error to the next round. The residual belongs to the
@@ -184,11 +179,6 @@ impl Coordinator {
             }
         }
     }
-}
-
-/// `fedavg:lr=<server lr>`: the strategy string in a version's provenance.
-pub fn strategy_name(server_lr: f64) -> String {
-    format!("fedavg:lr={server_lr}")
 }
 
 /// An encoded delta chain to the current model and its step count.

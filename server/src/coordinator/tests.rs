@@ -13,6 +13,7 @@ use convoy_shared::messages::{
     AgentState, FetchRequest, ModelChunk, Status, TrainStats, UpdateAck, UpdateBody, UpdateChunk,
 };
 use convoy_shared::spec::{ModelSpec, TaskKind};
+use convoy_shared::strategy::robust::Rule;
 use convoy_shared::version;
 use convoy_store::{ClientStatus, Publication};
 use std::time::Duration;
@@ -80,7 +81,7 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
             &task,
             &version::Provenance {
                 parent: None,
-                strategy: crate::coordinator::strategy_name(config.rounds.server_lr),
+                strategy: config.aggregation.rule.strategy(config.rounds.server_lr),
                 codec: config.rounds.codec,
                 downlink_codec: config.rounds.downlink_codec,
             },
@@ -223,13 +224,11 @@ impl Rig {
     }
 
     /// The update `client` sends for the open round: every parameter moved
-    /// by `step`, `samples` rows.
+    /// by `step` (the last one by a hair more, its own, as no two vehicles'
+    /// updates are ever the same), `samples` rows.
     fn update(&self, client: &str, step: f32, samples: u64) -> Vec<Input> {
         let a = self.coordinator.open_round().expect("open round").clone();
-        let mut delta = ParamSet::zeros(&a.spec.layout());
-        for t in &mut delta.tensors {
-            t.data.iter_mut().for_each(|v| *v = step);
-        }
+        let delta = delta_of(&a, client, step);
         self.update_body(client, &a, &delta, samples)
     }
 
@@ -300,6 +299,19 @@ impl Rig {
             .copied()
             .unwrap_or(0)
     }
+}
+
+/// `client`'s update of [`Rig::update`].
+fn delta_of(a: &Announce, client: &str, step: f32) -> ParamSet {
+    let mut delta = ParamSet::zeros(&a.spec.layout());
+    for t in &mut delta.tensors {
+        t.data.iter_mut().for_each(|v| *v = step);
+    }
+    let own = client.bytes().map(u32::from).sum::<u32>() % 97 + 1;
+    if let Some(last) = delta.values_mut().last() {
+        *last += own as f32 * 1e-7;
+    }
+    delta
 }
 
 fn announces(out: &[Output]) -> Vec<Announce> {
@@ -847,7 +859,7 @@ fn an_update_far_larger_than_the_fleets_is_clipped_to_the_bound() {
     let big = ledger.iter().find(|c| c.client == "car-1").unwrap();
     assert_eq!(big.status, ClientStatus::Accepted);
     assert!(
-        big.reason.as_deref().unwrap_or("").contains("clipped"),
+        big.suspect.as_deref().unwrap_or("").contains("clipped"),
         "{big:?}"
     );
     // each parameter moved by at most (3 x 0.01 + 0.01) / 2 = 0.02, not 50
@@ -1025,7 +1037,7 @@ fn vehicles_scores_of_the_base_model_are_kept_per_vehicle_and_pooled() {
     rig.send(rig.scored_update(
         "car-2",
         &a,
-        &delta,
+        &delta_of(&a, "car-2", 0.0),
         10,
         [Some(score(0.8, 30)), Some(score(0.9, 30))],
     ));
@@ -1106,4 +1118,213 @@ fn a_vehicle_at_its_data_budget_sits_the_round_out_and_the_ledger_says_why() {
         .clone()
         .unwrap();
     assert!(why.contains("monthly cap"), "{why}");
+}
+
+/// The largest change of any parameter from `before` to the current model.
+fn moved(rig: &Rig, before: &ParamSet) -> f32 {
+    rig.coordinator
+        .current()
+        .params
+        .values()
+        .zip(before.values())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max)
+}
+
+fn ledger_row(rig: &Rig, round: u64, client: &str) -> convoy_store::ClientRow {
+    rig.coordinator
+        .store
+        .clients(round)
+        .unwrap()
+        .into_iter()
+        .find(|c| c.client == client)
+        .unwrap()
+}
+
+#[test]
+fn huge_values_in_the_first_round_are_clipped_by_their_own_recipe() {
+    let mut rig = rig();
+    let before = rig.coordinator.current().params.clone();
+    let a = rig.open(&["car-1", "car-2", "car-3"]);
+    // no earlier round: no median yet
+    rig.send(rig.update("car-1", 1e6, 10));
+    rig.send(rig.update("car-2", 0.01, 10));
+    rig.send(rig.update("car-3", 0.012, 10));
+    closed(&rig.handle(Input::Tick)).expect("closed");
+    let big = ledger_row(&rig, a.round, "car-1");
+    assert!(
+        big.suspect.as_deref().unwrap_or("").contains("recipe"),
+        "{big:?}"
+    );
+    assert!(
+        moved(&rig, &before) < 0.05,
+        "moved {}",
+        moved(&rig, &before)
+    );
+}
+
+#[test]
+fn a_negated_update_under_the_bound_is_trimmed_and_flagged() {
+    for rule in ["trimmed_mean:0.25", "median", "krum:1"] {
+        let mut rig = rig_with(|c| c.aggregation.rule = rule.parse().unwrap(), false);
+        let before = rig.coordinator.current().params.clone();
+        let a = rig.open(&["car-1", "car-2", "car-3", "visitor"]);
+        for (c, step) in [("car-1", 0.01), ("car-2", 0.011), ("car-3", 0.009)] {
+            rig.send(rig.update(c, step, 10));
+        }
+        // 4.5x an honest update, negated: under the 5x bound
+        rig.send(rig.update("visitor", -0.045, 10));
+        closed(&rig.handle(Input::Tick)).expect("closed");
+        let after = &rig.coordinator.current().params;
+        let first = after.values().next().unwrap() - before.values().next().unwrap();
+        assert!((0.008..=0.012).contains(&first), "{rule}: moved {first}");
+        let bad = ledger_row(&rig, a.round, "visitor");
+        let why = bad.suspect.unwrap_or_default();
+        assert!(
+            why.contains("points away") || why.contains("left out"),
+            "{rule}: {why}"
+        );
+        assert!(
+            ledger_row(&rig, a.round, "car-1").suspect.is_none(),
+            "{rule}"
+        );
+    }
+    // plain FedAvg is pulled the wrong way: (0.03 - 0.045) / 4 < 0
+    let mut rig = rig_with(|c| c.aggregation.rule = Rule::FedAvg, false);
+    let before = rig.coordinator.current().params.clone();
+    rig.open(&["car-1", "car-2", "car-3", "visitor"]);
+    for (c, step) in [
+        ("car-1", 0.01),
+        ("car-2", 0.011),
+        ("car-3", 0.009),
+        ("visitor", -0.045),
+    ] {
+        rig.send(rig.update(c, step, 10));
+    }
+    closed(&rig.handle(Input::Tick)).expect("closed");
+    let first =
+        rig.coordinator.current().params.values().next().unwrap() - before.values().next().unwrap();
+    assert!(first < 0.0, "fedavg moved {first}");
+}
+
+#[test]
+fn an_inflated_claim_weighs_at_most_three_medians() {
+    let mut rig = rig();
+    let a = rig.open(&["car-1", "car-2", "car-3"]);
+    // every status declared 100 rows; car-1 claims them all, the others 10
+    rig.send(rig.update("car-1", 0.01, 100));
+    rig.send(rig.update("car-2", 0.01, 10));
+    rig.send(rig.update("car-3", 0.01, 10));
+    closed(&rig.handle(Input::Tick)).expect("closed");
+    let big = ledger_row(&rig, a.round, "car-1");
+    assert_eq!((big.samples, big.weight), (100, Some(30.0)));
+    assert!(big.suspect.unwrap().contains("median"));
+    assert_eq!(ledger_row(&rig, a.round, "car-2").weight, Some(10.0));
+    let lineage = rig
+        .coordinator
+        .store
+        .lineage(&version::hex(&rig.coordinator.current().manifest.version))
+        .unwrap();
+    let weights: Vec<f64> = lineage.iter().map(|l| l.weight).collect();
+    assert_eq!(weights, [30.0, 10.0, 10.0]);
+}
+
+#[test]
+fn a_copy_of_another_vehicles_update_is_refused() {
+    let mut rig = rig();
+    let a = rig.open(&["car-1", "car-2"]);
+    rig.send(rig.update("car-1", 0.01, 10));
+    // car-2 read car-1's update off the broker and sends it as its own
+    let copied = delta_of(&a, "car-1", 0.01);
+    let out = rig.send(rig.update_body("car-2", &a, &copied, 10));
+    let nack = acks(&out, "car-2");
+    assert!(
+        !nack[0].accepted && nack[0].reason.contains("car-1"),
+        "{nack:?}"
+    );
+    assert_eq!(rig.rejected("copied"), 1);
+    rig.clock.advance(Duration::from_secs(31));
+    closed(&rig.handle(Input::Tick)).expect("closed");
+    let copy = ledger_row(&rig, a.round, "car-2");
+    assert_eq!(copy.status, ClientStatus::Rejected);
+    assert!(copy.suspect.unwrap().contains("car-1"));
+}
+
+#[test]
+fn streamed_fedavg_takes_its_norm_bound_back_from_the_store_after_a_restart() {
+    let mut rig = rig_with(
+        |c| {
+            c.aggregation.rule = Rule::FedAvg;
+            c.rounds.norm_bound = 3.0;
+        },
+        false,
+    );
+    rig.open(&["car-1", "car-2"]);
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.send(rig.update("car-2", 0.01, 10));
+    closed(&rig.handle(Input::Tick)).expect("round 1 closed");
+    let mut rig = rig.restart();
+    let before = rig.coordinator.current().params.clone();
+    rig.online(&["car-1", "car-2"]);
+    let a = announces(&rig.handle(Input::Tick)).pop().expect("round 2");
+    assert!(rig.coordinator.round.as_ref().unwrap().streaming);
+    rig.send(rig.update("car-1", 0.5, 10)); // 50x the fleet's norm, within its recipe
+    rig.send(rig.update("car-2", 0.01, 10));
+    closed(&rig.handle(Input::Tick)).expect("round 2 closed");
+    let big = ledger_row(&rig, a.round, "car-1");
+    assert!(big.suspect.unwrap().contains("median"));
+    assert!(
+        moved(&rig, &before) < 0.021,
+        "moved {}",
+        moved(&rig, &before)
+    );
+}
+
+#[test]
+fn a_blocked_vehicle_is_refused_and_not_selected() {
+    let mut rig = rig();
+    rig.open(&["car-1", "car-2", "car-3"]);
+    // the operator's command runs in another process, on its own connection
+    let cli = Store::open(&rig.coordinator.config.db).unwrap();
+    assert!(cli.block_vehicle("car-3", "key stolen", START_MS).unwrap());
+    assert!(!cli.block_vehicle("nobody", "", START_MS).unwrap());
+    // the keyring looks at the database at most every two seconds
+    std::thread::sleep(Duration::from_millis(2_100));
+    let out = rig.send(rig.update("car-3", 0.01, 10));
+    assert!(acks(&out, "car-3").is_empty());
+    assert!(rig.rejected("unknown_vehicle") > 0);
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.send(rig.update("car-2", 0.02, 10));
+    rig.clock.advance(Duration::from_secs(31));
+    closed(&rig.handle(Input::Tick)).expect("round 1 closed");
+    let a = announces(&rig.handle(Input::Tick)).pop().expect("round 2");
+    let selected: Vec<&str> = a.selected.iter().map(|c| c.as_str()).collect();
+    assert_eq!(selected, ["car-1", "car-2"]);
+    assert_eq!(cli.vehicle_password_hash("car-3").unwrap(), None);
+    assert!(cli.unblock_vehicle("car-3").unwrap());
+    assert!(cli.vehicle_password_hash("car-3").unwrap().is_some());
+}
+
+#[test]
+fn junk_on_the_round_topic_costs_one_re_announcement_a_second() {
+    let mut rig = rig();
+    let a = rig.open(&["car-1", "car-2"]);
+    let topic = topics::round(FLEET);
+    let mut restored = 0;
+    for i in 0..2_000u32 {
+        let out = rig.handle(message(topic.as_str(), i.to_be_bytes().to_vec()));
+        restored += announces(&out).len();
+    }
+    assert_eq!(restored, 1, "the first at once, the rest wait");
+    assert_eq!(rig.rejected("forged_announcement"), 2_000);
+    // the junk left retained is replaced on the first tick a second later
+    assert!(announces(&rig.handle(Input::Tick)).is_empty());
+    rig.clock.advance(Duration::from_millis(1_000));
+    assert_eq!(announces(&rig.handle(Input::Tick)), vec![a.clone()]);
+    assert!(announces(&rig.handle(Input::Tick)).is_empty(), "once");
+    // someone clears it: it comes back, and a clear is no forgery
+    rig.clock.advance(Duration::from_millis(1_000));
+    let out = rig.handle(message(topic.as_str(), Vec::new()));
+    assert_eq!(announces(&out), vec![a]);
+    assert_eq!(rig.rejected("forged_announcement"), 2_000);
 }

@@ -147,7 +147,7 @@ fn vehicle_table(vehicles: &[VehicleSummary], current: Option<&str>) -> String {
          <th data-type=\"text\">vehicle</th><th>accepted</th><th>rounds</th><th>bytes up</th>\
          <th>bytes down</th><th>MQTT bytes</th><th>train s</th><th data-type=\"text\">last seen</th>\
          <th data-type=\"text\">device</th><th data-type=\"text\">model</th><th>rejections</th>\
-         <th>budget used</th></tr></thead><tbody>",
+         <th>suspected</th><th>budget used</th></tr></thead><tbody>",
     );
     for v in vehicles {
         let model = match (&v.model_version, current) {
@@ -164,8 +164,13 @@ fn vehicle_table(vehicles: &[VehicleSummary], current: Option<&str>) -> String {
             "<tr><td>{}</td><td data-v=\"{}\">{}</td><td data-v=\"{}\">{}</td>\
              <td data-v=\"{}\">{}</td><td data-v=\"{}\">{}</td><td data-v=\"{wire}\">{}</td>\
              <td data-v=\"{:.3}\">{:.2}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td data-v=\"{}\">{}</td><td data-v=\"{}\">{budget}</td></tr>",
-            esc(&v.client),
+             <td data-v=\"{}\">{}</td><td data-v=\"{}\">{}</td>\
+             <td data-v=\"{}\">{budget}</td></tr>",
+            esc(&if v.blocked {
+                format!("{} (blocked)", v.client)
+            } else {
+                v.client.clone()
+            }),
             v.accepted,
             v.accepted,
             v.rounds,
@@ -182,6 +187,8 @@ fn vehicle_table(vehicles: &[VehicleSummary], current: Option<&str>) -> String {
             esc(&model),
             v.rejections,
             v.rejections,
+            v.suspected,
+            v.suspected,
             v.budget_used.unwrap_or(-1.0),
         );
     }

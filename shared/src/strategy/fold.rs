@@ -26,14 +26,9 @@ pub enum KeptUpdateError {
     },
 }
 
-/// Decodes an accepted update as the store kept it (its postcard
-/// [`UpdateBody`]) into `scratch`; the body's head and samples come back.
-pub fn decode_kept(
-    body: &[u8],
-    codec: &Pipeline,
-    heads: usize,
-    scratch: &mut ParamSet,
-) -> Result<UpdateBody, KeptUpdateError> {
+/// An accepted update as the store kept it (its postcard [`UpdateBody`]),
+/// its weights still encoded; checked to name a head the model has.
+pub fn kept_header(body: &[u8], heads: usize) -> Result<UpdateBody, KeptUpdateError> {
     let update: UpdateBody = postcard::from_bytes(body)?;
     if update.head as usize >= heads {
         return Err(KeptUpdateError::Head {
@@ -41,24 +36,37 @@ pub fn decode_kept(
             heads,
         });
     }
+    Ok(update)
+}
+
+/// Decodes an accepted update as the store kept it into `scratch`; the
+/// body's head and samples come back.
+pub fn decode_kept(
+    body: &[u8],
+    codec: &Pipeline,
+    heads: usize,
+    scratch: &mut ParamSet,
+) -> Result<UpdateBody, KeptUpdateError> {
+    let update = kept_header(body, heads)?;
     codec.decode_into(&update.encoded, scratch)?;
     Ok(update)
 }
 
-/// Folds one decoded update into `sum` with weight `samples`, first scaled
-/// by its norm-bound factor `scale` (applied in f32; 1 leaves it as it is).
+/// Folds one decoded update into `sum` with `weight`, first scaled by its
+/// norm-bound factor `scale` (applied in f32; 1 leaves it as it is), as
+/// [`super::robust::aggregate`] folds under FedAvg.
 pub fn fold_update(
     sum: &mut PartialSum,
     update: &mut ParamSet,
     head: usize,
-    samples: u64,
+    weight: f64,
     scale: f64,
 ) {
     let factor = scale as f32;
     if factor != 1.0 {
         update.values_mut().for_each(|v| *v *= factor);
     }
-    sum.fold(update, head, samples as f64);
+    sum.fold(update, head, weight);
 }
 
 #[cfg(test)]
@@ -87,7 +95,7 @@ mod tests {
         let update = decode_kept(&bytes, &Pipeline::FP32, 1, &mut scratch).unwrap();
         assert_eq!(update.samples, 7);
         let mut sum = PartialSum::new(layout.clone());
-        fold_update(&mut sum, &mut scratch, 0, update.samples, 0.5);
+        fold_update(&mut sum, &mut scratch, 0, update.samples as f64, 0.5);
         let mean = sum.apply(&ParamSet::zeros(&layout), 1.0).unwrap();
         assert_eq!(mean.values().collect::<Vec<_>>(), vec![1.0, -2.0]);
     }

@@ -15,6 +15,13 @@ use crate::params::{Layout, ParamSet};
 use crate::spec::ModelSpec;
 use serde::{Deserialize, Serialize};
 
+/// The group of each of `spec`'s tensors: 0 the trunk, `k + 1` head k.
+pub fn tensor_groups(spec: &ModelSpec) -> Vec<usize> {
+    (0..spec.layout().tensors.len())
+        .map(|i| spec.tensor_head(i).map_or(0, |h| h + 1))
+        .collect()
+}
+
 /// A weighted sum of updates with the same layout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartialSum {
@@ -30,11 +37,7 @@ pub struct PartialSum {
 impl PartialSum {
     /// An empty sum for the parameters of `spec`.
     pub fn for_spec(spec: &ModelSpec) -> Self {
-        let layout = spec.layout();
-        let groups = (0..layout.tensors.len())
-            .map(|i| spec.tensor_head(i).map_or(0, |h| h + 1))
-            .collect();
-        Self::grouped(layout, groups, spec.heads.len() + 1)
+        Self::grouped(spec.layout(), tensor_groups(spec), spec.heads.len() + 1)
     }
 
     /// An empty sum for `layout`, every tensor in one group.

@@ -15,7 +15,6 @@ use convoy_shared::messages::UpdateBody;
 use convoy_shared::params::ParamSet;
 use convoy_shared::spec::{ModelSpec, Recipe};
 use convoy_shared::strategy::publish::{self, Delta};
-use convoy_shared::strategy::sum::PartialSum;
 use convoy_shared::version::{self, MODEL_CHUNK_SIZE, Manifest, VersionId};
 mod fleet;
 mod gc;
@@ -289,6 +288,8 @@ pub struct LineageRow {
     pub update_hash: String,
     /// Factor its update was scaled by (the norm bound), 1 when not clipped.
     pub scale: f64,
+    /// The weight it counted with (its samples, capped; 1 under equal weights).
+    pub weight: f64,
 }
 
 /// Storage the store holds, by what it is for.

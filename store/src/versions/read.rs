@@ -51,7 +51,7 @@ impl Store {
     /// The contributors to a version, in the order they were folded.
     pub fn lineage(&self, hex: &str) -> Result<Vec<LineageRow>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT client, samples, head, update_hash, scale FROM lineage WHERE version = ?1 ORDER BY rowid",
+            "SELECT client, samples, head, update_hash, scale, COALESCE(weight, samples) FROM lineage WHERE version = ?1 ORDER BY rowid",
         )?;
         let rows = stmt.query_map([hex], |r| {
             Ok(LineageRow {
@@ -60,6 +60,7 @@ impl Store {
                 head: r.get(2)?,
                 update_hash: r.get(3)?,
                 scale: r.get(4)?,
+                weight: r.get(5)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -2,7 +2,11 @@
 //! chunks, a delta chain, or by replaying its round's kept updates.
 
 use super::*;
-use convoy_shared::strategy::fold::{decode_kept, fold_update};
+use convoy_shared::strategy::fold::{decode_kept, kept_header};
+use convoy_shared::strategy::robust::{self, Member, Rule};
+
+/// Most update values a replay holds at once.
+const REPLAY_MEMORY_BYTES: usize = 256 << 20;
 
 impl Store {
     /// Rebuilds a version by `route`, checking it hashes to its id.
@@ -220,12 +224,22 @@ impl Store {
         let err = |m: String| self.corrupt(&hex, m);
         let provenance = &meta.row.manifest.provenance;
         let (codec, downlink) = (provenance.codec, provenance.downlink_codec);
-        let mut stmt = self
-            .conn
-            .prepare("SELECT body, scale FROM kept_updates WHERE round = ?1 ORDER BY seq")?;
+        let rule = Rule::of_strategy(&provenance.strategy).ok_or_else(|| {
+            err(format!(
+                "its aggregation strategy {:?} is not one this release knows",
+                provenance.strategy
+            ))
+        })?;
+        let mut stmt = self.conn.prepare(
+            "SELECT body, scale, weight FROM kept_updates WHERE round = ?1 ORDER BY seq",
+        )?;
         let updates = stmt
             .query_map([meta.row.round as i64], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, f64>(1)?))
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, f64>(1)?,
+                    r.get::<_, Option<f64>>(2)?,
+                ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         if updates.is_empty() {
@@ -234,22 +248,33 @@ impl Store {
                 meta.row.round
             )));
         }
-        let mut sum = PartialSum::for_spec(&meta.spec);
-        let mut scratch = ParamSet::zeros(&meta.spec.layout());
-        for (body, scale) in updates {
-            let update = decode_kept(&body, &codec, meta.spec.heads.len(), &mut scratch)
-                .map_err(|e| err(e.to_string()))?;
-            fold_update(
-                &mut sum,
-                &mut scratch,
-                update.head as usize,
-                update.samples,
-                scale,
-            );
-        }
-        let target = sum
-            .apply(parent, meta.row.server_lr)
-            .ok_or_else(|| err("its kept updates carry no weight".into()))?;
+        let heads = meta.spec.heads.len();
+        let members = updates
+            .iter()
+            .map(|(body, scale, weight)| {
+                let update = kept_header(body, heads).map_err(|e| err(e.to_string()))?;
+                Ok(Member {
+                    head: update.head as usize,
+                    weight: weight.unwrap_or(update.samples as f64),
+                    scale: *scale,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let target = robust::aggregate(
+            &rule,
+            &meta.spec,
+            parent,
+            meta.row.server_lr,
+            &members,
+            REPLAY_MEMORY_BYTES,
+            |i, scratch| {
+                decode_kept(&updates[i].0, &codec, heads, scratch)
+                    .map(|_| ())
+                    .map_err(|e| err(e.to_string()))
+            },
+        )?
+        .ok_or_else(|| err("its kept updates carry no weight".into()))?
+        .target;
         if meta.row.clean {
             *residual = ParamSet::zeros(&parent.layout());
         }

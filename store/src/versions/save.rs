@@ -49,15 +49,22 @@ impl Store {
         let lineage = lineage_of(&tx, v.round, p.delta.is_some())?;
         for (seq, (row, body)) in lineage.iter().enumerate() {
             tx.execute(
-                "INSERT OR REPLACE INTO lineage (version, client, samples, head, update_hash, scale)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![hex, row.client, row.samples as i64, row.head, row.update_hash, row.scale],
+                "INSERT OR REPLACE INTO lineage (version, client, samples, head, update_hash, scale, weight)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![hex, row.client, row.samples as i64, row.head, row.update_hash, row.scale, row.weight],
             )?;
             if self.policy.keep_updates {
                 tx.execute(
-                    "INSERT OR REPLACE INTO kept_updates (round, seq, client, body, scale)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![v.round as i64, seq as i64, row.client, body, row.scale],
+                    "INSERT OR REPLACE INTO kept_updates (round, seq, client, body, scale, weight)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        v.round as i64,
+                        seq as i64,
+                        row.client,
+                        body,
+                        row.scale,
+                        row.weight
+                    ],
                 )?;
             }
         }
@@ -173,7 +180,7 @@ pub(super) fn lineage_of(
         return Ok(Vec::new());
     }
     let mut stmt = conn.prepare(
-        "SELECT u.client, u.body, u.scale, l.head FROM round_updates u
+        "SELECT u.client, u.body, u.scale, l.head, u.weight FROM round_updates u
          LEFT JOIN ledger l ON l.round = u.round AND l.client = u.client
          WHERE u.round = ?1 ORDER BY u.rowid",
     )?;
@@ -183,12 +190,14 @@ pub(super) fn lineage_of(
             r.get::<_, Vec<u8>>(1)?,
             r.get::<_, f64>(2)?,
             r.get::<_, Option<String>>(3)?,
+            r.get::<_, Option<f64>>(4)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (client, body, scale, head) = row?;
+        let (client, body, scale, head, weight) = row?;
         let samples = postcard::from_bytes::<UpdateBody>(&body).map_or(0, |u| u.samples);
+        let weight = weight.unwrap_or(samples as f64);
         out.push((
             LineageRow {
                 client,
@@ -196,6 +205,7 @@ pub(super) fn lineage_of(
                 head,
                 update_hash: blake3::hash(&body).to_hex().to_string(),
                 scale,
+                weight,
             },
             body,
         ));

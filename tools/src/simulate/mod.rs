@@ -7,11 +7,13 @@ use super::partition::{Partition, partition};
 use super::{fleet, idx};
 use anyhow::Context;
 use convoy_agent::LocalData;
-use convoy_server::config::{RoundConfig, ServerConfig};
+use convoy_agent::config::Attack;
+use convoy_server::config::{AggregationConfig, RoundConfig, ServerConfig, Weights};
 use convoy_server::run::{Prepared, TestSet};
 use convoy_shared::codec::Pipeline;
 use convoy_shared::dataset::{Dataset, Table};
 use convoy_shared::spec::{Feature, Head, ModelSpec, Recipe, TaskKind};
+use convoy_shared::strategy::robust::Rule;
 use convoy_shared::units::human_bytes;
 use convoy_store::{ClientStatus, RoundRow, RoundStatus};
 use rand::seq::SliceRandom;
@@ -44,6 +46,15 @@ pub enum SimDataset {
     FashionMnist,
     /// The bundled digits (1797 rows, 64 features; 20 % held out).
     Digits,
+}
+
+/// `[aggregation] weights`, as a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimWeights {
+    /// By claimed rows, capped.
+    Samples,
+    /// One each.
+    Equal,
 }
 
 /// Simulator settings (also the `simulate` command's flags).
@@ -82,6 +93,20 @@ pub struct SimOptions {
     /// Sparsity warm-up rounds for topk/randk codecs.
     #[arg(long, default_value_t = 0)]
     pub warmup_rounds: u64,
+    /// How the server combines updates: `fedavg`, `trimmed_mean[:SHARE]`,
+    /// `median` or `krum[:F]` (the config's `aggregation.rule`).
+    #[arg(long, default_value_t = AggregationConfig::default().rule)]
+    pub rule: Rule,
+    /// Weigh updates by claimed rows (capped) or equally (`aggregation.weights`).
+    #[arg(long, value_enum, default_value_t = SimWeights::Samples)]
+    pub weights: SimWeights,
+    /// Make the first --attackers vehicles dishonest: `huge[:VALUE]`,
+    /// `sign_flip:SCALE`, `inflate[:SCALE[:ROWS]]` or `drift[:SHARE]`.
+    #[arg(long)]
+    pub attack: Option<Attack>,
+    /// How many vehicles run --attack.
+    #[arg(long, default_value_t = 1)]
+    pub attackers: usize,
     /// Server learning rate on the averaged update.
     #[arg(long, default_value_t = 1.0)]
     pub server_lr: f64,
@@ -255,6 +280,14 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             batch_size: options.batch_size,
             ..Default::default()
         },
+        aggregation: AggregationConfig {
+            rule: options.rule,
+            weights: match options.weights {
+                SimWeights::Samples => Weights::Samples,
+                SimWeights::Equal => Weights::Equal,
+            },
+            ..Default::default()
+        },
         store: convoy_server::config::StorePolicy {
             keep_updates: options.keep_updates,
             max_chain_depth: options.max_chain_depth,
@@ -270,13 +303,16 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         .enumerate()
         .map(|(i, rows)| {
             let id = format!("sim-{i:03}");
-            let config = fleet::agent_config(
+            let mut config = fleet::agent_config(
                 "sim",
                 &id,
                 &url,
                 state.join(&id),
                 fleet::prepared_data_config(&spec.primary().label),
             )?;
+            if i < options.attackers {
+                config.faults.attack = options.attack;
+            }
             Ok((
                 config,
                 Some(LocalData::Prepared(Arc::new(train.subset(rows)))),
@@ -321,6 +357,11 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         d.finish(&shutdown).await;
     }
     let rounds: Vec<SimRound> = rows.iter().map(SimRound::from).collect();
+    let suspected = convoy_store::Store::open(&db_path)?
+        .suspicions()?
+        .values()
+        .map(|s| s.count)
+        .sum();
     let accuracies: Vec<f64> = rounds.iter().filter_map(|r| r.accuracy).collect();
     let result = SimResult {
         label: options
@@ -333,6 +374,14 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         codec: options.codec.to_string(),
         downlink_codec: options.downlink_codec.to_string(),
         server_lr: options.server_lr,
+        rule: options.rule.to_string(),
+        attack: options.attack.map(|a| a.to_string()),
+        attackers: if options.attack.is_some() {
+            options.attackers.min(parts.len())
+        } else {
+            0
+        },
+        suspected,
         warmup_rounds: options.warmup_rounds,
         keyframe_every: options.keyframe_every,
         clients: options.clients,

@@ -72,6 +72,14 @@ pub struct SimResult {
     pub downlink_codec: String,
     /// Server learning rate.
     pub server_lr: f64,
+    /// The aggregation rule.
+    pub rule: String,
+    /// The dishonest vehicles' attack, if any, and how many ran it.
+    pub attack: Option<String>,
+    /// Dishonest vehicles.
+    pub attackers: usize,
+    /// Updates the server flagged as suspected, over all rounds.
+    pub suspected: u64,
     /// Sparsity warm-up rounds.
     pub warmup_rounds: u64,
     /// Keyframe period (0: never).

@@ -29,6 +29,7 @@ pub fn vehicles(
                 "wire_total",
                 "train_s",
                 "rejections",
+                "suspected",
                 "today",
                 "day_cap",
                 "month",
@@ -42,7 +43,11 @@ pub fn vehicles(
                 .iter()
                 .map(|v| {
                     vec![
-                        v.client.clone(),
+                        if v.blocked {
+                            format!("{} (blocked)", v.client)
+                        } else {
+                            v.client.clone()
+                        },
                         v.accepted.to_string(),
                         v.rounds.to_string(),
                         v.skipped.to_string(),
@@ -51,6 +56,7 @@ pub fn vehicles(
                         (v.wire_bytes_up + v.wire_bytes_down).to_string(),
                         format!("{:.2}", v.train_seconds),
                         v.rejections.to_string(),
+                        v.suspected.to_string(),
                         human_bytes(v.bytes_today),
                         cap(v.daily_cap),
                         human_bytes(v.bytes_this_month),

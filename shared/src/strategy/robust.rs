@@ -1,0 +1,682 @@
+//! Aggregation rules that a few dishonest vehicles cannot steer, and the
+//! weighting and norm bounds every rule shares.
+//!
+//! FedAvg ([`Rule::FedAvg`]) folds each update into an O(model) running sum
+//! as it arrives. The robust rules need all of a round's updates at once:
+//! coordinate-wise trimmed mean ([`Rule::TrimmedMean`]) and median
+//! ([`Rule::Median`]) look at every vehicle's value of each parameter;
+//! multi-Krum ([`Rule::Krum`]) scores whole updates by their distance to
+//! their nearest neighbours and averages the best. Their memory is bounded:
+//! [`aggregate`] works through the parameters in blocks of at most
+//! `memory_bytes` (every update's values of one block), loading each
+//! update again per block, so a round of any size aggregates in bounded
+//! memory at the cost of decoding each update once per block.
+//!
+//! Each parameter group (the trunk, each task's head) is combined over the
+//! vehicles that trained it, as [`super::sum`] does for FedAvg.
+
+use super::sum::{PartialSum, tensor_groups};
+use crate::params::ParamSet;
+use crate::spec::ModelSpec;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// How a round's updates are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Rule {
+    /// Sample-weighted mean, streamed in O(model) memory.
+    FedAvg,
+    /// Per parameter: drop the `trim` share of the lowest and of the
+    /// highest values, average the rest by weight.
+    TrimmedMean {
+        /// Share dropped at each end, in [0, 0.5).
+        trim: f64,
+    },
+    /// Per parameter: the median of the vehicles' values.
+    Median,
+    /// Multi-Krum: each update is scored by its squared distances to its
+    /// `n - f - 2` nearest others; the `n - f` best are averaged by weight.
+    Krum {
+        /// Dishonest vehicles assumed per round (0: a quarter, rounded up).
+        byzantine: usize,
+    },
+}
+
+impl Rule {
+    /// True for the rules that need every update of a round at once.
+    pub fn buffers(&self) -> bool {
+        !matches!(self, Rule::FedAvg)
+    }
+
+    /// The strategy string a version's provenance records: `fedavg:lr=1`,
+    /// `trimmed_mean:0.25:lr=1`, `median:lr=1`, `krum:1:lr=1`.
+    pub fn strategy(&self, server_lr: f64) -> String {
+        format!("{self}:lr={server_lr}")
+    }
+
+    /// The rule a provenance's strategy string names (see [`Rule::strategy`]).
+    pub fn of_strategy(strategy: &str) -> Option<Rule> {
+        let (rule, _lr) = strategy.rsplit_once(":lr=")?;
+        rule.parse().ok()
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rule::FedAvg => write!(f, "fedavg"),
+            Rule::TrimmedMean { trim } => write!(f, "trimmed_mean:{trim}"),
+            Rule::Median => write!(f, "median"),
+            Rule::Krum { byzantine } => write!(f, "krum:{byzantine}"),
+        }
+    }
+}
+
+impl FromStr for Rule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, arg) = match s.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        let bad = || {
+            format!(
+                "unknown aggregation rule {s:?}: use fedavg, trimmed_mean[:SHARE] (SHARE in [0, 0.5), default 0.25), median, or krum[:F] (F dishonest vehicles assumed, default a quarter of the round)"
+            )
+        };
+        match (name, arg) {
+            ("fedavg", None) => Ok(Rule::FedAvg),
+            ("median", None) => Ok(Rule::Median),
+            ("trimmed_mean", None) => Ok(Rule::TrimmedMean { trim: 0.25 }),
+            ("trimmed_mean", Some(a)) => match a.parse::<f64>() {
+                Ok(trim) if (0.0..0.5).contains(&trim) => Ok(Rule::TrimmedMean { trim }),
+                _ => Err(bad()),
+            },
+            ("krum", None) => Ok(Rule::Krum { byzantine: 0 }),
+            ("krum", Some(a)) => a
+                .parse()
+                .map(|byzantine| Rule::Krum { byzantine })
+                .map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl TryFrom<String> for Rule {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Rule> for String {
+    fn from(rule: Rule) -> Self {
+        rule.to_string()
+    }
+}
+
+/// One accepted update as the rule sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Member {
+    /// The head it trained.
+    pub head: usize,
+    /// Its weight (its samples, capped; or 1 under equal weights).
+    pub weight: f64,
+    /// The factor its update is scaled by first (the norm bound; 1: none).
+    pub scale: f64,
+}
+
+/// What the rule made of each member, besides the model.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Verdict {
+    /// False when the rule left it out (multi-Krum).
+    pub kept: bool,
+    /// Cosine between its (scaled) update and the round's aggregate, over
+    /// the parameters it trained; 0 when either is zero.
+    pub cosine: f64,
+    /// L2 distance from its (scaled) update to the aggregate.
+    pub distance: f64,
+}
+
+/// A round's aggregate.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// `base + server_lr * aggregate`.
+    pub target: ParamSet,
+    /// One per member, in order.
+    pub verdicts: Vec<Verdict>,
+    /// Largest buffer of update values held at once, bytes.
+    pub peak_bytes: usize,
+}
+
+/// Combines `members` (update `i` is loaded into the buffer by
+/// `load(i, buffer)`, unscaled) on `base` by `rule`, holding at most about
+/// `memory_bytes` of update values at once. `None` when no member carries
+/// weight.
+pub fn aggregate<E>(
+    rule: &Rule,
+    spec: &ModelSpec,
+    base: &ParamSet,
+    server_lr: f64,
+    members: &[Member],
+    memory_bytes: usize,
+    mut load: impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
+) -> Result<Option<Outcome>, E> {
+    if members.iter().all(|m| m.weight <= 0.0) {
+        return Ok(None);
+    }
+    let layout = spec.layout();
+    let mut scratch = ParamSet::zeros(&layout);
+    let groups = Coverage::new(spec);
+    let n = members.len();
+    let d = layout.numel();
+    let block = (memory_bytes / (4 * n.max(1))).clamp(1, d.max(1));
+    let peak_bytes = block * n * 4;
+    let mut verdicts = vec![
+        Verdict {
+            kept: true,
+            ..Verdict::default()
+        };
+        n
+    ];
+    let (target, delta) = match rule {
+        Rule::FedAvg | Rule::Krum { .. } => {
+            if let Rule::Krum { byzantine } = rule {
+                let distances = pairwise(&groups, members, d, block, &mut scratch, &mut load)?;
+                for (v, kept) in verdicts.iter_mut().zip(krum(&distances, *byzantine)) {
+                    v.kept = kept;
+                }
+            }
+            // folded in the members' order and applied as the live round's
+            // streaming sum is, so both reach bit-identical weights
+            let mut sum = PartialSum::for_spec(spec);
+            for (i, m) in members.iter().enumerate() {
+                if verdicts[i].kept && m.weight > 0.0 {
+                    load(i, &mut scratch)?;
+                    scale(&mut scratch, m.scale);
+                    sum.fold(&scratch, m.head, m.weight);
+                }
+            }
+            let Some(target) = sum.apply(base, server_lr) else {
+                return Ok(None);
+            };
+            let delta = target
+                .values()
+                .zip(base.values())
+                .map(|(t, b)| ((t - b) as f64 / server_lr) as f32)
+                .collect::<Vec<f32>>();
+            (target, delta)
+        }
+        Rule::TrimmedMean { .. } | Rule::Median => {
+            let delta = coordinatewise(rule, &groups, members, d, block, &mut scratch, &mut load)?;
+            let mut target = base.clone();
+            for (v, dv) in target.values_mut().zip(&delta) {
+                *v += (server_lr * *dv as f64) as f32;
+            }
+            (target, delta)
+        }
+    };
+    score(
+        &groups,
+        members,
+        &delta,
+        block,
+        &mut scratch,
+        &mut load,
+        &mut verdicts,
+    )?;
+    Ok(Some(Outcome {
+        target,
+        verdicts,
+        peak_bytes,
+    }))
+}
+
+/// Which parameters each member trained: the flat coordinates' groups.
+struct Coverage {
+    /// Group of each tensor, with its flat start and length.
+    tensors: Vec<(usize, usize, usize)>,
+}
+
+impl Coverage {
+    fn new(spec: &ModelSpec) -> Self {
+        let layout = spec.layout();
+        let mut at = 0;
+        let tensors = tensor_groups(spec)
+            .into_iter()
+            .zip(&layout.tensors)
+            .map(|(g, (_, shape))| {
+                let len = shape.iter().map(|s| *s as usize).product::<usize>();
+                let t = (g, at, len);
+                at += len;
+                t
+            })
+            .collect();
+        Self { tensors }
+    }
+
+    /// `(group, from, to)` segments of the flat range `a..b`.
+    fn segments(&self, a: usize, b: usize) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        self.tensors.iter().filter_map(move |(g, start, len)| {
+            let (from, to) = ((*start).max(a), (start + len).min(b));
+            (from < to).then_some((*g, from, to))
+        })
+    }
+}
+
+/// True when a member that trained `head` trained group `group`.
+fn covers(group: usize, head: usize) -> bool {
+    group == 0 || group == head + 1
+}
+
+fn scale(p: &mut ParamSet, factor: f64) {
+    let f = factor as f32;
+    if f != 1.0 {
+        p.values_mut().for_each(|v| *v *= f);
+    }
+}
+
+/// Copies the flat range `a..b` of `p` into `out`.
+fn copy_range(p: &ParamSet, a: usize, b: usize, out: &mut [f32]) {
+    let mut at = 0;
+    for t in &p.tensors {
+        let len = t.data.len();
+        let (from, to) = (a.max(at), b.min(at + len));
+        if from < to {
+            out[from - a..to - a].copy_from_slice(&t.data[from - at..to - at]);
+        }
+        at += len;
+    }
+}
+
+/// Every member's scaled values of `a..b`, member-major (`n` rows of
+/// `b - a`); each member is loaded once per block.
+fn fill_block<E>(
+    members: &[Member],
+    a: usize,
+    b: usize,
+    scratch: &mut ParamSet,
+    load: &mut impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
+    rows: &mut Vec<f32>,
+) -> Result<(), E> {
+    let w = b - a;
+    rows.clear();
+    rows.resize(members.len() * w, 0.0);
+    for (i, m) in members.iter().enumerate() {
+        load(i, scratch)?;
+        let row = &mut rows[i * w..(i + 1) * w];
+        copy_range(scratch, a, b, row);
+        let f = m.scale as f32;
+        if f != 1.0 {
+            row.iter_mut().for_each(|v| *v *= f);
+        }
+    }
+    Ok(())
+}
+
+fn coordinatewise<E>(
+    rule: &Rule,
+    groups: &Coverage,
+    members: &[Member],
+    d: usize,
+    block: usize,
+    scratch: &mut ParamSet,
+    load: &mut impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
+) -> Result<Vec<f32>, E> {
+    let mut out = vec![0f32; d];
+    let mut rows = Vec::new();
+    let mut column: Vec<(f32, f64)> = Vec::with_capacity(members.len());
+    let mut a = 0;
+    while a < d {
+        let b = (a + block).min(d);
+        fill_block(members, a, b, scratch, load, &mut rows)?;
+        let w = b - a;
+        for (group, from, to) in groups.segments(a, b) {
+            let who: Vec<usize> = (0..members.len())
+                .filter(|i| covers(group, members[*i].head) && members[*i].weight > 0.0)
+                .collect();
+            if who.is_empty() {
+                continue;
+            }
+            for c in from..to {
+                column.clear();
+                column.extend(
+                    who.iter()
+                        .map(|i| (rows[i * w + (c - a)], members[*i].weight)),
+                );
+                out[c] = combine(rule, &mut column);
+            }
+        }
+        a = b;
+    }
+    Ok(out)
+}
+
+/// One parameter's value from the members' `(value, weight)`.
+fn combine(rule: &Rule, column: &mut [(f32, f64)]) -> f32 {
+    column.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let m = column.len();
+    match rule {
+        Rule::Median => {
+            if m % 2 == 1 {
+                column[m / 2].0
+            } else {
+                ((column[m / 2 - 1].0 as f64 + column[m / 2].0 as f64) / 2.0) as f32
+            }
+        }
+        Rule::TrimmedMean { trim } => {
+            let mut k = (trim * m as f64).floor() as usize;
+            if m <= 2 * k {
+                k = (m - 1) / 2;
+            }
+            let kept = &column[k..m - k];
+            let total: f64 = kept.iter().map(|(_, w)| w).sum();
+            if total > 0.0 {
+                (kept.iter().map(|(v, w)| *v as f64 * w).sum::<f64>() / total) as f32
+            } else {
+                (kept.iter().map(|(v, _)| *v as f64).sum::<f64>() / kept.len() as f64) as f32
+            }
+        }
+        Rule::FedAvg | Rule::Krum { .. } => unreachable!("not a coordinate-wise rule"),
+    }
+}
+
+/// Squared L2 distances between every pair of members over the trunk.
+fn pairwise<E>(
+    groups: &Coverage,
+    members: &[Member],
+    d: usize,
+    block: usize,
+    scratch: &mut ParamSet,
+    load: &mut impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
+) -> Result<Vec<Vec<f64>>, E> {
+    let n = members.len();
+    let mut dist = vec![vec![0f64; n]; n];
+    let mut rows = Vec::new();
+    let mut a = 0;
+    while a < d {
+        let b = (a + block).min(d);
+        fill_block(members, a, b, scratch, load, &mut rows)?;
+        let w = b - a;
+        for (group, from, to) in groups.segments(a, b) {
+            if group != 0 {
+                continue;
+            }
+            for i in 0..n {
+                for j in i + 1..n {
+                    let (ri, rj) = (&rows[i * w..(i + 1) * w], &rows[j * w..(j + 1) * w]);
+                    let s: f64 = (from - a..to - a)
+                        .map(|c| {
+                            let x = ri[c] as f64 - rj[c] as f64;
+                            x * x
+                        })
+                        .sum();
+                    dist[i][j] += s;
+                    dist[j][i] += s;
+                }
+            }
+        }
+        a = b;
+    }
+    Ok(dist)
+}
+
+/// Which members multi-Krum keeps, from their pairwise squared distances,
+/// assuming `byzantine` dishonest members (0: a quarter, rounded up).
+pub fn krum(distances: &[Vec<f64>], byzantine: usize) -> Vec<bool> {
+    let n = distances.len();
+    if n <= 2 {
+        return vec![true; n];
+    }
+    let f = if byzantine == 0 {
+        n.div_ceil(4)
+    } else {
+        byzantine
+    }
+    .min(n - 2);
+    let neighbours = n.saturating_sub(f + 2).max(1);
+    let scores: Vec<f64> = (0..n)
+        .map(|i| {
+            let mut others: Vec<f64> = (0..n)
+                .filter(|j| *j != i)
+                .map(|j| distances[i][j])
+                .collect();
+            others.sort_by(f64::total_cmp);
+            others.iter().take(neighbours).sum()
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|a, b| scores[*a].total_cmp(&scores[*b]).then(a.cmp(b)));
+    let mut kept = vec![false; n];
+    for i in order.into_iter().take(n - f) {
+        kept[i] = true;
+    }
+    kept
+}
+
+/// Each member's cosine with and distance to the aggregate `delta`.
+fn score<E>(
+    groups: &Coverage,
+    members: &[Member],
+    delta: &[f32],
+    block: usize,
+    scratch: &mut ParamSet,
+    load: &mut impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
+    verdicts: &mut [Verdict],
+) -> Result<(), E> {
+    let n = members.len();
+    let d = delta.len();
+    let (mut dot, mut own, mut centre, mut dist) =
+        (vec![0f64; n], vec![0f64; n], vec![0f64; n], vec![0f64; n]);
+    let mut rows = Vec::new();
+    let mut a = 0;
+    while a < d {
+        let b = (a + block).min(d);
+        fill_block(members, a, b, scratch, load, &mut rows)?;
+        let w = b - a;
+        for (group, from, to) in groups.segments(a, b) {
+            for (i, m) in members.iter().enumerate() {
+                if !covers(group, m.head) {
+                    continue;
+                }
+                for c in from..to {
+                    let (u, g) = (rows[i * w + c - a] as f64, delta[c] as f64);
+                    dot[i] += u * g;
+                    own[i] += u * u;
+                    centre[i] += g * g;
+                    dist[i] += (u - g) * (u - g);
+                }
+            }
+        }
+        a = b;
+    }
+    for (i, v) in verdicts.iter_mut().enumerate() {
+        let norms = (own[i] * centre[i]).sqrt();
+        v.cosine = if norms > 0.0 { dot[i] / norms } else { 0.0 };
+        v.distance = dist[i].sqrt();
+    }
+    Ok(())
+}
+
+/// How much each vehicle's claimed row count may weigh.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weighting {
+    /// Every accepted update weighs 1 (claims are ignored).
+    pub equal: bool,
+    /// A weight is at most this multiple of the round's median claim (0: no cap).
+    pub median_cap: f64,
+    /// A weight is at most this multiple of the vehicle's largest weight
+    /// in earlier rounds (0: no cap; a vehicle with no history is not capped).
+    pub growth_cap: f64,
+}
+
+/// One update's weight from its `claimed` rows, the round's `median` claim
+/// and the vehicle's largest earlier weight, with the reason when it was
+/// capped.
+pub fn weigh(
+    rules: &Weighting,
+    claimed: u64,
+    median: Option<f64>,
+    history: Option<f64>,
+) -> (f64, Option<String>) {
+    if rules.equal {
+        return (1.0, None);
+    }
+    let claimed = claimed as f64;
+    let mut weight = claimed;
+    let mut why = None;
+    if let Some(past) = history.filter(|p| *p > 0.0 && rules.growth_cap > 0.0) {
+        let cap = rules.growth_cap * past;
+        if weight > cap {
+            weight = cap;
+            why = Some(format!(
+                "claimed {claimed} rows, more than {}x its largest earlier weight {past}; weighed {cap}",
+                rules.growth_cap
+            ));
+        }
+    }
+    if let Some(m) = median.filter(|m| *m > 0.0 && rules.median_cap > 0.0) {
+        let cap = rules.median_cap * m;
+        if weight > cap {
+            weight = cap;
+            why = Some(format!(
+                "claimed {claimed} rows, more than {}x the round's median claim {m}; weighed {cap}",
+                rules.median_cap
+            ));
+        }
+    }
+    (weight, why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Feature, Head};
+
+    fn spec() -> ModelSpec {
+        ModelSpec {
+            features: vec![Feature::numeric("a", 0.0, 1.0)],
+            heads: vec![Head::classification("y", ["0".into(), "1".into()])],
+            hidden: vec![],
+            init_seed: 1,
+        }
+    }
+
+    fn filled(spec: &ModelSpec, value: f32) -> ParamSet {
+        let mut p = ParamSet::zeros(&spec.layout());
+        p.values_mut().for_each(|v| *v = value);
+        p
+    }
+
+    fn run(rule: Rule, values: &[f32], weights: &[f64], memory: usize) -> Outcome {
+        let spec = spec();
+        let updates: Vec<ParamSet> = values.iter().map(|v| filled(&spec, *v)).collect();
+        let members: Vec<Member> = weights
+            .iter()
+            .map(|w| Member {
+                head: 0,
+                weight: *w,
+                scale: 1.0,
+            })
+            .collect();
+        let base = ParamSet::zeros(&spec.layout());
+        aggregate::<()>(&rule, &spec, &base, 1.0, &members, memory, |i, into| {
+            *into = updates[i].clone();
+            Ok(())
+        })
+        .unwrap()
+        .unwrap()
+    }
+
+    fn first(o: &Outcome) -> f32 {
+        o.target.values().next().unwrap()
+    }
+
+    #[test]
+    fn one_outlier_moves_the_robust_rules_little_and_fedavg_far() {
+        let values = [1.0, 1.2, 0.8, -1000.0];
+        let w = [1.0; 4];
+        assert!(first(&run(Rule::FedAvg, &values, &w, 1 << 20)) < -200.0);
+        for rule in [
+            Rule::Median,
+            Rule::TrimmedMean { trim: 0.25 },
+            Rule::Krum { byzantine: 1 },
+        ] {
+            let got = first(&run(rule, &values, &w, 1 << 20));
+            assert!((0.8..=1.2).contains(&got), "{rule}: {got}");
+        }
+        let krum = run(Rule::Krum { byzantine: 1 }, &values, &w, 1 << 20);
+        assert_eq!(
+            krum.verdicts.iter().map(|v| v.kept).collect::<Vec<_>>(),
+            [true, true, true, false]
+        );
+        assert!(krum.verdicts[3].cosine < 0.0 && krum.verdicts[0].cosine > 0.9);
+    }
+
+    #[test]
+    fn blocks_of_any_size_give_the_same_aggregate() {
+        let values = [0.5, 2.0, -1.0, 3.0, 0.25];
+        let w = [1.0, 2.0, 3.0, 1.0, 5.0];
+        for rule in [
+            Rule::FedAvg,
+            Rule::Median,
+            Rule::TrimmedMean { trim: 0.2 },
+            Rule::Krum { byzantine: 0 },
+        ] {
+            let whole = run(rule, &values, &w, 1 << 20);
+            let small = run(rule, &values, &w, 4 * values.len());
+            assert_eq!(whole.target, small.target, "{rule}");
+            assert!(small.peak_bytes <= 4 * values.len());
+        }
+    }
+
+    #[test]
+    fn trimmed_mean_weighs_what_it_keeps_and_median_is_the_middle() {
+        // sorted 0.25, 0.5, 2, 3 | -1 dropped low, 3 dropped high
+        let values = [0.5, 2.0, -1.0, 3.0, 0.25];
+        let w = [1.0, 2.0, 3.0, 1.0, 5.0];
+        let t = first(&run(Rule::TrimmedMean { trim: 0.2 }, &values, &w, 1 << 20));
+        let want = (0.5 * 1.0 + 2.0 * 2.0 + 0.25 * 5.0) / 8.0;
+        assert!((t - want as f32).abs() < 1e-6, "{t} vs {want}");
+        assert_eq!(first(&run(Rule::Median, &values, &w, 1 << 20)), 0.5);
+        assert_eq!(first(&run(Rule::Median, &values[..4], &w[..4], 64)), 1.25);
+    }
+
+    #[test]
+    fn rules_round_trip_as_strings_and_bad_ones_say_what_works() {
+        for s in ["fedavg", "median", "trimmed_mean:0.25", "krum:2", "krum:0"] {
+            let rule: Rule = s.parse().unwrap();
+            assert_eq!(rule.to_string(), s);
+            assert_eq!(Rule::of_strategy(&rule.strategy(0.5)), Some(rule));
+        }
+        assert_eq!(Rule::of_strategy("fedavg:lr=1"), Some(Rule::FedAvg));
+        for bad in ["trimmed_mean:0.5", "krum:x", "mean", "median:1"] {
+            let err = bad.parse::<Rule>().unwrap_err();
+            assert!(err.contains("trimmed_mean"), "{err}");
+        }
+    }
+
+    #[test]
+    fn weights_are_capped_by_the_round_and_by_history() {
+        let rules = Weighting {
+            equal: false,
+            median_cap: 3.0,
+            growth_cap: 2.0,
+        };
+        assert_eq!(weigh(&rules, 100, Some(100.0), None), (100.0, None));
+        let (w, why) = weigh(&rules, 1_000_000, Some(100.0), None);
+        assert_eq!(w, 300.0);
+        assert!(why.unwrap().contains("median"));
+        let (w, why) = weigh(&rules, 250, Some(100.0), Some(100.0));
+        assert_eq!(w, 200.0);
+        assert!(why.unwrap().contains("earlier"));
+        let equal = Weighting {
+            equal: true,
+            ..rules
+        };
+        assert_eq!(weigh(&equal, 1_000_000, Some(1.0), None), (1.0, None));
+    }
+}
