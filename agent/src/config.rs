@@ -177,7 +177,8 @@ pub struct Faults {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Attack {
-    /// Every value of the update set to `value`.
+    /// Every value of the update about `value` (`value` times one plus
+    /// the honest value, so no two dishonest vehicles send the same bytes).
     Huge {
         /// The value (1e6 in the benchmark).
         value: f32,
@@ -208,7 +209,7 @@ impl Attack {
     pub fn apply(&self, update: &mut convoy_shared::params::ParamSet) {
         let norm = update.l2_norm() as f32;
         match *self {
-            Attack::Huge { value } => update.values_mut().for_each(|v| *v = value),
+            Attack::Huge { value } => update.values_mut().for_each(|v| *v = value * (1.0 + *v)),
             Attack::SignFlip { scale } | Attack::Inflate { scale, .. } => {
                 update.values_mut().for_each(|v| *v *= -scale)
             }

@@ -31,6 +31,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod mosquitto;
 pub mod rejection;
 pub mod run;
 

@@ -73,6 +73,12 @@ impl Broker {
     /// A Mosquitto process (`apt-get install mosquitto`), retried on another
     /// port when it exits before listening.
     pub fn mosquitto() -> anyhow::Result<Self> {
+        Self::mosquitto_with("allow_anonymous true\n")
+    }
+
+    /// [`Broker::mosquitto`] with `settings` (mosquitto.conf lines) in its
+    /// config instead of anonymous access.
+    pub fn mosquitto_with(settings: &str) -> anyhow::Result<Self> {
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -84,7 +90,7 @@ impl Broker {
             std::fs::write(
                 &conf,
                 format!(
-                    "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
+                    "listener {} 127.0.0.1\n{settings}persistence false\n",
                     addr.port()
                 ),
             )?;

@@ -16,6 +16,11 @@ pub struct Args {
     /// Re-key vehicles already provisioned (their old key and password stop working).
     #[arg(long)]
     replace: bool,
+    /// Also write <out>/mosquitto.passwd (these vehicles' lines added or
+    /// replaced, and the server's when the config has broker.username and
+    /// a password) and <out>/mosquitto.acl, for an external Mosquitto.
+    #[arg(long)]
+    mosquitto: bool,
     /// Client ids to provision.
     #[arg(required = true, value_name = "VEHICLE")]
     vehicles: Vec<TopicId>,
@@ -43,5 +48,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "install each folder's vehicle.key, server.pub and broker-password on its vehicle (see [identity] and broker.password_file in agent.toml)"
     );
+    if args.mosquitto {
+        let server = config
+            .broker
+            .link
+            .username
+            .clone()
+            .unwrap_or_else(|| config.broker.client_id.clone());
+        let mut accounts: Vec<(String, String)> = made
+            .iter()
+            .map(|v| (v.client.to_string(), v.password.clone()))
+            .collect();
+        if let Some(password) = &config.broker.link.password {
+            accounts.push((server.clone(), password.clone()));
+        }
+        convoy_server::mosquitto::write(&args.out, &config.fleet, &server, &accounts)?;
+        let dir = args.out.display();
+        println!(
+            "wrote {dir}/mosquitto.passwd and {dir}/mosquitto.acl (mode 600): give them to Mosquitto's user (chown mosquitto), set password_file and acl_file in mosquitto.conf to them (allow_anonymous false) and reload Mosquitto"
+        );
+    }
     Ok(())
 }

@@ -10,7 +10,10 @@
 //! would stop taking requests, and the caller's publish would wait forever.
 
 use super::{BrokerConfig, Events, LinkClient, LinkEvent, Outgoing, QOS, Session};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
+    Packet, StateError,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -49,6 +52,7 @@ pub(super) fn open(
         tx,
         shutdown.clone(),
         connected,
+        config.username.is_some(),
     ));
     tracker.spawn(writer(client.clone(), outgoing, shutdown, flushed.clone()));
     (
@@ -118,6 +122,22 @@ async fn writer(
     }
 }
 
+/// What to check when a connection ends before the broker accepted it
+/// (`accepted`): a refused CONNACK, or a broker that hangs up on the login.
+fn refusal_hint(e: &ConnectionError, accepted: bool, with_login: bool) -> Option<&'static str> {
+    const LOGIN: &str = "check broker.username (a vehicle's is its client_id) and its password (the broker-password file `convoy-server provision` wrote); a vehicle that is not provisioned, or was blocked with `convoy-server vehicles block`, is refused too";
+    const NO_LOGIN: &str = "the broker may require a login: set broker.username (a vehicle's is its client_id) and broker.password_file";
+    match e {
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+        ) => Some(if with_login { LOGIN } else { NO_LOGIN }),
+        ConnectionError::MqttState(StateError::ConnectionAborted) if !accepted => {
+            Some(if with_login { LOGIN } else { NO_LOGIN })
+        }
+        _ => None,
+    }
+}
+
 async fn pump(
     mut eventloop: EventLoop,
     client: AsyncClient,
@@ -125,6 +145,7 @@ async fn pump(
     tx: mpsc::Sender<LinkEvent>,
     shutdown: CancellationToken,
     connected: Arc<AtomicBool>,
+    with_login: bool,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -153,11 +174,17 @@ async fn pump(
             },
             Ok(_) => continue,
             Err(e) => {
-                connected.store(false, Ordering::Relaxed);
+                let accepted = connected.swap(false, Ordering::Relaxed);
                 if tx.is_closed() {
                     break; // nobody listens any more: do not reconnect
                 }
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker link down");
+                let retry_in_ms = backoff.as_millis() as u64;
+                match refusal_hint(&e, accepted, with_login) {
+                    Some(hint) => {
+                        tracing::warn!(error = %e, retry_in_ms, "broker refused the connection: {hint}")
+                    }
+                    None => tracing::warn!(error = %e, retry_in_ms, "broker link down"),
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -182,5 +209,36 @@ async fn pump(
                 Ok(_) => {}
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_login_says_what_to_check() {
+        let refused = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
+        assert!(
+            refusal_hint(&refused, false, true)
+                .unwrap()
+                .contains("broker.username")
+        );
+        // a broker that hangs up on the login, before any CONNACK
+        let hung_up = ConnectionError::MqttState(StateError::ConnectionAborted);
+        assert!(
+            refusal_hint(&hung_up, false, true)
+                .unwrap()
+                .contains("password")
+        );
+        assert!(
+            refusal_hint(&hung_up, false, false)
+                .unwrap()
+                .contains("require a login")
+        );
+        // after it was accepted, a drop is a drop
+        assert_eq!(refusal_hint(&hung_up, true, true), None);
+        let down = ConnectionError::Io(std::io::ErrorKind::ConnectionRefused.into());
+        assert_eq!(refusal_hint(&down, false, true), None);
     }
 }

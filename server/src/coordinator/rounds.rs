@@ -79,12 +79,15 @@ impl Coordinator {
         }
         match &self.round {
             Some(r) => {
-                // A rejected client may still send a good update, so only
-                // an accepted update or a failure report from everyone
+                // An accepted update, a failure report or a refused update
+                // (its vehicle was told and dropped it) from everyone
                 // closes a round before its deadline.
                 let all_in = r.selected.iter().all(|c| {
                     r.rows.get(c).is_some_and(|row| {
-                        matches!(row.status, ClientStatus::Accepted | ClientStatus::Failed)
+                        matches!(
+                            row.status,
+                            ClientStatus::Accepted | ClientStatus::Failed | ClientStatus::Rejected
+                        )
                     })
                 });
                 if all_in || self.clock.instant() >= r.deadline {
