@@ -16,7 +16,8 @@
 # for byte (server/src/coordinator/tests.rs) and so has no row here.
 # Writes runs/, RESULTS.md and accuracy.svg under benchmarks/robustness/.
 #
-#   bash benchmarks/robustness.sh     (SEEDS="42" for one seed, OUT=dir)
+#   bash benchmarks/robustness.sh     (SEEDS="42" for one seed, RULES="krum"
+#                                      to rerun one rule's runs, OUT=dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,7 @@ cargo build --release --workspace --bins
 bin="${CARGO_TARGET_DIR:-target}/release/convoy-server"
 out=${OUT:-benchmarks/robustness}
 seeds=${SEEDS:-"42 1 2"}
-rm -rf "$out/runs"
+rules=${RULES:-"fedavg trimmed_mean:0.25 median krum"}
 mkdir -p "$out"
 
 run() {
@@ -34,6 +35,7 @@ run() {
   local flags=()
   [ "$attack" != none ] && flags=(--attack "$attack" --attackers "$attackers")
   echo "$clients vehicles, $rule, $attack, seed $seed" >&2
+  rm -rf "$dir"
   mkdir -p "$dir"
   "$bin" simulate --dataset digits --clients "$clients" --rounds 15 --partition iid \
     --seed "$seed" --epochs 1 --lr 0.05 --batch-size 16 --hidden 128 \
@@ -44,7 +46,7 @@ run() {
 for fleet in "4 1" "20 4"; do
   set -- $fleet
   for seed in $seeds; do
-    for rule in fedavg trimmed_mean:0.25 median krum; do
+    for rule in $rules; do
       for attack in none huge sign_flip:4.5 sign_flip:50 inflate:4.5:1000000 drift:0.5; do
         run "$1" "$2" "$seed" "$rule" "$attack"
       done

@@ -243,19 +243,26 @@ impl Coordinator {
         };
         let floor = self.config.aggregation.suspect_cosine;
         for ((m, verdict), mut why) in r.members.iter().zip(&outcome.verdicts).zip(notes) {
-            if !verdict.kept {
-                why.push(format!("left out by {}", self.config.aggregation.rule));
-            }
             if verdict.cosine < floor {
                 why.push(format!(
                     "points away from the round's aggregate (cosine {:.2})",
                     verdict.cosine
                 ));
             }
-            if let Some(row) = r.rows.get_mut(&m.client) {
-                row.weight = Some(m.weight);
-                note(row, why);
+            let Some(row) = r.rows.get_mut(&m.client) else {
+                continue;
+            };
+            row.weight = Some(m.weight);
+            if !verdict.kept {
+                // multi-Krum leaves F out every round, honest or not: said,
+                // and a suspicion only with another reason
+                let left_out = format!("left out by {}", self.config.aggregation.rule);
+                match why.is_empty() {
+                    true => row.reason = Some(left_out),
+                    false => why.push(left_out),
+                }
             }
+            note(row, why);
         }
         tracing::debug!(
             round,
