@@ -41,6 +41,9 @@ run() {
     --seed "$seed" --epochs 1 --lr 0.05 --batch-size 16 --hidden 128 \
     --transport memory --rule "$rule" --out "$dir" --label "$rule/$attack" --quiet \
     "${flags[@]}" > "$dir/summary.out" 2> "$dir/warnings.log"
+  # keep the per-round figures; the database, keys and agents' state go
+  find "$dir" -mindepth 1 -maxdepth 1 ! -name rounds.json ! -name rounds.csv \
+    ! -name summary.txt -exec rm -rf {} +
 }
 
 for fleet in "4 1" "20 4"; do

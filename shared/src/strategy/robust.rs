@@ -317,6 +317,57 @@ fn fill_block<E>(
     Ok(())
 }
 
+/// A run `from..to` of one group's parameters inside the block that
+/// starts at `at`, with every member's scaled values of that block.
+struct Segment<'r> {
+    group: usize,
+    from: usize,
+    to: usize,
+    at: usize,
+    width: usize,
+    /// Member-major: `width` values per member.
+    rows: &'r [f32],
+}
+
+impl Segment<'_> {
+    /// Member `member`'s value of parameter `c`.
+    fn value(&self, member: usize, c: usize) -> f32 {
+        self.rows[member * self.width + c - self.at]
+    }
+}
+
+/// Works through the `d` parameters in blocks of at most `block`, loading
+/// every member once per block, and hands each group's run of each block
+/// to `visit`.
+fn each_segment<E>(
+    groups: &Coverage,
+    members: &[Member],
+    d: usize,
+    block: usize,
+    scratch: &mut ParamSet,
+    load: &mut impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
+    mut visit: impl FnMut(&Segment<'_>),
+) -> Result<(), E> {
+    let mut rows = Vec::new();
+    let mut at = 0;
+    while at < d {
+        let end = (at + block).min(d);
+        fill_block(members, at, end, scratch, load, &mut rows)?;
+        for (group, from, to) in groups.segments(at, end) {
+            visit(&Segment {
+                group,
+                from,
+                to,
+                at,
+                width: end - at,
+                rows: &rows,
+            });
+        }
+        at = end;
+    }
+    Ok(())
+}
+
 fn coordinatewise<E>(
     rule: &Rule,
     groups: &Coverage,
@@ -327,31 +378,20 @@ fn coordinatewise<E>(
     load: &mut impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
 ) -> Result<Vec<f32>, E> {
     let mut out = vec![0f32; d];
-    let mut rows = Vec::new();
     let mut column: Vec<(f32, f64)> = Vec::with_capacity(members.len());
-    let mut a = 0;
-    while a < d {
-        let b = (a + block).min(d);
-        fill_block(members, a, b, scratch, load, &mut rows)?;
-        let w = b - a;
-        for (group, from, to) in groups.segments(a, b) {
-            let who: Vec<usize> = (0..members.len())
-                .filter(|i| covers(group, members[*i].head) && members[*i].weight > 0.0)
-                .collect();
-            if who.is_empty() {
-                continue;
-            }
-            for c in from..to {
-                column.clear();
-                column.extend(
-                    who.iter()
-                        .map(|i| (rows[i * w + (c - a)], members[*i].weight)),
-                );
-                out[c] = combine(rule, &mut column);
-            }
+    each_segment(groups, members, d, block, scratch, load, |s| {
+        let who: Vec<usize> = (0..members.len())
+            .filter(|i| covers(s.group, members[*i].head) && members[*i].weight > 0.0)
+            .collect();
+        if who.is_empty() {
+            return;
         }
-        a = b;
-    }
+        for (c, slot) in out.iter_mut().enumerate().take(s.to).skip(s.from) {
+            column.clear();
+            column.extend(who.iter().map(|i| (s.value(*i, c), members[*i].weight)));
+            *slot = combine(rule, &mut column);
+        }
+    })?;
     Ok(out)
 }
 
@@ -396,34 +436,26 @@ fn pairwise<E>(
     load: &mut impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
 ) -> Result<Vec<Vec<f64>>, E> {
     let n = members.len();
-    let mut dist = vec![vec![0f64; n]; n];
-    let mut rows = Vec::new();
-    let mut a = 0;
-    while a < d {
-        let b = (a + block).min(d);
-        fill_block(members, a, b, scratch, load, &mut rows)?;
-        let w = b - a;
-        for (group, from, to) in groups.segments(a, b) {
-            if group != 0 {
-                continue;
-            }
-            for i in 0..n {
-                for j in i + 1..n {
-                    let (ri, rj) = (&rows[i * w..(i + 1) * w], &rows[j * w..(j + 1) * w]);
-                    let s: f64 = (from - a..to - a)
-                        .map(|c| {
-                            let x = ri[c] as f64 - rj[c] as f64;
-                            x * x
-                        })
-                        .sum();
-                    dist[i][j] += s;
-                    dist[j][i] += s;
-                }
+    // row-major n x n, each pair computed once
+    let mut flat = vec![0f64; n * n];
+    each_segment(groups, members, d, block, scratch, load, |s| {
+        if s.group != 0 {
+            return;
+        }
+        for i in 0..n {
+            for j in i + 1..n {
+                let sum: f64 = (s.from..s.to)
+                    .map(|c| {
+                        let x = s.value(i, c) as f64 - s.value(j, c) as f64;
+                        x * x
+                    })
+                    .sum();
+                flat[i * n + j] += sum;
+                flat[j * n + i] += sum;
             }
         }
-        a = b;
-    }
-    Ok(dist)
+    })?;
+    Ok(flat.chunks(n.max(1)).map(<[f64]>::to_vec).collect())
 }
 
 /// Which members multi-Krum keeps, from their pairwise squared distances,
@@ -473,28 +505,20 @@ fn score<E>(
     let d = delta.len();
     let (mut dot, mut own, mut centre, mut dist) =
         (vec![0f64; n], vec![0f64; n], vec![0f64; n], vec![0f64; n]);
-    let mut rows = Vec::new();
-    let mut a = 0;
-    while a < d {
-        let b = (a + block).min(d);
-        fill_block(members, a, b, scratch, load, &mut rows)?;
-        let w = b - a;
-        for (group, from, to) in groups.segments(a, b) {
-            for (i, m) in members.iter().enumerate() {
-                if !covers(group, m.head) {
-                    continue;
-                }
-                for c in from..to {
-                    let (u, g) = (rows[i * w + c - a] as f64, delta[c] as f64);
-                    dot[i] += u * g;
-                    own[i] += u * u;
-                    centre[i] += g * g;
-                    dist[i] += (u - g) * (u - g);
-                }
+    each_segment(groups, members, d, block, scratch, load, |s| {
+        for (i, m) in members.iter().enumerate() {
+            if !covers(s.group, m.head) {
+                continue;
+            }
+            for (c, g) in delta.iter().enumerate().take(s.to).skip(s.from) {
+                let (u, g) = (s.value(i, c) as f64, *g as f64);
+                dot[i] += u * g;
+                own[i] += u * u;
+                centre[i] += g * g;
+                dist[i] += (u - g) * (u - g);
             }
         }
-        a = b;
-    }
+    })?;
     for (i, v) in verdicts.iter_mut().enumerate() {
         let norms = (own[i] * centre[i]).sqrt();
         v.cosine = if norms > 0.0 { dot[i] / norms } else { 0.0 };
