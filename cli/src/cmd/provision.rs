@@ -16,9 +16,9 @@ pub struct Args {
     /// Re-key vehicles already provisioned (their old key and password stop working).
     #[arg(long)]
     replace: bool,
-    /// Also write <out>/mosquitto.passwd (these vehicles' lines added or
+    /// Also write `mosquitto.passwd` (these vehicles' lines added or
     /// replaced, and the server's when the config has broker.username and
-    /// a password) and <out>/mosquitto.acl, for an external Mosquitto.
+    /// a password) and `mosquitto.acl` into --out, for an external Mosquitto.
     #[arg(long)]
     mosquitto: bool,
     /// Client ids to provision.
