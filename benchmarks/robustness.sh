@@ -4,7 +4,8 @@
 # MLP 64-128-10, SGD lr 0.05, batch 16, 1 local epoch, IID split, every
 # vehicle in every round, 15 rounds, over the in-process transport (the
 # same server code and bytes as the broker). Fleets of 4 vehicles (1
-# dishonest) and 20 (4 dishonest), seeds 42, 1 and 2. Attacks, each run
+# dishonest) and 20 (4 dishonest) with fp32 updates, and of 4 with
+# topk:0.1+q8+zstd (sparse, error feedback), seeds 42, 1 and 2. Attacks, each run
 # every round by the dishonest vehicles, correctly signed:
 #   huge            every value of the update 1e6
 #   sign_flip:4.5   the update negated, 4.5x its norm (under the 5x bound)
@@ -26,19 +27,19 @@ cargo build --release --workspace --bins
 bin="${CARGO_TARGET_DIR:-target}/release/convoy-server"
 out=${OUT:-benchmarks/robustness}
 seeds=${SEEDS:-"42 1 2"}
-rules=${RULES:-"fedavg trimmed_mean:0.25 median krum"}
+rules=${RULES:-"fedavg cosine trimmed_mean:0.25 median krum"}
 mkdir -p "$out"
 
 run() {
-  local clients=$1 attackers=$2 seed=$3 rule=$4 attack=$5
-  local dir="$out/runs/v$clients/$rule/$attack/seed$seed"
+  local clients=$1 attackers=$2 codec=$3 seed=$4 rule=$5 attack=$6
+  local dir="$out/runs/v$clients-$codec/$rule/$attack/seed$seed"
   local flags=()
   [ "$attack" != none ] && flags=(--attack "$attack" --attackers "$attackers")
-  echo "$clients vehicles, $rule, $attack, seed $seed" >&2
+  echo "$clients vehicles, $codec, $rule, $attack, seed $seed" >&2
   rm -rf "$dir"
   mkdir -p "$dir"
   "$bin" simulate --dataset digits --clients "$clients" --rounds 15 --partition iid \
-    --seed "$seed" --epochs 1 --lr 0.05 --batch-size 16 --hidden 128 \
+    --seed "$seed" --epochs 1 --lr 0.05 --batch-size 16 --hidden 128 --codec "$codec" \
     --transport memory --rule "$rule" --out "$dir" --label "$rule/$attack" --quiet \
     "${flags[@]}" > "$dir/summary.out" 2> "$dir/warnings.log"
   # keep the per-round figures; the database, keys and agents' state go
@@ -46,12 +47,13 @@ run() {
     ! -name summary.txt -exec rm -rf {} +
 }
 
-for fleet in "4 1" "20 4"; do
+# vehicles, dishonest ones, uplink codec
+for fleet in "4 1 fp32" "20 4 fp32" "4 1 topk:0.1+q8+zstd"; do
   set -- $fleet
   for seed in $seeds; do
     for rule in $rules; do
       for attack in none huge sign_flip:4.5 sign_flip:50 inflate:4.5:1000000 drift:0.5; do
-        run "$1" "$2" "$seed" "$rule" "$attack"
+        run "$1" "$2" "$3" "$seed" "$rule" "$attack"
       done
     done
   done

@@ -16,8 +16,8 @@ from collections import defaultdict
 from html import escape
 
 ATTACKS = ["none", "huge:1000000", "sign_flip:4.5", "sign_flip:50", "inflate:4.5:1000000", "drift:0.5"]
-RULES = ["fedavg", "trimmed_mean:0.25", "median", "krum:0"]
-COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7"]
+RULES = ["fedavg", "cosine:0", "trimmed_mean:0.25", "median", "krum:0"]
+COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00"]
 
 
 def load(paths):
@@ -27,7 +27,7 @@ def load(paths):
         with open(p) as f:
             r = json.load(f)
         attack = r.get("attack") or "none"
-        key = (r["clients"], r["rule"], attack)
+        key = ((r["clients"], r["codec"]), r["rule"], attack)
         if r.get("final_accuracy") is not None:
             runs[key].append(100.0 * r["final_accuracy"])
         suspected[key].append(r.get("suspected", 0))
@@ -45,9 +45,10 @@ def cell(values):
 def markdown(runs, suspected):
     out = []
     for clients in sorted({k[0] for k in runs}):
-        attackers = {4: 1, 20: 4}.get(clients, "?")
+        vehicles, codec = clients
+        attackers = {4: 1, 20: 4}.get(vehicles, "?")
         seeds = max(len(v) for k, v in runs.items() if k[0] == clients)
-        out.append(f"### {clients} vehicles, {attackers} dishonest ({seeds} seeds)\n")
+        out.append(f"### {vehicles} vehicles, {attackers} dishonest, `{codec}` updates ({seeds} seeds)\n")
         out.append("Final test accuracy, % (mean ± sd over seeds); in brackets, updates flagged as suspected per run.\n")
         out.append("| attack | " + " | ".join(RULES) + " |")
         out.append("|---|" + "---:|" * len(RULES))
@@ -98,7 +99,7 @@ def svg(runs):
     ]
     for p, clients in enumerate(sizes):
         x0 = 20 + p * panel_w + 40
-        parts.append(f'<text x="{x0}" y="20" font-size="13">{clients} vehicles: final accuracy (%), mean over seeds</text>')
+        parts.append(f'<text x="{x0}" y="20" font-size="13">{clients[0]} vehicles, {escape(clients[1])}: final accuracy (%)</text>')
         for tick in range(0, 101, 20):
             y = top + h_plot - tick / 100 * h_plot
             parts.append(f'<line x1="{x0}" x2="{x0 + group * len(ATTACKS)}" y1="{y}" y2="{y}" stroke="#ddd"/>')
@@ -143,7 +144,7 @@ def main():
             "`drift:0.5`: the honest update plus the same fixed direction every round at half its norm. "
             "A byte-for-byte copy of another vehicle's update is refused outright, so it has no row. "
             "`krum:0` assumes a quarter of the round dishonest. "
-            "The default rule is `trimmed_mean:0.25`.\n\n"
+            "The default rule is `cosine:0`.\n\n"
         )
         f.write(markdown(runs, suspected))
         f.write("\n![final accuracy per attack and rule](accuracy.svg)\n")

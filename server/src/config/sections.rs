@@ -180,8 +180,10 @@ impl Default for RoundConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AggregationConfig {
-    /// `fedavg` (streamed, O(model) memory), `trimmed_mean[:SHARE]`
-    /// (per parameter, drop SHARE of the lowest and of the highest values),
+    /// `cosine[:FLOOR]` (FedAvg over the updates whose cosine with the
+    /// round's coordinate-wise trimmed mean is at least FLOOR, default 0),
+    /// `fedavg` (streamed, O(model) memory), `trimmed_mean[:SHARE]` (per
+    /// parameter, drop SHARE of the lowest and of the highest values),
     /// `median`, or `krum[:F]` (multi-Krum assuming F dishonest vehicles).
     pub rule: Rule,
     /// `samples`: an update weighs the rows its vehicle claims, capped as
@@ -215,7 +217,7 @@ pub enum Weights {
 impl Default for AggregationConfig {
     fn default() -> Self {
         Self {
-            rule: Rule::TrimmedMean { trim: 0.25 },
+            rule: Rule::Cosine { floor: 0.0 },
             weights: Weights::Samples,
             median_cap: 3.0,
             growth_cap: 4.0,

@@ -1165,7 +1165,7 @@ fn huge_values_in_the_first_round_are_clipped_by_their_own_recipe() {
 
 #[test]
 fn a_negated_update_under_the_bound_is_trimmed_and_flagged() {
-    for rule in ["trimmed_mean:0.25", "median", "krum:1"] {
+    for rule in ["cosine", "trimmed_mean:0.25", "median", "krum:1"] {
         let mut rig = rig_with(|c| c.aggregation.rule = rule.parse().unwrap(), false);
         let before = rig.coordinator.current().params.clone();
         let a = rig.open(&["car-1", "car-2", "car-3", "visitor"]);

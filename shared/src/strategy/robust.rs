@@ -6,7 +6,9 @@
 //! coordinate-wise trimmed mean ([`Rule::TrimmedMean`]) and median
 //! ([`Rule::Median`]) look at every vehicle's value of each parameter;
 //! multi-Krum ([`Rule::Krum`]) scores whole updates by their distance to
-//! their nearest neighbours and averages the best. Their memory is bounded:
+//! their nearest neighbours and averages the best; [`Rule::Cosine`] keeps
+//! the updates that point the way of the coordinate-wise trimmed mean and
+//! averages those as FedAvg would, which holds with sparsifying codecs too. Their memory is bounded:
 //! [`aggregate`] works through the parameters in blocks of at most
 //! `memory_bytes` (every update's values of one block), loading each
 //! update again per block, so a round of any size aggregates in bounded
@@ -42,7 +44,18 @@ pub enum Rule {
         /// Dishonest vehicles assumed per round (0: a quarter, rounded up).
         byzantine: usize,
     },
+    /// FedAvg over the updates whose cosine with the round's robust centre
+    /// (the coordinate-wise trimmed mean, a quarter trimmed at each end) is
+    /// at least `floor`: a clean round is plain FedAvg, and an update that
+    /// pulls against the fleet is left out whole, whatever its codec.
+    Cosine {
+        /// Lowest cosine an update may have, in [-1, 1).
+        floor: f64,
+    },
 }
+
+/// The trimmed share of the [`Rule::Cosine`] centre.
+const CENTRE_TRIM: f64 = 0.25;
 
 impl Rule {
     /// True for the rules that need every update of a round at once.
@@ -70,6 +83,7 @@ impl fmt::Display for Rule {
             Rule::TrimmedMean { trim } => write!(f, "trimmed_mean:{trim}"),
             Rule::Median => write!(f, "median"),
             Rule::Krum { byzantine } => write!(f, "krum:{byzantine}"),
+            Rule::Cosine { floor } => write!(f, "cosine:{floor}"),
         }
     }
 }
@@ -84,7 +98,7 @@ impl FromStr for Rule {
         };
         let bad = || {
             format!(
-                "unknown aggregation rule {s:?}: use fedavg, trimmed_mean[:SHARE] (SHARE in [0, 0.5), default 0.25), median, or krum[:F] (F dishonest vehicles assumed, default a quarter of the round)"
+                "unknown aggregation rule {s:?}: use fedavg, cosine[:FLOOR] (FLOOR in [-1, 1), default 0), trimmed_mean[:SHARE] (SHARE in [0, 0.5), default 0.25), median, or krum[:F] (F dishonest vehicles assumed, default a quarter of the round)"
             )
         };
         match (name, arg) {
@@ -93,6 +107,11 @@ impl FromStr for Rule {
             ("trimmed_mean", None) => Ok(Rule::TrimmedMean { trim: 0.25 }),
             ("trimmed_mean", Some(a)) => match a.parse::<f64>() {
                 Ok(trim) if (0.0..0.5).contains(&trim) => Ok(Rule::TrimmedMean { trim }),
+                _ => Err(bad()),
+            },
+            ("cosine", None) => Ok(Rule::Cosine { floor: 0.0 }),
+            ("cosine", Some(a)) => match a.parse::<f64>() {
+                Ok(floor) if (-1.0..1.0).contains(&floor) => Ok(Rule::Cosine { floor }),
                 _ => Err(bad()),
             },
             ("krum", None) => Ok(Rule::Krum { byzantine: 0 }),
@@ -183,11 +202,36 @@ pub fn aggregate<E>(
         n
     ];
     let (target, delta) = match rule {
-        Rule::FedAvg | Rule::Krum { .. } => {
+        Rule::FedAvg | Rule::Krum { .. } | Rule::Cosine { .. } => {
             if let Rule::Krum { byzantine } = rule {
                 let distances = pairwise(&groups, members, d, block, &mut scratch, &mut load)?;
                 for (v, kept) in verdicts.iter_mut().zip(krum(&distances, *byzantine)) {
                     v.kept = kept;
+                }
+            }
+            if let Rule::Cosine { floor } = rule {
+                let centre_rule = Rule::TrimmedMean { trim: CENTRE_TRIM };
+                let centre = coordinatewise(
+                    (&centre_rule, false),
+                    &groups,
+                    members,
+                    d,
+                    block,
+                    &mut scratch,
+                    &mut load,
+                )?;
+                let mut to_centre = verdicts.clone();
+                score(
+                    &groups,
+                    members,
+                    &centre,
+                    block,
+                    &mut scratch,
+                    &mut load,
+                    &mut to_centre,
+                )?;
+                for (v, c) in verdicts.iter_mut().zip(&to_centre) {
+                    v.kept = c.cosine >= *floor;
                 }
             }
             // folded in the members' order and applied as the live round's
@@ -211,7 +255,15 @@ pub fn aggregate<E>(
             (target, delta)
         }
         Rule::TrimmedMean { .. } | Rule::Median => {
-            let delta = coordinatewise(rule, &groups, members, d, block, &mut scratch, &mut load)?;
+            let delta = coordinatewise(
+                (rule, true),
+                &groups,
+                members,
+                d,
+                block,
+                &mut scratch,
+                &mut load,
+            )?;
             let mut target = base.clone();
             for (v, dv) in target.values_mut().zip(&delta) {
                 *v += (server_lr * *dv as f64) as f32;
@@ -368,8 +420,9 @@ fn each_segment<E>(
     Ok(())
 }
 
+/// The rule's value of every parameter; `(rule, zeros_abstain)`, see [`combine`].
 fn coordinatewise<E>(
-    rule: &Rule,
+    (rule, zeros_abstain): (&Rule, bool),
     groups: &Coverage,
     members: &[Member],
     d: usize,
@@ -389,25 +442,41 @@ fn coordinatewise<E>(
         for (c, slot) in out.iter_mut().enumerate().take(s.to).skip(s.from) {
             column.clear();
             column.extend(who.iter().map(|i| (s.value(*i, c), members[*i].weight)));
-            *slot = combine(rule, &mut column);
+            *slot = combine(rule, &mut column, zeros_abstain);
         }
     })?;
     Ok(out)
 }
 
-/// One parameter's value from the members' `(value, weight)`.
-fn combine(rule: &Rule, column: &mut [(f32, f64)]) -> f32 {
-    // by value, then weight: which of several equal values is trimmed (a
-    // sparse codec sends many zeros) never depends on arrival order
+/// One parameter's value from the members' `(value, weight)`. With
+/// `zeros_abstain`, a zero is a value the vehicle did not send (what a
+/// sparse codec leaves out decodes to zero) and abstains: the rule runs
+/// over the values sent, and its result is scaled by the share of the
+/// weight (the median: of the vehicles) that sent one. With nothing trimmed
+/// that is exactly FedAvg's weighted mean, so sparse updates are not
+/// trimmed away as outliers (but where few vehicles sent a value, little
+/// is trimmed). Without it every zero counts: the robust centre of
+/// [`Rule::Cosine`], where a value only one vehicle sent is an outlier.
+fn combine(rule: &Rule, column: &mut Vec<(f32, f64)>, zeros_abstain: bool) -> f32 {
+    let (all, all_weight) = (column.len(), column.iter().map(|(_, w)| w).sum::<f64>());
+    if zeros_abstain {
+        column.retain(|(v, _)| *v != 0.0);
+    }
+    if column.is_empty() {
+        return 0.0;
+    }
+    // by value, then weight: which of several equal values is trimmed never
+    // depends on the order the updates arrived in
     column.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.total_cmp(&y.1)));
     let m = column.len();
-    match rule {
+    let value = match rule {
         Rule::Median => {
-            if m % 2 == 1 {
-                column[m / 2].0
+            let middle = if m % 2 == 1 {
+                column[m / 2].0 as f64
             } else {
-                ((column[m / 2 - 1].0 as f64 + column[m / 2].0 as f64) / 2.0) as f32
-            }
+                (column[m / 2 - 1].0 as f64 + column[m / 2].0 as f64) / 2.0
+            };
+            middle * m as f64 / all as f64
         }
         Rule::TrimmedMean { trim } => {
             let mut k = (trim * m as f64).floor() as usize;
@@ -415,15 +484,21 @@ fn combine(rule: &Rule, column: &mut [(f32, f64)]) -> f32 {
                 k = (m - 1) / 2;
             }
             let kept = &column[k..m - k];
-            let total: f64 = kept.iter().map(|(_, w)| w).sum();
-            if total > 0.0 {
-                (kept.iter().map(|(v, w)| *v as f64 * w).sum::<f64>() / total) as f32
+            let kept_weight: f64 = kept.iter().map(|(_, w)| w).sum();
+            let sent_weight: f64 = column.iter().map(|(_, w)| w).sum();
+            if kept_weight > 0.0 && all_weight > 0.0 {
+                let mean = kept.iter().map(|(v, w)| *v as f64 * w).sum::<f64>() / kept_weight;
+                mean * sent_weight / all_weight
             } else {
-                (kept.iter().map(|(v, _)| *v as f64).sum::<f64>() / kept.len() as f64) as f32
+                let mean = kept.iter().map(|(v, _)| *v as f64).sum::<f64>() / kept.len() as f64;
+                mean * m as f64 / all as f64
             }
         }
-        Rule::FedAvg | Rule::Krum { .. } => unreachable!("not a coordinate-wise rule"),
-    }
+        Rule::FedAvg | Rule::Krum { .. } | Rule::Cosine { .. } => {
+            unreachable!("not a coordinate-wise rule")
+        }
+    };
+    value as f32
 }
 
 /// Squared L2 distances between every pair of members over the trunk.
@@ -630,6 +705,7 @@ mod tests {
             Rule::Median,
             Rule::TrimmedMean { trim: 0.25 },
             Rule::Krum { byzantine: 1 },
+            Rule::Cosine { floor: 0.0 },
         ] {
             let got = first(&run(rule, &values, &w, 1 << 20));
             assert!((0.8..=1.2).contains(&got), "{rule}: {got}");
@@ -651,6 +727,7 @@ mod tests {
             Rule::Median,
             Rule::TrimmedMean { trim: 0.2 },
             Rule::Krum { byzantine: 0 },
+            Rule::Cosine { floor: 0.0 },
         ] {
             let whole = run(rule, &values, &w, 1 << 20);
             let small = run(rule, &values, &w, 4 * values.len());
@@ -661,17 +738,40 @@ mod tests {
 
     #[test]
     fn the_order_updates_arrive_in_changes_nothing() {
-        // ties at zero with different weights, as a sparse codec makes them
-        let values = [0.0, 1.0, 0.0, 2.0];
-        let weights = [1.0, 1.0, 5.0, 1.0];
+        // ties at the trimmed edge with different weights
+        let values = [1.0, 1.0, 2.0, 5.0, 5.0];
+        let weights = [1.0, 5.0, 1.0, 1.0, 3.0];
         let rule = Rule::TrimmedMean { trim: 0.25 };
         let forward = run(rule, &values, &weights, 1 << 20);
         let (mut v, mut w) = (values, weights);
         v.reverse();
         w.reverse();
         assert_eq!(forward.target, run(rule, &v, &w, 1 << 20).target);
-        // the zero of weight 1 is trimmed: (0 x 5 + 1 x 1) / 6
-        assert!((first(&forward) - 1.0 / 6.0).abs() < 1e-6);
+        // the lighter 1 and the heavier 5 are trimmed: (1 x 5 + 2 + 5) / 7
+        assert!((first(&forward) - 12.0 / 7.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn values_a_sparse_codec_did_not_send_abstain() {
+        // two of four sent this parameter: nothing to trim, so FedAvg's
+        // weighted mean over all four
+        let values = [0.0, 2.0, 0.0, 4.0];
+        let weights = [1.0, 1.0, 1.0, 1.0];
+        let fedavg = first(&run(Rule::FedAvg, &values, &weights, 1 << 20));
+        let trimmed = first(&run(
+            Rule::TrimmedMean { trim: 0.25 },
+            &values,
+            &weights,
+            1 << 20,
+        ));
+        assert!((fedavg - 1.5).abs() < 1e-6 && (trimmed - 1.5).abs() < 1e-6);
+        // the median of what was sent, scaled by the share that sent it
+        assert_eq!(first(&run(Rule::Median, &values, &weights, 1 << 20)), 1.5);
+        // nobody sent it: it stays
+        assert_eq!(
+            first(&run(Rule::Median, &[0.0; 3], &[1.0; 3], 1 << 20)),
+            0.0
+        );
     }
 
     #[test]
@@ -688,13 +788,21 @@ mod tests {
 
     #[test]
     fn rules_round_trip_as_strings_and_bad_ones_say_what_works() {
-        for s in ["fedavg", "median", "trimmed_mean:0.25", "krum:2", "krum:0"] {
+        for s in [
+            "fedavg",
+            "median",
+            "trimmed_mean:0.25",
+            "krum:2",
+            "krum:0",
+            "cosine:0",
+            "cosine:0.2",
+        ] {
             let rule: Rule = s.parse().unwrap();
             assert_eq!(rule.to_string(), s);
             assert_eq!(Rule::of_strategy(&rule.strategy(0.5)), Some(rule));
         }
         assert_eq!(Rule::of_strategy("fedavg:lr=1"), Some(Rule::FedAvg));
-        for bad in ["trimmed_mean:0.5", "krum:x", "mean", "median:1"] {
+        for bad in ["trimmed_mean:0.5", "krum:x", "mean", "median:1", "cosine:1"] {
             let err = bad.parse::<Rule>().unwrap_err();
             assert!(err.contains("trimmed_mean"), "{err}");
         }

@@ -93,8 +93,9 @@ pub struct SimOptions {
     /// Sparsity warm-up rounds for topk/randk codecs.
     #[arg(long, default_value_t = 0)]
     pub warmup_rounds: u64,
-    /// How the server combines updates: `fedavg`, `trimmed_mean[:SHARE]`,
-    /// `median` or `krum[:F]` (the config's `aggregation.rule`).
+    /// How the server combines updates: `cosine[:FLOOR]`, `fedavg`,
+    /// `trimmed_mean[:SHARE]`, `median` or `krum[:F]` (the config's
+    /// `aggregation.rule`).
     #[arg(long, default_value_t = AggregationConfig::default().rule)]
     pub rule: Rule,
     /// Weigh updates by claimed rows (capped) or equally (`aggregation.weights`).
