@@ -103,7 +103,7 @@ impl Coordinator {
         let mut notes = Vec::new();
         let task = &round.announce.task;
         // one SGD step moves each tensor at most lr x clip_norm
-        let tensors = (self.spec.layout().tensors.len() as f64).sqrt();
+        let tensors = (self.scratch.tensors.len() as f64).sqrt();
         let steps = cost::training_steps(update.samples, task.epochs, task.batch_size);
         let recipe_bound = (task.clip_norm > 0.0).then_some(
             task.lr as f64 * task.clip_norm as f64 * tensors * steps as f64 * RECIPE_SLACK,
