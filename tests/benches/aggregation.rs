@@ -3,10 +3,11 @@
 //! given a memory limit for the update values it holds at once (beyond it,
 //! the rules work block by block, loading every update again per block).
 //!
-//!   cargo bench -p convoy-tests --bench aggregation
+//!   cargo bench --workspace --bench aggregation
 //!
 //! Prints a table: rule, updates, memory limit, bytes of update values held
-//! at most, and seconds per aggregation (median of 3).
+//! at most, and seconds per aggregation (median of 3). Updates are loaded
+//! from memory here; in the server each block decodes them again.
 
 use convoy_shared::params::ParamSet;
 use convoy_shared::spec::{Feature, Head, ModelSpec};
@@ -49,6 +50,7 @@ fn main() {
     );
     let rules = [
         Rule::FedAvg,
+        Rule::Cosine { floor: 0.0 },
         Rule::TrimmedMean { trim: 0.25 },
         Rule::Median,
         Rule::Krum { byzantine: 0 },
