@@ -17,7 +17,7 @@ fn options(out: &std::path::Path, codec: &str, downlink: &str) -> SimOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_version_rebuilds_to_its_id_by_each_route() -> anyhow::Result<()> {
     convoy_tests::init_tracing();
-    for rule in ["trimmed_mean:0.25", "fedavg", "median", "krum:1"] {
+    for rule in ["cosine", "trimmed_mean:0.25", "fedavg", "median", "krum:1"] {
         let dir = tempfile::tempdir()?;
         let mut o = options(dir.path(), "topk:0.2+q8", "q8");
         (o.rounds, o.transport, o.keep_updates) = (5, Transport::Memory, true);
