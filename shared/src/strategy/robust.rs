@@ -182,18 +182,22 @@ pub fn aggregate<E>(
     server_lr: f64,
     members: &[Member],
     memory_bytes: usize,
-    mut load: impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
+    load: impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
 ) -> Result<Option<Outcome>, E> {
     if members.iter().all(|m| m.weight <= 0.0) {
         return Ok(None);
     }
     let layout = spec.layout();
-    let mut scratch = ParamSet::zeros(&layout);
-    let groups = Coverage::new(spec);
-    let n = members.len();
-    let d = layout.numel();
+    let (n, d) = (members.len(), layout.numel());
     let block = (memory_bytes / (4 * n.max(1))).clamp(1, d.max(1));
-    let peak_bytes = block * n * 4;
+    let mut pass = Passes {
+        groups: Coverage::new(spec),
+        members,
+        d,
+        block,
+        scratch: ParamSet::zeros(&layout),
+        load,
+    };
     let mut verdicts = vec![
         Verdict {
             kept: true,
@@ -204,47 +208,21 @@ pub fn aggregate<E>(
     let (target, delta) = match rule {
         Rule::FedAvg | Rule::Krum { .. } | Rule::Cosine { .. } => {
             if let Rule::Krum { byzantine } = rule {
-                let distances = pairwise(&groups, members, d, block, &mut scratch, &mut load)?;
+                let distances = pass.pairwise()?;
                 for (v, kept) in verdicts.iter_mut().zip(krum(&distances, *byzantine)) {
                     v.kept = kept;
                 }
             }
             if let Rule::Cosine { floor } = rule {
-                let centre_rule = Rule::TrimmedMean { trim: CENTRE_TRIM };
-                let centre = coordinatewise(
-                    (&centre_rule, false),
-                    &groups,
-                    members,
-                    d,
-                    block,
-                    &mut scratch,
-                    &mut load,
-                )?;
+                let centre =
+                    pass.coordinatewise(&Rule::TrimmedMean { trim: CENTRE_TRIM }, false)?;
                 let mut to_centre = verdicts.clone();
-                score(
-                    &groups,
-                    members,
-                    &centre,
-                    block,
-                    &mut scratch,
-                    &mut load,
-                    &mut to_centre,
-                )?;
+                pass.score(&centre, &mut to_centre)?;
                 for (v, c) in verdicts.iter_mut().zip(&to_centre) {
                     v.kept = c.cosine >= *floor;
                 }
             }
-            // folded in the members' order and applied as the live round's
-            // streaming sum is, so both reach bit-identical weights
-            let mut sum = PartialSum::for_spec(spec);
-            for (i, m) in members.iter().enumerate() {
-                if verdicts[i].kept && m.weight > 0.0 {
-                    load(i, &mut scratch)?;
-                    scale(&mut scratch, m.scale);
-                    sum.fold(&scratch, m.head, m.weight);
-                }
-            }
-            let Some(target) = sum.apply(base, server_lr) else {
+            let Some(target) = pass.fedavg(spec, base, server_lr, &verdicts)? else {
                 return Ok(None);
             };
             let delta = target
@@ -255,15 +233,7 @@ pub fn aggregate<E>(
             (target, delta)
         }
         Rule::TrimmedMean { .. } | Rule::Median => {
-            let delta = coordinatewise(
-                (rule, true),
-                &groups,
-                members,
-                d,
-                block,
-                &mut scratch,
-                &mut load,
-            )?;
+            let delta = pass.coordinatewise(rule, true)?;
             let mut target = base.clone();
             for (v, dv) in target.values_mut().zip(&delta) {
                 *v += (server_lr * *dv as f64) as f32;
@@ -271,19 +241,11 @@ pub fn aggregate<E>(
             (target, delta)
         }
     };
-    score(
-        &groups,
-        members,
-        &delta,
-        block,
-        &mut scratch,
-        &mut load,
-        &mut verdicts,
-    )?;
+    pass.score(&delta, &mut verdicts)?;
     Ok(Some(Outcome {
         target,
         verdicts,
-        peak_bytes,
+        peak_bytes: block * n * 4,
     }))
 }
 
@@ -344,29 +306,16 @@ fn copy_range(p: &ParamSet, a: usize, b: usize, out: &mut [f32]) {
     }
 }
 
-/// Every member's scaled values of `a..b`, member-major (`n` rows of
-/// `b - a`); each member is loaded once per block.
-fn fill_block<E>(
-    members: &[Member],
-    a: usize,
-    b: usize,
-    scratch: &mut ParamSet,
-    load: &mut impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
-    rows: &mut Vec<f32>,
-) -> Result<(), E> {
-    let w = b - a;
-    rows.clear();
-    rows.resize(members.len() * w, 0.0);
-    for (i, m) in members.iter().enumerate() {
-        load(i, scratch)?;
-        let row = &mut rows[i * w..(i + 1) * w];
-        copy_range(scratch, a, b, row);
-        let f = m.scale as f32;
-        if f != 1.0 {
-            row.iter_mut().for_each(|v| *v *= f);
-        }
-    }
-    Ok(())
+/// What every pass over a round's updates works with: which parameters
+/// each member trained, the members, how many parameters there are and how
+/// many a block holds, a decode buffer, and the loader.
+struct Passes<'m, L> {
+    groups: Coverage,
+    members: &'m [Member],
+    d: usize,
+    block: usize,
+    scratch: ParamSet,
+    load: L,
 }
 
 /// A run `from..to` of one group's parameters inside the block that
@@ -388,64 +337,151 @@ impl Segment<'_> {
     }
 }
 
-/// Works through the `d` parameters in blocks of at most `block`, loading
-/// every member once per block, and hands each group's run of each block
-/// to `visit`.
-fn each_segment<E>(
-    groups: &Coverage,
-    members: &[Member],
-    d: usize,
-    block: usize,
-    scratch: &mut ParamSet,
-    load: &mut impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
-    mut visit: impl FnMut(&Segment<'_>),
-) -> Result<(), E> {
-    let mut rows = Vec::new();
-    let mut at = 0;
-    while at < d {
-        let end = (at + block).min(d);
-        fill_block(members, at, end, scratch, load, &mut rows)?;
-        for (group, from, to) in groups.segments(at, end) {
-            visit(&Segment {
-                group,
-                from,
-                to,
-                at,
-                width: end - at,
-                rows: &rows,
-            });
+impl<L> Passes<'_, L> {
+    /// Works through the parameters in blocks, loading every member once
+    /// per block, and hands each group's run of each block to `visit`.
+    fn each_segment<E>(&mut self, mut visit: impl FnMut(&Segment<'_>)) -> Result<(), E>
+    where
+        L: FnMut(usize, &mut ParamSet) -> Result<(), E>,
+    {
+        let mut rows = Vec::new();
+        let mut at = 0;
+        while at < self.d {
+            let end = (at + self.block).min(self.d);
+            let width = end - at;
+            // every member's scaled values of the block, member-major
+            rows.clear();
+            rows.resize(self.members.len() * width, 0.0);
+            for (i, m) in self.members.iter().enumerate() {
+                (self.load)(i, &mut self.scratch)?;
+                let row = &mut rows[i * width..(i + 1) * width];
+                copy_range(&self.scratch, at, end, row);
+                let f = m.scale as f32;
+                if f != 1.0 {
+                    row.iter_mut().for_each(|v| *v *= f);
+                }
+            }
+            for (group, from, to) in self.groups.segments(at, end) {
+                visit(&Segment {
+                    group,
+                    from,
+                    to,
+                    at,
+                    width,
+                    rows: &rows,
+                });
+            }
+            at = end;
         }
-        at = end;
+        Ok(())
     }
-    Ok(())
-}
 
-/// The rule's value of every parameter; `(rule, zeros_abstain)`, see [`combine`].
-fn coordinatewise<E>(
-    (rule, zeros_abstain): (&Rule, bool),
-    groups: &Coverage,
-    members: &[Member],
-    d: usize,
-    block: usize,
-    scratch: &mut ParamSet,
-    load: &mut impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
-) -> Result<Vec<f32>, E> {
-    let mut out = vec![0f32; d];
-    let mut column: Vec<(f32, f64)> = Vec::with_capacity(members.len());
-    each_segment(groups, members, d, block, scratch, load, |s| {
-        let who: Vec<usize> = (0..members.len())
-            .filter(|i| covers(s.group, members[*i].head) && members[*i].weight > 0.0)
-            .collect();
-        if who.is_empty() {
-            return;
+    /// `rule`'s value of every parameter; `zeros_abstain`: see [`combine`].
+    fn coordinatewise<E>(&mut self, rule: &Rule, zeros_abstain: bool) -> Result<Vec<f32>, E>
+    where
+        L: FnMut(usize, &mut ParamSet) -> Result<(), E>,
+    {
+        let members = self.members;
+        let mut out = vec![0f32; self.d];
+        let mut column: Vec<(f32, f64)> = Vec::with_capacity(members.len());
+        self.each_segment(|s| {
+            let who: Vec<usize> = (0..members.len())
+                .filter(|i| covers(s.group, members[*i].head) && members[*i].weight > 0.0)
+                .collect();
+            if who.is_empty() {
+                return;
+            }
+            for (c, slot) in out.iter_mut().enumerate().take(s.to).skip(s.from) {
+                column.clear();
+                column.extend(who.iter().map(|i| (s.value(*i, c), members[*i].weight)));
+                *slot = combine(rule, &mut column, zeros_abstain);
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Squared L2 distances between every pair of members over the trunk.
+    fn pairwise<E>(&mut self) -> Result<Vec<Vec<f64>>, E>
+    where
+        L: FnMut(usize, &mut ParamSet) -> Result<(), E>,
+    {
+        let n = self.members.len();
+        // row-major n x n, each pair computed once
+        let mut flat = vec![0f64; n * n];
+        self.each_segment(|s| {
+            if s.group != 0 {
+                return;
+            }
+            for i in 0..n {
+                for j in i + 1..n {
+                    let sum: f64 = (s.from..s.to)
+                        .map(|c| {
+                            let x = s.value(i, c) as f64 - s.value(j, c) as f64;
+                            x * x
+                        })
+                        .sum();
+                    flat[i * n + j] += sum;
+                    flat[j * n + i] += sum;
+                }
+            }
+        })?;
+        Ok(flat.chunks(n.max(1)).map(<[f64]>::to_vec).collect())
+    }
+
+    /// Each member's cosine with and distance to `delta`, into `verdicts`.
+    fn score<E>(&mut self, delta: &[f32], verdicts: &mut [Verdict]) -> Result<(), E>
+    where
+        L: FnMut(usize, &mut ParamSet) -> Result<(), E>,
+    {
+        let members = self.members;
+        let n = members.len();
+        let (mut dot, mut own, mut centre, mut dist) =
+            (vec![0f64; n], vec![0f64; n], vec![0f64; n], vec![0f64; n]);
+        self.each_segment(|s| {
+            for (i, m) in members.iter().enumerate() {
+                if !covers(s.group, m.head) {
+                    continue;
+                }
+                for (c, g) in delta.iter().enumerate().take(s.to).skip(s.from) {
+                    let (u, g) = (s.value(i, c) as f64, *g as f64);
+                    dot[i] += u * g;
+                    own[i] += u * u;
+                    centre[i] += g * g;
+                    dist[i] += (u - g) * (u - g);
+                }
+            }
+        })?;
+        for (i, v) in verdicts.iter_mut().enumerate() {
+            let norms = (own[i] * centre[i]).sqrt();
+            v.cosine = if norms > 0.0 { dot[i] / norms } else { 0.0 };
+            v.distance = dist[i].sqrt();
         }
-        for (c, slot) in out.iter_mut().enumerate().take(s.to).skip(s.from) {
-            column.clear();
-            column.extend(who.iter().map(|i| (s.value(*i, c), members[*i].weight)));
-            *slot = combine(rule, &mut column, zeros_abstain);
+        Ok(())
+    }
+
+    /// FedAvg of the members `verdicts` keep: folded in the members' order
+    /// and applied as the live round's streaming sum is, so both reach
+    /// bit-identical weights.
+    fn fedavg<E>(
+        &mut self,
+        spec: &ModelSpec,
+        base: &ParamSet,
+        server_lr: f64,
+        verdicts: &[Verdict],
+    ) -> Result<Option<ParamSet>, E>
+    where
+        L: FnMut(usize, &mut ParamSet) -> Result<(), E>,
+    {
+        let mut sum = PartialSum::for_spec(spec);
+        for (i, m) in self.members.iter().enumerate() {
+            if verdicts[i].kept && m.weight > 0.0 {
+                (self.load)(i, &mut self.scratch)?;
+                scale(&mut self.scratch, m.scale);
+                sum.fold(&self.scratch, m.head, m.weight);
+            }
         }
-    })?;
-    Ok(out)
+        Ok(sum.apply(base, server_lr))
+    }
 }
 
 /// One parameter's value from the members' `(value, weight)`. With
@@ -501,38 +537,6 @@ fn combine(rule: &Rule, column: &mut Vec<(f32, f64)>, zeros_abstain: bool) -> f3
     value as f32
 }
 
-/// Squared L2 distances between every pair of members over the trunk.
-fn pairwise<E>(
-    groups: &Coverage,
-    members: &[Member],
-    d: usize,
-    block: usize,
-    scratch: &mut ParamSet,
-    load: &mut impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
-) -> Result<Vec<Vec<f64>>, E> {
-    let n = members.len();
-    // row-major n x n, each pair computed once
-    let mut flat = vec![0f64; n * n];
-    each_segment(groups, members, d, block, scratch, load, |s| {
-        if s.group != 0 {
-            return;
-        }
-        for i in 0..n {
-            for j in i + 1..n {
-                let sum: f64 = (s.from..s.to)
-                    .map(|c| {
-                        let x = s.value(i, c) as f64 - s.value(j, c) as f64;
-                        x * x
-                    })
-                    .sum();
-                flat[i * n + j] += sum;
-                flat[j * n + i] += sum;
-            }
-        }
-    })?;
-    Ok(flat.chunks(n.max(1)).map(<[f64]>::to_vec).collect())
-}
-
 /// Which members multi-Krum keeps, from their pairwise squared distances,
 /// assuming `byzantine` dishonest members (0: a quarter, rounded up).
 pub fn krum(distances: &[Vec<f64>], byzantine: usize) -> Vec<bool> {
@@ -564,42 +568,6 @@ pub fn krum(distances: &[Vec<f64>], byzantine: usize) -> Vec<bool> {
         kept[i] = true;
     }
     kept
-}
-
-/// Each member's cosine with and distance to the aggregate `delta`.
-fn score<E>(
-    groups: &Coverage,
-    members: &[Member],
-    delta: &[f32],
-    block: usize,
-    scratch: &mut ParamSet,
-    load: &mut impl FnMut(usize, &mut ParamSet) -> Result<(), E>,
-    verdicts: &mut [Verdict],
-) -> Result<(), E> {
-    let n = members.len();
-    let d = delta.len();
-    let (mut dot, mut own, mut centre, mut dist) =
-        (vec![0f64; n], vec![0f64; n], vec![0f64; n], vec![0f64; n]);
-    each_segment(groups, members, d, block, scratch, load, |s| {
-        for (i, m) in members.iter().enumerate() {
-            if !covers(s.group, m.head) {
-                continue;
-            }
-            for (c, g) in delta.iter().enumerate().take(s.to).skip(s.from) {
-                let (u, g) = (s.value(i, c) as f64, *g as f64);
-                dot[i] += u * g;
-                own[i] += u * u;
-                centre[i] += g * g;
-                dist[i] += (u - g) * (u - g);
-            }
-        }
-    })?;
-    for (i, v) in verdicts.iter_mut().enumerate() {
-        let norms = (own[i] * centre[i]).sqrt();
-        v.cosine = if norms > 0.0 { dot[i] / norms } else { 0.0 };
-        v.distance = dist[i].sqrt();
-    }
-    Ok(())
 }
 
 /// How much each vehicle's claimed row count may weigh.
