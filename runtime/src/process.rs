@@ -69,6 +69,38 @@ pub fn init_logging(json: bool, default: &str) {
     }
 }
 
+/// What `job` logs at INFO and above on this thread, as the plain text an
+/// operator reads: how tests check what a run says at the default level.
+pub fn logged_at_info(job: impl FnOnce()) -> String {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, job);
+    let bytes = captured.0.lock().map(|b| b.clone()).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Log text written by [`logged_at_info`]'s job.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut text) = self.0.lock() {
+            text.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// systemd integration for `Type=notify` units: `READY=1` once the process
 /// is set up, `WATCHDOG=1` from its main loop while that loop is alive.
 /// Outside systemd (no `NOTIFY_SOCKET`) every call is a no-op.

@@ -829,20 +829,6 @@ fn a_personalised_head_is_tuned_kept_and_scored_beside_the_global_model() {
     assert_ne!(head, &initial.tensors[2..]);
 }
 
-/// Log lines written by one test, for counting.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn a_healthy_round_is_at_most_one_info_line() {
     let mut rig = rig();
@@ -851,19 +837,11 @@ fn a_healthy_round_is_at_most_one_info_line() {
     let actions = rig.handle(rig.announce(1, &initial, "fp32", &[]));
     rig.train(actions);
     rig.handle(rig.ack(1, true));
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
+    let text = convoy_runtime::process::logged_at_info(|| {
         let actions = rig.handle(rig.announce(2, &initial, "fp32", &[]));
         rig.train(actions);
         rig.handle(rig.ack(2, true));
     });
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let info: Vec<&str> = text.lines().filter(|l| l.contains(" INFO ")).collect();
     assert!(info.len() <= 1, "{text}");
     assert!(text.contains("update acknowledged"), "{text}");

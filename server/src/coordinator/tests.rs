@@ -1329,30 +1329,9 @@ fn junk_on_the_round_topic_costs_one_re_announcement_a_second() {
     assert_eq!(rig.rejected("forged_announcement"), 2_000);
 }
 
-/// Log lines written by one test, for counting.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn a_healthy_round_is_one_info_line() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
+    let text = convoy_runtime::process::logged_at_info(|| {
         let mut rig = rig();
         rig.open(&["car-1", "car-2", "car-3"]);
         for (c, step) in [("car-1", 0.01), ("car-2", 0.011), ("car-3", 0.009)] {
@@ -1360,7 +1339,6 @@ fn a_healthy_round_is_one_info_line() {
         }
         closed(&rig.handle(Input::Tick)).expect("closed");
     });
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     // vehicles coming online are news once, not per round
     let per_round: Vec<&str> = text
         .lines()
