@@ -26,6 +26,9 @@ pub enum AgentError {
         "identity: {0} (create the keys with `convoy-server provision <client_id>` and install vehicle.key and server.pub as [identity] names them)"
     )]
     Identity(#[from] convoy_shared::identity::KeyError),
+    /// The broker link gave up (another client holds this client id).
+    #[error("broker: {0}")]
+    Link(String),
     /// A configured fault fired (tests only).
     #[error("fault injected: {0}")]
     FaultInjected(&'static str),

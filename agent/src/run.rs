@@ -103,7 +103,7 @@ pub async fn run_with_data(
         subscriptions: agent.subscriptions(),
         will: agent.offline_status(),
     };
-    let mut link = link::open(&config.broker, session);
+    let mut link = link::open(&config.broker, session)?;
     let (condition_tx, mut conditions) = mpsc::channel(4);
     if config.policy.has_condition() {
         tracker.spawn(watch_condition(
@@ -123,7 +123,7 @@ pub async fn run_with_data(
             _ = shutdown.cancelled() => break Ok(()),
             event = link.events.recv() => match event {
                 Some(event) => Input::from(event),
-                None => break Ok(()),
+                None => break link.failure().map_or(Ok(()), |why| Err(AgentError::Link(why))),
             },
             done = async { training.as_mut().expect("guarded").await }, if training.is_some() => {
                 training = None;

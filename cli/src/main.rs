@@ -45,6 +45,9 @@ enum Command {
     Models(cmd::models::Args),
     /// The provisioned vehicles and their suspected updates; block a vehicle.
     Vehicles(cmd::vehicles::Args),
+    /// TLS for the embedded broker: `tls init` makes an operator CA and the
+    /// broker's certificate (`provision --tls-ca` issues vehicle ones).
+    Tls(cmd::tls::Args),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => cmd::plan::run(args),
         Command::Models(args) => cmd::models::run(args),
         Command::Vehicles(args) => cmd::vehicles::run(args),
+        Command::Tls(args) => cmd::tls::run(args),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,

@@ -47,18 +47,20 @@ pub fn block_until_signal<F: std::future::Future>(
 
 /// Sets up `tracing` to stderr; `RUST_LOG` sets the filter, else `default`
 /// (e.g. `info`). Unless `RUST_LOG` names them, the embedded broker's own
-/// logs stay off, and so do wgpu's GL-backend errors, which its adapter probe
+/// logs are kept to errors (it would log a warning per refused publish,
+/// which a misbehaving client could turn into a flood; convoy logs the
+/// refusals that matter itself), and wgpu's GL-backend errors are off, which its adapter probe
 /// prints on every machine without a GL driver even when Vulkan works.
 pub fn init_logging(json: bool, default: &str) {
     let mut spec = std::env::var("RUST_LOG").unwrap_or_else(|_| default.to_string());
-    if !spec.contains("rumqttd") {
-        spec.push_str(",rumqttd=off");
+    if !spec.contains("mqtt5") {
+        spec.push_str(",mqtt5=error");
     }
     if !spec.contains("wgpu") {
         spec.push_str(",wgpu_hal::gles=off");
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&spec)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},rumqttd=off")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},mqtt5=error")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,27 +1,43 @@
-//! The embedded MQTT broker (rumqttd) on a thread of its own, refusing
-//! anonymous clients unless told otherwise.
+//! The embedded MQTT broker (the `mqtt5` crate's) on a thread and runtime
+//! of its own: plain TCP for this machine, TLS for the fleet, and every
+//! login and topic checked.
 //!
 //! Who may connect ([`Access::Credentials`]): the server, with the token it
 //! made at start, under its own client id; and each provisioned vehicle with
 //! user name = client id and the password `provision` wrote. So no client
 //! can take the server's id or another vehicle's, and nobody without
-//! credentials reads or publishes anything.
+//! credentials reads or publishes anything. A client id that is already
+//! connected is refused (MQTT 3.1.1 return code 2, "identifier rejected"),
+//! so a second process with a vehicle's id cannot knock the first one off.
+//!
+//! What each may do: a vehicle publishes only on its own update, status,
+//! fetch, failure, schema and stats topics and subscribes only to the
+//! fleet's round and align topics and its own model and receipt topics
+//! ([`convoy_shared::topics::vehicle_may_publish`]); the server alone
+//! publishes announcements and models.
 
 use crate::credentials::{password_hash, same_digest};
+use crate::tls::TlsFiles;
+use convoy_shared::topics;
 use convoy_store::Store;
-use std::collections::HashMap;
-use std::net::{SocketAddr, TcpStream};
+use mqtt5::broker::router::MessageRouter;
+use mqtt5::broker::{AuthProvider, AuthResult, MqttBroker};
+use mqtt5::packet::connect::ConnectPacket;
+use mqtt5::protocol::v5::reason_codes::ReasonCode;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use thiserror::Error;
 
 /// Who the embedded broker lets in.
 #[derive(Debug, Clone)]
 pub enum Access {
-    /// Anyone (`broker.allow_anonymous = true`).
+    /// Anyone, on any topic (`broker.allow_anonymous = true`).
     Anonymous,
-    /// The server and provisioned vehicles only.
+    /// The server and provisioned vehicles only, each on its own topics.
     Credentials(Credentials),
 }
 
@@ -31,10 +47,33 @@ pub struct Credentials {
     /// The server's database, whose `vehicles` table holds password hashes
     /// (read on each connect, so `provision` takes effect at once).
     pub db: PathBuf,
+    /// The fleet whose topics vehicles may use.
+    pub fleet: String,
     /// The server's client id, reserved for it.
     pub server_id: String,
     /// The server's own password for this run.
     pub server_password: String,
+}
+
+/// Where the embedded broker listens.
+#[derive(Debug, Clone, Default)]
+pub struct Listen {
+    /// Plain TCP (`broker.listen`); `None`: none.
+    pub plain: Option<SocketAddr>,
+    /// TLS (`broker.tls_listen`), with its certificate, key and CA.
+    pub tls: Option<(SocketAddr, TlsFiles)>,
+    /// Require a client certificate signed by this CA on the TLS listener
+    /// (`broker.tls_client_ca`): mutual TLS.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The addresses the embedded broker listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    /// Plain TCP, when asked for.
+    pub plain: Option<SocketAddr>,
+    /// TLS, when asked for.
+    pub tls: Option<SocketAddr>,
 }
 
 /// Why a login was refused, for the log.
@@ -72,6 +111,103 @@ fn refusal(
     }
 }
 
+/// The embedded broker's gate: logins, live client ids and topics.
+struct Gate {
+    access: Access,
+    store: Mutex<Option<Store>>,
+    router: OnceLock<Arc<MessageRouter>>,
+}
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl Gate {
+    fn refuse(client: &str, user: &str, why: &str, code: ReasonCode) -> AuthResult {
+        tracing::warn!(client, user, why, "broker login refused");
+        AuthResult::fail_with_reason(code, why)
+    }
+
+    /// The server may use all of the fleet's topics; a vehicle only what
+    /// `allowed` says of its own.
+    fn may(&self, client: &str, topic: &str, allowed: fn(&str, &str, &str) -> bool) -> bool {
+        match &self.access {
+            Access::Anonymous => true,
+            Access::Credentials(c) if client == c.server_id => {
+                topic.starts_with(&format!("convoy/v1/{}/", c.fleet))
+            }
+            Access::Credentials(c) => allowed(&c.fleet, client, topic),
+        }
+    }
+}
+
+impl AuthProvider for Gate {
+    fn authenticate<'a>(
+        &'a self,
+        connect: &'a ConnectPacket,
+        _client_addr: SocketAddr,
+    ) -> Boxed<'a, mqtt5::Result<AuthResult>> {
+        Box::pin(async move {
+            let client = connect.client_id.as_str();
+            let user = connect.username.as_deref().unwrap_or("");
+            if let Access::Credentials(creds) = &self.access {
+                let pass = connect
+                    .password
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                let why = {
+                    let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+                    refusal(creds, &mut store, client, user, &pass)
+                };
+                if let Some(why) = why {
+                    return Ok(Self::refuse(client, user, why, ReasonCode::NotAuthorized));
+                }
+            }
+            if let Some(router) = self.router.get()
+                && router.is_connected(client).await
+            {
+                // A second process with this id (a cloned vehicle, a
+                // second agent on one machine) would otherwise take the
+                // session over, and the two would knock each other off in
+                // turn. A vehicle whose old connection is half-open gets in
+                // once the broker drops it (1.5 keep-alives).
+                return Ok(Self::refuse(
+                    client,
+                    user,
+                    "a client with this id is already connected",
+                    ReasonCode::ClientIdentifierNotValid,
+                ));
+            }
+            Ok(AuthResult::success_with_user(client))
+        })
+    }
+
+    fn authorize_publish<'a>(
+        &'a self,
+        client_id: &str,
+        _user_id: Option<&'a str>,
+        topic: &'a str,
+    ) -> Boxed<'a, bool> {
+        let ok = self.may(client_id, topic, topics::vehicle_may_publish);
+        if !ok {
+            tracing::debug!(client_id, topic, "broker refused a publish");
+        }
+        Box::pin(std::future::ready(ok))
+    }
+
+    fn authorize_subscribe<'a>(
+        &'a self,
+        client_id: &str,
+        _user_id: Option<&'a str>,
+        topic_filter: &'a str,
+    ) -> Boxed<'a, bool> {
+        let ok = self.may(client_id, topic_filter, topics::vehicle_may_subscribe);
+        if !ok {
+            tracing::debug!(client_id, topic_filter, "broker refused a subscription");
+        }
+        Box::pin(std::future::ready(ok))
+    }
+}
+
 /// The embedded broker could not start.
 #[derive(Debug, Error)]
 pub enum BrokerError {
@@ -86,43 +222,13 @@ pub enum BrokerError {
     /// Did not come up.
     #[error("embedded broker did not start listening on {0} within 10 s (port in use?)")]
     NotListening(SocketAddr),
+    /// The broker refused its settings or files.
+    #[error("embedded broker: {0}")]
+    Refused(String),
     /// Thread failed to spawn.
     #[error("cannot start broker thread: {0}")]
     Thread(std::io::Error),
 }
-
-/// Segments each topic filter's log keeps. Logs are bounded by bytes, and
-/// each message held pins its read buffer, so the default log is short:
-/// at least 32 messages. The server's own wildcard filters, where a whole
-/// fleet's messages meet in one burst, get longer logs ([`server_logs`]).
-const SEGMENTS: usize = 32;
-
-/// The logs behind the server's subscriptions, for any fleet: update chunks
-/// (16 x 128 KiB, at least 16 chunks), statuses, fetches and failure
-/// reports (16 x 8 KiB, some hundreds of messages) and the alignment
-/// answers (16 x 64 KiB). A burst beyond that is
-/// delivered in part; what is lost comes again (an update without its
-/// receipt is re-sent, a status repeats every 30 s). Memory stays within a
-/// few MiB per filter however long the server runs.
-fn server_logs() -> HashMap<String, rumqttd::SegmentConfig> {
-    let log = |size: usize| rumqttd::SegmentConfig {
-        max_segment_size: size,
-        max_segment_count: 16,
-    };
-    HashMap::from([
-        ("convoy/v1/+/update/+".to_string(), log(128 << 10)),
-        ("convoy/v1/+/status/+".to_string(), log(8 << 10)),
-        ("convoy/v1/+/fetch/+".to_string(), log(8 << 10)),
-        ("convoy/v1/+/failure/+".to_string(), log(8 << 10)),
-        // alignment answers: once per fleet, the whole fleet at once
-        ("convoy/v1/+/schema/+".to_string(), log(64 << 10)),
-        ("convoy/v1/+/stats/+".to_string(), log(64 << 10)),
-    ])
-}
-
-/// Bytes of one log segment. A segment takes one more packet once over
-/// this, so a filter holds at most SEGMENTS x (this + one packet).
-const SEGMENT_BYTES: usize = 1024;
 
 /// Picks a free port on 127.0.0.1 (for tests and the demo).
 pub fn free_local_addr() -> std::io::Result<SocketAddr> {
@@ -130,9 +236,8 @@ pub fn free_local_addr() -> std::io::Result<SocketAddr> {
     l.local_addr()
 }
 
-/// Starts rumqttd on `listen` and waits until it accepts connections.
-/// `Broker::start` blocks forever, so the thread is detached; it ends with
-/// the process.
+/// Starts the embedded broker with a plain listener on `listen` only (a
+/// broker for this machine: tests and benchmarks).
 pub fn start_embedded(
     listen: &str,
     max_payload: usize,
@@ -141,73 +246,107 @@ pub fn start_embedded(
     let addr: SocketAddr = listen
         .parse()
         .map_err(|_| BrokerError::Listen(listen.to_string()))?;
-    // Probe first: if something else holds the port we would otherwise
-    // mistake it for our broker.
-    drop(std::net::TcpListener::bind(addr).map_err(|e| BrokerError::InUse(addr, e))?);
-    let mut connections = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 60_000,
-        max_payload_size: max_payload,
-        max_inflight_count: 500,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: true,
+    let listen = Listen {
+        plain: Some(addr),
+        ..Listen::default()
     };
-    if let Access::Credentials(creds) = access {
-        let store: Arc<Mutex<Option<Store>>> = Arc::new(Mutex::new(None));
-        connections.set_auth_handler(move |client: String, user: String, pass: String| {
-            let mut store = store
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let why = refusal(&creds, &mut store, &client, &user, &pass);
-            if let Some(why) = why {
-                tracing::warn!(client, user, why, "broker login refused");
-            }
-            std::future::ready(why.is_none())
-        });
+    let started = start(&listen, max_payload, access)?;
+    started.plain.ok_or(BrokerError::NotListening(addr))
+}
+
+/// Starts the embedded broker on the listeners `listen` asks for and waits
+/// until it accepts connections. It runs on a thread and runtime of its
+/// own, detached: it ends with the process.
+pub fn start(listen: &Listen, max_payload: usize, access: Access) -> Result<Started, BrokerError> {
+    // Probe first, for a clear error when something else holds a port.
+    for addr in listen.plain.iter().chain(listen.tls.iter().map(|(a, _)| a)) {
+        drop(std::net::TcpListener::bind(addr).map_err(|e| BrokerError::InUse(*addr, e))?);
     }
-    let server = rumqttd::ServerSettings {
-        name: "convoy-v4".into(),
-        listen: addr,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections,
-    };
-    let config = rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: 10_010,
-            max_outgoing_packet_count: 1024,
-            // rumqttd keeps a log per topic filter, and every topic that
-            // matches no subscription gets a filter of its own: bound each
-            // log, or memory grows with every round and every junk message.
-            // A subscriber that falls further behind loses the oldest
-            // messages, which the at-least-once receipts cover (an update
-            // without a receipt is sent again).
-            max_segment_size: SEGMENT_BYTES,
-            max_segment_count: SEGMENTS,
-            custom_segment: Some(server_logs()),
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-        },
-        v4: Some(HashMap::from([("1".to_string(), server)])),
-        ..Default::default()
-    };
+    let mut config = mqtt5::broker::BrokerConfig::default()
+        .with_bind_addresses(listen.plain.into_iter().collect())
+        .with_max_clients(10_010)
+        // the payload limit plus the MQTT header and topic
+        .with_max_packet_size(max_payload + 1024)
+        .with_max_retained_message_size(max_payload + 1024)
+        .with_storage(mqtt5::broker::StorageConfig {
+            enable_persistence: false,
+            backend: mqtt5::broker::StorageBackendType::Memory,
+            // what waits for a subscriber that falls behind, beyond its
+            // channel; past this the oldest is dropped, and the
+            // at-least-once receipts cover it (an update without a receipt
+            // is sent again, a status repeats)
+            max_queued_messages_per_client: 1_000,
+            max_queued_bytes_per_client: 32 << 20,
+            ..Default::default()
+        })
+        .with_sys_topics_enabled(false)
+        .with_client_channel_capacity(256);
+    if let Some((addr, files)) = &listen.tls {
+        let mut tls = mqtt5::broker::config::TlsConfig::new(files.cert.clone(), files.key.clone())
+            .with_bind_address(*addr);
+        if let Some(ca) = &listen.client_ca {
+            tls = tls.with_ca_file(ca.clone()).with_require_client_cert(true);
+        }
+        config = config.with_tls(tls);
+    }
+    let wanted = (listen.plain, listen.tls.as_ref().map(|(a, _)| *a));
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("convoy-broker".into())
         .spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded broker stopped");
-            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("convoy-broker")
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(BrokerError::Thread(e)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let broker = match MqttBroker::with_config(config).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(BrokerError::Refused(e.to_string())));
+                        return;
+                    }
+                };
+                let gate = Arc::new(Gate {
+                    access,
+                    store: Mutex::new(None),
+                    router: OnceLock::new(),
+                });
+                let _ = gate.router.set(broker.router());
+                let mut broker = broker.with_auth_provider(gate);
+                let started = Started {
+                    plain: broker.local_addr(),
+                    tls: broker.tls_local_addr(),
+                };
+                if wanted.1.is_some() && started.tls.is_none() {
+                    let _ = tx.send(Err(BrokerError::Refused(
+                        "the TLS listener did not start (see the log above)".into(),
+                    )));
+                    return;
+                }
+                let _ = tx.send(Ok(started));
+                if let Err(e) = broker.run().await {
+                    tracing::error!(error = %e, "embedded broker stopped");
+                }
+            });
         })
         .map_err(BrokerError::Thread)?;
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(10) {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            tracing::info!(%addr, "embedded broker listening");
-            return Ok(addr);
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let timeout = wanted
+        .0
+        .or(wanted.1)
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let started = rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| BrokerError::NotListening(timeout))??;
+    for addr in started.plain.iter().chain(started.tls.iter()) {
+        tracing::info!(%addr, "embedded broker listening");
     }
-    Err(BrokerError::NotListening(addr))
+    Ok(started)
 }

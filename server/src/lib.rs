@@ -34,6 +34,7 @@ pub mod inbound;
 pub mod mosquitto;
 pub mod rejection;
 pub mod run;
+pub mod tls;
 
 pub use error::ServerError;
 pub use rejection::RejectionCounts;

@@ -10,7 +10,7 @@
 //! passwords `provision` makes are 32 random characters, so the hash's
 //! speed is no weakness.
 
-use convoy_shared::topics::TopicId;
+use convoy_shared::topics::{ClientTopic, TopicId};
 use sha2::{Digest, Sha512};
 use std::path::Path;
 
@@ -42,14 +42,21 @@ pub fn acl(fleet: &TopicId, server: &str) -> String {
          user {server}\ntopic readwrite {root}/#\n\n\
          # each vehicle (user name = client id): its own topics only\n"
     );
-    for own in ["update", "status", "fetch", "failure", "schema", "stats"] {
-        out.push_str(&format!("pattern write {root}/{own}/%u\n"));
+    // the same rule as convoy_shared::topics::vehicle_may_publish/subscribe
+    for own in ClientTopic::ALL
+        .into_iter()
+        .filter(|t| t.written_by_vehicle())
+    {
+        out.push_str(&format!("pattern write {root}/{}/%u\n", own.segment()));
     }
     for fleet_wide in ["round", "align"] {
         out.push_str(&format!("pattern read {root}/{fleet_wide}\n"));
     }
-    for own in ["model", "ack"] {
-        out.push_str(&format!("pattern read {root}/{own}/%u\n"));
+    for own in ClientTopic::ALL
+        .into_iter()
+        .filter(|t| !t.written_by_vehicle())
+    {
+        out.push_str(&format!("pattern read {root}/{}/%u\n", own.segment()));
     }
     out
 }

@@ -219,17 +219,35 @@ async fn run_serving(
             broker.password = Some(password.clone());
             Access::Credentials(Credentials {
                 db: config.db.clone(),
+                fleet: config.fleet.to_string(),
                 server_id: config.broker.client_id.clone(),
                 server_password: password,
             })
         };
-        let listen = config.broker.listen.clone();
+        let listen = config.broker_listen();
         let max = config.broker.link.max_packet_size;
-        let addr =
-            tokio::task::spawn_blocking(move || broker::start_embedded(&listen, max, access))
-                .await
-                .map_err(|e| ServerError::Config(e.to_string()))??;
-        broker.url = Some(convoy_runtime::link::BrokerUrl::tcp(addr));
+        let started = tokio::task::spawn_blocking(move || broker::start(&listen, max, access))
+            .await
+            .map_err(|e| ServerError::Config(e.to_string()))??;
+        if let Some(addr) = started.plain
+            && !addr.ip().is_loopback()
+        {
+            tracing::warn!(%addr, "broker.allow_plaintext = true: the embedded broker accepts plain TCP from other machines; anyone on the path can read every update and model (signatures still decide what counts)");
+        }
+        // the server's own link: plain on this machine when there is a plain
+        // listener, else TLS (ports as bound, for port 0)
+        let here = |addr: std::net::SocketAddr| {
+            if addr.ip().is_unspecified() {
+                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+            } else {
+                addr
+            }
+        };
+        broker.url = match (started.plain, started.tls) {
+            (Some(addr), _) => Some(convoy_runtime::link::BrokerUrl::tcp(here(addr))),
+            (None, Some(addr)) => Some(convoy_runtime::link::BrokerUrl::tls(here(addr))),
+            (None, None) => broker.url,
+        };
     }
 
     let clock: SharedClock = Arc::new(SystemClock);
@@ -241,7 +259,7 @@ async fn run_serving(
         subscriptions,
         will: None,
     };
-    let mut link = link::open(&broker, session);
+    let mut link = link::open(&broker, session)?;
     live.set_broker(link.connection());
     let mut systemd = Systemd::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -302,7 +320,7 @@ async fn run_serving(
             _ = shutdown.cancelled() => break Ok(()),
             event = link.events.recv() => match event {
                 Some(event) => Input::from(event),
-                None => break Ok(()),
+                None => break link.failure().map_or(Ok(()), |why| Err(ServerError::Config(why))),
             },
             _ = tick.tick() => {
                 systemd.tick();
@@ -372,7 +390,7 @@ async fn align_fleet(
             _ = shutdown.cancelled() => return Ok(None),
             event = link.events.recv() => match event {
                 Some(event) => aligner.on_event(event)?,
-                None => return Ok(None),
+                None => return link.failure().map_or(Ok(None), |why| Err(ServerError::Config(why))),
             },
             _ = tick.tick() => {
                 systemd.tick();

@@ -44,7 +44,26 @@ pub enum ClientTopic {
 }
 
 impl ClientTopic {
-    fn segment(self) -> &'static str {
+    /// Every family.
+    pub const ALL: [ClientTopic; 8] = [
+        ClientTopic::Update,
+        ClientTopic::Fetch,
+        ClientTopic::Model,
+        ClientTopic::Ack,
+        ClientTopic::Status,
+        ClientTopic::Failure,
+        ClientTopic::Schema,
+        ClientTopic::Stats,
+    ];
+
+    /// Whether the vehicle publishes this family (on its own topic), rather
+    /// than the server (model chunks and receipts, which the vehicle reads).
+    pub fn written_by_vehicle(self) -> bool {
+        !matches!(self, ClientTopic::Model | ClientTopic::Ack)
+    }
+
+    /// The topic segment: `update`, `model`, ...
+    pub fn segment(self) -> &'static str {
         match self {
             ClientTopic::Update => "update",
             ClientTopic::Fetch => "fetch",
@@ -58,18 +77,7 @@ impl ClientTopic {
     }
 
     fn from_segment(s: &str) -> Option<Self> {
-        [
-            ClientTopic::Update,
-            ClientTopic::Fetch,
-            ClientTopic::Model,
-            ClientTopic::Ack,
-            ClientTopic::Status,
-            ClientTopic::Failure,
-            ClientTopic::Schema,
-            ClientTopic::Stats,
-        ]
-        .into_iter()
-        .find(|t| t.segment() == s)
+        Self::ALL.into_iter().find(|t| t.segment() == s)
     }
 }
 
@@ -205,9 +213,61 @@ pub fn parse_client<'a>(fleet: &str, topic: &'a str) -> Option<(ClientTopic, &'a
     (parts.next().is_none() && valid_id(client)).then_some((kind, client))
 }
 
+/// Whether vehicle `vehicle` of `fleet` may publish on `topic`: only on its
+/// own update, status, fetch, failure, schema and stats topics. The broker
+/// ACLs (embedded, and the Mosquitto file) rest on this rule.
+pub fn vehicle_may_publish(fleet: &str, vehicle: &str, topic: &str) -> bool {
+    matches!(parse_client(fleet, topic), Some((kind, id)) if id == vehicle && kind.written_by_vehicle())
+}
+
+/// Whether vehicle `vehicle` of `fleet` may subscribe to `filter`: the
+/// fleet's round and align topics, and its own model and receipt topics;
+/// no wildcards.
+pub fn vehicle_may_subscribe(fleet: &str, vehicle: &str, filter: &str) -> bool {
+    filter == round(fleet).as_str()
+        || filter == align(fleet).as_str()
+        || matches!(parse_client(fleet, filter), Some((kind, id)) if id == vehicle && !kind.written_by_vehicle())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vehicle_may_use_only_its_own_topics() {
+        let own = |kind| client("f", kind, "car-1");
+        for kind in ClientTopic::ALL {
+            let mine = own(kind);
+            let theirs = client("f", kind, "car-2");
+            assert_eq!(
+                vehicle_may_publish("f", "car-1", &mine),
+                kind.written_by_vehicle(),
+                "{mine}"
+            );
+            assert_eq!(
+                vehicle_may_subscribe("f", "car-1", &mine),
+                !kind.written_by_vehicle(),
+                "{mine}"
+            );
+            assert!(!vehicle_may_publish("f", "car-1", &theirs), "{theirs}");
+            assert!(!vehicle_may_subscribe("f", "car-1", &theirs), "{theirs}");
+            assert!(!vehicle_may_publish("g", "car-1", &mine), "another fleet");
+        }
+        for filter in ["convoy/v1/f/round", "convoy/v1/f/align"] {
+            assert!(vehicle_may_subscribe("f", "car-1", filter));
+            assert!(!vehicle_may_publish("f", "car-1", filter));
+        }
+        for wild in [
+            "#",
+            "convoy/#",
+            "convoy/v1/f/#",
+            "convoy/v1/f/update/+",
+            "convoy/v1/+/model/car-1",
+            "convoy/v1/f/model/#",
+        ] {
+            assert!(!vehicle_may_subscribe("f", "car-1", wild), "{wild}");
+        }
+    }
 
     #[test]
     fn builds_and_parses() {

@@ -316,10 +316,44 @@ pub fn mqtt_publish_wire_len(topic_len: usize, payload_len: usize, qos: u8) -> u
     (1 + varint + remaining + ack) as u64
 }
 
+/// Bytes one TLS record adds: TLS 1.3's 5-byte record header, 1 byte of
+/// inner content type and the 16-byte AEAD tag (TLS 1.2 with AES-GCM adds
+/// 5 + 8 + 16 = 29 to every record instead).
+pub const TLS_RECORD_OVERHEAD: u64 = 22;
+
+/// Largest TLS record payload (16 KiB).
+pub const TLS_RECORD_MAX: u64 = 16_384;
+
+/// [`mqtt_publish_wire_len`] plus what TLS 1.3 adds when the link is
+/// encrypted: one record header and tag per 16 KiB of the PUBLISH, and one
+/// record for its PUBACK (QoS > 0). The handshake (a few KiB per
+/// connection, not per round) is not included. Used for the ledger's
+/// `wire_bytes_*` when vehicles reach the broker over TLS.
+pub fn publish_wire_len(topic_len: usize, payload_len: usize, qos: u8, tls: bool) -> u64 {
+    let plain = mqtt_publish_wire_len(topic_len, payload_len, qos);
+    if !tls {
+        return plain;
+    }
+    let ack = if qos > 0 { 4 } else { 0 };
+    let records = (plain - ack).div_ceil(TLS_RECORD_MAX) + u64::from(qos > 0);
+    plain + records * TLS_RECORD_OVERHEAD
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn tls_adds_a_record_per_16_kib_and_one_per_receipt() {
+        assert_eq!(publish_wire_len(3, 10, 1, false), 23);
+        // one record for the publish, one for its PUBACK
+        assert_eq!(publish_wire_len(3, 10, 1, true), 23 + 2 * 22);
+        assert_eq!(publish_wire_len(3, 10, 0, true), 17 + 22);
+        // a 32 KiB chunk spans three records (its header tips it over two)
+        let plain = mqtt_publish_wire_len(30, 32_768, 1);
+        assert_eq!(publish_wire_len(30, 32_768, 1, true), plain + 4 * 22);
+    }
 
     #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
     struct Sample {

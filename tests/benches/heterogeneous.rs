@@ -219,7 +219,7 @@ async fn train_tasks(
                 ..DataConfig::new(v.path.clone(), &v.label, v.task)
             };
             Ok((
-                fleet::agent_config("bench", &v.id, &broker.url, dir.join(&v.id), data)?,
+                fleet::agent_config("bench", &v.id, &broker, dir.join(&v.id), data)?,
                 None,
             ))
         })

@@ -1,13 +1,15 @@
-//! Brokers for the tests: the embedded rumqttd or a Mosquitto process, each
-//! on a loopback port chosen with a retry when the port turns out taken.
+//! Brokers for the tests: the embedded broker (over TLS, with a throwaway CA
+//! made once per test process) or a Mosquitto process, each on a loopback
+//! port chosen with a retry when the port turns out taken.
 
 use crate::scenario::MAX_PACKET;
 use anyhow::Context;
-use convoy_server::broker::{Access, BrokerError, start_embedded};
+use convoy_server::broker::{Access, BrokerError, Listen};
+use convoy_server::tls::TlsFiles;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How many ports a broker tries before giving up.
@@ -31,16 +33,31 @@ pub fn free_port() -> anyhow::Result<u16> {
     anyhow::bail!("the kernel kept offering loopback ports this process already uses")
 }
 
+/// The throwaway CA and broker certificate (for `localhost`, `127.0.0.1`
+/// and `::1`) of every TLS broker this test process starts, in a folder of
+/// its own under the system's temporary folder.
+pub fn test_tls() -> &'static TlsFiles {
+    static TLS: OnceLock<TlsFiles> = OnceLock::new();
+    TLS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("convoy-test-tls-{}", std::process::id()));
+        convoy_server::tls::throwaway(&dir).expect("a throwaway CA in the temporary folder")
+    })
+}
+
 /// A running broker the tests connect to; a Mosquitto process is killed on drop.
 #[derive(Debug)]
 pub struct Broker {
     addr: SocketAddr,
+    tls: bool,
     _mosquitto: Option<Mosquitto>,
 }
 
 impl Broker {
-    /// The embedded rumqttd, retried on another port when its port is taken.
-    /// Its thread lives until the process ends.
+    /// The embedded broker, serving TLS only (with [`test_tls`]) and letting
+    /// anyone in, as an external broker the tests configure themselves; the
+    /// server's own embedded broker is tested with its logins. Retried on
+    /// another port when its port is taken; its thread lives until the
+    /// process ends.
     pub fn embedded() -> anyhow::Result<Self> {
         Self::embedded_on(free_port)
     }
@@ -49,13 +66,16 @@ impl Broker {
     fn embedded_on(mut pick: impl FnMut() -> anyhow::Result<u16>) -> anyhow::Result<Self> {
         let mut last = None;
         for _ in 0..ATTEMPTS {
-            let listen = SocketAddr::from(([127, 0, 0, 1], pick()?));
-            // Open, as an external broker the tests configure themselves;
-            // the server's own embedded broker is tested with its logins.
-            match start_embedded(&listen.to_string(), MAX_PACKET, Access::Anonymous) {
-                Ok(addr) => {
+            let addr = SocketAddr::from(([127, 0, 0, 1], pick()?));
+            let listen = Listen {
+                tls: Some((addr, test_tls().clone())),
+                ..Listen::default()
+            };
+            match convoy_server::broker::start(&listen, MAX_PACKET, Access::Anonymous) {
+                Ok(started) => {
                     return Ok(Self {
-                        addr,
+                        addr: started.tls.unwrap_or(addr),
+                        tls: true,
                         _mosquitto: None,
                     });
                 }
@@ -109,6 +129,7 @@ impl Broker {
             if guard.listening(addr)? {
                 return Ok(Self {
                     addr,
+                    tls: false,
                     _mosquitto: Some(guard),
                 });
             }
@@ -116,9 +137,11 @@ impl Broker {
         anyhow::bail!("mosquitto did not start listening in {ATTEMPTS} tries")
     }
 
-    /// `mqtt://127.0.0.1:<port>`.
+    /// `mqtts://127.0.0.1:<port>` (the embedded broker) or
+    /// `mqtt://127.0.0.1:<port>` (Mosquitto).
     pub fn url(&self) -> String {
-        format!("mqtt://{}", self.addr)
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
@@ -182,7 +205,7 @@ mod tests {
             Ok(port)
         })?;
         assert_eq!(offered.len(), 2, "{offered:?}");
-        assert_eq!(broker.url(), format!("mqtt://127.0.0.1:{}", offered[1]));
+        assert_eq!(broker.url(), format!("mqtts://127.0.0.1:{}", offered[1]));
         assert_ne!(offered[1], taken);
         Ok(())
     }

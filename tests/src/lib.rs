@@ -23,9 +23,9 @@ mod scenario;
 mod vehicle;
 mod wire;
 
-pub use broker::{Broker, free_port};
+pub use broker::{Broker, free_port, test_tls};
 pub use fleet::{AgentHandle, Fleet, FleetBuilder, ServerRun, fleet_name};
-pub use scenario::{MAX_PACKET, Scenario};
+pub use scenario::{MAX_PACKET, Scenario, link};
 pub use vehicle::FakeVehicle;
 pub use wire::{Wire, WireTally, login_accepted};
 
@@ -48,7 +48,7 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,mqtt5=error")),
         )
         .with_test_writer()
         .try_init();

@@ -127,10 +127,14 @@ impl Scenario {
     }
 }
 
-/// Client settings for the test broker at `url`.
-fn link(url: &str) -> BrokerConfig {
+/// Client settings for the test broker at `url`: an `mqtts://` broker is
+/// verified against the test process's throwaway CA.
+pub fn link(url: &str) -> BrokerConfig {
     BrokerConfig {
         max_packet_size: MAX_PACKET,
+        ca_file: url
+            .starts_with("mqtts://")
+            .then(|| crate::broker::test_tls().ca.clone()),
         ..BrokerConfig::at(url.parse().expect("the harness builds valid broker URLs"))
     }
 }

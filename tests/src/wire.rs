@@ -5,6 +5,7 @@
 use crate::api::{ClientTopic, Kind, UpdateChunk, topics, wire};
 use crate::scenario::MAX_PACKET;
 use anyhow::Context;
+use convoy_runtime::link::BrokerUrl;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -152,14 +153,21 @@ impl Wire {
     }
 }
 
-/// Client options for `id` at `broker_url` (`mqtt://host:port`).
+/// Client options for `id` at `broker_url` (`mqtt://host:port`, or
+/// `mqtts://host:port`, verified against the test process's CA).
 fn options(broker_url: &str, id: &str) -> anyhow::Result<MqttOptions> {
-    let rest = broker_url.strip_prefix("mqtt://").unwrap_or(broker_url);
-    let (host, port) = rest
-        .rsplit_once(':')
-        .with_context(|| format!("broker url {broker_url:?} lacks a port"))?;
-    let mut options = MqttOptions::new(id, host, port.parse::<u16>()?);
+    let config = crate::scenario::link(broker_url);
+    let BrokerUrl::Tcp { host, port, tls } = config.url_or_local() else {
+        anyhow::bail!("broker url {broker_url:?} is not an MQTT broker");
+    };
+    let mut options = MqttOptions::new(id, host, port);
     options.set_keep_alive(Duration::from_secs(30));
+    if tls {
+        let tls = convoy_runtime::link::tls_client_config(&config)?;
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
     Ok(options)
 }
 

@@ -10,21 +10,30 @@ use convoy_tests::api::{Announce, ClientTopic, Kind, Status, UpdateBody, UpdateC
 use convoy_tests::*;
 use std::time::{Duration, Instant};
 
-/// A fleet whose server runs its own (authenticated) embedded broker.
+/// A fleet whose server runs its own (authenticated) embedded broker,
+/// serving TLS only: the server reaches it over TLS too.
 fn on_embedded_broker(
     test: &str,
     clients: usize,
     seed: u64,
 ) -> anyhow::Result<(FleetBuilder, String)> {
     let listen = format!("127.0.0.1:{}", free_port()?);
-    let url = format!("mqtt://{listen}");
+    let url = format!("mqtts://{listen}");
+    let tls = test_tls();
     let mut builder = Fleet::digits(test, clients, seed)?.server(|c| {
         c.broker.link.url = None;
-        c.broker.listen = listen.clone();
+        c.broker.listen = String::new();
+        c.broker.tls_listen = listen.clone();
+        c.broker.tls_cert = Some(tls.cert.clone());
+        c.broker.tls_key = Some(tls.key.clone());
+        c.broker.link.ca_file = Some(tls.ca.clone());
     });
     for i in 0..clients {
         let url = url.clone();
-        builder = builder.agent(i, move |a| a.broker.url = Some(url.parse().expect("url")));
+        builder = builder.agent(i, move |a| {
+            a.broker.url = Some(url.parse().expect("url"));
+            a.broker.ca_file = Some(tls.ca.clone());
+        });
     }
     Ok((builder, url))
 }
@@ -61,6 +70,43 @@ async fn embedded_broker_admits_only_the_server_and_provisioned_vehicles() -> an
         "car-0's password for car-1"
     );
     assert!(login_accepted(&url, "car-0", Some(("car-0", &own))).await?);
+    Ok(())
+}
+
+/// A second agent started with a running vehicle's id and login (a cloned
+/// vehicle, a second service on one computer) is refused by the embedded
+/// broker instead of knocking the first off; it exits with an error that
+/// says why, and the first keeps training.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_with_a_vehicles_id_exits_and_the_first_trains_on() -> anyhow::Result<()> {
+    init_tracing();
+    let (builder, _url) = on_embedded_broker("twin", 2, 24)?;
+    let mut fleet = builder.rounds(2).start().await?;
+    let first = fleet.next_round(120).await?;
+    assert_eq!(first.clients_reported, 2);
+    let mut twin = fleet.agents[0].config.clone();
+    twin.state_dir = fleet.dir().join("twin-of-car-0");
+    twin.broker.keep_alive_secs = 5;
+    let ran = tokio::time::timeout(
+        Duration::from_secs(90),
+        convoy_agent::run(twin, tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the twin neither exited nor failed in 90 s"))?;
+    let error = ran
+        .expect_err("the twin must exit with an error")
+        .to_string();
+    assert!(
+        error.contains("another agent runs with this client_id"),
+        "{error}"
+    );
+    let second = fleet.next_round(120).await?;
+    assert_eq!(second.status, "finished");
+    assert_eq!(
+        second.clients_reported, 2,
+        "car-0 was not knocked off by its twin"
+    );
+    fleet.finish().await?;
     Ok(())
 }
 

@@ -146,8 +146,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         20,
     );
 
-    let broker = fleet::local_broker(&options.db).await?;
-    let url = broker.url.clone();
+    let broker = fleet::local_broker(&options.db, "demo").await?;
 
     let server_config = ServerConfig {
         fleet: "demo".parse().map_err(anyhow::Error::msg)?,
@@ -196,7 +195,10 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         client_rows.push(rows.len());
         let data = DataConfig::new(data, label, TaskKind::Classification);
         let state = work.join(format!("{id}.state"));
-        agents.push((fleet::agent_config("demo", &id, &url, state, data)?, None));
+        agents.push((
+            fleet::agent_config("demo", &id, &broker, state, data)?,
+            None,
+        ));
     }
     if options.verbose {
         println!(

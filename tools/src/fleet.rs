@@ -4,7 +4,7 @@
 use convoy_agent::LocalData;
 use convoy_agent::config::{AgentConfig, DataConfig, Faults, TrainingConfig};
 use convoy_runtime::link::{BrokerConfig, BrokerUrl};
-use convoy_server::broker::{Access, Credentials};
+use convoy_server::broker::{Access, Credentials, Listen};
 use convoy_server::config::{ServerBroker, ServerConfig};
 use convoy_server::http::Live;
 use convoy_server::identity;
@@ -19,11 +19,14 @@ use tokio_util::sync::CancellationToken;
 pub const LOCAL_MAX_PACKET: usize = 1024 * 1024;
 
 /// An embedded broker on a loopback port that lets in the server and the
-/// vehicles provisioned in one database, as a deployed server's does.
+/// vehicles provisioned in one database, as a deployed server's does, over
+/// TLS with a throwaway CA.
 #[derive(Debug, Clone)]
 pub struct LocalBroker {
     /// Where it listens.
     pub url: BrokerUrl,
+    /// The CA its certificate chains to (TLS brokers only).
+    pub ca_file: Option<PathBuf>,
     server_password: String,
 }
 
@@ -32,31 +35,41 @@ impl LocalBroker {
     pub fn memory(name: String) -> Self {
         Self {
             url: BrokerUrl::Memory(name),
+            ca_file: None,
             server_password: String::new(),
         }
     }
 }
 
-/// Starts the embedded broker on a free loopback port, checking logins
-/// against the vehicles provisioned in `db`.
-pub async fn local_broker(db: &Path) -> anyhow::Result<LocalBroker> {
+/// Starts the embedded broker on a free loopback port, serving TLS with a
+/// throwaway CA made in `<db's folder>/tls/`, checking logins against the
+/// vehicles provisioned in `db` and keeping each to its own topics.
+pub async fn local_broker(db: &Path, fleet: &str) -> anyhow::Result<LocalBroker> {
     let server_password = identity::new_password();
     let access = Access::Credentials(Credentials {
         db: db.to_path_buf(),
+        fleet: fleet.to_string(),
         server_id: ServerBroker::default().client_id,
         server_password: server_password.clone(),
     });
+    let dir = db.parent().unwrap_or(Path::new(".")).join("tls");
+    let files = convoy_server::tls::throwaway(&dir)?;
+    let ca_file = Some(files.ca.clone());
     let addr = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let addr = convoy_server::broker::free_local_addr()?;
-        Ok(convoy_server::broker::start_embedded(
-            &addr.to_string(),
-            LOCAL_MAX_PACKET,
-            access,
-        )?)
+        let listen = Listen {
+            tls: Some((addr, files)),
+            ..Listen::default()
+        };
+        let started = convoy_server::broker::start(&listen, LOCAL_MAX_PACKET, access)?;
+        started
+            .tls
+            .ok_or_else(|| anyhow::anyhow!("the embedded broker's TLS listener did not start"))
     })
     .await??;
     Ok(LocalBroker {
-        url: BrokerUrl::tcp(addr),
+        url: BrokerUrl::tls(addr),
+        ca_file,
         server_password,
     })
 }
@@ -64,7 +77,7 @@ pub async fn local_broker(db: &Path) -> anyhow::Result<LocalBroker> {
 /// Server broker settings for a local fleet on `broker`.
 pub fn server_broker(broker: &LocalBroker) -> ServerBroker {
     let defaults = ServerBroker::default();
-    let mut link = local_link(&broker.url);
+    let mut link = local_link(broker);
     link.username = Some(defaults.client_id.clone());
     link.password = Some(broker.server_password.clone());
     ServerBroker { link, ..defaults }
@@ -102,11 +115,12 @@ pub fn provision(server: &ServerConfig, agents: &mut [AgentConfig]) -> anyhow::R
     Ok(())
 }
 
-/// Client settings for a member of a local fleet on `url`.
-pub fn local_link(url: &BrokerUrl) -> BrokerConfig {
+/// Client settings for a member of a local fleet on `broker`.
+pub fn local_link(broker: &LocalBroker) -> BrokerConfig {
     BrokerConfig {
         max_packet_size: LOCAL_MAX_PACKET,
-        ..BrokerConfig::at(url.clone())
+        ca_file: broker.ca_file.clone(),
+        ..BrokerConfig::at(broker.url.clone())
     }
 }
 
@@ -114,7 +128,7 @@ pub fn local_link(url: &BrokerUrl) -> BrokerConfig {
 pub fn agent_config(
     fleet: &str,
     id: &str,
-    url: &BrokerUrl,
+    broker: &LocalBroker,
     state_dir: PathBuf,
     data: DataConfig,
 ) -> anyhow::Result<AgentConfig> {
@@ -122,7 +136,7 @@ pub fn agent_config(
         fleet: fleet.parse().map_err(anyhow::Error::msg)?,
         client_id: id.parse().map_err(anyhow::Error::msg)?,
         state_dir,
-        broker: local_link(url),
+        broker: local_link(broker),
         identity: Default::default(),
         data,
         training: TrainingConfig::default(),

@@ -16,6 +16,7 @@ pub mod report;
 pub mod run;
 #[cfg(feature = "tools")]
 pub mod simulate;
+pub mod tls;
 pub mod vehicles;
 
 /// Where a command finds the fleet's database and the server's config,

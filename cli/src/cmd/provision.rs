@@ -21,6 +21,15 @@ pub struct Args {
     /// a password) and `mosquitto.acl` into --out, for an external Mosquitto.
     #[arg(long)]
     mosquitto: bool,
+    /// Also issue each vehicle a client certificate (`vehicle.crt`,
+    /// `vehicle-tls.key`) signed by this operator CA (`convoy-server tls init`
+    /// wrote `ca.crt` and `ca.key`), for a broker that requires mutual TLS
+    /// (broker.tls_client_ca).
+    #[arg(long, value_name = "CA.crt", requires = "tls_ca_key")]
+    tls_ca: Option<PathBuf>,
+    /// The operator CA's private key, with --tls-ca.
+    #[arg(long, value_name = "CA.key")]
+    tls_ca_key: Option<PathBuf>,
     /// Client ids to provision.
     #[arg(required = true, value_name = "VEHICLE")]
     vehicles: Vec<TopicId>,
@@ -33,6 +42,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config.db = db;
     }
     let key = convoy_server::identity::server_key(&config.key_file())?;
+    // read the CA before anything is written, so a wrong path changes nothing
+    let authority = match (&args.tls_ca, &args.tls_ca_key) {
+        (Some(cert), Some(key)) => Some(convoy_server::tls::Authority::load(cert, key)?),
+        _ => None,
+    };
     let store = Store::open(&config.db)?;
     let made = convoy_server::identity::provision(
         &store,
@@ -48,6 +62,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "install each folder's vehicle.key, server.pub and broker-password on its vehicle (see [identity] and broker.password_file in agent.toml)"
     );
+    if let Some(ca) = &authority {
+        for v in &made {
+            let issued = ca.issue_client(v.client.as_str())?;
+            convoy_server::tls::write(&v.dir.join("vehicle.crt"), &issued.cert, false)?;
+            convoy_server::tls::write(&v.dir.join("vehicle-tls.key"), &issued.key, true)?;
+            convoy_server::tls::write(&v.dir.join("ca.crt"), ca.pem(), false)?;
+        }
+        println!(
+            "and, for mutual TLS, vehicle.crt, vehicle-tls.key and ca.crt (broker.cert_file, broker.key_file, broker.ca_file)"
+        );
+    }
     if args.mosquitto {
         let server = config
             .broker

@@ -16,12 +16,15 @@ pub const MIN_PACKET_SIZE: usize = 40 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum BrokerUrl {
-    /// `mqtt://host:port` (or `tcp://`, or bare `host:port`).
+    /// `mqtts://host:port` (TLS; also `ssl://`, `tls://`) or `mqtt://host:port`
+    /// (plain TCP; also `tcp://`, or bare `host:port`).
     Tcp {
         /// Host name or address (IPv6 without brackets).
         host: String,
         /// Port, never 0.
         port: u16,
+        /// Whether the link runs TLS (`mqtts://`).
+        tls: bool,
     },
     /// `memory://<name>`: the in-process broker of the fleet simulator.
     Memory(String),
@@ -29,9 +32,7 @@ pub enum BrokerUrl {
 
 /// The text is not a broker URL this build can use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "broker url {0:?} is not of the form mqtt://host:port (tls is not supported in this build)"
-)]
+#[error("broker url {0:?} is not of the form mqtts://host:port (TLS) or mqtt://host:port")]
 pub struct BadUrl(pub String);
 
 impl FromStr for BrokerUrl {
@@ -46,10 +47,11 @@ impl FromStr for BrokerUrl {
                 Ok(BrokerUrl::Memory(name.to_string()))
             };
         }
-        let rest = match s.split_once("://") {
-            Some(("mqtt" | "tcp", rest)) => rest,
+        let (tls, rest) = match s.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => (false, rest),
+            Some(("mqtts" | "ssl" | "tls", rest)) => (true, rest),
             Some(_) => return Err(bad()),
-            None => s,
+            None => (false, s),
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
@@ -61,6 +63,7 @@ impl FromStr for BrokerUrl {
         Ok(BrokerUrl::Tcp {
             host: host.to_string(),
             port,
+            tls,
         })
     }
 }
@@ -82,23 +85,56 @@ impl From<BrokerUrl> for String {
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BrokerUrl::Tcp { host, port } if host.contains(':') => {
-                write!(f, "mqtt://[{host}]:{port}")
+            BrokerUrl::Tcp { host, port, tls } => {
+                let scheme = if *tls { "mqtts" } else { "mqtt" };
+                if host.contains(':') {
+                    write!(f, "{scheme}://[{host}]:{port}")
+                } else {
+                    write!(f, "{scheme}://{host}:{port}")
+                }
             }
-            BrokerUrl::Tcp { host, port } => write!(f, "mqtt://{host}:{port}"),
             BrokerUrl::Memory(name) => write!(f, "memory://{name}"),
         }
     }
 }
 
 impl BrokerUrl {
-    /// `mqtt://` on `addr`.
+    /// `mqtt://` (plain TCP) on `addr`.
     pub fn tcp(addr: std::net::SocketAddr) -> Self {
         BrokerUrl::Tcp {
             host: addr.ip().to_string(),
             port: addr.port(),
+            tls: false,
         }
     }
+
+    /// `mqtts://` (TLS) on `addr`.
+    pub fn tls(addr: std::net::SocketAddr) -> Self {
+        BrokerUrl::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            tls: true,
+        }
+    }
+
+    /// Whether this is a plain-TCP link to a host other than this machine
+    /// (`localhost` or a loopback address), which needs `allow_plaintext`.
+    pub fn plaintext_off_host(&self) -> bool {
+        match self {
+            BrokerUrl::Tcp {
+                host, tls: false, ..
+            } => !is_loopback(host),
+            _ => false,
+        }
+    }
+}
+
+/// Whether `host` names this machine: `localhost` or a loopback address.
+pub fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Where and how to reach the broker. Agent and server read the same keys
@@ -127,6 +163,19 @@ pub struct BrokerConfig {
     pub max_packet_size: usize,
     /// MQTT keep-alive, seconds (5 to 65535).
     pub keep_alive_secs: u64,
+    /// CA bundle (PEM) that the broker's certificate must chain to, for
+    /// `mqtts://`. Unset: the operating system's trusted roots.
+    pub ca_file: Option<PathBuf>,
+    /// This client's certificate chain (PEM), for brokers that require
+    /// mutual TLS; with `key_file`. `convoy-server provision --tls-ca`
+    /// issues one per vehicle.
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Allow `mqtt://` (plain TCP) to a host other than this machine. Off:
+    /// such a URL is refused at start, because anyone on the path could
+    /// read every update and model; on, a warning is logged at start.
+    pub allow_plaintext: bool,
 }
 
 fn empty_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BrokerUrl>, D::Error> {
@@ -146,6 +195,10 @@ impl Default for BrokerConfig {
             password_file: None,
             max_packet_size: 256 * 1024,
             keep_alive_secs: 30,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            allow_plaintext: false,
         }
     }
 }
@@ -164,6 +217,7 @@ impl BrokerConfig {
         BrokerUrl::Tcp {
             host: "127.0.0.1".into(),
             port: 1883,
+            tls: false,
         }
     }
 
@@ -198,9 +252,18 @@ impl BrokerConfig {
         Ok(())
     }
 
-    /// Resolves `password_file` against the config file's folder.
+    /// Resolves `password_file` and the TLS files against the config
+    /// file's folder.
     pub fn resolve_paths(&mut self, config_file: &Path) {
-        if let Some(p) = self.password_file.as_mut() {
+        for p in [
+            &mut self.password_file,
+            &mut self.ca_file,
+            &mut self.cert_file,
+            &mut self.key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
             resolve(config_file, p);
         }
     }
@@ -256,7 +319,29 @@ impl BrokerConfig {
                 "broker has a password (password, password_file, CONVOY_BROKER_PASSWORD or the broker-password credential) but no username, so it would never be sent; set broker.username (a provisioned vehicle logs in with its client_id)".into(),
             ));
         }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "broker.cert_file and broker.key_file go together (a client certificate and its key, for mutual TLS); set both or neither".into(),
+            ));
+        }
+        if let Some(url) = &self.url
+            && url.plaintext_off_host()
+            && !self.allow_plaintext
+        {
+            return Err(ConfigError::Invalid(format!(
+                "broker.url {url} is plain TCP to another machine: anyone on the path could read and change every update and model. Use mqtts:// (with broker.ca_file), or set broker.allow_plaintext = true to accept the risk"
+            )));
+        }
         Ok(())
+    }
+
+    /// A warning for the log at start when the link runs plain TCP to
+    /// another machine (allowed by `allow_plaintext`).
+    pub fn plaintext_warning(&self) -> Option<String> {
+        let url = self.url.as_ref()?;
+        url.plaintext_off_host().then(|| {
+            format!("broker.allow_plaintext = true: the link to {url} is not encrypted; anyone on the path can read every update and model (signatures still decide what counts)")
+        })
     }
 
     /// The keep-alive interval.
@@ -297,8 +382,16 @@ mod tests {
             "broker.local:8883".parse::<BrokerUrl>().unwrap(),
             BrokerUrl::Tcp {
                 host: "broker.local".into(),
-                port: 8883
+                port: 8883,
+                tls: false,
             }
+        );
+        let tls: BrokerUrl = "mqtts://broker.local:8883".parse().unwrap();
+        assert_eq!(tls.to_string(), "mqtts://broker.local:8883");
+        assert!(matches!(tls, BrokerUrl::Tcp { tls: true, .. }));
+        assert_eq!(
+            "ssl://[::1]:8883".parse::<BrokerUrl>().unwrap().to_string(),
+            "mqtts://[::1]:8883"
         );
         assert_eq!(
             "memory://sim".parse::<BrokerUrl>().unwrap(),
@@ -307,7 +400,7 @@ mod tests {
         let v6: BrokerUrl = "mqtt://[::1]:1883".parse().unwrap();
         assert_eq!(v6.to_string(), "mqtt://[::1]:1883");
         for bad in [
-            "mqtts://x:1",
+            "http://x:1",
             "x",
             "mqtt://:1",
             "mqtt://x:0",
@@ -326,6 +419,40 @@ mod tests {
         assert_eq!(c.url_or_local().to_string(), "mqtt://h:1");
         let err = toml::from_str::<BrokerConfig>("url = \"http://h\"").unwrap_err();
         assert!(err.to_string().contains("mqtt://host:port"), "{err}");
+    }
+
+    #[test]
+    fn plain_tcp_off_this_machine_needs_allow_plaintext() {
+        let mut c: BrokerConfig = toml::from_str("url = \"mqtt://broker.example:1883\"").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("allow_plaintext") && e.contains("mqtts://"),
+            "{e}"
+        );
+        assert!(c.plaintext_warning().is_some());
+        c.allow_plaintext = true;
+        assert!(c.validate().is_ok());
+        for fine in [
+            "mqtt://127.0.0.1:1883",
+            "mqtt://localhost:1883",
+            "mqtt://[::1]:1883",
+            "mqtts://broker.example:8883",
+            "memory://sim",
+        ] {
+            let c = BrokerConfig::at(fine.parse().unwrap());
+            assert!(c.validate().is_ok(), "{fine}");
+            assert_eq!(c.plaintext_warning(), None, "{fine}");
+        }
+        let half = BrokerConfig {
+            cert_file: Some("car.crt".into()),
+            ..BrokerConfig::at("mqtts://b:8883".parse().unwrap())
+        };
+        assert!(
+            half.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("key_file")
+        );
     }
 
     #[test]

@@ -10,13 +10,15 @@
 mod config;
 pub mod memory;
 mod mqtt;
+mod tls;
 
-pub use config::{BadUrl, BrokerConfig, BrokerUrl, MIN_PACKET_SIZE};
+pub use config::{BadUrl, BrokerConfig, BrokerUrl, MIN_PACKET_SIZE, is_loopback};
+pub use tls::client_config as tls_client_config;
 
 use bytes::Bytes;
 use rumqttc::QoS;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -96,9 +98,20 @@ pub struct Link {
     /// the MQTT client (at once for the in-memory broker).
     flushed: CancellationToken,
     tasks: TaskTracker,
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Link {
+    /// Why the link gave up, once its events have ended on their own: the
+    /// broker kept refusing this client id because another client holds it.
+    /// `None` while it runs, and after an ordinary close.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Whether the link holds a broker connection now (updated as it
     /// connects and drops; the in-memory broker is always connected).
     pub fn connection(&self) -> Arc<AtomicBool> {
@@ -210,7 +223,14 @@ impl Events {
 /// Connects `session` to the broker `config` names: an MQTT broker, or the
 /// in-process one for `memory://<name>`. The MQTT event-loop pump runs as a
 /// task of its own until [`Link::close`] (or the link is dropped).
-pub fn open(config: &BrokerConfig, session: Session) -> Link {
+///
+/// Fails only on TLS files that cannot be used (`mqtts://`); a plain link to
+/// another machine without `allow_plaintext` is refused by
+/// [`BrokerConfig::validate`], and logs a warning here when allowed.
+pub fn open(config: &BrokerConfig, session: Session) -> Result<Link, crate::config::ConfigError> {
+    if let Some(warning) = config.plaintext_warning() {
+        tracing::warn!("{warning}");
+    }
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     match config.url_or_local() {
@@ -221,34 +241,42 @@ pub fn open(config: &BrokerConfig, session: Session) -> Link {
             }
             let flushed = CancellationToken::new();
             flushed.cancel();
-            Link {
+            Ok(Link {
                 client: LinkClient::Memory(client),
                 events: Events::Memory(events),
                 connected: Arc::new(AtomicBool::new(true)),
                 stop,
                 flushed,
                 tasks,
-            }
+                failure: Arc::default(),
+            })
         }
-        BrokerUrl::Tcp { host, port } => {
+        BrokerUrl::Tcp { host, port, tls } => {
+            let tls = if tls {
+                Some(tls::client_config(config)?)
+            } else {
+                None
+            };
             let connected = Arc::new(AtomicBool::new(false));
+            let failure = Arc::default();
             let (client, events, flushed) = mqtt::open(
                 config,
-                &host,
-                port,
+                (&host, port, tls),
                 session,
                 &tasks,
                 stop.clone(),
                 connected.clone(),
+                Arc::clone(&failure),
             );
-            Link {
+            Ok(Link {
                 client,
                 events,
                 connected,
                 stop,
                 flushed,
                 tasks,
-            }
+                failure,
+            })
         }
     }
 }

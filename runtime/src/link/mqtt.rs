@@ -14,27 +14,33 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
     Packet, StateError,
 };
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(super) fn open(
     config: &BrokerConfig,
-    host: &str,
-    port: u16,
+    (host, port, tls): (&str, u16, Option<Arc<rustls::ClientConfig>>),
     session: Session,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
     connected: Arc<AtomicBool>,
+    failure: Arc<Mutex<Option<String>>>,
 ) -> (LinkClient, Events, CancellationToken) {
+    let client_id = session.client_id.clone();
     let mut opts = MqttOptions::new(session.client_id.clone(), host, port);
     opts.set_keep_alive(config.keep_alive());
     opts.set_max_packet_size(config.max_packet_size, config.max_packet_size);
     opts.set_clean_session(true);
     opts.set_request_channel_capacity(1024);
+    if let Some(tls) = tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
     if let Some(user) = &config.username {
         opts.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
     }
@@ -52,7 +58,14 @@ pub(super) fn open(
         tx,
         shutdown.clone(),
         connected,
-        config.username.is_some(),
+        Refusals {
+            with_login: config.username.is_some(),
+            client_id,
+            // a half-open connection of this client's is dropped by the
+            // broker after 1.5 keep-alives; beyond that, the id is another's
+            patience: config.keep_alive() * 2,
+            failure,
+        },
     ));
     tracker.spawn(writer(client.clone(), outgoing, shutdown, flushed.clone()));
     (
@@ -122,12 +135,28 @@ async fn writer(
     }
 }
 
+/// How the pump treats a broker that will not let this client in.
+#[derive(Debug)]
+struct Refusals {
+    /// Whether the client logs in (for the hint).
+    with_login: bool,
+    client_id: String,
+    /// How long a refused client id may stay refused, on a link that was
+    /// never accepted, before the link gives up ([`super::Link::failure`]).
+    patience: Duration,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
 /// What to check when a connection ends before the broker accepted it
 /// (`accepted`): a refused CONNACK, or a broker that hangs up on the login.
 fn refusal_hint(e: &ConnectionError, accepted: bool, with_login: bool) -> Option<&'static str> {
     const LOGIN: &str = "check broker.username (a vehicle's is its client_id) and its password (the broker-password file `convoy-server provision` wrote); a vehicle that is not provisioned, or was blocked with `convoy-server vehicles block`, is refused too";
     const NO_LOGIN: &str = "the broker may require a login: set broker.username (a vehicle's is its client_id) and broker.password_file";
+    const TWIN: &str = "another client is connected with this client_id (a second agent with the same id, or this one's previous connection, which the broker drops after 1.5 keep-alives)";
+    const TLS: &str = "the TLS handshake failed: check that broker.ca_file holds the CA that signed the broker's certificate, that the URL's host is named in that certificate, and, for mutual TLS, broker.cert_file and broker.key_file";
     match e {
+        ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId) => Some(TWIN),
+        ConnectionError::Tls(_) => Some(TLS),
         ConnectionError::ConnectionRefused(
             ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
         ) => Some(if with_login { LOGIN } else { NO_LOGIN }),
@@ -145,9 +174,11 @@ async fn pump(
     tx: mpsc::Sender<LinkEvent>,
     shutdown: CancellationToken,
     connected: Arc<AtomicBool>,
-    with_login: bool,
+    refusals: Refusals,
 ) {
     let mut backoff = Duration::from_millis(200);
+    let mut ever_accepted = false;
+    let mut refused_since: Option<Instant> = None;
     loop {
         let polled = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -156,6 +187,7 @@ async fn pump(
         let event = match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(200);
+                ever_accepted = true;
                 connected.store(true, Ordering::Relaxed);
                 tracing::debug!("connected to broker");
                 // A clean session forgets subscriptions: renew them all.
@@ -179,7 +211,24 @@ async fn pump(
                     break; // nobody listens any more: do not reconnect
                 }
                 let retry_in_ms = backoff.as_millis() as u64;
-                match refusal_hint(&e, accepted, with_login) {
+                if matches!(
+                    e,
+                    ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId)
+                ) && !ever_accepted
+                {
+                    let since = *refused_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= refusals.patience {
+                        let why = format!(
+                            "the broker refuses client id {:?} because another client is connected with it (for {} s now): another agent runs with this client_id; stop it, or give this one a client_id of its own",
+                            refusals.client_id,
+                            since.elapsed().as_secs()
+                        );
+                        tracing::error!("{why}");
+                        *refusals.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                        break;
+                    }
+                }
+                match refusal_hint(&e, accepted, refusals.with_login) {
                     Some(hint) => {
                         tracing::warn!(error = %e, retry_in_ms, "broker refused the connection: {hint}")
                     }
@@ -235,6 +284,12 @@ mod tests {
             refusal_hint(&hung_up, false, false)
                 .unwrap()
                 .contains("require a login")
+        );
+        let twin = ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId);
+        assert!(
+            refusal_hint(&twin, false, true)
+                .unwrap()
+                .contains("another client")
         );
         // after it was accepted, a drop is a drop
         assert_eq!(refusal_hint(&hung_up, true, true), None);

@@ -9,6 +9,7 @@ use convoy_shared::strategy::robust::{Rule, Weighting};
 use convoy_shared::topics::TopicId;
 pub use convoy_store::StorePolicy;
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod sections;
@@ -119,6 +120,16 @@ impl ServerConfig {
             resolve(path, k);
         }
         config.broker.link.resolve_paths(path);
+        for p in [
+            &mut config.broker.tls_cert,
+            &mut config.broker.tls_key,
+            &mut config.broker.tls_client_ca,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(path, p);
+        }
         config.apply_env()?;
         resolve(path, &mut config.db);
         config.broker.link.load_password()?;
@@ -247,7 +258,7 @@ impl ServerConfig {
         }
         if let Some(key) = self.broker.unknown.keys().next() {
             return bad(format!(
-                "unknown key broker.{key}; known: url, listen, client_id, allow_anonymous, username, password, password_file, max_packet_size, keep_alive_secs"
+                "unknown key broker.{key}; known: url, listen, tls_listen, tls_cert, tls_key, tls_client_ca, client_id, allow_anonymous, username, password, password_file, max_packet_size, keep_alive_secs, ca_file, cert_file, key_file, allow_plaintext"
             ));
         }
         self.broker.link.validate()?;
@@ -287,13 +298,48 @@ impl ServerConfig {
                 b.daily_mb, b.monthly_mb
             ));
         }
-        if self.broker.link.url.is_none()
-            && self.broker.listen.parse::<std::net::SocketAddr>().is_err()
+        if self.embedded_broker() {
+            self.validate_embedded_broker()?;
+        }
+        Ok(())
+    }
+
+    /// The embedded broker's listeners: at least one; TLS with its files;
+    /// plain TCP off this machine only with `allow_plaintext`.
+    fn validate_embedded_broker(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let b = &self.broker;
+        let address = |key: &str, text: &str| -> Result<Option<SocketAddr>, ConfigError> {
+            if text.is_empty() {
+                return Ok(None);
+            }
+            text.parse().map(Some).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "broker.{key} {text:?} is not an address like 127.0.0.1:1883 (empty: none)"
+                ))
+            })
+        };
+        let plain = address("listen", &b.listen)?;
+        let tls = address("tls_listen", &b.tls_listen)?;
+        if plain.is_none() && tls.is_none() {
+            return bad("broker.listen and broker.tls_listen are both empty: the embedded broker needs at least one listener".into());
+        }
+        if let Some(addr) = plain
+            && !addr.ip().is_loopback()
+            && !b.link.allow_plaintext
         {
             return bad(format!(
-                "broker.listen {:?} is not an address like 127.0.0.1:1883",
-                self.broker.listen
+                "broker.listen {addr} accepts plain TCP from other machines: anyone on the path could read and change every update and model. Serve vehicles on broker.tls_listen (with tls_cert and tls_key), keep broker.listen on 127.0.0.1, or set broker.allow_plaintext = true to accept the risk"
             ));
+        }
+        if tls.is_some() && (b.tls_cert.is_none() || b.tls_key.is_none()) {
+            return bad("broker.tls_listen needs broker.tls_cert and broker.tls_key (PEM files; `convoy-server tls init` makes them)".into());
+        }
+        if tls.is_none() && (b.tls_cert.is_some() || b.tls_client_ca.is_some()) {
+            return bad("broker.tls_cert or broker.tls_client_ca is set but broker.tls_listen is empty: set tls_listen (for example 0.0.0.0:8883)".into());
+        }
+        if plain.is_none() && b.link.ca_file.is_none() {
+            return bad("broker.listen is empty, so the server reaches its own broker over TLS: set broker.ca_file to the CA that signed broker.tls_cert".into());
         }
         Ok(())
     }
@@ -302,12 +348,62 @@ impl ServerConfig {
     /// embedded one on `listen`.
     pub fn client_broker(&self) -> BrokerConfig {
         let mut link = self.broker.link.clone();
-        if link.url.is_none()
-            && let Ok(addr) = self.broker.listen.parse()
-        {
-            link.url = Some(BrokerUrl::tcp(addr));
+        if link.url.is_none() {
+            let here = |addr: SocketAddr| -> SocketAddr {
+                if addr.ip().is_unspecified() {
+                    SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+                } else {
+                    addr
+                }
+            };
+            if let Ok(addr) = self.broker.listen.parse() {
+                link.url = Some(BrokerUrl::tcp(here(addr)));
+            } else if let Ok(addr) = self.broker.tls_listen.parse() {
+                link.url = Some(BrokerUrl::tls(here(addr)));
+            }
         }
         link
+    }
+
+    /// Whether vehicles reach the broker over TLS, as far as the server can
+    /// tell: an external broker at an `mqtts://` URL, or an embedded one
+    /// with a TLS listener and no plain listener off this machine. The
+    /// ledger's wire figures then include TLS's record framing.
+    pub fn vehicles_on_tls(&self) -> bool {
+        match &self.broker.link.url {
+            Some(BrokerUrl::Tcp { tls, .. }) => *tls,
+            Some(BrokerUrl::Memory(_)) => false,
+            None => {
+                let plain_here_only = self.broker.listen.is_empty()
+                    || self
+                        .broker
+                        .listen
+                        .parse::<SocketAddr>()
+                        .is_ok_and(|a| a.ip().is_loopback());
+                !self.broker.tls_listen.is_empty() && plain_here_only
+            }
+        }
+    }
+
+    /// The embedded broker's listeners, as configured.
+    pub fn broker_listen(&self) -> crate::broker::Listen {
+        let b = &self.broker;
+        let tls = match (b.tls_listen.parse(), &b.tls_cert, &b.tls_key) {
+            (Ok(addr), Some(cert), Some(key)) => Some((
+                addr,
+                crate::tls::TlsFiles {
+                    ca: b.link.ca_file.clone().unwrap_or_default(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+            )),
+            _ => None,
+        };
+        crate::broker::Listen {
+            plain: b.listen.parse().ok(),
+            tls,
+            client_ca: b.tls_client_ca.clone(),
+        }
     }
 
     /// The server's key file.

@@ -68,8 +68,22 @@ pub struct ServerIdentity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ServerBroker {
-    /// Listen address of the embedded broker (used when `url` is unset).
+    /// Plain-TCP listen address of the embedded broker (used when `url` is
+    /// unset); empty: none. Any address but loopback needs
+    /// `allow_plaintext = true`: vehicles should use `tls_listen`.
     pub listen: String,
+    /// TLS listen address of the embedded broker (for example
+    /// `0.0.0.0:8883`); empty: none. Needs `tls_cert` and `tls_key`.
+    pub tls_listen: String,
+    /// The embedded broker's certificate chain (PEM), which vehicles verify
+    /// against their `broker.ca_file` (`convoy-server tls init` makes a CA
+    /// and one).
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Require every TLS client to present a certificate signed by this CA
+    /// (PEM): mutual TLS. `provision --tls-ca` issues vehicle certificates.
+    pub tls_client_ca: Option<PathBuf>,
     /// MQTT client id of the server; the embedded broker lets no one else
     /// take it.
     pub client_id: String,
@@ -93,6 +107,10 @@ impl Default for ServerBroker {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:1883".into(),
+            tls_listen: String::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             client_id: "convoy-server".into(),
             allow_anonymous: false,
             link: BrokerConfig::default(),

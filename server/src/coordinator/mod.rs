@@ -44,7 +44,7 @@ use convoy_shared::params::ParamSet;
 use convoy_shared::spec::ModelSpec;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::version::VersionId;
-use convoy_shared::wire::{self, Kind, WireError, mqtt_publish_wire_len};
+use convoy_shared::wire::{self, Kind, WireError, publish_wire_len};
 use convoy_store::{RoundRow, Store, StoredVersion};
 use registry::Registry;
 use rounds::{Closing, OpenRound};
@@ -298,7 +298,8 @@ impl Coordinator {
         payload: &[u8],
         out: &mut Vec<Output>,
     ) -> Result<(), ServerError> {
-        let wire_len = mqtt_publish_wire_len(topic.len(), payload.len(), 1);
+        let wire_len =
+            publish_wire_len(topic.len(), payload.len(), 1, self.config.vehicles_on_tls());
         let current = self.round.as_ref().map(|r| r.announce.round);
         let inbound = match self.inbox.decode(&self.store, topic, payload) {
             Ok(Some(inbound)) => inbound,

@@ -11,7 +11,7 @@ use convoy_shared::params::ParamSet;
 use convoy_shared::strategy::publish::{self, Delta};
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::version::{self, MODEL_CHUNK_SIZE, VersionId};
-use convoy_shared::wire::{Kind, mqtt_publish_wire_len};
+use convoy_shared::wire::{Kind, publish_wire_len};
 use convoy_store::ClientRow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -37,7 +37,8 @@ impl Coordinator {
                 }
             };
             bytes += payload.len() as u64;
-            wire_bytes += mqtt_publish_wire_len(topic.len(), payload.len(), 1);
+            wire_bytes +=
+                publish_wire_len(topic.len(), payload.len(), 1, self.config.vehicles_on_tls());
             chunks += 1;
             out.push(Output::Publish(Outgoing::new(topic.as_str(), payload)));
         }

@@ -72,6 +72,9 @@ pub struct Board {
     pub status_username: Option<String>,
     /// File on this machine with that login's password (first line).
     pub status_password_file: Option<PathBuf>,
+    /// CA (PEM) the deployer verifies an `mqtts://` status broker with
+    /// (default: the agent template's `broker.ca_file`).
+    pub status_ca_file: Option<PathBuf>,
     /// Install prefix on the board ("/" on a real board).
     #[serde(default = "default_root")]
     pub root: String,
@@ -157,6 +160,7 @@ pub fn load_inventory(path: &Path) -> Result<Vec<Board>, DeployError> {
             .chain(board.password_file.as_mut())
             .chain(board.keys_dir.as_mut())
             .chain(board.status_password_file.as_mut())
+            .chain(board.status_ca_file.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);

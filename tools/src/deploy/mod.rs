@@ -164,7 +164,11 @@ async fn deploy_board(board: Board, label: String, dry_run: bool) -> BoardResult
                 ..
             } => ssh(&board, &upload_script(remote, mode), Some(bytes)).await,
             Action::WaitActive { script } => wait_active(&board, script).await,
-            Action::WaitStatus { url, fleet } => wait_status(&board, url, fleet, &label).await,
+            Action::WaitStatus {
+                url,
+                fleet,
+                ca_file,
+            } => wait_status(&board, url, fleet, ca_file.clone(), &label).await,
         };
         match done {
             Ok(out) => {

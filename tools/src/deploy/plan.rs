@@ -3,6 +3,7 @@
 use super::{Board, ServiceManager};
 use convoy_server::identity::{SERVER_PUB, VEHICLE_KEY};
 use convoy_shared::topics;
+use std::path::PathBuf;
 
 /// Quotes `s` for a POSIX shell.
 pub(super) fn sh_quote(s: &str) -> String {
@@ -24,7 +25,11 @@ pub(super) enum Action {
     /// Polls the service's "active" check.
     WaitActive { script: String },
     /// Waits for the agent's status carrying this deployment label.
-    WaitStatus { url: String, fleet: String },
+    WaitStatus {
+        url: String,
+        fleet: String,
+        ca_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +311,10 @@ pub(super) fn plan(board: &Board, label: &str) -> Result<(Vec<Step>, usize), Str
         action: Action::WaitStatus {
             url,
             fleet: agent.fleet.to_string(),
+            ca_file: board
+                .status_ca_file
+                .clone()
+                .or_else(|| agent.broker.ca_file.clone()),
         },
     });
     Ok((steps, swap_index))
@@ -379,7 +388,7 @@ pub(super) fn describe(board: &Board, step: &Step) -> String {
             "{ssh} {} < {source}",
             sh_quote(&format!("sh -c {}", sh_quote(&upload_script(remote, mode))))
         ),
-        Action::WaitStatus { url, fleet } => format!(
+        Action::WaitStatus { url, fleet, .. } => format!(
             "subscribe {url} {}: wait for a status with this deployment label, not offline",
             topics::client(fleet, topics::ClientTopic::Status, &board.client_id)
         ),

@@ -78,6 +78,7 @@ pub(super) async fn wait_status(
     board: &Board,
     url: &str,
     fleet: &str,
+    ca_file: Option<std::path::PathBuf>,
     label: &str,
 ) -> Result<String, String> {
     let url: BrokerUrl = url.parse().map_err(|e: link::BadUrl| e.to_string())?;
@@ -86,6 +87,7 @@ pub(super) async fn wait_status(
         max_packet_size: 1024 * 1024,
         username: login.as_ref().map(|l| l.0.clone()),
         password: login.as_ref().map(|l| l.1.clone()),
+        ca_file,
         ..BrokerConfig::at(url)
     };
     // With the vehicle's public key at hand, only its own signature counts.
@@ -105,7 +107,7 @@ pub(super) async fn wait_status(
         subscriptions: vec![topic.as_str().to_string()],
         will: None,
     };
-    let mut link = link::open(&config, session);
+    let mut link = link::open(&config, session).map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(board.verify_timeout_secs);
     loop {
         let event = tokio::time::timeout_at(deadline, link.events.recv())

@@ -243,7 +243,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     let _ = std::fs::remove_dir_all(&state);
 
     let broker = match options.transport {
-        Transport::Mqtt => fleet::local_broker(&db).await?,
+        Transport::Mqtt => fleet::local_broker(&db, "sim").await?,
         // a fresh name per run: several simulations may share a process
         Transport::Memory => fleet::LocalBroker::memory(format!(
             "sim-{}-{}",
@@ -251,7 +251,6 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             convoy_runtime::clock::now_ms()
         )),
     };
-    let url = broker.url.clone();
     let server = ServerConfig {
         fleet: "sim".parse().map_err(anyhow::Error::msg)?,
         db,
@@ -307,7 +306,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             let mut config = fleet::agent_config(
                 "sim",
                 &id,
-                &url,
+                &broker,
                 state.join(&id),
                 fleet::prepared_data_config(&spec.primary().label),
             )?;
