@@ -4,7 +4,7 @@
 //! fails goes to [`crate::rejection`]. Nothing unsigned is acted on, not
 //! even with a status in reply.
 
-use convoy_shared::identity::PublicKey;
+use convoy_shared::identity::Trusted;
 use convoy_shared::messages::{AlignRequest, Announce, ModelChunk, UpdateAck};
 use convoy_shared::topics::{self, ClientTopic, TopicId};
 use convoy_shared::wire::{self, Kind, WireError};
@@ -42,13 +42,13 @@ pub struct Inbox {
     align: String,
     model: String,
     ack: String,
-    server: PublicKey,
+    server: Trusted,
     max_packet: usize,
 }
 
 impl Inbox {
     /// The gate for vehicle `me` of `fleet`.
-    pub fn new(fleet: &TopicId, me: &TopicId, server: PublicKey, max_packet: usize) -> Self {
+    pub fn new(fleet: &TopicId, me: &TopicId, server: Trusted, max_packet: usize) -> Self {
         Self {
             round: topics::round(fleet).as_str().to_string(),
             align: topics::align(fleet).as_str().to_string(),
@@ -118,7 +118,8 @@ impl Inbox {
         max: usize,
         what: &'static str,
     ) -> Result<T, Refused> {
-        wire::decode(payload, kind, max, topic, &self.server, "the server")
+        let now = convoy_runtime::clock::now_ms();
+        wire::decode_trusted(payload, kind, max, topic, &self.server, now, "the server")
             .map_err(|error| Refused { what, error })
     }
 }

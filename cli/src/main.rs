@@ -48,6 +48,9 @@ enum Command {
     /// TLS for the embedded broker: `tls init` makes an operator CA and the
     /// broker's certificate (`provision --tls-ca` issues vehicle ones).
     Tls(cmd::tls::Args),
+    /// Key rotation: `keys rotate-server` gives the server a new signing
+    /// key with an overlap (`provision --rotate` does the vehicles').
+    Keys(cmd::keys::Args),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Models(args) => cmd::models::run(args),
         Command::Vehicles(args) => cmd::vehicles::run(args),
         Command::Tls(args) => cmd::tls::run(args),
+        Command::Keys(args) => cmd::keys::run(args),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,9 +40,15 @@ fn run_exits_non_zero_when_every_round_failed() {
     let server_key = identity::server_key(&dir.path().join("server.key")).unwrap();
     let store = Store::open(&dir.path().join("convoy.db")).unwrap();
     let id = "car".parse().unwrap();
-    let car = identity::provision(&store, &server_key.public(), &[id], dir.path(), false)
-        .unwrap()
-        .remove(0);
+    let car = identity::provision(
+        &store,
+        &server_key.public().into(),
+        &[id],
+        dir.path(),
+        false,
+    )
+    .unwrap()
+    .remove(0);
     drop(store);
     let car_key = SecretKey::read(&car.dir.join(identity::VEHICLE_KEY)).unwrap();
 

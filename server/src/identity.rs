@@ -7,7 +7,7 @@
 
 pub use crate::credentials::{new_password, password_hash, same_digest};
 use crate::error::ServerError;
-use convoy_shared::identity::{KeyError, PublicKey, SecretKey};
+use convoy_shared::identity::{KeyError, PublicKey, SecretKey, Trusted};
 use convoy_shared::topics::TopicId;
 use convoy_store::{Store, VehicleRow};
 use std::collections::HashMap;
@@ -42,6 +42,42 @@ pub fn server_key(path: &Path) -> Result<SecretKey, ServerError> {
     Ok(key)
 }
 
+/// What vehicles should trust for the server whose key is at `path`: the
+/// `server.pub` beside it (with the previous key, after a rotation) when it
+/// names this key, else this key alone.
+pub fn server_trusted(key: &SecretKey, path: &Path) -> Trusted {
+    match Trusted::read(&path.with_file_name(SERVER_PUB)) {
+        Ok(t) if t.current == key.public() => t,
+        _ => key.public().into(),
+    }
+}
+
+/// Rotates the server's key pair at `path`: a new key takes its place (the
+/// old one is kept as `<path>.previous`), and `server.pub` beside it names
+/// the new key and trusts the old one until `until_ms`. A running server
+/// signs with the new key from its next start; install the new
+/// `server.pub` on the vehicles first (it trusts both).
+pub fn rotate_server_key(path: &Path, until_ms: u64) -> Result<Trusted, ServerError> {
+    let old = SecretKey::read(path)?;
+    let new = SecretKey::generate();
+    let staged = path.with_extension("next");
+    let _ = std::fs::remove_file(&staged);
+    new.write_new(&staged)?;
+    let previous = path.with_extension("previous");
+    let io = |e: std::io::Error| ServerError::Config(format!("rotating {}: {e}", path.display()));
+    let _ = std::fs::remove_file(&previous);
+    // the old key stays at `path` until the new one replaces it in one step
+    std::fs::hard_link(path, &previous).map_err(io)?;
+    std::fs::rename(&staged, path).map_err(io)?;
+    let trusted = Trusted {
+        current: new.public(),
+        previous: Some((old.public(), until_ms)),
+    };
+    trusted.write(&path.with_file_name(SERVER_PUB))?;
+    tracing::info!(key = %path.display(), public = %new.public(), "server key rotated");
+    Ok(trusted)
+}
+
 /// Is `payload` on `topic` empty (a cleared retained message) or a `T`
 /// the server itself signed? Anything else on a topic only the server
 /// publishes on is a forgery.
@@ -72,7 +108,7 @@ pub fn own_or_empty<T: serde::de::DeserializeOwned>(
 /// vehicle (`provision --replace`) is not refused for long.
 #[derive(Debug, Default)]
 pub struct Keyring {
-    keys: HashMap<String, PublicKey>,
+    keys: HashMap<String, Trusted>,
     /// Store's data version at the last load.
     version: Option<i64>,
     checked: Option<Instant>,
@@ -101,10 +137,18 @@ impl Keyring {
             .into_iter()
             .filter(|v| !blocked.contains(&v.client))
             .filter_map(|v| {
-                PublicKey::from_hex(&v.public_key, &v.client)
-                    .map_err(|e| tracing::error!(client = %v.client, error = %e, "stored key unreadable"))
-                    .ok()
-                    .map(|k| (v.client, k))
+                let unreadable =
+                    |e: KeyError| tracing::error!(client = %v.client, error = %e, "stored key unreadable");
+                let current = PublicKey::from_hex(&v.public_key, &v.client)
+                    .map_err(unreadable)
+                    .ok()?;
+                let previous = v.previous_key.as_ref().and_then(|(hex, until)| {
+                    PublicKey::from_hex(hex, &v.client)
+                        .map_err(unreadable)
+                        .ok()
+                        .map(|k| (k, *until))
+                });
+                Some((v.client, Trusted { current, previous }))
             })
             .collect();
         self.version = Some(version);
@@ -127,8 +171,8 @@ impl Keyring {
         }
     }
 
-    /// The key of `client`, if provisioned.
-    pub fn get(&mut self, client: &str, store: &Store) -> Option<PublicKey> {
+    /// The keys of `client`, if provisioned.
+    pub fn get(&mut self, client: &str, store: &Store) -> Option<Trusted> {
         let due = self
             .checked
             .is_none_or(|t| t.elapsed() >= Self::RECHECK_EVERY);
@@ -151,7 +195,8 @@ impl Keyring {
     ) -> Result<T, crate::rejection::Rejection> {
         use crate::rejection::Rejection;
         let key = self.get(client, store).ok_or(Rejection::UnknownVehicle)?;
-        convoy_shared::wire::decode(payload, kind, max, topic, &key, client)
+        let now = convoy_runtime::clock::now_ms();
+        convoy_shared::wire::decode_trusted(payload, kind, max, topic, &key, now, client)
             .map_err(|e| Rejection::decode(e.reason(), e))
     }
 
@@ -173,6 +218,49 @@ impl Keyring {
     }
 }
 
+/// Rotates the keys of the provisioned vehicles `ids`: each gets a new key
+/// pair under `out/<id>/` (`vehicle.key`, `vehicle.pub`, and `server.pub`
+/// again), its broker password stays, and what its old key signed counts
+/// until `until_ms`. Install the new `vehicle.key`; an update the vehicle
+/// signed before is still accepted during the overlap.
+pub fn rotate_vehicles(
+    store: &Store,
+    server: &Trusted,
+    ids: &[TopicId],
+    out: &Path,
+    until_ms: u64,
+) -> Result<Vec<Provisioned>, ServerError> {
+    let existing: Vec<String> = store.vehicles()?.into_iter().map(|v| v.client).collect();
+    if let Some(id) = ids
+        .iter()
+        .find(|id| !existing.iter().any(|e| e == id.as_str()))
+    {
+        return Err(ServerError::Config(format!(
+            "vehicle {id} is not provisioned: `convoy-server provision {id}` first"
+        )));
+    }
+    let mut done = Vec::with_capacity(ids.len());
+    for id in ids {
+        let dir = out.join(id.as_str());
+        let key = SecretKey::generate();
+        let _ = std::fs::remove_file(dir.join(VEHICLE_KEY));
+        key.write_new(&dir.join(VEHICLE_KEY))?;
+        key.public().write(&dir.join(VEHICLE_PUB))?;
+        server.write(&dir.join(SERVER_PUB))?;
+        store.rotate_vehicle_key(id.as_str(), &key.public().to_string(), until_ms)?;
+        let password = std::fs::read_to_string(dir.join(BROKER_PASSWORD))
+            .map(|p| p.trim().to_string())
+            .unwrap_or_default();
+        done.push(Provisioned {
+            client: id.clone(),
+            dir,
+            public_key: key.public(),
+            password,
+        });
+    }
+    Ok(done)
+}
+
 /// One vehicle's credentials, as written by [`provision`].
 #[derive(Debug, Clone)]
 pub struct Provisioned {
@@ -192,7 +280,7 @@ pub struct Provisioned {
 /// old key and password stop working).
 pub fn provision(
     store: &Store,
-    server: &PublicKey,
+    server: &Trusted,
     ids: &[TopicId],
     out: &Path,
     replace: bool,
@@ -227,6 +315,7 @@ pub fn provision(
                 public_key: key.public().to_string(),
                 password_hash: password_hash(&password),
                 created_ms: convoy_runtime::clock::now_ms(),
+                previous_key: None,
             },
             true,
         )?;
@@ -259,7 +348,7 @@ mod tests {
             .map(|s| s.parse().unwrap())
             .collect();
         let out = dir.path().join("out");
-        let made = provision(&store, &server.public(), &ids, &out, false).unwrap();
+        let made = provision(&store, &server.public().into(), &ids, &out, false).unwrap();
         assert_eq!(made.len(), 2);
         let key = SecretKey::read(&out.join("car-1").join(VEHICLE_KEY)).unwrap();
         assert_eq!(key.public(), made[0].public_key);
@@ -268,18 +357,104 @@ mod tests {
         assert!(same_digest(&password_hash(pass.trim()), &stored));
         assert!(!same_digest(&password_hash("guess"), &stored));
         let mut ring = Keyring::load(&store).unwrap();
-        assert_eq!(ring.get("car-2", &store), Some(made[1].public_key));
+        assert_eq!(ring.get("car-2", &store), Some(made[1].public_key.into()));
         assert_eq!(ring.get("car-9", &store), None);
         // Provisioned by another process while the server runs: known from
         // its first message, with no wait.
         let other = Store::open(&dir.path().join("c.db")).unwrap();
         let late: TopicId = "car-9".parse().unwrap();
-        let nine = provision(&other, &server.public(), &[late], &out, false).unwrap();
-        assert_eq!(ring.get("car-9", &store), Some(nine[0].public_key));
+        let nine = provision(&other, &server.public().into(), &[late], &out, false).unwrap();
+        assert_eq!(ring.get("car-9", &store), Some(nine[0].public_key.into()));
         assert_eq!(ring.len(), 3);
-        let again = provision(&store, &server.public(), &ids[..1], &out, false);
+        let again = provision(&store, &server.public().into(), &ids[..1], &out, false);
         assert!(again.unwrap_err().to_string().contains("--replace"));
-        let rekeyed = provision(&store, &server.public(), &ids[..1], &out, true).unwrap();
+        let rekeyed = provision(&store, &server.public().into(), &ids[..1], &out, true).unwrap();
         assert_ne!(rekeyed[0].public_key, made[0].public_key);
+    }
+
+    /// A message signed with a rotated-out key, on a vehicle's topic.
+    fn signed_status(key: &SecretKey, client: &str) -> (String, Vec<u8>) {
+        use convoy_shared::messages::{AgentState, Status, id};
+        let topic =
+            convoy_shared::topics::client("f", convoy_shared::topics::ClientTopic::Status, client);
+        let status = Status::new(id(client).unwrap(), AgentState::Idle, (1, 1));
+        let payload =
+            convoy_shared::wire::encode(convoy_shared::wire::Kind::Status, &status, &topic, key)
+                .unwrap();
+        (topic.to_string(), payload)
+    }
+
+    #[test]
+    fn a_rotated_vehicle_key_counts_during_the_overlap_then_is_refused() {
+        use convoy_shared::messages::Status;
+        use convoy_shared::wire::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db")).unwrap();
+        let server = server_key(&dir.path().join("server.key")).unwrap();
+        let ids: Vec<TopicId> = ["car-1", "car-2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let out = dir.path().join("out");
+        let trusted: Trusted = server.public().into();
+        provision(&store, &trusted, &ids, &out, false).unwrap();
+        let old = |id: &str| SecretKey::read(&out.join(id).join(VEHICLE_KEY)).unwrap();
+        let (old1, old2) = (old("car-1"), old("car-2"));
+        let password = std::fs::read_to_string(out.join("car-1").join(BROKER_PASSWORD)).unwrap();
+        let now = convoy_runtime::clock::now_ms();
+        // car-1 rotates with an hour's overlap, car-2 with one that is over
+        let rotated = rotate_vehicles(&store, &trusted, &ids[..1], &out, now + 3_600_000).unwrap();
+        rotate_vehicles(&store, &trusted, &ids[1..], &out, now - 1).unwrap();
+        assert_eq!(rotated[0].password, password.trim(), "the password stays");
+        let new1 = SecretKey::read(&out.join("car-1").join(VEHICLE_KEY)).unwrap();
+        assert_eq!(new1.public(), rotated[0].public_key);
+        let mut ring = Keyring::load(&store).unwrap();
+        let limit = (Kind::Status, 1 << 16);
+        let decode = |ring: &mut Keyring, key: &SecretKey, client: &str| {
+            let (topic, payload) = signed_status(key, client);
+            ring.decode::<Status>(&store, client, &topic, &payload, limit)
+        };
+        assert!(decode(&mut ring, &new1, "car-1").is_ok(), "the new key");
+        assert!(
+            decode(&mut ring, &old1, "car-1").is_ok(),
+            "the old key, within the overlap"
+        );
+        let refused = decode(&mut ring, &old2, "car-2").unwrap_err();
+        assert_eq!(
+            refused.reason(),
+            "bad_signature",
+            "the old key after the overlap"
+        );
+        let stranger = decode(&mut ring, &SecretKey::generate(), "car-1").unwrap_err();
+        assert_eq!(stranger.reason(), "bad_signature");
+        // an unknown vehicle cannot be rotated
+        let ghost: TopicId = "car-9".parse().unwrap();
+        let e = rotate_vehicles(&store, &trusted, &[ghost], &out, now).unwrap_err();
+        assert!(e.to_string().contains("not provisioned"), "{e}");
+    }
+
+    #[test]
+    fn a_rotated_server_key_is_written_with_the_old_one_trusted_until_the_overlap_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.key");
+        let old = server_key(&path).unwrap();
+        let trusted = rotate_server_key(&path, 42).unwrap();
+        let new = server_key(&path).unwrap();
+        assert_ne!(new.public(), old.public());
+        assert_eq!(trusted.current, new.public());
+        assert_eq!(trusted.previous, Some((old.public(), 42)));
+        assert_eq!(
+            Trusted::read(&dir.path().join(SERVER_PUB)).unwrap(),
+            trusted
+        );
+        assert_eq!(server_trusted(&new, &path), trusted);
+        assert_eq!(
+            SecretKey::read(&path.with_extension("previous"))
+                .unwrap()
+                .public(),
+            old.public()
+        );
+        // a server.pub that names another key is not trusted for this one
+        assert_eq!(server_trusted(&old, &path), Trusted::from(old.public()));
     }
 }

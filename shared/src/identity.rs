@@ -178,6 +178,85 @@ impl PublicKey {
     }
 }
 
+/// The keys that verify one signer: its current key and, during a key
+/// rotation's overlap, its previous key until a moment (Unix ms). A message
+/// signed by the previous key (a retained announcement, an update stored on
+/// a vehicle before it got its new key) is accepted until then, and refused
+/// after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trusted {
+    /// The key the signer signs with now.
+    pub current: PublicKey,
+    /// The key it signed with before, and until when (Unix ms) that still
+    /// counts.
+    pub previous: Option<(PublicKey, u64)>,
+}
+
+impl From<PublicKey> for Trusted {
+    fn from(current: PublicKey) -> Self {
+        Self {
+            current,
+            previous: None,
+        }
+    }
+}
+
+impl Trusted {
+    /// The previous key, while its overlap lasts at `now_ms`.
+    pub fn previous_at(&self, now_ms: u64) -> Option<&PublicKey> {
+        self.previous
+            .as_ref()
+            .filter(|(_, until)| now_ms < *until)
+            .map(|(key, _)| key)
+    }
+
+    /// Reads a public key file: the current key on its first line and,
+    /// optionally, the previous one on a second line as `<hex> until=<Unix
+    /// ms>` (what a rotation writes; `#` lines are comments).
+    pub fn read(path: &Path) -> Result<Self, KeyError> {
+        let what = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| KeyError::File {
+            path: what.clone(),
+            message: e.to_string(),
+        })?;
+        let mut lines = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        let current = PublicKey::from_hex(lines.next().unwrap_or(""), &what)?;
+        let previous = match lines.next() {
+            None => None,
+            Some(line) => {
+                let bad = || KeyError::Format {
+                    what: what.clone(),
+                    detail: format!(
+                        "the second key line must read `<hex> until=<Unix ms>`, not {line:?}"
+                    ),
+                };
+                let (key, until) = line.split_once(char::is_whitespace).ok_or_else(bad)?;
+                let until: u64 = until
+                    .trim()
+                    .strip_prefix("until=")
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(bad)?;
+                Some((PublicKey::from_hex(key, &what)?, until))
+            }
+        };
+        Ok(Self { current, previous })
+    }
+
+    /// Writes the file [`Trusted::read`] reads (mode 0644, replacing it).
+    pub fn write(&self, path: &Path) -> Result<(), KeyError> {
+        let mut text = self.current.to_string();
+        if let Some((key, until)) = &self.previous {
+            text.push_str(&format!(
+                "\n# the previous key, trusted until the Unix time in ms below\n{key} until={until}"
+            ));
+        }
+        write_key_file(path, &text, false)
+    }
+}
+
 /// Reads a key file: its first non-empty line that is not a `#` comment.
 fn read_key_file(path: &Path) -> Result<String, KeyError> {
     let text = std::fs::read_to_string(path).map_err(|e| KeyError::File {
@@ -227,6 +306,29 @@ fn write_key_file(path: &Path, hex: &str, secret: bool) -> Result<(), KeyError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotated_key_file_trusts_the_previous_key_until_its_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (SecretKey::generate(), SecretKey::generate());
+        let path = dir.path().join("server.pub");
+        let trusted = Trusted {
+            current: new.public(),
+            previous: Some((old.public(), 5_000)),
+        };
+        trusted.write(&path).unwrap();
+        assert_eq!(Trusted::read(&path).unwrap(), trusted);
+        // a reader of one key sees the current one
+        assert_eq!(PublicKey::read(&path).unwrap(), new.public());
+        assert_eq!(trusted.previous_at(4_999), Some(&old.public()));
+        assert_eq!(trusted.previous_at(5_000), None);
+        // a file of one key is a key with no overlap
+        new.public().write(&path).unwrap();
+        assert_eq!(Trusted::read(&path).unwrap(), Trusted::from(new.public()));
+        std::fs::write(&path, format!("{}\n{} soon\n", new.public(), old.public())).unwrap();
+        let e = Trusted::read(&path).unwrap_err().to_string();
+        assert!(e.contains("until="), "{e}");
+    }
 
     #[test]
     fn signs_and_verifies_only_the_same_parts() {

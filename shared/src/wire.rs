@@ -20,7 +20,7 @@
 //! the server's for announcements, model chunks and receipts, the vehicle's
 //! own for everything a vehicle publishes.
 
-use crate::identity::{PublicKey, SIGNATURE_LEN, SecretKey};
+use crate::identity::{PublicKey, SIGNATURE_LEN, SecretKey, Trusted};
 use serde::{Serialize, de::DeserializeOwned};
 use thiserror::Error;
 
@@ -289,6 +289,20 @@ pub fn decode<T: DeserializeOwned>(
     signer: &PublicKey,
     who: &str,
 ) -> Result<T, WireError> {
+    decode_trusted(bytes, expected, max_body, topic, &(*signer).into(), 0, who)
+}
+
+/// [`decode`] for a signer whose key is being rotated: signed by its current
+/// key, or by its previous one while that is still trusted at `now_ms`.
+pub fn decode_trusted<T: DeserializeOwned>(
+    bytes: &[u8],
+    expected: Kind,
+    max_body: usize,
+    topic: &str,
+    signer: &Trusted,
+    now_ms: u64,
+    who: &str,
+) -> Result<T, WireError> {
     let envelope = open(bytes, max_body)?;
     if envelope.kind != expected {
         return Err(WireError::WrongKind {
@@ -296,7 +310,14 @@ pub fn decode<T: DeserializeOwned>(
             got: envelope.kind,
         });
     }
-    envelope.verify(topic, signer, who)?;
+    if let Err(e) = envelope.verify(topic, &signer.current, who) {
+        let by_previous = signer
+            .previous_at(now_ms)
+            .is_some_and(|previous| envelope.verify(topic, previous, who).is_ok());
+        if !by_previous {
+            return Err(e);
+        }
+    }
     postcard::from_bytes(envelope.body).map_err(|e| WireError::Body(e.to_string()))
 }
 
@@ -343,6 +364,41 @@ pub fn publish_wire_len(topic_len: usize, payload_len: usize, qos: u8, tls: bool
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_previous_key_counts_until_its_overlap_ends_then_never() {
+        let (old, new, other) = (
+            SecretKey::generate(),
+            SecretKey::generate(),
+            SecretKey::generate(),
+        );
+        let trusted = Trusted {
+            current: new.public(),
+            previous: Some((old.public(), 1_000)),
+        };
+        let topic = "convoy/v1/f/round";
+        let by = |key: &SecretKey| encode(Kind::Announce, &7u32, topic, key).unwrap();
+        let decode = |bytes: &[u8], now| {
+            decode_trusted::<u32>(
+                bytes,
+                Kind::Announce,
+                64,
+                topic,
+                &trusted,
+                now,
+                "the server",
+            )
+        };
+        assert_eq!(decode(&by(&new), 0).unwrap(), 7);
+        assert_eq!(decode(&by(&new), u64::MAX).unwrap(), 7);
+        assert_eq!(decode(&by(&old), 999).unwrap(), 7, "within the overlap");
+        let late = decode(&by(&old), 1_000).unwrap_err();
+        assert_eq!(late.reason(), "bad_signature", "after the overlap");
+        assert_eq!(
+            decode(&by(&other), 0).unwrap_err().reason(),
+            "bad_signature"
+        );
+    }
 
     #[test]
     fn tls_adds_a_record_per_16_kib_and_one_per_receipt() {

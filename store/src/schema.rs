@@ -205,6 +205,15 @@ const MIGRATIONS: &[Migration] = &[
             )
         },
     },
+    Migration {
+        what: "key rotation: a vehicle's previous key and until when it counts",
+        apply: |c| {
+            c.execute_batch(
+                "ALTER TABLE vehicles ADD COLUMN previous_key TEXT;
+                 ALTER TABLE vehicles ADD COLUMN previous_until_ms INTEGER;",
+            )
+        },
+    },
 ];
 
 /// The schema version a database is at once opened by this release.

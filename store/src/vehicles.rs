@@ -15,6 +15,9 @@ pub struct VehicleRow {
     pub password_hash: String,
     /// When it was provisioned (Unix ms).
     pub created_ms: u64,
+    /// After a key rotation: the previous public key (hex) and until when
+    /// (Unix ms) what it signed still counts.
+    pub previous_key: Option<(String, u64)>,
 }
 
 impl Store {
@@ -38,19 +41,40 @@ impl Store {
     /// Every provisioned vehicle, by id.
     pub fn vehicles(&self) -> Result<Vec<VehicleRow>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT client, public_key, password_hash, created_ms FROM vehicles ORDER BY client",
+            "SELECT client, public_key, password_hash, created_ms, previous_key, previous_until_ms
+             FROM vehicles ORDER BY client",
         )?;
         let rows = stmt
             .query_map([], |r| {
+                let previous: Option<String> = r.get(4)?;
+                let until: Option<i64> = r.get(5)?;
                 Ok(VehicleRow {
                     client: r.get(0)?,
                     public_key: r.get(1)?,
                     password_hash: r.get(2)?,
                     created_ms: r.get::<_, i64>(3)? as u64,
+                    previous_key: previous.zip(until.map(|u| u.max(0) as u64)),
                 })
             })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+
+    /// Rotates a vehicle's key: `public_key` (hex) becomes its key, and the
+    /// one it had is trusted until `until_ms` (`false`: no such vehicle).
+    /// Its broker password stays.
+    pub fn rotate_vehicle_key(
+        &self,
+        client: &str,
+        public_key: &str,
+        until_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE vehicles SET previous_key = public_key, previous_until_ms = ?3,
+                 public_key = ?2 WHERE client = ?1",
+            params![client, public_key, until_ms as i64],
+        )?;
+        Ok(n == 1)
     }
 
     /// The password hash of one vehicle; `None` also for a blocked one.

@@ -111,7 +111,8 @@ async fn soak(rounds: u64, flood_mb: u64) -> anyhow::Result<()> {
         let store = Store::open(&server.db)?;
         let id = "flooder".parse().map_err(anyhow::Error::msg)?;
         let out = scenario.dir.path().join("identity");
-        convoy_server::identity::provision(&store, &key.public(), &[id], &out, true)?.remove(0)
+        convoy_server::identity::provision(&store, &key.public().into(), &[id], &out, true)?
+            .remove(0)
     };
     let config_path = scenario.dir.path().join("server.toml");
     std::fs::write(&config_path, toml::to_string(&server)?)?;

@@ -228,7 +228,7 @@ impl Fleet {
         let store = Store::open(self.db())?;
         let id: TopicId = id.parse().map_err(anyhow::Error::msg)?;
         let out = self.dir().join("identity");
-        let made = identity::provision(&store, &self.server_public()?, &[id], &out, true)?;
+        let made = identity::provision(&store, &self.server_public()?.into(), &[id], &out, true)?;
         let dir = &made.first().context("one vehicle provisioned")?.dir;
         Ok(SecretKey::read(&dir.join(identity::VEHICLE_KEY))?)
     }

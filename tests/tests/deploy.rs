@@ -161,7 +161,13 @@ async fn deploy_installs_verifies_and_rolls_back_over_real_ssh() -> anyhow::Resu
         "car-0".parse().map_err(anyhow::Error::msg)?,
         "car-1".parse().map_err(anyhow::Error::msg)?,
     ];
-    convoy_server::identity::provision(&store, &server.public(), &ids, &work.join("keys"), false)?;
+    convoy_server::identity::provision(
+        &store,
+        &server.public().into(),
+        &ids,
+        &work.join("keys"),
+        false,
+    )?;
     template.data.path = "/var/lib/convoy-agent/data.csv".into();
     std::fs::write(work.join("agent.toml"), toml::to_string(&template)?)?;
 

@@ -227,7 +227,7 @@ async fn the_embedded_broker_keeps_each_vehicle_to_its_own_topics() -> anyhow::R
     ];
     let made = convoy_server::identity::provision(
         &store,
-        &server_key.public(),
+        &server_key.public().into(),
         &ids,
         &dir.path().join("keys"),
         false,

@@ -103,7 +103,13 @@ pub fn provision(server: &ServerConfig, agents: &mut [AgentConfig]) -> anyhow::R
             .iter()
             .map(|i| agents[*i].client_id.clone())
             .collect();
-        let made = identity::provision(&store, &key.public(), &ids, &folder, true)?;
+        let made = identity::provision(
+            &store,
+            &identity::server_trusted(&key, &server.key_file()),
+            &ids,
+            &folder,
+            true,
+        )?;
         for (i, vehicle) in members.into_iter().zip(made) {
             let agent = &mut agents[i];
             agent.identity.key_file = vehicle.dir.join(identity::VEHICLE_KEY);

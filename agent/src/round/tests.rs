@@ -119,7 +119,7 @@ fn restart(config: &AgentConfig, clock: &Arc<ManualClock>, table: &Table) -> Age
     let state = StateDir::open(&config.state_dir).unwrap();
     let keys = Keys {
         vehicle: vehicle_key(),
-        server: server_key().public(),
+        server: server_key().public().into(),
     };
     Agent::new(
         config.clone(),

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 pub mod demo;
 #[cfg(feature = "tools")]
 pub mod deploy;
+pub mod keys;
 pub mod models;
 pub mod plan;
 pub mod provision;

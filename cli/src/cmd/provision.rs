@@ -14,8 +14,17 @@ pub struct Args {
     #[arg(long, default_value = "provisioned")]
     out: PathBuf,
     /// Re-key vehicles already provisioned (their old key and password stop working).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rotate")]
     replace: bool,
+    /// Rotate the keys of vehicles already provisioned: each gets a new key
+    /// pair in --out (install its new vehicle.key); what its old key signed
+    /// still counts for --overlap-hours, then is refused. Passwords stay.
+    #[arg(long)]
+    rotate: bool,
+    /// With --rotate: hours the old key still counts (default:
+    /// identity.rotation_overlap_hours, 168).
+    #[arg(long, requires = "rotate")]
+    overlap_hours: Option<u64>,
     /// Also write `mosquitto.passwd` (these vehicles' lines added or
     /// replaced, and the server's when the config has broker.username and
     /// a password) and `mosquitto.acl` into --out, for an external Mosquitto.
@@ -48,9 +57,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     let store = Store::open(&config.db)?;
+    let server = convoy_server::identity::server_trusted(&key, &config.key_file());
+    if args.rotate {
+        let hours = args
+            .overlap_hours
+            .unwrap_or(config.identity.rotation_overlap_hours);
+        let until = convoy_runtime::clock::now_ms() + hours * 3_600_000;
+        let made = convoy_server::identity::rotate_vehicles(
+            &store,
+            &server,
+            &args.vehicles,
+            &args.out,
+            until,
+        )?;
+        for v in &made {
+            println!("{:<24} {}  {}", v.client, v.public_key, v.dir.display());
+        }
+        println!(
+            "install each folder's new vehicle.key on its vehicle; what the old keys signed counts for {hours} h more"
+        );
+        return Ok(());
+    }
     let made = convoy_server::identity::provision(
         &store,
-        &key.public(),
+        &server,
         &args.vehicles,
         &args.out,
         args.replace,

@@ -46,6 +46,7 @@ fn rig(tweak: impl FnOnce(&mut ServerConfig)) -> Rig {
             public_key: vehicle_key(client).public().to_string(),
             password_hash: String::new(),
             created_ms: 0,
+            previous_key: None,
         };
         store.add_vehicle(&row, true).unwrap();
     }

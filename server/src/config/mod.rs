@@ -298,6 +298,12 @@ impl ServerConfig {
                 b.daily_mb, b.monthly_mb
             ));
         }
+        if self.identity.rotation_overlap_hours > 8760 {
+            return bad(format!(
+                "identity.rotation_overlap_hours {} must be 0 to 8760 (a year)",
+                self.identity.rotation_overlap_hours
+            ));
+        }
         if self.embedded_broker() {
             self.validate_embedded_broker()?;
         }

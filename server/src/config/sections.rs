@@ -52,14 +52,28 @@ impl BudgetConfig {
     }
 }
 
-/// Where the server's signing key lives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+/// Where the server's signing key lives, and how keys are rotated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerIdentity {
     /// The server's ed25519 secret key, created on first start (0600) with
     /// its public half beside it as `server.pub`, which `provision` installs
     /// on vehicles. Unset: `server.key` beside the database.
     pub key_file: Option<PathBuf>,
+    /// After a key rotation (`keys rotate-server`, `provision --rotate`),
+    /// how long, in hours, what the previous key signed still counts (a
+    /// retained announcement, an update a vehicle stored before it got its
+    /// new key); after that it is refused (`bad_signature`). 0 to 8760.
+    pub rotation_overlap_hours: u64,
+}
+
+impl Default for ServerIdentity {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            rotation_overlap_hours: 168,
+        }
+    }
 }
 
 /// Broker settings: the client keys every convoy binary shares

@@ -67,6 +67,7 @@ fn rig_with(tweak: impl FnOnce(&mut ServerConfig), test: bool) -> Rig {
             public_key: vehicle_key(client).public().to_string(),
             password_hash: String::new(),
             created_ms: 0,
+            previous_key: None,
         };
         store.add_vehicle(&row, true).unwrap();
     }
