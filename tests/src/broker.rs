@@ -62,6 +62,33 @@ impl Broker {
         Self::embedded_on(free_port)
     }
 
+    /// The embedded broker over TLS as the server runs it: it lets in the
+    /// server (`convoy-server` with `server_password`) and the vehicles
+    /// provisioned in `db`, each on its own topics of `fleet`.
+    pub fn embedded_with_logins(
+        fleet: &str,
+        server_password: &str,
+        db: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let listen = Listen {
+            tls: Some((addr, test_tls().clone())),
+            ..Listen::default()
+        };
+        let access = Access::Credentials(convoy_server::broker::Credentials {
+            db: db.to_path_buf(),
+            fleet: fleet.into(),
+            server_id: "convoy-server".into(),
+            server_password: server_password.into(),
+        });
+        let started = convoy_server::broker::start(&listen, MAX_PACKET, access)?;
+        Ok(Self {
+            addr: started.tls.unwrap_or(addr),
+            tls: true,
+            _mosquitto: None,
+        })
+    }
+
     /// [`Broker::embedded`] on the ports `pick` offers.
     fn embedded_on(mut pick: impl FnMut() -> anyhow::Result<u16>) -> anyhow::Result<Self> {
         let mut last = None;

@@ -236,19 +236,7 @@ async fn the_embedded_broker_keeps_each_vehicle_to_its_own_topics() -> anyhow::R
     for (account, vehicle) in accounts[1..].iter_mut().zip(&made) {
         account.1 = vehicle.password.clone();
     }
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let listen = convoy_server::broker::Listen {
-        tls: Some((addr, test_tls().clone())),
-        ..Default::default()
-    };
-    let access = convoy_server::broker::Access::Credentials(convoy_server::broker::Credentials {
-        db,
-        fleet: "acl".into(),
-        server_id: "convoy-server".into(),
-        server_password: accounts[0].1.clone(),
-    });
-    let started = convoy_server::broker::start(&listen, MAX_PACKET, access)?;
-    let url = format!("mqtts://{}", started.tls.expect("a TLS listener"));
+    let url = Broker::embedded_with_logins("acl", &accounts[0].1, &db)?.url();
     // The embedded broker refuses a filter a vehicle may not use (`#`,
     // another vehicle's topics) outright; car-0 also asks for its own.
     let (at_server, at_car0) = acl_scenario(

@@ -265,3 +265,63 @@ async fn a_vehicle_stopped_cleanly_leaves_an_offline_status() -> anyhow::Result<
     }
     Ok(())
 }
+
+/// What a vehicle logs when its broker link is refused: a wrong password
+/// names the login settings to check, and a broker certificate that does
+/// not chain to `broker.ca_file` names the TLS settings. Both against the
+/// embedded broker over TLS, through the agent's own link.
+#[test]
+fn a_refused_login_or_certificate_is_explained_on_the_vehicle() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("convoy.db");
+    let store = convoy_store::Store::open(&db)?;
+    let server = convoy_server::identity::server_key(&dir.path().join("server.key"))?;
+    let car: convoy_shared::topics::TopicId = "car-0".parse().map_err(anyhow::Error::msg)?;
+    convoy_server::identity::provision(
+        &store,
+        &server.public().into(),
+        &[car],
+        &dir.path().join("keys"),
+        false,
+    )?;
+    let broker = Broker::embedded_with_logins("f", "server-secret", &db)?;
+    let other_ca = convoy_server::tls::throwaway(&dir.path().join("other-ca"))?;
+    let attempt = |password: &str, ca: &std::path::Path| {
+        let config = convoy_runtime::link::BrokerConfig {
+            username: Some("car-0".into()),
+            password: Some(password.into()),
+            ca_file: Some(ca.to_path_buf()),
+            ..link(&broker.url())
+        };
+        convoy_runtime::process::logged_at_info(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let session = convoy_runtime::link::Session {
+                    client_id: "car-0".into(),
+                    ..Default::default()
+                };
+                let link = convoy_runtime::link::open(&config, session).expect("link");
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                link.close().await;
+            });
+        })
+    };
+    let wrong_password = attempt("guess", &test_tls().ca);
+    println!("{wrong_password}");
+    assert!(
+        wrong_password.contains("broker refused the connection")
+            && wrong_password.contains("broker.username")
+            && wrong_password.contains("password"),
+        "{wrong_password}"
+    );
+    let wrong_ca = attempt("guess", &other_ca.ca);
+    println!("{wrong_ca}");
+    assert!(
+        wrong_ca.contains("TLS handshake failed") && wrong_ca.contains("broker.ca_file"),
+        "{wrong_ca}"
+    );
+    Ok(())
+}

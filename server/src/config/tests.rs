@@ -121,3 +121,62 @@ fn hidden_layers_too_wide_to_allocate_are_refused_at_load() {
     c.model.hidden = vec![4096, 4096];
     assert!(c.validate().is_ok(), "17 M parameters are allowed");
 }
+
+#[test]
+fn the_embedded_broker_serves_tls_and_plain_tcp_only_on_this_machine() {
+    let with = |text: &str| -> Result<ServerConfig, String> {
+        let c: ServerConfig = toml::from_str(&format!(
+            "[model]\nschema_csv = \"t.csv\"\nlabel = \"y\"\n[broker]\n{text}"
+        ))
+        .map_err(|e| e.to_string())?;
+        c.validate().map(|()| c).map_err(|e| e.to_string())
+    };
+    // plain TCP from other machines needs allow_plaintext
+    let e = with("listen = \"0.0.0.0:1883\"").unwrap_err();
+    assert!(
+        e.contains("allow_plaintext") && e.contains("tls_listen"),
+        "{e}"
+    );
+    let open = with("listen = \"0.0.0.0:1883\"\nallow_plaintext = true").unwrap();
+    assert!(!open.vehicles_on_tls());
+    // TLS needs its files; the server's own link stays plain on loopback
+    let e = with("tls_listen = \"0.0.0.0:8883\"").unwrap_err();
+    assert!(e.contains("tls_cert"), "{e}");
+    let tls =
+        with("tls_listen = \"0.0.0.0:8883\"\ntls_cert = \"b.crt\"\ntls_key = \"b.key\"").unwrap();
+    assert!(tls.vehicles_on_tls());
+    assert_eq!(
+        tls.client_broker().url_or_local().to_string(),
+        "mqtt://127.0.0.1:1883"
+    );
+    let listen = tls.broker_listen();
+    assert_eq!(listen.plain, Some("127.0.0.1:1883".parse().unwrap()));
+    assert_eq!(
+        listen.tls.map(|(a, _)| a),
+        Some("0.0.0.0:8883".parse().unwrap())
+    );
+    // TLS only: the server reaches its broker over TLS, with a CA to trust
+    let e = with(
+        "listen = \"\"\ntls_listen = \"0.0.0.0:8883\"\ntls_cert = \"b.crt\"\ntls_key = \"b.key\"",
+    )
+    .unwrap_err();
+    assert!(e.contains("ca_file"), "{e}");
+    let only = with(
+        "listen = \"\"\ntls_listen = \"0.0.0.0:8883\"\ntls_cert = \"b.crt\"\ntls_key = \"b.key\"\nca_file = \"ca.crt\"",
+    )
+    .unwrap();
+    assert_eq!(
+        only.client_broker().url_or_local().to_string(),
+        "mqtts://127.0.0.1:8883"
+    );
+    let e = with("listen = \"\"").unwrap_err();
+    assert!(e.contains("at least one listener"), "{e}");
+    // an external broker by plain TCP off this machine is refused too
+    let e = with("url = \"mqtt://broker.example:1883\"").unwrap_err();
+    assert!(e.contains("allow_plaintext"), "{e}");
+    assert!(
+        with("url = \"mqtts://broker.example:8883\"")
+            .unwrap()
+            .vehicles_on_tls()
+    );
+}
