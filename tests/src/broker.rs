@@ -89,6 +89,21 @@ impl Broker {
         })
     }
 
+    /// [`Broker::embedded`] on plain TCP (benchmarks that compare the two).
+    pub fn embedded_plain() -> anyhow::Result<Self> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let addr = convoy_server::broker::start_embedded(
+            &addr.to_string(),
+            MAX_PACKET,
+            Access::Anonymous,
+        )?;
+        Ok(Self {
+            addr,
+            tls: false,
+            _mosquitto: None,
+        })
+    }
+
     /// [`Broker::embedded`] on the ports `pick` offers.
     fn embedded_on(mut pick: impl FnMut() -> anyhow::Result<u16>) -> anyhow::Result<Self> {
         let mut last = None;
