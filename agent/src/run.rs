@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Every check `run` makes before it connects: the config, both key files,
-/// a writable state directory, and a CSV with the label column and at least
-/// one row. `convoy-agent check` runs exactly this and refuses all of it;
+/// the TLS files of an `mqtts://` broker, a writable state directory, and a
+/// CSV with the label column and at least one row. `convoy-agent check` runs exactly this and refuses all of it;
 /// `run` refuses all but the state directory, which it reports and waits out.
 pub fn preflight(config: &AgentConfig) -> Result<convoy_shared::dataset::Table, AgentError> {
     let table = preflight_data(config)?;
@@ -36,6 +36,12 @@ pub fn preflight(config: &AgentConfig) -> Result<convoy_shared::dataset::Table, 
 fn preflight_data(config: &AgentConfig) -> Result<convoy_shared::dataset::Table, AgentError> {
     config.validate()?;
     Keys::load(&config.identity)?;
+    if matches!(
+        config.broker.url,
+        Some(convoy_runtime::link::BrokerUrl::Tcp { tls: true, .. })
+    ) {
+        convoy_runtime::link::tls_client_config(&config.broker)?;
+    }
     let table = data::load_configured(config)?;
     if table.is_empty() {
         return Err(AgentError::Data {

@@ -325,3 +325,75 @@ fn a_refused_login_or_certificate_is_explained_on_the_vehicle() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// Mutual TLS on the embedded broker (`broker.tls_client_ca`): a client
+/// without a certificate, or with one from another CA, does not get in; a
+/// vehicle with the certificate `provision --tls-ca` issues does.
+#[test]
+fn the_embedded_broker_can_require_client_certificates() -> anyhow::Result<()> {
+    use convoy_server::tls::{Authority, OPERATOR_CA, write};
+    let dir = tempfile::tempdir()?;
+    let operator = Authority::new(OPERATOR_CA)?;
+    let client_ca = dir.path().join("operator-ca.crt");
+    write(&client_ca, operator.pem(), false)?;
+    let issue =
+        |ca: &Authority, name: &str| -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+            let issued = ca.issue_client("car-0")?;
+            let (cert, key) = (
+                dir.path().join(format!("{name}.crt")),
+                dir.path().join(format!("{name}.key")),
+            );
+            write(&cert, &issued.cert, false)?;
+            write(&key, &issued.key, true)?;
+            Ok((cert, key))
+        };
+    let good = issue(&operator, "car-0")?;
+    let forged = issue(&Authority::new(OPERATOR_CA)?, "forged")?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let listen = convoy_server::broker::Listen {
+        tls: Some((addr, test_tls().clone())),
+        client_ca: Some(client_ca),
+        ..Default::default()
+    };
+    convoy_server::broker::start(
+        &listen,
+        MAX_PACKET,
+        convoy_server::broker::Access::Anonymous,
+    )?;
+    let url = format!("mqtts://{addr}");
+    let connects = |cert: Option<&(std::path::PathBuf, std::path::PathBuf)>| -> bool {
+        let config = convoy_runtime::link::BrokerConfig {
+            cert_file: cert.map(|c| c.0.clone()),
+            key_file: cert.map(|c| c.1.clone()),
+            ..link(&url)
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let session = convoy_runtime::link::Session {
+                client_id: "car-0".into(),
+                ..Default::default()
+            };
+            let mut link = convoy_runtime::link::open(&config, session).expect("link");
+            let connected = tokio::time::timeout(Duration::from_secs(3), async {
+                loop {
+                    match link.events.recv().await {
+                        Some(convoy_runtime::link::LinkEvent::Connected) => return true,
+                        Some(_) => {}
+                        None => return false,
+                    }
+                }
+            })
+            .await
+            .unwrap_or(false);
+            link.close().await;
+            connected
+        })
+    };
+    assert!(!connects(None), "no client certificate");
+    assert!(!connects(Some(&forged)), "a certificate from another CA");
+    assert!(connects(Some(&good)), "the operator CA's certificate");
+    Ok(())
+}
