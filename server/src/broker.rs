@@ -53,6 +53,10 @@ pub struct Credentials {
     pub server_id: String,
     /// The server's own password for this run.
     pub server_password: String,
+    /// Provisioned ids that may read the vehicles' status topics and nothing
+    /// else (`broker.status_readers`: `deploy`'s check that an agent came
+    /// up, a monitoring account).
+    pub status_readers: Vec<String>,
 }
 
 /// Where the embedded broker listens.
@@ -126,17 +130,34 @@ impl Gate {
         AuthResult::fail_with_reason(code, why)
     }
 
-    /// The server may use all of the fleet's topics; a vehicle only what
-    /// `allowed` says of its own.
-    fn may(&self, client: &str, topic: &str, allowed: fn(&str, &str, &str) -> bool) -> bool {
-        match &self.access {
-            Access::Anonymous => true,
-            Access::Credentials(c) if client == c.server_id => {
-                topic.starts_with(&format!("convoy/v1/{}/", c.fleet))
-            }
-            Access::Credentials(c) => allowed(&c.fleet, client, topic),
+    /// The server may use all of the fleet's topics; a status reader may
+    /// subscribe to the vehicles' status topics; a vehicle only its own.
+    fn may(&self, client: &str, topic: &str, act: Act) -> bool {
+        let Access::Credentials(c) = &self.access else {
+            return true;
+        };
+        if client == c.server_id {
+            return topic.starts_with(&format!("convoy/v1/{}/", c.fleet));
+        }
+        if c.status_readers.iter().any(|r| r == client) {
+            return act == Act::Subscribe
+                && matches!(
+                    topics::parse_client(&c.fleet, topic),
+                    Some((topics::ClientTopic::Status, _))
+                );
+        }
+        match act {
+            Act::Publish => topics::vehicle_may_publish(&c.fleet, client, topic),
+            Act::Subscribe => topics::vehicle_may_subscribe(&c.fleet, client, topic),
         }
     }
+}
+
+/// What a client asks to do on a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    Publish,
+    Subscribe,
 }
 
 impl AuthProvider for Gate {
@@ -187,7 +208,7 @@ impl AuthProvider for Gate {
         _user_id: Option<&'a str>,
         topic: &'a str,
     ) -> Boxed<'a, bool> {
-        let ok = self.may(client_id, topic, topics::vehicle_may_publish);
+        let ok = self.may(client_id, topic, Act::Publish);
         if !ok {
             tracing::debug!(client_id, topic, "broker refused a publish");
         }
@@ -200,7 +221,7 @@ impl AuthProvider for Gate {
         _user_id: Option<&'a str>,
         topic_filter: &'a str,
     ) -> Boxed<'a, bool> {
-        let ok = self.may(client_id, topic_filter, topics::vehicle_may_subscribe);
+        let ok = self.may(client_id, topic_filter, Act::Subscribe);
         if !ok {
             tracing::debug!(client_id, topic_filter, "broker refused a subscription");
         }

@@ -218,6 +218,16 @@ impl Keyring {
     }
 }
 
+/// A new vehicle key pair in `dir` (`vehicle.key`, which must not exist
+/// yet, and `vehicle.pub`), with the server's keys beside it (`server.pub`).
+fn new_key_pair(dir: &Path, server: &Trusted) -> Result<SecretKey, ServerError> {
+    let key = SecretKey::generate();
+    key.write_new(&dir.join(VEHICLE_KEY))?;
+    key.public().write(&dir.join(VEHICLE_PUB))?;
+    server.write(&dir.join(SERVER_PUB))?;
+    Ok(key)
+}
+
 /// Rotates the keys of the provisioned vehicles `ids`: each gets a new key
 /// pair under `out/<id>/` (`vehicle.key`, `vehicle.pub`, and `server.pub`
 /// again), its broker password stays, and what its old key signed counts
@@ -242,11 +252,8 @@ pub fn rotate_vehicles(
     let mut done = Vec::with_capacity(ids.len());
     for id in ids {
         let dir = out.join(id.as_str());
-        let key = SecretKey::generate();
         let _ = std::fs::remove_file(dir.join(VEHICLE_KEY));
-        key.write_new(&dir.join(VEHICLE_KEY))?;
-        key.public().write(&dir.join(VEHICLE_PUB))?;
-        server.write(&dir.join(SERVER_PUB))?;
+        let key = new_key_pair(&dir, server)?;
         store.rotate_vehicle_key(id.as_str(), &key.public().to_string(), until_ms)?;
         let password = std::fs::read_to_string(dir.join(BROKER_PASSWORD))
             .map(|p| p.trim().to_string())
@@ -298,16 +305,13 @@ pub fn provision(
     let mut done = Vec::with_capacity(ids.len());
     for id in ids {
         let dir = out.join(id.as_str());
-        let key = SecretKey::generate();
         let password = new_password();
         if replace {
             for name in [VEHICLE_KEY, BROKER_PASSWORD] {
                 let _ = std::fs::remove_file(dir.join(name));
             }
         }
-        key.write_new(&dir.join(VEHICLE_KEY))?;
-        key.public().write(&dir.join(VEHICLE_PUB))?;
-        server.write(&dir.join(SERVER_PUB))?;
+        let key = new_key_pair(&dir, server)?;
         convoy_shared::identity::write_secret_file(&dir.join(BROKER_PASSWORD), &password)?;
         store.add_vehicle(
             &VehicleRow {

@@ -32,16 +32,22 @@ pub fn password_line(user: &str, password: &str, salt: [u8; 12]) -> String {
 }
 
 /// The ACL file for `fleet`: the server account `server` reads and writes
-/// the fleet's topics; every other user (`%u`, its user name, which for a
-/// vehicle is its client id) only its own.
-pub fn acl(fleet: &TopicId, server: &str) -> String {
+/// the fleet's topics; each of `readers` (`broker.status_readers`) may read
+/// the vehicles' statuses; every user (`%u`, its user name, which for a
+/// vehicle is its client id) its own topics.
+pub fn acl(fleet: &TopicId, server: &str, readers: &[String]) -> String {
     let root = format!("convoy/v1/{fleet}");
     let mut out = format!(
         "# convoy fleet {fleet}: written by `convoy-server provision --mosquitto`\n\
          # the server publishes announcements and models, and reads everything\n\
-         user {server}\ntopic readwrite {root}/#\n\n\
-         # each vehicle (user name = client id): its own topics only\n"
+         user {server}\ntopic readwrite {root}/#\n\n"
     );
+    for reader in readers {
+        out.push_str(&format!(
+            "# a status reader (broker.status_readers)\nuser {reader}\ntopic read {root}/status/+\n\n"
+        ));
+    }
+    out.push_str("# each vehicle (user name = client id): its own topics only\n");
     // the same rule as convoy_shared::topics::vehicle_may_publish/subscribe
     for own in ClientTopic::ALL
         .into_iter()
@@ -67,7 +73,7 @@ pub fn acl(fleet: &TopicId, server: &str) -> String {
 pub fn write(
     dir: &Path,
     fleet: &TopicId,
-    server: &str,
+    (server, readers): (&str, &[String]),
     accounts: &[(String, String)],
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -90,7 +96,7 @@ pub fn write(
     }
     lines.sort();
     write_private(&passwd, &(lines.join("\n") + "\n"))?;
-    write_private(&dir.join(ACL), &acl(fleet, server))
+    write_private(&dir.join(ACL), &acl(fleet, server, readers))
 }
 
 /// Writes `text` to `path`, readable by its owner only from the start.
@@ -158,21 +164,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fleet: TopicId = "f".parse().unwrap();
         let accounts = |p: &str| vec![("car-1".to_string(), p.to_string())];
-        write(dir.path(), &fleet, "convoy-server", &accounts("a")).unwrap();
-        write(
-            dir.path(),
-            &fleet,
-            "convoy-server",
-            &[("car-2".into(), "b".into())],
-        )
-        .unwrap();
-        write(dir.path(), &fleet, "convoy-server", &accounts("c")).unwrap();
+        let server = ("convoy-server", &["deployer".to_string()][..]);
+        write(dir.path(), &fleet, server, &accounts("a")).unwrap();
+        write(dir.path(), &fleet, server, &[("car-2".into(), "b".into())]).unwrap();
+        write(dir.path(), &fleet, server, &accounts("c")).unwrap();
         let text = std::fs::read_to_string(dir.path().join(PASSWD)).unwrap();
         let users: Vec<&str> = text.lines().map(|l| l.split(':').next().unwrap()).collect();
         assert_eq!(users, ["car-1", "car-2"]);
         let acl = std::fs::read_to_string(dir.path().join(ACL)).unwrap();
         assert!(acl.contains("pattern write convoy/v1/f/update/%u"));
         assert!(acl.contains("pattern read convoy/v1/f/round"));
+        assert!(acl.contains("user deployer\ntopic read convoy/v1/f/status/+"));
         assert!(!acl.contains("pattern write convoy/v1/f/round"));
     }
 }

@@ -220,6 +220,7 @@ async fn run_serving(
             Access::Credentials(Credentials {
                 db: config.db.clone(),
                 fleet: config.fleet.to_string(),
+                status_readers: config.broker.status_readers.clone(),
                 server_id: config.broker.client_id.clone(),
                 server_password: password,
             })

@@ -80,6 +80,7 @@ impl Broker {
             fleet: fleet.into(),
             server_id: "convoy-server".into(),
             server_password: server_password.into(),
+            status_readers: vec!["deployer".into()],
         });
         let started = convoy_server::broker::start(&listen, MAX_PACKET, access)?;
         Ok(Self {

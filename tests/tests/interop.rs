@@ -196,7 +196,7 @@ async fn mosquitto_acls_keep_each_vehicle_to_its_own_topics() -> anyhow::Result<
     let dir = tempfile::tempdir()?;
     let fleet: convoy_shared::topics::TopicId = "acl".parse().map_err(anyhow::Error::msg)?;
     let accounts = accounts();
-    convoy_server::mosquitto::write(dir.path(), &fleet, "convoy-server", &accounts)?;
+    convoy_server::mosquitto::write(dir.path(), &fleet, ("convoy-server", &[]), &accounts)?;
     // the files are private to their owner: as root, Mosquitto would drop
     // to its own user and no longer read them
     let broker = Broker::mosquitto_with(&format!(
@@ -224,6 +224,8 @@ async fn the_embedded_broker_keeps_each_vehicle_to_its_own_topics() -> anyhow::R
     let ids: Vec<convoy_shared::topics::TopicId> = vec![
         "car-0".parse().map_err(anyhow::Error::msg)?,
         "car-1".parse().map_err(anyhow::Error::msg)?,
+        // the harness's broker lists it in broker.status_readers
+        "deployer".parse().map_err(anyhow::Error::msg)?,
     ];
     let made = convoy_server::identity::provision(
         &store,
@@ -273,6 +275,29 @@ async fn the_embedded_broker_keeps_each_vehicle_to_its_own_topics() -> anyhow::R
         first.drain(1_000).await,
         ["convoy/v1/acl/round"],
         "the first car-0 is still connected"
+    );
+
+    // a status reader (deploy's watcher) reads statuses and nothing else
+    let mut deployer = login(&url, "deployer", &made[2].password).await?;
+    for filter in ["convoy/v1/acl/status/car-1", "convoy/v1/acl/update/car-1"] {
+        deployer
+            .client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await?;
+    }
+    let car1 = login(&url, "car-1", &accounts[2].1).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    car1.publish("convoy/v1/acl/status/car-1").await?;
+    car1.publish("convoy/v1/acl/update/car-1").await?;
+    deployer.publish("convoy/v1/acl/round").await?;
+    assert_eq!(
+        deployer.drain(1_000).await,
+        ["convoy/v1/acl/status/car-1"],
+        "car-1's status, not its update"
+    );
+    assert!(
+        first.drain(500).await.is_empty(),
+        "the reader cannot announce"
     );
     Ok(())
 }

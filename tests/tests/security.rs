@@ -266,6 +266,29 @@ async fn a_vehicle_stopped_cleanly_leaves_an_offline_status() -> anyhow::Result<
     Ok(())
 }
 
+/// Opens a link as `car-0` on a runtime of this thread's own (so a log
+/// capture on this thread sees the link's own lines), runs `job` on it and
+/// closes it.
+fn as_car_0<T>(
+    config: &convoy_runtime::link::BrokerConfig,
+    job: impl AsyncFnOnce(&mut convoy_runtime::link::Link) -> T,
+) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let session = convoy_runtime::link::Session {
+            client_id: "car-0".into(),
+            ..Default::default()
+        };
+        let mut link = convoy_runtime::link::open(config, session).expect("link");
+        let out = job(&mut link).await;
+        link.close().await;
+        out
+    })
+}
+
 /// What a vehicle logs when its broker link is refused: a wrong password
 /// names the login settings to check, and a broker certificate that does
 /// not chain to `broker.ca_file` names the TLS settings. Both against the
@@ -294,19 +317,9 @@ fn a_refused_login_or_certificate_is_explained_on_the_vehicle() -> anyhow::Resul
             ..link(&broker.url())
         };
         convoy_runtime::process::logged_at_info(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async {
-                let session = convoy_runtime::link::Session {
-                    client_id: "car-0".into(),
-                    ..Default::default()
-                };
-                let link = convoy_runtime::link::open(&config, session).expect("link");
+            as_car_0(&config, async |_| {
                 tokio::time::sleep(Duration::from_millis(1_500)).await;
-                link.close().await;
-            });
+            })
         })
     };
     let wrong_password = attempt("guess", &test_tls().ca);
@@ -367,17 +380,8 @@ fn the_embedded_broker_can_require_client_certificates() -> anyhow::Result<()> {
             key_file: cert.map(|c| c.1.clone()),
             ..link(&url)
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        runtime.block_on(async {
-            let session = convoy_runtime::link::Session {
-                client_id: "car-0".into(),
-                ..Default::default()
-            };
-            let mut link = convoy_runtime::link::open(&config, session).expect("link");
-            let connected = tokio::time::timeout(Duration::from_secs(3), async {
+        as_car_0(&config, async |link| {
+            tokio::time::timeout(Duration::from_secs(3), async {
                 loop {
                     match link.events.recv().await {
                         Some(convoy_runtime::link::LinkEvent::Connected) => return true,
@@ -387,9 +391,7 @@ fn the_embedded_broker_can_require_client_certificates() -> anyhow::Result<()> {
                 }
             })
             .await
-            .unwrap_or(false);
-            link.close().await;
-            connected
+            .unwrap_or(false)
         })
     };
     assert!(!connects(None), "no client certificate");

@@ -51,6 +51,7 @@ pub async fn local_broker(db: &Path, fleet: &str) -> anyhow::Result<LocalBroker>
         fleet: fleet.to_string(),
         server_id: ServerBroker::default().client_id,
         server_password: server_password.clone(),
+        status_readers: Vec::new(),
     });
     let dir = db.parent().unwrap_or(Path::new(".")).join("tls");
     let files = convoy_server::tls::throwaway(&dir)?;

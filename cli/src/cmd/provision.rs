@@ -117,7 +117,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(password) = &config.broker.link.password {
             accounts.push((server.clone(), password.clone()));
         }
-        convoy_server::mosquitto::write(&args.out, &config.fleet, &server, &accounts)?;
+        convoy_server::mosquitto::write(
+            &args.out,
+            &config.fleet,
+            (server.as_str(), config.broker.status_readers.as_slice()),
+            &accounts,
+        )?;
         let dir = args.out.display();
         println!(
             "wrote {dir}/mosquitto.passwd and {dir}/mosquitto.acl (mode 600): give them to Mosquitto's user (chown mosquitto), set password_file and acl_file in mosquitto.conf to them (allow_anonymous false) and reload Mosquitto"

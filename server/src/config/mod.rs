@@ -258,7 +258,7 @@ impl ServerConfig {
         }
         if let Some(key) = self.broker.unknown.keys().next() {
             return bad(format!(
-                "unknown key broker.{key}; known: url, listen, tls_listen, tls_cert, tls_key, tls_client_ca, client_id, allow_anonymous, username, password, password_file, max_packet_size, keep_alive_secs, ca_file, cert_file, key_file, allow_plaintext"
+                "unknown key broker.{key}; known: url, listen, tls_listen, tls_cert, tls_key, tls_client_ca, status_readers, client_id, allow_anonymous, username, password, password_file, max_packet_size, keep_alive_secs, ca_file, cert_file, key_file, allow_plaintext"
             ));
         }
         self.broker.link.validate()?;
@@ -343,6 +343,15 @@ impl ServerConfig {
         }
         if tls.is_none() && (b.tls_cert.is_some() || b.tls_client_ca.is_some()) {
             return bad("broker.tls_cert or broker.tls_client_ca is set but broker.tls_listen is empty: set tls_listen (for example 0.0.0.0:8883)".into());
+        }
+        if let Some(bad_id) = b
+            .status_readers
+            .iter()
+            .find(|id| !convoy_shared::topics::valid_id(id) || **id == b.client_id)
+        {
+            return bad(format!(
+                "broker.status_readers: {bad_id:?} is not a vehicle-style id (1 to 64 of A-Z a-z 0-9 _ . -) other than the server's"
+            ));
         }
         if plain.is_none() && b.link.ca_file.is_none() {
             return bad("broker.listen is empty, so the server reaches its own broker over TLS: set broker.ca_file to the CA that signed broker.tls_cert".into());

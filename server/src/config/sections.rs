@@ -98,6 +98,11 @@ pub struct ServerBroker {
     /// Require every TLS client to present a certificate signed by this CA
     /// (PEM): mutual TLS. `provision --tls-ca` issues vehicle certificates.
     pub tls_client_ca: Option<PathBuf>,
+    /// Provisioned ids (`convoy-server provision deployer`) that may read
+    /// the vehicles' status topics on the embedded broker and nothing else:
+    /// `deploy`'s check that an agent came up (its `status_username`), or a
+    /// monitoring account. Vehicles may not read each other's topics.
+    pub status_readers: Vec<String>,
     /// MQTT client id of the server; the embedded broker lets no one else
     /// take it.
     pub client_id: String,
@@ -125,6 +130,7 @@ impl Default for ServerBroker {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            status_readers: Vec::new(),
             client_id: "convoy-server".into(),
             allow_anonymous: false,
             link: BrokerConfig::default(),

@@ -73,6 +73,19 @@ pub(super) async fn wait_active(board: &Board, script: &str) -> Result<String, S
     }
 }
 
+/// The lock that makes status watchers with login `user` take turns.
+fn login_turn(user: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    static TURNS: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    TURNS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(user.to_string())
+        .or_default()
+        .clone()
+}
+
 /// Waits until the agent publishes a status carrying `label`.
 pub(super) async fn wait_status(
     board: &Board,
@@ -99,10 +112,21 @@ pub(super) async fn wait_status(
         None => None,
     };
     let topic = topics::client(fleet, topics::ClientTopic::Status, &board.client_id);
+    // A broker lets one connection hold a client id: boards watched with
+    // the same login take turns; without a login each watcher has its own id.
+    static WATCHERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let _turn = match &login {
+        Some((user, _)) => Some(login_turn(user).lock_owned().await),
+        None => None,
+    };
     let session = Session {
         client_id: match &login {
             Some((user, _)) => user.clone(),
-            None => format!("convoy-deploy-{}", std::process::id()),
+            None => format!(
+                "convoy-deploy-{}-{}",
+                std::process::id(),
+                WATCHERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
         },
         subscriptions: vec![topic.as_str().to_string()],
         will: None,
