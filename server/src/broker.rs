@@ -64,11 +64,33 @@ pub struct Credentials {
 pub struct Listen {
     /// Plain TCP (`broker.listen`); `None`: none.
     pub plain: Option<SocketAddr>,
-    /// TLS (`broker.tls_listen`), with its certificate, key and CA.
-    pub tls: Option<(SocketAddr, TlsFiles)>,
+    /// TLS (`broker.tls_listen`), with its certificate and key.
+    pub tls: Option<TlsListen>,
     /// Require a client certificate signed by this CA on the TLS listener
     /// (`broker.tls_client_ca`): mutual TLS.
     pub client_ca: Option<PathBuf>,
+}
+
+/// The embedded broker's TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListen {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The certificate's private key (PEM).
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// A TLS listener on `addr` serving these files' certificate.
+    pub fn listen(&self, addr: SocketAddr) -> TlsListen {
+        TlsListen {
+            addr,
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 /// The addresses the embedded broker listens on.
@@ -280,7 +302,11 @@ pub fn start_embedded(
 /// own, detached: it ends with the process.
 pub fn start(listen: &Listen, max_payload: usize, access: Access) -> Result<Started, BrokerError> {
     // Probe first, for a clear error when something else holds a port.
-    for addr in listen.plain.iter().chain(listen.tls.iter().map(|(a, _)| a)) {
+    for addr in listen
+        .plain
+        .iter()
+        .chain(listen.tls.iter().map(|t| &t.addr))
+    {
         drop(std::net::TcpListener::bind(addr).map_err(|e| BrokerError::InUse(*addr, e))?);
     }
     let mut config = mqtt5::broker::BrokerConfig::default()
@@ -302,15 +328,16 @@ pub fn start(listen: &Listen, max_payload: usize, access: Access) -> Result<Star
         })
         .with_sys_topics_enabled(false)
         .with_client_channel_capacity(256);
-    if let Some((addr, files)) = &listen.tls {
-        let mut tls = mqtt5::broker::config::TlsConfig::new(files.cert.clone(), files.key.clone())
-            .with_bind_address(*addr);
+    if let Some(listener) = &listen.tls {
+        let mut tls =
+            mqtt5::broker::config::TlsConfig::new(listener.cert.clone(), listener.key.clone())
+                .with_bind_address(listener.addr);
         if let Some(ca) = &listen.client_ca {
             tls = tls.with_ca_file(ca.clone()).with_require_client_cert(true);
         }
         config = config.with_tls(tls);
     }
-    let wanted = (listen.plain, listen.tls.as_ref().map(|(a, _)| *a));
+    let wanted = (listen.plain, listen.tls.as_ref().map(|t| t.addr));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("convoy-broker".into())

@@ -72,7 +72,7 @@ impl Broker {
     ) -> anyhow::Result<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let listen = Listen {
-            tls: Some((addr, test_tls().clone())),
+            tls: Some(test_tls().listen(addr)),
             ..Listen::default()
         };
         let access = Access::Credentials(convoy_server::broker::Credentials {
@@ -111,7 +111,7 @@ impl Broker {
         for _ in 0..ATTEMPTS {
             let addr = SocketAddr::from(([127, 0, 0, 1], pick()?));
             let listen = Listen {
-                tls: Some((addr, test_tls().clone())),
+                tls: Some(test_tls().listen(addr)),
                 ..Listen::default()
             };
             match convoy_server::broker::start(&listen, MAX_PACKET, Access::Anonymous) {

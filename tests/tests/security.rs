@@ -364,7 +364,7 @@ fn the_embedded_broker_can_require_client_certificates() -> anyhow::Result<()> {
     let forged = issue(&Authority::new(OPERATOR_CA)?, "forged")?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let listen = convoy_server::broker::Listen {
-        tls: Some((addr, test_tls().clone())),
+        tls: Some(test_tls().listen(addr)),
         client_ca: Some(client_ca),
         ..Default::default()
     };

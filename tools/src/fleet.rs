@@ -59,7 +59,7 @@ pub async fn local_broker(db: &Path, fleet: &str) -> anyhow::Result<LocalBroker>
     let addr = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let addr = convoy_server::broker::free_local_addr()?;
         let listen = Listen {
-            tls: Some((addr, files)),
+            tls: Some(files.listen(addr)),
             ..Listen::default()
         };
         let started = convoy_server::broker::start(&listen, LOCAL_MAX_PACKET, access)?;

@@ -404,14 +404,11 @@ impl ServerConfig {
     pub fn broker_listen(&self) -> crate::broker::Listen {
         let b = &self.broker;
         let tls = match (b.tls_listen.parse(), &b.tls_cert, &b.tls_key) {
-            (Ok(addr), Some(cert), Some(key)) => Some((
+            (Ok(addr), Some(cert), Some(key)) => Some(crate::broker::TlsListen {
                 addr,
-                crate::tls::TlsFiles {
-                    ca: b.link.ca_file.clone().unwrap_or_default(),
-                    cert: cert.clone(),
-                    key: key.clone(),
-                },
-            )),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
             _ => None,
         };
         crate::broker::Listen {

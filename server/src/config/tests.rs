@@ -152,7 +152,7 @@ fn the_embedded_broker_serves_tls_and_plain_tcp_only_on_this_machine() {
     let listen = tls.broker_listen();
     assert_eq!(listen.plain, Some("127.0.0.1:1883".parse().unwrap()));
     assert_eq!(
-        listen.tls.map(|(a, _)| a),
+        listen.tls.map(|t| t.addr),
         Some("0.0.0.0:8883".parse().unwrap())
     );
     // TLS only: the server reaches its broker over TLS, with a CA to trust
