@@ -227,6 +227,9 @@ async fn pump(
                         *refusals.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                         break;
                     }
+                } else {
+                    // only an unbroken run of such refusals counts
+                    refused_since = None;
                 }
                 match refusal_hint(&e, accepted, refusals.with_login) {
                     Some(hint) => {
