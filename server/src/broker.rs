@@ -102,6 +102,27 @@ pub struct Started {
     pub tls: Option<SocketAddr>,
 }
 
+impl Started {
+    /// How the server reaches this broker from its own machine: the plain
+    /// listener when there is one, else TLS, with an unspecified address
+    /// (`0.0.0.0`, `::`) taken as loopback.
+    pub fn url(&self) -> Option<convoy_runtime::link::BrokerUrl> {
+        use convoy_runtime::link::BrokerUrl;
+        let here = |addr: SocketAddr| {
+            if addr.ip().is_unspecified() {
+                SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+            } else {
+                addr
+            }
+        };
+        match (self.plain, self.tls) {
+            (Some(addr), _) => Some(BrokerUrl::tcp(here(addr))),
+            (None, Some(addr)) => Some(BrokerUrl::tls(here(addr))),
+            (None, None) => None,
+        }
+    }
+}
+
 /// Why a login was refused, for the log.
 fn refusal(
     creds: &Credentials,

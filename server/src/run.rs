@@ -235,20 +235,10 @@ async fn run_serving(
         {
             tracing::warn!(%addr, "broker.allow_plaintext = true: the embedded broker accepts plain TCP from other machines; anyone on the path can read every update and model (signatures still decide what counts)");
         }
-        // the server's own link: plain on this machine when there is a plain
-        // listener, else TLS (ports as bound, for port 0)
-        let here = |addr: std::net::SocketAddr| {
-            if addr.ip().is_unspecified() {
-                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
-            } else {
-                addr
-            }
-        };
-        broker.url = match (started.plain, started.tls) {
-            (Some(addr), _) => Some(convoy_runtime::link::BrokerUrl::tcp(here(addr))),
-            (None, Some(addr)) => Some(convoy_runtime::link::BrokerUrl::tls(here(addr))),
-            (None, None) => broker.url,
-        };
+        // the server's own link, on the ports as bound (for port 0)
+        if let Some(url) = started.url() {
+            broker.url = Some(url);
+        }
     }
 
     let clock: SharedClock = Arc::new(SystemClock);

@@ -364,18 +364,11 @@ impl ServerConfig {
     pub fn client_broker(&self) -> BrokerConfig {
         let mut link = self.broker.link.clone();
         if link.url.is_none() {
-            let here = |addr: SocketAddr| -> SocketAddr {
-                if addr.ip().is_unspecified() {
-                    SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
-                } else {
-                    addr
-                }
+            let configured = crate::broker::Started {
+                plain: self.broker.listen.parse().ok(),
+                tls: self.broker.tls_listen.parse().ok(),
             };
-            if let Ok(addr) = self.broker.listen.parse() {
-                link.url = Some(BrokerUrl::tcp(here(addr)));
-            } else if let Ok(addr) = self.broker.tls_listen.parse() {
-                link.url = Some(BrokerUrl::tls(here(addr)));
-            }
+            link.url = configured.url();
         }
         link
     }
