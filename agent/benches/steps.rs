@@ -80,6 +80,7 @@ fn run(
         },
         data: data.clone(),
         seed: 3,
+        objective: Default::default(),
     };
     let limits = TrainingConfig {
         threads: 1,

@@ -70,6 +70,7 @@ fn measure(limits: &TrainingConfig) -> Option<Throughput> {
             },
             data: Arc::new(data),
             seed: 1,
+            objective: Default::default(),
         };
         let never = AtomicBool::new(false);
         let unbounded = TrainingConfig {

@@ -3,7 +3,7 @@
 use crate::config::TrainingConfig;
 use burn::optim::{GradientsParams, SgdConfig, grad_clipping::GradientClippingConfig};
 use convoy_shared::dataset::Dataset;
-use convoy_shared::messages::TrainStats;
+use convoy_shared::messages::{Objective, TrainStats};
 use convoy_shared::model::{Mlp, to_tensors};
 use convoy_shared::params::ParamSet;
 use convoy_shared::spec::{ModelSpec, Recipe};
@@ -66,6 +66,8 @@ pub struct Job {
     pub data: Arc<Dataset>,
     /// Shuffling seed.
     pub seed: u64,
+    /// What is added to the loss (FedProx's proximal term).
+    pub objective: Objective,
 }
 
 /// Where an interrupted training run stands: enough to continue it with
@@ -186,6 +188,14 @@ fn train_in_pool(
     let clipping =
         (job.task.clip_norm > 0.0).then_some(GradientClippingConfig::Norm(job.task.clip_norm));
     let mut optim = SgdConfig::new().with_gradient_clipping(clipping).init();
+    // FedProx: μ/2 ‖w − w₀‖² pulls the weights toward the round's base
+    let prox = match job.objective {
+        Objective::Prox { mu } if mu > 0.0 => Some((
+            Mlp::from_params(&job.spec, &job.base, &device)?,
+            mu as f64 / 2.0,
+        )),
+        _ => None,
+    };
     let epochs = cap(job.task.epochs.max(1), limits.max_epochs);
     let batch = cap(job.task.batch_size.max(1), limits.max_batch) as usize;
     let lr = job.task.lr as f64;
@@ -222,6 +232,12 @@ fn train_in_pool(
             }
             loss_sum += value as f64;
             batches += 1;
+            let loss = match &prox {
+                Some((anchor, half_mu)) => {
+                    loss + model.distance_squared(anchor).mul_scalar(*half_mu)
+                }
+                None => loss,
+            };
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
             steps += 1;
@@ -323,6 +339,7 @@ mod tests {
             },
             data: data.clone(),
             seed: 9,
+            objective: Default::default(),
         };
         let trained = done(train(
             &job,
@@ -390,6 +407,7 @@ mod tests {
             },
             data: Arc::new(Dataset::from_table(&table, &spec).unwrap()),
             seed: 11,
+            objective: Default::default(),
         };
         let limits = TrainingConfig::default();
         let never = AtomicBool::new(false);
@@ -413,6 +431,65 @@ mod tests {
         assert_eq!(resumed.stats.loss, whole.stats.loss);
     }
 
+    /// FedProx on a known answer: the proximal gradient is zero at the
+    /// base, so the first step is plain SGD's; the second differs from
+    /// plain SGD's by exactly `lr μ (w₁ − w₀)`.
+    #[test]
+    fn the_proximal_term_adds_exactly_its_gradient() {
+        let table = Table::read(
+            (0..200)
+                .map(|i| format!("{},{},{}\n", i % 7, i % 5, i % 2))
+                .fold(String::from("a,b,y\n"), |acc, line| acc + &line)
+                .as_bytes(),
+        )
+        .unwrap();
+        let spec = table
+            .derive_spec("y", TaskKind::Classification, vec![6], 5)
+            .unwrap();
+        let (lr, mu) = (0.1f32, 2.0f32);
+        let plain = Job {
+            base: spec.init_params(),
+            spec: spec.clone(),
+            task: Recipe {
+                epochs: 1,
+                lr,
+                batch_size: 100,
+                clip_norm: 0.0,
+            },
+            data: Arc::new(Dataset::from_table(&table, &spec).unwrap()),
+            seed: 11,
+            objective: Objective::Plain,
+        };
+        let prox = Job {
+            objective: Objective::Prox { mu },
+            ..plain.clone()
+        };
+        let (limits, never) = (TrainingConfig::default(), AtomicBool::new(false));
+        let Progress::Paused(w1) =
+            train(&prox, &limits, &never, &|steps| steps == 1, None).unwrap()
+        else {
+            panic!("should pause after one step")
+        };
+        let w2_plain = done(train(&plain, &limits, &never, &|_| false, None)).params;
+        let w2_prox = done(train(&prox, &limits, &never, &|_| false, None)).params;
+        let w0 = &plain.base;
+        let mut moved = 0.0f32;
+        for (((p, x), a), b) in w2_plain
+            .values()
+            .zip(w2_prox.values())
+            .zip(w1.params.values())
+            .zip(w0.values())
+        {
+            let want = p - lr * mu * (a - b);
+            assert!((x - want).abs() < 1e-5, "{x} vs {want}");
+            moved += (a - b).abs();
+        }
+        assert!(
+            moved > 0.0,
+            "the first step moved nothing: the check is empty"
+        );
+    }
+
     #[test]
     fn cancel_stops_training() {
         let table = Table::read("a,y\n1,0\n2,1\n".as_bytes()).unwrap();
@@ -430,6 +507,7 @@ mod tests {
             },
             data: Arc::new(Dataset::from_table(&table, &spec).unwrap()),
             seed: 1,
+            objective: Default::default(),
         };
         let r = train(
             &job,

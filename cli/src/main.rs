@@ -25,7 +25,7 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Simulate a fleet on a partitioned data set through the real server and broker.
     #[cfg(feature = "tools")]
-    Simulate(cmd::simulate::Args),
+    Simulate(Box<cmd::simulate::Args>),
     /// Install the agent on boards over SSH from an inventory, verify it came
     /// up and roll back when it did not; prints a per-board result table.
     #[cfg(feature = "tools")]
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "tools")]
         Command::Demo(args) => cmd::demo::run(args),
         #[cfg(feature = "tools")]
-        Command::Simulate(args) => cmd::simulate::run(args),
+        Command::Simulate(args) => cmd::simulate::run(*args),
         #[cfg(feature = "tools")]
         Command::Deploy(args) => cmd::deploy::run(args),
         Command::Provision(args) => cmd::provision::run(args),

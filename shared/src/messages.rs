@@ -40,6 +40,23 @@ pub struct Announce {
     pub selected: Vec<Id>,
     /// Chunk size for updates, bytes.
     pub chunk_size: u32,
+    /// What the vehicles minimise this round besides their own loss.
+    pub objective: Objective,
+}
+
+/// The client side of a round's strategy: what a vehicle adds to its own
+/// loss while it trains.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub enum Objective {
+    /// Its own loss only (FedAvg and the server-side optimisers).
+    #[default]
+    Plain,
+    /// FedProx (Li et al., MLSys 2020): `μ/2 ‖w − w₀‖²` added, `w₀` the
+    /// round's base model, so a vehicle with skewed data drifts less far.
+    Prox {
+        /// The proximal weight μ (> 0).
+        mu: f32,
+    },
 }
 
 impl Announce {

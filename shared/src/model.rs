@@ -102,6 +102,32 @@ impl Mlp {
     ) -> Tensor<1> {
         loss_of(self.forward(input, head), targets, device)
     }
+
+    /// `Σ ‖w − a‖²` over every weight and bias, `a` the same parameter of
+    /// `anchor`, which takes no gradient: FedProx's proximal term before
+    /// its factor μ/2.
+    pub fn distance_squared(&self, anchor: &Mlp) -> Tensor<1> {
+        let pairs = self
+            .layers
+            .iter()
+            .chain(&self.heads)
+            .zip(anchor.layers.iter().chain(&anchor.heads));
+        let mut total: Option<Tensor<1>> = None;
+        for (own, other) in pairs {
+            let weight = (own.weight.val() - other.weight.val().detach())
+                .powf_scalar(2.0)
+                .sum();
+            let mut term = weight;
+            if let (Some(b), Some(a)) = (&own.bias, &other.bias) {
+                term = term + (b.val() - a.val().detach()).powf_scalar(2.0).sum();
+            }
+            total = Some(match total {
+                Some(t) => t + term,
+                None => term,
+            });
+        }
+        total.unwrap_or_else(|| Tensor::zeros([1], &self.devices()[0]))
+    }
 }
 
 /// Mean loss of model outputs `out` against `targets`, so a caller that

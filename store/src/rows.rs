@@ -73,6 +73,10 @@ pub struct RoundRow {
     pub holdout_accuracy: Option<f64>,
     /// The base model's RMSE over them (pooled), in the target's units.
     pub holdout_rmse: Option<f64>,
+    /// The strategy the round's model was made by (server optimiser,
+    /// vehicles' objective, rule and learning rate), as its provenance
+    /// records it; `None` for a round that published nothing.
+    pub strategy: Option<String>,
     /// ISO-8601 UTC.
     pub started_at: String,
     /// ISO-8601 UTC.
@@ -270,7 +274,7 @@ pub(super) const ROUND_COLUMNS: &str = "round, status, base_version, model_versi
     wire_bytes_down, bytes_up_raw, bytes_up_predicted, train_seconds_sum, train_seconds_max, samples, \
     steps, flops, loss, eval_loss, accuracy, rmse, started_ms, finished_ms, bytes_down_raw, \
     downlink_codec, encode_seconds, decode_seconds, clients_failed, holdout_samples, holdout_accuracy, \
-    holdout_rmse";
+    holdout_rmse, strategy";
 
 pub(super) fn round_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoundRow> {
     let count = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
@@ -308,6 +312,7 @@ pub(super) fn round_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoundRow
         holdout_samples: count(30)?,
         holdout_accuracy: r.get(31)?,
         holdout_rmse: r.get(32)?,
+        strategy: r.get(33)?,
         compression_up: None,
     };
     row.compression_up = (row.bytes_up > 0).then(|| row.bytes_up_raw as f64 / row.bytes_up as f64);
@@ -327,7 +332,7 @@ pub(super) fn update_round(
          samples = ?15, steps = ?16, flops = ?17, loss = ?18, eval_loss = ?19, accuracy = ?20, rmse = ?21,
          finished_ms = ?22, bytes_down_raw = ?23, downlink_codec = ?24, encode_seconds = ?25,
          decode_seconds = ?26, clients_failed = ?27, holdout_samples = ?28, holdout_accuracy = ?29,
-         holdout_rmse = ?30 WHERE round = ?1",
+         holdout_rmse = ?30, strategy = ?31 WHERE round = ?1",
         params![
             row.round as i64, row.status, row.model_version, row.clients_selected as i64,
             row.clients_reported as i64, row.clients_late as i64, row.bytes_up as i64, row.bytes_down as i64,
@@ -336,7 +341,7 @@ pub(super) fn update_round(
             row.steps as i64, row.flops as i64, row.loss, row.eval_loss, row.accuracy, row.rmse,
             finished_ms as i64, row.bytes_down_raw as i64, row.downlink_codec, row.encode_seconds,
             row.decode_seconds, row.clients_failed as i64, row.holdout_samples as i64,
-            row.holdout_accuracy, row.holdout_rmse,
+            row.holdout_accuracy, row.holdout_rmse, row.strategy,
         ],
     )?;
     Ok(())

@@ -214,6 +214,16 @@ const MIGRATIONS: &[Migration] = &[
             )
         },
     },
+    Migration {
+        what: "strategies: the server optimiser's state per version, each round's strategy",
+        apply: |c| {
+            c.execute_batch(
+                "CREATE TABLE IF NOT EXISTS optimizer_states (
+                    version TEXT PRIMARY KEY, state BLOB NOT NULL);
+                 ALTER TABLE rounds ADD COLUMN strategy TEXT;",
+            )
+        },
+    },
 ];
 
 /// The schema version a database is at once opened by this release.

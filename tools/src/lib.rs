@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod idx;
 pub mod partition;
 pub mod simulate;
+pub mod split_file;
 
 /// This machine's training speed, measured now by the agent's own
 /// calibration (what `plan` prices rounds with when no fleet measured one).

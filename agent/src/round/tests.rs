@@ -150,6 +150,7 @@ impl Rig {
             deadline_ms: self.clock.now_ms() + 60_000,
             selected: selected.iter().filter_map(|c| messages::id(c)).collect(),
             chunk_size: 1024,
+            objective: Default::default(),
         }
     }
 

@@ -154,6 +154,7 @@ impl Agent {
         };
         let spec = spec.clone();
         let task = ready.announce.task.clone();
+        let objective = ready.announce.objective;
         let base = ready.model.params.clone();
         let limits = self.config.training.clone();
         let holdout = self.config.data.holdout;
@@ -201,6 +202,7 @@ impl Agent {
                 task,
                 data: set.train.clone(),
                 seed,
+                objective,
             };
             let should_pause = |_: u64| pause.load(Ordering::Relaxed);
             let mut personal = None;

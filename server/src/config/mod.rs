@@ -13,11 +13,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod sections;
+mod strategy;
 
 pub use sections::{
     AggregationConfig, AlignConfig, BudgetConfig, EvalConfig, HttpConfig, ModelConfig, RoundConfig,
     ServerBroker, ServerIdentity, Weights,
 };
+pub use strategy::StrategyConfig;
 
 /// Longest round deadline accepted: a week.
 pub const MAX_DEADLINE_SECS: u64 = 7 * 24 * 3600;
@@ -45,6 +47,9 @@ pub struct ServerConfig {
     /// How updates are combined and weighed.
     #[serde(default)]
     pub aggregation: AggregationConfig,
+    /// The server optimiser, its learning-rate schedule, and the vehicles' objective.
+    #[serde(default)]
+    pub strategy: StrategyConfig,
     /// Model architecture (and an optional schema override).
     #[serde(default)]
     pub model: ModelConfig,
@@ -101,11 +106,29 @@ impl Default for ServerConfig {
             http: Default::default(),
             budget: Default::default(),
             aggregation: Default::default(),
+            strategy: Default::default(),
         }
     }
 }
 
 impl ServerConfig {
+    /// The server learning rate of round `round` (numbered from 1): the
+    /// strategy's base rate through its schedule.
+    pub fn round_lr(&self, round: u64) -> f64 {
+        let base = self.strategy.base_lr(self.rounds.server_lr);
+        self.strategy.lr_schedule.lr(base, round.saturating_sub(1))
+    }
+
+    /// The strategy string round `round`'s version records in its provenance.
+    pub fn strategy_of(&self, round: u64) -> String {
+        convoy_shared::strategy::describe(
+            &self.strategy.server,
+            &self.strategy.objective(),
+            &self.aggregation.rule,
+            self.round_lr(round),
+        )
+    }
+
     /// Reads, applies env overrides, resolves relative paths against the
     /// config file's folder, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -193,6 +216,7 @@ impl ServerConfig {
                 self.rounds.server_lr
             ));
         }
+        self.strategy.validate().map_err(ConfigError::Invalid)?;
         if self.rounds.codec_warmup_rounds > 1000 {
             return bad(format!(
                 "rounds.codec_warmup_rounds {} must be 0 to 1000",

@@ -214,7 +214,7 @@ impl Coordinator {
             &self.config.aggregation.rule,
             &self.spec,
             &self.current.params,
-            self.config.rounds.server_lr,
+            self.aggregate_lr(round),
             &members,
             memory,
             |i, scratch| {

@@ -42,6 +42,7 @@ use convoy_shared::identity::SecretKey;
 use convoy_shared::messages::Announce;
 use convoy_shared::params::ParamSet;
 use convoy_shared::spec::ModelSpec;
+use convoy_shared::strategy::server::OptState;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::version::VersionId;
 use convoy_shared::wire::{self, Kind, WireError, publish_wire_len};
@@ -151,6 +152,8 @@ pub struct Coordinator {
     references: aggregate::References,
     /// Each vehicle's largest weight in a finished round.
     history: HashMap<String, f64>,
+    /// The server optimiser's state as of `current` (empty for FedAvg).
+    opt_state: OptState,
     /// The round topic needs its genuine message back.
     restore_due: bool,
     /// When the server last put it back.
@@ -185,7 +188,9 @@ impl Coordinator {
         // after a restart the bounds come back from the store
         let references = aggregate::References::of_rows(&store.reference_rows()?);
         let history = store.weight_history()?;
+        let opt_state = Self::load_opt_state(&config, &store, &current)?;
         let mut coordinator = Self {
+            opt_state,
             base_codec,
             downlink,
             residual: ParamSet::zeros(&spec.layout()),
@@ -219,6 +224,35 @@ impl Coordinator {
         };
         coordinator.resume()?;
         Ok(coordinator)
+    }
+
+    /// The server optimiser's state stored with `current`, or a fresh one
+    /// (said, when the optimiser keeps state: the momentum starts again).
+    fn load_opt_state(
+        config: &ServerConfig,
+        store: &Store,
+        current: &StoredVersion,
+    ) -> Result<OptState, ServerError> {
+        let opt = config.strategy.server;
+        let fresh = opt.init(&current.params);
+        if !opt.is_stateful() {
+            return Ok(fresh);
+        }
+        let hex = convoy_shared::version::hex(&current.manifest.version);
+        let stored = store
+            .optimizer_state(&hex)?
+            .and_then(|bytes| OptState::from_bytes(&bytes).ok())
+            .filter(|s| s.fits(&opt, &current.params));
+        Ok(stored.unwrap_or_else(|| {
+            if current.parent.is_some() {
+                tracing::warn!(
+                    version = %convoy_shared::version::short(&current.manifest.version),
+                    optimiser = %opt,
+                    "no optimiser state is stored for the current model; the server optimiser starts afresh"
+                );
+            }
+            fresh
+        }))
     }
 
     /// The topic filters the link must hold: the vehicles' topics, and the

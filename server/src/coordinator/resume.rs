@@ -46,6 +46,7 @@ impl Coordinator {
         self.model_bytes = v.params.canonical_bytes();
         self.transfers.clear();
         self.current = v;
+        self.opt_state = Self::load_opt_state(&self.config, &self.store, &self.current)?;
         Ok(())
     }
 

@@ -13,7 +13,9 @@ use convoy_shared::codec::{Pipeline, Sparsify};
 use convoy_shared::cost::{self, Throughput};
 use convoy_shared::eval::Evaluation;
 use convoy_shared::messages::{self, Announce};
+use convoy_shared::params::ParamSet;
 use convoy_shared::strategy::publish::Delta;
+use convoy_shared::strategy::server::OptState;
 use convoy_shared::strategy::sum::PartialSum;
 use convoy_store::{ClientRow, ClientStatus, Publication, RoundRow, RoundStatus, StoredVersion};
 
@@ -68,6 +70,9 @@ pub(super) struct Closing {
     exact: bool,
     clean: bool,
     replay_secs: f64,
+    /// The server optimiser's state after this round's step (stateful
+    /// optimisers only), stored with the version.
+    opt_state: Option<OptState>,
 }
 
 impl Coordinator {
@@ -159,6 +164,7 @@ impl Coordinator {
             deadline_ms: now_ms.saturating_add(deadline.as_millis() as u64),
             selected: selected.iter().filter_map(|c| messages::id(c)).collect(),
             chunk_size: rules.chunk_size as u32,
+            objective: self.config.strategy.objective(),
         };
         let base = version::hex(&announce.base_version());
         self.store
@@ -299,10 +305,12 @@ impl Coordinator {
         let enough = row.clients_reported as usize >= self.config.rounds.min_reports;
         let target = match (enough, r.streaming) {
             (false, _) => None,
-            (true, true) => r
-                .sum
-                .apply(&self.current.params, self.config.rounds.server_lr),
+            (true, true) => r.sum.apply(&self.current.params, self.aggregate_lr(round)),
             (true, false) => self.settle(&mut r),
+        };
+        let (target, opt_state) = match target {
+            Some(target) => self.server_step(round, target),
+            None => (None, None),
         };
         self.remember(&r.members);
         let clients: Vec<ClientRow> = r.rows.into_values().collect();
@@ -322,11 +330,7 @@ impl Coordinator {
         };
         let provenance = Provenance {
             parent: Some(self.current.manifest.version),
-            strategy: self
-                .config
-                .aggregation
-                .rule
-                .strategy(self.config.rounds.server_lr),
+            strategy: self.config.strategy_of(round),
             codec: r.codec,
             downlink_codec: publication.delta.codec,
         };
@@ -353,6 +357,7 @@ impl Coordinator {
             exact: publication.exact,
             clean: publication.clean,
             replay_secs,
+            opt_state,
         });
         match request {
             Some(request) => {
@@ -377,18 +382,21 @@ impl Coordinator {
             exact,
             clean,
             replay_secs,
+            opt_state,
         }) = self.closing.take()
         else {
             return Ok(());
         };
+        let state_bytes = opt_state.as_ref().map(OptState::to_bytes);
         let kind = self.store.save_version(
             &Publication {
                 version: &next,
                 delta: Some(&delta),
-                server_lr: self.config.rounds.server_lr,
+                server_lr: self.config.round_lr(next.round),
                 exact,
                 clean,
                 replay_secs,
+                optimizer_state: state_bytes.as_deref(),
             },
             eval.as_ref(),
             self.now_ms(),
@@ -396,14 +404,52 @@ impl Coordinator {
         tracing::debug!(round = next.round, kind = kind.as_str(), "version stored");
         row.status = RoundStatus::Finished;
         row.model_version = Some(version::hex(&next.manifest.version));
+        row.strategy = Some(next.manifest.provenance.strategy.clone());
         row.eval_loss = eval.map(|e| e.loss);
         row.accuracy = eval.and_then(|e| e.accuracy);
         row.rmse = eval.and_then(|e| e.rmse);
         self.residual_base = Some(next.manifest.version);
+        if let Some(state) = opt_state {
+            self.opt_state = state;
+        }
         self.model_bytes = next.params.canonical_bytes();
         self.transfers.clear();
         self.current = next;
         self.finish(row, clients, out)
+    }
+
+    /// The learning rate the round's rule aggregates at: the round's own
+    /// under FedAvg, 1 under a stateful optimiser, which then takes the
+    /// step ([`Coordinator::server_step`]).
+    pub(super) fn aggregate_lr(&self, round: u64) -> f64 {
+        if self.config.strategy.server.is_stateful() {
+            1.0
+        } else {
+            self.config.round_lr(round)
+        }
+    }
+
+    /// The server optimiser's step from the rule's aggregate `target`, and
+    /// its state after it (`None` for FedAvg, which has none). A step that
+    /// fails leaves the round without a model.
+    fn server_step(&self, round: u64, target: ParamSet) -> (Option<ParamSet>, Option<OptState>) {
+        let opt = self.config.strategy.server;
+        if !opt.is_stateful() {
+            return (Some(target), None);
+        }
+        let mut state = self.opt_state.clone();
+        match opt.step(
+            &self.current.params,
+            &target,
+            &mut state,
+            self.config.round_lr(round),
+        ) {
+            Ok(params) => (Some(params), Some(state)),
+            Err(e) => {
+                tracing::error!(round, error = %e, "the server optimiser's step failed; the round fails");
+                (None, None)
+            }
+        }
     }
 
     fn finish(

@@ -69,9 +69,11 @@ impl Rule {
         format!("{self}:lr={server_lr}")
     }
 
-    /// The rule a provenance's strategy string names (see [`Rule::strategy`]).
+    /// The rule a provenance's strategy string names (see [`Rule::strategy`];
+    /// a string of [`super::describe`] ends with it).
     pub fn of_strategy(strategy: &str) -> Option<Rule> {
-        let (rule, _lr) = strategy.rsplit_once(":lr=")?;
+        let last = strategy.rsplit('+').next()?;
+        let (rule, _lr) = last.rsplit_once(":lr=")?;
         rule.parse().ok()
     }
 }

@@ -63,7 +63,13 @@ impl Store {
         let tx = self.conn.unchecked_transaction()?;
         let mut dropped = Vec::new();
         for row in rows.iter().filter(|r| !retained.contains(&r.version)) {
-            for table in ["versions", "version_chunks", "deltas", "lineage"] {
+            for table in [
+                "versions",
+                "version_chunks",
+                "deltas",
+                "lineage",
+                "optimizer_states",
+            ] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE version = ?1"),
                     [&row.version],

@@ -259,6 +259,9 @@ pub struct Publication<'a> {
     /// Measured seconds the round spent decoding and folding its updates:
     /// what a replay costs.
     pub replay_secs: f64,
+    /// The server optimiser's state after the round (postcard), kept with
+    /// the version so a restart and a replay continue from it.
+    pub optimizer_state: Option<&'a [u8]>,
 }
 
 impl<'a> Publication<'a> {
@@ -271,6 +274,7 @@ impl<'a> Publication<'a> {
             exact: true,
             clean: true,
             replay_secs: 0.0,
+            optimizer_state: None,
         }
     }
 }

@@ -4,6 +4,18 @@
 use super::*;
 
 impl Store {
+    /// The server optimiser's state stored with a version (postcard), if any.
+    pub fn optimizer_state(&self, hex: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT state FROM optimizer_states WHERE version = ?1",
+                [hex],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// One version's row.
     pub fn version_row(&self, hex: &str) -> Result<Option<VersionRow>, StoreError> {
         Ok(self

@@ -4,6 +4,7 @@
 use super::*;
 use convoy_shared::strategy::fold::{decode_kept, kept_header};
 use convoy_shared::strategy::robust::{self, Member, Rule};
+use convoy_shared::strategy::server::{OptState, ServerOpt};
 
 /// Most update values a replay holds at once.
 const REPLAY_MEMORY_BYTES: usize = 256 << 20;
@@ -260,11 +261,23 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        // a stateful server optimiser steps from the parent's state, on
+        // the rule's aggregate taken at learning rate 1
+        let opt = convoy_shared::strategy::server_opt_of(&provenance.strategy);
+        let mut opt_state = match opt.is_stateful() {
+            true => Some(self.parent_opt_state(&opt, parent, provenance, &err)?),
+            false => None,
+        };
+        let aggregate_lr = if opt_state.is_some() {
+            1.0
+        } else {
+            meta.row.server_lr
+        };
         let target = robust::aggregate(
             &rule,
             &meta.spec,
             parent,
-            meta.row.server_lr,
+            aggregate_lr,
             &members,
             REPLAY_MEMORY_BYTES,
             |i, scratch| {
@@ -275,6 +288,12 @@ impl Store {
         )?
         .ok_or_else(|| err("its kept updates carry no weight".into()))?
         .target;
+        let target = match &mut opt_state {
+            Some(state) => opt
+                .step(parent, &target, state, meta.row.server_lr)
+                .map_err(|e| err(e.to_string()))?,
+            None => target,
+        };
         if meta.row.clean {
             *residual = ParamSet::zeros(&parent.layout());
         }
@@ -288,5 +307,32 @@ impl Store {
         )
         .map_err(|e| err(e.to_string()))?;
         Ok(published.params)
+    }
+
+    /// The server optimiser's state a replayed round started from: the one
+    /// stored with its parent, or a fresh one when the parent is a first
+    /// model.
+    fn parent_opt_state(
+        &self,
+        opt: &ServerOpt,
+        parent: &ParamSet,
+        provenance: &convoy_shared::version::Provenance,
+        err: &dyn Fn(String) -> StoreError,
+    ) -> Result<OptState, StoreError> {
+        let Some(parent_id) = provenance.parent else {
+            return Ok(opt.init(parent));
+        };
+        let parent_hex = version::hex(&parent_id);
+        if let Some(bytes) = self.optimizer_state(&parent_hex)? {
+            return OptState::from_bytes(&bytes)
+                .map_err(|e| err(format!("its parent's optimiser state does not decode: {e}")));
+        }
+        match self.meta(&parent_hex) {
+            Ok(meta) if meta.row.manifest.provenance.parent.is_none() => Ok(opt.init(parent)),
+            _ => Err(err(format!(
+                "the {opt} state of its parent {} was not kept (turn on store.keep_updates)",
+                version::short(&parent_id)
+            ))),
+        }
     }
 }

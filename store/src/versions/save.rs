@@ -164,6 +164,17 @@ impl Store {
                 spec_hash.as_bytes(),
             ],
         )?;
+        if let Some(state) = p.optimizer_state {
+            // a restart needs the newest; replaying a kept round needs its
+            // parent's, so with kept updates every version's stays
+            if !self.policy.keep_updates {
+                tx.execute("DELETE FROM optimizer_states", [])?;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO optimizer_states (version, state) VALUES (?1, ?2)",
+                params![hex, state],
+            )?;
+        }
         tx.commit()?;
         Ok(kind)
     }

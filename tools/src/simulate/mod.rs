@@ -8,12 +8,15 @@ use super::{fleet, idx};
 use anyhow::Context;
 use convoy_agent::LocalData;
 use convoy_agent::config::Attack;
-use convoy_server::config::{AggregationConfig, RoundConfig, ServerConfig, Weights};
+use convoy_server::config::{
+    AggregationConfig, RoundConfig, ServerConfig, StrategyConfig, Weights,
+};
 use convoy_server::run::{Prepared, TestSet};
 use convoy_shared::codec::Pipeline;
 use convoy_shared::dataset::{Dataset, Table};
 use convoy_shared::spec::{Feature, Head, ModelSpec, Recipe, TaskKind};
 use convoy_shared::strategy::robust::Rule;
+use convoy_shared::strategy::server::{Schedule, ServerOpt};
 use convoy_shared::units::human_bytes;
 use convoy_store::{ClientStatus, RoundRow, RoundStatus};
 use rand::seq::SliceRandom;
@@ -26,6 +29,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod output;
+mod seeds;
 
 pub use output::{SimResult, SimRound};
 use output::{progress_bar, show_waiting, write_outputs};
@@ -57,6 +61,42 @@ pub enum SimWeights {
     Equal,
 }
 
+/// `--strategy`: a server optimiser, or `fedprox` (FedAvg on the server,
+/// the proximal term on the vehicles).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimStrategy {
+    /// The server optimiser.
+    pub server: ServerOpt,
+    /// Named `fedprox`.
+    pub prox: bool,
+}
+
+impl std::str::FromStr for SimStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "fedprox" {
+            return Ok(SimStrategy {
+                server: ServerOpt::FedAvg,
+                prox: true,
+            });
+        }
+        Ok(SimStrategy {
+            server: s.parse().map_err(|e| format!("{e}, or fedprox"))?,
+            prox: false,
+        })
+    }
+}
+
+impl std::fmt::Display for SimStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prox {
+            write!(f, "fedprox")
+        } else {
+            write!(f, "{}", self.server.name())
+        }
+    }
+}
+
 /// Simulator settings (also the `simulate` command's flags).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimOptions {
@@ -81,6 +121,10 @@ pub struct SimOptions {
     /// Seed of everything random.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Run once per seed (e.g. `42,1,2`) and report the mean ± sd of every
+    /// figure; `{seed}` in --partition-file is replaced by each seed.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
     /// Uplink codec pipeline, e.g. topk:0.01+q8+zstd.
     #[arg(long, default_value = "fp32")]
     pub codec: Pipeline,
@@ -108,9 +152,28 @@ pub struct SimOptions {
     /// How many vehicles run --attack.
     #[arg(long, default_value_t = 1)]
     pub attackers: usize,
-    /// Server learning rate on the averaged update.
-    #[arg(long, default_value_t = 1.0)]
-    pub server_lr: f64,
+    /// Server learning rate η (default: 1 for fedavg, fedavgm and fedprox,
+    /// the optimiser's own for fedadagrad, fedadam and fedyogi).
+    #[arg(long)]
+    pub server_lr: Option<f64>,
+    /// The strategy: `fedavg`, `fedavgm`, `fedprox`, `fedadagrad`,
+    /// `fedadam` or `fedyogi`, with hyper-parameters as in `[strategy]
+    /// server` (e.g. `fedadam:tau=0.01`).
+    #[arg(long, default_value = "fedavg")]
+    pub strategy: SimStrategy,
+    /// FedProx's μ (default 0.01 with `--strategy fedprox`, else 0; any
+    /// strategy takes it).
+    #[arg(long)]
+    pub proximal_mu: Option<f64>,
+    /// Server learning-rate schedule: `constant`, `step:EVERY:GAMMA` or
+    /// `cosine:ROUNDS[:FLOOR]`.
+    #[arg(long, default_value = "constant")]
+    pub lr_schedule: Schedule,
+    /// A per-row client id file (`.npy` of integers, or a one-column CSV)
+    /// giving an exact split made elsewhere; overrides --partition and
+    /// --clients.
+    #[arg(long)]
+    pub partition_file: Option<PathBuf>,
     /// Local epochs.
     #[arg(long, default_value_t = 1)]
     pub epochs: u32,
@@ -202,29 +265,40 @@ fn load(options: &SimOptions) -> anyhow::Result<(ModelSpec, Dataset, Dataset)> {
 }
 
 /// Runs the simulation and writes `rounds.csv`, `rounds.json` and
-/// `summary.txt` under `options.out`.
+/// `summary.txt` under `options.out`; with `--seeds`, once per seed under
+/// `seed-<n>/` and the mean ± sd of every figure in `seeds.json` and
+/// `summary.txt` (the last seed's result comes back).
 pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Result<SimResult> {
+    if options.seeds.is_empty() {
+        return run_one(options, shutdown).await;
+    }
+    seeds::run(options, shutdown).await
+}
+
+async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Result<SimResult> {
     anyhow::ensure!(
         options.clients >= 1 && options.rounds >= 1,
         "--clients and --rounds must be at least 1"
     );
     let (spec, train, test) = load(&options)?;
-    let parts = partition(
-        train.targets(),
-        options.clients,
-        options.partition,
-        options.alpha,
-        options.seed,
-    );
+    let parts = match &options.partition_file {
+        Some(file) => crate::split_file::read(file, train.len())?,
+        None => partition(
+            train.targets(),
+            options.clients,
+            options.partition,
+            options.alpha,
+            options.seed,
+        ),
+    };
+    let asked = parts.len();
     // A vehicle without rows can never report: leave it out, loudly, rather
     // than make every round wait for it until its deadline.
     let (parts, empty): (Vec<_>, Vec<_>) = parts.into_iter().partition(|p| !p.is_empty());
     if !empty.is_empty() {
         eprintln!(
-            "warning: {} of {} clients got no rows from the {:?} split and are left out",
+            "warning: {} of {asked} clients got no rows from the split and are left out",
             empty.len(),
-            options.clients,
-            options.partition
         );
     }
     anyhow::ensure!(
@@ -265,9 +339,18 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             downlink_codec: options.downlink_codec,
             keyframe_every: options.keyframe_every,
             codec_warmup_rounds: options.warmup_rounds,
-            server_lr: options.server_lr,
             seed: options.seed,
             ..Default::default()
+        },
+        strategy: StrategyConfig {
+            server: options.strategy.server,
+            server_lr: options.server_lr,
+            lr_schedule: options.lr_schedule,
+            proximal_mu: options.proximal_mu.unwrap_or(if options.strategy.prox {
+                0.01
+            } else {
+                0.0
+            }),
         },
         model: convoy_server::config::ModelConfig {
             hidden: spec.hidden.clone(),
@@ -298,6 +381,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         ..Default::default()
     };
     server.validate()?;
+    let (server_lr, strategy) = (server.round_lr(1), server.strategy_of(1));
     let agents = parts
         .iter()
         .enumerate()
@@ -368,12 +452,21 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             .label
             .clone()
             .unwrap_or_else(|| options.codec.to_string()),
-        alpha: (options.partition != Partition::Iid).then_some(options.alpha),
-        partition: format!("{:?}", options.partition).to_lowercase(),
+        alpha: (options.partition_file.is_none() && options.partition != Partition::Iid)
+            .then_some(options.alpha),
+        partition: match &options.partition_file {
+            Some(file) => format!(
+                "file:{}",
+                file.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            None => format!("{:?}", options.partition).to_lowercase(),
+        },
         transport: format!("{:?}", options.transport).to_lowercase(),
         codec: options.codec.to_string(),
         downlink_codec: options.downlink_codec.to_string(),
-        server_lr: options.server_lr,
+        server_lr,
+        strategy: options.strategy.to_string(),
+        strategy_detail: strategy,
         rule: options.rule.to_string(),
         attack: options.attack.map(|a| a.to_string()),
         attackers: if options.attack.is_some() {
@@ -384,11 +477,15 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         suspected,
         warmup_rounds: options.warmup_rounds,
         keyframe_every: options.keyframe_every,
-        clients: options.clients,
+        clients: asked,
         clients_left_out: left_out,
         seed: options.seed,
         final_accuracy: accuracies.last().copied(),
         best_accuracy: accuracies.iter().copied().reduce(f64::max),
+        last5_accuracy: (!accuracies.is_empty()).then(|| {
+            let tail = &accuracies[accuracies.len().saturating_sub(5)..];
+            tail.iter().sum::<f64>() / tail.len() as f64
+        }),
         rounds_to_80: rounds
             .iter()
             .find(|r| r.accuracy.is_some_and(|a| a >= 0.8))

@@ -70,8 +70,12 @@ pub struct SimResult {
     pub codec: String,
     /// Downlink codec.
     pub downlink_codec: String,
-    /// Server learning rate.
+    /// Server learning rate of the first round.
     pub server_lr: f64,
+    /// The strategy's name (`--strategy`).
+    pub strategy: String,
+    /// The whole strategy as the first round's version records it.
+    pub strategy_detail: String,
     /// The aggregation rule.
     pub rule: String,
     /// The dishonest vehicles' attack, if any, and how many ran it.
@@ -94,6 +98,8 @@ pub struct SimResult {
     pub final_accuracy: Option<f64>,
     /// Best accuracy.
     pub best_accuracy: Option<f64>,
+    /// Mean accuracy of the last five rounds.
+    pub last5_accuracy: Option<f64>,
     /// First round at or above 80 %.
     pub rounds_to_80: Option<u64>,
     /// Total payload bytes up.

@@ -71,6 +71,7 @@ fn child(
                 exact: false,
                 clean: true,
                 replay_secs: 0.0,
+                optimizer_state: None,
             },
             None,
             round + 1,
