@@ -29,6 +29,58 @@ async fn every_version_rebuilds_to_its_id_by_each_route() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The same with a stateful server optimiser and FedProx on the
+/// vehicles: a replayed round starts from its parent's stored optimiser
+/// state, so every route still reaches each version's id; each round's
+/// strategy is in the ledger and in the version's provenance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_optimisers_versions_rebuild_by_each_route() -> anyhow::Result<()> {
+    convoy_tests::init_tracing();
+    for (strategy, rule) in [("fedadam", "fedavg"), ("fedavgm", "cosine")] {
+        let dir = tempfile::tempdir()?;
+        let mut o = options(dir.path(), "topk:0.2+q8", "q8");
+        (o.rounds, o.transport, o.keep_updates) = (5, Transport::Memory, true);
+        (o.keyframe_every, o.max_chain_depth) = (3, 2);
+        o.rule = rule.parse().map_err(anyhow::Error::msg)?;
+        let shown = o.rule;
+        o.strategy = strategy.parse().map_err(anyhow::Error::msg)?;
+        (o.proximal_mu, o.lr_schedule) = (
+            Some(0.01),
+            "step:2:0.5".parse().map_err(anyhow::Error::msg)?,
+        );
+        let result = run(o, CancellationToken::new()).await?;
+        check_routes(dir.path(), rule)?;
+        let store = convoy_tests::api::Store::open_existing(&dir.path().join("sim.db"))?;
+        let rounds = store.rounds()?;
+        assert_eq!(rounds.len(), 5);
+        for r in &rounds {
+            let s = r.strategy.as_deref().unwrap_or_default();
+            // η halves every two rounds: 1st and 2nd at the base rate
+            let base = if strategy == "fedadam" { 0.01 } else { 1.0 };
+            let lr = base * 0.5f64.powi(((r.round - 1) / 2) as i32);
+            assert_eq!(
+                s,
+                format!(
+                    "{}+fedprox:mu=0.01+{shown}:lr={lr}",
+                    strategy
+                        .parse::<convoy_shared::strategy::server::ServerOpt>()
+                        .map_err(anyhow::Error::msg)?
+                ),
+                "round {}",
+                r.round
+            );
+            let v = store.load_version(r.model_version.as_deref().unwrap_or_default())?;
+            assert_eq!(v.manifest.provenance.strategy, s);
+        }
+        let (first, last) = (
+            result.rounds[0].accuracy.unwrap_or(0.0),
+            result.final_accuracy.unwrap_or(0.0),
+        );
+        assert!(last > first, "{strategy}: {first} -> {last}");
+    }
+    Ok(())
+}
+
 fn check_routes(dir: &std::path::Path, rule: &str) -> anyhow::Result<()> {
     use convoy_store::{Route, StorageKind};
     let store = convoy_tests::api::Store::open_existing(&dir.join("sim.db"))?;

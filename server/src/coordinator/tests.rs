@@ -1348,3 +1348,44 @@ fn a_healthy_round_is_one_info_line() {
     assert_eq!(per_round.len(), 1, "{text}");
     assert!(per_round[0].contains("round closed"), "{text}");
 }
+
+/// Server momentum on a known answer, across a restart: round 1 moves by
+/// its mean update 0.01 (m = 0.01); round 2, on a new coordinator, by
+/// m = 0.5 · 0.01 + 0.02 = 0.025, which only the stored state can give.
+/// The round announces FedProx's μ to the vehicles.
+#[test]
+fn server_momentum_survives_a_restart_and_the_round_announces_mu() {
+    use convoy_shared::messages::Objective;
+    use convoy_shared::strategy::server::ServerOpt;
+    let mut rig = rig_with(
+        |c| {
+            c.aggregation.rule = Rule::FedAvg;
+            c.strategy.server = ServerOpt::FedAvgM { momentum: 0.5 };
+            c.strategy.proximal_mu = 0.25;
+        },
+        false,
+    );
+    let a = rig.open(&["car-1", "car-2"]);
+    assert_eq!(a.objective, Objective::Prox { mu: 0.25 });
+    let start = rig.coordinator.current().params.clone();
+    rig.send(rig.update("car-1", 0.01, 10));
+    rig.send(rig.update("car-2", 0.01, 10));
+    let row = closed(&rig.handle(Input::Tick))
+        .expect("round 1 closed")
+        .clone();
+    assert_eq!(
+        row.strategy.as_deref(),
+        Some("fedavgm:momentum=0.5+fedprox:mu=0.25+fedavg:lr=1")
+    );
+    let first = rig.coordinator.current().params.tensors[0].data[0] - start.tensors[0].data[0];
+    assert!((first - 0.01).abs() < 1e-6, "moved {first}");
+    let mut rig = rig.restart();
+    let before = rig.coordinator.current().params.clone();
+    rig.online(&["car-1", "car-2"]);
+    rig.handle(Input::Tick);
+    rig.send(rig.update("car-1", 0.02, 10));
+    rig.send(rig.update("car-2", 0.02, 10));
+    closed(&rig.handle(Input::Tick)).expect("round 2 closed");
+    let step = rig.coordinator.current().params.tensors[0].data[0] - before.tensors[0].data[0];
+    assert!((step - 0.025).abs() < 1e-6, "moved {step}, not 0.025");
+}
