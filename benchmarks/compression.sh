@@ -28,7 +28,7 @@ run() {
   echo "alpha $alpha: $label" >&2
   "$bin" simulate --dataset fashion-mnist --clients 20 --rounds 30 --partition dirichlet \
     --alpha "$alpha" --seed 42 --epochs 1 --lr 0.05 --batch-size 32 --hidden 128 \
-    --out "$out/runs/alpha$alpha/$label" --label "$label" --quiet "$@"
+    --out "$out/runs/alpha$alpha/$label" --name "$label" --quiet "$@"
   printf 'alpha %s %-16s ' "$alpha" "$label" >> "$out/cost-model.txt"
   "$bin" report --db "$out/runs/alpha$alpha/$label/sim.db" --costs \
     | grep '^median absolute error' >> "$out/cost-model.txt"

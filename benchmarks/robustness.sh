@@ -40,7 +40,7 @@ run() {
   mkdir -p "$dir"
   "$bin" simulate --dataset digits --clients "$clients" --rounds 15 --partition iid \
     --seed "$seed" --epochs 1 --lr 0.05 --batch-size 16 --hidden 128 --codec "$codec" \
-    --transport memory --rule "$rule" --out "$dir" --label "$rule/$attack" --quiet \
+    --transport memory --rule "$rule" --out "$dir" --name "$rule/$attack" --quiet \
     "${flags[@]}" > "$dir/summary.out" 2> "$dir/warnings.log"
   # keep the per-round figures; the database, keys and agents' state go
   find "$dir" -mindepth 1 -maxdepth 1 ! -name rounds.json ! -name rounds.csv \

@@ -325,3 +325,52 @@ async fn a_local_fleet_whose_vehicles_all_stop_says_why() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// `--data-dir DIR --label L`: one vehicle per CSV file through the real
+/// agents' path. The heterogeneous taxi fleet (three column sets) aligns a
+/// schema and trains a classification head scored on the vehicles' own
+/// held-out rows; the same files train a regression head (`distance`)
+/// with one file held out as the server's test set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_csv_files_trains_through_the_agents_path() -> anyhow::Result<()> {
+    convoy_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let mut o = options(&dir.path().join("tip"), "fp32", "fp32");
+    o.data_dir = convoy_tests::shared_data("taxi/heterogeneous")?;
+    (o.label, o.transport, o.rounds) = (Some("tip".into()), Transport::Memory, 4);
+    let tip = run(o, CancellationToken::new()).await?;
+    assert_eq!((tip.clients, tip.metric.as_str()), (7, "holdout"));
+    assert_eq!(tip.rounds.len(), 4);
+    assert!(tip.rounds.iter().all(|r| r.clients_reported == 7));
+    let accuracy = tip.final_accuracy.expect("scored on the vehicles' rows");
+    assert!((0.5..=1.0).contains(&accuracy), "{accuracy}");
+
+    let mut o = options(&dir.path().join("distance"), "fp32", "fp32");
+    o.data_dir = convoy_tests::shared_data("taxi")?;
+    o.test_csv = Some(o.data_dir.join("flash_cab.csv"));
+    (o.label, o.task) = (
+        Some("distance".into()),
+        "regression".parse().map_err(anyhow::Error::msg)?,
+    );
+    (o.transport, o.rounds) = (Transport::Memory, 4);
+    let distance = run(o, CancellationToken::new()).await?;
+    assert_eq!((distance.clients, distance.metric.as_str()), (6, "test"));
+    assert!(distance.final_accuracy.is_none());
+    let rmse: Vec<f64> = distance.rounds.iter().filter_map(|r| r.rmse).collect();
+    assert_eq!(rmse.len(), 4, "every round scored on the test file");
+    // better than the best constant guess, the test file's own mean
+    let text = std::fs::read_to_string(convoy_tests::shared_data("taxi/flash_cab.csv")?)?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let column = header
+        .iter()
+        .position(|h| *h == "distance")
+        .expect("a distance column");
+    let values: Vec<f64> = lines
+        .filter_map(|l| l.split(',').nth(column)?.parse().ok())
+        .collect();
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64).sqrt();
+    assert!(rmse[3] < sd, "RMSE {rmse:?} against the test set's sd {sd}");
+    Ok(())
+}

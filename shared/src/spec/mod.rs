@@ -18,6 +18,19 @@ pub enum TaskKind {
     Regression,
 }
 
+impl std::str::FromStr for TaskKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "classification" => Ok(TaskKind::Classification),
+            "regression" => Ok(TaskKind::Regression),
+            other => Err(format!(
+                "unknown task {other:?}: use classification or regression"
+            )),
+        }
+    }
+}
+
 /// How one input column becomes model inputs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Encoding {

@@ -7,7 +7,7 @@ use super::partition::{Partition, partition};
 use super::{fleet, idx};
 use anyhow::Context;
 use convoy_agent::LocalData;
-use convoy_agent::config::Attack;
+use convoy_agent::config::{Attack, DataConfig};
 use convoy_server::config::{
     AggregationConfig, RoundConfig, ServerConfig, StrategyConfig, Weights,
 };
@@ -28,189 +28,14 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod options;
 mod output;
 mod seeds;
 
+pub use options::{SimDataset, SimOptions, SimStrategy, SimWeights, Transport};
+
 pub use output::{SimResult, SimRound};
 use output::{progress_bar, show_waiting, write_outputs};
-
-/// How the simulated fleet talks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Transport {
-    /// The real embedded MQTT broker on loopback.
-    Mqtt,
-    /// In-process channels with the same topics and payloads (faster).
-    Memory,
-}
-
-/// Data sets the simulator knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SimDataset {
-    /// Fashion-MNIST from Debian's `dataset-fashion-mnist` (60k/10k, 784 features).
-    FashionMnist,
-    /// The bundled digits (1797 rows, 64 features; 20 % held out).
-    Digits,
-}
-
-/// `[aggregation] weights`, as a flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SimWeights {
-    /// By claimed rows, capped.
-    Samples,
-    /// One each.
-    Equal,
-}
-
-/// `--strategy`: a server optimiser, or `fedprox` (FedAvg on the server,
-/// the proximal term on the vehicles).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SimStrategy {
-    /// The server optimiser.
-    pub server: ServerOpt,
-    /// Named `fedprox`.
-    pub prox: bool,
-}
-
-impl std::str::FromStr for SimStrategy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s == "fedprox" {
-            return Ok(SimStrategy {
-                server: ServerOpt::FedAvg,
-                prox: true,
-            });
-        }
-        Ok(SimStrategy {
-            server: s.parse().map_err(|e| format!("{e}, or fedprox"))?,
-            prox: false,
-        })
-    }
-}
-
-impl std::fmt::Display for SimStrategy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.prox {
-            write!(f, "fedprox")
-        } else {
-            write!(f, "{}", self.server.name())
-        }
-    }
-}
-
-/// Simulator settings (also the `simulate` command's flags).
-#[derive(Debug, Clone, clap::Args)]
-pub struct SimOptions {
-    /// Data set.
-    #[arg(long, value_enum, default_value_t = SimDataset::FashionMnist)]
-    pub dataset: SimDataset,
-    /// Folder with the Fashion-MNIST idx.gz files.
-    #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
-    pub data_dir: PathBuf,
-    /// Number of clients (all take part every round).
-    #[arg(long, default_value_t = 20)]
-    pub clients: usize,
-    /// Number of rounds.
-    #[arg(long, default_value_t = 30)]
-    pub rounds: u64,
-    /// How rows are spread over clients.
-    #[arg(long, value_enum, default_value_t = Partition::Dirichlet)]
-    pub partition: Partition,
-    /// Dirichlet concentration for dirichlet/quantity partitions.
-    #[arg(long, default_value_t = 0.5)]
-    pub alpha: f64,
-    /// Seed of everything random.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Run once per seed (e.g. `42,1,2`) and report the mean ± sd of every
-    /// figure; `{seed}` in --partition-file is replaced by each seed.
-    #[arg(long, value_delimiter = ',')]
-    pub seeds: Vec<u64>,
-    /// Uplink codec pipeline, e.g. topk:0.01+q8+zstd.
-    #[arg(long, default_value = "fp32")]
-    pub codec: Pipeline,
-    /// Downlink (model delta) codec pipeline.
-    #[arg(long, default_value = "fp32")]
-    pub downlink_codec: Pipeline,
-    /// Exact keyframe every N rounds (0: never; late joiners still get full models).
-    #[arg(long, default_value_t = 0)]
-    pub keyframe_every: u64,
-    /// Sparsity warm-up rounds for topk/randk codecs.
-    #[arg(long, default_value_t = 0)]
-    pub warmup_rounds: u64,
-    /// How the server combines updates: `cosine[:FLOOR]`, `fedavg`,
-    /// `trimmed_mean[:SHARE]`, `median` or `krum[:F]` (the config's
-    /// `aggregation.rule`).
-    #[arg(long, default_value_t = AggregationConfig::default().rule)]
-    pub rule: Rule,
-    /// Weigh updates by claimed rows (capped) or equally (`aggregation.weights`).
-    #[arg(long, value_enum, default_value_t = SimWeights::Samples)]
-    pub weights: SimWeights,
-    /// Make the first --attackers vehicles dishonest: `huge[:VALUE]`,
-    /// `sign_flip:SCALE`, `inflate[:SCALE[:ROWS]]` or `drift[:SHARE]`.
-    #[arg(long)]
-    pub attack: Option<Attack>,
-    /// How many vehicles run --attack.
-    #[arg(long, default_value_t = 1)]
-    pub attackers: usize,
-    /// Server learning rate η (default: 1 for fedavg, fedavgm and fedprox,
-    /// the optimiser's own for fedadagrad, fedadam and fedyogi).
-    #[arg(long)]
-    pub server_lr: Option<f64>,
-    /// The strategy: `fedavg`, `fedavgm`, `fedprox`, `fedadagrad`,
-    /// `fedadam` or `fedyogi`, with hyper-parameters as in `[strategy]
-    /// server` (e.g. `fedadam:tau=0.01`).
-    #[arg(long, default_value = "fedavg")]
-    pub strategy: SimStrategy,
-    /// FedProx's μ (default 0.01 with `--strategy fedprox`, else 0; any
-    /// strategy takes it).
-    #[arg(long)]
-    pub proximal_mu: Option<f64>,
-    /// Server learning-rate schedule: `constant`, `step:EVERY:GAMMA` or
-    /// `cosine:ROUNDS[:FLOOR]`.
-    #[arg(long, default_value = "constant")]
-    pub lr_schedule: Schedule,
-    /// A per-row client id file (`.npy` of integers, or a one-column CSV)
-    /// giving an exact split made elsewhere; overrides --partition and
-    /// --clients.
-    #[arg(long)]
-    pub partition_file: Option<PathBuf>,
-    /// Local epochs.
-    #[arg(long, default_value_t = 1)]
-    pub epochs: u32,
-    /// SGD learning rate.
-    #[arg(long, default_value_t = 0.05)]
-    pub lr: f32,
-    /// Batch size.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: u32,
-    /// Hidden layer widths, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "128")]
-    pub hidden: Vec<u32>,
-    /// Output folder (rounds.csv, rounds.json, summary.txt, sim.db).
-    #[arg(long, default_value = "sim-out")]
-    pub out: PathBuf,
-    /// Label of this run in the results (default: the codec).
-    #[arg(long)]
-    pub label: Option<String>,
-    /// Draw a progress bar on stderr.
-    #[arg(long = "quiet", action = clap::ArgAction::SetFalse, help = "Hide the progress bar")]
-    pub progress: bool,
-    /// The real embedded MQTT broker, or in-process channels (same bytes).
-    #[arg(long, value_enum, default_value_t = Transport::Mqtt)]
-    pub transport: Transport,
-    /// Keep every round's client updates in the database (`store.keep_updates`).
-    #[arg(long)]
-    pub keep_updates: bool,
-    /// `store.max_chain_depth`: deltas after a keyframe before the next.
-    #[arg(long, default_value_t = 20)]
-    pub max_chain_depth: u32,
-    /// `store.max_rebuild_secs`: longest estimated rebuild of a version.
-    #[arg(long, default_value_t = 5.0)]
-    pub max_rebuild_secs: f64,
-    /// The dashboard and metrics while the simulation runs.
-    #[command(flatten)]
-    pub serve: fleet::ServeOptions,
-}
 
 fn load(options: &SimOptions) -> anyhow::Result<(ModelSpec, Dataset, Dataset)> {
     match options.dataset {
@@ -275,12 +100,34 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     seeds::run(options, shutdown).await
 }
 
-async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Result<SimResult> {
-    anyhow::ensure!(
-        options.clients >= 1 && options.rounds >= 1,
-        "--clients and --rounds must be at least 1"
-    );
-    let (spec, train, test) = load(&options)?;
+/// Where the simulated vehicles' rows come from.
+enum Source {
+    /// A data set split by a partitioner or a split file: the spec is
+    /// known, rows are handed to the agents already encoded.
+    Split {
+        spec: ModelSpec,
+        train: Dataset,
+        test: Dataset,
+        parts: Vec<Vec<usize>>,
+    },
+    /// One CSV file per vehicle: the agents read them as real agents do,
+    /// and the fleet aligns a spec (schema and statistics rounds).
+    Files { files: Vec<PathBuf>, label: String },
+}
+
+impl Source {
+    fn vehicles(&self) -> usize {
+        match self {
+            Source::Split { parts, .. } => parts.len(),
+            Source::Files { files, .. } => files.len(),
+        }
+    }
+}
+
+/// The partitioned data set of `options`, clients without rows left out
+/// (loudly); returns the clients asked for too.
+fn split(options: &SimOptions) -> anyhow::Result<(Source, usize)> {
+    let (spec, train, test) = load(options)?;
     let parts = match &options.partition_file {
         Some(file) => crate::split_file::read(file, train.len())?,
         None => partition(
@@ -305,7 +152,58 @@ async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         !parts.is_empty(),
         "no client got any rows; use fewer --clients or another --partition"
     );
-    let left_out = empty.len();
+    let source = Source::Split {
+        spec,
+        train,
+        test,
+        parts,
+    };
+    Ok((source, asked))
+}
+
+/// Every `*.csv` in `dir` but `test_csv`, sorted by name.
+fn csv_files(dir: &Path, test_csv: Option<&Path>) -> anyhow::Result<Vec<PathBuf>> {
+    let test = test_csv.and_then(|t| t.canonicalize().ok());
+    let mut files = Vec::new();
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("reading --data-dir {}", dir.display()))?
+    {
+        let path = entry?.path();
+        let is_csv = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+        if is_csv && path.is_file() && path.canonicalize().ok() != test {
+            files.push(path);
+        }
+    }
+    files.sort();
+    anyhow::ensure!(
+        !files.is_empty(),
+        "{} holds no .csv file: --label makes --data-dir a folder of one CSV per vehicle",
+        dir.display()
+    );
+    Ok(files)
+}
+
+async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Result<SimResult> {
+    anyhow::ensure!(
+        options.clients >= 1 && options.rounds >= 1,
+        "--clients and --rounds must be at least 1"
+    );
+    let (source, asked) = match &options.label {
+        Some(label) => {
+            let files = csv_files(&options.data_dir, options.test_csv.as_deref())?;
+            let n = files.len();
+            let source = Source::Files {
+                files,
+                label: label.clone(),
+            };
+            (source, n)
+        }
+        None => split(&options)?,
+    };
+    let vehicles = source.vehicles();
+    let left_out = asked - vehicles;
     std::fs::create_dir_all(&options.out)?;
     let db = options.out.join("sim.db");
     let db_path = db.clone();
@@ -325,87 +223,49 @@ async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             convoy_runtime::clock::now_ms()
         )),
     };
-    let server = ServerConfig {
-        fleet: "sim".parse().map_err(anyhow::Error::msg)?,
-        db,
-        broker: fleet::server_broker(&broker),
-        rounds: RoundConfig {
-            total: options.rounds,
-            min_clients: parts.len(),
-            min_reports: 1,
-            sample_fraction: 1.0,
-            deadline_secs: 600,
-            codec: options.codec,
-            downlink_codec: options.downlink_codec,
-            keyframe_every: options.keyframe_every,
-            codec_warmup_rounds: options.warmup_rounds,
-            seed: options.seed,
-            ..Default::default()
-        },
-        strategy: StrategyConfig {
-            server: options.strategy.server,
-            server_lr: options.server_lr,
-            lr_schedule: options.lr_schedule,
-            proximal_mu: options.proximal_mu.unwrap_or(if options.strategy.prox {
-                0.01
-            } else {
-                0.0
-            }),
-        },
-        model: convoy_server::config::ModelConfig {
-            hidden: spec.hidden.clone(),
-            init_seed: spec.init_seed,
-            ..Default::default()
-        },
-        training: Recipe {
-            epochs: options.epochs,
-            lr: options.lr,
-            batch_size: options.batch_size,
-            ..Default::default()
-        },
-        aggregation: AggregationConfig {
-            rule: options.rule,
-            weights: match options.weights {
-                SimWeights::Samples => Weights::Samples,
-                SimWeights::Equal => Weights::Equal,
-            },
-            ..Default::default()
-        },
-        store: convoy_server::config::StorePolicy {
-            keep_updates: options.keep_updates,
-            max_chain_depth: options.max_chain_depth,
-            max_rebuild_secs: options.max_rebuild_secs,
-            ..Default::default()
-        },
-        // served below, so it can outlive the run
-        ..Default::default()
-    };
-    server.validate()?;
+    let server = server_config(&options, db, &broker, vehicles)?;
     let (server_lr, strategy) = (server.round_lr(1), server.strategy_of(1));
-    let agents = parts
-        .iter()
-        .enumerate()
-        .map(|(i, rows)| {
-            let id = format!("sim-{i:03}");
-            let mut config = fleet::agent_config(
-                "sim",
-                &id,
-                &broker,
-                state.join(&id),
-                fleet::prepared_data_config(&spec.primary().label),
-            )?;
-            if i < options.attackers {
-                config.faults.attack = options.attack;
-            }
-            Ok((
-                config,
-                Some(LocalData::Prepared(Arc::new(train.subset(rows)))),
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let prepared = Prepared {
-        spec: Some(spec),
-        test: TestSet::Ready(Arc::new(test)),
+    let agent = |i: usize, data| -> anyhow::Result<_> {
+        let id = format!("sim-{i:03}");
+        let mut config = fleet::agent_config("sim", &id, &broker, state.join(&id), data)?;
+        if i < options.attackers {
+            config.faults.attack = options.attack;
+        }
+        Ok(config)
+    };
+    let (agents, prepared) = match source {
+        Source::Split {
+            spec,
+            train,
+            test,
+            parts,
+        } => {
+            let agents = parts
+                .iter()
+                .enumerate()
+                .map(|(i, rows)| {
+                    let data = fleet::prepared_data_config(&spec.primary().label);
+                    let rows = LocalData::Prepared(Arc::new(train.subset(rows)));
+                    Ok((agent(i, data)?, Some(rows)))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let prepared = Prepared {
+                spec: Some(spec),
+                test: TestSet::Ready(Arc::new(test)),
+            };
+            (agents, Some(prepared))
+        }
+        Source::Files { files, label } => {
+            let agents = files
+                .into_iter()
+                .enumerate()
+                .map(|(i, file)| {
+                    let data = DataConfig::new(file, &label, options.task);
+                    Ok((agent(i, data)?, None))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            (agents, None)
+        }
     };
     let started = Instant::now();
     let (mut up, mut down) = (0u64, 0u64);
@@ -416,20 +276,13 @@ async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     }
     let ticker = progress.then(|| tokio::spawn(show_waiting(db_path.clone(), total)));
     let live = dashboard.as_ref().map(|d| d.live.clone());
-    let (rows, _) = fleet::run(
-        server,
-        Some(prepared),
-        agents,
-        shutdown.clone(),
-        live,
-        |row| {
-            up += row.bytes_up;
-            down += row.bytes_down;
-            if progress {
-                progress_bar(row.round.min(total), total, row, up, down);
-            }
-        },
-    )
+    let (rows, _) = fleet::run(server, prepared, agents, shutdown.clone(), live, |row| {
+        up += row.bytes_up;
+        down += row.bytes_down;
+        if progress {
+            progress_bar(row.round.min(total), total, row, up, down);
+        }
+    })
     .await?;
     if let Some(ticker) = ticker {
         ticker.abort();
@@ -440,27 +293,43 @@ async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     if let Some(d) = dashboard {
         d.finish(&shutdown).await;
     }
-    let rounds: Vec<SimRound> = rows.iter().map(SimRound::from).collect();
     let suspected = convoy_store::Store::open(&db_path)?
         .suspicions()?
         .values()
         .map(|s| s.count)
         .sum();
+    // a CSV fleet without a test set is scored by its vehicles' held-out rows
+    let federated = options.label.is_some() && options.test_csv.is_none();
+    let rounds: Vec<SimRound> = rows
+        .iter()
+        .map(|r| {
+            let mut round = SimRound::from(r);
+            if federated {
+                (round.accuracy, round.rmse) = (r.holdout_accuracy, r.holdout_rmse);
+            }
+            round
+        })
+        .collect();
+    let partition = match (&options.label, &options.partition_file) {
+        (Some(_), _) => format!("files:{}", options.data_dir.display()),
+        (None, Some(file)) => format!(
+            "file:{}",
+            file.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        (None, None) => format!("{:?}", options.partition).to_lowercase(),
+    };
+    let split_by_alpha = options.label.is_none()
+        && options.partition_file.is_none()
+        && options.partition != Partition::Iid;
     let accuracies: Vec<f64> = rounds.iter().filter_map(|r| r.accuracy).collect();
     let result = SimResult {
         label: options
-            .label
+            .name
             .clone()
             .unwrap_or_else(|| options.codec.to_string()),
-        alpha: (options.partition_file.is_none() && options.partition != Partition::Iid)
-            .then_some(options.alpha),
-        partition: match &options.partition_file {
-            Some(file) => format!(
-                "file:{}",
-                file.file_name().unwrap_or_default().to_string_lossy()
-            ),
-            None => format!("{:?}", options.partition).to_lowercase(),
-        },
+        alpha: split_by_alpha.then_some(options.alpha),
+        partition,
+        metric: if federated { "holdout" } else { "test" }.into(),
         transport: format!("{:?}", options.transport).to_lowercase(),
         codec: options.codec.to_string(),
         downlink_codec: options.downlink_codec.to_string(),
@@ -470,7 +339,7 @@ async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         rule: options.rule.to_string(),
         attack: options.attack.map(|a| a.to_string()),
         attackers: if options.attack.is_some() {
-            options.attackers.min(parts.len())
+            options.attackers.min(vehicles)
         } else {
             0
         },
@@ -486,6 +355,7 @@ async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             let tail = &accuracies[accuracies.len().saturating_sub(5)..];
             tail.iter().sum::<f64>() / tail.len() as f64
         }),
+        final_rmse: rounds.iter().filter_map(|r| r.rmse).next_back(),
         rounds_to_80: rounds
             .iter()
             .find(|r| r.accuracy.is_some_and(|a| a >= 0.8))
@@ -497,4 +367,80 @@ async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     };
     write_outputs(&options.out, &result)?;
     Ok(result)
+}
+
+/// The server's config for a simulated fleet of `vehicles`.
+fn server_config(
+    options: &SimOptions,
+    db: PathBuf,
+    broker: &fleet::LocalBroker,
+    vehicles: usize,
+) -> anyhow::Result<ServerConfig> {
+    let server = ServerConfig {
+        fleet: "sim".parse().map_err(anyhow::Error::msg)?,
+        db,
+        broker: fleet::server_broker(broker),
+        rounds: RoundConfig {
+            total: options.rounds,
+            min_clients: vehicles,
+            min_reports: 1,
+            sample_fraction: 1.0,
+            deadline_secs: 600,
+            codec: options.codec,
+            downlink_codec: options.downlink_codec,
+            keyframe_every: options.keyframe_every,
+            codec_warmup_rounds: options.warmup_rounds,
+            seed: options.seed,
+            norm_bound: options.norm_bound,
+            ..Default::default()
+        },
+        strategy: StrategyConfig {
+            server: options.strategy.server,
+            server_lr: options.server_lr,
+            lr_schedule: options.lr_schedule,
+            proximal_mu: options.proximal_mu.unwrap_or(if options.strategy.prox {
+                0.01
+            } else {
+                0.0
+            }),
+        },
+        model: convoy_server::config::ModelConfig {
+            hidden: options.hidden.clone(),
+            init_seed: options.seed,
+            ..Default::default()
+        },
+        training: Recipe {
+            epochs: options.epochs,
+            lr: options.lr,
+            batch_size: options.batch_size,
+            ..Default::default()
+        },
+        aggregation: AggregationConfig {
+            rule: options.rule,
+            weights: match options.weights {
+                SimWeights::Samples => Weights::Samples,
+                SimWeights::Equal => Weights::Equal,
+            },
+            median_cap: options.median_cap,
+            growth_cap: options.growth_cap,
+            ..Default::default()
+        },
+        store: convoy_server::config::StorePolicy {
+            keep_updates: options.keep_updates,
+            max_chain_depth: options.max_chain_depth,
+            max_rebuild_secs: options.max_rebuild_secs,
+            ..Default::default()
+        },
+        eval: convoy_server::config::EvalConfig {
+            test_csv: if options.label.is_some() {
+                options.test_csv.clone()
+            } else {
+                None
+            },
+        },
+        // served by the caller, so it can outlive the run
+        ..Default::default()
+    };
+    server.validate()?;
+    Ok(server)
 }

@@ -8,8 +8,11 @@ use super::*;
 pub struct SimRound {
     /// Round.
     pub round: u64,
-    /// Test accuracy.
+    /// Test accuracy (a CSV fleet without --test-csv: the vehicles'
+    /// held-out accuracy of the round's base model).
     pub accuracy: Option<f64>,
+    /// Test RMSE of a regression head (as `accuracy`).
+    pub rmse: Option<f64>,
     /// Test loss.
     pub eval_loss: Option<f64>,
     /// Update payload bytes.
@@ -40,6 +43,7 @@ impl From<&RoundRow> for SimRound {
         Self {
             round: r.round,
             accuracy: r.accuracy,
+            rmse: r.rmse,
             eval_loss: r.eval_loss,
             bytes_up: r.bytes_up,
             bytes_down: r.bytes_down,
@@ -64,6 +68,9 @@ pub struct SimResult {
     pub alpha: Option<f64>,
     /// Partition.
     pub partition: String,
+    /// What the accuracy figures score: `test` (the server's test set) or
+    /// `holdout` (the vehicles' held-out rows, federated).
+    pub metric: String,
     /// mqtt or memory.
     pub transport: String,
     /// Uplink codec.
@@ -100,6 +107,8 @@ pub struct SimResult {
     pub best_accuracy: Option<f64>,
     /// Mean accuracy of the last five rounds.
     pub last5_accuracy: Option<f64>,
+    /// Final RMSE (regression).
+    pub final_rmse: Option<f64>,
     /// First round at or above 80 %.
     pub rounds_to_80: Option<u64>,
     /// Total payload bytes up.
