@@ -84,6 +84,16 @@ pub struct DataConfig {
     /// (0: no held-out rows).
     #[serde(default = "default_holdout")]
     pub holdout: f64,
+    /// Which rows are held out: `random` (a fixed random share, the same
+    /// each round) or `time` (the newest share by `time_column`; for logs,
+    /// where a random split scores the model on moments it trained beside).
+    #[serde(default)]
+    pub holdout_by: HoldoutBy,
+    /// The column that orders the rows in time (ISO 8601 text or a
+    /// number), read with `holdout_by = "time"`. It orders the rows and is
+    /// not a model input.
+    #[serde(default)]
+    pub time_column: Option<String>,
     /// Model line (a vehicle group, e.g. the car model): the vehicles of a
     /// line share the fleet's trunk but train an output head of their own.
     /// Unset: the fleet's head of the label.
@@ -95,6 +105,17 @@ fn default_holdout() -> f64 {
     0.2
 }
 
+/// How the held-out rows are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldoutBy {
+    /// A random share of the rows, the same every round.
+    #[default]
+    Random,
+    /// The newest share of the rows by `data.time_column`.
+    Time,
+}
+
 impl DataConfig {
     /// `path`'s `label` for `task`, with the default held-out share.
     pub fn new(path: impl Into<PathBuf>, label: &str, task: TaskKind) -> Self {
@@ -103,7 +124,17 @@ impl DataConfig {
             label: label.to_string(),
             task,
             holdout: default_holdout(),
+            holdout_by: HoldoutBy::Random,
+            time_column: None,
             line: None,
+        }
+    }
+
+    /// The column the rows are ordered by (`holdout_by = "time"`).
+    pub fn time_order(&self) -> Option<&str> {
+        match self.holdout_by {
+            HoldoutBy::Time => self.time_column.as_deref(),
+            HoldoutBy::Random => None,
         }
     }
 }
@@ -335,6 +366,21 @@ impl AgentConfig {
                 self.training.ack_timeout_secs
             )));
         }
+        if self.data.holdout_by == HoldoutBy::Time {
+            match self.data.time_column.as_deref() {
+                None | Some("") => {
+                    return Err(ConfigError::Invalid(
+                        "data.holdout_by = \"time\" needs data.time_column: the column that orders the rows in time".into(),
+                    ));
+                }
+                Some(c) if c == self.data.label => {
+                    return Err(ConfigError::Invalid(format!(
+                        "data.time_column {c:?} is the label column"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
         if !(0.0..=0.9).contains(&self.data.holdout) {
             return Err(ConfigError::Invalid(format!(
                 "data.holdout {} must be 0 to 0.9",
@@ -380,6 +426,20 @@ mod tests {
         assert_eq!(c.policy, crate::policy::PolicyConfig::default());
         assert_eq!(c.limits, crate::limits::Limits::default());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_time_split_needs_its_column() {
+        let base = "client_id = \"car-1\"\n[data]\npath = \"d.csv\"\nlabel = \"y\"\nholdout_by = \"time\"\n";
+        let c: AgentConfig = toml::from_str(base).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("data.time_column"), "{e}");
+        let c: AgentConfig = toml::from_str(&format!("{base}time_column = \"y\"\n")).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("label"));
+        let c: AgentConfig = toml::from_str(&format!("{base}time_column = \"ts\"\n")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.data.time_order(), Some("ts"));
+        assert!(toml::from_str::<AgentConfig>(&base.replace("\"time\"", "\"sorted\"")).is_err());
     }
 
     #[test]

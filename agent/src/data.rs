@@ -2,11 +2,11 @@
 //! training set for one model spec. Building a training set parses the CSV,
 //! so it runs on the training thread, never on the async runtime.
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, DataConfig, HoldoutBy};
 use crate::error::AgentError;
 use convoy_shared::dataset::{Dataset, Table};
 use convoy_shared::spec::ModelSpec;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Where an agent's training data comes from.
@@ -38,18 +38,15 @@ impl LocalData {
     /// What a training thread needs to build its set: the table itself when
     /// it is held (handed over, so it is not held twice), else the file.
     /// A CSV table becomes [`LocalData::Released`] here.
-    pub fn take_source(&mut self, path: &Path, label: &str) -> Source {
+    pub fn take_source(&mut self, data: &DataConfig) -> Source {
         let rows = self.rows();
         match std::mem::replace(self, LocalData::Released { rows }) {
-            LocalData::Csv(table) => Source::Table(table, path.to_path_buf()),
+            LocalData::Csv(table) => Source::Table(table, data.path.clone()),
             LocalData::Prepared(data) => {
                 *self = LocalData::Prepared(data.clone());
                 Source::Prepared(data)
             }
-            LocalData::Released { .. } => Source::File {
-                path: path.to_path_buf(),
-                label: label.to_string(),
-            },
+            LocalData::Released { .. } => Source::File(data.clone()),
         }
     }
 }
@@ -59,39 +56,45 @@ impl LocalData {
 pub enum Source {
     /// A table read earlier (and the file it came from, for messages).
     Table(Arc<Table>, PathBuf),
-    /// The CSV file to read now.
-    File {
-        /// CSV file.
-        path: PathBuf,
-        /// Label column it must have.
-        label: String,
-    },
+    /// The CSV file of this data config, to read now.
+    File(DataConfig),
     /// Rows already normalised.
     Prepared(Arc<Dataset>),
     /// The set an earlier round built for the same spec.
     Cached(TrainingSet),
 }
 
-/// Reads the vehicle's CSV and checks it has the label column.
-pub fn load_table(path: &Path, label: &str) -> Result<Table, AgentError> {
+/// Reads the vehicle's CSV, checks it has the label column and, with
+/// `holdout_by = "time"`, orders its rows by the time column (which it
+/// then drops: time orders the rows, it is not a model input).
+pub fn load_table(data: &DataConfig) -> Result<Table, AgentError> {
+    let path = &data.path;
     let err = |message: String| AgentError::Data {
         path: path.display().to_string(),
         message,
     };
     let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-    let table = Table::read(std::io::BufReader::new(file)).map_err(|e| err(e.to_string()))?;
-    if table.column(label).is_none() {
+    let mut table = Table::read(std::io::BufReader::new(file)).map_err(|e| err(e.to_string()))?;
+    if table.column(&data.label).is_none() {
         return Err(err(format!(
-            "label column {label:?} not found; columns are {:?}",
-            table.headers
+            "label column {:?} not found; columns are {:?}",
+            data.label, table.headers
         )));
+    }
+    if let Some(time) = data.time_order() {
+        table = table.ordered_by(time).ok_or_else(|| {
+            err(format!(
+                "data.time_column {time:?} not found; columns are {:?}",
+                table.headers
+            ))
+        })?;
     }
     Ok(table)
 }
 
 /// [`load_table`] for a config.
 pub fn load_configured(config: &AgentConfig) -> Result<Table, AgentError> {
-    load_table(&config.data.path, &config.data.label)
+    load_table(&config.data)
 }
 
 /// The rows a round trains on, and the rows held out to score the fleet's
@@ -105,14 +108,15 @@ pub struct TrainingSet {
 }
 
 /// Builds the training set for `spec`, holding out `holdout` of the rows
-/// (chosen by `seed`, the same each round); the table, when handed over
+/// (chosen by `seed`, the same each round, or the newest when `by` is
+/// time: the table is then in time order); the table, when handed over
 /// whole, is turned into it in place. Rows prepared in memory (the
 /// simulator's) are all trained on.
 pub fn build(
     source: Source,
     spec: &ModelSpec,
     (label, line): (&str, Option<&str>),
-    holdout: f64,
+    (holdout, by): (f64, HoldoutBy),
     seed: u64,
 ) -> Result<TrainingSet, AgentError> {
     let (table, path) = match source {
@@ -134,7 +138,7 @@ pub fn build(
             });
         }
         Source::Table(table, path) => (table, path),
-        Source::File { path, label } => (Arc::new(load_table(&path, &label)?), path),
+        Source::File(data) => (Arc::new(load_table(&data)?), data.path),
     };
     // the head of this vehicle's label and line (its CSV may log other
     // heads' labels)
@@ -163,7 +167,11 @@ pub fn build(
     if !built.missing_features.is_empty() {
         tracing::info!(missing = ?built.missing_features, "data lacks some of the fleet's columns; they are encoded as missing");
     }
-    let (train, held) = built.split_holdout(holdout, seed);
+    let (train, held) = match by {
+        // the table's rows are in time order: the newest are held out
+        HoldoutBy::Time => built.split_holdout_tail(holdout),
+        HoldoutBy::Random => built.split_holdout(holdout, seed),
+    };
     Ok(TrainingSet {
         train: Arc::new(train),
         holdout: held.map(Arc::new),

@@ -148,8 +148,7 @@ impl Agent {
             _ => {
                 // Drop the previous training set before building the next one.
                 self.dataset = None;
-                self.data
-                    .take_source(&self.config.data.path, &self.config.data.label)
+                self.data.take_source(&self.config.data)
             }
         };
         let spec = spec.clone();
@@ -157,7 +156,7 @@ impl Agent {
         let objective = ready.announce.objective;
         let base = ready.model.params.clone();
         let limits = self.config.training.clone();
-        let holdout = self.config.data.holdout;
+        let holdout = (self.config.data.holdout, self.config.data.holdout_by);
         let personal_steps = self.config.training.personal_steps;
         let holdout_seed = training_seed(&self.config.client_id, 0);
         let (label, line) = (

@@ -406,6 +406,22 @@ impl Dataset {
         (train, Some(holdout))
     }
 
+    /// Holds out the last `share` of the rows (at least one, and at least
+    /// one left to train on): for rows in time order, the newest.
+    pub fn split_holdout_tail(self, share: f64) -> (Self, Option<Self>) {
+        if !(share > 0.0 && share < 1.0) || self.len() < 2 {
+            return (self, None);
+        }
+        let n = self.len();
+        let held = ((share * n as f64).round() as usize).clamp(1, n - 1);
+        let (kept, held): (Vec<usize>, Vec<usize>) =
+            ((0..n - held).collect(), (n - held..n).collect());
+        let holdout = self.subset(&held);
+        let mut train = self.subset(&kept);
+        train.skipped_rows = self.skipped_rows;
+        (train, Some(holdout))
+    }
+
     /// Reads a CSV and builds a dataset for `spec`.
     pub fn from_csv(reader: impl Read, spec: &ModelSpec) -> Result<Self, DataError> {
         Self::from_table(&Table::read(reader)?, spec)

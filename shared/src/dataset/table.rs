@@ -170,4 +170,46 @@ impl Table {
     pub fn row(&self, row: usize) -> Vec<String> {
         (0..self.headers.len()).map(|c| self.text(row, c)).collect()
     }
+
+    /// The rows in ascending order of column `name` (numbers by value,
+    /// text such as ISO 8601 timestamps by its characters; rows missing it
+    /// first, ties in file order), without that column: a time-ordered
+    /// table whose clock is not a model input. `None` when there is no
+    /// such column.
+    pub fn ordered_by(&self, name: &str) -> Option<Table> {
+        let key = self.column(name)?;
+        let mut order: Vec<usize> = (0..self.len).collect();
+        match &self.text[key] {
+            Some(cells) => order.sort_by(|a, b| cells[*a].cmp(&cells[*b])),
+            None => {
+                let width = self.headers.len();
+                let at = |r: usize| self.numbers[r * width + key];
+                order.sort_by(|a, b| match (at(*a).is_nan(), at(*b).is_nan()) {
+                    (true, true) => std::cmp::Ordering::Equal,
+                    (true, false) => std::cmp::Ordering::Less,
+                    (false, true) => std::cmp::Ordering::Greater,
+                    (false, false) => at(*a).total_cmp(&at(*b)),
+                });
+            }
+        }
+        let width = self.headers.len();
+        let kept: Vec<usize> = (0..width).filter(|c| *c != key).collect();
+        let mut numbers = Vec::with_capacity(self.len * kept.len());
+        for r in &order {
+            numbers.extend(kept.iter().map(|c| self.numbers[r * width + c]));
+        }
+        Some(Table {
+            headers: kept.iter().map(|c| self.headers[*c].clone()).collect(),
+            numbers,
+            text: kept
+                .iter()
+                .map(|c| {
+                    self.text[*c]
+                        .as_ref()
+                        .map(|cells| order.iter().map(|r| cells[*r].clone()).collect())
+                })
+                .collect(),
+            len: self.len,
+        })
+    }
 }

@@ -113,3 +113,36 @@ fn duplicate_column_names_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_time_ordered_table_holds_out_its_newest_rows() {
+    // rows out of order; one without a time
+    let csv = "t,x,y\n2024-03-02T10:00,3,c\n2024-01-05T08:00,1,a\n,0,z\n2024-02-01T12:00,2,b\n2024-04-11T00:00,4,d\n";
+    let table = Table::read(csv.as_bytes()).unwrap();
+    let ordered = table.ordered_by("t").unwrap();
+    assert_eq!(ordered.headers, ["x", "y"], "the clock is not an input");
+    let ys: Vec<String> = (0..ordered.len()).map(|r| ordered.text(r, 1)).collect();
+    assert_eq!(ys, ["z", "a", "b", "c", "d"], "missing time first");
+    assert!(table.ordered_by("when").is_none());
+    // numbers order by value, not as text
+    let numeric = Table::read("t,y\n10,b\n9,a\n100,c\n".as_bytes()).unwrap();
+    let ordered = numeric.ordered_by("t").unwrap();
+    let ys: Vec<String> = (0..3).map(|r| ordered.text(r, 0)).collect();
+    assert_eq!(ys, ["a", "b", "c"]);
+    // the last 40 % of five rows: the two newest
+    let table = Table::read(csv.as_bytes())
+        .unwrap()
+        .ordered_by("t")
+        .unwrap();
+    let spec = table
+        .derive_spec("y", TaskKind::Classification, vec![], 1)
+        .unwrap();
+    let data = Dataset::from_table(&table, &spec).unwrap();
+    let (train, held) = data.split_holdout_tail(0.4);
+    let held = held.unwrap();
+    assert_eq!((train.len(), held.len()), (3, 2));
+    let xs = |d: &Dataset| d.features.clone();
+    let all = xs(&Dataset::from_table(&table, &spec).unwrap());
+    assert_eq!(xs(&held), all[3..], "the newest two rows");
+    assert_eq!(xs(&train), all[..3]);
+}

@@ -100,16 +100,19 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     seeds::run(options, shutdown).await
 }
 
+/// A data set and its split.
+struct Split {
+    spec: ModelSpec,
+    train: Dataset,
+    test: Dataset,
+    parts: Vec<Vec<usize>>,
+}
+
 /// Where the simulated vehicles' rows come from.
 enum Source {
     /// A data set split by a partitioner or a split file: the spec is
     /// known, rows are handed to the agents already encoded.
-    Split {
-        spec: ModelSpec,
-        train: Dataset,
-        test: Dataset,
-        parts: Vec<Vec<usize>>,
-    },
+    Split(Box<Split>),
     /// One CSV file per vehicle: the agents read them as real agents do,
     /// and the fleet aligns a spec (schema and statistics rounds).
     Files { files: Vec<PathBuf>, label: String },
@@ -118,7 +121,7 @@ enum Source {
 impl Source {
     fn vehicles(&self) -> usize {
         match self {
-            Source::Split { parts, .. } => parts.len(),
+            Source::Split(split) => split.parts.len(),
             Source::Files { files, .. } => files.len(),
         }
     }
@@ -152,12 +155,12 @@ fn split(options: &SimOptions) -> anyhow::Result<(Source, usize)> {
         !parts.is_empty(),
         "no client got any rows; use fewer --clients or another --partition"
     );
-    let source = Source::Split {
+    let source = Source::Split(Box::new(Split {
         spec,
         train,
         test,
         parts,
-    };
+    }));
     Ok((source, asked))
 }
 
@@ -234,12 +237,13 @@ async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         Ok(config)
     };
     let (agents, prepared) = match source {
-        Source::Split {
-            spec,
-            train,
-            test,
-            parts,
-        } => {
+        Source::Split(split) => {
+            let Split {
+                spec,
+                train,
+                test,
+                parts,
+            } = *split;
             let agents = parts
                 .iter()
                 .enumerate()
