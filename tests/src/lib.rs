@@ -64,6 +64,7 @@ pub fn digits_sim(out: &std::path::Path, codec: &str, downlink: &str) -> api::si
         rounds: 4,
         partition: api::partition::Partition::Dirichlet,
         alpha: 0.5,
+        shards: 2,
         seed: 5,
         seeds: Vec::new(),
         codec: codec.parse().expect("a valid codec"),

@@ -256,14 +256,40 @@ async fn sparsity_warm_up_ramps_down_to_the_configured_share() -> anyhow::Result
 fn partitions_cover_every_row_once() {
     use convoy_tests::api::Targets;
     let targets = Targets::Classes((0..1000).map(|i| (i % 10) as u32).collect());
-    for scheme in [Partition::Iid, Partition::Dirichlet, Partition::Quantity] {
-        let parts = partition::partition(&targets, 7, scheme, 0.3, 1);
+    for scheme in [
+        Partition::Iid,
+        Partition::Dirichlet,
+        Partition::Quantity,
+        Partition::Shards,
+    ] {
+        let parts = partition::partition(&targets, 7, scheme, (0.3, 2), 1);
         assert_eq!(parts.len(), 7);
         let mut all: Vec<usize> = parts.concat();
         all.sort_unstable();
         assert_eq!(all, (0..1000).collect::<Vec<_>>(), "{scheme:?}");
         assert!(parts.iter().all(|p| !p.is_empty()), "{scheme:?}");
     }
+    // two shards a client: each sees at most four classes (a shard may
+    // straddle two), where the IID split gives every client all ten
+    let classes = |scheme| {
+        partition::partition(&targets, 7, scheme, (0.3, 2), 1)
+            .iter()
+            .map(|rows| {
+                let mut seen: Vec<usize> = rows.iter().map(|r| r % 10).collect();
+                seen.sort_unstable();
+                seen.dedup();
+                seen.len()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        classes(Partition::Shards)
+            .iter()
+            .all(|c| (2..=4).contains(c)),
+        "{:?}",
+        classes(Partition::Shards)
+    );
+    assert!(classes(Partition::Iid).iter().all(|c| *c == 10));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! Spreading a data set's rows over simulated vehicles: equal shares, label
-//! skew or quantity skew, each a pure function of its seed so runs repeat.
+//! skew, pathological label shards or quantity skew, each a pure function
+//! of its seed so runs repeat.
 
 use convoy_shared::dataset::Targets;
 use rand::seq::SliceRandom;
@@ -15,14 +16,21 @@ pub enum Partition {
     Dirichlet,
     /// Quantity skew: client sizes by Dirichlet(alpha), labels mixed.
     Quantity,
+    /// Pathological label skew (McMahan et al. 2017): the rows sorted by
+    /// label are cut into `clients × k` equal shards and each client gets
+    /// k at random, so it sees about k classes.
+    Shards,
 }
 
 /// Row indices per client.
+///
+/// `alpha` is the Dirichlet concentration of `Dirichlet` and `Quantity`;
+/// `shards` the shards per client of `Shards`.
 pub fn partition(
     targets: &Targets,
     clients: usize,
     scheme: Partition,
-    alpha: f64,
+    (alpha, shards): (f64, usize),
     seed: u64,
 ) -> Vec<Vec<usize>> {
     let n = targets.len();
@@ -58,6 +66,23 @@ pub fn partition(
                 };
                 parts.push(order[start..(start + len).min(n)].to_vec());
                 start = (start + len).min(n);
+            }
+            parts
+        }
+        Partition::Shards => {
+            let mut order: Vec<usize> = (0..n).collect();
+            // shuffled first, so the rows of one class are in random order
+            order.shuffle(&mut rng);
+            if let Targets::Classes(c) = targets {
+                order.sort_by_key(|i| c[*i]);
+            }
+            let count = clients * shards.max(1);
+            let mut ids: Vec<usize> = (0..count).collect();
+            ids.shuffle(&mut rng);
+            let mut parts = vec![Vec::new(); clients];
+            for (k, shard) in ids.into_iter().enumerate() {
+                let (from, to) = (shard * n / count, (shard + 1) * n / count);
+                parts[k % clients].extend_from_slice(&order[from..to]);
             }
             parts
         }

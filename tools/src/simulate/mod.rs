@@ -137,7 +137,7 @@ fn split(options: &SimOptions) -> anyhow::Result<(Source, usize)> {
             train.targets(),
             options.clients,
             options.partition,
-            options.alpha,
+            (options.alpha, options.shards),
             options.seed,
         ),
     };

@@ -98,6 +98,9 @@ pub struct SimOptions {
     /// How rows are spread over clients.
     #[arg(long, value_enum, default_value_t = Partition::Dirichlet)]
     pub partition: Partition,
+    /// Shards per client of the shards partition (about that many classes each).
+    #[arg(long, default_value_t = 2)]
+    pub shards: usize,
     /// Dirichlet concentration for dirichlet/quantity partitions.
     #[arg(long, default_value_t = 0.5)]
     pub alpha: f64,
