@@ -28,11 +28,22 @@ def spread(s, scale=100.0, digits=1):
 
 
 def split_alpha(summary):
+    """The Dirichlet alpha of Flower's split, else the partition's name."""
     part = summary["runs"][0]["partition"]
     for a in (0.1, 0.5):
         if f"dir{a}_" in part:
             return a
-    return None
+    return part.split(":", 1)[-1].split("shared/data/", 1)[-1].rstrip("/")
+
+
+def title(alpha):
+    if isinstance(alpha, float):
+        return f"Dirichlet {alpha} (Flower's split)"
+    return f"CSV fleet `{alpha}` (one vehicle per file)"
+
+
+def order_key(alpha):
+    return (0, alpha, "") if isinstance(alpha, float) else (1, 0, alpha)
 
 
 def load(paths):
@@ -40,23 +51,39 @@ def load(paths):
     for p in paths:
         with open(p) as f:
             rows.append(json.load(f))
-    key = lambda s: (split_alpha(s) or 0, ORDER.index(s["label"]) if s["label"] in ORDER else 99)
+    key = lambda s: (order_key(split_alpha(s)), ORDER.index(s["label"]) if s["label"] in ORDER else 99)
     return sorted(rows, key=key)
 
 
 def markdown(rows):
     out = []
-    for alpha in sorted({split_alpha(r) for r in rows}, key=lambda a: a or 0):
+    for alpha in sorted({split_alpha(r) for r in rows}, key=order_key):
         seeds = ", ".join(str(s) for s in rows[0]["seeds"])
         flower = FLOWER.get(alpha)
-        out.append(f"### Dirichlet {alpha} (Flower's split), seeds {seeds}\n")
+        metric = rows[0]["runs"][0].get("metric", "test")
+        out.append(f"### {title(alpha)}, seeds {seeds}\n")
+        if metric == "holdout":
+            out.append("Accuracy is the vehicles' own held-out rows' score of each round's base model (no server test set).\n")
         if flower:
             out.append(f"Flower 1.41 FedAvg on the same splits: final accuracy {flower[0]} % ± {flower[1]}.\n")
+        group = [r for r in rows if split_alpha(r) == alpha]
+        if all(r["final_accuracy"] is None for r in group):
+            out.append("| strategy | settings | final RMSE | RMSE per seed | uplink per run |")
+            out.append("|---|---|---:|---|---:|")
+            for r in group:
+                rmse = [x["final_rmse"] for x in r["runs"] if x.get("final_rmse") is not None]
+                mean = statistics.fmean(rmse) if rmse else float("nan")
+                sd = statistics.stdev(rmse) if len(rmse) > 1 else 0.0
+                per_seed = ", ".join(f"{v:.3f}" for v in rmse)
+                out.append(
+                    f"| {r['label']} | `{r['runs'][0]['strategy_detail']}` | {mean:.3f} ± {sd:.3f} | {per_seed} | "
+                    f"{r['bytes_up']['mean'] / 1e6:.2f} MB |"
+                )
+            out.append("")
+            continue
         out.append("| strategy | settings | final acc (%) | best acc (%) | last 5 rounds (%) | rounds to 80 % | uplink per run | downlink per run | final per seed (%) |")
         out.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
-        for r in rows:
-            if split_alpha(r) != alpha:
-                continue
+        for r in group:
             first = r["runs"][0]
             r80 = r["rounds_to_80"]
             reached = f"{r80['mean']:.1f} ± {r80['sd']:.1f}" if r80 else "never"
@@ -73,13 +100,13 @@ def markdown(rows):
 
 
 def svg(rows):
-    alphas = sorted({split_alpha(r) for r in rows}, key=lambda a: a or 0)
+    alphas = sorted({split_alpha(r) for r in rows}, key=order_key)
     w, h, pad = 420, 300, 45
     lo, hi = 0.5, 0.9
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w * len(alphas)}" height="{h + 40}" font-family="sans-serif" font-size="11">']
     for k, alpha in enumerate(alphas):
         x0 = k * w
-        parts.append(f'<text x="{x0 + w / 2}" y="14" text-anchor="middle">Dirichlet {alpha}: mean test accuracy per round</text>')
+        parts.append(f'<text x="{x0 + w / 2}" y="14" text-anchor="middle">{escape(title(alpha))}: mean accuracy per round</text>')
         parts.append(f'<rect x="{x0 + pad}" y="20" width="{w - 2 * pad}" height="{h - 40}" fill="none" stroke="#888"/>')
         for tick in (0.5, 0.6, 0.7, 0.8, 0.9):
             y = 20 + (h - 40) * (hi - tick) / (hi - lo)

@@ -384,8 +384,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn paused_and_resumed_training_equals_uninterrupted_training() {
+    /// 200 rows of (a, b, a parity label) and a spec with 6 hidden units.
+    fn parity_table() -> (Table, ModelSpec) {
         let table = Table::read(
             (0..200)
                 .map(|i| format!("{},{},{}\n", i % 7, i % 5, i % 2))
@@ -396,6 +396,12 @@ mod tests {
         let spec = table
             .derive_spec("y", TaskKind::Classification, vec![6], 5)
             .unwrap();
+        (table, spec)
+    }
+
+    #[test]
+    fn paused_and_resumed_training_equals_uninterrupted_training() {
+        let (table, spec) = parity_table();
         let job = Job {
             base: spec.init_params(),
             spec: spec.clone(),
@@ -436,16 +442,7 @@ mod tests {
     /// plain SGD's by exactly `lr μ (w₁ − w₀)`.
     #[test]
     fn the_proximal_term_adds_exactly_its_gradient() {
-        let table = Table::read(
-            (0..200)
-                .map(|i| format!("{},{},{}\n", i % 7, i % 5, i % 2))
-                .fold(String::from("a,b,y\n"), |acc, line| acc + &line)
-                .as_bytes(),
-        )
-        .unwrap();
-        let spec = table
-            .derive_spec("y", TaskKind::Classification, vec![6], 5)
-            .unwrap();
+        let (table, spec) = parity_table();
         let (lr, mu) = (0.1f32, 2.0f32);
         let plain = Job {
             base: spec.init_params(),

@@ -59,7 +59,44 @@ pub enum Objective {
     },
 }
 
+/// An announcement as releases before [`Announce::objective`] encoded it.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct AnnounceWithoutObjective {
+    round: u64,
+    manifest: Manifest,
+    spec: ModelSpec,
+    task: Recipe,
+    codec: Pipeline,
+    downlink_codec: Pipeline,
+    deadline_ms: u64,
+    selected: Vec<Id>,
+    chunk_size: u32,
+}
+
 impl Announce {
+    /// An announcement the server kept for its open round (postcard),
+    /// also in the layout of releases before the round's objective was
+    /// announced (read as [`Objective::Plain`]), so a round left open
+    /// across an upgrade resumes with the updates it acknowledged.
+    pub fn from_kept(bytes: &[u8]) -> Result<Announce, postcard::Error> {
+        postcard::from_bytes(bytes).or_else(|e| {
+            let old: AnnounceWithoutObjective = postcard::from_bytes(bytes).map_err(|_| e)?;
+            Ok(Announce {
+                round: old.round,
+                manifest: old.manifest,
+                spec: old.spec,
+                task: old.task,
+                codec: old.codec,
+                downlink_codec: old.downlink_codec,
+                deadline_ms: old.deadline_ms,
+                selected: old.selected,
+                chunk_size: old.chunk_size,
+                objective: Objective::Plain,
+            })
+        })
+    }
+
     /// The base version id.
     pub fn base_version(&self) -> VersionId {
         self.manifest.version
@@ -334,4 +371,47 @@ pub fn detail<const N: usize>(s: &str) -> HString<N> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod kept_tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_announcement_of_either_layout_reads_back() {
+        let spec = crate::spec::tests::spec();
+        let task = Recipe::default();
+        let manifest =
+            crate::version::manifest_of(&spec.init_params(), &spec, &task, &Default::default());
+        let now = Announce {
+            round: 7,
+            manifest,
+            spec,
+            task,
+            codec: Pipeline::FP32,
+            downlink_codec: Pipeline::FP32,
+            deadline_ms: 1_000,
+            selected: vec![id("car-1").unwrap()],
+            chunk_size: 4096,
+            objective: Objective::Prox { mu: 0.5 },
+        };
+        let bytes = postcard::to_allocvec(&now).unwrap();
+        assert_eq!(Announce::from_kept(&bytes).unwrap(), now);
+        let old = AnnounceWithoutObjective {
+            round: now.round,
+            manifest: now.manifest.clone(),
+            spec: now.spec.clone(),
+            task: now.task.clone(),
+            codec: now.codec,
+            downlink_codec: now.downlink_codec,
+            deadline_ms: now.deadline_ms,
+            selected: now.selected.clone(),
+            chunk_size: now.chunk_size,
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let back = Announce::from_kept(&bytes).unwrap();
+        assert_eq!(back.objective, Objective::Plain);
+        assert_eq!((back.round, back.chunk_size), (7, 4096));
+        assert!(Announce::from_kept(&bytes[..bytes.len() / 2]).is_err());
+    }
 }

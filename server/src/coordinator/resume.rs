@@ -70,7 +70,7 @@ impl Coordinator {
 
     fn resume_round(&mut self, state: OpenRoundState) -> Result<Option<u64>, ServerError> {
         let round = state.round;
-        let Ok(announce) = postcard::from_bytes::<Announce>(&state.announce) else {
+        let Ok(announce) = Announce::from_kept(&state.announce) else {
             tracing::warn!(
                 round,
                 "stored announcement unreadable; the round cannot resume"

@@ -5,6 +5,26 @@
 //! round's aggregate ([`server`]), and how a new model is published to the
 //! fleet and applied by whoever holds its parent ([`publish`]).
 
+/// `TryFrom<String>` through `FromStr` and `From<T> for String` through
+/// `Display`: what `#[serde(try_from = "String", into = "String")]` needs,
+/// so a setting is written in config files as the text it parses from.
+macro_rules! text_setting {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                s.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(value: $t) -> String {
+                value.to_string()
+            }
+        }
+    };
+}
+
 pub mod fold;
 pub mod publish;
 pub mod robust;

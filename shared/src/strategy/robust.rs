@@ -126,18 +126,7 @@ impl FromStr for Rule {
     }
 }
 
-impl TryFrom<String> for Rule {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<Rule> for String {
-    fn from(rule: Rule) -> Self {
-        rule.to_string()
-    }
-}
+text_setting!(Rule);
 
 /// One accepted update as the rule sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -286,18 +286,7 @@ impl FromStr for ServerOpt {
     }
 }
 
-impl TryFrom<String> for ServerOpt {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<ServerOpt> for String {
-    fn from(o: ServerOpt) -> String {
-        o.to_string()
-    }
-}
+text_setting!(ServerOpt);
 
 /// A server optimiser's state: what it carries from round to round.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -415,18 +404,7 @@ impl FromStr for Schedule {
     }
 }
 
-impl TryFrom<String> for Schedule {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Schedule> for String {
-    fn from(s: Schedule) -> String {
-        s.to_string()
-    }
-}
+text_setting!(Schedule);
 
 #[cfg(test)]
 mod tests {

@@ -323,16 +323,28 @@ impl Store {
             return Ok(opt.init(parent));
         };
         let parent_hex = version::hex(&parent_id);
+        // as the live server: a stored state of another optimiser (or
+        // other hyper-parameters) starts afresh
         if let Some(bytes) = self.optimizer_state(&parent_hex)? {
-            return OptState::from_bytes(&bytes)
-                .map_err(|e| err(format!("its parent's optimiser state does not decode: {e}")));
+            let state = OptState::from_bytes(&bytes)
+                .map_err(|e| err(format!("its parent's optimiser state does not decode: {e}")))?;
+            return Ok(if state.fits(opt, parent) {
+                state
+            } else {
+                opt.init(parent)
+            });
         }
-        match self.meta(&parent_hex) {
-            Ok(meta) if meta.row.manifest.provenance.parent.is_none() => Ok(opt.init(parent)),
-            _ => Err(err(format!(
-                "the {opt} state of its parent {} was not kept (turn on store.keep_updates)",
-                version::short(&parent_id)
-            ))),
+        // a parent made without this optimiser (a first model, or another
+        // strategy) left no state: the live round started afresh too
+        let made_by = self.meta(&parent_hex)?.row.manifest.provenance;
+        if made_by.parent.is_none()
+            || convoy_shared::strategy::server_opt_of(&made_by.strategy) != *opt
+        {
+            return Ok(opt.init(parent));
         }
+        Err(err(format!(
+            "the {opt} state of its parent {} was not kept (turn on store.keep_updates)",
+            version::short(&parent_id)
+        )))
     }
 }
