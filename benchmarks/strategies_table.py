@@ -46,6 +46,10 @@ def order_key(alpha):
     return (0, alpha, "") if isinstance(alpha, float) else (1, 0, alpha)
 
 
+def size(b):
+    return f"{b / 1e6:.0f} MB" if b >= 10e6 else f"{b / 1e3:.0f} kB"
+
+
 def load(paths):
     rows = []
     for p in paths:
@@ -63,7 +67,7 @@ def markdown(rows):
         metric = rows[0]["runs"][0].get("metric", "test")
         out.append(f"### {title(alpha)}, seeds {seeds}\n")
         if metric == "holdout":
-            out.append("Accuracy is the vehicles' own held-out rows' score of each round's base model (no server test set).\n")
+            out.append("Scores are the vehicles' own held-out rows' score of each round's base model (no server test set).\n")
         if flower:
             out.append(f"Flower 1.41 FedAvg on the same splits: final accuracy {flower[0]} % ± {flower[1]}.\n")
         group = [r for r in rows if split_alpha(r) == alpha]
@@ -77,7 +81,7 @@ def markdown(rows):
                 per_seed = ", ".join(f"{v:.3f}" for v in rmse)
                 out.append(
                     f"| {r['label']} | `{r['runs'][0]['strategy_detail']}` | {mean:.3f} ± {sd:.3f} | {per_seed} | "
-                    f"{r['bytes_up']['mean'] / 1e6:.2f} MB |"
+                    f"{size(r['bytes_up']['mean'])} |"
                 )
             out.append("")
             continue
@@ -93,7 +97,7 @@ def markdown(rows):
             out.append(
                 f"| {r['label']} | `{first['strategy_detail']}` | {spread(r['final_accuracy'])} | "
                 f"{spread(r['best_accuracy'])} | {spread(r['last5_accuracy'])} | {reached} | "
-                f"{r['bytes_up']['mean'] / 1e6:.0f} MB | {r['bytes_down']['mean'] / 1e6:.0f} MB | {per_seed} |"
+                f"{size(r['bytes_up']['mean'])} | {size(r['bytes_down']['mean'])} | {per_seed} |"
             )
         out.append("")
     return "\n".join(out) + "\n"
