@@ -6,12 +6,14 @@
 //! |---|---|
 //! | `versions/` | published models: chunks, deltas, lineage, rebuild routes |
 //! | `ledger.rs` | rounds, the per-vehicle ledger, rejections |
+//! | `deploy.rs` | which model the fleet runs: the latest, or the best by the on-vehicle metric |
 //! | `rows.rs` | the row types and the one place each meets its columns |
 //! | `status.rs` | round and ledger statuses |
 //! | `usage.rs` | per-vehicle figures, data used per day and month |
 //! | `vehicles.rs` | provisioned vehicles: public keys and broker credentials |
 //! | `schema.rs` | the tables and their numbered migrations |
 
+mod deploy;
 mod ledger;
 mod rows;
 mod schema;
@@ -23,6 +25,7 @@ mod versions;
 #[cfg(test)]
 mod tests;
 
+pub use deploy::{Deploy, Deployment, Scored};
 pub use ledger::{OpenRoundState, Suspicion, TaskMetrics};
 pub use rows::{ClientRow, RoundRow};
 pub use schema::SCHEMA_VERSION;

@@ -7,7 +7,7 @@ use convoy_shared::codec::Pipeline;
 use convoy_shared::spec::{MAX_PARAMS, Recipe, TaskKind};
 use convoy_shared::strategy::robust::{Rule, Weighting};
 use convoy_shared::topics::TopicId;
-pub use convoy_store::StorePolicy;
+pub use convoy_store::{Deploy, StorePolicy};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

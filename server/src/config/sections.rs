@@ -188,6 +188,13 @@ pub struct RoundConfig {
     /// offline and is not selected (10 to 86400). Agents send a status at
     /// least every 30 s.
     pub offline_after_secs: u64,
+    /// The model the fleet should run: `last`, `best` (by the vehicles'
+    /// held-out score of each model) or `best_within:N` (the best of the
+    /// last N); `models fleet` shows it beside the latest.
+    pub deploy: Deploy,
+    /// Stop training after this many scored models without a better one
+    /// than the best so far (0: never).
+    pub early_stop_rounds: u64,
 }
 
 impl Default for RoundConfig {
@@ -209,6 +216,8 @@ impl Default for RoundConfig {
             max_samples: 1_000_000,
             norm_bound: 5.0,
             offline_after_secs: 120,
+            deploy: Deploy::Last,
+            early_stop_rounds: 0,
         }
     }
 }

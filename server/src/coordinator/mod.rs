@@ -154,6 +154,8 @@ pub struct Coordinator {
     history: HashMap<String, f64>,
     /// The server optimiser's state as of `current` (empty for FedAvg).
     opt_state: OptState,
+    /// No better model for `rounds.early_stop_rounds` scored models.
+    stopped_early: bool,
     /// The round topic needs its genuine message back.
     restore_due: bool,
     /// When the server last put it back.
@@ -221,6 +223,7 @@ impl Coordinator {
             history,
             restore_due: false,
             last_restore: None,
+            stopped_early: false,
         };
         coordinator.resume()?;
         Ok(coordinator)
@@ -278,9 +281,11 @@ impl Coordinator {
         filters
     }
 
-    /// True once the configured number of rounds has run.
+    /// True once the configured number of rounds has run, or training
+    /// stopped early (`rounds.early_stop_rounds`).
     pub fn done(&self) -> bool {
-        self.config.rounds.total > 0 && self.rounds_run >= self.config.rounds.total
+        self.stopped_early
+            || (self.config.rounds.total > 0 && self.rounds_run >= self.config.rounds.total)
     }
 
     /// Rounds closed since start: (published a model, failed).

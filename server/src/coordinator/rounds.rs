@@ -418,6 +418,28 @@ impl Coordinator {
         self.finish(row, clients, out)
     }
 
+    /// Stops training once `rounds.early_stop_rounds` models in a row were
+    /// scored by the vehicles without beating the best so far.
+    fn check_early_stop(&mut self) -> Result<(), ServerError> {
+        let patience = self.config.rounds.early_stop_rounds;
+        if patience == 0 || self.stopped_early {
+            return Ok(());
+        }
+        let d = self.store.deployment(convoy_store::Deploy::Best)?;
+        if d.since_best >= patience {
+            self.stopped_early = true;
+            let best = d.deployed.as_ref();
+            tracing::info!(
+                rounds = self.rounds_run,
+                best_round = best.map(|b| b.round),
+                best_score = best.and_then(|b| b.score()),
+                patience,
+                "training stopped early: no better model for {patience} scored rounds"
+            );
+        }
+        Ok(())
+    }
+
     /// The learning rate the round's rule aggregates at: the round's own
     /// under FedAvg, 1 under a stateful optimiser, which then takes the
     /// step ([`Coordinator::server_step`]).
@@ -476,6 +498,7 @@ impl Coordinator {
         if row.status == RoundStatus::Failed {
             self.rounds_failed += 1;
         }
+        self.check_early_stop()?;
         out.push(Output::RoundClosed(Box::new(row)));
         Ok(())
     }

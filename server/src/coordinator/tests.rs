@@ -1389,3 +1389,47 @@ fn server_momentum_survives_a_restart_and_the_round_announces_mu() {
     let step = rig.coordinator.current().params.tensors[0].data[0] - before.tensors[0].data[0];
     assert!((step - 0.025).abs() < 1e-6, "moved {step}, not 0.025");
 }
+
+/// Early stopping on the vehicles' scores: each round's vehicles score its
+/// base model. v1 scores 0.9 (by round 2), v2 0.8 and v3 0.7: two scored
+/// models without a better one stop training after round 4, and `best`
+/// deploys v1 while the latest is v4.
+#[test]
+fn training_stops_when_the_vehicles_scores_stop_improving() {
+    let mut rig = rig_with(|c| c.rounds.early_stop_rounds = 2, false);
+    let score = |accuracy: f64| Evaluation {
+        loss: 0.5,
+        accuracy: Some(accuracy),
+        rmse: None,
+        mae: None,
+        samples: 10,
+    };
+    for (round, accuracy) in [(1, 0.5), (2, 0.9), (3, 0.8), (4, 0.7)] {
+        assert!(!rig.coordinator.done(), "round {round} runs");
+        rig.online(&["car-1", "car-2"]);
+        let a = announces(&rig.handle(Input::Tick))
+            .pop()
+            .expect("a round opens");
+        assert_eq!(a.round, round);
+        for car in ["car-1", "car-2"] {
+            let delta = delta_of(&a, car, 0.01);
+            rig.send(rig.scored_update(car, &a, &delta, 10, [Some(score(accuracy)), None]));
+        }
+        closed(&rig.handle(Input::Tick)).expect("closed");
+    }
+    assert!(rig.coordinator.done(), "stopped early");
+    rig.online(&["car-1", "car-2"]);
+    assert!(announces(&rig.handle(Input::Tick)).is_empty(), "no round 5");
+    let d = rig
+        .coordinator
+        .store
+        .deployment(convoy_store::Deploy::Best)
+        .unwrap();
+    let rounds = rig.coordinator.store.rounds().unwrap();
+    assert_eq!(
+        d.deployed.unwrap().version,
+        rounds[0].model_version.clone().unwrap()
+    );
+    assert_eq!(d.latest.unwrap().round, 4);
+    assert_eq!(d.since_best, 2);
+}

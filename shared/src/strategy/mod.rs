@@ -8,6 +8,7 @@
 /// `TryFrom<String>` through `FromStr` and `From<T> for String` through
 /// `Display`: what `#[serde(try_from = "String", into = "String")]` needs,
 /// so a setting is written in config files as the text it parses from.
+#[macro_export]
 macro_rules! text_setting {
     ($t:ty) => {
         impl TryFrom<String> for $t {

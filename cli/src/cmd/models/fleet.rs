@@ -1,6 +1,7 @@
 //! `models fleet`: which model each vehicle holds.
 
 use super::*;
+use convoy_store::{Deploy, Deployment, Scored};
 
 /// `models fleet`'s arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -8,11 +9,43 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// How the deployed model is chosen: `last`, `best` or `best_within:N`
+    /// (default: `rounds.deploy` of --config, else `last`).
+    #[arg(long)]
+    pub deploy: Option<Deploy>,
 }
 
 /// Runs `models fleet` against the database at `db`; the text to print.
-pub fn run(db: &Path, args: Args) -> anyhow::Result<String> {
-    Ok(fleet(db, args.format)?)
+pub fn run(db: &Path, args: Args, rule: Deploy) -> anyhow::Result<String> {
+    let mut text = fleet(db, args.format)?;
+    if args.format == Format::Table {
+        let d = Store::open_existing(db)?.deployment(rule)?;
+        text.push_str(&deployment_lines(&d));
+    }
+    Ok(text)
+}
+
+/// "latest" and "deployed" with their rounds and on-vehicle scores.
+pub fn deployment_lines(d: &Deployment) -> String {
+    let line = |what: &str, m: Option<&Scored>| match m {
+        None => format!("{what}: none\n"),
+        Some(m) => format!(
+            "{what}: {} (round {}, on-vehicle {})\n",
+            short(&m.version),
+            m.round,
+            match (m.accuracy, m.rmse) {
+                (Some(a), _) => format!("accuracy {:.2}%", a * 100.0),
+                (None, Some(r)) => format!("RMSE {r:.4}"),
+                (None, None) => "not scored yet".into(),
+            }
+        ),
+    };
+    let mut out = line("latest", d.latest.as_ref());
+    out.push_str(&line(
+        &format!("deployed ({})", d.rule),
+        d.deployed.as_ref(),
+    ));
+    out
 }
 
 /// One vehicle in the fleet inventory.
@@ -101,4 +134,36 @@ pub fn fleet(db: &Path, format: Format) -> Result<String, StoreError> {
             out
         }
     })
+}
+
+#[cfg(test)]
+mod deployment_tests {
+    use super::*;
+
+    #[test]
+    fn latest_and_deployed_are_both_shown() {
+        let model = |round, accuracy| Scored {
+            version: format!("{round:064x}"),
+            round,
+            accuracy,
+            rmse: None,
+        };
+        let d = Deployment {
+            rule: "best".into(),
+            latest: Some(model(30, None)),
+            deployed: Some(model(12, Some(0.861))),
+            since_best: 17,
+        };
+        let text = deployment_lines(&d);
+        assert!(text.contains("latest: 00000000"), "{text}");
+        assert!(
+            text.contains("(round 30, on-vehicle not scored yet)"),
+            "{text}"
+        );
+        assert!(text.contains("deployed (best): 00000000"), "{text}");
+        assert!(
+            text.contains("(round 12, on-vehicle accuracy 86.10%)"),
+            "{text}"
+        );
+    }
 }

@@ -75,7 +75,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Action::Rebuild(a) => rebuild::run(db, a)?,
         Action::Transfer(a) => transfer::run(db, a)?,
         Action::Storage(a) => storage::run(db, a)?,
-        Action::Fleet(a) => fleet::run(db, a)?,
+        Action::Fleet(a) => {
+            // the config's rule unless the command names one
+            let rule = match a.deploy {
+                Some(rule) => rule,
+                None => args
+                    .store
+                    .server_config()?
+                    .map_or_else(Default::default, |c| c.rounds.deploy),
+            };
+            fleet::run(db, a, rule)?
+        }
         Action::Rollback(a) => rollback::run(db, a)?,
     };
     print!("{text}");
