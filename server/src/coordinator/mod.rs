@@ -226,6 +226,8 @@ impl Coordinator {
             stopped_early: false,
         };
         coordinator.resume()?;
+        // a fleet that stopped early stays stopped across a restart
+        coordinator.check_early_stop()?;
         Ok(coordinator)
     }
 

@@ -420,7 +420,7 @@ impl Coordinator {
 
     /// Stops training once `rounds.early_stop_rounds` models in a row were
     /// scored by the vehicles without beating the best so far.
-    fn check_early_stop(&mut self) -> Result<(), ServerError> {
+    pub(super) fn check_early_stop(&mut self) -> Result<(), ServerError> {
         let patience = self.config.rounds.early_stop_rounds;
         if patience == 0 || self.stopped_early {
             return Ok(());

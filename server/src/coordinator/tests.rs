@@ -1432,4 +1432,8 @@ fn training_stops_when_the_vehicles_scores_stop_improving() {
     );
     assert_eq!(d.latest.unwrap().round, 4);
     assert_eq!(d.since_best, 2);
+    let mut rig = rig.restart();
+    assert!(rig.coordinator.done(), "still stopped after a restart");
+    rig.online(&["car-1", "car-2"]);
+    assert!(announces(&rig.handle(Input::Tick)).is_empty());
 }
