@@ -142,22 +142,28 @@ impl ServerOpt {
     /// A fresh state for a model of `like`'s layout: zeros (FedAdagrad's
     /// and FedYogi's second moments start at τ², as in the paper).
     pub fn init(&self, like: &ParamSet) -> OptState {
-        let n = like.numel();
+        let (m, v) = self.state_lens(like);
         let v0 = match *self {
             ServerOpt::FedAdagrad { tau } | ServerOpt::FedYogi { tau, .. } => (tau * tau) as f32,
             _ => 0.0,
         };
-        let (m, v) = match self {
-            ServerOpt::FedAvg => (Vec::new(), Vec::new()),
-            ServerOpt::FedAvgM { .. } => (vec![0.0; n], Vec::new()),
-            ServerOpt::FedAdagrad { .. } => (Vec::new(), vec![v0; n]),
-            ServerOpt::FedAdam { .. } | ServerOpt::FedYogi { .. } => (vec![0.0; n], vec![v0; n]),
-        };
         OptState {
             opt: self.to_string(),
             steps: 0,
-            m,
-            v,
+            m: vec![0.0; m],
+            v: vec![v0; v],
+        }
+    }
+
+    /// Lengths of the first and second moments for a model of `like`'s
+    /// size (0 where the optimiser keeps none).
+    fn state_lens(&self, like: &ParamSet) -> (usize, usize) {
+        let n = like.numel();
+        match self {
+            ServerOpt::FedAvg => (0, 0),
+            ServerOpt::FedAvgM { .. } => (n, 0),
+            ServerOpt::FedAdagrad { .. } => (0, n),
+            ServerOpt::FedAdam { .. } | ServerOpt::FedYogi { .. } => (n, n),
         }
     }
 
@@ -304,8 +310,7 @@ pub struct OptState {
 impl OptState {
     /// True when this state is `opt`'s for a model of `like`'s size.
     pub fn fits(&self, opt: &ServerOpt, like: &ParamSet) -> bool {
-        let fresh = opt.init(like);
-        self.opt == fresh.opt && self.m.len() == fresh.m.len() && self.v.len() == fresh.v.len()
+        self.opt == opt.to_string() && (self.m.len(), self.v.len()) == opt.state_lens(like)
     }
 
     /// The state as stored (postcard).
