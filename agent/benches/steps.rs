@@ -81,6 +81,7 @@ fn run(
         data: data.clone(),
         seed: 3,
         objective: Default::default(),
+        correction: None,
     };
     let limits = TrainingConfig {
         threads: 1,

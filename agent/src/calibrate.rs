@@ -71,6 +71,7 @@ fn measure(limits: &TrainingConfig) -> Option<Throughput> {
             data: Arc::new(data),
             seed: 1,
             objective: Default::default(),
+            correction: None,
         };
         let never = AtomicBool::new(false);
         let unbounded = TrainingConfig {

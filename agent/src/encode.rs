@@ -34,13 +34,13 @@ pub struct Encoding {
 
 /// Encodes `trained` (from `base`, on `samples` rows) into the update to
 /// persist and send, with the residual it leaves; also returns the encode
-/// seconds.
+/// seconds and the update as the server will decode it.
 pub fn encode(
     trained: Trained,
     base: &ParamSet,
     samples: u64,
     encoding: &Encoding,
-) -> Result<(PendingUpdate, f64), TrainError> {
+) -> Result<(PendingUpdate, f64, ParamSet), TrainError> {
     let started = Instant::now();
     let mut update = trained.params.sub(base)?;
     let mut samples = samples;
@@ -74,7 +74,7 @@ pub fn encode(
         chunk_size: encoding.chunk_size,
         residual,
     };
-    Ok((pending, started.elapsed().as_secs_f64()))
+    Ok((pending, started.elapsed().as_secs_f64(), decoded))
 }
 
 #[cfg(test)]
@@ -121,13 +121,14 @@ mod tests {
             params: params(vec![1.5, 2.0, 2.0]),
             stats: TrainStats::default(),
         };
-        let (pending, _) = encode(trained, &base, 7, &encoding("fp32", None)).unwrap();
+        let (pending, _, sent) = encode(trained, &base, 7, &encoding("fp32", None)).unwrap();
         assert_eq!(pending.round, 4);
         assert_eq!(pending.residual, None);
         assert_eq!(
             decoded(&pending, &base).tensors[0].data,
             vec![0.5, 0.0, -1.0]
         );
+        assert_eq!(sent.tensors[0].data, vec![0.5, 0.0, -1.0]);
     }
 
     #[test]
@@ -138,7 +139,7 @@ mod tests {
             params: params(v),
             stats: TrainStats::default(),
         };
-        let (first, _) = encode(
+        let (first, _, _) = encode(
             trained(vec![4.0, 3.0, 0.0, 0.0]),
             &base,
             1,
@@ -152,7 +153,7 @@ mod tests {
         );
         assert_eq!(residual.tensors[0].data, vec![0.0, 3.0, 0.0, 0.0]);
         // next round trains nothing new: the residual alone is sent
-        let (second, _) = encode(
+        let (second, _, _) = encode(
             trained(vec![0.0; 4]),
             &base,
             1,

@@ -100,6 +100,16 @@ pub struct StoredCheckpoint {
     pub checkpoint: crate::trainer::Checkpoint,
 }
 
+/// The SCAFFOLD control a pending update leaves, kept apart from the
+/// update so `pending.bin` keeps its layout across releases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PendingControl {
+    round: u64,
+    control: ParamSet,
+}
+
+const PENDING_CONTROL: &str = "control-pending.bin";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 struct Progress {
     last_acked_round: Option<u64>,
@@ -133,12 +143,17 @@ impl StateDir {
     /// Only I/O trouble (not corruption) is an error.
     pub fn sweep(&self) -> Result<Vec<StateError>, StateError> {
         type Check = fn(&StateDir) -> Result<bool, StateError>;
-        let checks: [Check; 5] = [
+        let checks: [Check; 7] = [
             |d| d.model().map(|v| v.is_some()),
             |d| d.pending().map(|v| v.is_some()),
             |d| d.read::<Progress>("progress.bin").map(|v| v.is_some()),
             |d| d.residual().map(|v| v.is_some()),
             |d| d.checkpoint().map(|v| v.is_some()),
+            |d| d.control().map(|v| v.is_some()),
+            |d| {
+                d.read::<PendingControl>(PENDING_CONTROL)
+                    .map(|v| v.is_some())
+            },
         ];
         let mut moved = Vec::new();
         for check in checks {
@@ -267,13 +282,38 @@ impl StateDir {
         self.read("residual.bin")
     }
 
+    /// The vehicle's SCAFFOLD control `cᵢ`, if it has taken part in a
+    /// SCAFFOLD round the server acknowledged.
+    pub fn control(&self) -> Result<Option<ParamSet>, StateError> {
+        self.read("control.bin")
+    }
+
+    /// Persists the control `cᵢ⁺` that round `round`'s update leaves (before
+    /// the update itself): it becomes [`Self::control`] with the receipt.
+    pub fn save_pending_control(&self, round: u64, control: &ParamSet) -> Result<(), StateError> {
+        self.write(
+            PENDING_CONTROL,
+            &PendingControl {
+                round,
+                control: control.clone(),
+            },
+        )
+    }
+
     /// Records the server's receipt for `round`: the pending update's
-    /// residual becomes the stored one, then the update is dropped. Each
+    /// residual (and SCAFFOLD control of that round) becomes the stored
+    /// one, then the update is dropped. Each
     /// step is atomic and repeating them is harmless, so a crash in between
     /// only leads to a re-send the server recognises.
     pub fn acknowledge(&self, round: u64) -> Result<(), StateError> {
         if let Some(residual) = self.pending()?.and_then(|p| p.residual) {
             self.write("residual.bin", &residual)?;
+        }
+        if let Some(pending) = self.read::<PendingControl>(PENDING_CONTROL)? {
+            if pending.round == round {
+                self.write("control.bin", &pending.control)?;
+            }
+            self.remove(PENDING_CONTROL)?;
         }
         self.write(
             "progress.bin",
@@ -286,6 +326,7 @@ impl StateDir {
 
     /// Drops a pending update the server refused for good (late, stale).
     pub fn discard_pending(&self) -> Result<(), StateError> {
+        self.remove(PENDING_CONTROL)?;
         self.remove("pending.bin")
     }
 

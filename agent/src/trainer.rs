@@ -68,6 +68,9 @@ pub struct Job {
     pub seed: u64,
     /// What is added to the loss (FedProx's proximal term).
     pub objective: Objective,
+    /// SCAFFOLD's correction `c − cᵢ` (zero on tensors the vehicle does
+    /// not train), added to every gradient; none outside SCAFFOLD rounds.
+    pub correction: Option<Arc<ParamSet>>,
 }
 
 /// Where an interrupted training run stands: enough to continue it with
@@ -196,6 +199,11 @@ fn train_in_pool(
         )),
         _ => None,
     };
+    // SCAFFOLD: ⟨w, c − cᵢ⟩ adds the correction to every gradient
+    let correction = match &job.correction {
+        Some(c) => Some(Mlp::from_params(&job.spec, c, &device)?),
+        None => None,
+    };
     let epochs = cap(job.task.epochs.max(1), limits.max_epochs);
     let batch = cap(job.task.batch_size.max(1), limits.max_batch) as usize;
     let lr = job.task.lr as f64;
@@ -236,6 +244,10 @@ fn train_in_pool(
                 Some((anchor, half_mu)) => {
                     loss + model.distance_squared(anchor).mul_scalar(*half_mu)
                 }
+                None => loss,
+            };
+            let loss = match &correction {
+                Some(c) => loss + model.dot(c),
                 None => loss,
             };
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -340,6 +352,7 @@ mod tests {
             data: data.clone(),
             seed: 9,
             objective: Default::default(),
+            correction: None,
         };
         let trained = done(train(
             &job,
@@ -414,6 +427,7 @@ mod tests {
             data: Arc::new(Dataset::from_table(&table, &spec).unwrap()),
             seed: 11,
             objective: Default::default(),
+            correction: None,
         };
         let limits = TrainingConfig::default();
         let never = AtomicBool::new(false);
@@ -456,6 +470,7 @@ mod tests {
             data: Arc::new(Dataset::from_table(&table, &spec).unwrap()),
             seed: 11,
             objective: Objective::Plain,
+            correction: None,
         };
         let prox = Job {
             objective: Objective::Prox { mu },
@@ -487,6 +502,46 @@ mod tests {
         );
     }
 
+    /// SCAFFOLD on a known answer: from the same base, the first step with
+    /// a correction `g` lands exactly `lr · g` from plain SGD's.
+    #[test]
+    fn the_scaffold_correction_adds_exactly_its_gradient() {
+        let (table, spec) = parity_table();
+        let lr = 0.1f32;
+        let plain = Job {
+            base: spec.init_params(),
+            spec: spec.clone(),
+            task: Recipe {
+                epochs: 1,
+                lr,
+                batch_size: 100,
+                clip_norm: 0.0,
+            },
+            data: Arc::new(Dataset::from_table(&table, &spec).unwrap()),
+            seed: 11,
+            objective: Objective::Plain,
+            correction: None,
+        };
+        let mut g = ParamSet::zeros(&spec.layout());
+        g.values_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = (i % 7) as f32 * 0.01 - 0.03);
+        let corrected = Job {
+            correction: Some(Arc::new(g.clone())),
+            ..plain.clone()
+        };
+        let (limits, never) = (TrainingConfig::default(), AtomicBool::new(false));
+        let first = |job: &Job| match train(job, &limits, &never, &|steps| steps == 1, None) {
+            Ok(Progress::Paused(c)) => c.params,
+            _ => panic!("should pause after one step"),
+        };
+        let (p, c) = (first(&plain), first(&corrected));
+        for ((p, c), g) in p.values().zip(c.values()).zip(g.values()) {
+            let want = p - lr * g;
+            assert!((c - want).abs() < 1e-6, "{c} vs {want}");
+        }
+    }
+
     #[test]
     fn cancel_stops_training() {
         let table = Table::read("a,y\n1,0\n2,1\n".as_bytes()).unwrap();
@@ -505,6 +560,7 @@ mod tests {
             data: Arc::new(Dataset::from_table(&table, &spec).unwrap()),
             seed: 1,
             objective: Default::default(),
+            correction: None,
         };
         let r = train(
             &job,

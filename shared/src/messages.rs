@@ -57,6 +57,14 @@ pub enum Objective {
         /// The proximal weight μ (> 0).
         mu: f32,
     },
+    /// SCAFFOLD (Karimireddy et al., ICML 2020): the server control `c`
+    /// minus the vehicle's own `cᵢ` is added to every gradient, so a
+    /// vehicle with skewed data drifts less (`crate::strategy::scaffold`).
+    Scaffold {
+        /// The id of the round's server control, fetched like a model
+        /// version ([`FetchRequest::version`]) and verified by it.
+        control: [u8; 32],
+    },
 }
 
 /// An announcement as releases before [`Announce::objective`] encoded it.
@@ -130,6 +138,12 @@ pub enum ModelPart {
         /// Version the delta applies to.
         from: VersionId,
         /// Position of this piece in the delta.
+        pos: ChunkPos,
+    },
+    /// A piece of a SCAFFOLD server control (its
+    /// `crate::strategy::scaffold::Control::payload`), asked for by its id.
+    Control {
+        /// Position of this piece in the payload.
         pos: ChunkPos,
     },
 }

@@ -107,23 +107,33 @@ impl Mlp {
     /// `anchor`, which takes no gradient: FedProx's proximal term before
     /// its factor μ/2.
     pub fn distance_squared(&self, anchor: &Mlp) -> Tensor<1> {
+        self.pairwise(anchor, |own, other| (own - other).powf_scalar(2.0).sum())
+    }
+
+    /// `Σ ⟨w, g⟩` over every weight and bias, `g` the same parameter of
+    /// `other`, which takes no gradient: a linear term whose gradient is
+    /// `g`, SCAFFOLD's correction `c − cᵢ` when `other` holds it.
+    pub fn dot(&self, other: &Mlp) -> Tensor<1> {
+        self.pairwise(other, |own, other| (own * other).sum())
+    }
+
+    /// `Σ term(w, o)` over every weight and bias `w` and the same
+    /// parameter `o` of `other` (detached).
+    fn pairwise(&self, other: &Mlp, term: impl Fn(Tensor<2>, Tensor<2>) -> Tensor<1>) -> Tensor<1> {
         let pairs = self
             .layers
             .iter()
             .chain(&self.heads)
-            .zip(anchor.layers.iter().chain(&anchor.heads));
+            .zip(other.layers.iter().chain(&other.heads));
         let mut total: Option<Tensor<1>> = None;
-        for (own, other) in pairs {
-            let weight = (own.weight.val() - other.weight.val().detach())
-                .powf_scalar(2.0)
-                .sum();
-            let mut term = weight;
-            if let (Some(b), Some(a)) = (&own.bias, &other.bias) {
-                term = term + (b.val() - a.val().detach()).powf_scalar(2.0).sum();
+        for (own, that) in pairs {
+            let mut sum = term(own.weight.val(), that.weight.val().detach());
+            if let (Some(b), Some(a)) = (&own.bias, &that.bias) {
+                sum = sum + term(b.val().unsqueeze(), a.val().detach().unsqueeze());
             }
             total = Some(match total {
-                Some(t) => t + term,
-                None => term,
+                Some(t) => t + sum,
+                None => sum,
             });
         }
         total.unwrap_or_else(|| Tensor::zeros([1], &self.devices()[0]))

@@ -5,7 +5,7 @@ use super::{Action, Agent, Fetch, Ready, Round};
 use crate::error::AgentError;
 use crate::state::StoredModel;
 use convoy_shared::codec;
-use convoy_shared::messages::{AgentState, Announce};
+use convoy_shared::messages::{AgentState, Announce, Objective};
 use convoy_shared::version;
 
 use std::sync::atomic::Ordering;
@@ -78,14 +78,20 @@ impl Agent {
             return Ok(());
         }
         let codec = announce.codec;
-        match self.state.model()? {
+        // a SCAFFOLD round's control is fetched even when the model is held
+        let scaffold = matches!(announce.objective, Objective::Scaffold { .. });
+        let held = match self.state.model()? {
             Some(model) if model.manifest.version == announce.base_version() => {
-                let ready = Ready {
-                    announce,
-                    codec,
-                    model,
-                };
-                self.start_training(ready, out)
+                if !scaffold {
+                    let ready = Ready {
+                        announce,
+                        codec,
+                        model,
+                        control: None,
+                    };
+                    return self.start_training(ready, out);
+                }
+                Some(model)
             }
             held => {
                 // A fleet's first model is a pure function of its spec:
@@ -99,15 +105,25 @@ impl Agent {
                         round,
                         "base model rebuilt from its spec, nothing to download"
                     );
-                    return self.install_model(announce, codec, initial, out);
+                    if !scaffold {
+                        return self.install_model(announce, codec, initial, None, out);
+                    }
+                    Some(StoredModel {
+                        manifest: announce.manifest.clone(),
+                        spec: announce.spec.clone(),
+                        task: announce.task.clone(),
+                        params: initial,
+                    })
+                } else {
+                    held
                 }
-                let fetch = Fetch::new(announce, codec, held, self.clock.instant());
-                self.round = Round::Fetching(Box::new(fetch));
-                self.status(out, AgentState::Fetching, round, "fetching model");
-                self.request_missing(out);
-                self.try_finish_fetch(out)
             }
-        }
+        };
+        let fetch = Fetch::new(announce, codec, held, self.clock.instant());
+        self.round = Round::Fetching(Box::new(fetch));
+        self.status(out, AgentState::Fetching, round, "fetching model");
+        self.request_missing(out);
+        self.try_finish_fetch(out)
     }
 
     /// Stores a verified base model and trains on it.
@@ -116,6 +132,7 @@ impl Agent {
         announce: Announce,
         codec: codec::Pipeline,
         params: convoy_shared::params::ParamSet,
+        control: Option<std::sync::Arc<convoy_shared::params::ParamSet>>,
         out: &mut Vec<Action>,
     ) -> Result<(), AgentError> {
         let model = StoredModel {
@@ -130,6 +147,7 @@ impl Agent {
             announce,
             codec,
             model,
+            control,
         };
         self.start_training(ready, out)
     }

@@ -1,18 +1,21 @@
 //! Downloading a round's base model: only the content-addressed chunks the
 //! vehicle lacks, or the chain of published deltas from the version it
 //! holds (whichever the server finds fewer bytes); either way the result
-//! must hash to the announced version before it is used.
+//! must hash to the announced version before it is used. A SCAFFOLD
+//! round's server control is fetched beside it, by its id, and verified
+//! the same way.
 
 use super::{Action, Agent, Round};
 use crate::error::AgentError;
 use crate::state::StoredModel;
 use convoy_shared::chunk::{self, Reassembler};
 use convoy_shared::codec::Pipeline;
-use convoy_shared::messages::{Announce, Delta, FetchRequest, ModelChunk, ModelPart};
+use convoy_shared::messages::{Announce, Delta, FetchRequest, ModelChunk, ModelPart, Objective};
 use convoy_shared::params::ParamSet;
-use convoy_shared::strategy::publish;
+use convoy_shared::strategy::{publish, scaffold};
 use convoy_shared::version::{self, MODEL_CHUNK_SIZE, VersionId};
 use convoy_shared::wire::Kind;
+use std::sync::Arc;
 use tokio::time::Instant;
 
 /// A model download in progress.
@@ -28,8 +31,24 @@ pub struct Fetch {
     held: Option<(VersionId, ParamSet)>,
     /// A compressed delta from `held`, being reassembled.
     delta: Option<Reassembler>,
+    /// The model, once it is in and verified (a SCAFFOLD round may still
+    /// wait for its control).
+    params: Option<ParamSet>,
+    /// The round's SCAFFOLD control.
+    control: Control,
     /// When a chunk last arrived or was asked for.
     pub last_progress: Instant,
+}
+
+/// A SCAFFOLD round's server control, as far as it has come.
+#[derive(Debug)]
+enum Control {
+    /// The round has none.
+    NotNeeded,
+    /// Still to come: its id, and the pieces so far.
+    Missing([u8; 32], Option<Reassembler>),
+    /// In and verified.
+    Have(Arc<ParamSet>),
 }
 
 impl Fetch {
@@ -56,21 +75,38 @@ impl Fetch {
         let held = held
             .filter(|h| h.spec == announce.spec)
             .map(|h| (h.manifest.version, h.params));
+        let control = match announce.objective {
+            Objective::Scaffold { control } => Control::Missing(control, None),
+            _ => Control::NotNeeded,
+        };
         Self {
             announce,
             codec,
             chunks,
             held,
             delta: None,
+            params: None,
+            control,
             last_progress: now,
         }
     }
 
     /// Indices of the chunks still missing.
     pub fn missing(&self) -> Vec<u32> {
+        if self.params.is_some() {
+            return Vec::new();
+        }
         (0..self.chunks.len() as u32)
             .filter(|i| self.chunks[*i as usize].is_none())
             .collect()
+    }
+
+    /// The id of the SCAFFOLD control still to come, if any.
+    fn control_missing(&self) -> Option<[u8; 32]> {
+        match self.control {
+            Control::Missing(id, _) => Some(id),
+            _ => None,
+        }
     }
 }
 
@@ -82,19 +118,35 @@ impl Agent {
             return;
         };
         let missing = fetch.missing();
-        if missing.is_empty() {
+        let mut requests = Vec::new();
+        if !missing.is_empty() {
+            // A partial delta is restarted whole: deltas are small.
+            fetch.delta = None;
+            requests.push(FetchRequest {
+                version: fetch.announce.base_version(),
+                chunks: missing,
+                have: fetch.held.as_ref().map(|(v, _)| *v),
+            });
+        }
+        if let Control::Missing(id, pieces) = &mut fetch.control {
+            // the control is asked for by its id, like a version, whole
+            *pieces = None;
+            requests.push(FetchRequest {
+                version: *id,
+                chunks: Vec::new(),
+                have: None,
+            });
+        }
+        if requests.is_empty() {
             return;
         }
         fetch.last_progress = now;
-        // A partial delta is restarted whole: deltas are small.
-        fetch.delta = None;
-        let request = FetchRequest {
-            version: fetch.announce.base_version(),
-            chunks: missing,
-            have: fetch.held.as_ref().map(|(v, _)| *v),
-        };
-        if let Some(message) = self.seal(Kind::FetchRequest, self.topics.fetch.as_str(), &request) {
-            out.push(Action::Publish(message));
+        for request in requests {
+            if let Some(message) =
+                self.seal(Kind::FetchRequest, self.topics.fetch.as_str(), &request)
+            {
+                out.push(Action::Publish(message));
+            }
         }
     }
 
@@ -107,7 +159,13 @@ impl Agent {
         let Round::Fetching(fetch) = &mut self.round else {
             return Ok(());
         };
-        if chunk.version != fetch.announce.manifest.version {
+        if let ModelPart::Control { pos } = chunk.part {
+            if fetch.control_missing() == Some(chunk.version) {
+                self.on_control_piece(pos, &chunk.data, out);
+            }
+            return Ok(());
+        }
+        if chunk.version != fetch.announce.manifest.version || fetch.params.is_some() {
             return Ok(());
         }
         match chunk.part {
@@ -148,6 +206,50 @@ impl Agent {
                 }
                 Ok(())
             }
+            ModelPart::Control { .. } => Ok(()),
+        }
+    }
+
+    /// One piece of the round's SCAFFOLD control: reassembled, and once
+    /// whole, verified against its id (a bad one is asked for again).
+    fn on_control_piece(
+        &mut self,
+        pos: convoy_shared::chunk::ChunkPos,
+        data: &[u8],
+        out: &mut Vec<Action>,
+    ) {
+        let now = self.clock.instant();
+        let Round::Fetching(fetch) = &mut self.round else {
+            return;
+        };
+        let spec = &fetch.announce.spec;
+        let Control::Missing(id, pieces) = &mut fetch.control else {
+            return;
+        };
+        let limit = 8 * spec.layout().numel() + 4096;
+        if pieces.is_none() {
+            *pieces = Reassembler::new(pos, data.len(), limit).ok();
+        }
+        let payload = match pieces.as_mut().map(|r| r.insert(pos, data)) {
+            Some(Ok(chunk::Progress::Complete)) => pieces.take().and_then(Reassembler::finish),
+            Some(Ok(_)) => {
+                fetch.last_progress = now;
+                return;
+            }
+            _ => None,
+        };
+        match payload.and_then(|p| scaffold::receive(&p, id, spec)) {
+            Some(values) => {
+                fetch.control = Control::Have(Arc::new(values));
+                fetch.last_progress = now;
+                if let Err(e) = self.try_finish_fetch(out) {
+                    tracing::error!(error = %e, "model not installed");
+                }
+            }
+            None => {
+                tracing::warn!("the round's control does not verify; asking again");
+                self.request_missing(out);
+            }
         }
     }
 
@@ -170,18 +272,13 @@ impl Agent {
                     .manifest
                     .verifies(&params, &announce.spec, &announce.task) =>
             {
-                let Round::Fetching(fetch) = std::mem::take(&mut self.round) else {
-                    return Ok(());
-                };
                 tracing::debug!(
-                    round = fetch.announce.round,
+                    round = announce.round,
                     bytes = bytes.len(),
                     "model delta applied and verified"
                 );
-                let Fetch {
-                    announce, codec, ..
-                } = *fetch;
-                self.install_model(announce, codec, params, out)
+                fetch.params = Some(params);
+                self.try_finish_fetch(out)
             }
             _ => {
                 tracing::warn!(
@@ -193,12 +290,40 @@ impl Agent {
         }
     }
 
-    /// Installs the model once every chunk is in and it verifies.
+    /// Installs the model once every chunk is in and it verifies, and the
+    /// round's SCAFFOLD control (if any) is in too.
     pub(super) fn try_finish_fetch(&mut self, out: &mut Vec<Action>) -> Result<(), AgentError> {
-        let Round::Fetching(fetch) = &self.round else {
+        let Round::Fetching(fetch) = &mut self.round else {
             return Ok(());
         };
-        if fetch.chunks.iter().any(Option::is_none) {
+        if fetch.params.is_none() {
+            if fetch.chunks.iter().any(Option::is_none) {
+                return Ok(());
+            }
+            let bytes: Vec<u8> = fetch.chunks.iter().flatten().flatten().copied().collect();
+            let announce = &fetch.announce;
+            let params = ParamSet::from_canonical_bytes(&announce.spec.layout(), &bytes)
+                .ok()
+                .filter(|p| {
+                    announce
+                        .manifest
+                        .verifies(p, &announce.spec, &announce.task)
+                });
+            let Some(params) = params else {
+                tracing::warn!("fetched model does not hash to the announced version; refetching");
+                fetch.chunks.iter_mut().for_each(|c| *c = None);
+                fetch.held = None;
+                self.request_missing(out);
+                return Ok(());
+            };
+            tracing::debug!(
+                round = announce.round,
+                bytes = bytes.len(),
+                "model fetched and verified"
+            );
+            fetch.params = Some(params);
+        }
+        if fetch.control_missing().is_some() {
             return Ok(());
         }
         let Round::Fetching(fetch) = std::mem::take(&mut self.round) else {
@@ -207,30 +332,18 @@ impl Agent {
         let Fetch {
             announce,
             codec,
-            chunks,
+            params,
+            control,
             ..
         } = *fetch;
-        let bytes: Vec<u8> = chunks.into_iter().flatten().flatten().collect();
-        let params = ParamSet::from_canonical_bytes(&announce.spec.layout(), &bytes)
-            .ok()
-            .filter(|p| {
-                announce
-                    .manifest
-                    .verifies(p, &announce.spec, &announce.task)
-            });
-        let Some(params) = params else {
-            tracing::warn!("fetched model does not hash to the announced version; refetching");
-            let now = self.clock.instant();
-            self.round = Round::Fetching(Box::new(Fetch::new(announce, codec, None, now)));
-            self.request_missing(out);
-            return Ok(());
+        let control = match control {
+            Control::Have(c) => Some(c),
+            _ => None,
         };
-        tracing::debug!(
-            round = announce.round,
-            bytes = bytes.len(),
-            "model fetched and verified"
-        );
-        self.install_model(announce, codec, params, out)
+        match params {
+            Some(params) => self.install_model(announce, codec, params, control, out),
+            None => Ok(()),
+        }
     }
 }
 

@@ -95,6 +95,8 @@ pub struct Ready {
     pub codec: Pipeline,
     /// The verified base model.
     pub model: StoredModel,
+    /// A SCAFFOLD round's server control, verified against its id.
+    pub control: Option<Arc<convoy_shared::params::ParamSet>>,
 }
 
 /// Where the round in hand stands.

@@ -847,3 +847,6 @@ fn a_healthy_round_is_at_most_one_info_line() {
     assert!(info.len() <= 1, "{text}");
     assert!(text.contains("update acknowledged"), "{text}");
 }
+
+#[path = "tests_scaffold.rs"]
+mod scaffold;

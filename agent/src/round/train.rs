@@ -11,6 +11,7 @@ use crate::state::{PendingUpdate, StoredCheckpoint, StoredPersonal};
 use crate::trainer::{self, Checkpoint, Job, TrainError};
 use convoy_shared::messages::AgentState;
 use convoy_shared::params::ParamSet;
+use convoy_shared::strategy::scaffold;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +26,8 @@ pub enum Finished {
         update: PendingUpdate,
         /// Seconds the encoding took.
         encode_seconds: f64,
+        /// The SCAFFOLD control `cᵢ⁺` the update leaves (SCAFFOLD rounds).
+        control: Option<ParamSet>,
     },
     /// Paused at a batch boundary.
     Paused(Checkpoint),
@@ -154,6 +157,18 @@ impl Agent {
         let spec = spec.clone();
         let task = ready.announce.task.clone();
         let objective = ready.announce.objective;
+        // SCAFFOLD: the server's control and the vehicle's own (zeros first)
+        let scaffold = match &ready.control {
+            Some(c) => {
+                let own = self
+                    .state
+                    .control()?
+                    .filter(|own| own.check_layout(&layout).is_ok())
+                    .unwrap_or_else(|| ParamSet::zeros(&layout));
+                Some((c.clone(), own))
+            }
+            None => None,
+        };
         let base = ready.model.params.clone();
         let limits = self.config.training.clone();
         let holdout = (self.config.data.holdout, self.config.data.holdout_by);
@@ -195,13 +210,33 @@ impl Agent {
                 head: set.train.head() as u32,
                 ..encoding
             };
+            // the vehicle trains the trunk and its own head: only they
+            // take a correction and move its control
+            let head = set.train.head();
+            let trains = |i: usize| spec.tensor_head(i).is_none_or(|h| h == head);
+            let correction = match &scaffold {
+                Some((c, own)) => match scaffold::correction(c, own, trains) {
+                    Ok(corr) => Some(Arc::new(corr)),
+                    Err(e) => {
+                        return TrainingDone {
+                            round,
+                            result: Err(TrainError::Params(e)),
+                            dataset: None,
+                            personal: None,
+                            measured: None,
+                        };
+                    }
+                },
+                None => None,
+            };
             let job = Job {
-                spec,
+                spec: spec.clone(),
                 base,
                 task,
                 data: set.train.clone(),
                 seed,
                 objective,
+                correction,
             };
             let should_pause = |_: u64| pause.load(Ordering::Relaxed);
             let mut personal = None;
@@ -244,11 +279,24 @@ impl Agent {
                         });
                         personal = Some(tuned);
                     }
-                    let (update, encode_seconds) =
+                    let steps = trained.stats.steps;
+                    let (update, encode_seconds, sent) =
                         encode::encode(trained, &job.base, job.data.len() as u64, &encoding)?;
+                    let control = match &scaffold {
+                        Some((c, own)) => Some(scaffold::client_step(
+                            own,
+                            c,
+                            &sent,
+                            steps,
+                            job.task.lr,
+                            trains,
+                        )?),
+                        None => None,
+                    };
                     Ok(Finished::Update {
                         update,
                         encode_seconds,
+                        control,
                     })
                 }
                 trainer::Progress::Paused(checkpoint) => Ok(Finished::Paused(checkpoint)),
@@ -304,8 +352,13 @@ impl Agent {
             Ok(Finished::Update {
                 update,
                 encode_seconds,
+                control,
             }) => {
                 self.state.clear_checkpoint()?;
+                if let Some(control) = &control {
+                    // before the update: the receipt promotes it
+                    self.state.save_pending_control(round, control)?;
+                }
                 (update, encode_seconds)
             }
             Ok(Finished::Paused(checkpoint)) => {

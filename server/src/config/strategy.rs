@@ -22,6 +22,10 @@ pub struct StrategyConfig {
     /// FedProx's proximal weight μ sent with every round (0: off; at most
     /// 100): each vehicle adds `μ/2 ‖w − w₀‖²` to its loss.
     pub proximal_mu: f64,
+    /// SCAFFOLD: control variates on the server and every vehicle correct
+    /// each vehicle's drift (no uplink byte more; the server control is
+    /// fetched with the model). Not with `proximal_mu`.
+    pub scaffold: bool,
 }
 
 impl Default for StrategyConfig {
@@ -31,6 +35,7 @@ impl Default for StrategyConfig {
             server_lr: None,
             lr_schedule: Schedule::Constant,
             proximal_mu: 0.0,
+            scaffold: false,
         }
     }
 }
@@ -44,9 +49,12 @@ impl StrategyConfig {
         })
     }
 
-    /// The vehicles' objective every round announces.
+    /// The vehicles' objective every round announces; under SCAFFOLD the
+    /// coordinator fills in the id of the round's control (zeros here).
     pub fn objective(&self) -> Objective {
-        if self.proximal_mu > 0.0 {
+        if self.scaffold {
+            Objective::Scaffold { control: [0; 32] }
+        } else if self.proximal_mu > 0.0 {
             Objective::Prox {
                 mu: self.proximal_mu as f32,
             }
@@ -73,6 +81,12 @@ impl StrategyConfig {
                 self.proximal_mu
             ));
         }
+        if self.scaffold && self.proximal_mu > 0.0 {
+            return Err(
+                "strategy.scaffold and strategy.proximal_mu both correct client drift: set one"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -98,5 +112,13 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().is_err());
+        let both = StrategyConfig {
+            proximal_mu: 0.01,
+            scaffold: true,
+            ..Default::default()
+        };
+        assert!(both.validate().unwrap_err().contains("set one"));
+        let scaffold: StrategyConfig = toml::from_str("scaffold = true").unwrap();
+        assert!(matches!(scaffold.objective(), Objective::Scaffold { .. }));
     }
 }

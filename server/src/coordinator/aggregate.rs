@@ -35,6 +35,9 @@ pub(super) struct Held {
     /// Its weight and scale: final when the round streams, else set at close.
     pub(super) weight: f64,
     pub(super) scale: f64,
+    /// Whether the round's rule kept it (set at close; multi-Krum leaves
+    /// some out).
+    pub(super) kept: bool,
 }
 
 /// What the coordinator settled for one update as it arrived.
@@ -241,6 +244,9 @@ impl Coordinator {
                 return None;
             }
         };
+        for (m, verdict) in r.members.iter_mut().zip(&outcome.verdicts) {
+            m.kept = verdict.kept;
+        }
         let floor = self.config.aggregation.suspect_cosine;
         for ((m, verdict), mut why) in r.members.iter().zip(&outcome.verdicts).zip(notes) {
             if verdict.cosine < floor {

@@ -267,6 +267,7 @@ impl Coordinator {
                     body: keep.then(|| body.to_vec()),
                     weight: admission.weight,
                     scale: admission.scale,
+                    kept: true,
                 });
                 if r.streaming {
                     fold_update(

@@ -16,6 +16,7 @@
 //! | `totals.rs` | a round's ledger rows as it opens and its totals as it closes |
 
 mod aggregate;
+mod control;
 mod ingest;
 mod registry;
 mod resume;
@@ -154,6 +155,8 @@ pub struct Coordinator {
     history: HashMap<String, f64>,
     /// The server optimiser's state as of `current` (empty for FedAvg).
     opt_state: OptState,
+    /// SCAFFOLD's server control as of `current`.
+    control: Option<control::ServerControl>,
     /// No better model for `rounds.early_stop_rounds` scored models.
     stopped_early: bool,
     /// The round topic needs its genuine message back.
@@ -192,7 +195,8 @@ impl Coordinator {
         let history = store.weight_history()?;
         let opt_state = Self::load_opt_state(&config, &store, &current)?;
         let mut coordinator = Self {
-            opt_state,
+            opt_state: OptState::default(),
+            control: None,
             base_codec,
             downlink,
             residual: ParamSet::zeros(&spec.layout()),
@@ -225,14 +229,16 @@ impl Coordinator {
             last_restore: None,
             stopped_early: false,
         };
+        coordinator.adopt_state(opt_state);
         coordinator.resume()?;
         // a fleet that stopped early stays stopped across a restart
         coordinator.check_early_stop()?;
         Ok(coordinator)
     }
 
-    /// The server optimiser's state stored with `current`, or a fresh one
-    /// (said, when the optimiser keeps state: the momentum starts again).
+    /// The server optimiser's state stored with `current` (with SCAFFOLD's
+    /// control), or a fresh one (said, when the optimiser keeps state: the
+    /// momentum starts again).
     fn load_opt_state(
         config: &ServerConfig,
         store: &Store,
@@ -240,23 +246,25 @@ impl Coordinator {
     ) -> Result<OptState, ServerError> {
         let opt = config.strategy.server;
         let fresh = opt.init(&current.params);
-        if !opt.is_stateful() {
+        if !opt.is_stateful() && !config.strategy.scaffold {
             return Ok(fresh);
         }
         let hex = convoy_shared::version::hex(&current.manifest.version);
         let stored = store
             .optimizer_state(&hex)?
-            .and_then(|bytes| OptState::from_bytes(&bytes).ok())
-            .filter(|s| s.fits(&opt, &current.params));
+            .and_then(|bytes| OptState::from_bytes(&bytes).ok());
+        // SCAFFOLD's control outlives a change of optimiser
+        let control = stored.as_ref().and_then(|s| s.control.clone());
+        let stored = stored.filter(|s| s.fits(&opt, &current.params));
         Ok(stored.unwrap_or_else(|| {
-            if current.parent.is_some() {
+            if current.parent.is_some() && opt.is_stateful() {
                 tracing::warn!(
                     version = %convoy_shared::version::short(&current.manifest.version),
                     optimiser = %opt,
                     "no optimiser state is stored for the current model; the server optimiser starts afresh"
                 );
             }
-            fresh
+            OptState { control, ..fresh }
         }))
     }
 

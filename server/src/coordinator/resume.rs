@@ -46,7 +46,8 @@ impl Coordinator {
         self.model_bytes = v.params.canonical_bytes();
         self.transfers.clear();
         self.current = v;
-        self.opt_state = Self::load_opt_state(&self.config, &self.store, &self.current)?;
+        let state = Self::load_opt_state(&self.config, &self.store, &self.current)?;
+        self.adopt_state(state);
         Ok(())
     }
 
@@ -127,6 +128,7 @@ impl Coordinator {
                 body: keep.then_some(body),
                 weight,
                 scale,
+                kept: true,
             });
             loss_weighted += row.loss.unwrap_or(0.0) * row.samples as f64;
             rows.insert(row.client.clone(), row);

@@ -164,7 +164,7 @@ impl Coordinator {
             deadline_ms: now_ms.saturating_add(deadline.as_millis() as u64),
             selected: selected.iter().filter_map(|c| messages::id(c)).collect(),
             chunk_size: rules.chunk_size as u32,
-            objective: self.config.strategy.objective(),
+            objective: self.objective(),
         };
         let base = version::hex(&announce.base_version());
         self.store
@@ -308,10 +308,17 @@ impl Coordinator {
             (true, true) => r.sum.apply(&self.current.params, self.aggregate_lr(round)),
             (true, false) => self.settle(&mut r),
         };
-        let (target, opt_state) = match target {
+        let (target, mut opt_state) = match target {
             Some(target) => self.server_step(round, target),
             None => (None, None),
         };
+        if target.is_some()
+            && let Some(control) = self.control_step(&r)
+        {
+            let mut state = opt_state.unwrap_or_else(|| self.opt_state.clone());
+            state.control = Some(control);
+            opt_state = Some(state);
+        }
         self.remember(&r.members);
         let clients: Vec<ClientRow> = r.rows.into_values().collect();
         let (true, Some(target)) = (enough, target) else {
@@ -410,7 +417,7 @@ impl Coordinator {
         row.rmse = eval.and_then(|e| e.rmse);
         self.residual_base = Some(next.manifest.version);
         if let Some(state) = opt_state {
-            self.opt_state = state;
+            self.adopt_state(state);
         }
         self.model_bytes = next.params.canonical_bytes();
         self.transfers.clear();

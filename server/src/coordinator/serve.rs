@@ -18,6 +18,9 @@ use std::sync::Arc;
 
 impl Coordinator {
     pub(super) fn on_fetch(&mut self, client: &str, request: FetchRequest, out: &mut Vec<Output>) {
+        if self.serve_control(client, &request.version, out) {
+            return;
+        }
         let current = self.round.as_ref().map(|r| r.announce.round);
         let version = self.current.manifest.version;
         if request.version != version {
@@ -221,7 +224,7 @@ pub(super) struct Publishing {
     pub(super) clean: bool,
 }
 
-fn add_down(row: &mut ClientRow, bytes: u64, wire_bytes: u64, chunks: u64) {
+pub(super) fn add_down(row: &mut ClientRow, bytes: u64, wire_bytes: u64, chunks: u64) {
     row.bytes_down += bytes;
     row.wire_bytes_down += wire_bytes;
     row.chunks_down += chunks;

@@ -1437,3 +1437,6 @@ fn training_stops_when_the_vehicles_scores_stop_improving() {
     rig.online(&["car-1", "car-2"]);
     assert!(announces(&rig.handle(Input::Tick)).is_empty());
 }
+
+#[path = "tests_scaffold.rs"]
+mod scaffold;

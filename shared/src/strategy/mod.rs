@@ -2,7 +2,8 @@
 //! updates ([`sum`]), how one update is folded into it ([`fold`]), the
 //! rules a few dishonest vehicles cannot steer and the weights and norm
 //! bounds every rule applies ([`robust`]), the server's optimiser on the
-//! round's aggregate ([`server`]), and how a new model is published to the
+//! round's aggregate ([`server`]), SCAFFOLD's control variates
+//! ([`scaffold`]), and how a new model is published to the
 //! fleet and applied by whoever holds its parent ([`publish`]).
 
 /// `TryFrom<String>` through `FromStr` and `From<T> for String` through
@@ -29,6 +30,7 @@ macro_rules! text_setting {
 pub mod fold;
 pub mod publish;
 pub mod robust;
+pub mod scaffold;
 pub mod server;
 pub mod sum;
 
@@ -46,8 +48,10 @@ pub fn describe(opt: &ServerOpt, objective: &Objective, rule: &Rule, lr: f64) ->
     if opt.is_stateful() {
         parts.push(opt.to_string());
     }
-    if let Objective::Prox { mu } = objective {
-        parts.push(format!("fedprox:mu={mu}"));
+    match objective {
+        Objective::Prox { mu } => parts.push(format!("fedprox:mu={mu}")),
+        Objective::Scaffold { .. } => parts.push("scaffold".into()),
+        Objective::Plain => {}
     }
     parts.push(rule.strategy(lr));
     parts.join("+")
@@ -88,5 +92,13 @@ mod tests {
         );
         assert_eq!(server_opt_of(&adam), ServerOpt::FEDADAM);
         assert_eq!(Rule::of_strategy(&adam), Some(Rule::Median));
+        let scaffold = describe(
+            &ServerOpt::FedAvg,
+            &Objective::Scaffold { control: [7; 32] },
+            &rule,
+            1.0,
+        );
+        assert_eq!(scaffold, "scaffold+cosine:0:lr=1");
+        assert_eq!(server_opt_of(&scaffold), ServerOpt::FedAvg);
     }
 }

@@ -62,13 +62,19 @@ impl PartialSum {
     /// move and are left out. The caller has already validated the layout
     /// and finiteness of `update`.
     pub fn fold(&mut self, update: &ParamSet, head: usize, weight: f64) {
+        self.fold_scaled(update, head, weight, weight);
+    }
+
+    /// Adds `factor * update` to the sum of the trunk and head `head`, and
+    /// `weight` to their weights (what [`Self::apply`] divides by).
+    pub(crate) fn fold_scaled(&mut self, update: &ParamSet, head: usize, factor: f64, weight: f64) {
         let own = head + 1;
         let mut at = 0;
         for (tensor, group) in update.tensors.iter().zip(&self.groups) {
             let n = tensor.data.len();
             if *group == 0 || *group == own {
                 for (acc, v) in self.sum[at..at + n].iter_mut().zip(&tensor.data) {
-                    *acc += weight * *v as f64;
+                    *acc += factor * *v as f64;
                 }
             }
             at += n;
@@ -78,6 +84,24 @@ impl PartialSum {
             *w += weight;
         }
         self.updates += 1;
+    }
+
+    /// `f(value, sum, weight)` for every value of `base`, with its sum and
+    /// its group's weight; a group with no weight keeps `base`'s values.
+    pub(crate) fn map_groups(&self, base: &ParamSet, f: impl Fn(f32, f64, f64) -> f32) -> ParamSet {
+        let mut out = base.clone();
+        let mut at = 0;
+        for (tensor, group) in out.tensors.iter_mut().zip(&self.groups) {
+            let n = tensor.data.len();
+            let weight = self.weights[*group];
+            if weight > 0.0 {
+                for (v, s) in tensor.data.iter_mut().zip(&self.sum[at..at + n]) {
+                    *v = f(*v, *s, weight);
+                }
+            }
+            at += n;
+        }
+        out
     }
 
     /// Weight folded into the trunk and into each head, in that order.
@@ -115,19 +139,7 @@ impl PartialSum {
         if self.weights[0] <= 0.0 {
             return None;
         }
-        let mut out = base.clone();
-        let mut at = 0;
-        for (tensor, group) in out.tensors.iter_mut().zip(&self.groups) {
-            let n = tensor.data.len();
-            let weight = self.weights[*group];
-            if weight > 0.0 {
-                for (v, s) in tensor.data.iter_mut().zip(&self.sum[at..at + n]) {
-                    *v += (server_lr * s / weight) as f32;
-                }
-            }
-            at += n;
-        }
-        Some(out)
+        Some(self.map_groups(base, |v, s, weight| v + (server_lr * s / weight) as f32))
     }
 }
 

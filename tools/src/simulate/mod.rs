@@ -407,6 +407,7 @@ fn server_config(
             } else {
                 0.0
             }),
+            scaffold: options.strategy.scaffold,
         },
         model: convoy_server::config::ModelConfig {
             hidden: options.hidden.clone(),

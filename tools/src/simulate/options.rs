@@ -29,29 +29,43 @@ pub enum SimWeights {
     Equal,
 }
 
-/// `--strategy`: a server optimiser, or `fedprox` (FedAvg on the server,
-/// the proximal term on the vehicles).
+/// `--strategy`: a server optimiser, `fedprox` (FedAvg on the server, the
+/// proximal term on the vehicles) or `scaffold` (FedAvg on the server,
+/// control variates on both sides).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SimStrategy {
     /// The server optimiser.
     pub server: ServerOpt,
     /// Named `fedprox`.
     pub prox: bool,
+    /// Named `scaffold`.
+    pub scaffold: bool,
 }
 
 impl std::str::FromStr for SimStrategy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s == "fedprox" {
-            return Ok(SimStrategy {
-                server: ServerOpt::FedAvg,
-                prox: true,
-            });
-        }
-        Ok(SimStrategy {
-            server: s.parse().map_err(|e| format!("{e}, or fedprox"))?,
+        let plain = SimStrategy {
+            server: ServerOpt::FedAvg,
             prox: false,
-        })
+            scaffold: false,
+        };
+        match s {
+            "fedprox" => Ok(SimStrategy {
+                prox: true,
+                ..plain
+            }),
+            "scaffold" => Ok(SimStrategy {
+                scaffold: true,
+                ..plain
+            }),
+            _ => Ok(SimStrategy {
+                server: s
+                    .parse()
+                    .map_err(|e| format!("{e}, or fedprox, or scaffold"))?,
+                ..plain
+            }),
+        }
     }
 }
 
@@ -59,6 +73,8 @@ impl std::fmt::Display for SimStrategy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.prox {
             write!(f, "fedprox")
+        } else if self.scaffold {
+            write!(f, "scaffold")
         } else {
             write!(f, "{}", self.server.name())
         }
@@ -154,8 +170,8 @@ pub struct SimOptions {
     /// the optimiser's own for fedadagrad, fedadam and fedyogi).
     #[arg(long)]
     pub server_lr: Option<f64>,
-    /// The strategy: `fedavg`, `fedavgm`, `fedprox`, `fedadagrad`,
-    /// `fedadam` or `fedyogi`, with hyper-parameters as in `[strategy]
+    /// The strategy: `fedavg`, `fedavgm`, `fedprox`, `scaffold`,
+    /// `fedadagrad`, `fedadam` or `fedyogi`, with hyper-parameters as in `[strategy]
     /// server` (e.g. `fedadam:tau=0.01`).
     #[arg(long, default_value = "fedavg")]
     pub strategy: SimStrategy,
