@@ -34,7 +34,7 @@ bin="${CARGO_TARGET_DIR:-target}/release/convoy-server"
 out=${OUT:-benchmarks/strategies}
 seeds=${SEEDS:-"42,1,2"}
 alphas=${ALPHAS:-"0.1 0.5"}
-strategies=${STRATEGIES:-"fedavg fedavgm fedprox fedadam fedyogi fedadagrad"}
+strategies=${STRATEGIES:-"fedavg fedavgm fedprox scaffold fedadam fedyogi fedadagrad"}
 
 # Each strategy's settings, chosen on the Dirichlet 0.1 split of seed 42
 # (benchmarks/strategies/RESULTS.md shows the sweep).
@@ -43,6 +43,7 @@ flags() {
     fedavg) echo "--strategy fedavg" ;;
     fedavgm) echo "--strategy fedavgm:momentum=0.9 --server-lr 1" ;;
     fedprox) echo "--strategy fedprox --proximal-mu 0.01" ;;
+    scaffold) echo "--strategy scaffold" ;;
     fedadam) echo "--strategy fedadam --server-lr 0.02" ;;
     fedyogi) echo "--strategy fedyogi --server-lr 0.02" ;;
     fedadagrad) echo "--strategy fedadagrad:tau=0.01 --server-lr 0.03" ;;

@@ -29,6 +29,13 @@ pub enum Rejection {
     NotSelected,
     /// A round that has not started.
     WrongRound(u64),
+    /// Asynchronous rounds: trained on a model too many versions old.
+    Stale {
+        /// Versions between its model and the current one.
+        staleness: u64,
+        /// `rounds.max_staleness`.
+        bound: u64,
+    },
     /// The update uses another codec than the round asked for.
     WrongCodec {
         /// Codec of the update.
@@ -96,6 +103,7 @@ impl Rejection {
             Rejection::WrongBase => "wrong_base",
             Rejection::NotSelected => "not_selected",
             Rejection::WrongRound(_) => "wrong_round",
+            Rejection::Stale { .. } => "stale",
             Rejection::WrongCodec { .. } => "wrong_codec",
             Rejection::BadSamples(_) => "bad_samples",
             Rejection::TooManySamples { .. } => "too_many_samples",
@@ -121,6 +129,10 @@ impl fmt::Display for Rejection {
             Rejection::WrongBase => f.write_str("update is relative to another model version"),
             Rejection::NotSelected => f.write_str("client was not selected this round"),
             Rejection::WrongRound(round) => write!(f, "round {round} has not started"),
+            Rejection::Stale { staleness, bound } => write!(
+                f,
+                "trained on a model {staleness} versions old, over rounds.max_staleness {bound}"
+            ),
             Rejection::WrongCodec { got, want } => {
                 write!(f, "update uses {got}, the round asked for {want}")
             }

@@ -42,6 +42,11 @@ pub struct Announce {
     pub chunk_size: u32,
     /// What the vehicles minimise this round besides their own loss.
     pub objective: Objective,
+    /// Asynchronous rounds (FedBuff): an update trained on a model up to
+    /// this many versions older than the current one still counts, so a
+    /// vehicle keeps training when a newer round is announced. 0:
+    /// synchronous rounds (a newer round abandons the older one).
+    pub staleness: u32,
 }
 
 /// The client side of a round's strategy: what a vehicle adds to its own
@@ -82,26 +87,62 @@ struct AnnounceWithoutObjective {
     chunk_size: u32,
 }
 
+/// An announcement as releases before [`Announce::staleness`] encoded it.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct AnnounceWithoutStaleness {
+    round: u64,
+    manifest: Manifest,
+    spec: ModelSpec,
+    task: Recipe,
+    codec: Pipeline,
+    downlink_codec: Pipeline,
+    deadline_ms: u64,
+    selected: Vec<Id>,
+    chunk_size: u32,
+    objective: Objective,
+}
+
 impl Announce {
     /// An announcement the server kept for its open round (postcard),
-    /// also in the layout of releases before the round's objective was
-    /// announced (read as [`Objective::Plain`]), so a round left open
-    /// across an upgrade resumes with the updates it acknowledged.
+    /// also in the layouts of releases before the round's objective and
+    /// staleness bound were announced (read as [`Objective::Plain`] and
+    /// synchronous), so a round left open across an upgrade resumes with
+    /// the updates it acknowledged.
     pub fn from_kept(bytes: &[u8]) -> Result<Announce, postcard::Error> {
-        postcard::from_bytes(bytes).or_else(|e| {
-            let old: AnnounceWithoutObjective = postcard::from_bytes(bytes).map_err(|_| e)?;
-            Ok(Announce {
-                round: old.round,
-                manifest: old.manifest,
-                spec: old.spec,
-                task: old.task,
-                codec: old.codec,
-                downlink_codec: old.downlink_codec,
-                deadline_ms: old.deadline_ms,
-                selected: old.selected,
-                chunk_size: old.chunk_size,
-                objective: Objective::Plain,
-            })
+        if let Ok(now) = postcard::from_bytes(bytes) {
+            return Ok(now);
+        }
+        let old = match postcard::from_bytes::<AnnounceWithoutStaleness>(bytes) {
+            Ok(old) => old,
+            Err(e) => {
+                let old: AnnounceWithoutObjective = postcard::from_bytes(bytes).map_err(|_| e)?;
+                AnnounceWithoutStaleness {
+                    round: old.round,
+                    manifest: old.manifest,
+                    spec: old.spec,
+                    task: old.task,
+                    codec: old.codec,
+                    downlink_codec: old.downlink_codec,
+                    deadline_ms: old.deadline_ms,
+                    selected: old.selected,
+                    chunk_size: old.chunk_size,
+                    objective: Objective::Plain,
+                }
+            }
+        };
+        Ok(Announce {
+            round: old.round,
+            manifest: old.manifest,
+            spec: old.spec,
+            task: old.task,
+            codec: old.codec,
+            downlink_codec: old.downlink_codec,
+            deadline_ms: old.deadline_ms,
+            selected: old.selected,
+            chunk_size: old.chunk_size,
+            objective: old.objective,
+            staleness: 0,
         })
     }
 
@@ -408,9 +449,24 @@ mod kept_tests {
             selected: vec![id("car-1").unwrap()],
             chunk_size: 4096,
             objective: Objective::Prox { mu: 0.5 },
+            staleness: 3,
         };
         let bytes = postcard::to_allocvec(&now).unwrap();
         assert_eq!(Announce::from_kept(&bytes).unwrap(), now);
+        let before = AnnounceWithoutStaleness {
+            round: now.round,
+            manifest: now.manifest.clone(),
+            spec: now.spec.clone(),
+            task: now.task.clone(),
+            codec: now.codec,
+            downlink_codec: now.downlink_codec,
+            deadline_ms: now.deadline_ms,
+            selected: now.selected.clone(),
+            chunk_size: now.chunk_size,
+            objective: now.objective,
+        };
+        let back = Announce::from_kept(&postcard::to_allocvec(&before).unwrap()).unwrap();
+        assert_eq!(back, Announce { staleness: 0, ..now.clone() });
         let old = AnnounceWithoutObjective {
             round: now.round,
             manifest: now.manifest.clone(),

@@ -312,6 +312,35 @@ impl Store {
         Ok(true)
     }
 
+    /// The base version (hex) round `round` was announced on, if the
+    /// ledger has the round.
+    pub fn round_base(&self, round: u64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT base_version FROM rounds WHERE round = ?1",
+                [round as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Whether `client`'s update trained for round `trained` was accepted
+    /// in any round (an asynchronous round takes updates trained for
+    /// earlier ones: its row says how many rounds earlier, `staleness`).
+    pub fn update_accepted(&self, trained: u64, client: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM ledger WHERE client = ?2 AND status = 'accepted'
+                 AND round - COALESCE(staleness, 0) = ?1 LIMIT 1",
+                params![trained as i64, client],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
     /// Status of a client's ledger row, if any.
     pub fn client_status(
         &self,

@@ -164,6 +164,10 @@ pub struct ClientRow {
     /// Why the server suspects this update (clipped, capped, far from the
     /// round's aggregate, left out by the rule, a copy), if it does.
     pub suspect: Option<String>,
+    /// Asynchronous rounds: how many versions older than this round's base
+    /// the model the update was trained on was (0: this round's own); none
+    /// for synchronous rounds and rows without an update.
+    pub staleness: Option<u64>,
 }
 
 /// The ledger's columns, in the order [`client_from_sql`] and
@@ -172,7 +176,7 @@ pub(super) const LEDGER_COLUMNS: &str = "round, client, status, samples, bytes_u
     bytes_down, wire_bytes_down, chunks_down, train_seconds, steps, epochs, loss, flops, bytes_up_predicted, \
     device, codec, update_norm, reason, bytes_up_raw, residual_norm, encode_seconds, decode_seconds, \
     flops_predicted, holdout_samples, holdout_accuracy, holdout_rmse, personal_accuracy, personal_rmse, head, \
-    transfer, train_seconds_predicted, bytes_down_predicted, weight, suspect";
+    transfer, train_seconds_predicted, bytes_down_predicted, weight, suspect, staleness";
 
 pub(super) fn client_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRow> {
     let count = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
@@ -214,11 +218,12 @@ pub(super) fn client_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientR
         bytes_down_predicted: count(34)?,
         weight: r.get(35)?,
         suspect: r.get(36)?,
+        staleness: r.get::<_, Option<i64>>(37)?.map(|v| v as u64),
     })
 }
 
 pub(super) fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
-    let marks: Vec<String> = (1..=37).map(|i| format!("?{i}")).collect();
+    let marks: Vec<String> = (1..=38).map(|i| format!("?{i}")).collect();
     let sql = format!(
         "INSERT OR REPLACE INTO ledger ({LEDGER_COLUMNS}) VALUES ({})",
         marks.join(", ")
@@ -263,6 +268,7 @@ pub(super) fn insert_client(conn: &Connection, c: &ClientRow) -> Result<(), Stor
             c.bytes_down_predicted as i64,
             c.weight,
             c.suspect,
+            c.staleness.map(|v| v as i64),
         ],
     )?;
     Ok(())

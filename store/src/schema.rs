@@ -224,6 +224,10 @@ const MIGRATIONS: &[Migration] = &[
             )
         },
     },
+    Migration {
+        what: "asynchronous rounds: each update's staleness",
+        apply: |c| c.execute_batch("ALTER TABLE ledger ADD COLUMN staleness INTEGER;"),
+    },
 ];
 
 /// The schema version a database is at once opened by this release.

@@ -38,6 +38,20 @@ impl Agent {
         }
         tracing::debug!(round, base = %version::short(&announce.base_version()), codec = %announce.codec, "round announced");
         self.announce = Some(announce.clone());
+        // Asynchronous rounds: an update trained on a model up to
+        // `staleness` versions old still counts, so training goes on and
+        // the newest round is taken up after its receipt.
+        let counts = |older: u64| older + announce.staleness as u64 >= round;
+        if let Round::Training { ready, .. } = &self.round
+            && counts(ready.announce.round)
+        {
+            tracing::debug!(
+                training_round = ready.announce.round,
+                round,
+                "newer round announced; training goes on (asynchronous rounds)"
+            );
+            return Ok(());
+        }
         match &self.round {
             Round::Training { cancel, .. } if self.round.number() < Some(round) => {
                 tracing::warn!(
@@ -61,7 +75,9 @@ impl Agent {
             if self.outbox.map(|o| o.round) != Some(pending.round) {
                 self.upload(&pending, out);
             }
-            if pending.round >= round {
+            // asynchronous rounds: the newest round waits for the receipt
+            // of an update that may still count
+            if pending.round >= round || (announce.staleness > 0 && counts(pending.round)) {
                 return Ok(());
             }
         }
@@ -124,6 +140,22 @@ impl Agent {
         self.status(out, AgentState::Fetching, round, "fetching model");
         self.request_missing(out);
         self.try_finish_fetch(out)
+    }
+
+    /// Takes up the newest round announced while an update of round `done`
+    /// was trained or awaited its receipt (asynchronous rounds).
+    pub(super) fn take_up_newer(&mut self, done: u64, out: &mut Vec<Action>) -> Result<(), AgentError> {
+        let newer = self
+            .announce
+            .as_ref()
+            .is_some_and(|a| a.round > done && a.staleness > 0);
+        if !newer || !matches!(self.round, Round::Idle) {
+            return Ok(());
+        }
+        match self.announce.take() {
+            Some(announce) => self.on_announce(announce, out),
+            None => Ok(()),
+        }
     }
 
     /// Stores a verified base model and trains on it.

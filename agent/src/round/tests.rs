@@ -151,6 +151,7 @@ impl Rig {
             selected: selected.iter().filter_map(|c| messages::id(c)).collect(),
             chunk_size: 1024,
             objective: Default::default(),
+            staleness: 0,
         }
     }
 

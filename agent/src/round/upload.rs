@@ -89,6 +89,6 @@ impl Agent {
             "update refused"
         };
         self.status(out, AgentState::Idle, ack.round, detail);
-        Ok(())
+        self.take_up_newer(ack.round, out)
     }
 }

@@ -17,7 +17,7 @@ mod strategy;
 
 pub use sections::{
     AggregationConfig, AlignConfig, BudgetConfig, EvalConfig, HttpConfig, ModelConfig, RoundConfig,
-    ServerBroker, ServerIdentity, Weights,
+    RoundMode, ServerBroker, ServerIdentity, Weights,
 };
 pub use strategy::StrategyConfig;
 
@@ -221,6 +221,18 @@ impl ServerConfig {
             return bad(format!(
                 "rounds.codec_warmup_rounds {} must be 0 to 1000",
                 self.rounds.codec_warmup_rounds
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.rounds.async_buffer) {
+            return bad(format!(
+                "rounds.async_buffer {} must be 1 to 1000000",
+                self.rounds.async_buffer
+            ));
+        }
+        if self.rounds.max_staleness > 1000 {
+            return bad(format!(
+                "rounds.max_staleness {} must be 0 to 1000",
+                self.rounds.max_staleness
             ));
         }
         if self.rounds.min_reports == 0 {

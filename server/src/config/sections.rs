@@ -195,6 +195,45 @@ pub struct RoundConfig {
     /// Stop training after this many scored models without a better one
     /// than the best so far (0: never).
     pub early_stop_rounds: u64,
+    /// `sync`: a round waits for its selected vehicles (or its deadline);
+    /// `async`: buffered asynchronous aggregation (FedBuff), a new model
+    /// after every `async_buffer` accepted updates, trained on models up to
+    /// `max_staleness` versions old (see docs/strategies.md).
+    pub mode: RoundMode,
+    /// Asynchronous rounds: accepted updates per new model (1 to 1,000,000).
+    pub async_buffer: usize,
+    /// Asynchronous rounds: an update trained on a model more than this
+    /// many versions older than the current one is refused, with the
+    /// reason (0 to 1000). The rest count with weight × 1/√(1 + staleness).
+    pub max_staleness: u64,
+}
+
+/// How rounds wait for updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundMode {
+    /// A round closes when its selected vehicles have reported, or at its
+    /// deadline; a newer round abandons an older one on the vehicles.
+    Sync,
+    /// FedBuff: a round closes after `async_buffer` accepted updates, from
+    /// any round up to `max_staleness` versions back.
+    Async,
+}
+
+impl RoundConfig {
+    /// The staleness bound rounds announce: `max_staleness` in
+    /// asynchronous mode, 0 (synchronous) otherwise.
+    pub fn announced_staleness(&self) -> u32 {
+        match self.mode {
+            RoundMode::Sync => 0,
+            RoundMode::Async => self.max_staleness.min(u32::MAX as u64) as u32,
+        }
+    }
+
+    /// The factor a stale update's weight is multiplied by: 1/√(1 + s).
+    pub fn staleness_weight(staleness: u64) -> f64 {
+        1.0 / (1.0 + staleness as f64).sqrt()
+    }
 }
 
 impl Default for RoundConfig {
@@ -218,6 +257,9 @@ impl Default for RoundConfig {
             offline_after_secs: 120,
             deploy: Deploy::Last,
             early_stop_rounds: 0,
+            mode: RoundMode::Sync,
+            async_buffer: 10,
+            max_staleness: 4,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! database) and the rule runs when the round closes.
 
 use super::Coordinator;
+use crate::config::RoundConfig;
 use super::rounds::OpenRound;
 use convoy_shared::cost;
 use convoy_shared::messages::UpdateBody;
@@ -38,6 +39,9 @@ pub(super) struct Held {
     /// Whether the round's rule kept it (set at close; multi-Krum leaves
     /// some out).
     pub(super) kept: bool,
+    /// Rounds between the one it was trained for and this one
+    /// (asynchronous rounds; its weight is multiplied by 1/√(1 + s)).
+    pub(super) staleness: u64,
 }
 
 /// What the coordinator settled for one update as it arrived.
@@ -190,6 +194,7 @@ impl Coordinator {
                 refs.claim,
                 self.history.get(&m.client).copied(),
             );
+            let weight = weight * RoundConfig::staleness_weight(m.staleness);
             let (scale, clipped) = self.norm_scale(m.norm, m.recipe_scale, refs.norm);
             notes.push(capped.into_iter().chain(clipped).collect());
             settled.push((m.client.clone(), weight, scale));

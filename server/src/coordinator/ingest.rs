@@ -12,7 +12,17 @@ use convoy_shared::messages::{FailureReport, UpdateAck, UpdateBody, UpdateChunk}
 use convoy_shared::strategy::fold::fold_update;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::wire::Kind;
+use crate::config::{RoundConfig, RoundMode};
 use convoy_store::{ClientRow, ClientStatus};
+
+/// An update chunk that came while no asynchronous round was open.
+#[derive(Debug)]
+pub(super) struct Parked {
+    pub(super) client: String,
+    pub(super) chunk: UpdateChunk,
+    pub(super) payload_len: u64,
+    pub(super) wire_len: u64,
+}
 
 /// (vehicle, codec) byte calibrations kept before the table starts afresh.
 const MAX_BYTE_RATIOS: usize = 100_000;
@@ -48,13 +58,45 @@ impl Coordinator {
         out: &mut Vec<Output>,
     ) -> Result<(), ServerError> {
         let current = self.round.as_ref().map(|r| r.announce.round);
-        if current != Some(chunk.round) {
-            return self.on_other_round(client, &chunk, current, wire_len, out);
+        if current.is_none() && self.config.rounds.mode == RoundMode::Async && !self.done() {
+            // Between a full buffer and the next round: the chunk waits in
+            // memory for the next round (within the aggregation memory);
+            // beyond that it is dropped unacknowledged and the vehicle
+            // sends it again after its receipt timeout.
+            let size = chunk.data.len();
+            if self.parked_bytes + size <= self.config.aggregation.memory_bytes() {
+                self.parked_bytes += size;
+                self.parked.push(Parked {
+                    client: client.to_string(),
+                    chunk,
+                    payload_len,
+                    wire_len,
+                });
+            }
+            return Ok(());
         }
+        // asynchronous rounds take updates trained for earlier rounds
+        let staleness = match current {
+            Some(c) if self.config.rounds.mode == RoundMode::Async && chunk.round <= c => {
+                c - chunk.round
+            }
+            Some(c) if c == chunk.round => 0,
+            _ => return self.on_other_round(client, &chunk, current, wire_len, out),
+        };
+        let on_base = match staleness {
+            0 => self
+                .round
+                .as_ref()
+                .is_some_and(|r| r.announce.base_version() == chunk.base_version),
+            _ => match self.stale_base(client, &chunk, staleness, out)? {
+                Some(on_base) => on_base,
+                None => return Ok(()),
+            },
+        };
         let Some(r) = self.round.as_mut() else {
             return Ok(());
         };
-        if chunk.base_version != r.announce.base_version() {
+        if !on_base {
             self.reject(current, Some(client), &Rejection::WrongBase);
             // It can never count: say so, so the vehicle drops it.
             if chunk.pos.index == 0 {
@@ -63,14 +105,25 @@ impl Coordinator {
             }
             return Ok(());
         }
-        if !r.selected.contains(client) {
+        if staleness == 0 && !r.selected.contains(client) {
             self.reject(current, Some(client), &Rejection::NotSelected);
             return Ok(());
+        }
+        if staleness > 0 && !r.rows.contains_key(client) {
+            let row = super::totals::ledger_row(r.announce.round, client, &r.codec.name());
+            r.rows.insert(client.to_string(), row);
         }
         let Some(row) = r.rows.get_mut(client) else {
             return Ok(());
         };
         if row.status == ClientStatus::Accepted {
+            if row.staleness.unwrap_or(0) != staleness {
+                // Its other update (trained for another round) is in this
+                // one already: this one waits for the next, unacknowledged,
+                // and the vehicle sends it again after its receipt timeout.
+                tracing::debug!(client, round = chunk.round, "a second update this round; it counts in the next");
+                return Ok(());
+            }
             // A re-send of an update already counted: recognised, not counted.
             row.retries += 1;
             if chunk.pos.index == 0 {
@@ -107,7 +160,18 @@ impl Coordinator {
             Ok(Progress::Complete) => {
                 bytes += payload_len;
                 match reassembler.finish() {
-                    Some(body) => self.accept_update(client, chunk.round, &body, bytes, out),
+                    Some(body) => {
+                        self.accept_update(client, (chunk.round, staleness), &body, bytes, out);
+                        // FedBuff: a full buffer publishes at once, so the
+                        // next update already counts toward the next model
+                        let full = self.round.as_ref().is_some_and(|r| {
+                            self.config.rounds.mode == RoundMode::Async
+                                && r.members.len() >= self.config.rounds.async_buffer
+                        });
+                        if full {
+                            self.close_round(out)?;
+                        }
+                    }
                     None => {
                         let why = Rejection::decode("malformed", "update did not reassemble");
                         self.reject(current, Some(client), &why);
@@ -166,10 +230,44 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Whether an asynchronous update, trained for the round `staleness`
+    /// rounds back, is on that round's base version; `None` when it cannot
+    /// count (too stale, or counted already: the vehicle is told).
+    fn stale_base(
+        &mut self,
+        client: &str,
+        chunk: &UpdateChunk,
+        staleness: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<Option<bool>, ServerError> {
+        let current = self.round.as_ref().map(|r| r.announce.round);
+        if self.store.update_accepted(chunk.round, client)? {
+            // counted in an earlier round; its receipt was lost
+            if chunk.pos.index == 0 {
+                self.ack(client, chunk.round, true, "", out);
+            }
+            return Ok(None);
+        }
+        let bound = self.config.rounds.max_staleness;
+        if staleness > bound {
+            let why = Rejection::Stale { staleness, bound };
+            self.reject(current, Some(client), &why);
+            if chunk.pos.index == 0 {
+                let reason = format!("{}: {why}", why.reason());
+                self.ack(client, chunk.round, false, &reason, out);
+            }
+            return Ok(None);
+        }
+        let base = self.store.round_base(chunk.round)?;
+        Ok(Some(
+            base == Some(convoy_shared::version::hex(&chunk.base_version)),
+        ))
+    }
+
     fn accept_update(
         &mut self,
         client: &str,
-        round: u64,
+        (round, staleness): (u64, u64),
         body: &[u8],
         bytes: u64,
         out: &mut Vec<Output>,
@@ -192,7 +290,11 @@ impl Coordinator {
         });
         let norm = self.scratch.l2_norm();
         let admission = match (&verdict, &self.round) {
-            (Ok((update, ..)), Some(r)) => Some(self.admit(r, client, update, norm)),
+            (Ok((update, ..)), Some(r)) => {
+                let mut admission = self.admit(r, client, update, norm);
+                admission.weight *= RoundConfig::staleness_weight(staleness);
+                Some(admission)
+            }
             _ => None,
         };
         let Some(r) = self.round.as_mut() else {
@@ -206,6 +308,8 @@ impl Coordinator {
                 let mut accepted = row.clone();
                 fill_accepted(&mut accepted, &update, bytes, decode_seconds);
                 accepted.weight = Some(admission.weight);
+                accepted.staleness =
+                    (self.config.rounds.mode == RoundMode::Async).then_some(staleness);
                 super::aggregate::note(&mut accepted, admission.notes);
                 accepted.head = self.spec.heads.get(update.head as usize).map(|h| h.name());
                 accepted.flops_predicted = cost::training_flops(
@@ -268,6 +372,7 @@ impl Coordinator {
                     weight: admission.weight,
                     scale: admission.scale,
                     kept: true,
+                    staleness,
                 });
                 if r.streaming {
                     fold_update(

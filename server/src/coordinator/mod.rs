@@ -157,6 +157,9 @@ pub struct Coordinator {
     opt_state: OptState,
     /// SCAFFOLD's server control as of `current`.
     control: Option<control::ServerControl>,
+    /// Update chunks that came between asynchronous rounds, and their size.
+    parked: Vec<ingest::Parked>,
+    parked_bytes: usize,
     /// No better model for `rounds.early_stop_rounds` scored models.
     stopped_early: bool,
     /// The round topic needs its genuine message back.
@@ -197,6 +200,8 @@ impl Coordinator {
         let mut coordinator = Self {
             opt_state: OptState::default(),
             control: None,
+            parked: Vec::new(),
+            parked_bytes: 0,
             base_codec,
             downlink,
             residual: ParamSet::zeros(&spec.layout()),

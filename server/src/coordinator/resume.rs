@@ -95,7 +95,9 @@ impl Coordinator {
         for (row, body, scale) in state.updates {
             let heads = self.spec.heads.len();
             let decoded = decode_kept(&body, &codec, heads, &mut self.scratch);
-            let (Ok(update), true) = (decoded, rows.contains_key(&row.client)) else {
+            // an asynchronous round also takes vehicles it did not select
+            let known = rows.contains_key(&row.client) || announce.staleness > 0;
+            let (Ok(update), true) = (decoded, known) else {
                 tracing::error!(round, client = %row.client, "stored update unreadable; left out");
                 continue;
             };
@@ -129,6 +131,7 @@ impl Coordinator {
                 weight,
                 scale,
                 kept: true,
+                staleness: row.staleness.unwrap_or(0),
             });
             loss_weighted += row.loss.unwrap_or(0.0) * row.samples as f64;
             rows.insert(row.client.clone(), row);

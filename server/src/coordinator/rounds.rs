@@ -6,6 +6,7 @@
 use super::aggregate::Held;
 use super::totals::{ledger_rows, round_totals};
 use super::{Coordinator, EvalRequest, Output};
+use crate::config::RoundMode;
 use crate::error::ServerError;
 use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk::Reassembler;
@@ -95,7 +96,10 @@ impl Coordinator {
                         )
                     })
                 });
-                if all_in || self.clock.instant() >= r.deadline {
+                // asynchronous rounds (FedBuff) close on a full buffer
+                let buffered = self.config.rounds.mode == RoundMode::Async
+                    && r.members.len() >= self.config.rounds.async_buffer;
+                if all_in || buffered || self.clock.instant() >= r.deadline {
                     self.close_round(out)?;
                 }
             }
@@ -165,6 +169,7 @@ impl Coordinator {
             selected: selected.iter().filter_map(|c| messages::id(c)).collect(),
             chunk_size: rules.chunk_size as u32,
             objective: self.objective(),
+            staleness: rules.announced_staleness(),
         };
         let base = version::hex(&announce.base_version());
         self.store
@@ -217,6 +222,12 @@ impl Coordinator {
         });
         self.next_round = round + 1;
         out.push(Output::Publish(Outgoing::retained(topic.as_str(), payload)));
+        // update chunks that came while the last model was being published
+        for p in std::mem::take(&mut self.parked) {
+            self.count_wire_up(&p.client, p.wire_len);
+            self.on_update(&p.client, p.chunk, p.payload_len, p.wire_len, out)?;
+        }
+        self.parked_bytes = 0;
         Ok(())
     }
 
@@ -296,7 +307,7 @@ impl Coordinator {
         cost::update_bytes(&self.spec, codec)
     }
 
-    fn close_round(&mut self, out: &mut Vec<Output>) -> Result<(), ServerError> {
+    pub(super) fn close_round(&mut self, out: &mut Vec<Output>) -> Result<(), ServerError> {
         let Some(mut r) = self.round.take() else {
             return Ok(());
         };

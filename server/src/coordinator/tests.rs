@@ -1440,3 +1440,6 @@ fn training_stops_when_the_vehicles_scores_stop_improving() {
 
 #[path = "tests_scaffold.rs"]
 mod scaffold;
+
+#[path = "tests_async.rs"]
+mod asynchronous;

@@ -15,17 +15,19 @@ pub(super) fn ledger_rows(
 ) -> BTreeMap<String, ClientRow> {
     selected
         .iter()
-        .map(|c| {
-            let row = ClientRow {
-                round,
-                client: c.clone(),
-                status: ClientStatus::Dropped,
-                codec: codec.to_string(),
-                ..Default::default()
-            };
-            (c.clone(), row)
-        })
+        .map(|c| (c.clone(), ledger_row(round, c, codec)))
         .collect()
+}
+
+/// A vehicle's ledger row as a round starts it: nothing from it yet.
+pub(super) fn ledger_row(round: u64, client: &str, codec: &str) -> ClientRow {
+    ClientRow {
+        round,
+        client: client.to_string(),
+        status: ClientStatus::Dropped,
+        codec: codec.to_string(),
+        ..Default::default()
+    }
 }
 
 /// The round's ledger row from its vehicles' rows.

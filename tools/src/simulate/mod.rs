@@ -9,7 +9,7 @@ use anyhow::Context;
 use convoy_agent::LocalData;
 use convoy_agent::config::{Attack, DataConfig};
 use convoy_server::config::{
-    AggregationConfig, RoundConfig, ServerConfig, StrategyConfig, Weights,
+    AggregationConfig, RoundConfig, RoundMode, ServerConfig, StrategyConfig, Weights,
 };
 use convoy_server::run::{Prepared, TestSet};
 use convoy_shared::codec::Pipeline;
@@ -32,7 +32,7 @@ mod options;
 mod output;
 mod seeds;
 
-pub use options::{SimDataset, SimOptions, SimStrategy, SimWeights, Transport};
+pub use options::{SimDataset, SimMode, SimOptions, SimStrategy, SimWeights, Transport};
 
 pub use output::{SimResult, SimRound};
 use output::{progress_bar, show_waiting, write_outputs};
@@ -396,6 +396,12 @@ fn server_config(
             codec_warmup_rounds: options.warmup_rounds,
             seed: options.seed,
             norm_bound: options.norm_bound,
+            mode: match options.mode {
+                SimMode::Sync => RoundMode::Sync,
+                SimMode::Async => RoundMode::Async,
+            },
+            async_buffer: options.async_buffer,
+            max_staleness: options.max_staleness,
             ..Default::default()
         },
         strategy: StrategyConfig {

@@ -29,6 +29,15 @@ pub enum SimWeights {
     Equal,
 }
 
+/// `rounds.mode`, as a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimMode {
+    /// Rounds wait for every selected vehicle.
+    Sync,
+    /// FedBuff: a new model every --async-buffer accepted updates.
+    Async,
+}
+
 /// `--strategy`: a server optimiser, `fedprox` (FedAvg on the server, the
 /// proximal term on the vehicles) or `scaffold` (FedAvg on the server,
 /// control variates on both sides).
@@ -188,6 +197,18 @@ pub struct SimOptions {
     /// --clients.
     #[arg(long)]
     pub partition_file: Option<PathBuf>,
+    /// Synchronous rounds, or asynchronous buffered aggregation (FedBuff;
+    /// `rounds.mode`).
+    #[arg(long, value_enum, default_value_t = SimMode::Sync)]
+    pub mode: SimMode,
+    /// Asynchronous rounds: accepted updates per new model
+    /// (`rounds.async_buffer`).
+    #[arg(long, default_value_t = RoundConfig::default().async_buffer)]
+    pub async_buffer: usize,
+    /// Asynchronous rounds: most versions an update's model may lag
+    /// (`rounds.max_staleness`).
+    #[arg(long, default_value_t = RoundConfig::default().max_staleness)]
+    pub max_staleness: u64,
     /// Local epochs.
     #[arg(long, default_value_t = 1)]
     pub epochs: u32,
