@@ -466,7 +466,13 @@ mod kept_tests {
             objective: now.objective,
         };
         let back = Announce::from_kept(&postcard::to_allocvec(&before).unwrap()).unwrap();
-        assert_eq!(back, Announce { staleness: 0, ..now.clone() });
+        assert_eq!(
+            back,
+            Announce {
+                staleness: 0,
+                ..now.clone()
+            }
+        );
         let old = AnnounceWithoutObjective {
             round: now.round,
             manifest: now.manifest.clone(),

@@ -340,3 +340,85 @@ async fn agent_trains_only_when_its_policy_allows() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// FedBuff through the real broker, the server killed with an
+/// asynchronous round open and updates acknowledged in it (some trained on
+/// an older model): the restarted server finishes that round with every
+/// one of them, at the staleness it recorded, and nothing is folded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_keeps_every_acknowledged_asynchronous_update() -> anyhow::Result<()> {
+    init_tracing();
+    let mut fleet = Fleet::digits("async_killed", 4, 19)?
+        .rounds(0)
+        .server(|c| {
+            c.rounds.mode = convoy_server::config::RoundMode::Async;
+            (c.rounds.async_buffer, c.rounds.max_staleness) = (3, 3);
+        })
+        .start()
+        .await?;
+    let before = fleet.next_rounds(2, 60).await?;
+    // killed once the open round holds an acknowledged update
+    let started = std::time::Instant::now();
+    let held = loop {
+        let state = fleet.store()?.open_round_state()?;
+        if let Some(s) = state.filter(|s| !s.updates.is_empty()) {
+            break s;
+        }
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no open round took an update"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    fleet.kill_server().await;
+    let acknowledged: Vec<(String, Option<u64>)> = fleet
+        .store()?
+        .clients(held.round)?
+        .into_iter()
+        .filter(|c| c.status == "accepted")
+        .map(|c| (c.client, c.staleness))
+        .collect();
+    anyhow::ensure!(!acknowledged.is_empty());
+
+    fleet.server_config.rounds.total = 2;
+    fleet.start_server();
+    let after = fleet.next_rounds(2, 60).await?;
+    fleet.finish().await?;
+    let resumed = &after[0];
+    assert_eq!(resumed.round, held.round, "the open round is resumed");
+    assert_eq!(resumed.clients_reported, 3, "{resumed:#?}");
+    let rows = fleet.store()?.clients(held.round)?;
+    for (client, staleness) in &acknowledged {
+        assert!(
+            rows.iter().any(|r| &r.client == client
+                && r.status == "accepted"
+                && &r.staleness == staleness),
+            "{client}'s acknowledged update is in round {}",
+            held.round
+        );
+    }
+    // every accepted update of the run counted once, each at most 3 behind
+    let store = fleet.store()?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut stale = 0;
+    for r in before.iter().chain(&after) {
+        for c in store
+            .clients(r.round)?
+            .iter()
+            .filter(|c| c.status == "accepted")
+        {
+            let s = c
+                .staleness
+                .expect("asynchronous rows carry their staleness");
+            assert!(s <= 3);
+            stale += usize::from(s > 0);
+            assert!(
+                seen.insert((c.client.clone(), r.round - s)),
+                "{} twice",
+                c.client
+            );
+        }
+    }
+    assert!(stale > 0, "with a buffer of 3 of 4, some updates are stale");
+    Ok(())
+}

@@ -24,7 +24,7 @@ async fn every_version_rebuilds_to_its_id_by_each_route() -> anyhow::Result<()> 
         (o.keyframe_every, o.max_chain_depth) = (3, 2);
         o.rule = rule.parse().map_err(anyhow::Error::msg)?;
         run(o, CancellationToken::new()).await?;
-        check_routes(dir.path(), rule)?;
+        check_routes(dir.path(), rule, 4)?;
     }
     Ok(())
 }
@@ -49,7 +49,7 @@ async fn a_server_optimisers_versions_rebuild_by_each_route() -> anyhow::Result<
             "step:2:0.5".parse().map_err(anyhow::Error::msg)?,
         );
         let result = run(o, CancellationToken::new()).await?;
-        check_routes(dir.path(), rule)?;
+        check_routes(dir.path(), rule, 4)?;
         let store = convoy_tests::api::Store::open_existing(&dir.path().join("sim.db"))?;
         let rounds = store.rounds()?;
         assert_eq!(rounds.len(), 5);
@@ -99,7 +99,7 @@ async fn scaffold_learns_through_the_broker_and_its_bytes_are_counted() -> anyho
         o.rule = "trimmed_mean:0.2".parse().map_err(anyhow::Error::msg)?;
         o.strategy = strategy.parse().map_err(anyhow::Error::msg)?;
         let result = run(o, CancellationToken::new()).await?;
-        check_routes(dir.path(), "trimmed_mean:0.2")?;
+        check_routes(dir.path(), "trimmed_mean:0.2", 4)?;
         let store = convoy_tests::api::Store::open_existing(&dir.path().join("sim.db"))?;
         let rounds = store.rounds()?;
         let s = rounds[0].strategy.clone().unwrap_or_default();
@@ -124,7 +124,52 @@ async fn scaffold_learns_through_the_broker_and_its_bytes_are_counted() -> anyho
     Ok(())
 }
 
-fn check_routes(dir: &std::path::Path, rule: &str) -> anyhow::Result<()> {
+/// FedBuff through the real broker: a new model after every 3 of 6
+/// vehicles' updates, so the others' updates arrive trained on an older
+/// model and count down-weighted; it learns, the ledger records each
+/// update's staleness (some above 0, none above the bound), and every
+/// version still rebuilds by each route, the replay of its stale updates
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asynchronous_rounds_learn_through_the_broker_and_rebuild() -> anyhow::Result<()> {
+    convoy_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let mut o = options(dir.path(), "topk:0.2+q8", "q8");
+    (o.rounds, o.transport, o.keep_updates) = (5, Transport::Mqtt, true);
+    (o.keyframe_every, o.max_chain_depth) = (3, 2);
+    (o.clients, o.partition) = (6, Partition::Iid);
+    (o.mode, o.async_buffer, o.max_staleness) = (convoy_tests::api::simulate::SimMode::Async, 3, 2);
+    let result = run(o, CancellationToken::new()).await?;
+    check_routes(dir.path(), "cosine", 3)?;
+    let store = convoy_tests::api::Store::open_existing(&dir.path().join("sim.db"))?;
+    let mut stale = 0;
+    for r in store.rounds()? {
+        let accepted: Vec<_> = store
+            .clients(r.round)?
+            .into_iter()
+            .filter(|c| c.status == convoy_store::ClientStatus::Accepted)
+            .collect();
+        assert_eq!(accepted.len(), 3, "round {}: a buffer of 3", r.round);
+        for c in &accepted {
+            let s = c
+                .staleness
+                .expect("asynchronous rows carry their staleness");
+            assert!(s <= 2, "{} in round {}: staleness {s}", c.client, r.round);
+            stale += usize::from(s > 0);
+        }
+    }
+    assert!(stale > 0, "some updates came from an older model");
+    let (first, last) = (
+        result.rounds[0].accuracy.unwrap_or(0.0),
+        result.final_accuracy.unwrap_or(0.0),
+    );
+    assert!(last > first, "{first} -> {last}");
+    Ok(())
+}
+
+/// Every version of a 5-round run rebuilds to its id by every route; each
+/// published version's lineage holds `members` updates.
+fn check_routes(dir: &std::path::Path, rule: &str, members: usize) -> anyhow::Result<()> {
     use convoy_store::{Route, StorageKind};
     let store = convoy_tests::api::Store::open_existing(&dir.join("sim.db"))?;
     let rows = store.versions()?;
@@ -160,7 +205,7 @@ fn check_routes(dir: &std::path::Path, rule: &str) -> anyhow::Result<()> {
         }
         if row.round > 0 {
             let lineage = store.lineage(&row.version)?;
-            assert_eq!(lineage.len(), 4, "every vehicle's update is in its lineage");
+            assert_eq!(lineage.len(), members, "every update is in its lineage");
             assert!(
                 lineage
                     .iter()

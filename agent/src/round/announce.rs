@@ -144,7 +144,11 @@ impl Agent {
 
     /// Takes up the newest round announced while an update of round `done`
     /// was trained or awaited its receipt (asynchronous rounds).
-    pub(super) fn take_up_newer(&mut self, done: u64, out: &mut Vec<Action>) -> Result<(), AgentError> {
+    pub(super) fn take_up_newer(
+        &mut self,
+        done: u64,
+        out: &mut Vec<Action>,
+    ) -> Result<(), AgentError> {
         let newer = self
             .announce
             .as_ref()

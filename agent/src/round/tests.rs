@@ -851,3 +851,6 @@ fn a_healthy_round_is_at_most_one_info_line() {
 
 #[path = "tests_scaffold.rs"]
 mod scaffold;
+
+#[path = "tests_async.rs"]
+mod asynchronous;

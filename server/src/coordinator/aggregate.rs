@@ -7,8 +7,8 @@
 //! database) and the rule runs when the round closes.
 
 use super::Coordinator;
-use crate::config::RoundConfig;
 use super::rounds::OpenRound;
+use crate::config::RoundConfig;
 use convoy_shared::cost;
 use convoy_shared::messages::UpdateBody;
 use convoy_shared::params::ParamSet;

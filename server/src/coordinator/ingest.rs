@@ -3,6 +3,7 @@
 
 use super::aggregate::Held;
 use super::{Coordinator, Output};
+use crate::config::{RoundConfig, RoundMode};
 use crate::error::ServerError;
 use crate::rejection::Rejection;
 use convoy_runtime::link::Outgoing;
@@ -12,7 +13,6 @@ use convoy_shared::messages::{FailureReport, UpdateAck, UpdateBody, UpdateChunk}
 use convoy_shared::strategy::fold::fold_update;
 use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::wire::Kind;
-use crate::config::{RoundConfig, RoundMode};
 use convoy_store::{ClientRow, ClientStatus};
 
 /// An update chunk that came while no asynchronous round was open.
@@ -121,7 +121,11 @@ impl Coordinator {
                 // Its other update (trained for another round) is in this
                 // one already: this one waits for the next, unacknowledged,
                 // and the vehicle sends it again after its receipt timeout.
-                tracing::debug!(client, round = chunk.round, "a second update this round; it counts in the next");
+                tracing::debug!(
+                    client,
+                    round = chunk.round,
+                    "a second update this round; it counts in the next"
+                );
                 return Ok(());
             }
             // A re-send of an update already counted: recognised, not counted.

@@ -36,7 +36,10 @@ fn a_stale_update_counts_down_weighted_and_one_too_stale_is_refused() {
     let a2 = announces(&rig.handle(Input::Tick)).pop().expect("round 2");
     let out = rig.send(late(&rig));
     let ack = acks(&out, "car-3");
-    assert!(ack.len() == 1 && ack[0].accepted && ack[0].round == 1, "{ack:?}");
+    assert!(
+        ack.len() == 1 && ack[0].accepted && ack[0].round == 1,
+        "{ack:?}"
+    );
     // killed with the stale update acknowledged: it is still in the round
     let mut rig = rig.restart();
     rig.online(&CARS);
@@ -58,7 +61,11 @@ fn a_stale_update_counts_down_weighted_and_one_too_stale_is_refused() {
     rig.online(&CARS);
     announces(&rig.handle(Input::Tick)).pop().expect("round 3");
     let out = rig.send(late(&rig));
-    assert!(acks(&out, "car-3").iter().all(|a| a.accepted && a.round == 1));
+    assert!(
+        acks(&out, "car-3")
+            .iter()
+            .all(|a| a.accepted && a.round == 1)
+    );
     let counted = |rig: &Rig| {
         rig.coordinator
             .store
@@ -72,7 +79,10 @@ fn a_stale_update_counts_down_weighted_and_one_too_stale_is_refused() {
     // trained two versions back, over the bound of 1: refused, with why
     let out = rig.send(too_late);
     let nack = acks(&out, "visitor");
-    assert!(!nack[0].accepted && nack[0].reason.starts_with("stale"), "{nack:?}");
+    assert!(
+        !nack[0].accepted && nack[0].reason.starts_with("stale"),
+        "{nack:?}"
+    );
     assert!(rig.rejected("stale") > 0, "counted as refused");
     assert_eq!(counted(&rig), 0);
 }
@@ -99,7 +109,10 @@ fn a_second_update_of_one_vehicle_waits_for_the_next_round() {
     announces(&rig.handle(Input::Tick)).pop().expect("round 3");
     let out = rig.send(second(&rig));
     let ack = acks(&out, "car-3");
-    assert!(ack.len() == 1 && ack[0].accepted && ack[0].round == 2, "{ack:?}");
+    assert!(
+        ack.len() == 1 && ack[0].accepted && ack[0].round == 2,
+        "{ack:?}"
+    );
     let rows = rig.coordinator.store.clients(3).unwrap();
     let car3 = rows.iter().find(|c| c.client == "car-3").unwrap();
     assert_eq!(car3.staleness, Some(1));
