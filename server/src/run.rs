@@ -393,7 +393,7 @@ async fn align_fleet(
 
 /// Stores the first version of a model: `spec`'s seeded initial weights,
 /// evaluated on the test set when there is one.
-fn initial_version(
+pub fn initial_version(
     store: &Store,
     spec: ModelSpec,
     task: &convoy_shared::spec::Recipe,

@@ -167,6 +167,41 @@ async fn asynchronous_rounds_learn_through_the_broker_and_rebuild() -> anyhow::R
     Ok(())
 }
 
+/// The availability model on the simulated clock: with two of four
+/// vehicles online only from 5,000 s (a trace) and every vehicle needed,
+/// nothing happens before then; each round then takes the simulated time
+/// of its slowest vehicle's steps, in seconds of simulation, not of wall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulated_clock_follows_the_availability_trace() -> anyhow::Result<()> {
+    convoy_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let trace = dir.path().join("online.csv");
+    std::fs::write(
+        &trace,
+        "client,start_s,end_s\n0,0,90000\nsim-001,0,90000\n2,5000,90000\n3,5000,90000\n",
+    )?;
+    let mut o = options(&dir.path().join("run"), "fp32", "fp32");
+    (o.clients, o.partition, o.rounds) = (4, Partition::Iid, 3);
+    o.devices.online_trace = Some(trace);
+    o.devices.step_secs = 2.0;
+    let started = std::time::Instant::now();
+    let result = run(o, CancellationToken::new()).await?;
+    let times: Vec<f64> = result.rounds.iter().filter_map(|r| r.sim_seconds).collect();
+    assert_eq!(times.len(), 3, "{:?}", result.rounds);
+    // about 22 steps of 2 s each: some 45 s a round, from 5,000 s on
+    assert!(times[0] > 5000.0 && times[0] < 5100.0, "{times:?}");
+    for pair in times.windows(2) {
+        let took = pair[1] - pair[0];
+        assert!((30.0..100.0).contains(&took), "{times:?}");
+    }
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "simulated, not waited for"
+    );
+    assert!(result.final_accuracy > result.rounds[0].accuracy);
+    Ok(())
+}
+
 /// Every version of a 5-round run rebuilds to its id by every route; each
 /// published version's lineage holds `members` updates.
 fn check_routes(dir: &std::path::Path, rule: &str, members: usize) -> anyhow::Result<()> {

@@ -28,10 +28,13 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod clocked;
+mod devices;
 mod options;
 mod output;
 mod seeds;
 
+pub use devices::DeviceModel;
 pub use options::{SimDataset, SimMode, SimOptions, SimStrategy, SimWeights, Transport};
 
 pub use output::{SimResult, SimRound};
@@ -274,29 +277,44 @@ async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     let started = Instant::now();
     let (mut up, mut down) = (0u64, 0u64);
     let (progress, total) = (options.progress, options.rounds);
-    let dashboard = fleet::Dashboard::start(&options.serve, &server).await?;
-    if let Some(d) = &dashboard {
-        eprintln!("dashboard: {}", d.url());
-    }
-    let ticker = progress.then(|| tokio::spawn(show_waiting(db_path.clone(), total)));
-    let live = dashboard.as_ref().map(|d| d.live.clone());
-    let (rows, _) = fleet::run(server, prepared, agents, shutdown.clone(), live, |row| {
-        up += row.bytes_up;
-        down += row.bytes_down;
+    let (rows, sim_times) = if options.devices.clocked() {
+        let (rows, times) = clocked::rows(&options, server, prepared, agents, &shutdown, |row| {
+            up += row.bytes_up;
+            down += row.bytes_down;
+            if progress {
+                progress_bar(row.round.min(total), total, row, up, down);
+            }
+        })?;
         if progress {
-            progress_bar(row.round.min(total), total, row, up, down);
+            eprintln!();
         }
-    })
-    .await?;
-    if let Some(ticker) = ticker {
-        ticker.abort();
-    }
-    if progress {
-        eprintln!();
-    }
-    if let Some(d) = dashboard {
-        d.finish(&shutdown).await;
-    }
+        (rows, Some(times))
+    } else {
+        let dashboard = fleet::Dashboard::start(&options.serve, &server).await?;
+        if let Some(d) = &dashboard {
+            eprintln!("dashboard: {}", d.url());
+        }
+        let ticker = progress.then(|| tokio::spawn(show_waiting(db_path.clone(), total)));
+        let live = dashboard.as_ref().map(|d| d.live.clone());
+        let (rows, _) = fleet::run(server, prepared, agents, shutdown.clone(), live, |row| {
+            up += row.bytes_up;
+            down += row.bytes_down;
+            if progress {
+                progress_bar(row.round.min(total), total, row, up, down);
+            }
+        })
+        .await?;
+        if let Some(ticker) = ticker {
+            ticker.abort();
+        }
+        if progress {
+            eprintln!();
+        }
+        if let Some(d) = dashboard {
+            d.finish(&shutdown).await;
+        }
+        (rows, None)
+    };
     let suspected = convoy_store::Store::open(&db_path)?
         .suspicions()?
         .values()
@@ -306,8 +324,10 @@ async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     let federated = options.label.is_some() && options.test_csv.is_none();
     let rounds: Vec<SimRound> = rows
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
             let mut round = SimRound::from(r);
+            round.sim_seconds = sim_times.as_ref().and_then(|t| t.get(i).copied());
             if federated {
                 (round.accuracy, round.rmse) = (r.holdout_accuracy, r.holdout_rmse);
             }
@@ -386,10 +406,13 @@ fn server_config(
         broker: fleet::server_broker(broker),
         rounds: RoundConfig {
             total: options.rounds,
-            min_clients: vehicles,
+            min_clients: match options.min_clients {
+                0 => vehicles,
+                n => n.min(vehicles),
+            },
             min_reports: 1,
             sample_fraction: 1.0,
-            deadline_secs: 600,
+            deadline_secs: options.deadline_secs,
             codec: options.codec,
             downlink_codec: options.downlink_codec,
             keyframe_every: options.keyframe_every,

@@ -1,5 +1,6 @@
 //! The simulator's settings: the `simulate` command's flags.
 
+use super::devices::DeviceModel;
 use super::*;
 
 /// How the simulated fleet talks.
@@ -209,6 +210,17 @@ pub struct SimOptions {
     /// (`rounds.max_staleness`).
     #[arg(long, default_value_t = RoundConfig::default().max_staleness)]
     pub max_staleness: u64,
+    /// Online vehicles needed to open a round (0: every vehicle;
+    /// `rounds.min_clients`).
+    #[arg(long, default_value_t = 0)]
+    pub min_clients: usize,
+    /// Seconds from a round's announcement to its deadline
+    /// (`rounds.deadline_secs`; simulated seconds under --online).
+    #[arg(long, default_value_t = 600)]
+    pub deadline_secs: u64,
+    /// The availability and device model (a simulated clock).
+    #[command(flatten)]
+    pub devices: DeviceModel,
     /// Local epochs.
     #[arg(long, default_value_t = 1)]
     pub epochs: u32,

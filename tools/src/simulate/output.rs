@@ -35,6 +35,9 @@ pub struct SimRound {
     pub decode_mb_s: Option<f64>,
     /// Slowest client's training seconds.
     pub train_seconds_max: f64,
+    /// Simulated seconds from the start when the round closed (the
+    /// availability and device model only).
+    pub sim_seconds: Option<f64>,
 }
 
 impl From<&RoundRow> for SimRound {
@@ -55,6 +58,7 @@ impl From<&RoundRow> for SimRound {
             encode_mb_s: rate(r.encode_seconds),
             decode_mb_s: rate(r.decode_seconds),
             train_seconds_max: r.train_seconds_max,
+            sim_seconds: None,
         }
     }
 }
