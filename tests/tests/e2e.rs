@@ -386,7 +386,10 @@ async fn killed_server_keeps_every_acknowledged_asynchronous_update() -> anyhow:
     fleet.finish().await?;
     let resumed = &after[0];
     assert_eq!(resumed.round, held.round, "the open round is resumed");
-    assert_eq!(resumed.clients_reported, 3, "{resumed:#?}");
+    assert!(
+        resumed.clients_reported as usize >= acknowledged.len(),
+        "{resumed:#?}"
+    );
     let rows = fleet.store()?.clients(held.round)?;
     for (client, staleness) in &acknowledged {
         assert!(

@@ -204,7 +204,7 @@ pub struct RoundConfig {
     pub async_buffer: usize,
     /// Asynchronous rounds: an update trained on a model more than this
     /// many versions older than the current one is refused, with the
-    /// reason (0 to 1000). The rest count with weight × 1/√(1 + staleness).
+    /// reason (0 to 1000). The rest count scaled by 1/√(1 + staleness).
     pub max_staleness: u64,
 }
 
@@ -230,7 +230,7 @@ impl RoundConfig {
         }
     }
 
-    /// The factor a stale update's weight is multiplied by: 1/√(1 + s).
+    /// The factor a stale update is scaled by: 1/√(1 + s).
     pub fn staleness_weight(staleness: u64) -> f64 {
         1.0 / (1.0 + staleness as f64).sqrt()
     }

@@ -40,7 +40,7 @@ pub(super) struct Held {
     /// some out).
     pub(super) kept: bool,
     /// Rounds between the one it was trained for and this one
-    /// (asynchronous rounds; its weight is multiplied by 1/√(1 + s)).
+    /// (asynchronous rounds; it is scaled by 1/√(1 + s)).
     pub(super) staleness: u64,
 }
 
@@ -194,8 +194,9 @@ impl Coordinator {
                 refs.claim,
                 self.history.get(&m.client).copied(),
             );
-            let weight = weight * RoundConfig::staleness_weight(m.staleness);
             let (scale, clipped) = self.norm_scale(m.norm, m.recipe_scale, refs.norm);
+            // FedBuff: a stale update moves the model less
+            let scale = scale * RoundConfig::staleness_weight(m.staleness);
             notes.push(capped.into_iter().chain(clipped).collect());
             settled.push((m.client.clone(), weight, scale));
             let m = &mut r.members[i];

@@ -105,11 +105,12 @@ impl Coordinator {
             }
             return Ok(());
         }
-        if staleness == 0 && !r.selected.contains(client) {
+        let open_to_all = self.config.rounds.mode == RoundMode::Async;
+        if !open_to_all && !r.selected.contains(client) {
             self.reject(current, Some(client), &Rejection::NotSelected);
             return Ok(());
         }
-        if staleness > 0 && !r.rows.contains_key(client) {
+        if open_to_all && !r.rows.contains_key(client) {
             let row = super::totals::ledger_row(r.announce.round, client, &r.codec.name());
             r.rows.insert(client.to_string(), row);
         }
@@ -295,8 +296,9 @@ impl Coordinator {
         let norm = self.scratch.l2_norm();
         let admission = match (&verdict, &self.round) {
             (Ok((update, ..)), Some(r)) => {
+                // FedBuff: a stale update moves the model less
                 let mut admission = self.admit(r, client, update, norm);
-                admission.weight *= RoundConfig::staleness_weight(staleness);
+                admission.scale *= RoundConfig::staleness_weight(staleness);
                 Some(admission)
             }
             _ => None,

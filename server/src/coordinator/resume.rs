@@ -96,7 +96,9 @@ impl Coordinator {
             let heads = self.spec.heads.len();
             let decoded = decode_kept(&body, &codec, heads, &mut self.scratch);
             // an asynchronous round also takes vehicles it did not select
-            let known = rows.contains_key(&row.client) || announce.staleness > 0;
+            let known = rows.contains_key(&row.client)
+                || announce.selected.is_empty()
+                || announce.staleness > 0;
             let (Ok(update), true) = (decoded, known) else {
                 tracing::error!(round, client = %row.client, "stored update unreadable; left out");
                 continue;

@@ -88,18 +88,36 @@ impl Coordinator {
                 // An accepted update, a failure report or a refused update
                 // (its vehicle was told and dropped it) from everyone
                 // closes a round before its deadline.
-                let all_in = r.selected.iter().all(|c| {
+                let done = |c: &String| {
                     r.rows.get(c).is_some_and(|row| {
                         matches!(
                             row.status,
                             ClientStatus::Accepted | ClientStatus::Failed | ClientStatus::Rejected
                         )
                     })
-                });
-                // asynchronous rounds (FedBuff) close on a full buffer
-                let buffered = self.config.rounds.mode == RoundMode::Async
-                    && r.members.len() >= self.config.rounds.async_buffer;
-                if all_in || buffered || self.clock.instant() >= r.deadline {
+                };
+                let all_in = match self.config.rounds.mode {
+                    RoundMode::Sync => r.selected.iter().all(done),
+                    // Asynchronous rounds (FedBuff) close on a full buffer,
+                    // or once every vehicle online now is in: no one else
+                    // could fill it soon.
+                    RoundMode::Async => {
+                        let offline_after =
+                            Duration::from_secs(self.config.rounds.offline_after_secs);
+                        let online = self.registry.eligible(
+                            &r.codec.stages(),
+                            self.clock.instant(),
+                            offline_after,
+                        );
+                        // (a server that has just started knows no one
+                        // online yet: it waits for them)
+                        r.members.len() >= self.config.rounds.async_buffer
+                            || (!r.members.is_empty()
+                                && !online.is_empty()
+                                && online.iter().all(done))
+                    }
+                };
+                if all_in || self.clock.instant() >= r.deadline {
                     self.close_round(out)?;
                 }
             }
@@ -166,7 +184,11 @@ impl Coordinator {
             codec,
             downlink_codec: self.downlink,
             deadline_ms: now_ms.saturating_add(deadline.as_millis() as u64),
-            selected: selected.iter().filter_map(|c| messages::id(c)).collect(),
+            // an asynchronous round takes an update from any vehicle
+            selected: match rules.mode {
+                RoundMode::Sync => selected.iter().filter_map(|c| messages::id(c)).collect(),
+                RoundMode::Async => Vec::new(),
+            },
             chunk_size: rules.chunk_size as u32,
             objective: self.objective(),
             staleness: rules.announced_staleness(),

@@ -204,6 +204,19 @@ pub(super) fn write_outputs(out: &Path, result: &SimResult) -> anyhow::Result<()
         human_bytes(result.bytes_up),
         human_bytes(result.bytes_down),
     );
+    let simulated = result
+        .rounds
+        .iter()
+        .filter_map(|r| r.sim_seconds)
+        .next_back();
+    let summary = match simulated {
+        Some(secs) => format!(
+            "{}; {:.2} simulated hours\n",
+            summary.trim_end(),
+            secs / 3600.0
+        ),
+        None => summary,
+    };
     std::fs::write(out.join("summary.txt"), &summary)?;
     print!("{summary}");
     Ok(())
