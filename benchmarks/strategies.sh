@@ -22,15 +22,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-data=/usr/share/datasets/fashion-mnist
-if [ ! -f "$data/train-images-idx3-ubyte.gz" ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
-fi
-splits=../shared/data/partitions
-[ -f "$splits/fmnist_dir0.1_c20_s42.npy" ] || { echo "$splits is missing: ../shared/data sits beside the project" >&2; exit 1; }
-
-cargo build --release --workspace --bins
-bin="${CARGO_TARGET_DIR:-target}/release/convoy-server"
+# shellcheck source=benchmarks/flower_splits.sh
+. benchmarks/flower_splits.sh
 out=${OUT:-benchmarks/strategies}
 seeds=${SEEDS:-"42,1,2"}
 alphas=${ALPHAS:-"0.1 0.5"}

@@ -451,14 +451,11 @@ mod tests {
         assert_eq!(resumed.stats.loss, whole.stats.loss);
     }
 
-    /// FedProx on a known answer: the proximal gradient is zero at the
-    /// base, so the first step is plain SGD's; the second differs from
-    /// plain SGD's by exactly `lr μ (w₁ − w₀)`.
-    #[test]
-    fn the_proximal_term_adds_exactly_its_gradient() {
+    /// One epoch of full-batch plain SGD at `lr` on the parity table, from
+    /// the spec's initial weights, no clipping.
+    fn plain_parity_job(lr: f32) -> Job {
         let (table, spec) = parity_table();
-        let (lr, mu) = (0.1f32, 2.0f32);
-        let plain = Job {
+        Job {
             base: spec.init_params(),
             spec: spec.clone(),
             task: Recipe {
@@ -471,7 +468,16 @@ mod tests {
             seed: 11,
             objective: Objective::Plain,
             correction: None,
-        };
+        }
+    }
+
+    /// FedProx on a known answer: the proximal gradient is zero at the
+    /// base, so the first step is plain SGD's; the second differs from
+    /// plain SGD's by exactly `lr μ (w₁ − w₀)`.
+    #[test]
+    fn the_proximal_term_adds_exactly_its_gradient() {
+        let (lr, mu) = (0.1f32, 2.0f32);
+        let plain = plain_parity_job(lr);
         let prox = Job {
             objective: Objective::Prox { mu },
             ..plain.clone()
@@ -506,22 +512,9 @@ mod tests {
     /// a correction `g` lands exactly `lr · g` from plain SGD's.
     #[test]
     fn the_scaffold_correction_adds_exactly_its_gradient() {
-        let (table, spec) = parity_table();
         let lr = 0.1f32;
-        let plain = Job {
-            base: spec.init_params(),
-            spec: spec.clone(),
-            task: Recipe {
-                epochs: 1,
-                lr,
-                batch_size: 100,
-                clip_norm: 0.0,
-            },
-            data: Arc::new(Dataset::from_table(&table, &spec).unwrap()),
-            seed: 11,
-            objective: Objective::Plain,
-            correction: None,
-        };
+        let plain = plain_parity_job(lr);
+        let spec = plain.spec.clone();
         let mut g = ParamSet::zeros(&spec.layout());
         g.values_mut()
             .enumerate()

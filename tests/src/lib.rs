@@ -103,6 +103,8 @@ pub fn digits_sim(out: &std::path::Path, codec: &str, downlink: &str) -> api::si
         out: out.to_path_buf(),
         name: None,
         label: None,
+        csv: None,
+        csv_split: convoy_tools::csv_split::CsvSplit::Iid,
         task: convoy_shared::spec::TaskKind::Classification,
         test_csv: None,
         progress: false,

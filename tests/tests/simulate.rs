@@ -202,6 +202,52 @@ async fn the_simulated_clock_follows_the_availability_trace() -> anyhow::Result<
     Ok(())
 }
 
+/// One CSV split into a fleet: feature skew (each vehicle leaves out a
+/// different half of the pixels) goes through the schema and statistics
+/// rounds and still learns; condition skew gives each vehicle mostly one
+/// range of a column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_csv_splits_into_skewed_fleets_that_learn() -> anyhow::Result<()> {
+    convoy_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let csv = dir.path().join("digits.csv");
+    std::fs::write(&csv, convoy_tools::digits::DIGITS_CSV)?;
+    for (split, name) in [
+        ("features:2", "features"),
+        ("condition:px27:0.9", "condition"),
+    ] {
+        let mut o = options(&dir.path().join(name), "fp32", "fp32");
+        (o.csv, o.label) = (Some(csv.clone()), Some("digit".into()));
+        o.csv_split = split.parse().map_err(anyhow::Error::msg)?;
+        (o.clients, o.transport, o.rounds) = (4, Transport::Memory, 4);
+        let result = run(o, CancellationToken::new()).await?;
+        assert_eq!(result.partition, format!("csv:{split}"));
+        assert!(
+            result.rounds.iter().all(|r| r.clients_reported == 4),
+            "{name}"
+        );
+        let (first, last) = (
+            result.rounds[0].accuracy.unwrap_or(0.0),
+            result.final_accuracy.unwrap_or(0.0),
+        );
+        assert!(last > first + 0.2, "{name}: {first} -> {last}");
+        let files = dir.path().join(name).join("vehicles");
+        let header = |v: usize| -> anyhow::Result<String> {
+            let text = std::fs::read_to_string(files.join(format!("vehicle-{v:03}.csv")))?;
+            Ok(text.lines().next().unwrap_or_default().to_string())
+        };
+        let differ = header(0)? != header(1)?;
+        assert_eq!(
+            differ,
+            name == "features",
+            "{name}: {} / {}",
+            header(0)?,
+            header(1)?
+        );
+    }
+    Ok(())
+}
+
 /// Every version of a 5-round run rebuilds to its id by every route; each
 /// published version's lineage holds `members` updates.
 fn check_routes(dir: &std::path::Path, rule: &str, members: usize) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod csv_file;
+pub mod csv_split;
 pub mod demo;
 pub mod deploy;
 pub mod digits;

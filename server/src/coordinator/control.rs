@@ -7,15 +7,12 @@ use super::aggregate::Held;
 use super::rounds::OpenRound;
 use super::serve::add_down;
 use super::{Coordinator, Output};
-use convoy_runtime::link::Outgoing;
 use convoy_shared::chunk;
 use convoy_shared::messages::{Delta, ModelChunk, ModelPart, Objective};
 use convoy_shared::strategy::fold::decode_kept;
 use convoy_shared::strategy::scaffold::{Control, ControlSum, control_codec};
 use convoy_shared::strategy::server::OptState;
-use convoy_shared::topics::{self, ClientTopic};
 use convoy_shared::version::MODEL_CHUNK_SIZE;
-use convoy_shared::wire::{Kind, publish_wire_len};
 
 /// The server control in force, ready to serve.
 #[derive(Debug, Clone)]
@@ -81,8 +78,6 @@ impl Coordinator {
         let Some(control) = self.control.as_ref().filter(|c| c.id == *id) else {
             return false;
         };
-        let topic = topics::client(&self.config.fleet, ClientTopic::Model, client);
-        let (mut bytes, mut wire_bytes, mut chunks) = (0u64, 0u64, 0u64);
         let pieces: Vec<ModelChunk> = chunk::split(&control.payload, MODEL_CHUNK_SIZE)
             .map(|(pos, data)| ModelChunk {
                 version: *id,
@@ -90,20 +85,7 @@ impl Coordinator {
                 data: data.to_vec(),
             })
             .collect();
-        for piece in pieces {
-            let payload = match self.seal(Kind::ModelChunk, &topic, &piece) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(client, error = %e, "control piece not sent");
-                    continue;
-                }
-            };
-            bytes += payload.len() as u64;
-            wire_bytes +=
-                publish_wire_len(topic.len(), payload.len(), 1, self.config.vehicles_on_tls());
-            chunks += 1;
-            out.push(Output::Publish(Outgoing::new(topic.as_str(), payload)));
-        }
+        let (bytes, wire_bytes, chunks) = self.send_chunks(client, pieces, out);
         if let Some(r) = self.round.as_mut() {
             let row = match r.rows.get_mut(client) {
                 Some(row) => row,
@@ -115,8 +97,9 @@ impl Coordinator {
     }
 
     /// SCAFFOLD's step at the close of round `r`: the control after it,
-    /// published, from the updates the round's rule kept; `None` without SCAFFOLD, or when an update cannot be read back
-    /// (said; the control then stays as it was).
+    /// published, from the updates the round's rule kept; `None` without
+    /// SCAFFOLD, or when an update cannot be read back (said; the control
+    /// then stays as it was).
     pub(super) fn control_step(&mut self, r: &OpenRound) -> Option<Delta> {
         let current = self.control.as_ref()?.control.clone();
         let round = r.announce.round;

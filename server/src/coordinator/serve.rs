@@ -29,22 +29,7 @@ impl Coordinator {
         }
         let transfer = self.plan_transfer(&request);
         let messages = self.model_chunks(&transfer);
-        let topic = topics::client(&self.config.fleet, ClientTopic::Model, client);
-        let (mut bytes, mut wire_bytes, mut chunks) = (0u64, 0u64, 0u64);
-        for message in messages {
-            let payload = match self.seal(Kind::ModelChunk, &topic, &message) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(client, error = %e, "model chunk not sent");
-                    continue;
-                }
-            };
-            bytes += payload.len() as u64;
-            wire_bytes +=
-                publish_wire_len(topic.len(), payload.len(), 1, self.config.vehicles_on_tls());
-            chunks += 1;
-            out.push(Output::Publish(Outgoing::new(topic.as_str(), payload)));
-        }
+        let (bytes, wire_bytes, chunks) = self.send_chunks(client, messages, out);
         let raw = self.model_bytes.len() as u64;
         // the cost model learns what a one-step delta and a whole model
         // really take on the wire
@@ -72,6 +57,33 @@ impl Coordinator {
         if r.served.insert(client.to_string()) {
             r.bytes_down_raw += raw;
         }
+    }
+
+    /// Seals and publishes `messages` on `client`'s model topic; returns
+    /// the payload bytes, the bytes on the wire and the messages sent.
+    pub(super) fn send_chunks(
+        &self,
+        client: &str,
+        messages: Vec<ModelChunk>,
+        out: &mut Vec<Output>,
+    ) -> (u64, u64, u64) {
+        let topic = topics::client(&self.config.fleet, ClientTopic::Model, client);
+        let (mut bytes, mut wire_bytes, mut chunks) = (0u64, 0u64, 0u64);
+        for message in messages {
+            let payload = match self.seal(Kind::ModelChunk, &topic, &message) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(client, error = %e, "model chunk not sent");
+                    continue;
+                }
+            };
+            bytes += payload.len() as u64;
+            wire_bytes +=
+                publish_wire_len(topic.len(), payload.len(), 1, self.config.vehicles_on_tls());
+            chunks += 1;
+            out.push(Output::Publish(Outgoing::new(topic.as_str(), payload)));
+        }
+        (bytes, wire_bytes, chunks)
     }
 
     /// The cheapest way to bring `request`'s sender to the current model:

@@ -167,6 +167,25 @@ fn split(options: &SimOptions) -> anyhow::Result<(Source, usize)> {
     Ok((source, asked))
 }
 
+/// `--csv` split over the vehicles by `--csv-split`, one file each under
+/// `<out>/vehicles/`.
+fn split_csv(csv: &Path, label: &str, options: &SimOptions) -> anyhow::Result<Vec<PathBuf>> {
+    let file =
+        std::fs::File::open(csv).with_context(|| format!("opening --csv {}", csv.display()))?;
+    let table = Table::read(std::io::BufReader::new(file))
+        .with_context(|| format!("reading --csv {}", csv.display()))?;
+    let fleet = crate::csv_split::split(
+        &table,
+        label,
+        options.clients,
+        &options.csv_split,
+        options.seed,
+    )?;
+    let dir = options.out.join("vehicles");
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::csv_split::write(&table, &fleet, &dir)
+}
+
 /// Every `*.csv` in `dir` but `test_csv`, sorted by name.
 fn csv_files(dir: &Path, test_csv: Option<&Path>) -> anyhow::Result<Vec<PathBuf>> {
     let test = test_csv.and_then(|t| t.canonicalize().ok());
@@ -198,7 +217,10 @@ async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     );
     let (source, asked) = match &options.label {
         Some(label) => {
-            let files = csv_files(&options.data_dir, options.test_csv.as_deref())?;
+            let files = match &options.csv {
+                Some(csv) => split_csv(csv, label, &options)?,
+                None => csv_files(&options.data_dir, options.test_csv.as_deref())?,
+            };
             let n = files.len();
             let source = Source::Files {
                 files,
@@ -335,6 +357,7 @@ async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         })
         .collect();
     let partition = match (&options.label, &options.partition_file) {
+        (Some(_), _) if options.csv.is_some() => format!("csv:{}", options.csv_split),
         (Some(_), _) => format!("files:{}", options.data_dir.display()),
         (None, Some(file)) => format!(
             "file:{}",

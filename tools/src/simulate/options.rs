@@ -107,6 +107,17 @@ pub struct SimOptions {
     /// partitioners are not used).
     #[arg(long)]
     pub label: Option<String>,
+    /// One CSV to split into a fleet (with --label): one file per vehicle
+    /// by --csv-split, then the real agents' path as with --data-dir.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// How --csv is spread over --clients vehicles: `iid`,
+    /// `condition:COLUMN[:SHARE]` (each vehicle holds mostly one range or
+    /// value of COLUMN, SHARE of its rows, default 0.8) or
+    /// `features:GROUPS` (the columns fall into GROUPS groups; each vehicle
+    /// does not log one of them).
+    #[arg(long, default_value = "iid")]
+    pub csv_split: crate::csv_split::CsvSplit,
     /// The task of --label.
     #[arg(long, default_value = "classification")]
     pub task: TaskKind,
