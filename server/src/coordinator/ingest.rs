@@ -111,7 +111,9 @@ impl Coordinator {
             return Ok(());
         }
         if open_to_all && !r.rows.contains_key(client) {
-            let row = super::totals::ledger_row(r.announce.round, client, &r.codec.name());
+            // its first chunk's wire bytes came before its row: counted now
+            let mut row = super::totals::ledger_row(r.announce.round, client, &r.codec.name());
+            (row.wire_bytes_up, row.chunks_up) = (wire_len, 1);
             r.rows.insert(client.to_string(), row);
         }
         let Some(row) = r.rows.get_mut(client) else {

@@ -118,3 +118,21 @@ fn a_second_update_of_one_vehicle_waits_for_the_next_round() {
     let car3 = rows.iter().find(|c| c.client == "car-3").unwrap();
     assert_eq!(car3.staleness, Some(1));
 }
+
+/// An asynchronous round takes an update from a vehicle it did not ask
+/// (online after it opened), and counts every one of its chunks' bytes.
+#[test]
+fn a_vehicle_online_after_the_round_opened_counts_with_all_its_bytes() {
+    let mut rig = async_rig();
+    let a1 = rig.open(&["car-1", "car-2"]);
+    rig.online(&["car-3"]);
+    let chunks = rig.update_body("car-3", &a1, &delta_of(&a1, "car-3", 0.01), 10);
+    let sent = chunks.len() as u64;
+    let out = rig.send(chunks);
+    assert!(acks(&out, "car-3").iter().all(|a| a.accepted));
+    let r = rig.coordinator.round.as_ref().expect("round 1 open");
+    let row = &r.rows["car-3"];
+    assert_eq!(row.status, ClientStatus::Accepted);
+    assert_eq!(row.chunks_up, sent, "every chunk counted, the first too");
+    assert!(row.wire_bytes_up > row.bytes_up);
+}
