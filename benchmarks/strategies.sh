@@ -17,8 +17,11 @@
 # (simulate --data-dir, the agents' own path with schema and statistics
 # rounds), 7 taxi companies, MLP 32, 20 rounds, scored on the vehicles'
 # held-out rows: classification of tip on ../shared/data/taxi/heterogeneous
-# (three column sets), regression of distance on ../shared/data/taxi;
-# writes csv/RESULTS.md.
+# (three column sets), regression of distance on ../shared/data/taxi; and
+# one CSV, the bundled digits, split into 10 vehicles by condition skew
+# (mostly one range of pixel 36 each) and by feature skew (each vehicle
+# without half of the pixels: simulate --csv --csv-split); writes
+# csv/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -93,8 +96,23 @@ if [ "${CSV:-0}" = 1 ]; then
       cat "$out/csv/runs/$name/$strategy/summary.txt"
     done
   }
+  # one CSV (the bundled digits) split into 10 skewed vehicles
+  csv_split() {
+    local split=$1 name=$2
+    for strategy in $strategies; do
+      echo "digits --csv-split $split: $strategy (seeds $seeds)" >&2
+      # shellcheck disable=SC2046
+      "$bin" simulate --csv data/digits/digits.csv --label digit --csv-split "$split" \
+        --clients 10 --seeds "$seeds" --rounds 20 --epochs 1 --lr 0.05 --batch-size 32 \
+        --hidden 32 --rule fedavg --median-cap 0 --growth-cap 0 --transport memory --quiet \
+        --name "$strategy" --out "$out/csv/runs/$name/$strategy" $(flags "$strategy")
+      cat "$out/csv/runs/$name/$strategy/summary.txt"
+    done
+  }
   csv_fleet taxi/heterogeneous tip classification tip-heterogeneous
   csv_fleet taxi distance regression distance
+  csv_split condition:px36:0.8 digits-condition
+  csv_split features:2 digits-features
   python3 benchmarks/strategies_table.py "$out"/csv/runs/*/*/seeds.json \
     --markdown "$out/csv/RESULTS.md"
   echo "wrote $out/csv/RESULTS.md" >&2

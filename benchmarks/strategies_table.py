@@ -39,6 +39,8 @@ def split_alpha(summary):
 def title(alpha):
     if isinstance(alpha, float):
         return f"Dirichlet {alpha} (Flower's split)"
+    if alpha.startswith(("condition:", "features:", "iid")):
+        return f"digits split by `--csv-split {alpha}` (10 vehicles)"
     return f"CSV fleet `{alpha}` (one vehicle per file)"
 
 
