@@ -244,12 +244,13 @@ async fn run_one(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
 
     let broker = match options.transport {
         Transport::Mqtt => fleet::local_broker(&db, "sim").await?,
-        // a fresh name per run: several simulations may share a process
-        Transport::Memory => fleet::LocalBroker::memory(format!(
-            "sim-{}-{}",
-            std::process::id(),
-            convoy_runtime::clock::now_ms()
-        )),
+        // a fresh name per run: several simulations may share a process,
+        // and start within the same millisecond
+        Transport::Memory => {
+            static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            fleet::LocalBroker::memory(format!("sim-{}-{run}", std::process::id()))
+        }
     };
     let server = server_config(&options, db, &broker, vehicles)?;
     let (server_lr, strategy) = (server.round_lr(1), server.strategy_of(1));
