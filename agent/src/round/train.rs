@@ -48,6 +48,19 @@ pub struct TrainingDone {
     pub measured: Option<Measured>,
 }
 
+impl TrainingDone {
+    /// A job that failed before training: nothing trained, nothing kept.
+    fn failed(round: u64, error: TrainError) -> Self {
+        Self {
+            round,
+            result: Err(error),
+            dataset: None,
+            personal: None,
+            measured: None,
+        }
+    }
+}
+
 /// What one finished training run measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Measured {
@@ -191,13 +204,7 @@ impl Agent {
             ) {
                 Ok(set) => set,
                 Err(e) => {
-                    return TrainingDone {
-                        round,
-                        result: Err(TrainError::Data(e.to_string())),
-                        dataset: None,
-                        personal: None,
-                        measured: None,
-                    };
+                    return TrainingDone::failed(round, TrainError::Data(e.to_string()));
                 }
             };
             // the fleet's newest model, scored where the data is
@@ -218,13 +225,7 @@ impl Agent {
                 Some((c, own)) => match scaffold::correction(c, own, trains) {
                     Ok(corr) => Some(Arc::new(corr)),
                     Err(e) => {
-                        return TrainingDone {
-                            round,
-                            result: Err(TrainError::Params(e)),
-                            dataset: None,
-                            personal: None,
-                            measured: None,
-                        };
+                        return TrainingDone::failed(round, TrainError::Params(e));
                     }
                 },
                 None => None,

@@ -171,10 +171,7 @@ impl Coordinator {
                         self.accept_update(client, (chunk.round, staleness), &body, bytes, out);
                         // FedBuff: a full buffer publishes at once, so the
                         // next update already counts toward the next model
-                        let full = self.round.as_ref().is_some_and(|r| {
-                            self.config.rounds.mode == RoundMode::Async
-                                && r.members.len() >= self.config.rounds.async_buffer
-                        });
+                        let full = self.round.as_ref().is_some_and(|r| self.buffer_full(r));
                         if full {
                             self.close_round(out)?;
                         }

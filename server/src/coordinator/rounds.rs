@@ -111,7 +111,7 @@ impl Coordinator {
                         );
                         // (a server that has just started knows no one
                         // online yet: it waits for them)
-                        r.members.len() >= self.config.rounds.async_buffer
+                        self.buffer_full(r)
                             || (!r.members.is_empty()
                                 && !online.is_empty()
                                 && online.iter().all(done))
@@ -125,6 +125,13 @@ impl Coordinator {
             None => {}
         }
         Ok(())
+    }
+
+    /// True when asynchronous round `r` holds `rounds.async_buffer`
+    /// accepted updates: FedBuff publishes.
+    pub(super) fn buffer_full(&self, r: &OpenRound) -> bool {
+        self.config.rounds.mode == RoundMode::Async
+            && r.members.len() >= self.config.rounds.async_buffer
     }
 
     /// The codec of round number `run` (0-based): sparsity warm-up (Deep
